@@ -1,0 +1,151 @@
+//! Mount settings: flags and environment, validated in one place.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Parses `500ms`, `30s`, `30m`, `12h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 30s, 30m, 12h or 7d)"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Everything `davdrive mount` needs, after validation.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub url: url::Url,
+    pub mountpoint: PathBuf,
+    pub cache_dir: PathBuf,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub ca_cert_pem: Option<Vec<u8>>,
+    pub dir_ttl: Duration,
+    pub attr_ttl: Duration,
+    pub health_interval: Duration,
+    pub request_timeout: Duration,
+    pub threads: usize,
+    pub allow_other: bool,
+}
+
+impl MountConfig {
+    /// The URL as it may appear in logs and mount tables: no credentials in it.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+pub fn redact_url(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+pub fn parse_url(s: &str) -> Result<url::Url, ConfigError> {
+    let mut url = url::Url::parse(s)
+        .map_err(|e| ConfigError::Invalid(format!("'{s}' is not a URL: {e}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(ConfigError::Invalid(format!(
+            "'{}' is not an http or https URL",
+            redact_url(&url)
+        )));
+    }
+    if url.password().is_some() {
+        return Err(ConfigError::Invalid(
+            "do not put the password in the URL (it would show in `ps` and logs); \
+             use --password-file or DAVDRIVE_PASSWORD"
+                .into(),
+        ));
+    }
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    Ok(url)
+}
+
+pub fn read_password_file(path: &Path) -> Result<String, ConfigError> {
+    let s = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // One trailing newline is the editor's, not the password's.
+    Ok(s.strip_suffix('\n')
+        .map(|s| s.strip_suffix('\r').unwrap_or(s))
+        .unwrap_or(&s)
+        .to_string())
+}
+
+/// `$XDG_CACHE_HOME/davdrive/<id>` (or `~/.cache/...`), the id derived from URL and mountpoint.
+pub fn default_cache_dir(url: &url::Url, mountpoint: &Path) -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    let mut h = Sha256::new();
+    h.update(redact_url(url).as_bytes());
+    h.update(b"\n");
+    h.update(mountpoint.as_os_str().as_encoded_bytes());
+    let id: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    base.join("davdrive").join(id)
+}
+
+/// Where a running mount leaves its pid, keyed by mountpoint, for `davdrive unmount`.
+pub fn pid_file(mountpoint: &Path) -> PathBuf {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/davdrive-{}", unsafe { libc::getuid() })));
+    let mut h = Sha256::new();
+    h.update(mountpoint.as_os_str().as_encoded_bytes());
+    let id: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    dir.join("davdrive").join(format!("mount-{id}.pid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(43200));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert!(parse_duration("7w").is_err());
+        assert!(parse_duration("d").is_err());
+    }
+
+    #[test]
+    fn urls_get_a_trailing_slash_and_no_password() {
+        assert_eq!(parse_url("http://h/dav").unwrap().path(), "/dav/");
+        assert!(parse_url("http://u:secret@h/").is_err());
+        assert!(parse_url("ftp://h/").is_err());
+    }
+}

@@ -1,0 +1,1180 @@
+//! The filesystem core: POSIX operations over the node table, the content files, the
+//! sync journal and the remote. The FUSE adapter is a thin shell around this; tests drive
+//! it directly, without a kernel.
+//!
+//! Lock order (never the other way round, never across a network call except `fetch`):
+//!   `store` → `open_files` map → `OpenFile::state`.
+//! Nothing is locked while `OpenFile::state` is held. `OpenFile::fetch` serialises
+//! downloads of one file and is held across the network call; it is always taken before
+//! any of the locks above.
+
+pub mod error;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::Connection;
+use tokio::sync::Notify;
+
+pub use error::{FsError, FsResult};
+
+use crate::cache::ContentFiles;
+use crate::health::Health;
+use crate::journal;
+use crate::remote::{Entry as RemoteEntry, Remote, RemoteError};
+use crate::store::{self, Kind, NewNode, Node, RangeSet, ROOT_INO};
+
+/// Largest single ranged GET.
+const MAX_FETCH: u64 = 8 << 20;
+/// Reads are rounded up to this, so a sequential reader costs few requests.
+const READ_CHUNK: u64 = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// A directory listing younger than this is not asked for again.
+    pub dir_ttl: Duration,
+    /// How long the kernel may cache attributes and names.
+    pub attr_ttl: Duration,
+    /// Owner of nodes that come from the remote (WebDAV has no owners).
+    pub uid: u32,
+    pub gid: u32,
+    pub read_only: bool,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            dir_ttl: Duration::from_secs(60),
+            attr_ttl: Duration::from_secs(10),
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+            read_only: false,
+        }
+    }
+}
+
+/// Attributes of a node as the kernel sees them.
+#[derive(Debug, Clone)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub atime: SystemTime,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+}
+
+/// Per-file state shared by all open handles of one inode.
+struct OpenFile {
+    file: File,
+    fetch: Mutex<()>,
+    state: Mutex<OpenState>,
+}
+
+struct OpenState {
+    opens: u32,
+    size: u64,
+    ranges: RangeSet,
+    mtime_ns: i64,
+    /// Written since the last commit to the journal.
+    write_dirty: bool,
+    /// Counts writes, so a commit knows whether a write slipped in while it ran.
+    write_seq: u64,
+}
+
+struct Handle {
+    ino: u64,
+    writable: bool,
+}
+
+pub struct Core {
+    pub cfg: CoreConfig,
+    store: Mutex<Connection>,
+    content: ContentFiles,
+    remote: Arc<dyn Remote>,
+    rt: tokio::runtime::Handle,
+    pub health: Health,
+    /// Wakes the replayer when the journal got something new.
+    pub journal_changed: Arc<Notify>,
+    open_files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    listing_locks: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
+    /// Content generation per inode: bumped when cached content is replaced by a newer
+    /// remote version, so the kernel's page cache is kept only while it is still right.
+    content_gen: Mutex<HashMap<u64, (u64, u64)>>,
+    next_fh: AtomicU64,
+    cache_dir: PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take the whole mount down with poisoned locks.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn check_name(name: &str) -> FsResult<()> {
+    if name.len() > 255 {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
+    {
+        return Err(FsError::Invalid("bad file name"));
+    }
+    Ok(())
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+impl Core {
+    /// Opens the state in `cache_dir` (creating it) and recovers from an earlier crash:
+    /// files that were being written get their upload queued, orphans are removed.
+    pub fn load(
+        cache_dir: &Path,
+        remote: Arc<dyn Remote>,
+        rt: tokio::runtime::Handle,
+        health: Health,
+        cfg: CoreConfig,
+    ) -> FsResult<Arc<Core>> {
+        std::fs::create_dir_all(cache_dir)?;
+        let conn = store::open(&cache_dir.join("state.db"))?;
+        let content = ContentFiles::new(cache_dir)?;
+        let core = Core {
+            cfg,
+            store: Mutex::new(conn),
+            content,
+            remote,
+            rt,
+            health,
+            journal_changed: Arc::new(Notify::new()),
+            open_files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dir_handles: Mutex::new(HashMap::new()),
+            listing_locks: Mutex::new(HashMap::new()),
+            content_gen: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            cache_dir: cache_dir.to_path_buf(),
+        };
+        core.recover()?;
+        Ok(Arc::new(core))
+    }
+
+    fn recover(&self) -> FsResult<()> {
+        let mut conn = lock(&self.store);
+        let tx = conn.transaction()?;
+        if store::get_node(&tx, ROOT_INO)?.is_none() {
+            let ino = store::insert_node(
+                &tx,
+                &NewNode {
+                    parent: 0,
+                    name: "",
+                    kind: Kind::Dir,
+                    size: 0,
+                    mtime_ns: store::now_ns(),
+                    mode: 0o755,
+                    uid: self.cfg.uid,
+                    gid: self.cfg.gid,
+                    etag: None,
+                    on_remote: true,
+                    dirty: false,
+                    ranges: RangeSet::default(),
+                    listed_at: None,
+                },
+            )?;
+            debug_assert_eq!(ino, ROOT_INO);
+        }
+        journal::reset_running(&tx)?;
+        // Files unlinked while open die with the process that held them.
+        let orphans: Vec<u64> = tx
+            .prepare("SELECT ino FROM nodes WHERE parent = 0 AND ino != ?1")?
+            .query_map([ROOT_INO as i64], |r| r.get::<_, i64>(0).map(|v| v as u64))?
+            .collect::<Result<_, _>>()?;
+        for ino in &orphans {
+            store::delete_node(&tx, *ino)?;
+        }
+        // Files written but not closed when the daemon died: what reached the content
+        // file is all there is, so queue it.
+        let dirty: Vec<u64> = tx
+            .prepare(
+                "SELECT ino FROM nodes WHERE dirty = 1 AND parent != 0 AND kind = 0 \
+                 AND ino NOT IN (SELECT ino FROM journal WHERE op = 'put')",
+            )?
+            .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?
+            .collect::<Result<_, _>>()?;
+        for ino in &dirty {
+            let size = self.content.len(*ino)?;
+            let node = store::get_node(&tx, *ino)?.expect("selected above");
+            store::set_local_content(&tx, *ino, size, node.mtime_ns)?;
+            if let Some(path) = store::path_of(&tx, *ino)? {
+                tracing::info!("recovering unfinished write of {path} ({size} bytes)");
+                journal::record_put(&tx, *ino, &path)?;
+            }
+        }
+        tx.commit()?;
+        drop(conn);
+        for ino in orphans {
+            self.content.remove(ino);
+        }
+        Ok(())
+    }
+
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
+    pub fn remote(&self) -> &Arc<dyn Remote> {
+        &self.remote
+    }
+
+    pub fn content(&self) -> &ContentFiles {
+        &self.content
+    }
+
+    /// The state store, for the replayer and the control socket. Keep the guard short.
+    pub fn store(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.store)
+    }
+
+    /// Whether file `ino` has writes not yet committed to the journal.
+    pub fn is_write_dirty(&self, ino: u64) -> bool {
+        let of = lock(&self.open_files).get(&ino).cloned();
+        of.map(|of| lock(&of.state).write_dirty).unwrap_or(false)
+    }
+
+    fn node_attr(&self, n: &Node) -> Attr {
+        let (size, mtime_ns) = match lock(&self.open_files).get(&n.ino) {
+            Some(of) if n.kind == Kind::File => {
+                let st = lock(&of.state);
+                (st.size, st.mtime_ns)
+            }
+            _ => (n.size, n.mtime_ns),
+        };
+        let mtime = store::ns_to_system_time(mtime_ns);
+        Attr {
+            ino: n.ino,
+            kind: n.kind,
+            size,
+            mtime,
+            ctime: store::ns_to_system_time(n.ctime_ns.max(mtime_ns)),
+            atime: mtime,
+            mode: n.mode & 0o7777,
+            uid: n.uid,
+            gid: n.gid,
+            nlink: if n.kind == Kind::Dir { 2 } else { 1 },
+        }
+    }
+
+    fn node(&self, ino: u64) -> FsResult<Node> {
+        store::get_node(&lock(&self.store), ino)?.ok_or(FsError::NotFound)
+    }
+
+    fn path(&self, ino: u64) -> FsResult<String> {
+        store::path_of(&lock(&self.store), ino)?.ok_or(FsError::NotFound)
+    }
+
+    fn ensure_writable(&self) -> FsResult<()> {
+        if self.cfg.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs a remote call from a FUSE thread, marking the remote offline on transport errors.
+    fn call<T>(
+        &self,
+        path: &str,
+        fut: impl std::future::Future<Output = Result<T, RemoteError>>,
+    ) -> FsResult<T> {
+        match self.rt.block_on(fut) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_transport() {
+                    self.health.mark_offline(&e.to_string());
+                }
+                Err(FsError::Remote {
+                    path: path.to_string(),
+                    source: e,
+                })
+            }
+        }
+    }
+
+    // ----- directories -------------------------------------------------------------
+
+    /// Makes sure the node table holds a listing of directory `ino` no older than the TTL.
+    /// Offline, a directory listed before is served as it was; one never listed fails.
+    pub fn ensure_listing(&self, ino: u64) -> FsResult<()> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if !self.listing_stale(&node) {
+            return Ok(());
+        }
+        let dir_lock = lock(&self.listing_locks)
+            .entry(ino)
+            .or_insert_with(|| Arc::new(Mutex::new(())))
+            .clone();
+        let _guard = lock(&dir_lock);
+        // Somebody else may have listed it while we waited.
+        let node = self.node(ino)?;
+        if !self.listing_stale(&node) {
+            return Ok(());
+        }
+        let path = self.path(ino)?;
+        if !self.health.is_online() {
+            return match node.listed_at {
+                Some(_) => Ok(()),
+                None => Err(FsError::Offline { path }),
+            };
+        }
+        let remote = self.remote.clone();
+        match self.call(&path, async { remote.list(&path).await }) {
+            Ok(entries) => self.merge_listing(ino, &path, entries),
+            Err(e) => {
+                if node.listed_at.is_some() {
+                    tracing::warn!("listing {path} failed, serving the cached listing: {e}");
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn listing_stale(&self, node: &Node) -> bool {
+        if !node.on_remote {
+            // Created here and not yet on the remote: the local view is the whole truth.
+            return false;
+        }
+        match node.listed_at {
+            None => true,
+            Some(at) => store::now_ms() - at >= self.cfg.dir_ttl.as_millis() as i64,
+        }
+    }
+
+    /// Merges a fresh remote listing of `dir` into the node table. Names with waiting
+    /// journal entries keep their local state; clean files whose remote version changed
+    /// lose their cached content; clean nodes gone from the remote go locally too.
+    fn merge_listing(&self, dir: u64, dir_path: &str, entries: Vec<RemoteEntry>) -> FsResult<()> {
+        let mut dropped_content = Vec::new();
+        let mut removed = Vec::new();
+        {
+            let mut conn = lock(&self.store);
+            let tx = conn.transaction()?;
+            let pending = journal::names_pending_under(&tx, dir_path)?;
+            let is_pending = |name: &str| pending.binary_search_by(|p| p.as_str().cmp(name)).is_ok();
+            let mut local: HashMap<String, Node> = store::children(&tx, dir)?
+                .into_iter()
+                .map(|n| (n.name.clone(), n))
+                .collect();
+            for e in entries {
+                if check_name(&e.name).is_err() {
+                    tracing::warn!("ignoring remote entry with unusable name {:?} in {dir_path}", e.name);
+                    continue;
+                }
+                let existing = local.remove(&e.name);
+                if is_pending(&e.name) {
+                    continue;
+                }
+                let kind = if e.is_dir { Kind::Dir } else { Kind::File };
+                let mtime_ns = e.mtime.map(store::system_time_to_ns).unwrap_or_else(store::now_ns);
+                match existing {
+                    Some(n) if n.kind == kind => {
+                        if kind == Kind::File && n.etag != e.etag && !n.dirty {
+                            if !self.is_open(n.ino) || !self.is_write_dirty(n.ino) {
+                                tx.execute(
+                                    "UPDATE nodes SET size = ?2, mtime_ns = ?3, etag = ?4, on_remote = 1, \
+                                     ranges = NULL, sha256 = NULL WHERE ino = ?1",
+                                    rusqlite::params![n.ino as i64, e.size as i64, mtime_ns, e.etag],
+                                )?;
+                                if !n.ranges.is_empty() {
+                                    dropped_content.push(n.ino);
+                                }
+                            }
+                        } else if !n.on_remote {
+                            tx.execute("UPDATE nodes SET on_remote = 1 WHERE ino = ?1", [n.ino as i64])?;
+                        }
+                    }
+                    Some(n) => {
+                        // A file became a directory or the other way round on the remote.
+                        if n.dirty || self.is_open(n.ino) || self.subtree_has_dirty(&tx, n.ino)? {
+                            continue;
+                        }
+                        self.delete_subtree(&tx, n.ino, &mut removed)?;
+                        self.insert_remote(&tx, dir, &e, kind, mtime_ns)?;
+                    }
+                    None => {
+                        self.insert_remote(&tx, dir, &e, kind, mtime_ns)?;
+                    }
+                }
+            }
+            // What is left exists here but not on the remote.
+            for (name, n) in local {
+                if is_pending(&name) || !n.on_remote || n.dirty || self.is_open(n.ino) {
+                    continue;
+                }
+                if self.subtree_has_dirty(&tx, n.ino)? {
+                    continue;
+                }
+                self.delete_subtree(&tx, n.ino, &mut removed)?;
+            }
+            tx.execute(
+                "UPDATE nodes SET listed_at = ?2 WHERE ino = ?1",
+                rusqlite::params![dir as i64, store::now_ms()],
+            )?;
+            tx.commit()?;
+        }
+        for ino in dropped_content {
+            self.content.remove(ino);
+            self.bump_content_gen(ino);
+        }
+        for ino in removed {
+            self.content.remove(ino);
+        }
+        Ok(())
+    }
+
+    fn insert_remote(
+        &self,
+        c: &Connection,
+        dir: u64,
+        e: &RemoteEntry,
+        kind: Kind,
+        mtime_ns: i64,
+    ) -> FsResult<u64> {
+        Ok(store::insert_node(
+            c,
+            &NewNode {
+                parent: dir,
+                name: &e.name,
+                kind,
+                size: if kind == Kind::Dir { 0 } else { e.size },
+                mtime_ns,
+                mode: if kind == Kind::Dir { 0o755 } else { 0o644 },
+                uid: self.cfg.uid,
+                gid: self.cfg.gid,
+                etag: e.etag.as_deref(),
+                on_remote: true,
+                dirty: false,
+                ranges: RangeSet::default(),
+                listed_at: None,
+            },
+        )?)
+    }
+
+    fn subtree_has_dirty(&self, c: &Connection, ino: u64) -> FsResult<bool> {
+        let n: i64 = c.query_row(
+            "WITH RECURSIVE sub(ino) AS (SELECT ?1 UNION ALL \
+             SELECT nodes.ino FROM nodes JOIN sub ON nodes.parent = sub.ino) \
+             SELECT COUNT(*) FROM nodes WHERE ino IN sub AND (dirty = 1 OR on_remote = 0)",
+            [ino as i64],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
+    fn delete_subtree(&self, c: &Connection, ino: u64, removed: &mut Vec<u64>) -> FsResult<()> {
+        let inos: Vec<u64> = c
+            .prepare(
+                "WITH RECURSIVE sub(ino) AS (SELECT ?1 UNION ALL \
+                 SELECT nodes.ino FROM nodes JOIN sub ON nodes.parent = sub.ino) SELECT ino FROM sub",
+            )?
+            .query_map([ino as i64], |r| r.get::<_, i64>(0).map(|v| v as u64))?
+            .collect::<Result<_, _>>()?;
+        for i in inos {
+            store::delete_node(c, i)?;
+            removed.push(i);
+        }
+        Ok(())
+    }
+
+    fn is_open(&self, ino: u64) -> bool {
+        lock(&self.open_files).contains_key(&ino)
+    }
+
+    /// The cached content of `ino` was replaced behind the kernel's back.
+    pub fn content_replaced(&self, ino: u64) {
+        self.bump_content_gen(ino);
+    }
+
+    fn bump_content_gen(&self, ino: u64) {
+        lock(&self.content_gen).entry(ino).or_insert((0, 0)).0 += 1;
+    }
+
+    /// True when the kernel's cached pages of `ino` still match our content; records
+    /// that the kernel now holds the current generation.
+    fn kernel_cache_valid(&self, ino: u64) -> bool {
+        let mut gens = lock(&self.content_gen);
+        let e = gens.entry(ino).or_insert((0, u64::MAX));
+        let valid = e.1 == e.0;
+        e.1 = e.0;
+        valid
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        check_name(name)?;
+        self.ensure_listing(parent)?;
+        let n = store::get_child(&lock(&self.store), parent, name)?.ok_or(FsError::NotFound)?;
+        Ok(self.node_attr(&n))
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        Ok(self.node_attr(&self.node(ino)?))
+    }
+
+    /// Opens a directory: the entries are fixed now, so offsets stay meaningful.
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        self.ensure_listing(ino)?;
+        let node = self.node(ino)?;
+        let children = store::children(&lock(&self.store), ino)?;
+        let mut entries = Vec::with_capacity(children.len() + 2);
+        let self_attr = self.node_attr(&node);
+        entries.push(DirEntry {
+            name: ".".into(),
+            attr: self_attr.clone(),
+        });
+        let parent_attr = if node.parent != 0 {
+            self.node(node.parent).map(|p| self.node_attr(&p)).unwrap_or(self_attr)
+        } else {
+            self_attr
+        };
+        entries.push(DirEntry {
+            name: "..".into(),
+            attr: parent_attr,
+        });
+        for c in &children {
+            entries.push(DirEntry {
+                name: c.name.clone(),
+                attr: self.node_attr(c),
+            });
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dir_handles).insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        lock(&self.dir_handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dir_handles).remove(&fh);
+    }
+
+    // ----- namespace changes ---------------------------------------------------------
+
+    pub fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
+        self.ensure_writable()?;
+        check_name(name)?;
+        self.ensure_listing(parent)?;
+        let attr = {
+            let mut conn = lock(&self.store);
+            let tx = conn.transaction()?;
+            let p = store::get_node(&tx, parent)?.ok_or(FsError::NotFound)?;
+            if p.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            if store::get_child(&tx, parent, name)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            let ino = store::insert_node(
+                &tx,
+                &NewNode {
+                    parent,
+                    name,
+                    kind: Kind::Dir,
+                    size: 0,
+                    mtime_ns: store::now_ns(),
+                    mode: mode & 0o7777,
+                    uid,
+                    gid,
+                    etag: None,
+                    on_remote: false,
+                    dirty: false,
+                    ranges: RangeSet::default(),
+                    listed_at: Some(store::now_ms()),
+                },
+            )?;
+            let path = store::path_of(&tx, ino)?.ok_or(FsError::NotFound)?;
+            journal::record_mkcol(&tx, ino, &path)?;
+            let n = store::get_node(&tx, ino)?.ok_or(FsError::NotFound)?;
+            tx.commit()?;
+            self.node_attr(&n)
+        };
+        self.journal_changed.notify_one();
+        Ok(attr)
+    }
+
+    /// Creates an empty file and opens it. Returns its attributes and a handle.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Attr, u64)> {
+        self.ensure_writable()?;
+        check_name(name)?;
+        self.ensure_listing(parent)?;
+        let ino = {
+            let mut conn = lock(&self.store);
+            let tx = conn.transaction()?;
+            let p = store::get_node(&tx, parent)?.ok_or(FsError::NotFound)?;
+            if p.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            if store::get_child(&tx, parent, name)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            // Dirty from birth: even an empty file must reach the remote. The upload is
+            // queued when the file is closed (or at the next start after a crash).
+            let ino = store::insert_node(
+                &tx,
+                &NewNode {
+                    parent,
+                    name,
+                    kind: Kind::File,
+                    size: 0,
+                    mtime_ns: store::now_ns(),
+                    mode: mode & 0o7777,
+                    uid,
+                    gid,
+                    etag: None,
+                    on_remote: false,
+                    dirty: true,
+                    ranges: RangeSet::default(),
+                    listed_at: None,
+                },
+            )?;
+            let f = self.content.open(ino)?;
+            f.set_len(0)?;
+            tx.commit()?;
+            ino
+        };
+        let fh = self.open_handle(ino, true)?;
+        {
+            let of = lock(&self.open_files).get(&ino).cloned().ok_or(FsError::BadHandle)?;
+            lock(&of.state).write_dirty = true;
+        }
+        self.kernel_cache_valid(ino);
+        Ok((self.getattr(ino)?, fh))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.ensure_writable()?;
+        check_name(name)?;
+        self.ensure_listing(parent)?;
+        let gone = {
+            let mut conn = lock(&self.store);
+            let tx = conn.transaction()?;
+            let n = store::get_child(&tx, parent, name)?.ok_or(FsError::NotFound)?;
+            if n.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            let path = store::path_of(&tx, n.ino)?.ok_or(FsError::NotFound)?;
+            journal::record_remove(&tx, &n, &path)?;
+            let gone = self.detach(&tx, &n)?;
+            tx.commit()?;
+            gone
+        };
+        if let Some(ino) = gone {
+            self.content.remove(ino);
+        }
+        self.journal_changed.notify_one();
+        Ok(())
+    }
+
+    /// Takes a file out of the namespace. A file still open lives on as an orphan until
+    /// its last handle closes; otherwise its row goes now and the caller removes its
+    /// content (returned inode) after the commit.
+    fn detach(&self, c: &Connection, n: &Node) -> FsResult<Option<u64>> {
+        if n.kind == Kind::File && self.is_open(n.ino) {
+            store::move_node(c, n.ino, 0, &format!(".orphan-{}", n.ino))?;
+            Ok(None)
+        } else {
+            store::delete_node(c, n.ino)?;
+            Ok(Some(n.ino))
+        }
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.ensure_writable()?;
+        check_name(name)?;
+        self.ensure_listing(parent)?;
+        let n = store::get_child(&lock(&self.store), parent, name)?.ok_or(FsError::NotFound)?;
+        if n.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        // Its remote children count too, so it must be listed.
+        self.ensure_listing(n.ino)?;
+        {
+            let mut conn = lock(&self.store);
+            let tx = conn.transaction()?;
+            let n = store::get_child(&tx, parent, name)?.ok_or(FsError::NotFound)?;
+            if store::has_children(&tx, n.ino)? {
+                return Err(FsError::NotEmpty);
+            }
+            let path = store::path_of(&tx, n.ino)?.ok_or(FsError::NotFound)?;
+            journal::record_remove(&tx, &n, &path)?;
+            store::delete_node(&tx, n.ino)?;
+            tx.commit()?;
+        }
+        self.journal_changed.notify_one();
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        self.ensure_writable()?;
+        check_name(name)?;
+        check_name(new_name)?;
+        self.ensure_listing(parent)?;
+        self.ensure_listing(new_parent)?;
+        // A directory being replaced must be known to be empty, remote children included.
+        let target = store::get_child(&lock(&self.store), new_parent, new_name)?;
+        if let Some(t) = target.filter(|t| t.kind == Kind::Dir) {
+            self.ensure_listing(t.ino)?;
+        }
+        let gone = {
+            let mut conn = lock(&self.store);
+            let tx = conn.transaction()?;
+            let src = store::get_child(&tx, parent, name)?.ok_or(FsError::NotFound)?;
+            let np = store::get_node(&tx, new_parent)?.ok_or(FsError::NotFound)?;
+            if np.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            if src.kind == Kind::Dir {
+                // Not into itself or below itself.
+                let mut cur = new_parent;
+                while cur != 0 {
+                    if cur == src.ino {
+                        return Err(FsError::Invalid("cannot move a directory into itself"));
+                    }
+                    cur = if cur == ROOT_INO {
+                        0
+                    } else {
+                        store::get_node(&tx, cur)?.map(|n| n.parent).unwrap_or(0)
+                    };
+                }
+            }
+            let from = store::path_of(&tx, src.ino)?.ok_or(FsError::NotFound)?;
+            let to_dir = store::path_of(&tx, new_parent)?.ok_or(FsError::NotFound)?;
+            let to = join(&to_dir, new_name);
+            let mut gone = None;
+            if let Some(dst) = store::get_child(&tx, new_parent, new_name)? {
+                if dst.ino == src.ino {
+                    return Ok(());
+                }
+                if no_replace {
+                    return Err(FsError::Exists);
+                }
+                match (src.kind, dst.kind) {
+                    (Kind::Dir, Kind::File) => return Err(FsError::NotDir),
+                    (Kind::File, Kind::Dir) => return Err(FsError::IsDir),
+                    (Kind::Dir, Kind::Dir) if store::has_children(&tx, dst.ino)? => {
+                        return Err(FsError::NotEmpty)
+                    }
+                    _ => {}
+                }
+                journal::record_remove(&tx, &dst, &to)?;
+                gone = self.detach(&tx, &dst)?;
+            }
+            journal::record_rename(&tx, &src, &from, &to)?;
+            store::move_node(&tx, src.ino, new_parent, new_name)?;
+            tx.commit()?;
+            gone
+        };
+        if let Some(ino) = gone {
+            self.content.remove(ino);
+        }
+        self.journal_changed.notify_one();
+        Ok(())
+    }
+
+    /// Changes attributes. `size` truncates or extends; mode and owner are kept locally.
+    #[allow(clippy::too_many_arguments)]
+    pub fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        mtime: Option<SystemTime>,
+    ) -> FsResult<Attr> {
+        if let Some(new_size) = size {
+            self.ensure_writable()?;
+            self.truncate(ino, new_size)?;
+        }
+        if mode.is_some() || uid.is_some() || gid.is_some() || mtime.is_some() {
+            if mtime.is_some() {
+                self.ensure_writable()?;
+            }
+            let mtime_ns = mtime.map(store::system_time_to_ns);
+            if let (Some(ns), Some(of)) = (mtime_ns, lock(&self.open_files).get(&ino).cloned()) {
+                lock(&of.state).mtime_ns = ns;
+            }
+            let conn = lock(&self.store);
+            conn.execute(
+                "UPDATE nodes SET mode = COALESCE(?2, mode), uid = COALESCE(?3, uid), \
+                 gid = COALESCE(?4, gid), mtime_ns = COALESCE(?5, mtime_ns), ctime_ns = ?6 WHERE ino = ?1",
+                rusqlite::params![
+                    ino as i64,
+                    mode.map(|m| (m & 0o7777) as i64),
+                    uid.map(|v| v as i64),
+                    gid.map(|v| v as i64),
+                    mtime_ns,
+                    store::now_ns()
+                ],
+            )?;
+        }
+        self.getattr(ino)
+    }
+
+    fn truncate(&self, ino: u64, new_size: u64) -> FsResult<()> {
+        let node = self.node(ino)?;
+        if node.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let of = self.open_file(ino)?;
+        let result = (|| {
+            let keep = node.size.min(new_size);
+            self.fetch_range(&of, ino, 0, keep, false)?;
+            let others_open = {
+                let mut st = lock(&of.state);
+                if !st.ranges.covers(0, st.size.min(new_size)) {
+                    drop(st);
+                    return Err(FsError::Offline { path: self.path(ino)? });
+                }
+                of.file.set_len(new_size)?;
+                st.size = new_size;
+                st.ranges = RangeSet::full(new_size);
+                st.mtime_ns = store::now_ns();
+                st.write_dirty = true;
+                st.write_seq += 1;
+                st.opens > 1
+            };
+            if others_open {
+                // Somebody has it open: their close commits the change.
+                store::set_dirty(&lock(&self.store), ino, true)?;
+                Ok(())
+            } else {
+                self.commit_writes(&of, ino, false)
+            }
+        })();
+        self.close_open_file(ino);
+        result
+    }
+
+    // ----- file content --------------------------------------------------------------
+
+    /// Per-inode open state, created on first open; `opens` counts the references.
+    fn open_file(&self, ino: u64) -> FsResult<Arc<OpenFile>> {
+        if let Some(of) = lock(&self.open_files).get(&ino) {
+            lock(&of.state).opens += 1;
+            return Ok(of.clone());
+        }
+        let node = store::get_node(&lock(&self.store), ino)?.ok_or(FsError::NotFound)?;
+        let mut map = lock(&self.open_files);
+        if let Some(of) = map.get(&ino) {
+            // Opened by another thread meanwhile.
+            lock(&of.state).opens += 1;
+            return Ok(of.clone());
+        }
+        if node.kind != Kind::File {
+            return Err(FsError::IsDir);
+        }
+        let file = self.content.open(ino)?;
+        let mut ranges = node.ranges.clone();
+        // Never trust a range map beyond what the content file holds (a crash may have
+        // lost the tail of a write the map already counted).
+        let on_disk = file.metadata()?.len();
+        if on_disk < node.size {
+            ranges.truncate(on_disk);
+        }
+        let of = Arc::new(OpenFile {
+            file,
+            fetch: Mutex::new(()),
+            state: Mutex::new(OpenState {
+                opens: 1,
+                size: node.size,
+                ranges,
+                mtime_ns: node.mtime_ns,
+                write_dirty: false,
+                write_seq: 0,
+            }),
+        });
+        map.insert(ino, of.clone());
+        Ok(of)
+    }
+
+    /// Drops one reference; the last one commits pending writes and forgets the state.
+    fn close_open_file(&self, ino: u64) {
+        let mut map = lock(&self.open_files);
+        let last = match map.get(&ino) {
+            Some(of) => {
+                let mut st = lock(&of.state);
+                st.opens = st.opens.saturating_sub(1);
+                st.opens == 0
+            }
+            None => false,
+        };
+        if last {
+            let of = map.remove(&ino).unwrap();
+            drop(map);
+            if let Err(e) = self.commit_writes(&of, ino, false) {
+                tracing::error!("could not commit writes of inode {ino}: {e}");
+            }
+            // An orphan (unlinked while open) disappears with its last handle.
+            let orphan = store::get_node(&lock(&self.store), ino)
+                .ok()
+                .flatten()
+                .map(|n| n.parent == 0 && n.ino != ROOT_INO)
+                .unwrap_or(false);
+            if orphan {
+                let _ = store::delete_node(&lock(&self.store), ino);
+                self.content.remove(ino);
+            }
+        }
+    }
+
+    fn open_handle(&self, ino: u64, writable: bool) -> FsResult<u64> {
+        let _of = self.open_file(ino)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Handle { ino, writable });
+        Ok(fh)
+    }
+
+    /// Opens a file. Returns the handle and whether the kernel may keep its page cache.
+    pub fn open(&self, ino: u64, writable: bool) -> FsResult<(u64, bool)> {
+        if writable {
+            self.ensure_writable()?;
+        }
+        let fh = self.open_handle(ino, writable)?;
+        store::touch_access(&lock(&self.store), ino)?;
+        Ok((fh, self.kernel_cache_valid(ino)))
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<(u64, bool, Arc<OpenFile>)> {
+        let (ino, writable) = {
+            let h = lock(&self.handles);
+            let h = h.get(&fh).ok_or(FsError::BadHandle)?;
+            (h.ino, h.writable)
+        };
+        let of = lock(&self.open_files).get(&ino).cloned().ok_or(FsError::BadHandle)?;
+        Ok((ino, writable, of))
+    }
+
+    /// Downloads whatever of `[start, end)` is missing (rounded up to whole chunks when
+    /// `round` is set, for read-ahead). One download per file at a time; a second reader
+    /// of the same range waits and then finds it present.
+    fn fetch_range(&self, of: &OpenFile, ino: u64, start: u64, end: u64, round: bool) -> FsResult<()> {
+        {
+            let st = lock(&of.state);
+            if st.ranges.covers(start, end.min(st.size)) {
+                return Ok(());
+            }
+        }
+        let _one_at_a_time = lock(&of.fetch);
+        let (missing, size) = {
+            let st = lock(&of.state);
+            let mut end = end.min(st.size);
+            if round {
+                end = (end.div_ceil(READ_CHUNK) * READ_CHUNK).min(st.size);
+            }
+            (st.ranges.missing(start, end), st.size)
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let path = self.path(ino)?;
+        if !self.health.is_online() {
+            tracing::warn!("{path}: read of uncached data while the remote is unreachable");
+            return Err(FsError::Offline { path });
+        }
+        for (a, b) in missing {
+            let mut pos = a;
+            while pos < b {
+                let len = (b - pos).min(MAX_FETCH);
+                let remote = self.remote.clone();
+                let p = path.clone();
+                let reply = self.call(&path, async move { remote.get_range(&p, pos, len).await })?;
+                let got = reply.data.len() as u64;
+                if got == 0 {
+                    // The remote file is shorter than we thought: it changed.
+                    tracing::warn!("{path}: remote returned no data at {pos} (size {size}); it changed");
+                    return Err(FsError::Remote {
+                        path,
+                        source: RemoteError::BadReply("file shorter than listed".into()),
+                    });
+                }
+                of.file.write_all_at(&reply.data, reply.offset)?;
+                let ranges = {
+                    let mut st = lock(&of.state);
+                    st.ranges.insert(reply.offset, reply.offset + got);
+                    st.ranges.clone()
+                };
+                store::set_ranges(&lock(&self.store), ino, &ranges)?;
+                pos = reply.offset + got;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (ino, _, of) = self.handle(fh)?;
+        let file_size = lock(&of.state).size;
+        if offset >= file_size {
+            return Ok(Vec::new());
+        }
+        let end = (offset + size as u64).min(file_size);
+        self.fetch_range(&of, ino, offset, end, true)?;
+        let mut buf = vec![0u8; (end - offset) as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = of.file.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (ino, writable, of) = self.handle(fh)?;
+        if !writable {
+            return Err(FsError::BadHandle);
+        }
+        // Writes need the whole file here: the upload sends whole files.
+        let size = lock(&of.state).size;
+        self.fetch_range(&of, ino, 0, size, false)?;
+        of.file.write_all_at(data, offset)?;
+        let first = {
+            let mut st = lock(&of.state);
+            st.size = st.size.max(offset + data.len() as u64);
+            st.ranges = RangeSet::full(st.size);
+            st.mtime_ns = store::now_ns();
+            st.write_seq += 1;
+            !std::mem::replace(&mut st.write_dirty, true)
+        };
+        if first {
+            // Persist "this file has unsent changes" before the first write returns, so
+            // a crash with the file still open is recovered at the next start.
+            store::set_dirty(&lock(&self.store), ino, true)?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Commits the writes of `ino` to the journal: size, mtime and an upload entry.
+    fn commit_writes(&self, of: &OpenFile, ino: u64, durable: bool) -> FsResult<()> {
+        let (size, mtime_ns, seq) = {
+            let st = lock(&of.state);
+            if !st.write_dirty {
+                return Ok(());
+            }
+            (st.size, st.mtime_ns, st.write_seq)
+        };
+        if durable {
+            of.file.sync_all()?;
+        }
+        let conn = lock(&self.store);
+        let work = |c: &Connection| -> rusqlite::Result<()> {
+            let tx = c.unchecked_transaction()?;
+            store::set_local_content(&tx, ino, size, mtime_ns)?;
+            if let Some(path) = store::path_of(&tx, ino)? {
+                journal::record_put(&tx, ino, &path)?;
+            }
+            tx.commit()
+        };
+        if durable {
+            store::with_full_sync(&conn, work)?;
+        } else {
+            work(&conn)?;
+        }
+        drop(conn);
+        {
+            let mut st = lock(&of.state);
+            if st.write_seq == seq {
+                st.write_dirty = false;
+            }
+        }
+        self.journal_changed.notify_one();
+        Ok(())
+    }
+
+    /// `close()`: what was written is committed to the journal before this returns.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let (ino, writable, of) = self.handle(fh)?;
+        if writable {
+            self.commit_writes(&of, ino, false)?;
+        }
+        Ok(())
+    }
+
+    /// `fsync()`: like flush, and durable across a power loss.
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        let (ino, _, of) = self.handle(fh)?;
+        self.commit_writes(&of, ino, true)
+    }
+
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let h = lock(&self.handles).remove(&fh).ok_or(FsError::BadHandle)?;
+        self.close_open_file(h.ino);
+        Ok(())
+    }
+
+    /// Commits every file still open with unsent writes (at unmount).
+    pub fn commit_all(&self) {
+        let open: Vec<(u64, Arc<OpenFile>)> =
+            lock(&self.open_files).iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (ino, of) in open {
+            if let Err(e) = self.commit_writes(&of, ino, true) {
+                tracing::error!("could not commit writes of inode {ino}: {e}");
+            }
+        }
+    }
+
+    pub fn statfs(&self) -> FsResult<libc::statvfs> {
+        let c = std::ffi::CString::new(self.cache_dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| FsError::Invalid("cache dir path"))?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(FsError::Io(std::io::Error::last_os_error()));
+        }
+        Ok(st)
+    }
+}

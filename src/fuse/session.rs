@@ -1,0 +1,251 @@
+//! One mount from start to end: open the state, reach the remote, mount, run the
+//! background tasks, and on unmount or a signal stop them in order.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Session};
+use tokio::sync::watch;
+
+use super::DavFs;
+use crate::config::MountConfig;
+use crate::fs::{Core, CoreConfig};
+use crate::health::{self, Health};
+use crate::journal;
+use crate::remote::webdav::{WebDav, WebDavConfig};
+use crate::remote::{Remote, RemoteError};
+use crate::store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("authentication failed at {url}: wrong user name or password")]
+    Auth { url: String },
+    #[error("cannot reach {url}: {reason} (and nothing is cached yet to mount offline)")]
+    Unreachable { url: String, reason: String },
+    #[error("{url} does not look like a WebDAV collection: {reason}")]
+    NotDav { url: String, reason: String },
+    #[error("cannot mount on {path}: {source}")]
+    Fuse {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Holds the cache dir for one daemon; dropped (and released) when the process ends.
+struct CacheLock(#[allow(dead_code)] File);
+
+fn lock_cache_dir(dir: &Path) -> Result<CacheLock, MountError> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(|e| MountError::Setup(format!("cannot open {}: {e}", dir.display())))?;
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(MountError::Setup(format!(
+            "the cache dir {} is in use by another running davdrive",
+            dir.display()
+        )));
+    }
+    Ok(CacheLock(f))
+}
+
+/// A mountpoint left behind by a daemon that died answers ENOTCONN; detach it.
+fn clear_dead_mount(mountpoint: &Path) {
+    if let Err(e) = std::fs::metadata(mountpoint) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            tracing::warn!(
+                "{} is a mount left by a davdrive that died; detaching it",
+                mountpoint.display()
+            );
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(mountpoint)
+                .status();
+        }
+    }
+}
+
+/// Mounts and serves until unmounted. `ready` is called once: with Ok when the mount is
+/// usable, with the error otherwise.
+pub fn run(cfg: MountConfig, ready: impl FnOnce(Result<(), String>)) -> Result<(), MountError> {
+    let mut ready = Some(ready);
+    let result = run_inner(cfg, &mut ready);
+    if let (Err(e), Some(r)) = (&result, ready.take()) {
+        r(Err(e.to_string()));
+    }
+    result
+}
+
+fn run_inner(
+    cfg: MountConfig,
+    ready: &mut Option<impl FnOnce(Result<(), String>)>,
+) -> Result<(), MountError> {
+    let url = cfg.display_url();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("davdrive-io")
+        .build()
+        .map_err(|e| MountError::Setup(format!("cannot start the runtime: {e}")))?;
+
+    clear_dead_mount(&cfg.mountpoint);
+    match std::fs::metadata(&cfg.mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(MountError::Setup(format!(
+                "mountpoint {} is not a directory",
+                cfg.mountpoint.display()
+            )))
+        }
+        Err(e) => {
+            return Err(MountError::Setup(format!(
+                "mountpoint {}: {e}",
+                cfg.mountpoint.display()
+            )))
+        }
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.cache_dir)
+        .map_err(|e| MountError::Setup(format!("cannot create cache dir {}: {e}", cfg.cache_dir.display())))?;
+    let _ = std::fs::set_permissions(&cfg.cache_dir, std::fs::Permissions::from_mode(0o700));
+    let _lock = lock_cache_dir(&cfg.cache_dir)?;
+
+    let mut wcfg = WebDavConfig::new(cfg.url.clone());
+    wcfg.user = cfg.user.clone();
+    wcfg.password = cfg.password.clone();
+    wcfg.ca_cert_pem = cfg.ca_cert_pem.clone();
+    wcfg.request_timeout = cfg.request_timeout;
+    let remote: Arc<dyn Remote> = Arc::new(
+        WebDav::new(wcfg).map_err(|e| MountError::Setup(format!("{url}: {e}")))?,
+    );
+
+    let online = match rt.block_on(remote.probe()) {
+        Ok(info) => {
+            tracing::info!("{url} answers (DAV {:?}, {:?})", info.dav_classes, info.latency);
+            true
+        }
+        Err(RemoteError::Unauthorized(_)) => return Err(MountError::Auth { url }),
+        Err(e) if e.is_transport() || matches!(e, RemoteError::Server { .. }) => {
+            // Mount offline if this cache dir already holds the tree.
+            let db = cfg.cache_dir.join("state.db");
+            let listed = db.exists()
+                && store::open(&db)
+                    .ok()
+                    .and_then(|c| store::get_node(&c, store::ROOT_INO).ok().flatten())
+                    .and_then(|root| root.listed_at)
+                    .is_some();
+            if !listed {
+                return Err(MountError::Unreachable {
+                    url,
+                    reason: e.to_string(),
+                });
+            }
+            tracing::warn!("{url} is unreachable ({e}); mounting from the cache, changes will be sent when it returns");
+            false
+        }
+        Err(e) => {
+            return Err(MountError::NotDav {
+                url,
+                reason: e.to_string(),
+            })
+        }
+    };
+
+    let health = Health::new(online);
+    let core = Core::load(
+        &cfg.cache_dir,
+        remote.clone(),
+        rt.handle().clone(),
+        health.clone(),
+        CoreConfig {
+            dir_ttl: cfg.dir_ttl,
+            attr_ttl: cfg.attr_ttl,
+            ..CoreConfig::default()
+        },
+    )
+    .map_err(|e| MountError::Setup(format!("cannot open the cache in {}: {e}", cfg.cache_dir.display())))?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    rt.spawn(health::probe_loop(
+        health.clone(),
+        remote.clone(),
+        cfg.health_interval,
+        shutdown_rx.clone(),
+    ));
+    let replayer = rt.spawn(journal::replay::run(core.clone(), shutdown_rx.clone()));
+
+    let mut options = vec![
+        MountOption::FSName(url.clone()),
+        MountOption::Subtype("davdrive".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    let mut fuse_cfg = Config::default();
+    if cfg.allow_other {
+        fuse_cfg.acl = fuser::SessionACL::All;
+    }
+    fuse_cfg.mount_options = std::mem::take(&mut options);
+    fuse_cfg.n_threads = Some(cfg.threads.max(1));
+    let mut session = Session::new(DavFs::new(core.clone()), &cfg.mountpoint, &fuse_cfg).map_err(|source| {
+        MountError::Fuse {
+            path: cfg.mountpoint.display().to_string(),
+            source,
+        }
+    })?;
+    tracing::info!("mounted {url} on {}", cfg.mountpoint.display());
+    let pid_path = crate::config::pid_file(&cfg.mountpoint);
+    if let Some(dir) = pid_path.parent() {
+        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+    }
+    let _ = std::fs::File::create(&pid_path).and_then(|mut f| writeln!(f, "{}", std::process::id()));
+
+    // SIGINT / SIGTERM unmount, which ends the session loop below.
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = cfg.mountpoint.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("signal handler");
+        let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received, unmounting {}", mountpoint.display());
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!("unmount: {e}; detaching lazily");
+            let _ = std::process::Command::new("fusermount3").arg("-uz").arg(&mountpoint).status();
+        }
+    });
+
+    if let Some(r) = ready.take() {
+        r(Ok(()));
+    }
+    let run_result = session.run();
+    tracing::info!("unmounted {}", cfg.mountpoint.display());
+
+    // Everything written is handed to the journal; the network is not waited for.
+    core.commit_all();
+    let _ = shutdown_tx.send(true);
+    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), replayer).await });
+    let waiting = journal::stats(&core.store()).map(|s| s.0).unwrap_or(0);
+    if waiting > 0 {
+        tracing::info!("{waiting} change(s) wait in the journal; they are sent at the next mount");
+    }
+    let _ = std::fs::remove_file(&pid_path);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    run_result.map_err(|source| MountError::Fuse {
+        path: cfg.mountpoint.display().to_string(),
+        source,
+    })
+}

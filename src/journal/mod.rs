@@ -1,0 +1,289 @@
+//! The sync journal: the ordered list of changes the remote has not seen yet.
+//!
+//! Entries are recorded inside the same SQLite transaction as the local change that
+//! produced them, so a change the kernel was told succeeded is always either applied on
+//! the remote or waiting here. Entries name remote paths as they were when recorded and
+//! are replayed strictly in id order, so a path always means what it meant then.
+//!
+//! Coalescing keeps the journal short without changing what replay produces:
+//! - a second upload of a file whose upload is still waiting is the same upload (the
+//!   upload sends the content as it is when it runs);
+//! - removing a node the remote never saw drops every entry of that node, provided none is
+//!   running and nothing else refers to paths under it;
+//! - renaming a file the remote never saw moves its upload to the end, under the new name.
+
+pub mod replay;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::store::{now_ms, Node};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Put,
+    Mkcol,
+    Delete,
+    Move,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Mkcol => "mkcol",
+            Op::Delete => "delete",
+            Op::Move => "move",
+        }
+    }
+    fn parse(s: &str) -> Op {
+        match s {
+            "put" => Op::Put,
+            "mkcol" => Op::Mkcol,
+            "delete" => Op::Delete,
+            _ => Op::Move,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: i64,
+    pub op: Op,
+    pub ino: u64,
+    pub path: String,
+    pub dest: Option<String>,
+    pub is_dir: bool,
+    pub created_at: i64,
+    pub attempts: u32,
+    pub next_try_at: i64,
+    pub last_error: Option<String>,
+    pub failed: bool,
+}
+
+const COLUMNS: &str =
+    "id, op, ino, path, dest, is_dir, created_at, attempts, next_try_at, last_error, failed";
+
+fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: r.get(0)?,
+        op: Op::parse(&r.get::<_, String>(1)?),
+        ino: r.get::<_, i64>(2)? as u64,
+        path: r.get(3)?,
+        dest: r.get(4)?,
+        is_dir: r.get::<_, i64>(5)? != 0,
+        created_at: r.get(6)?,
+        attempts: r.get::<_, i64>(7)? as u32,
+        next_try_at: r.get(8)?,
+        last_error: r.get(9)?,
+        failed: r.get::<_, i64>(10)? != 0,
+    })
+}
+
+fn insert(
+    c: &Connection,
+    op: Op,
+    ino: u64,
+    path: &str,
+    dest: Option<&str>,
+    is_dir: bool,
+) -> rusqlite::Result<i64> {
+    c.prepare_cached(
+        "INSERT INTO journal (op, ino, path, dest, is_dir, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![op.as_str(), ino as i64, path, dest, is_dir as i64, now_ms()])?;
+    Ok(c.last_insert_rowid())
+}
+
+/// Records that the content of file `ino` (now at `path`) must be uploaded.
+/// Returns false when a waiting upload of the same file already covers it.
+pub fn record_put(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<bool> {
+    let waiting: Option<i64> = c
+        .prepare_cached(
+            "SELECT id FROM journal WHERE op = 'put' AND ino = ?1 AND failed = 0 AND running = 0",
+        )?
+        .query_row([ino as i64], |r| r.get(0))
+        .optional()?;
+    if waiting.is_some() {
+        return Ok(false);
+    }
+    insert(c, Op::Put, ino, path, None, false)?;
+    Ok(true)
+}
+
+pub fn record_mkcol(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<()> {
+    insert(c, Op::Mkcol, ino, path, None, true).map(|_| ())
+}
+
+fn any_running(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT 1 FROM journal WHERE ino = ?1 AND running = 1 LIMIT 1")?
+        .query_row([ino as i64], |_| Ok(()))
+        .optional()
+        .map(|o| o.is_some())
+}
+
+fn escape_like(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// Entries of other nodes that name a path at or below `path`.
+fn others_under(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<bool> {
+    let prefix = format!("{}/%", escape_like(path));
+    c.prepare_cached(
+        "SELECT 1 FROM journal WHERE ino != ?1 AND (path = ?2 OR path LIKE ?3 ESCAPE '\\' \
+         OR dest = ?2 OR dest LIKE ?3 ESCAPE '\\') LIMIT 1",
+    )?
+    .query_row(params![ino as i64, path, prefix], |_| Ok(()))
+    .optional()
+    .map(|o| o.is_some())
+}
+
+fn drop_entries_of(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
+    c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND running = 0")?
+        .execute([ino as i64])
+}
+
+fn drop_waiting_puts(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
+    c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0")?
+        .execute([ino as i64])
+}
+
+/// Records the removal of `node` (unlink or rmdir) from `path`.
+pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Result<()> {
+    if !node.on_remote && !any_running(c, node.ino)? && !others_under(c, node.ino, path)? {
+        // The remote never saw it: forgetting its entries is the whole removal.
+        drop_entries_of(c, node.ino)?;
+        return Ok(());
+    }
+    // Waiting uploads of content that is going away would only be deleted again.
+    drop_waiting_puts(c, node.ino)?;
+    insert(c, Op::Delete, node.ino, path, None, node.is_dir()).map(|_| ())
+}
+
+/// Records the rename of `node` from `from` to `to`. A node already at `to` must have been
+/// removed with `record_remove` first.
+pub fn record_rename(c: &Connection, node: &Node, from: &str, to: &str) -> rusqlite::Result<()> {
+    if !node.is_dir() && !node.on_remote && !any_running(c, node.ino)? {
+        let only_puts: bool = c
+            .prepare_cached("SELECT COUNT(*) = 0 FROM journal WHERE ino = ?1 AND op != 'put'")?
+            .query_row([node.ino as i64], |r| r.get(0))?;
+        if only_puts {
+            // Nothing was sent yet: upload it once, under its new name, after whatever
+            // the new name depends on (its parent's creation may come later than the old
+            // upload's place in the journal).
+            if drop_entries_of(c, node.ino)? > 0 {
+                insert(c, Op::Put, node.ino, to, None, false)?;
+            }
+            return Ok(());
+        }
+    }
+    insert(c, Op::Move, node.ino, from, Some(to), node.is_dir()).map(|_| ())
+}
+
+/// The first entry in order that is not failed for good.
+pub fn head(c: &Connection) -> rusqlite::Result<Option<Entry>> {
+    c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM journal WHERE failed = 0 ORDER BY id LIMIT 1"
+    ))?
+    .query_row([], entry_from_row)
+    .optional()
+}
+
+pub fn get(c: &Connection, id: i64) -> rusqlite::Result<Option<Entry>> {
+    c.prepare_cached(&format!("SELECT {COLUMNS} FROM journal WHERE id = ?1"))?
+        .query_row([id], entry_from_row)
+        .optional()
+}
+
+pub fn list(c: &Connection, failed_only: bool) -> rusqlite::Result<Vec<Entry>> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM journal WHERE (?1 = 0 OR failed = 1) ORDER BY id"
+    ))?;
+    let rows = st.query_map([failed_only as i64], entry_from_row)?;
+    rows.collect()
+}
+
+pub fn set_running(c: &Connection, id: i64, running: bool) -> rusqlite::Result<()> {
+    c.prepare_cached("UPDATE journal SET running = ?2 WHERE id = ?1")?
+        .execute(params![id, running as i64])?;
+    Ok(())
+}
+
+/// After a crash nothing is running any more.
+pub fn reset_running(c: &Connection) -> rusqlite::Result<()> {
+    c.execute("UPDATE journal SET running = 0 WHERE running != 0", [])?;
+    Ok(())
+}
+
+pub fn complete(c: &Connection, id: i64) -> rusqlite::Result<()> {
+    c.prepare_cached("DELETE FROM journal WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// Records a failed attempt; the entry is tried again at `next_try_at` (unix ms), or, when
+/// `give_up`, kept aside as failed until an administrator retries or drops it.
+pub fn record_failure(
+    c: &Connection,
+    id: i64,
+    error: &str,
+    next_try_at: i64,
+    give_up: bool,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE journal SET attempts = attempts + 1, last_error = ?2, next_try_at = ?3, \
+         failed = ?4, running = 0 WHERE id = ?1",
+    )?
+    .execute(params![id, error, next_try_at, give_up as i64])?;
+    Ok(())
+}
+
+pub fn has_pending_put(c: &Connection, ino: u64, except: i64) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT 1 FROM journal WHERE ino = ?1 AND op = 'put' AND id != ?2 LIMIT 1")?
+        .query_row(params![ino as i64, except], |_| Ok(()))
+        .optional()
+        .map(|o| o.is_some())
+}
+
+/// Names (first path segment below `dir_path`) that waiting entries are about to change on
+/// the remote; a listing of `dir_path` must not overrule the local view of those.
+pub fn names_pending_under(c: &Connection, dir_path: &str) -> rusqlite::Result<Vec<String>> {
+    let base = if dir_path == "/" {
+        String::from("/")
+    } else {
+        format!("{dir_path}/")
+    };
+    let prefix = format!("{}%", escape_like(&base));
+    let mut st = c.prepare_cached(
+        "SELECT path, dest FROM journal WHERE path LIKE ?1 ESCAPE '\\' OR dest LIKE ?1 ESCAPE '\\'",
+    )?;
+    let rows = st.query_map([prefix], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })?;
+    let mut names = Vec::new();
+    for row in rows {
+        let (p, d) = row?;
+        for full in std::iter::once(p).chain(d) {
+            if let Some(rest) = full.strip_prefix(&base) {
+                if let Some(first) = rest.split('/').next() {
+                    if !first.is_empty() {
+                        names.push(first.to_string());
+                    }
+                }
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Counts for the status: waiting entries, failed ones, and the oldest's creation time.
+pub fn stats(c: &Connection) -> rusqlite::Result<(u64, u64, Option<i64>)> {
+    c.query_row(
+        "SELECT COALESCE(SUM(failed = 0), 0), COALESCE(SUM(failed = 1), 0), MIN(created_at) FROM journal",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?)),
+    )
+}

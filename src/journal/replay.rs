@@ -1,0 +1,408 @@
+//! The replayer: runs journal entries against the remote, strictly in order, while the
+//! remote is healthy.
+//!
+//! - Transport errors (the remote went away) pause the replay and flip the health state;
+//!   they cost the entry no attempt.
+//! - 5xx and 429 are retried with exponential backoff, up to `MAX_ATTEMPTS`.
+//! - Permanent refusals (403, 409, 413, 507…) set the entry aside as failed; its content
+//!   stays in the cache and the entry stays listed until retried or dropped.
+//! - 412 on an upload is a conflict: see `resolve_conflict`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::params;
+use tokio::sync::watch;
+
+use super::{Entry, Op};
+use crate::fs::Core;
+use crate::journal;
+use crate::remote::{Precondition, RemoteError};
+use crate::store::{self, now_ms, Kind, NewNode, RangeSet};
+
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Files up to this size are compared byte for byte on a 412 before calling it a conflict
+/// (an upload whose success was not recorded before a crash looks like one).
+const COMPARE_LIMIT: u64 = 64 << 20;
+
+/// Runs until `shutdown` turns true.
+pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+    let mut health = core.health.subscribe();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if !core.health.is_online() {
+            tokio::select! {
+                _ = health.changed() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        let head = journal::head(&core.store());
+        let head = match head {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("cannot read the sync journal: {e}");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        let wait = match &head {
+            None => Duration::from_secs(3600),
+            Some(e) => Duration::from_millis((e.next_try_at - now_ms()).max(0) as u64),
+        };
+        match head {
+            Some(e) if wait.is_zero() => run_entry(&core, e).await,
+            _ => {
+                tokio::select! {
+                    _ = core.journal_changed.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                    _ = health.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs one entry and records the outcome.
+pub async fn run_entry(core: &Arc<Core>, e: Entry) {
+    if let Err(err) = journal::set_running(&core.store(), e.id, true) {
+        tracing::error!("journal: {err}");
+        return;
+    }
+    let result = match e.op {
+        Op::Put => put(core, &e).await,
+        Op::Mkcol => mkcol(core, &e).await,
+        Op::Delete => core.remote().delete(&e.path, e.is_dir).await.and_then(|_| {
+            journal::complete(&core.store(), e.id).map_err(local)
+        }),
+        Op::Move => rename(core, &e).await,
+    };
+    match result {
+        Ok(()) => {
+            tracing::debug!("replayed {} {}", e.op.as_str(), e.path);
+        }
+        Err(err) => record_error(core, &e, err),
+    }
+}
+
+fn local(e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::Local(e.to_string())
+}
+
+fn record_error(core: &Arc<Core>, e: &Entry, err: RemoteError) {
+    let conn = core.store();
+    let outcome = if err.is_transport() {
+        drop(conn);
+        core.health.mark_offline(&err.to_string());
+        let _ = journal::set_running(&core.store(), e.id, false);
+        return;
+    } else if err.is_retryable() && e.attempts + 1 < MAX_ATTEMPTS {
+        let backoff = Duration::from_secs(1u64 << e.attempts.min(8)).min(Duration::from_secs(300));
+        tracing::warn!(
+            "{} {} failed (attempt {}), retrying in {:?}: {err}",
+            e.op.as_str(),
+            e.path,
+            e.attempts + 1,
+            backoff
+        );
+        journal::record_failure(&conn, e.id, &err.to_string(), now_ms() + backoff.as_millis() as i64, false)
+    } else {
+        tracing::error!(
+            "{} {} failed for good; its data stays in the cache until the entry is retried or dropped: {err}",
+            e.op.as_str(),
+            e.path
+        );
+        journal::record_failure(&conn, e.id, &err.to_string(), now_ms(), true)
+    };
+    if let Err(db) = outcome {
+        tracing::error!("journal: {db}");
+    }
+}
+
+async fn mkcol(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
+    core.remote().mkcol(&e.path).await?;
+    let conn = core.store();
+    let tx = conn.unchecked_transaction().map_err(local)?;
+    tx.execute("UPDATE nodes SET on_remote = 1 WHERE ino = ?1", [e.ino as i64])
+        .map_err(local)?;
+    journal::complete(&tx, e.id).map_err(local)?;
+    tx.commit().map_err(local)
+}
+
+async fn rename(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
+    let dest = e.dest.as_deref().unwrap_or_default();
+    match core.remote().rename(&e.path, dest, e.is_dir).await {
+        Ok(()) => {}
+        // Replayed after a crash that came between the MOVE and its record: done already.
+        Err(RemoteError::NotFound) if core.remote().stat(dest).await?.is_some() => {}
+        Err(err) => return Err(err),
+    }
+    // Some servers give a moved file a new ETag; the version there is still ours.
+    let new_etag = if e.is_dir {
+        None
+    } else {
+        core.remote().stat(dest).await?.and_then(|s| s.etag)
+    };
+    let conn = core.store();
+    let tx = conn.unchecked_transaction().map_err(local)?;
+    if let Some(etag) = new_etag {
+        tx.execute(
+            "UPDATE nodes SET etag = ?2 WHERE ino = ?1 AND on_remote = 1",
+            params![e.ino as i64, etag],
+        )
+        .map_err(local)?;
+    }
+    journal::complete(&tx, e.id).map_err(local)?;
+    tx.commit().map_err(local)
+}
+
+async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
+    let node = store::get_node(&core.store(), e.ino).map_err(local)?;
+    let node = match node {
+        Some(n) if n.kind == Kind::File => n,
+        // The file is gone; the entry that removed it follows.
+        _ => return journal::complete(&core.store(), e.id).map_err(local),
+    };
+    let local_path = core.content().path(e.ino);
+    let cond = if !node.on_remote {
+        Precondition::IfNoneMatch
+    } else {
+        match &node.etag {
+            None => Precondition::None,
+            // A weak ETag (Apache gives one to a file changed within the last second)
+            // never passes If-Match, which compares strongly. Instead we ask for the
+            // current ETag just before the upload: unchanged means the remote still has
+            // our base version and we upload unconditionally (a change landing in the
+            // moment between the two requests is not caught); changed is a conflict.
+            Some(tag) if tag.starts_with("W/") => match core.remote().stat(&e.path).await? {
+                Some(cur) if cur.etag.as_deref() == Some(tag.as_str()) => Precondition::None,
+                None => Precondition::IfNoneMatch,
+                Some(_) => return resolve_conflict(core, e, &node).await,
+            },
+            Some(tag) => Precondition::IfMatch(tag.clone()),
+        }
+    };
+    let mtime = Some(store::ns_to_system_time(node.mtime_ns));
+    let reply = match core
+        .remote()
+        .put(&e.path, &local_path, node.size, cond, mtime)
+        .await
+    {
+        Ok(r) => r,
+        Err(RemoteError::PreconditionFailed) => return resolve_conflict(core, e, &node).await,
+        Err(err) => return Err(err),
+    };
+    let etag = match reply.etag {
+        Some(t) => Some(t),
+        // Some servers send no ETag on PUT; ask.
+        None => core.remote().stat(&e.path).await?.and_then(|s| s.etag),
+    };
+    finish_upload(core, e, etag)
+}
+
+fn finish_upload(core: &Arc<Core>, e: &Entry, etag: Option<String>) -> Result<(), RemoteError> {
+    let conn = core.store();
+    let tx = conn.unchecked_transaction().map_err(local)?;
+    tx.execute(
+        "UPDATE nodes SET etag = ?2, on_remote = 1 WHERE ino = ?1",
+        params![e.ino as i64, etag],
+    )
+    .map_err(local)?;
+    let more = journal::has_pending_put(&tx, e.ino, e.id).map_err(local)?;
+    if !more && !core.is_write_dirty(e.ino) {
+        store::set_dirty(&tx, e.ino, false).map_err(local)?;
+    }
+    journal::complete(&tx, e.id).map_err(local)?;
+    tx.commit().map_err(local)
+}
+
+/// The remote's version is not the one our change was based on. Unless it holds exactly
+/// our bytes already, both versions are kept: ours is uploaded beside it as
+/// `name (conflict <host> <UTC time>).ext`, the original name takes the remote version,
+/// and the conflict is recorded.
+async fn resolve_conflict(
+    core: &Arc<Core>,
+    e: &Entry,
+    node: &store::Node,
+) -> Result<(), RemoteError> {
+    let remote = core.remote().clone();
+    let current = remote.stat(&e.path).await?;
+    let local_path = core.content().path(e.ino);
+    if let Some(cur) = &current {
+        if cur.size == node.size && node.size <= COMPARE_LIMIT && !cur.is_dir {
+            let same = if node.size == 0 {
+                true
+            } else {
+                let theirs = remote.get_range(&e.path, 0, node.size).await?;
+                let ours = std::fs::read(&local_path).map_err(local)?;
+                ours.get(..node.size as usize) == Some(&theirs.data[..])
+            };
+            if same {
+                tracing::info!("{}: remote already holds this version", e.path);
+                return finish_upload(core, e, cur.etag.clone());
+            }
+        }
+    }
+    let (dir, name) = match e.path.rfind('/') {
+        Some(i) => (&e.path[..i], &e.path[i + 1..]),
+        None => ("", e.path.as_str()),
+    };
+    let conflict_name = conflict_name(name, &host_name(), SystemTime::now());
+    let conflict_path = format!("{dir}/{conflict_name}");
+    let mtime = Some(store::ns_to_system_time(node.mtime_ns));
+    let reply = remote
+        .put(&conflict_path, &local_path, node.size, Precondition::IfNoneMatch, mtime)
+        .await?;
+    let conflict_etag = match reply.etag {
+        Some(t) => Some(t),
+        None => remote.stat(&conflict_path).await?.and_then(|s| s.etag),
+    };
+    tracing::warn!(
+        "conflict: {} was changed on the remote; the local version was saved as {}",
+        e.path,
+        conflict_path
+    );
+    let conn = core.store();
+    let tx = conn.unchecked_transaction().map_err(local)?;
+    // The local copy becomes the conflict file, beside the original.
+    let copy_ino = if store::get_child(&tx, node.parent, &conflict_name)
+        .map_err(local)?
+        .is_none()
+        && node.parent != 0
+    {
+        let ino = store::insert_node(
+            &tx,
+            &NewNode {
+                parent: node.parent,
+                name: &conflict_name,
+                kind: Kind::File,
+                size: node.size,
+                mtime_ns: node.mtime_ns,
+                mode: node.mode,
+                uid: node.uid,
+                gid: node.gid,
+                etag: conflict_etag.as_deref(),
+                on_remote: true,
+                dirty: false,
+                ranges: RangeSet::full(node.size),
+                listed_at: None,
+            },
+        )
+        .map_err(local)?;
+        Some(ino)
+    } else {
+        None
+    };
+    match &current {
+        Some(cur) => {
+            tx.execute(
+                "UPDATE nodes SET etag = ?2, size = ?3, mtime_ns = ?4, ranges = NULL, dirty = 0, \
+                 on_remote = 1, sha256 = NULL WHERE ino = ?1",
+                params![
+                    e.ino as i64,
+                    cur.etag,
+                    cur.size as i64,
+                    cur.mtime.map(store::system_time_to_ns).unwrap_or(node.mtime_ns)
+                ],
+            )
+            .map_err(local)?;
+        }
+        None => {
+            // Deleted on the remote: the original name goes, the conflict copy stays.
+            store::delete_node(&tx, e.ino).map_err(local)?;
+        }
+    }
+    tx.execute(
+        "DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
+        params![e.ino as i64, e.id],
+    )
+    .map_err(local)?;
+    tx.execute(
+        "INSERT INTO conflicts (path, conflict_path, local_etag, remote_etag, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            e.path,
+            conflict_path,
+            node.etag,
+            current.as_ref().and_then(|c| c.etag.clone()),
+            now_ms()
+        ],
+    )
+    .map_err(local)?;
+    journal::complete(&tx, e.id).map_err(local)?;
+    match copy_ino {
+        Some(ino) => core.content().rename(e.ino, ino).map_err(local)?,
+        None => core.content().remove(e.ino),
+    }
+    tx.commit().map_err(local)?;
+    drop(conn);
+    core.content_replaced(e.ino);
+    Ok(())
+}
+
+pub fn host_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `report.txt` → `report (conflict host 2026-11-23 181500).txt`.
+pub fn conflict_name(name: &str, host: &str, at: SystemTime) -> String {
+    let stamp = utc_stamp(at);
+    let host: String = host.chars().filter(|c| *c != '/').collect();
+    match name.rfind('.') {
+        Some(i) if i > 0 => format!("{} (conflict {host} {stamp}){}", &name[..i], &name[i..]),
+        _ => format!("{name} (conflict {host} {stamp})"),
+    }
+}
+
+fn utc_stamp(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_names_keep_the_extension() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(
+            conflict_name("report.txt", "box", t),
+            "report (conflict box 2026-11-18 072640).txt"
+        );
+        assert_eq!(
+            conflict_name("Makefile", "box", t),
+            "Makefile (conflict box 2026-11-18 072640)"
+        );
+        assert_eq!(
+            conflict_name(".bashrc", "box", t),
+            ".bashrc (conflict box 2026-11-18 072640)"
+        );
+    }
+}

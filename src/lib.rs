@@ -1,0 +1,12 @@
+//! davdrive: mount a WebDAV share as a local folder, with a write-through disk cache and
+//! a durable sync journal that carries every change to the remote, outages included.
+
+pub mod cache;
+pub mod config;
+pub mod fs;
+pub mod fuse;
+pub mod health;
+pub mod journal;
+pub mod remote;
+pub mod serve;
+pub mod store;

@@ -1,0 +1,275 @@
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+use davdrive::config::{self, parse_duration, MountConfig};
+
+/// Mount a WebDAV share as a local folder. Writes land on the local disk first and reach
+/// the server through a durable journal, also across outages and crashes.
+#[derive(Parser)]
+#[command(name = "davdrive", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount the WebDAV collection at URL on MOUNTPOINT.
+    ///
+    /// Example: davdrive mount https://cloud.example.org/remote.php/dav/files/me/ ~/drive --user me --password-file ~/.davpass
+    Mount(MountArgs),
+    /// Unmount a davdrive mount. Changes not yet sent stay in the journal and are sent at
+    /// the next mount.
+    Unmount {
+        /// The folder the share is mounted on.
+        mountpoint: PathBuf,
+    },
+    /// Serve a local folder over WebDAV (for trying davdrive without a server of your own).
+    Serve {
+        /// The folder to serve.
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+    },
+}
+
+#[derive(Args)]
+struct MountArgs {
+    /// http(s) URL of the WebDAV collection to mount (no password in it).
+    url: String,
+    /// An existing empty folder to mount it on.
+    mountpoint: PathBuf,
+    /// Where cached content, the state store and the journal live.
+    /// Default: $XDG_CACHE_HOME/davdrive/<id from URL and mountpoint>.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Admin socket path (default: <cache dir>/control.sock).
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// User name for the server.
+    #[arg(long)]
+    user: Option<String>,
+    /// File holding the password (one line). The DAVDRIVE_PASSWORD environment variable
+    /// works too; the password is never taken from the command line.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// PEM file with a CA certificate to trust (for a server with a private CA).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Return once the mount is ready and keep serving in the background
+    /// (log in <cache dir>/davdrive.log).
+    #[arg(long)]
+    daemon: bool,
+    /// How long a directory listing is trusted before asking the server again.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    dir_ttl: Duration,
+    /// How long the kernel may cache file attributes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    attr_ttl: Duration,
+    /// How often to check that the server is reachable.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    health_interval: Duration,
+    /// Timeout of one request to the server.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Let other users than the one mounting see the files (needs user_allow_other in
+    /// /etc/fuse.conf when not root).
+    #[arg(long)]
+    allow_other: bool,
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DAVDRIVE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Mount(args) => mount(args),
+        Cmd::Unmount { mountpoint } => unmount(&mountpoint),
+        Cmd::Serve { dir, addr } => {
+            init_logging();
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match rt.block_on(davdrive::serve::serve(dir, addr)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("davdrive serve: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("davdrive: {msg}");
+    ExitCode::FAILURE
+}
+
+fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
+    let url = config::parse_url(&args.url).map_err(|e| e.to_string())?;
+    let mountpoint = std::fs::canonicalize(&args.mountpoint)
+        .or_else(|e| {
+            // A dead mount left by a crashed daemon cannot be canonicalised; use it as given.
+            if e.raw_os_error() == Some(libc::ENOTCONN) {
+                std::path::absolute(&args.mountpoint)
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(|e| format!("mountpoint {}: {e}", args.mountpoint.display()))?;
+    let cache_dir = match &args.cache_dir {
+        Some(d) => std::path::absolute(d).map_err(|e| format!("cache dir {}: {e}", d.display()))?,
+        None => config::default_cache_dir(&url, &mountpoint),
+    };
+    let password = match (&args.password_file, std::env::var("DAVDRIVE_PASSWORD")) {
+        (Some(f), _) => Some(config::read_password_file(f).map_err(|e| e.to_string())?),
+        (None, Ok(p)) => Some(p),
+        (None, Err(_)) => None,
+    };
+    let user = args
+        .user
+        .clone()
+        .or_else(|| (!url.username().is_empty()).then(|| url.username().to_string()));
+    let ca_cert_pem = match &args.ca_cert {
+        Some(p) => Some(std::fs::read(p).map_err(|e| format!("--ca-cert {}: {e}", p.display()))?),
+        None => None,
+    };
+    Ok(MountConfig {
+        url,
+        mountpoint,
+        cache_dir,
+        user,
+        password,
+        ca_cert_pem,
+        dir_ttl: args.dir_ttl,
+        attr_ttl: args.attr_ttl,
+        health_interval: args.health_interval,
+        request_timeout: args.request_timeout,
+        threads: args.threads,
+        allow_other: args.allow_other,
+    })
+}
+
+const DAEMON_CHILD_ENV: &str = "DAVDRIVE_DAEMON_CHILD";
+
+fn mount(args: MountArgs) -> ExitCode {
+    let cfg = match build_config(&args) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if args.daemon && std::env::var_os(DAEMON_CHILD_ENV).is_none() {
+        return spawn_daemon(&cfg.cache_dir);
+    }
+    init_logging();
+    let is_child = std::env::var_os(DAEMON_CHILD_ENV).is_some();
+    let log_path = cfg.cache_dir.join("davdrive.log");
+    let result = davdrive::fuse::session::run(cfg, |r| {
+        if is_child {
+            match r {
+                Ok(()) => {
+                    println!("READY");
+                    // From here on the parent is gone: log to the file.
+                    redirect_output(&log_path);
+                }
+                Err(e) => println!("ERROR {e}"),
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn redirect_output(log: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        unsafe {
+            libc::dup2(f.as_raw_fd(), 1);
+            libc::dup2(f.as_raw_fd(), 2);
+        }
+    }
+}
+
+/// Starts this same command again in its own session and waits until it reports the
+/// mount ready (exit 0) or failed (its error, exit 1).
+fn spawn_daemon(cache_dir: &Path) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fail(format!("cannot find my own executable: {e}")),
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(DAEMON_CHILD_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot start the daemon: {e}")),
+    };
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if line == "READY" {
+            eprintln!("davdrive: mounted; log in {}", cache_dir.join("davdrive.log").display());
+            return ExitCode::SUCCESS;
+        }
+        if let Some(msg) = line.strip_prefix("ERROR ") {
+            let _ = child.wait();
+            return fail(msg);
+        }
+    }
+    let mut err = String::new();
+    let _ = stderr.read_to_string(&mut err);
+    let _ = child.wait();
+    fail(format!(
+        "the daemon stopped before the mount was ready: {}",
+        err.lines().last().unwrap_or("no message")
+    ))
+}
+
+fn unmount(mountpoint: &Path) -> ExitCode {
+    let mp = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let mp = std::fs::canonicalize(&mp).unwrap_or(mp);
+    let pid = std::fs::read_to_string(config::pid_file(&mp))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    let status = Command::new("fusermount3").arg("-u").arg(&mp).status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(_) => return fail(format!("could not unmount {} (is it busy? see above)", mp.display())),
+        Err(e) => return fail(format!("cannot run fusermount3 (install the fuse3 package): {e}")),
+    }
+    // Wait for the daemon to hand everything to the journal and exit.
+    if let Some(pid) = pid {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,125 @@
+//! The remote side: one trait every backend implements, and the error enum of this layer.
+//!
+//! Paths given to a `Remote` are decoded, '/'-separated and relative to the mounted
+//! collection: "/" is the root, "/dir/a file.txt" a file in it. Backends encode them.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+pub mod multistatus;
+pub mod webdav;
+
+/// One resource as the server reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Decoded last path segment ("" for the collection that was asked about).
+    pub name: String,
+    pub is_dir: bool,
+    pub size: u64,
+    pub mtime: Option<SystemTime>,
+    /// Exactly as the server sent it, quotes and `W/` prefix included.
+    pub etag: Option<String>,
+}
+
+/// What a conditional request demands of the remote's current version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    None,
+    /// `If-Match: <etag>`: only if the remote still has the version we started from.
+    IfMatch(String),
+    /// `If-None-Match: *`: only if nothing exists there yet.
+    IfNoneMatch,
+}
+
+/// The bytes of one ranged GET.
+#[derive(Debug, Clone)]
+pub struct RangeReply {
+    pub data: bytes::Bytes,
+    /// Offset of `data[0]` in the file.
+    pub offset: u64,
+    /// Total size of the remote file, when the server said.
+    pub total_size: Option<u64>,
+    pub etag: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PutReply {
+    /// The new version's ETag when the server returned one (some servers don't).
+    pub etag: Option<String>,
+}
+
+/// What the server said about itself on the health probe.
+#[derive(Debug, Clone, Default)]
+pub struct ServerInfo {
+    pub latency: Duration,
+    pub dav_classes: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum RemoteError {
+    /// Connection refused or reset, DNS failure, timeout, TLS failure: the remote is unreachable.
+    #[error("remote unreachable: {0}")]
+    Transport(String),
+    #[error("not found on the remote")]
+    NotFound,
+    /// 412: the remote version is not the one the request was based on.
+    #[error("remote version changed (412 Precondition Failed)")]
+    PreconditionFailed,
+    /// 401 or 403 on authentication.
+    #[error("authentication refused ({0})")]
+    Unauthorized(u16),
+    /// A 4xx the server will give again for the same request (403, 405, 409, 413, 507...).
+    #[error("remote refused the request: HTTP {status} {message}")]
+    Refused { status: u16, message: String },
+    /// 5xx or 429: may succeed later.
+    #[error("remote error: HTTP {status}")]
+    Server { status: u16 },
+    /// The reply could not be understood (malformed XML, missing fields, hostile hrefs).
+    #[error("malformed reply from the remote: {0}")]
+    BadReply(String),
+    /// Local I/O while preparing a request (reading the cache file for a PUT).
+    #[error("local I/O error: {0}")]
+    Local(String),
+}
+
+impl RemoteError {
+    /// Errors that say "the remote is not there" rather than "it said no".
+    pub fn is_transport(&self) -> bool {
+        matches!(self, RemoteError::Transport(_))
+    }
+    /// Worth trying the same request again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::Transport(_) | RemoteError::Server { .. } | RemoteError::Local(_)
+        )
+    }
+}
+
+#[async_trait]
+pub trait Remote: Send + Sync + 'static {
+    /// PROPFIND Depth 0. `Ok(None)` when the resource does not exist.
+    async fn stat(&self, path: &str) -> Result<Option<Entry>, RemoteError>;
+    /// PROPFIND Depth 1: the children of a collection (not the collection itself).
+    async fn list(&self, path: &str) -> Result<Vec<Entry>, RemoteError>;
+    /// GET with `Range: bytes=offset-(offset+len-1)`.
+    async fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<RangeReply, RemoteError>;
+    /// PUT the first `len` bytes of the local file `local`, streamed.
+    async fn put(
+        &self,
+        path: &str,
+        local: &std::path::Path,
+        len: u64,
+        cond: Precondition,
+        mtime: Option<SystemTime>,
+    ) -> Result<PutReply, RemoteError>;
+    /// MKCOL. An existing collection at `path` is not an error.
+    async fn mkcol(&self, path: &str) -> Result<(), RemoteError>;
+    /// DELETE. A resource already gone is not an error.
+    async fn delete(&self, path: &str, is_dir: bool) -> Result<(), RemoteError>;
+    /// MOVE with `Overwrite: T`.
+    async fn rename(&self, from: &str, to: &str, is_dir: bool) -> Result<(), RemoteError>;
+    /// Cheap health check: PROPFIND Depth 0 on the root, plus the server's DAV classes.
+    async fn probe(&self) -> Result<ServerInfo, RemoteError>;
+}

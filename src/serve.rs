@@ -1,0 +1,78 @@
+//! A small built-in WebDAV server over a local directory, for tests and demos.
+//!
+//! Backed by `dav-server`'s `LocalFs`. Locks are faked (`FakeLs`): enough for clients
+//! that insist on LOCK before writing, without pretending to give real exclusion.
+//! No authentication, plain HTTP: bind it to loopback.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dav_server::{fakels::FakeLs, localfs::LocalFs, DavHandler};
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+fn handler(dir: PathBuf) -> DavHandler {
+    DavHandler::builder()
+        // Files private to the user running the server (mode 600/700).
+        .filesystem(LocalFs::new(dir, false, false, false))
+        .locksystem(FakeLs::new())
+        .build_handler()
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves `dir` on it from a background task.
+/// Returns the address actually bound and the task, which runs until aborted.
+pub async fn bind(dir: PathBuf, addr: SocketAddr) -> io::Result<(SocketAddr, JoinHandle<()>)> {
+    if !dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let dav = handler(dir);
+
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning on the error.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let dav = dav.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let dav = dav.clone();
+                    async move { Ok::<_, Infallible>(dav.handle(req).await) }
+                });
+                if let Err(e) = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    // Clients dropping a connection mid-body (e.g. an abandoned
+                    // GET) end up here; nothing to do about it.
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            });
+        }
+    });
+    Ok((local, task))
+}
+
+/// Serves `dir` on `addr` until Ctrl-C.
+pub async fn serve(dir: PathBuf, addr: SocketAddr) -> io::Result<()> {
+    let (local, task) = bind(dir.clone(), addr).await?;
+    println!("serving {} on http://{local}/", dir.display());
+    let result = tokio::signal::ctrl_c().await;
+    task.abort();
+    result
+}

@@ -1,0 +1,493 @@
+//! The state store: one SQLite file (WAL) holding the node table, the sync journal and
+//! the conflict log. Everything that must survive a crash goes through here.
+//!
+//! Durability: the connection runs with `synchronous=NORMAL`, which in WAL mode makes a
+//! commit survive a crash of the process (kill -9) but not of the machine. `fsync()` on a
+//! file asks for more, so `commit_durable` switches to `FULL` for that one commit, which
+//! syncs the WAL and with it every earlier commit.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+pub mod schema;
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state store was written by a newer davdrive (schema {found}, this one knows {known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+impl Kind {
+    fn from_i64(v: i64) -> Kind {
+        if v == 1 {
+            Kind::Dir
+        } else {
+            Kind::File
+        }
+    }
+    fn as_i64(self) -> i64 {
+        match self {
+            Kind::File => 0,
+            Kind::Dir => 1,
+        }
+    }
+}
+
+/// One row of the node table.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub ino: u64,
+    /// 0 for the root and for files unlinked while still open.
+    pub parent: u64,
+    pub name: String,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The remote version the local content is based on.
+    pub etag: Option<String>,
+    /// The node exists on the remote (it was listed there, or its creation was replayed).
+    pub on_remote: bool,
+    /// Local content is newer than the remote's; it must be uploaded.
+    pub dirty: bool,
+    /// Byte ranges of the remote content present in the content file.
+    pub ranges: RangeSet,
+    pub pinned: bool,
+    pub last_access: i64,
+    pub sha256: Option<String>,
+    /// Directories: when the listing was last merged from the remote (unix ms).
+    pub listed_at: Option<i64>,
+}
+
+pub const NODE_COLUMNS: &str = "ino, parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, \
+     etag, on_remote, dirty, ranges, pinned, last_access, sha256, listed_at";
+
+impl Node {
+    pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
+        let ranges: Option<Vec<u8>> = r.get(13)?;
+        Ok(Node {
+            ino: r.get::<_, i64>(0)? as u64,
+            parent: r.get::<_, i64>(1)? as u64,
+            name: r.get(2)?,
+            kind: Kind::from_i64(r.get(3)?),
+            size: r.get::<_, i64>(4)? as u64,
+            mtime_ns: r.get(5)?,
+            ctime_ns: r.get(6)?,
+            mode: r.get::<_, i64>(7)? as u32,
+            uid: r.get::<_, i64>(8)? as u32,
+            gid: r.get::<_, i64>(9)? as u32,
+            etag: r.get(10)?,
+            on_remote: r.get::<_, i64>(11)? != 0,
+            dirty: r.get::<_, i64>(12)? != 0,
+            ranges: ranges.map(|b| RangeSet::decode(&b)).unwrap_or_default(),
+            pinned: r.get::<_, i64>(14)? != 0,
+            last_access: r.get(15)?,
+            sha256: r.get(16)?,
+            listed_at: r.get(17)?,
+        })
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+
+    /// Every byte of the file is in the content file.
+    pub fn fully_cached(&self) -> bool {
+        self.ranges.covers(0, self.size)
+    }
+}
+
+/// A sorted set of disjoint half-open byte ranges `[start, end)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeSet {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl RangeSet {
+    pub fn full(len: u64) -> RangeSet {
+        let mut r = RangeSet::default();
+        r.insert(0, len);
+        r
+    }
+
+    pub fn insert(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let (mut s, mut e) = (start, end);
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        let mut placed = false;
+        for &(a, b) in &self.ranges {
+            if b < s {
+                out.push((a, b));
+            } else if a > e {
+                if !placed {
+                    out.push((s, e));
+                    placed = true;
+                }
+                out.push((a, b));
+            } else {
+                s = s.min(a);
+                e = e.max(b);
+            }
+        }
+        if !placed {
+            out.push((s, e));
+        }
+        self.ranges = out;
+    }
+
+    /// Forget everything at or beyond `len` (after a truncate).
+    pub fn truncate(&mut self, len: u64) {
+        self.ranges.retain(|&(a, _)| a < len);
+        if let Some(last) = self.ranges.last_mut() {
+            last.1 = last.1.min(len);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.ranges.clear();
+    }
+
+    pub fn covers(&self, start: u64, end: u64) -> bool {
+        if start >= end {
+            return true;
+        }
+        self.ranges.iter().any(|&(a, b)| a <= start && end <= b)
+    }
+
+    /// The parts of `[start, end)` that are not present.
+    pub fn missing(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut pos = start;
+        for &(a, b) in &self.ranges {
+            if b <= pos {
+                continue;
+            }
+            if a >= end {
+                break;
+            }
+            if a > pos {
+                out.push((pos, a.min(end)));
+            }
+            pos = pos.max(b);
+            if pos >= end {
+                break;
+            }
+        }
+        if pos < end {
+            out.push((pos, end));
+        }
+        out
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.ranges.iter().map(|(a, b)| b - a).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.ranges.len() * 16);
+        for &(a, b) in &self.ranges {
+            out.extend_from_slice(&a.to_le_bytes());
+            out.extend_from_slice(&b.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes what `encode` wrote; a damaged blob decodes to what is valid of it, and a
+    /// smaller range set only costs a re-fetch.
+    pub fn decode(b: &[u8]) -> RangeSet {
+        let mut r = RangeSet::default();
+        for chunk in b.chunks_exact(16) {
+            let a = u64::from_le_bytes(chunk[..8].try_into().unwrap());
+            let e = u64::from_le_bytes(chunk[8..].try_into().unwrap());
+            r.insert(a, e);
+        }
+        r
+    }
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub fn now_ms() -> i64 {
+    now_ns() / 1_000_000
+}
+
+pub fn system_time_to_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+pub fn ns_to_system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + std::time::Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - std::time::Duration::from_nanos((-ns) as u64)
+    }
+}
+
+/// Opens (creating and migrating) the state store.
+pub fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    schema::migrate(&conn)?;
+    Ok(conn)
+}
+
+/// Runs `f` with every commit fully synced to disk (WAL fsynced), for `fsync()`. The
+/// pragma cannot change inside a transaction, so it wraps the whole unit of work.
+pub fn with_full_sync<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let r = f(conn);
+    let back = conn.pragma_update(None, "synchronous", "NORMAL");
+    let v = r?;
+    back?;
+    Ok(v)
+}
+
+pub fn get_node(conn: &Connection, ino: u64) -> rusqlite::Result<Option<Node>> {
+    conn.prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE ino = ?1"))?
+        .query_row([ino as i64], Node::from_row)
+        .optional()
+}
+
+pub fn get_child(conn: &Connection, parent: u64, name: &str) -> rusqlite::Result<Option<Node>> {
+    conn.prepare_cached(&format!(
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE parent = ?1 AND name = ?2"
+    ))?
+    .query_row(params![parent as i64, name], Node::from_row)
+    .optional()
+}
+
+pub fn children(conn: &Connection, parent: u64) -> rusqlite::Result<Vec<Node>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE parent = ?1 AND ino != ?1 ORDER BY name"
+    ))?;
+    let rows = st.query_map([parent as i64], Node::from_row)?;
+    rows.collect()
+}
+
+pub fn has_children(conn: &Connection, parent: u64) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM nodes WHERE parent = ?1 AND ino != ?1 LIMIT 1")?
+        .query_row([parent as i64], |_| Ok(()))
+        .optional()
+        .map(|o| o.is_some())
+}
+
+/// The node's path relative to the mount root ("/" for the root), or None for an orphan.
+pub fn path_of(conn: &Connection, ino: u64) -> rusqlite::Result<Option<String>> {
+    let mut parts = Vec::new();
+    let mut cur = ino;
+    let mut st = conn.prepare_cached("SELECT parent, name FROM nodes WHERE ino = ?1")?;
+    while cur != ROOT_INO {
+        let row: Option<(i64, String)> = st
+            .query_row([cur as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match row {
+            Some((parent, name)) if parent != 0 => {
+                parts.push(name);
+                cur = parent as u64;
+            }
+            _ => return Ok(None),
+        }
+        if parts.len() > 4096 {
+            return Ok(None);
+        }
+    }
+    if parts.is_empty() {
+        return Ok(Some("/".to_string()));
+    }
+    parts.reverse();
+    Ok(Some(format!("/{}", parts.join("/"))))
+}
+
+/// Fields of a node being created.
+pub struct NewNode<'a> {
+    pub parent: u64,
+    pub name: &'a str,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub etag: Option<&'a str>,
+    pub on_remote: bool,
+    pub dirty: bool,
+    pub ranges: RangeSet,
+    pub listed_at: Option<i64>,
+}
+
+pub fn insert_node(conn: &Connection, n: &NewNode<'_>) -> rusqlite::Result<u64> {
+    conn.prepare_cached(
+        "INSERT INTO nodes (parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, etag, \
+         on_remote, dirty, ranges, pinned, last_access, listed_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14)",
+    )?
+    .execute(params![
+        n.parent as i64,
+        n.name,
+        n.kind.as_i64(),
+        n.size as i64,
+        n.mtime_ns,
+        n.mode as i64,
+        n.uid as i64,
+        n.gid as i64,
+        n.etag,
+        n.on_remote as i64,
+        n.dirty as i64,
+        n.ranges.encode(),
+        now_ns() / 1_000_000_000,
+        n.listed_at,
+    ])?;
+    Ok(conn.last_insert_rowid() as u64)
+}
+
+pub fn delete_node(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM nodes WHERE ino = ?1")?
+        .execute([ino as i64])?;
+    Ok(())
+}
+
+pub fn set_ranges(conn: &Connection, ino: u64, ranges: &RangeSet) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET ranges = ?2 WHERE ino = ?1")?
+        .execute(params![ino as i64, ranges.encode()])?;
+    Ok(())
+}
+
+pub fn set_dirty(conn: &Connection, ino: u64, dirty: bool) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET dirty = ?2 WHERE ino = ?1")?
+        .execute(params![ino as i64, dirty as i64])?;
+    Ok(())
+}
+
+/// Records the state of local content after writes: size, mtime and that all of it is present.
+pub fn set_local_content(
+    conn: &Connection,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE nodes SET size = ?2, mtime_ns = ?3, ctime_ns = ?4, ranges = ?5, dirty = 1, \
+         sha256 = NULL WHERE ino = ?1",
+    )?
+    .execute(params![
+        ino as i64,
+        size as i64,
+        mtime_ns,
+        now_ns(),
+        RangeSet::full(size).encode()
+    ])?;
+    Ok(())
+}
+
+pub fn move_node(conn: &Connection, ino: u64, parent: u64, name: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET parent = ?2, name = ?3, ctime_ns = ?4 WHERE ino = ?1")?
+        .execute(params![ino as i64, parent as i64, name, now_ns()])?;
+    Ok(())
+}
+
+pub fn touch_access(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET last_access = ?2 WHERE ino = ?1")?
+        .execute(params![ino as i64, now_ns() / 1_000_000_000])?;
+    Ok(())
+}
+
+pub fn get_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()
+}
+
+pub fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+        .execute([key, value])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_set_merges_and_reports_missing() {
+        let mut r = RangeSet::default();
+        r.insert(10, 20);
+        r.insert(30, 40);
+        assert_eq!(r.missing(0, 50), vec![(0, 10), (20, 30), (40, 50)]);
+        r.insert(20, 30);
+        assert!(r.covers(10, 40));
+        assert_eq!(r.missing(0, 50), vec![(0, 10), (40, 50)]);
+        r.insert(0, 5);
+        r.truncate(12);
+        assert_eq!(r.missing(0, 12), vec![(5, 10)]);
+        assert_eq!(RangeSet::decode(&r.encode()), r);
+        assert!(RangeSet::full(0).covers(0, 0));
+    }
+
+    #[test]
+    fn paths_follow_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(&dir.path().join("s.db")).unwrap();
+        let mk = |parent, name: &str, kind| {
+            insert_node(
+                &c,
+                &NewNode {
+                    parent,
+                    name,
+                    kind,
+                    size: 0,
+                    mtime_ns: 0,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    etag: None,
+                    on_remote: false,
+                    dirty: false,
+                    ranges: RangeSet::default(),
+                    listed_at: None,
+                },
+            )
+            .unwrap()
+        };
+        let d = mk(ROOT_INO, "a dir", Kind::Dir);
+        let f = mk(d, "f#1", Kind::File);
+        assert_eq!(path_of(&c, f).unwrap().unwrap(), "/a dir/f#1");
+        assert_eq!(path_of(&c, ROOT_INO).unwrap().unwrap(), "/");
+        move_node(&c, f, 0, "orphan").unwrap();
+        assert_eq!(path_of(&c, f).unwrap(), None);
+    }
+}

@@ -1,0 +1,85 @@
+//! Schema of the state store, versioned with `PRAGMA user_version` and migrated at start.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Each step takes the store from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1
+    "
+    CREATE TABLE nodes (
+        ino         INTEGER PRIMARY KEY,
+        parent      INTEGER NOT NULL,
+        name        TEXT    NOT NULL,
+        kind        INTEGER NOT NULL,
+        size        INTEGER NOT NULL DEFAULT 0,
+        mtime_ns    INTEGER NOT NULL DEFAULT 0,
+        ctime_ns    INTEGER NOT NULL DEFAULT 0,
+        mode        INTEGER NOT NULL,
+        uid         INTEGER NOT NULL,
+        gid         INTEGER NOT NULL,
+        etag        TEXT,
+        on_remote   INTEGER NOT NULL DEFAULT 0,
+        dirty       INTEGER NOT NULL DEFAULT 0,
+        ranges      BLOB,
+        pinned      INTEGER NOT NULL DEFAULT 0,
+        last_access INTEGER NOT NULL DEFAULT 0,
+        sha256      TEXT,
+        listed_at   INTEGER
+    );
+    -- Orphans (unlinked while open) have parent 0 and stay out of the namespace.
+    CREATE UNIQUE INDEX nodes_by_name ON nodes(parent, name) WHERE parent != 0;
+    CREATE INDEX nodes_dirty ON nodes(dirty) WHERE dirty != 0;
+
+    CREATE TABLE journal (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        op          TEXT    NOT NULL,
+        ino         INTEGER NOT NULL,
+        path        TEXT    NOT NULL,
+        dest        TEXT,
+        is_dir      INTEGER NOT NULL DEFAULT 0,
+        created_at  INTEGER NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        next_try_at INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT,
+        failed      INTEGER NOT NULL DEFAULT 0,
+        running     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX journal_by_ino ON journal(ino);
+
+    CREATE TABLE conflicts (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        path         TEXT    NOT NULL,
+        conflict_path TEXT   NOT NULL,
+        local_etag   TEXT,
+        remote_etag  TEXT,
+        created_at   INTEGER NOT NULL,
+        resolved     INTEGER NOT NULL DEFAULT 0
+    );
+
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    ",
+];
+
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > VERSION {
+        return Err(StoreError::TooNew {
+            found,
+            known: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
