@@ -30,7 +30,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86400,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "'{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
+            ))
+        }
     };
     Ok(Duration::from_secs(secs))
 }
@@ -66,8 +70,8 @@ pub fn redact_url(url: &url::Url) -> String {
 }
 
 pub fn parse_url(s: &str) -> Result<url::Url, ConfigError> {
-    let mut url = url::Url::parse(s)
-        .map_err(|e| ConfigError::Invalid(format!("'{s}' is not a URL: {e}")))?;
+    let mut url =
+        url::Url::parse(s).map_err(|e| ConfigError::Invalid(format!("'{s}' is not a URL: {e}")))?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(ConfigError::Invalid(format!(
             "'{}' is not an http or https URL",
@@ -111,7 +115,10 @@ pub fn default_cache_dir(url: &url::Url, mountpoint: &Path) -> PathBuf {
     h.update(redact_url(url).as_bytes());
     h.update(b"\n");
     h.update(mountpoint.as_os_str().as_encoded_bytes());
-    let id: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let id: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     base.join("davdrive").join(id)
 }
 
@@ -123,7 +130,10 @@ pub fn pid_file(mountpoint: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(format!("/tmp/davdrive-{}", unsafe { libc::getuid() })));
     let mut h = Sha256::new();
     h.update(mountpoint.as_os_str().as_encoded_bytes());
-    let id: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let id: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     dir.join("davdrive").join(format!("mount-{id}.pid"))
 }
 
@@ -133,7 +143,10 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
         assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(43200));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));

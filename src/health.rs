@@ -86,7 +86,8 @@ impl Health {
                 true
             }
             Err(e) => {
-                self.tx.send_modify(|s| s.last_check = Some(SystemTime::now()));
+                self.tx
+                    .send_modify(|s| s.last_check = Some(SystemTime::now()));
                 self.mark_offline(&e.to_string());
                 false
             }

@@ -199,7 +199,11 @@ fn mount(args: MountArgs) -> ExitCode {
 
 fn redirect_output(log: &Path) {
     use std::os::fd::AsRawFd;
-    if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
         unsafe {
             libc::dup2(f.as_raw_fd(), 1);
             libc::dup2(f.as_raw_fd(), 2);
@@ -235,7 +239,10 @@ fn spawn_daemon(cache_dir: &Path) -> ExitCode {
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
         if line == "READY" {
-            eprintln!("davdrive: mounted; log in {}", cache_dir.join("davdrive.log").display());
+            eprintln!(
+                "davdrive: mounted; log in {}",
+                cache_dir.join("davdrive.log").display()
+            );
             return ExitCode::SUCCESS;
         }
         if let Some(msg) = line.strip_prefix("ERROR ") {
@@ -261,8 +268,17 @@ fn unmount(mountpoint: &Path) -> ExitCode {
     let status = Command::new("fusermount3").arg("-u").arg(&mp).status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(_) => return fail(format!("could not unmount {} (is it busy? see above)", mp.display())),
-        Err(e) => return fail(format!("cannot run fusermount3 (install the fuse3 package): {e}")),
+        Ok(_) => {
+            return fail(format!(
+                "could not unmount {} (is it busy? see above)",
+                mp.display()
+            ))
+        }
+        Err(e) => {
+            return fail(format!(
+                "cannot run fusermount3 (install the fuse3 package): {e}"
+            ))
+        }
     }
     // Wait for the daemon to hand everything to the journal and exit.
     if let Some(pid) = pid {

@@ -19,7 +19,9 @@ impl ContentFiles {
 
     /// Spread over 256 folders so none grows huge.
     pub fn path(&self, ino: u64) -> PathBuf {
-        self.dir.join(format!("{:02x}", ino & 0xff)).join(ino.to_string())
+        self.dir
+            .join(format!("{:02x}", ino & 0xff))
+            .join(ino.to_string())
     }
 
     /// Opens the content file for reading and writing, creating it empty if missing.

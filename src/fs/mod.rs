@@ -131,8 +131,7 @@ fn check_name(name: &str) -> FsResult<()> {
     if name.len() > 255 {
         return Err(FsError::NameTooLong);
     }
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(FsError::Invalid("bad file name"));
     }
     Ok(())
@@ -384,14 +383,18 @@ impl Core {
             let mut conn = lock(&self.store);
             let tx = conn.transaction()?;
             let pending = journal::names_pending_under(&tx, dir_path)?;
-            let is_pending = |name: &str| pending.binary_search_by(|p| p.as_str().cmp(name)).is_ok();
+            let is_pending =
+                |name: &str| pending.binary_search_by(|p| p.as_str().cmp(name)).is_ok();
             let mut local: HashMap<String, Node> = store::children(&tx, dir)?
                 .into_iter()
                 .map(|n| (n.name.clone(), n))
                 .collect();
             for e in entries {
                 if check_name(&e.name).is_err() {
-                    tracing::warn!("ignoring remote entry with unusable name {:?} in {dir_path}", e.name);
+                    tracing::warn!(
+                        "ignoring remote entry with unusable name {:?} in {dir_path}",
+                        e.name
+                    );
                     continue;
                 }
                 let existing = local.remove(&e.name);
@@ -399,7 +402,10 @@ impl Core {
                     continue;
                 }
                 let kind = if e.is_dir { Kind::Dir } else { Kind::File };
-                let mtime_ns = e.mtime.map(store::system_time_to_ns).unwrap_or_else(store::now_ns);
+                let mtime_ns = e
+                    .mtime
+                    .map(store::system_time_to_ns)
+                    .unwrap_or_else(store::now_ns);
                 match existing {
                     Some(n) if n.kind == kind => {
                         if kind == Kind::File && n.etag != e.etag && !n.dirty {
@@ -414,7 +420,10 @@ impl Core {
                                 }
                             }
                         } else if !n.on_remote {
-                            tx.execute("UPDATE nodes SET on_remote = 1 WHERE ino = ?1", [n.ino as i64])?;
+                            tx.execute(
+                                "UPDATE nodes SET on_remote = 1 WHERE ino = ?1",
+                                [n.ino as i64],
+                            )?;
                         }
                     }
                     Some(n) => {
@@ -556,7 +565,9 @@ impl Core {
             attr: self_attr.clone(),
         });
         let parent_attr = if node.parent != 0 {
-            self.node(node.parent).map(|p| self.node_attr(&p)).unwrap_or(self_attr)
+            self.node(node.parent)
+                .map(|p| self.node_attr(&p))
+                .unwrap_or(self_attr)
         } else {
             self_attr
         };
@@ -679,7 +690,10 @@ impl Core {
         };
         let fh = self.open_handle(ino, true)?;
         {
-            let of = lock(&self.open_files).get(&ino).cloned().ok_or(FsError::BadHandle)?;
+            let of = lock(&self.open_files)
+                .get(&ino)
+                .cloned()
+                .ok_or(FsError::BadHandle)?;
             lock(&of.state).write_dirty = true;
         }
         self.kernel_cache_valid(ino);
@@ -876,7 +890,9 @@ impl Core {
                 let mut st = lock(&of.state);
                 if !st.ranges.covers(0, st.size.min(new_size)) {
                     drop(st);
-                    return Err(FsError::Offline { path: self.path(ino)? });
+                    return Err(FsError::Offline {
+                        path: self.path(ino)?,
+                    });
                 }
                 of.file.set_len(new_size)?;
                 st.size = new_size;
@@ -993,14 +1009,24 @@ impl Core {
             let h = h.get(&fh).ok_or(FsError::BadHandle)?;
             (h.ino, h.writable)
         };
-        let of = lock(&self.open_files).get(&ino).cloned().ok_or(FsError::BadHandle)?;
+        let of = lock(&self.open_files)
+            .get(&ino)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
         Ok((ino, writable, of))
     }
 
     /// Downloads whatever of `[start, end)` is missing (rounded up to whole chunks when
     /// `round` is set, for read-ahead). One download per file at a time; a second reader
     /// of the same range waits and then finds it present.
-    fn fetch_range(&self, of: &OpenFile, ino: u64, start: u64, end: u64, round: bool) -> FsResult<()> {
+    fn fetch_range(
+        &self,
+        of: &OpenFile,
+        ino: u64,
+        start: u64,
+        end: u64,
+        round: bool,
+    ) -> FsResult<()> {
         {
             let st = lock(&of.state);
             if st.ranges.covers(start, end.min(st.size)) {
@@ -1030,11 +1056,14 @@ impl Core {
                 let len = (b - pos).min(MAX_FETCH);
                 let remote = self.remote.clone();
                 let p = path.clone();
-                let reply = self.call(&path, async move { remote.get_range(&p, pos, len).await })?;
+                let reply =
+                    self.call(&path, async move { remote.get_range(&p, pos, len).await })?;
                 let got = reply.data.len() as u64;
                 if got == 0 {
                     // The remote file is shorter than we thought: it changed.
-                    tracing::warn!("{path}: remote returned no data at {pos} (size {size}); it changed");
+                    tracing::warn!(
+                        "{path}: remote returned no data at {pos} (size {size}); it changed"
+                    );
                     return Err(FsError::Remote {
                         path,
                         source: RemoteError::BadReply("file shorter than listed".into()),
@@ -1159,8 +1188,10 @@ impl Core {
 
     /// Commits every file still open with unsent writes (at unmount).
     pub fn commit_all(&self) {
-        let open: Vec<(u64, Arc<OpenFile>)> =
-            lock(&self.open_files).iter().map(|(k, v)| (*k, v.clone())).collect();
+        let open: Vec<(u64, Arc<OpenFile>)> = lock(&self.open_files)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         for (ino, of) in open {
             if let Err(e) = self.commit_writes(&of, ino, true) {
                 tracing::error!("could not commit writes of inode {ino}: {e}");

@@ -116,7 +116,12 @@ fn run_inner(
         .recursive(true)
         .mode(0o700)
         .create(&cfg.cache_dir)
-        .map_err(|e| MountError::Setup(format!("cannot create cache dir {}: {e}", cfg.cache_dir.display())))?;
+        .map_err(|e| {
+            MountError::Setup(format!(
+                "cannot create cache dir {}: {e}",
+                cfg.cache_dir.display()
+            ))
+        })?;
     let _ = std::fs::set_permissions(&cfg.cache_dir, std::fs::Permissions::from_mode(0o700));
     let _lock = lock_cache_dir(&cfg.cache_dir)?;
 
@@ -125,13 +130,16 @@ fn run_inner(
     wcfg.password = cfg.password.clone();
     wcfg.ca_cert_pem = cfg.ca_cert_pem.clone();
     wcfg.request_timeout = cfg.request_timeout;
-    let remote: Arc<dyn Remote> = Arc::new(
-        WebDav::new(wcfg).map_err(|e| MountError::Setup(format!("{url}: {e}")))?,
-    );
+    let remote: Arc<dyn Remote> =
+        Arc::new(WebDav::new(wcfg).map_err(|e| MountError::Setup(format!("{url}: {e}")))?);
 
     let online = match rt.block_on(remote.probe()) {
         Ok(info) => {
-            tracing::info!("{url} answers (DAV {:?}, {:?})", info.dav_classes, info.latency);
+            tracing::info!(
+                "{url} answers (DAV {:?}, {:?})",
+                info.dav_classes,
+                info.latency
+            );
             true
         }
         Err(RemoteError::Unauthorized(_)) => return Err(MountError::Auth { url }),
@@ -173,7 +181,12 @@ fn run_inner(
             ..CoreConfig::default()
         },
     )
-    .map_err(|e| MountError::Setup(format!("cannot open the cache in {}: {e}", cfg.cache_dir.display())))?;
+    .map_err(|e| {
+        MountError::Setup(format!(
+            "cannot open the cache in {}: {e}",
+            cfg.cache_dir.display()
+        ))
+    })?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     rt.spawn(health::probe_loop(
@@ -197,18 +210,23 @@ fn run_inner(
     }
     fuse_cfg.mount_options = std::mem::take(&mut options);
     fuse_cfg.n_threads = Some(cfg.threads.max(1));
-    let mut session = Session::new(DavFs::new(core.clone()), &cfg.mountpoint, &fuse_cfg).map_err(|source| {
-        MountError::Fuse {
-            path: cfg.mountpoint.display().to_string(),
-            source,
-        }
-    })?;
+    let mut session =
+        Session::new(DavFs::new(core.clone()), &cfg.mountpoint, &fuse_cfg).map_err(|source| {
+            MountError::Fuse {
+                path: cfg.mountpoint.display().to_string(),
+                source,
+            }
+        })?;
     tracing::info!("mounted {url} on {}", cfg.mountpoint.display());
     let pid_path = crate::config::pid_file(&cfg.mountpoint);
     if let Some(dir) = pid_path.parent() {
-        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir);
     }
-    let _ = std::fs::File::create(&pid_path).and_then(|mut f| writeln!(f, "{}", std::process::id()));
+    let _ =
+        std::fs::File::create(&pid_path).and_then(|mut f| writeln!(f, "{}", std::process::id()));
 
     // SIGINT / SIGTERM unmount, which ends the session loop below.
     let mut unmounter = session.unmount_callable();
@@ -224,7 +242,10 @@ fn run_inner(
         tracing::info!("signal received, unmounting {}", mountpoint.display());
         if let Err(e) = unmounter.unmount() {
             tracing::warn!("unmount: {e}; detaching lazily");
-            let _ = std::process::Command::new("fusermount3").arg("-uz").arg(&mountpoint).status();
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&mountpoint)
+                .status();
         }
     });
 

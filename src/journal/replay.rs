@@ -75,9 +75,11 @@ pub async fn run_entry(core: &Arc<Core>, e: Entry) {
     let result = match e.op {
         Op::Put => put(core, &e).await,
         Op::Mkcol => mkcol(core, &e).await,
-        Op::Delete => core.remote().delete(&e.path, e.is_dir).await.and_then(|_| {
-            journal::complete(&core.store(), e.id).map_err(local)
-        }),
+        Op::Delete => core
+            .remote()
+            .delete(&e.path, e.is_dir)
+            .await
+            .and_then(|_| journal::complete(&core.store(), e.id).map_err(local)),
         Op::Move => rename(core, &e).await,
     };
     match result {
@@ -108,7 +110,13 @@ fn record_error(core: &Arc<Core>, e: &Entry, err: RemoteError) {
             e.attempts + 1,
             backoff
         );
-        journal::record_failure(&conn, e.id, &err.to_string(), now_ms() + backoff.as_millis() as i64, false)
+        journal::record_failure(
+            &conn,
+            e.id,
+            &err.to_string(),
+            now_ms() + backoff.as_millis() as i64,
+            false,
+        )
     } else {
         tracing::error!(
             "{} {} failed for good; its data stays in the cache until the entry is retried or dropped: {err}",
@@ -126,8 +134,11 @@ async fn mkcol(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
     core.remote().mkcol(&e.path).await?;
     let conn = core.store();
     let tx = conn.unchecked_transaction().map_err(local)?;
-    tx.execute("UPDATE nodes SET on_remote = 1 WHERE ino = ?1", [e.ino as i64])
-        .map_err(local)?;
+    tx.execute(
+        "UPDATE nodes SET on_remote = 1 WHERE ino = ?1",
+        [e.ino as i64],
+    )
+    .map_err(local)?;
     journal::complete(&tx, e.id).map_err(local)?;
     tx.commit().map_err(local)
 }
@@ -254,7 +265,13 @@ async fn resolve_conflict(
     let conflict_path = format!("{dir}/{conflict_name}");
     let mtime = Some(store::ns_to_system_time(node.mtime_ns));
     let reply = remote
-        .put(&conflict_path, &local_path, node.size, Precondition::IfNoneMatch, mtime)
+        .put(
+            &conflict_path,
+            &local_path,
+            node.size,
+            Precondition::IfNoneMatch,
+            mtime,
+        )
         .await?;
     let conflict_etag = match reply.etag {
         Some(t) => Some(t),
@@ -305,7 +322,9 @@ async fn resolve_conflict(
                     e.ino as i64,
                     cur.etag,
                     cur.size as i64,
-                    cur.mtime.map(store::system_time_to_ns).unwrap_or(node.mtime_ns)
+                    cur.mtime
+                        .map(store::system_time_to_ns)
+                        .unwrap_or(node.mtime_ns)
                 ],
             )
             .map_err(local)?;
@@ -394,15 +413,15 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
         assert_eq!(
             conflict_name("report.txt", "box", t),
-            "report (conflict box 2026-11-18 072640).txt"
+            "report (conflict box 2026-11-18 110640).txt"
         );
         assert_eq!(
             conflict_name("Makefile", "box", t),
-            "Makefile (conflict box 2026-11-18 072640)"
+            "Makefile (conflict box 2026-11-18 110640)"
         );
         assert_eq!(
             conflict_name(".bashrc", "box", t),
-            ".bashrc (conflict box 2026-11-18 072640)"
+            ".bashrc (conflict box 2026-11-18 110640)"
         );
     }
 }

@@ -104,7 +104,8 @@ pub trait Remote: Send + Sync + 'static {
     /// PROPFIND Depth 1: the children of a collection (not the collection itself).
     async fn list(&self, path: &str) -> Result<Vec<Entry>, RemoteError>;
     /// GET with `Range: bytes=offset-(offset+len-1)`.
-    async fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<RangeReply, RemoteError>;
+    async fn get_range(&self, path: &str, offset: u64, len: u64)
+        -> Result<RangeReply, RemoteError>;
     /// PUT the first `len` bytes of the local file `local`, streamed.
     async fn put(
         &self,

@@ -19,7 +19,9 @@ pub const ROOT_INO: u64 = 1;
 pub enum StoreError {
     #[error("state store: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("state store was written by a newer davdrive (schema {found}, this one knows {known})")]
+    #[error(
+        "state store was written by a newer davdrive (schema {found}, this one knows {known})"
+    )]
     TooNew { found: i64, known: i64 },
 }
 
@@ -74,7 +76,8 @@ pub struct Node {
     pub listed_at: Option<i64>,
 }
 
-pub const NODE_COLUMNS: &str = "ino, parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, \
+pub const NODE_COLUMNS: &str =
+    "ino, parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, \
      etag, on_remote, dirty, ranges, pinned, last_access, sha256, listed_at";
 
 impl Node {
@@ -483,6 +486,7 @@ mod tests {
             )
             .unwrap()
         };
+        assert_eq!(mk(0, "", Kind::Dir), ROOT_INO);
         let d = mk(ROOT_INO, "a dir", Kind::Dir);
         let f = mk(d, "f#1", Kind::File);
         assert_eq!(path_of(&c, f).unwrap().unwrap(), "/a dir/f#1");

@@ -1,0 +1,282 @@
+//! Shared test harness: a real WebDAV server (dav-server) on 127.0.0.1 behind a
+//! fault-injecting proxy, and real FUSE mounts of the davdrive binary.
+
+#![allow(dead_code, unused_imports)]
+
+pub mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub use proxy::{Canned, Fault, Proxy};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_davdrive");
+
+/// Fails loudly when this machine cannot run FUSE tests, instead of skipping them.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: FUSE tests cannot run (load the fuse module)"
+    );
+    assert!(
+        Command::new("fusermount3").arg("-V").output().is_ok(),
+        "fusermount3 is missing: install the fuse3 package (scripts/test.sh does)"
+    );
+}
+
+/// A WebDAV server over a temp dir, reached through a proxy, on its own runtime.
+pub struct Server {
+    pub rt: tokio::runtime::Runtime,
+    pub tmp: tempfile::TempDir,
+    /// The folder the server serves.
+    pub root: PathBuf,
+    pub proxy: Proxy,
+    pub upstream: std::net::SocketAddr,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("server");
+        std::fs::create_dir_all(&root).unwrap();
+        let (upstream, proxy) = rt.block_on(async {
+            let (addr, _task) = davdrive::serve::bind(root.clone(), "127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            (addr, Proxy::start(addr).await)
+        });
+        Server {
+            rt,
+            tmp,
+            root,
+            proxy,
+            upstream,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.proxy.addr)
+    }
+
+    /// A path on the server side.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel.trim_start_matches('/'))
+    }
+}
+
+/// A running `davdrive mount` child process.
+pub struct Mount {
+    pub mnt: PathBuf,
+    pub cache: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    args: Vec<String>,
+    url: String,
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mnt = mnt.to_string_lossy();
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 4 && f[4] == mnt && l.contains(" - fuse")
+    })
+}
+
+impl Mount {
+    /// Mounts `url` on a fresh folder in `base`, with a short listing TTL for tests.
+    pub fn start(url: &str, base: &Path, extra: &[&str]) -> Mount {
+        require_fuse();
+        let mnt = base.join("mnt");
+        let cache = base.join("cache");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut m = Mount {
+            mnt: std::fs::canonicalize(&mnt).unwrap(),
+            cache,
+            child: None,
+            log: base.join("davdrive.log"),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            url: url.to_string(),
+        };
+        m.spawn();
+        m
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("mount")
+            .arg(&self.url)
+            .arg(&self.mnt)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args([
+                "--dir-ttl",
+                "1s",
+                "--attr-ttl",
+                "1s",
+                "--health-interval",
+                "1s",
+                "--request-timeout",
+                "5s",
+            ])
+            .args(&self.args)
+            .env("DAVDRIVE_LOG", "davdrive=debug,info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(&self.mnt) {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "davdrive exited with {status} before mounting; log:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount did not come up; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel.trim_start_matches('/'))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Clean unmount through `davdrive unmount`; waits for the daemon to exit.
+    pub fn unmount(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let out = Command::new(BIN)
+                .arg("unmount")
+                .arg(&self.mnt)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "unmount failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "daemon did not exit after unmount"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// `kill -9` of the daemon, leaving its mount dead, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn remount(&mut self) {
+        self.unmount();
+        self.spawn();
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mnt)
+                .status();
+        }
+    }
+}
+
+/// Polls `cond` until it holds, or panics with `what` after `secs`.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn sha256_file(p: &Path) -> Option<String> {
+    let data = std::fs::read(p).ok()?;
+    Some(sha256(&data))
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn run(cmd: &str, dir: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,221 @@
+//! A fault-injecting HTTP proxy on 127.0.0.1, between davdrive and the test server.
+//! It forwards everything unless told to refuse connections, answer with a status, delay,
+//! cut a reply short, demand credentials, or give a canned reply for certain requests.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Forward everything.
+    None,
+    /// Accept and close at once: the remote looks down.
+    Refuse,
+    /// Answer every request with this status.
+    Status(u16),
+    /// Wait this long before forwarding.
+    Delay(Duration),
+    /// Forward, but end the reply body after this many bytes.
+    CutResponse(usize),
+}
+
+/// A canned reply for requests whose method and path match.
+#[derive(Clone, Debug)]
+pub struct Canned {
+    pub method: String,
+    pub path_contains: String,
+    pub status: u16,
+    pub body: String,
+}
+
+#[derive(Default)]
+pub struct ProxyState {
+    pub fault: Option<Fault>,
+    pub canned: Vec<Canned>,
+    /// `Authorization` header value required, if any.
+    pub require_auth: Option<String>,
+    /// Requests seen, by method.
+    pub counts: HashMap<String, usize>,
+}
+
+#[derive(Clone)]
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<ProxyState>>,
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(status: u16, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/xml; charset=utf-8")
+        .body(Full::new(body.into()).map_err(|e| match e {}).boxed())
+        .unwrap()
+}
+
+impl Proxy {
+    /// Starts the proxy on the current tokio runtime, in front of `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                if st.lock().unwrap().fault == Some(Fault::Refuse) {
+                    drop(stream);
+                    continue;
+                }
+                let st = st.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        let client = client.clone();
+                        async move { Ok::<_, Infallible>(handle(req, st, client, addr, upstream).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Proxy { addr, state }
+    }
+
+    pub fn set_fault(&self, f: Fault) {
+        self.state.lock().unwrap().fault = Some(f);
+    }
+
+    pub fn clear_fault(&self) {
+        self.state.lock().unwrap().fault = None;
+    }
+
+    pub fn count(&self, method: &str) -> usize {
+        *self.state.lock().unwrap().counts.get(method).unwrap_or(&0)
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    st: Arc<Mutex<ProxyState>>,
+    client: reqwest::Client,
+    me: SocketAddr,
+    upstream: SocketAddr,
+) -> Response<Body> {
+    let (fault, canned, auth) = {
+        let mut s = st.lock().unwrap();
+        *s.counts.entry(req.method().to_string()).or_default() += 1;
+        let canned = s
+            .canned
+            .iter()
+            .find(|c| {
+                c.method == req.method().as_str() && req.uri().path().contains(&c.path_contains)
+            })
+            .cloned();
+        (s.fault.clone(), canned, s.require_auth.clone())
+    };
+    if let Some(expected) = auth {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if given != Some(expected.as_str()) {
+            let mut r = full(401, "unauthorized");
+            r.headers_mut()
+                .insert("www-authenticate", "Basic realm=\"test\"".parse().unwrap());
+            return r;
+        }
+    }
+    match fault {
+        Some(Fault::Status(code)) => return full(code, "injected"),
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Fault::Refuse) => return full(503, "refused"),
+        _ => {}
+    }
+    if let Some(c) = canned {
+        return full(c.status, c.body);
+    }
+    let url = format!(
+        "http://{upstream}{}",
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
+    let mut out = client.request(method, url);
+    for (k, v) in req.headers() {
+        if k == "host" {
+            continue;
+        }
+        let mut v = v.clone();
+        if k == "destination" {
+            // MOVE names its target by absolute URL: point it at the real server.
+            let s = v
+                .to_str()
+                .unwrap()
+                .replace(&format!("http://{me}"), &format!("http://{upstream}"));
+            v = s.parse().unwrap();
+        }
+        out = out.header(k, v);
+    }
+    let body_stream = http_body_util::BodyStream::new(req.into_body());
+    let body_stream = futures_util::StreamExt::filter_map(body_stream, |f| async move {
+        match f {
+            Ok(frame) => frame.into_data().ok().map(Ok::<Bytes, std::io::Error>),
+            Err(e) => Some(Err(std::io::Error::other(e))),
+        }
+    });
+    out = out.body(reqwest::Body::wrap_stream(body_stream));
+    let resp = match out.send().await {
+        Ok(r) => r,
+        Err(e) => return full(502, format!("proxy: {e}")),
+    };
+    let mut builder = Response::builder().status(resp.status().as_u16());
+    for (k, v) in resp.headers() {
+        // Content-Length stays even when the body is cut: the client must notice.
+        builder = builder.header(k, v);
+    }
+    let limit = match fault {
+        Some(Fault::CutResponse(n)) => n,
+        _ => usize::MAX,
+    };
+    let stream = futures_util::stream::unfold((resp, 0usize), move |(mut resp, sent)| async move {
+        if sent >= limit {
+            return None;
+        }
+        match resp.chunk().await {
+            Ok(Some(mut chunk)) => {
+                chunk.truncate(limit - sent);
+                let n = chunk.len();
+                Some((Ok(Frame::data(chunk)), (resp, sent + n)))
+            }
+            Ok(None) => None,
+            Err(e) => Some((Err(std::io::Error::other(e)), (resp, usize::MAX))),
+        }
+    });
+    builder
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap()
+}
