@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs what is missing, then runs every test: unit tests, the WebDAV client against a
+# real server, and the FUSE tests against real mounts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+export CARGO_TERM_COLOR=never
+cargo build --locked --all-targets -j "$(nproc)"
+# Test binaries run one after another; within one, four tests run at a time.
+cargo test --locked -j "$(nproc)" -- --test-threads=4
