@@ -103,10 +103,11 @@ pub async fn probe_loop(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut offline_wait = Duration::from_secs(1);
+    let first_retry = Duration::from_secs(1).min(interval);
+    let mut offline_wait = first_retry;
     loop {
         let wait = if health.is_online() {
-            offline_wait = Duration::from_secs(1);
+            offline_wait = first_retry;
             interval
         } else {
             let w = offline_wait;

@@ -120,6 +120,9 @@ pub struct Core {
     content_gen: Mutex<HashMap<u64, (u64, u64)>>,
     next_fh: AtomicU64,
     cache_dir: PathBuf,
+    /// Bumped whenever the replayer starts or finishes changing the remote: a listing
+    /// fetched across such a change may be stale and is not merged.
+    remote_epoch: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -173,6 +176,7 @@ impl Core {
             content_gen: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             cache_dir: cache_dir.to_path_buf(),
+            remote_epoch: AtomicU64::new(0),
         };
         core.recover()?;
         Ok(Arc::new(core))
@@ -348,9 +352,24 @@ impl Core {
                 None => Err(FsError::Offline { path }),
             };
         }
-        let remote = self.remote.clone();
-        match self.call(&path, async { remote.list(&path).await }) {
-            Ok(entries) => self.merge_listing(ino, &path, entries),
+        let mut attempt = 0;
+        let result = loop {
+            let epoch = self.remote_epoch.load(Ordering::SeqCst);
+            let remote = self.remote.clone();
+            match self.call(&path, async { remote.list(&path).await }) {
+                Ok(entries) => match self.merge_listing(ino, &path, entries, epoch) {
+                    Ok(true) => break Ok(()),
+                    // The replayer changed the remote meanwhile; this listing may
+                    // predate it. Ask again, or keep the local view.
+                    Ok(false) if attempt < 3 => attempt += 1,
+                    Ok(false) => break Ok(()),
+                    Err(e) => break Err(e),
+                },
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok(()) => Ok(()),
             Err(e) => {
                 if node.listed_at.is_some() {
                     tracing::warn!("listing {path} failed, serving the cached listing: {e}");
@@ -376,11 +395,22 @@ impl Core {
     /// Merges a fresh remote listing of `dir` into the node table. Names with waiting
     /// journal entries keep their local state; clean files whose remote version changed
     /// lose their cached content; clean nodes gone from the remote go locally too.
-    fn merge_listing(&self, dir: u64, dir_path: &str, entries: Vec<RemoteEntry>) -> FsResult<()> {
+    /// Returns false, merging nothing, when the replayer changed the remote since `epoch`.
+    fn merge_listing(
+        &self,
+        dir: u64,
+        dir_path: &str,
+        entries: Vec<RemoteEntry>,
+        epoch: u64,
+    ) -> FsResult<bool> {
         let mut dropped_content = Vec::new();
         let mut removed = Vec::new();
         {
             let mut conn = lock(&self.store);
+            // Checked under the store lock, which the replayer's commits also take.
+            if self.remote_epoch.load(Ordering::SeqCst) != epoch {
+                return Ok(false);
+            }
             let tx = conn.transaction()?;
             let pending = journal::names_pending_under(&tx, dir_path)?;
             let is_pending =
@@ -409,7 +439,15 @@ impl Core {
                 match existing {
                     Some(n) if n.kind == kind => {
                         if kind == Kind::File && n.etag != e.etag && !n.dirty {
-                            if !self.is_open(n.ino) || !self.is_write_dirty(n.ino) {
+                            // An open file keeps its content until closed; the next
+                            // listing after that picks up the new version.
+                            if !self.is_open(n.ino) {
+                                tracing::debug!(
+                                    "{dir_path}/{}: remote version changed ({:?} -> {:?})",
+                                    n.name,
+                                    n.etag,
+                                    e.etag
+                                );
                                 tx.execute(
                                     "UPDATE nodes SET size = ?2, mtime_ns = ?3, etag = ?4, on_remote = 1, \
                                      ranges = NULL, sha256 = NULL WHERE ino = ?1",
@@ -462,7 +500,7 @@ impl Core {
         for ino in removed {
             self.content.remove(ino);
         }
-        Ok(())
+        Ok(true)
     }
 
     fn insert_remote(
@@ -521,6 +559,11 @@ impl Core {
 
     fn is_open(&self, ino: u64) -> bool {
         lock(&self.open_files).contains_key(&ino)
+    }
+
+    /// The replayer is changing the remote (called before and after each change).
+    pub fn remote_changing(&self) {
+        self.remote_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The cached content of `ino` was replaced behind the kernel's back.
@@ -879,6 +922,7 @@ impl Core {
 
     fn truncate(&self, ino: u64, new_size: u64) -> FsResult<()> {
         let node = self.node(ino)?;
+        tracing::debug!("truncate inode {ino} from {} to {new_size}", node.size);
         if node.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }

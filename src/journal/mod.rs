@@ -58,10 +58,13 @@ pub struct Entry {
     pub next_try_at: i64,
     pub last_error: Option<String>,
     pub failed: bool,
+    /// It was sent before (and cut off, or the daemon died): the remote may hold a
+    /// partial result, e.g. a truncated upload.
+    pub attempted: bool,
 }
 
 const COLUMNS: &str =
-    "id, op, ino, path, dest, is_dir, created_at, attempts, next_try_at, last_error, failed";
+    "id, op, ino, path, dest, is_dir, created_at, attempts, next_try_at, last_error, failed, attempted";
 
 fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {
@@ -76,6 +79,7 @@ fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
         next_try_at: r.get(8)?,
         last_error: r.get(9)?,
         failed: r.get::<_, i64>(10)? != 0,
+        attempted: r.get::<_, i64>(11)? != 0,
     })
 }
 
@@ -121,6 +125,17 @@ fn any_running(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
         .map(|o| o.is_some())
 }
 
+/// Whether an entry of `ino` is being sent, or was sent before: then the remote may
+/// already hold something of it, and its entries cannot simply be forgotten.
+fn any_sent(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "SELECT 1 FROM journal WHERE ino = ?1 AND (running = 1 OR attempted = 1) LIMIT 1",
+    )?
+    .query_row([ino as i64], |_| Ok(()))
+    .optional()
+    .map(|o| o.is_some())
+}
+
 fn escape_like(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('%', "\\%")
@@ -140,6 +155,7 @@ fn others_under(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<bool> 
 }
 
 fn drop_entries_of(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
+    // Only called when nothing of `ino` was ever sent.
     c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND running = 0")?
         .execute([ino as i64])
 }
@@ -152,8 +168,16 @@ fn drop_waiting_puts(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
 /// Records the removal of `node` (unlink or rmdir) from `path`.
 pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Result<()> {
     if !node.on_remote && !any_running(c, node.ino)? && !others_under(c, node.ino, path)? {
-        // The remote never saw it: forgetting its entries is the whole removal.
-        drop_entries_of(c, node.ino)?;
+        // The remote never saw it, as far as we know: forgetting its entries is the whole
+        // removal. But an upload or move that was sent before (cut off, or the daemon
+        // died before recording its success) may have left something; it becomes a
+        // delete of what it could have left, in its place in the order.
+        c.prepare_cached(
+            "UPDATE journal SET op = 'delete', path = COALESCE(dest, path), dest = NULL,              attempted = 0, sent_sha256 = ''              WHERE ino = ?1 AND attempted = 1 AND op IN ('put', 'move')",
+        )?
+        .execute([node.ino as i64])?;
+        c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND op != 'delete'")?
+            .execute([node.ino as i64])?;
         return Ok(());
     }
     // Waiting uploads of content that is going away would only be deleted again.
@@ -164,7 +188,7 @@ pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Resul
 /// Records the rename of `node` from `from` to `to`. A node already at `to` must have been
 /// removed with `record_remove` first.
 pub fn record_rename(c: &Connection, node: &Node, from: &str, to: &str) -> rusqlite::Result<()> {
-    if !node.is_dir() && !node.on_remote && !any_running(c, node.ino)? {
+    if !node.is_dir() && !node.on_remote && !any_sent(c, node.ino)? {
         let only_puts: bool = c
             .prepare_cached("SELECT COUNT(*) = 0 FROM journal WHERE ino = ?1 AND op != 'put'")?
             .query_row([node.ino as i64], |r| r.get(0))?;
@@ -205,8 +229,10 @@ pub fn list(c: &Connection, failed_only: bool) -> rusqlite::Result<Vec<Entry>> {
 }
 
 pub fn set_running(c: &Connection, id: i64, running: bool) -> rusqlite::Result<()> {
-    c.prepare_cached("UPDATE journal SET running = ?2 WHERE id = ?1")?
-        .execute(params![id, running as i64])?;
+    c.prepare_cached(
+        "UPDATE journal SET running = ?2, attempted = MAX(attempted, ?2) WHERE id = ?1",
+    )?
+    .execute(params![id, running as i64])?;
     Ok(())
 }
 
@@ -214,6 +240,35 @@ pub fn set_running(c: &Connection, id: i64, running: bool) -> rusqlite::Result<(
 pub fn reset_running(c: &Connection) -> rusqlite::Result<()> {
     c.execute("UPDATE journal SET running = 0 WHERE running != 0", [])?;
     Ok(())
+}
+
+/// Entries waiting out a backoff become due now (the remote just came back).
+pub fn retry_waiting_now(c: &Connection) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE journal SET next_try_at = 0 WHERE failed = 0 AND next_try_at > 0",
+        [],
+    )?;
+    Ok(())
+}
+
+/// Remembers the hash of a version an upload is about to send.
+pub fn add_sent_hash(c: &Connection, id: i64, sha256: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE journal SET sent_sha256 = trim(sent_sha256 || ' ' || ?2) WHERE id = ?1",
+    )?
+    .execute(params![id, sha256])?;
+    Ok(())
+}
+
+pub fn sent_hashes(c: &Connection, id: i64) -> rusqlite::Result<Vec<String>> {
+    let s: Option<String> = c
+        .prepare_cached("SELECT sent_sha256 FROM journal WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    Ok(s.unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect())
 }
 
 pub fn complete(c: &Connection, id: i64) -> rusqlite::Result<()> {

@@ -37,6 +37,12 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
                 _ = health.changed() => {}
                 _ = shutdown.changed() => {}
             }
+            if core.health.is_online() {
+                // Back after an outage: what waited for a retry goes now.
+                if let Err(e) = journal::retry_waiting_now(&core.store()) {
+                    tracing::error!("journal: {e}");
+                }
+            }
             continue;
         }
         let head = journal::head(&core.store());
@@ -72,6 +78,12 @@ pub async fn run_entry(core: &Arc<Core>, e: Entry) {
         tracing::error!("journal: {err}");
         return;
     }
+    core.remote_changing();
+    run_marked(core, &e).await;
+}
+
+async fn run_marked(core: &Arc<Core>, e: &Entry) {
+    let e = e.clone();
     let result = match e.op {
         Op::Put => put(core, &e).await,
         Op::Mkcol => mkcol(core, &e).await,
@@ -79,15 +91,32 @@ pub async fn run_entry(core: &Arc<Core>, e: Entry) {
             .remote()
             .delete(&e.path, e.is_dir)
             .await
-            .and_then(|_| journal::complete(&core.store(), e.id).map_err(local)),
+            .and_then(|_| done(core, &core.store(), e.id).map_err(local)),
         Op::Move => rename(core, &e).await,
     };
     match result {
         Ok(()) => {
             tracing::debug!("replayed {} {}", e.op.as_str(), e.path);
         }
+        // A 5xx while the probe fails too is an outage, not this entry's fault.
+        Err(RemoteError::Server { status }) if !core.health.check(core.remote().as_ref()).await => {
+            tracing::warn!(
+                "{} {}: HTTP {status} and the remote fails its health check; pausing",
+                e.op.as_str(),
+                e.path
+            );
+            let _ = journal::set_running(&core.store(), e.id, false);
+        }
         Err(err) => record_error(core, &e, err),
     }
+}
+
+/// Removes a finished entry. Runs under the store lock, so a listing merge (which checks
+/// the epoch under the same lock) sees that the remote changed.
+fn done(core: &Core, conn: &rusqlite::Connection, id: i64) -> rusqlite::Result<()> {
+    journal::complete(conn, id)?;
+    core.remote_changing();
+    Ok(())
 }
 
 fn local(e: impl std::fmt::Display) -> RemoteError {
@@ -102,7 +131,7 @@ fn record_error(core: &Arc<Core>, e: &Entry, err: RemoteError) {
         let _ = journal::set_running(&core.store(), e.id, false);
         return;
     } else if err.is_retryable() && e.attempts + 1 < MAX_ATTEMPTS {
-        let backoff = Duration::from_secs(1u64 << e.attempts.min(8)).min(Duration::from_secs(300));
+        let backoff = Duration::from_secs(1u64 << e.attempts.min(6)).min(Duration::from_secs(60));
         tracing::warn!(
             "{} {} failed (attempt {}), retrying in {:?}: {err}",
             e.op.as_str(),
@@ -139,7 +168,7 @@ async fn mkcol(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
         [e.ino as i64],
     )
     .map_err(local)?;
-    journal::complete(&tx, e.id).map_err(local)?;
+    done(core, &tx, e.id).map_err(local)?;
     tx.commit().map_err(local)
 }
 
@@ -149,6 +178,28 @@ async fn rename(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
         Ok(()) => {}
         // Replayed after a crash that came between the MOVE and its record: done already.
         Err(RemoteError::NotFound) if core.remote().stat(dest).await?.is_some() => {}
+        // Moving something whose upload never happened (it was cut off, then the file
+        // was renamed): nothing to move; the file goes up under its current name.
+        Err(RemoteError::NotFound) if !e.is_dir => {
+            let conn = core.store();
+            let node = store::get_node(&conn, e.ino).map_err(local)?;
+            match node {
+                Some(n) if n.on_remote => return Err(RemoteError::NotFound),
+                Some(n) => {
+                    if n.dirty {
+                        if let Some(path) = store::path_of(&conn, e.ino).map_err(local)? {
+                            journal::record_put(&conn, e.ino, &path).map_err(local)?;
+                        }
+                    }
+                }
+                None => {}
+            }
+            tracing::info!(
+                "move {} -> {dest}: nothing there yet, the upload goes to the new name",
+                e.path
+            );
+            return done(core, &conn, e.id).map_err(local);
+        }
         Err(err) => return Err(err),
     }
     // Some servers give a moved file a new ETag; the version there is still ours.
@@ -166,7 +217,7 @@ async fn rename(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
         )
         .map_err(local)?;
     }
-    journal::complete(&tx, e.id).map_err(local)?;
+    done(core, &tx, e.id).map_err(local)?;
     tx.commit().map_err(local)
 }
 
@@ -175,7 +226,7 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
     let node = match node {
         Some(n) if n.kind == Kind::File => n,
         // The file is gone; the entry that removed it follows.
-        _ => return journal::complete(&core.store(), e.id).map_err(local),
+        _ => return done(core, &core.store(), e.id).map_err(local),
     };
     let local_path = core.content().path(e.ino);
     let cond = if !node.on_remote {
@@ -196,6 +247,22 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
             Some(tag) => Precondition::IfMatch(tag.clone()),
         }
     };
+    // Remember what is being sent before sending it: if the daemon dies after the server
+    // took it, the next attempt recognises its own version instead of crying conflict.
+    let sent = if node.size <= COMPARE_LIMIT {
+        let sha = sha256_prefix(&local_path, node.size).map_err(|err| {
+            tracing::error!(
+                "put {}: {err}; node {node:?}; journal {:?}",
+                e.path,
+                journal::list(&core.store(), false)
+            );
+            local(err)
+        })?;
+        journal::add_sent_hash(&core.store(), e.id, &sha).map_err(local)?;
+        Some(sha)
+    } else {
+        None
+    };
     let mtime = Some(store::ns_to_system_time(node.mtime_ns));
     let reply = match core
         .remote()
@@ -211,22 +278,46 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
         // Some servers send no ETag on PUT; ask.
         None => core.remote().stat(&e.path).await?.and_then(|s| s.etag),
     };
-    finish_upload(core, e, etag)
+    finish_upload(core, e, etag, sent)
 }
 
-fn finish_upload(core: &Arc<Core>, e: &Entry, etag: Option<String>) -> Result<(), RemoteError> {
+fn sha256_prefix(path: &std::path::Path, len: u64) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f.take(len), &mut h)?;
+    if n != len {
+        return Err(std::io::Error::other(format!(
+            "{}: has {n} bytes, {len} to upload",
+            path.display()
+        )));
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn finish_upload(
+    core: &Arc<Core>,
+    e: &Entry,
+    etag: Option<String>,
+    sha256: Option<String>,
+) -> Result<(), RemoteError> {
     let conn = core.store();
     let tx = conn.unchecked_transaction().map_err(local)?;
     tx.execute(
-        "UPDATE nodes SET etag = ?2, on_remote = 1 WHERE ino = ?1",
-        params![e.ino as i64, etag],
+        "UPDATE nodes SET etag = ?2, on_remote = 1, sha256 = ?3 WHERE ino = ?1",
+        params![e.ino as i64, etag, sha256],
     )
     .map_err(local)?;
     let more = journal::has_pending_put(&tx, e.ino, e.id).map_err(local)?;
     if !more && !core.is_write_dirty(e.ino) {
         store::set_dirty(&tx, e.ino, false).map_err(local)?;
     }
-    journal::complete(&tx, e.id).map_err(local)?;
+    done(core, &tx, e.id).map_err(local)?;
     tx.commit().map_err(local)
 }
 
@@ -243,17 +334,54 @@ async fn resolve_conflict(
     let current = remote.stat(&e.path).await?;
     let local_path = core.content().path(e.ino);
     if let Some(cur) = &current {
-        if cur.size == node.size && node.size <= COMPARE_LIMIT && !cur.is_dir {
-            let same = if node.size == 0 {
-                true
+        // Our own earlier attempt may be what is there: the whole version (the upload
+        // succeeded but the daemon died before recording it) or, for an upload that was
+        // cut off on a server that writes in place, a prefix of it.
+        if node.size <= COMPARE_LIMIT && cur.size <= COMPARE_LIMIT && !cur.is_dir {
+            let theirs = if cur.size == 0 {
+                bytes::Bytes::new()
             } else {
-                let theirs = remote.get_range(&e.path, 0, node.size).await?;
-                let ours = std::fs::read(&local_path).map_err(local)?;
-                ours.get(..node.size as usize) == Some(&theirs.data[..])
+                remote.get_range(&e.path, 0, cur.size).await?.data
             };
-            if same {
+            let ours = std::fs::read(&local_path).map_err(local)?;
+            let ours = &ours[..(node.size as usize).min(ours.len())];
+            let theirs_sha = {
+                use sha2::{Digest, Sha256};
+                hex(&Sha256::digest(&theirs))
+            };
+            let ours_sha = {
+                use sha2::{Digest, Sha256};
+                hex(&Sha256::digest(ours))
+            };
+            if theirs_sha == ours_sha {
                 tracing::info!("{}: remote already holds this version", e.path);
-                return finish_upload(core, e, cur.etag.clone());
+                return finish_upload(core, e, cur.etag.clone(), Some(ours_sha));
+            }
+            // An earlier attempt of this upload reached the server whole (its success
+            // was not recorded), or, on a server that writes in place, in part.
+            // The remote holds exactly the version our change started from: nobody else
+            // changed it, only its ETag moved (some servers change it on MOVE or
+            // metadata updates).
+            let is_base = node.sha256.as_deref() == Some(theirs_sha.as_str());
+            let sent = journal::sent_hashes(&core.store(), e.id).map_err(local)?;
+            if is_base || sent.contains(&theirs_sha) || (e.attempted && ours.starts_with(&theirs)) {
+                tracing::info!(
+                    "{}: replacing what an earlier attempt of this upload left",
+                    e.path
+                );
+                let cond = match &cur.etag {
+                    Some(t) if !t.starts_with("W/") => Precondition::IfMatch(t.clone()),
+                    _ => Precondition::None,
+                };
+                let mtime = Some(store::ns_to_system_time(node.mtime_ns));
+                let reply = remote
+                    .put(&e.path, &local_path, node.size, cond, mtime)
+                    .await?;
+                let etag = match reply.etag {
+                    Some(t) => Some(t),
+                    None => remote.stat(&e.path).await?.and_then(|s| s.etag),
+                };
+                return finish_upload(core, e, etag, Some(ours_sha));
             }
         }
     }
@@ -351,7 +479,7 @@ async fn resolve_conflict(
         ],
     )
     .map_err(local)?;
-    journal::complete(&tx, e.id).map_err(local)?;
+    done(core, &tx, e.id).map_err(local)?;
     match copy_ino {
         Some(ino) => core.content().rename(e.ino, ino).map_err(local)?,
         None => core.content().remove(e.ino),

@@ -71,6 +71,8 @@ pub struct Node {
     pub ranges: RangeSet,
     pub pinned: bool,
     pub last_access: i64,
+    /// SHA-256 of the remote version `etag` names, when known (after an upload). Local
+    /// writes leave it alone: it describes the base the local changes started from.
     pub sha256: Option<String>,
     /// Directories: when the listing was last merged from the remote (unix ms).
     pub listed_at: Option<i64>,
@@ -404,8 +406,8 @@ pub fn set_local_content(
     mtime_ns: i64,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE nodes SET size = ?2, mtime_ns = ?3, ctime_ns = ?4, ranges = ?5, dirty = 1, \
-         sha256 = NULL WHERE ino = ?1",
+        "UPDATE nodes SET size = ?2, mtime_ns = ?3, ctime_ns = ?4, ranges = ?5, dirty = 1 \
+         WHERE ino = ?1",
     )?
     .execute(params![
         ino as i64,

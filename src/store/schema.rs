@@ -9,7 +9,9 @@ const MIGRATIONS: &[&str] = &[
     // 0 -> 1
     "
     CREATE TABLE nodes (
-        ino         INTEGER PRIMARY KEY,
+        -- AUTOINCREMENT: an inode number is never reused, so neither the kernel nor a
+        -- journal entry of a removed node can mistake a new node for it.
+        ino         INTEGER PRIMARY KEY AUTOINCREMENT,
         parent      INTEGER NOT NULL,
         name        TEXT    NOT NULL,
         kind        INTEGER NOT NULL,
@@ -44,7 +46,12 @@ const MIGRATIONS: &[&str] = &[
         next_try_at INTEGER NOT NULL DEFAULT 0,
         last_error  TEXT,
         failed      INTEGER NOT NULL DEFAULT 0,
-        running     INTEGER NOT NULL DEFAULT 0
+        running     INTEGER NOT NULL DEFAULT 0,
+        -- Once sent (even if cut off), the remote may hold a partial result of it.
+        attempted   INTEGER NOT NULL DEFAULT 0,
+        -- SHA-256 of each version an upload sent, space-separated: what is on the remote
+        -- after a crash may be one of them, which is not a conflict.
+        sent_sha256 TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX journal_by_ino ON journal(ino);
 
