@@ -140,7 +140,8 @@ impl Mount {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !is_mounted(&self.mnt) {
+        // A mount left dead by a killed daemon is listed but answers ENOTCONN.
+        while !(is_mounted(&self.mnt) && std::fs::metadata(&self.mnt).is_ok()) {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!(
                     "davdrive exited with {status} before mounting; log:\n{}",
