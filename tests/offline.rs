@@ -78,9 +78,17 @@ fn kill_9_while_offline_loses_nothing() {
     drop(open);
     // Start again while the remote is still down: it mounts from the cache.
     m.spawn();
-    assert!(m.log_text().contains("mounting from the cache"), "{}", m.log_text());
+    assert!(
+        m.log_text().contains("mounting from the cache"),
+        "{}",
+        m.log_text()
+    );
     for (rel, data) in want.iter().take(20) {
-        assert_eq!(&fs::read(m.path(rel)).unwrap(), data, "{rel} readable offline");
+        assert_eq!(
+            &fs::read(m.path(rel)).unwrap(),
+            data,
+            "{rel} readable offline"
+        );
     }
     want.insert("open-at-crash.bin".into(), open_data);
 
@@ -138,13 +146,22 @@ fn conflict_keeps_both_versions() {
     wait_until(60, "conflict copy on the server", || conflict().is_some());
     let name = conflict().unwrap();
     assert!(name.ends_with(").txt"), "{name}");
-    assert_eq!(fs::read(server.path(&name)).unwrap(), b"edited here while offline");
-    assert_eq!(fs::read(server.path("shared.txt")).unwrap(), b"edited on the server");
+    assert_eq!(
+        fs::read(server.path(&name)).unwrap(),
+        b"edited here while offline"
+    );
+    assert_eq!(
+        fs::read(server.path("shared.txt")).unwrap(),
+        b"edited on the server"
+    );
     // The mount shows both too.
     wait_until(10, "server version through the mount", || {
         fs::read(m.path("shared.txt")).ok().as_deref() == Some(&b"edited on the server"[..])
     });
-    assert_eq!(fs::read(m.path(&name)).unwrap(), b"edited here while offline");
+    assert_eq!(
+        fs::read(m.path(&name)).unwrap(),
+        b"edited here while offline"
+    );
     assert!(m.log_text().contains("conflict"));
 }
 
@@ -163,14 +180,20 @@ fn offline_reads_of_uncached_data_fail_fast_and_cached_work() {
     let start = Instant::now();
     let err = fs::read(m.path("never-read.bin")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
-    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
     assert_eq!(fs::read(m.path("cached.txt")).unwrap(), b"cached");
     let names: Vec<String> = fs::read_dir(m.path("sub"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names, vec!["inner"]);
-    wait_until(10, "log names the file", || m.log_text().contains("never-read.bin"));
+    wait_until(10, "log names the file", || {
+        m.log_text().contains("never-read.bin")
+    });
 
     // A clean remount while the remote is down serves the cache, and writes queue.
     m.remount();
@@ -196,11 +219,45 @@ fn permanent_refusal_keeps_the_data_and_the_rest_goes_on() {
     });
     fs::write(m.path("refused.txt"), b"keep me").unwrap();
     fs::write(m.path("fine.txt"), b"fine").unwrap();
-    wait_until(30, "later entries replayed", || server.path("fine.txt").exists());
+    wait_until(30, "later entries replayed", || {
+        server.path("fine.txt").exists()
+    });
     assert!(!server.path("refused.txt").exists());
     // Still readable locally, and the log says why.
     assert_eq!(fs::read(m.path("refused.txt")).unwrap(), b"keep me");
     wait_until(10, "log line for the refusal", || {
         m.log_text().contains("failed for good") && m.log_text().contains("refused.txt")
     });
+}
+
+#[test]
+fn interrupted_large_upload_resumes_where_the_server_stopped() {
+    let (server, _b, m) = setup();
+    let data = pattern(48 << 20, 77);
+    // The next upload body is cut after 20 MiB, as a dropped connection would.
+    server.proxy.set_fault(Fault::CutRequest(20 << 20));
+    fs::write(m.path("large.bin"), &data).unwrap();
+    wait_until(120, "large file complete on the server", || {
+        sha256_file(&server.path("large.bin")).as_deref() == Some(sha256(&data).as_str())
+    });
+    let log = m.log_text();
+    assert!(
+        log.contains("PUT with Content-Range"),
+        "capability detected:\n{log}"
+    );
+    assert!(log.contains("resuming upload at byte"), "resumed:\n{log}");
+    // Sent: what was cut, then only the rest (in 8 MiB parts); not the whole file again.
+    let sent = server.proxy.body_bytes("PUT");
+    assert!(sent < (48 + 20 + 8) << 20, "sent {sent} bytes");
+    // No scratch file left behind, and none ever shown in the mount.
+    let names: Vec<String> = fs::read_dir(&server.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["large.bin"]);
+    assert!(fs::read_dir(&m.mnt).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("davdrive")));
 }

@@ -123,6 +123,8 @@ pub struct Core {
     /// Bumped whenever the replayer starts or finishes changing the remote: a listing
     /// fetched across such a change may be stale and is not merged.
     remote_epoch: AtomicU64,
+    /// Whether the server takes `PUT` with `Content-Range`, once asked.
+    pub partial_put: tokio::sync::OnceCell<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -138,6 +140,12 @@ fn check_name(name: &str) -> FsResult<()> {
         return Err(FsError::Invalid("bad file name"));
     }
     Ok(())
+}
+
+/// Scratch files davdrive itself puts on the remote (partial uploads, capability probes);
+/// they never show in the mount.
+pub fn is_internal_name(name: &str) -> bool {
+    name.contains(".davdrive-part-") || name.starts_with(".davdrive-range-probe-")
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -177,6 +185,7 @@ impl Core {
             next_fh: AtomicU64::new(1),
             cache_dir: cache_dir.to_path_buf(),
             remote_epoch: AtomicU64::new(0),
+            partial_put: tokio::sync::OnceCell::new(),
         };
         core.recover()?;
         Ok(Arc::new(core))
@@ -420,6 +429,9 @@ impl Core {
                 .map(|n| (n.name.clone(), n))
                 .collect();
             for e in entries {
+                if is_internal_name(&e.name) {
+                    continue;
+                }
                 if check_name(&e.name).is_err() {
                     tracing::warn!(
                         "ignoring remote entry with unusable name {:?} in {dir_path}",

@@ -271,6 +271,24 @@ pub fn sent_hashes(c: &Connection, id: i64) -> rusqlite::Result<Vec<String>> {
         .collect())
 }
 
+pub fn part_progress(c: &Connection, id: i64) -> rusqlite::Result<(Option<String>, u64)> {
+    c.prepare_cached("SELECT part_version, part_bytes FROM journal WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+        .optional()
+        .map(|o| o.unwrap_or((None, 0)))
+}
+
+pub fn set_part_progress(
+    c: &Connection,
+    id: i64,
+    version: &str,
+    bytes: u64,
+) -> rusqlite::Result<()> {
+    c.prepare_cached("UPDATE journal SET part_version = ?2, part_bytes = ?3 WHERE id = ?1")?
+        .execute(params![id, version, bytes as i64])?;
+    Ok(())
+}
+
 pub fn complete(c: &Connection, id: i64) -> rusqlite::Result<()> {
     c.prepare_cached("DELETE FROM journal WHERE id = ?1")?
         .execute([id])?;

@@ -24,6 +24,9 @@ pub const MAX_ATTEMPTS: u32 = 10;
 /// Files up to this size are compared byte for byte on a 412 before calling it a conflict
 /// (an upload whose success was not recorded before a crash looks like one).
 const COMPARE_LIMIT: u64 = 64 << 20;
+/// Uploads from this size on go in parts where the server allows, so they can resume.
+pub const PARTS_FROM: u64 = 32 << 20;
+const PART: u64 = 8 << 20;
 
 /// Runs until `shutdown` turns true.
 pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
@@ -263,6 +266,9 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
     } else {
         None
     };
+    if node.size >= PARTS_FROM && partial_put_supported(core).await? {
+        return put_in_parts(core, e, &node, cond, sent).await;
+    }
     let mtime = Some(store::ns_to_system_time(node.mtime_ns));
     let reply = match core
         .remote()
@@ -278,6 +284,79 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
         // Some servers send no ETag on PUT; ask.
         None => core.remote().stat(&e.path).await?.and_then(|s| s.etag),
     };
+    finish_upload(core, e, etag, sent)
+}
+
+async fn partial_put_supported(core: &Arc<Core>) -> Result<bool, RemoteError> {
+    core.partial_put
+        .get_or_try_init(|| core.remote().partial_put_supported())
+        .await
+        .copied()
+}
+
+/// A large upload, sent in parts to a scratch file beside the target and moved over it
+/// when complete, so a cut connection or a crash costs only the part in flight: the next
+/// attempt asks the server how much of the scratch file it holds and goes on from there
+/// (as long as the local version is still the one being sent). Readers of the target
+/// never see a half-written file. The precondition is checked just before the final
+/// MOVE (a change landing between that check and the MOVE is not caught).
+async fn put_in_parts(
+    core: &Arc<Core>,
+    e: &Entry,
+    node: &store::Node,
+    cond: Precondition,
+    sent: Option<String>,
+) -> Result<(), RemoteError> {
+    let remote = core.remote().clone();
+    let local_path = core.content().path(e.ino);
+    let (dir, name) = e.path.rsplit_once('/').unwrap_or(("", &e.path));
+    let scratch = format!("{dir}/.{name}.davdrive-part-{}", e.ino);
+    let version = format!("{}:{}", node.size, node.mtime_ns);
+    let (done_version, done_bytes) = journal::part_progress(&core.store(), e.id).map_err(local)?;
+    let mut offset = 0;
+    if done_version.as_deref() == Some(version.as_str()) && done_bytes > 0 {
+        if let Some(held) = remote.stat(&scratch).await? {
+            offset = held.size.min(node.size);
+            tracing::info!(
+                "{}: resuming upload at byte {offset} of {}",
+                e.path,
+                node.size
+            );
+        }
+    }
+    let mtime = Some(store::ns_to_system_time(node.mtime_ns));
+    while offset < node.size {
+        let len = PART.min(node.size - offset);
+        if offset == 0 {
+            remote
+                .put(&scratch, &local_path, len, Precondition::None, mtime)
+                .await?;
+        } else {
+            remote.put_range(&scratch, &local_path, offset, len).await?;
+        }
+        offset += len;
+        journal::set_part_progress(&core.store(), e.id, &version, offset).map_err(local)?;
+    }
+    let held = remote.stat(&scratch).await?.map(|s| s.size);
+    if held != Some(node.size) {
+        journal::set_part_progress(&core.store(), e.id, &version, 0).map_err(local)?;
+        return Err(RemoteError::BadReply(format!(
+            "{scratch}: server holds {held:?} bytes after sending {}",
+            node.size
+        )));
+    }
+    let current = remote.stat(&e.path).await?;
+    let unchanged = match &cond {
+        Precondition::IfNoneMatch => current.is_none(),
+        Precondition::IfMatch(tag) => current.as_ref().and_then(|c| c.etag.as_ref()) == Some(tag),
+        Precondition::None => true,
+    };
+    if !unchanged {
+        let _ = remote.delete(&scratch, false).await;
+        return resolve_conflict(core, e, node).await;
+    }
+    remote.rename(&scratch, &e.path, false).await?;
+    let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
     finish_upload(core, e, etag, sent)
 }
 

@@ -115,6 +115,20 @@ pub trait Remote: Send + Sync + 'static {
         cond: Precondition,
         mtime: Option<SystemTime>,
     ) -> Result<PutReply, RemoteError>;
+    /// Writes `len` bytes of `local`, from `offset` on, into the existing file at `path`
+    /// at the same offset (`PUT` with `Content-Range: bytes a-b/*`). Only for servers
+    /// where `partial_put_supported` said yes.
+    async fn put_range(
+        &self,
+        path: &str,
+        local: &std::path::Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<PutReply, RemoteError>;
+    /// Whether `PUT` with `Content-Range` writes into an existing file (Apache mod_dav and
+    /// dav-server do; many servers refuse or replace the file). Found out by trying it on
+    /// a scratch file, never assumed.
+    async fn partial_put_supported(&self) -> Result<bool, RemoteError>;
     /// MKCOL. An existing collection at `path` is not an error.
     async fn mkcol(&self, path: &str) -> Result<(), RemoteError>;
     /// DELETE. A resource already gone is not an error.

@@ -521,6 +521,91 @@ impl Remote for WebDav {
         Ok(PutReply { etag })
     }
 
+    async fn put_range(
+        &self,
+        path: &str,
+        local: &Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<PutReply, RemoteError> {
+        use tokio::io::AsyncSeekExt;
+        let local_err = |e: std::io::Error| RemoteError::Local(format!("{}: {e}", local.display()));
+        let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
+        let have = file.metadata().await.map_err(local_err)?.len();
+        if len == 0 || have < offset + len {
+            return Err(RemoteError::Local(format!(
+                "{}: has {have} bytes, {} to upload",
+                local.display(),
+                offset + len
+            )));
+        }
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(local_err)?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file.take(len)));
+        let rb = self
+            .request(Method::PUT, self.url_for(path, false)?)
+            .timeout(self.transfer_timeout(len))
+            .header(CONTENT_LENGTH, len)
+            .header(
+                CONTENT_RANGE,
+                format!("bytes {}-{}/*", offset, offset + len - 1),
+            )
+            .body(body);
+        let resp = self.send(rb, path).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(status_error(status));
+        }
+        let etag = header_string(resp.headers(), ETAG)
+            .or_else(|| header_string(resp.headers(), "OC-ETag"));
+        Ok(PutReply { etag })
+    }
+
+    async fn partial_put_supported(&self) -> Result<bool, RemoteError> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = format!("/.davdrive-range-probe-{}-{nanos}", std::process::id());
+        let url = self.url_for(&path, false)?;
+        let put = |body: &'static str, range: Option<&'static str>| {
+            let mut rb = self
+                .request(Method::PUT, url.clone())
+                .header(CONTENT_LENGTH, body.len())
+                .body(body);
+            if let Some(r) = range {
+                rb = rb.header(CONTENT_RANGE, r);
+            }
+            rb
+        };
+        let first = self.send(put("ab", None), &path).await?.status();
+        if !first.is_success() {
+            return Ok(false);
+        }
+        let second = self
+            .send(put("cd", Some("bytes 2-3/*")), &path)
+            .await?
+            .status();
+        let supported = if second.is_success() {
+            let got = self
+                .send(self.request(Method::GET, url.clone()), &path)
+                .await?;
+            got.bytes().await.map_err(transport_error)?.as_ref() == b"abcd"
+        } else {
+            false
+        };
+        let _ = self.send(self.request(Method::DELETE, url), &path).await;
+        tracing::info!(
+            "server {} PUT with Content-Range",
+            if supported {
+                "accepts"
+            } else {
+                "does not accept"
+            }
+        );
+        Ok(supported)
+    }
+
     async fn mkcol(&self, path: &str) -> Result<(), RemoteError> {
         self.retrying("MKCOL", path, || async {
             let rb = self.request(method("MKCOL"), self.url_for(path, true)?);

@@ -51,7 +51,11 @@ const MIGRATIONS: &[&str] = &[
         attempted   INTEGER NOT NULL DEFAULT 0,
         -- SHA-256 of each version an upload sent, space-separated: what is on the remote
         -- after a crash may be one of them, which is not a conflict.
-        sent_sha256 TEXT NOT NULL DEFAULT ''
+        sent_sha256 TEXT NOT NULL DEFAULT '',
+        -- A large upload sent in parts: which local version ('size:mtime') and how many
+        -- bytes of it the server has confirmed, to resume instead of starting over.
+        part_version TEXT,
+        part_bytes  INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX journal_by_ino ON journal(ino);
 

@@ -3,7 +3,6 @@
 //! cut a reply short, demand credentials, or give a canned reply for certain requests.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +28,9 @@ pub enum Fault {
     Delay(Duration),
     /// Forward, but end the reply body after this many bytes.
     CutResponse(usize),
+    /// Once this many request body bytes have passed in all, cut the request in flight
+    /// there and drop its connection (once; the fault clears itself).
+    CutRequest(usize),
 }
 
 /// A canned reply for requests whose method and path match.
@@ -48,6 +50,8 @@ pub struct ProxyState {
     pub require_auth: Option<String>,
     /// Requests seen, by method.
     pub counts: HashMap<String, usize>,
+    /// Request body bytes received, by method.
+    pub body_bytes: HashMap<String, usize>,
 }
 
 #[derive(Clone)]
@@ -92,7 +96,7 @@ impl Proxy {
                     let svc = service_fn(move |req| {
                         let st = st.clone();
                         let client = client.clone();
-                        async move { Ok::<_, Infallible>(handle(req, st, client, addr, upstream).await) }
+                        async move { handle(req, st, client, addr, upstream).await }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -111,6 +115,16 @@ impl Proxy {
         self.state.lock().unwrap().fault = None;
     }
 
+    pub fn body_bytes(&self, method: &str) -> usize {
+        *self
+            .state
+            .lock()
+            .unwrap()
+            .body_bytes
+            .get(method)
+            .unwrap_or(&0)
+    }
+
     pub fn count(&self, method: &str) -> usize {
         *self.state.lock().unwrap().counts.get(method).unwrap_or(&0)
     }
@@ -122,7 +136,7 @@ async fn handle(
     client: reqwest::Client,
     me: SocketAddr,
     upstream: SocketAddr,
-) -> Response<Body> {
+) -> Result<Response<Body>, std::io::Error> {
     let (fault, canned, auth) = {
         let mut s = st.lock().unwrap();
         *s.counts.entry(req.method().to_string()).or_default() += 1;
@@ -144,18 +158,38 @@ async fn handle(
             let mut r = full(401, "unauthorized");
             r.headers_mut()
                 .insert("www-authenticate", "Basic realm=\"test\"".parse().unwrap());
-            return r;
+            return Ok(r);
         }
     }
     match fault {
-        Some(Fault::Status(code)) => return full(code, "injected"),
+        Some(Fault::Status(code)) => return Ok(full(code, "injected")),
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
-        Some(Fault::Refuse) => return full(503, "refused"),
+        Some(Fault::Refuse) => return Ok(full(503, "refused")),
         _ => {}
     }
     if let Some(c) = canned {
-        return full(c.status, c.body);
+        return Ok(full(c.status, c.body));
     }
+    // Cut the request during which the bodies received so far pass the limit.
+    let cut_at = match fault {
+        Some(Fault::CutRequest(n)) => {
+            let len = req
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut s = st.lock().unwrap();
+            let so_far: usize = s.body_bytes.values().sum();
+            if so_far + len > n {
+                s.fault = None;
+                Some(n.saturating_sub(so_far))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
+    let method_name = req.method().to_string();
     let url = format!(
         "http://{upstream}{}",
         req.uri()
@@ -181,16 +215,36 @@ async fn handle(
         out = out.header(k, v);
     }
     let body_stream = http_body_util::BodyStream::new(req.into_body());
-    let body_stream = futures_util::StreamExt::filter_map(body_stream, |f| async move {
-        match f {
-            Ok(frame) => frame.into_data().ok().map(Ok::<Bytes, std::io::Error>),
+    let counter = st.clone();
+    let mut seen = 0usize;
+    let body_stream = futures_util::StreamExt::filter_map(body_stream, move |f| {
+        let item = match f {
+            Ok(frame) => frame.into_data().ok().map(|mut d| {
+                if let Some(limit) = cut_at {
+                    if seen >= limit {
+                        return Err(std::io::Error::other("request cut by the test proxy"));
+                    }
+                    d.truncate(limit - seen);
+                }
+                seen += d.len();
+                *counter
+                    .lock()
+                    .unwrap()
+                    .body_bytes
+                    .entry(method_name.clone())
+                    .or_default() += d.len();
+                Ok::<Bytes, std::io::Error>(d)
+            }),
             Err(e) => Some(Err(std::io::Error::other(e))),
-        }
+        };
+        async move { item }
     });
     out = out.body(reqwest::Body::wrap_stream(body_stream));
     let resp = match out.send().await {
         Ok(r) => r,
-        Err(e) => return full(502, format!("proxy: {e}")),
+        // The client's connection goes down with the cut request.
+        Err(e) if cut_at.is_some() => return Err(std::io::Error::other(e)),
+        Err(e) => return Ok(full(502, format!("proxy: {e}"))),
     };
     let mut builder = Response::builder().status(resp.status().as_u16());
     for (k, v) in resp.headers() {
@@ -215,7 +269,7 @@ async fn handle(
             Err(e) => Some((Err(std::io::Error::other(e)), (resp, usize::MAX))),
         }
     });
-    builder
+    Ok(builder
         .body(BodyExt::boxed(StreamBody::new(stream)))
-        .unwrap()
+        .unwrap())
 }
