@@ -61,10 +61,13 @@ pub struct Entry {
     /// It was sent before (and cut off, or the daemon died): the remote may hold a
     /// partial result, e.g. a truncated upload.
     pub attempted: bool,
+    /// For deletes of files: the version deleted here.
+    pub base_etag: Option<String>,
 }
 
 const COLUMNS: &str =
-    "id, op, ino, path, dest, is_dir, created_at, attempts, next_try_at, last_error, failed, attempted";
+    "id, op, ino, path, dest, is_dir, created_at, attempts, next_try_at, last_error, failed, attempted, \
+     base_etag";
 
 fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {
@@ -80,6 +83,7 @@ fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
         last_error: r.get(9)?,
         failed: r.get::<_, i64>(10)? != 0,
         attempted: r.get::<_, i64>(11)? != 0,
+        base_etag: r.get(12)?,
     })
 }
 
@@ -169,20 +173,41 @@ fn drop_waiting_puts(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
 pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Result<()> {
     if !node.on_remote && !any_running(c, node.ino)? && !others_under(c, node.ino, path)? {
         // The remote never saw it, as far as we know: forgetting its entries is the whole
-        // removal. But an upload or move that was sent before (cut off, or the daemon
+        // removal. But an upload, mkcol or move that was sent before (cut off, or the daemon
         // died before recording its success) may have left something; it becomes a
         // delete of what it could have left, in its place in the order.
         c.prepare_cached(
-            "UPDATE journal SET op = 'delete', path = COALESCE(dest, path), dest = NULL,              attempted = 0, sent_sha256 = ''              WHERE ino = ?1 AND attempted = 1 AND op IN ('put', 'move')",
+            "UPDATE journal SET op = 'delete', path = COALESCE(dest, path), dest = NULL,              attempted = 0, sent_sha256 = ''              WHERE ino = ?1 AND attempted = 1 AND op IN ('put', 'move', 'mkcol')",
         )?
         .execute([node.ino as i64])?;
         c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND op != 'delete'")?
             .execute([node.ino as i64])?;
         return Ok(());
     }
+    // Versions of ours the remote may hold: the base and whatever uploads sent. A delete
+    // finding one of them on the remote (under an ETag we never learned, because the
+    // daemon died first) is deleting our own version, not somebody else's.
+    let ours: String = c
+        .prepare_cached(
+            "SELECT trim(COALESCE(group_concat(sent_sha256, ' '), '') || ' ' || COALESCE(?2, ''))              FROM journal WHERE ino = ?1",
+        )?
+        .query_row(params![node.ino as i64, node.sha256], |r| r.get(0))?;
     // Waiting uploads of content that is going away would only be deleted again.
     drop_waiting_puts(c, node.ino)?;
-    insert(c, Op::Delete, node.ino, path, None, node.is_dir()).map(|_| ())
+    let id = insert(c, Op::Delete, node.ino, path, None, node.is_dir())?;
+    c.prepare_cached("UPDATE journal SET sent_sha256 = ?2 WHERE id = ?1")?
+        .execute(params![id, ours])?;
+    // A file is deleted on the remote only if it is still the version we knew (strong
+    // ETags only; weak ones never pass If-Match).
+    let base = node
+        .etag
+        .as_deref()
+        .filter(|t| !node.is_dir() && node.on_remote && !t.starts_with("W/"));
+    if let Some(tag) = base {
+        c.prepare_cached("UPDATE journal SET base_etag = ?2 WHERE id = ?1")?
+            .execute(params![id, tag])?;
+    }
+    Ok(())
 }
 
 /// Records the rename of `node` from `from` to `to`. A node already at `to` must have been
@@ -269,6 +294,16 @@ pub fn sent_hashes(c: &Connection, id: i64) -> rusqlite::Result<Vec<String>> {
         .split_whitespace()
         .map(String::from)
         .collect())
+}
+
+/// A waiting delete of `ino` is about the version our own upload or move just made.
+pub fn rebase_deletes(c: &Connection, ino: u64, etag: Option<&str>) -> rusqlite::Result<()> {
+    let strong = etag.filter(|t| !t.starts_with("W/"));
+    c.prepare_cached(
+        "UPDATE journal SET base_etag = ?2 WHERE ino = ?1 AND op = 'delete' AND running = 0",
+    )?
+    .execute(params![ino as i64, strong])?;
+    Ok(())
 }
 
 pub fn part_progress(c: &Connection, id: i64) -> rusqlite::Result<(Option<String>, u64)> {

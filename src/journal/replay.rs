@@ -27,6 +27,8 @@ const COMPARE_LIMIT: u64 = 64 << 20;
 /// Uploads from this size on go in parts where the server allows, so they can resume.
 pub const PARTS_FROM: u64 = 32 << 20;
 const PART: u64 = 8 << 20;
+/// Uploads up to this size are sent from a snapshot of the content.
+const SNAPSHOT_LIMIT: u64 = 4 << 20;
 
 /// Runs until `shutdown` turns true.
 pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
@@ -90,11 +92,7 @@ async fn run_marked(core: &Arc<Core>, e: &Entry) {
     let result = match e.op {
         Op::Put => put(core, &e).await,
         Op::Mkcol => mkcol(core, &e).await,
-        Op::Delete => core
-            .remote()
-            .delete(&e.path, e.is_dir)
-            .await
-            .and_then(|_| done(core, &core.store(), e.id).map_err(local)),
+        Op::Delete => delete(core, &e).await,
         Op::Move => rename(core, &e).await,
     };
     match result {
@@ -162,6 +160,63 @@ fn record_error(core: &Arc<Core>, e: &Entry, err: RemoteError) {
     }
 }
 
+async fn delete(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
+    let result = match &e.base_etag {
+        Some(tag) => core.remote().delete_if_match(&e.path, tag).await,
+        None => core.remote().delete(&e.path, e.is_dir).await,
+    };
+    match result {
+        Ok(()) => done(core, &core.store(), e.id).map_err(local),
+        // Changed on the remote after the version deleted here: their change wins over a
+        // delete, and the file comes back with the next listing.
+        Err(RemoteError::PreconditionFailed) if remote_is_ours(core, e).await? => {
+            core.remote().delete(&e.path, false).await?;
+            done(core, &core.store(), e.id).map_err(local)
+        }
+        Err(RemoteError::PreconditionFailed) => {
+            tracing::warn!(
+                "conflict: {} was changed on the remote after it was deleted here; keeping the remote version",
+                e.path
+            );
+            let conn = core.store();
+            conn.execute(
+                "INSERT INTO conflicts (path, conflict_path, local_etag, remote_etag, created_at) \
+                 VALUES (?1, ?1, ?2, NULL, ?3)",
+                params![e.path, e.base_etag, now_ms()],
+            )
+            .map_err(local)?;
+            done(core, &conn, e.id).map_err(local)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Whether the file at `e.path` holds a version this journal entry knows as ours.
+async fn remote_is_ours(core: &Arc<Core>, e: &Entry) -> Result<bool, RemoteError> {
+    let ours = journal::sent_hashes(&core.store(), e.id).map_err(local)?;
+    let Some(cur) = core.remote().stat(&e.path).await? else {
+        return Ok(true);
+    };
+    if ours.is_empty() || cur.size > COMPARE_LIMIT {
+        return Ok(false);
+    }
+    if cur.size == 0 {
+        // What an upload of ours cut before its first byte leaves on a server that
+        // writes in place.
+        return Ok(true);
+    }
+    let data = if cur.size == 0 {
+        bytes::Bytes::new()
+    } else {
+        core.remote().get_range(&e.path, 0, cur.size).await?.data
+    };
+    let sha = {
+        use sha2::{Digest, Sha256};
+        hex(&Sha256::digest(&data))
+    };
+    Ok(ours.contains(&sha))
+}
+
 async fn mkcol(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
     core.remote().mkcol(&e.path).await?;
     let conn = core.store();
@@ -219,6 +274,7 @@ async fn rename(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
             params![e.ino as i64, etag],
         )
         .map_err(local)?;
+        journal::rebase_deletes(&tx, e.ino, Some(&etag)).map_err(local)?;
     }
     done(core, &tx, e.id).map_err(local)?;
     tx.commit().map_err(local)
@@ -252,29 +308,39 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
     };
     // Remember what is being sent before sending it: if the daemon dies after the server
     // took it, the next attempt recognises its own version instead of crying conflict.
-    let sent = if node.size <= COMPARE_LIMIT {
-        let sha = sha256_prefix(&local_path, node.size).map_err(|err| {
-            tracing::error!(
-                "put {}: {err}; node {node:?}; journal {:?}",
-                e.path,
-                journal::list(&core.store(), false)
-            );
-            local(err)
-        })?;
-        journal::add_sent_hash(&core.store(), e.id, &sha).map_err(local)?;
-        Some(sha)
+    // Small files are sent from a snapshot, so a write landing during the upload cannot
+    // tear it; the hash then names exactly the bytes sent.
+    let snapshot = if node.size <= SNAPSHOT_LIMIT {
+        Some(snapshot(core, e.id, &local_path, node.size).map_err(local)?)
     } else {
         None
     };
+    let upload_path = snapshot
+        .as_ref()
+        .map(|(p, _)| p.clone())
+        .unwrap_or(local_path);
+    let sent = match &snapshot {
+        Some((_, sha)) => Some(sha.clone()),
+        None if node.size <= COMPARE_LIMIT => {
+            Some(sha256_prefix(&upload_path, node.size).map_err(local)?)
+        }
+        None => None,
+    };
+    if let Some(sha) = &sent {
+        journal::add_sent_hash(&core.store(), e.id, sha).map_err(local)?;
+    }
     if node.size >= PARTS_FROM && partial_put_supported(core).await? {
         return put_in_parts(core, e, &node, cond, sent).await;
     }
     let mtime = Some(store::ns_to_system_time(node.mtime_ns));
-    let reply = match core
+    let result = core
         .remote()
-        .put(&e.path, &local_path, node.size, cond, mtime)
-        .await
-    {
+        .put(&e.path, &upload_path, node.size, cond, mtime)
+        .await;
+    if snapshot.is_some() {
+        let _ = std::fs::remove_file(&upload_path);
+    }
+    let reply = match result {
         Ok(r) => r,
         Err(RemoteError::PreconditionFailed) => return resolve_conflict(core, e, &node).await,
         Err(err) => return Err(err),
@@ -360,6 +426,33 @@ async fn put_in_parts(
     finish_upload(core, e, etag, sent)
 }
 
+/// Copies the first `len` bytes of the content file aside for one upload attempt.
+fn snapshot(
+    core: &Core,
+    id: i64,
+    content: &std::path::Path,
+    len: u64,
+) -> std::io::Result<(std::path::PathBuf, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut data = Vec::with_capacity(len as usize);
+    std::fs::File::open(content)?
+        .take(len)
+        .read_to_end(&mut data)?;
+    if data.len() as u64 != len {
+        return Err(std::io::Error::other(format!(
+            "{}: has {} bytes, {len} to upload",
+            content.display(),
+            data.len()
+        )));
+    }
+    let dir = core.cache_dir().join("uploads");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(id.to_string());
+    std::fs::write(&path, &data)?;
+    Ok((path, hex(&Sha256::digest(&data))))
+}
+
 fn sha256_prefix(path: &std::path::Path, len: u64) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
@@ -392,6 +485,7 @@ fn finish_upload(
         params![e.ino as i64, etag, sha256],
     )
     .map_err(local)?;
+    journal::rebase_deletes(&tx, e.ino, etag.as_deref()).map_err(local)?;
     let more = journal::has_pending_put(&tx, e.ino, e.id).map_err(local)?;
     if !more && !core.is_write_dirty(e.ino) {
         store::set_dirty(&tx, e.ino, false).map_err(local)?;
@@ -464,6 +558,30 @@ async fn resolve_conflict(
             }
         }
     }
+    let Some(cur) = &current else {
+        // Deleted on the remote while we changed it here: keeping our version under its
+        // name loses nobody's work (their change was the deletion).
+        tracing::warn!(
+            "{} was deleted on the remote but changed here; uploading it again",
+            e.path
+        );
+        let mtime = Some(store::ns_to_system_time(node.mtime_ns));
+        let reply = remote
+            .put(
+                &e.path,
+                &local_path,
+                node.size,
+                Precondition::IfNoneMatch,
+                mtime,
+            )
+            .await?;
+        let etag = match reply.etag {
+            Some(t) => Some(t),
+            None => remote.stat(&e.path).await?.and_then(|s| s.etag),
+        };
+        return finish_upload(core, e, etag, None);
+    };
+    let _ = cur;
     let (dir, name) = match e.path.rfind('/') {
         Some(i) => (&e.path[..i], &e.path[i + 1..]),
         None => ("", e.path.as_str()),

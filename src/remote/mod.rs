@@ -133,6 +133,9 @@ pub trait Remote: Send + Sync + 'static {
     async fn mkcol(&self, path: &str) -> Result<(), RemoteError>;
     /// DELETE. A resource already gone is not an error.
     async fn delete(&self, path: &str, is_dir: bool) -> Result<(), RemoteError>;
+    /// DELETE of a file only while it is still the version `etag` names (`If-Match`);
+    /// `PreconditionFailed` when somebody changed it since.
+    async fn delete_if_match(&self, path: &str, etag: &str) -> Result<(), RemoteError>;
     /// MOVE with `Overwrite: T`.
     async fn rename(&self, from: &str, to: &str, is_dir: bool) -> Result<(), RemoteError>;
     /// Cheap health check: PROPFIND Depth 0 on the root, plus the server's DAV classes.

@@ -640,6 +640,21 @@ impl Remote for WebDav {
         .await
     }
 
+    async fn delete_if_match(&self, path: &str, etag: &str) -> Result<(), RemoteError> {
+        self.retrying("DELETE", path, || async {
+            let rb = self
+                .request(Method::DELETE, self.url_for(path, false)?)
+                .header(IF_MATCH, quote_etag(etag));
+            let status = self.send(rb, path).await?.status();
+            if status.is_success() || status == StatusCode::NOT_FOUND {
+                Ok(())
+            } else {
+                Err(status_error(status))
+            }
+        })
+        .await
+    }
+
     async fn rename(&self, from: &str, to: &str, is_dir: bool) -> Result<(), RemoteError> {
         let dest = self.url_for(to, is_dir)?;
         let rb = self

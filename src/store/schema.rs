@@ -55,7 +55,10 @@ const MIGRATIONS: &[&str] = &[
         -- A large upload sent in parts: which local version ('size:mtime') and how many
         -- bytes of it the server has confirmed, to resume instead of starting over.
         part_version TEXT,
-        part_bytes  INTEGER NOT NULL DEFAULT 0
+        part_bytes  INTEGER NOT NULL DEFAULT 0,
+        -- Deletes of files: the version that was deleted here, so a newer one on the
+        -- remote is not deleted with it.
+        base_etag   TEXT
     );
     CREATE INDEX journal_by_ino ON journal(ino);
 
