@@ -49,9 +49,6 @@ struct MountArgs {
     /// Default: $XDG_CACHE_HOME/davdrive/<id from URL and mountpoint>.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Admin socket path (default: <cache dir>/control.sock).
-    #[arg(long)]
-    control_socket: Option<PathBuf>,
     /// User name for the server.
     #[arg(long)]
     user: Option<String>,

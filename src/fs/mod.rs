@@ -654,6 +654,48 @@ impl Core {
 
     // ----- namespace changes ---------------------------------------------------------
 
+    /// Inserts a node created here (not yet on the remote) into directory `parent`.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_local_child(
+        &self,
+        tx: &Connection,
+        parent: u64,
+        name: &str,
+        kind: Kind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<u64> {
+        let p = store::get_node(tx, parent)?.ok_or(FsError::NotFound)?;
+        if p.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if store::get_child(tx, parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        Ok(store::insert_node(
+            tx,
+            &NewNode {
+                parent,
+                name,
+                kind,
+                size: 0,
+                mtime_ns: store::now_ns(),
+                mode: mode & 0o7777,
+                uid,
+                gid,
+                etag: None,
+                on_remote: false,
+                // A new file is dirty from birth: even an empty file must reach the
+                // remote. Its upload is queued when it is closed (or at the next start
+                // after a crash). A new directory is fully known: nothing to list.
+                dirty: kind == Kind::File,
+                ranges: RangeSet::default(),
+                listed_at: (kind == Kind::Dir).then(store::now_ms),
+            },
+        )?)
+    }
+
     pub fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
         self.ensure_writable()?;
         check_name(name)?;
@@ -661,31 +703,7 @@ impl Core {
         let attr = {
             let mut conn = lock(&self.store);
             let tx = conn.transaction()?;
-            let p = store::get_node(&tx, parent)?.ok_or(FsError::NotFound)?;
-            if p.kind != Kind::Dir {
-                return Err(FsError::NotDir);
-            }
-            if store::get_child(&tx, parent, name)?.is_some() {
-                return Err(FsError::Exists);
-            }
-            let ino = store::insert_node(
-                &tx,
-                &NewNode {
-                    parent,
-                    name,
-                    kind: Kind::Dir,
-                    size: 0,
-                    mtime_ns: store::now_ns(),
-                    mode: mode & 0o7777,
-                    uid,
-                    gid,
-                    etag: None,
-                    on_remote: false,
-                    dirty: false,
-                    ranges: RangeSet::default(),
-                    listed_at: Some(store::now_ms()),
-                },
-            )?;
+            let ino = self.insert_local_child(&tx, parent, name, Kind::Dir, mode, uid, gid)?;
             let path = store::path_of(&tx, ino)?.ok_or(FsError::NotFound)?;
             journal::record_mkcol(&tx, ino, &path)?;
             let n = store::get_node(&tx, ino)?.ok_or(FsError::NotFound)?;
@@ -711,33 +729,7 @@ impl Core {
         let ino = {
             let mut conn = lock(&self.store);
             let tx = conn.transaction()?;
-            let p = store::get_node(&tx, parent)?.ok_or(FsError::NotFound)?;
-            if p.kind != Kind::Dir {
-                return Err(FsError::NotDir);
-            }
-            if store::get_child(&tx, parent, name)?.is_some() {
-                return Err(FsError::Exists);
-            }
-            // Dirty from birth: even an empty file must reach the remote. The upload is
-            // queued when the file is closed (or at the next start after a crash).
-            let ino = store::insert_node(
-                &tx,
-                &NewNode {
-                    parent,
-                    name,
-                    kind: Kind::File,
-                    size: 0,
-                    mtime_ns: store::now_ns(),
-                    mode: mode & 0o7777,
-                    uid,
-                    gid,
-                    etag: None,
-                    on_remote: false,
-                    dirty: true,
-                    ranges: RangeSet::default(),
-                    listed_at: None,
-                },
-            )?;
+            let ino = self.insert_local_child(&tx, parent, name, Kind::File, mode, uid, gid)?;
             let f = self.content.open(ino)?;
             f.set_len(0)?;
             tx.commit()?;

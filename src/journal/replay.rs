@@ -332,23 +332,14 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
     if node.size >= PARTS_FROM && partial_put_supported(core).await? {
         return put_in_parts(core, e, &node, cond, sent).await;
     }
-    let mtime = Some(store::ns_to_system_time(node.mtime_ns));
-    let result = core
-        .remote()
-        .put(&e.path, &upload_path, node.size, cond, mtime)
-        .await;
+    let result = upload_whole(core.remote(), &e.path, &upload_path, &node, cond).await;
     if snapshot.is_some() {
         let _ = std::fs::remove_file(&upload_path);
     }
-    let reply = match result {
-        Ok(r) => r,
+    let etag = match result {
+        Ok(etag) => etag,
         Err(RemoteError::PreconditionFailed) => return resolve_conflict(core, e, &node).await,
         Err(err) => return Err(err),
-    };
-    let etag = match reply.etag {
-        Some(t) => Some(t),
-        // Some servers send no ETag on PUT; ask.
-        None => core.remote().stat(&e.path).await?.and_then(|s| s.etag),
     };
     finish_upload(core, e, etag, sent)
 }
@@ -424,6 +415,23 @@ async fn put_in_parts(
     remote.rename(&scratch, &e.path, false).await?;
     let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
     finish_upload(core, e, etag, sent)
+}
+
+/// PUTs a whole file and returns the new version's ETag (asking for it when the server
+/// sends none with the reply, as some do).
+async fn upload_whole(
+    remote: &Arc<dyn crate::remote::Remote>,
+    path: &str,
+    local: &std::path::Path,
+    node: &store::Node,
+    cond: Precondition,
+) -> Result<Option<String>, RemoteError> {
+    let mtime = Some(store::ns_to_system_time(node.mtime_ns));
+    let reply = remote.put(path, local, node.size, cond, mtime).await?;
+    match reply.etag {
+        Some(t) => Ok(Some(t)),
+        None => Ok(remote.stat(path).await?.and_then(|s| s.etag)),
+    }
 }
 
 /// Copies the first `len` bytes of the content file aside for one upload attempt.
@@ -546,14 +554,7 @@ async fn resolve_conflict(
                     Some(t) if !t.starts_with("W/") => Precondition::IfMatch(t.clone()),
                     _ => Precondition::None,
                 };
-                let mtime = Some(store::ns_to_system_time(node.mtime_ns));
-                let reply = remote
-                    .put(&e.path, &local_path, node.size, cond, mtime)
-                    .await?;
-                let etag = match reply.etag {
-                    Some(t) => Some(t),
-                    None => remote.stat(&e.path).await?.and_then(|s| s.etag),
-                };
+                let etag = upload_whole(&remote, &e.path, &local_path, node, cond).await?;
                 return finish_upload(core, e, etag, Some(ours_sha));
             }
         }
@@ -565,20 +566,14 @@ async fn resolve_conflict(
             "{} was deleted on the remote but changed here; uploading it again",
             e.path
         );
-        let mtime = Some(store::ns_to_system_time(node.mtime_ns));
-        let reply = remote
-            .put(
-                &e.path,
-                &local_path,
-                node.size,
-                Precondition::IfNoneMatch,
-                mtime,
-            )
-            .await?;
-        let etag = match reply.etag {
-            Some(t) => Some(t),
-            None => remote.stat(&e.path).await?.and_then(|s| s.etag),
-        };
+        let etag = upload_whole(
+            &remote,
+            &e.path,
+            &local_path,
+            node,
+            Precondition::IfNoneMatch,
+        )
+        .await?;
         return finish_upload(core, e, etag, None);
     };
     let _ = cur;
@@ -588,20 +583,14 @@ async fn resolve_conflict(
     };
     let conflict_name = conflict_name(name, &host_name(), SystemTime::now());
     let conflict_path = format!("{dir}/{conflict_name}");
-    let mtime = Some(store::ns_to_system_time(node.mtime_ns));
-    let reply = remote
-        .put(
-            &conflict_path,
-            &local_path,
-            node.size,
-            Precondition::IfNoneMatch,
-            mtime,
-        )
-        .await?;
-    let conflict_etag = match reply.etag {
-        Some(t) => Some(t),
-        None => remote.stat(&conflict_path).await?.and_then(|s| s.etag),
-    };
+    let conflict_etag = upload_whole(
+        &remote,
+        &conflict_path,
+        &local_path,
+        node,
+        Precondition::IfNoneMatch,
+    )
+    .await?;
     tracing::warn!(
         "conflict: {} was changed on the remote; the local version was saved as {}",
         e.path,
