@@ -280,9 +280,20 @@ fn unmount(mountpoint: &Path) -> ExitCode {
     // Wait for the daemon to hand everything to the journal and exit.
     if let Some(pid) = pid {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+        while process_running(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Alive and not a zombie (an exited daemon whose parent has not reaped it yet).
+fn process_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
