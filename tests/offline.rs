@@ -261,3 +261,27 @@ fn interrupted_large_upload_resumes_where_the_server_stopped() {
         .to_string_lossy()
         .contains("davdrive")));
 }
+
+#[test]
+fn rename_over_a_file_changed_on_the_server_keeps_theirs() {
+    let (server, _b, m) = setup();
+    fs::write(server.path("a.txt"), b"mine").unwrap();
+    fs::write(server.path("b.txt"), b"old b").unwrap();
+    assert_eq!(fs::read(m.path("a.txt")).unwrap(), b"mine");
+    assert_eq!(fs::read(m.path("b.txt")).unwrap(), b"old b");
+    server.proxy.set_fault(Fault::Refuse);
+    fs::rename(m.path("a.txt"), m.path("b.txt")).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    fs::write(server.path("b.txt"), b"their new b").unwrap();
+    server.proxy.clear_fault();
+    let aside = || {
+        fs::read_dir(&server.root).unwrap().find_map(|e| {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            n.starts_with("b (conflict ").then_some(n)
+        })
+    };
+    wait_until(60, "our version moved aside", || aside().is_some());
+    assert_eq!(fs::read(server.path(&aside().unwrap())).unwrap(), b"mine");
+    assert_eq!(fs::read(server.path("b.txt")).unwrap(), b"their new b");
+    assert!(!server.path("a.txt").exists());
+}

@@ -232,8 +232,36 @@ async fn mkcol(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
 
 async fn rename(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
     let dest = e.dest.as_deref().unwrap_or_default();
-    match core.remote().rename(&e.path, dest, e.is_dir).await {
+    // Overwrite: F. The journal deletes a replaced target first (conditionally); if
+    // something is still there, it is somebody else's and must not be clobbered.
+    match core
+        .remote()
+        .rename_no_replace(&e.path, dest, e.is_dir)
+        .await
+    {
         Ok(()) => {}
+        Err(RemoteError::PreconditionFailed) => {
+            let (dir, name) = dest.rsplit_once('/').unwrap_or(("", dest));
+            let aside = format!(
+                "{dir}/{}",
+                conflict_name(name, &host_name(), SystemTime::now())
+            );
+            core.remote()
+                .rename_no_replace(&e.path, &aside, e.is_dir)
+                .await?;
+            tracing::warn!(
+                "conflict: {dest} exists on the remote with somebody else's version; {} was moved to {aside} instead",
+                e.path
+            );
+            let conn = core.store();
+            conn.execute(
+                "INSERT INTO conflicts (path, conflict_path, local_etag, remote_etag, created_at) \
+                 VALUES (?1, ?2, NULL, NULL, ?3)",
+                params![dest, aside, now_ms()],
+            )
+            .map_err(local)?;
+            return done(core, &conn, e.id).map_err(local);
+        }
         // Replayed after a crash that came between the MOVE and its record: done already.
         Err(RemoteError::NotFound) if core.remote().stat(dest).await?.is_some() => {}
         // Moving something whose upload never happened (it was cut off, then the file

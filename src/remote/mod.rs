@@ -138,6 +138,13 @@ pub trait Remote: Send + Sync + 'static {
     async fn delete_if_match(&self, path: &str, etag: &str) -> Result<(), RemoteError>;
     /// MOVE with `Overwrite: T`.
     async fn rename(&self, from: &str, to: &str, is_dir: bool) -> Result<(), RemoteError>;
+    /// MOVE with `Overwrite: F`: `PreconditionFailed` when something exists at `to`.
+    async fn rename_no_replace(
+        &self,
+        from: &str,
+        to: &str,
+        is_dir: bool,
+    ) -> Result<(), RemoteError>;
     /// Cheap health check: PROPFIND Depth 0 on the root, plus the server's DAV classes.
     async fn probe(&self) -> Result<ServerInfo, RemoteError>;
 }

@@ -241,6 +241,33 @@ impl WebDav {
         }
     }
 
+    /// MOVE; with `overwrite` false the server answers 412 if `to` exists.
+    async fn move_to(
+        &self,
+        from: &str,
+        to: &str,
+        is_dir: bool,
+        overwrite: bool,
+    ) -> Result<(), RemoteError> {
+        let dest = self.url_for(to, is_dir)?;
+        let rb = self
+            .request(method("MOVE"), self.url_for(from, is_dir)?)
+            .header("Destination", dest.as_str())
+            .header("Overwrite", if overwrite { "T" } else { "F" });
+        let status = self.send(rb, from).await?.status();
+        if status == StatusCode::MULTI_STATUS {
+            return Err(RemoteError::Refused {
+                status: 207,
+                message: "collection only partly moved".into(),
+            });
+        }
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(status_error(status))
+        }
+    }
+
     fn transfer_timeout(&self, bytes: u64) -> Duration {
         self.request_timeout + Duration::from_secs(bytes / MIN_TRANSFER_RATE)
     }
@@ -656,23 +683,16 @@ impl Remote for WebDav {
     }
 
     async fn rename(&self, from: &str, to: &str, is_dir: bool) -> Result<(), RemoteError> {
-        let dest = self.url_for(to, is_dir)?;
-        let rb = self
-            .request(method("MOVE"), self.url_for(from, is_dir)?)
-            .header("Destination", dest.as_str())
-            .header("Overwrite", "T");
-        let status = self.send(rb, from).await?.status();
-        if status == StatusCode::MULTI_STATUS {
-            return Err(RemoteError::Refused {
-                status: 207,
-                message: "collection only partly moved".into(),
-            });
-        }
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(status_error(status))
-        }
+        self.move_to(from, to, is_dir, true).await
+    }
+
+    async fn rename_no_replace(
+        &self,
+        from: &str,
+        to: &str,
+        is_dir: bool,
+    ) -> Result<(), RemoteError> {
+        self.move_to(from, to, is_dir, false).await
     }
 
     async fn probe(&self) -> Result<ServerInfo, RemoteError> {
