@@ -7,5 +7,5 @@ source scripts/setup.sh
 
 export CARGO_TERM_COLOR=never
 cargo build --locked --all-targets -j "$(nproc)"
-# Test binaries run one after another; within one, four tests run at a time.
-cargo test --locked -j "$(nproc)" -- --test-threads=4
+# Test binaries run one after another; within one, two tests run at a time.
+cargo test --locked -j "$(nproc)" -- --test-threads=2

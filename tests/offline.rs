@@ -234,9 +234,17 @@ fn permanent_refusal_keeps_the_data_and_the_rest_goes_on() {
 fn interrupted_large_upload_resumes_where_the_server_stopped() {
     let (server, _b, m) = setup();
     let data = pattern(48 << 20, 77);
-    // The next upload body is cut after 20 MiB, as a dropped connection would.
+    let src = _b.path().join("large.src");
+    fs::write(&src, &data).unwrap();
+    // The upload is cut once 20 MiB have passed, as a dropped connection would.
     server.proxy.set_fault(Fault::CutRequest(20 << 20));
-    fs::write(m.path("large.bin"), &data).unwrap();
+    // Written by another process: a descriptor of this (multi-threaded) test process
+    // is duplicated into every child another test forks, and each such copy closing
+    // is a flush that would upload the file half-written.
+    run(
+        &format!("cp {} {}", src.display(), m.path("large.bin").display()),
+        _b.path(),
+    );
     wait_until(120, "large file complete on the server", || {
         sha256_file(&server.path("large.bin")).as_deref() == Some(sha256(&data).as_str())
     });

@@ -504,13 +504,16 @@ impl Core {
                 rusqlite::params![dir as i64, store::now_ms()],
             )?;
             tx.commit()?;
+            // Still under the store lock: nobody can open these files in between.
+            for ino in &dropped_content {
+                self.content.remove(*ino);
+            }
+            for ino in &removed {
+                self.content.remove(*ino);
+            }
         }
         for ino in dropped_content {
-            self.content.remove(ino);
             self.bump_content_gen(ino);
-        }
-        for ino in removed {
-            self.content.remove(ino);
         }
         Ok(true)
     }
@@ -543,15 +546,19 @@ impl Core {
         )?)
     }
 
+    /// Whether anything below (and including) `ino` has local changes or is open.
     fn subtree_has_dirty(&self, c: &Connection, ino: u64) -> FsResult<bool> {
-        let n: i64 = c.query_row(
-            "WITH RECURSIVE sub(ino) AS (SELECT ?1 UNION ALL \
-             SELECT nodes.ino FROM nodes JOIN sub ON nodes.parent = sub.ino) \
-             SELECT COUNT(*) FROM nodes WHERE ino IN sub AND (dirty = 1 OR on_remote = 0)",
-            [ino as i64],
-            |r| r.get(0),
-        )?;
-        Ok(n > 0)
+        let inos: Vec<(u64, bool)> = c
+            .prepare(
+                "WITH RECURSIVE sub(ino) AS (SELECT ?1 UNION ALL \
+                 SELECT nodes.ino FROM nodes JOIN sub ON nodes.parent = sub.ino) \
+                 SELECT ino, dirty = 1 OR on_remote = 0 FROM nodes WHERE ino IN sub",
+            )?
+            .query_map([ino as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(inos.iter().any(|(i, changed)| *changed || self.is_open(*i)))
     }
 
     fn delete_subtree(&self, c: &Connection, ino: u64, removed: &mut Vec<u64>) -> FsResult<()> {
@@ -569,7 +576,7 @@ impl Core {
         Ok(())
     }
 
-    fn is_open(&self, ino: u64) -> bool {
+    pub fn is_open(&self, ino: u64) -> bool {
         lock(&self.open_files).contains_key(&ino)
     }
 
@@ -970,7 +977,10 @@ impl Core {
             lock(&of.state).opens += 1;
             return Ok(of.clone());
         }
-        let node = store::get_node(&lock(&self.store), ino)?.ok_or(FsError::NotFound)?;
+        // The store stays locked until the file is in the map, so a listing merge (which
+        // decides under the store lock whether a file is open) cannot slip in between.
+        let conn = lock(&self.store);
+        let node = store::get_node(&conn, ino)?.ok_or(FsError::NotFound)?;
         let mut map = lock(&self.open_files);
         if let Some(of) = map.get(&ino) {
             // Opened by another thread meanwhile.
@@ -1001,12 +1011,14 @@ impl Core {
             }),
         });
         map.insert(ino, of.clone());
+        drop(map);
+        drop(conn);
         Ok(of)
     }
 
     /// Drops one reference; the last one commits pending writes and forgets the state.
     fn close_open_file(&self, ino: u64) {
-        let mut map = lock(&self.open_files);
+        let map = lock(&self.open_files);
         let last = match map.get(&ino) {
             Some(of) => {
                 let mut st = lock(&of.state);
@@ -1016,10 +1028,21 @@ impl Core {
             None => false,
         };
         if last {
-            let of = map.remove(&ino).unwrap();
+            let of = map.get(&ino).cloned().unwrap();
             drop(map);
+            // Commit while the state is still shared, so an open racing with this close
+            // finds it (with the current size) instead of the store's older row.
             if let Err(e) = self.commit_writes(&of, ino, false) {
                 tracing::error!("could not commit writes of inode {ino}: {e}");
+            }
+            {
+                let _conn = lock(&self.store);
+                let mut map = lock(&self.open_files);
+                let still_unused = map.get(&ino).is_some_and(|of| lock(&of.state).opens == 0);
+                if !still_unused {
+                    return;
+                }
+                map.remove(&ino);
             }
             // An orphan (unlinked while open) disappears with its last handle.
             let orphan = store::get_node(&lock(&self.store), ino)
@@ -1117,10 +1140,17 @@ impl Core {
                         source: RemoteError::BadReply("file shorter than listed".into()),
                     });
                 }
-                of.file.write_all_at(&reply.data, reply.offset)?;
+                // Only where still missing, under the state lock: a write or truncate that
+                // happened while this GET was on the wire must not be overwritten.
                 let ranges = {
                     let mut st = lock(&of.state);
-                    st.ranges.insert(reply.offset, reply.offset + got);
+                    let end = (reply.offset + got).min(st.size);
+                    for (a, b) in st.ranges.missing(reply.offset, end) {
+                        let from = (a - reply.offset) as usize;
+                        let to = (b - reply.offset) as usize;
+                        of.file.write_all_at(&reply.data[from..to], a)?;
+                        st.ranges.insert(a, b);
+                    }
                     st.ranges.clone()
                 };
                 store::set_ranges(&lock(&self.store), ino, &ranges)?;
@@ -1159,9 +1189,10 @@ impl Core {
         // Writes need the whole file here: the upload sends whole files.
         let size = lock(&of.state).size;
         self.fetch_range(&of, ino, 0, size, false)?;
-        of.file.write_all_at(data, offset)?;
         let first = {
             let mut st = lock(&of.state);
+            // Under the state lock, so a download finishing now cannot write over it.
+            of.file.write_all_at(data, offset)?;
             st.size = st.size.max(offset + data.len() as u64);
             st.ranges = RangeSet::full(st.size);
             st.mtime_ns = store::now_ns();
@@ -1178,6 +1209,12 @@ impl Core {
 
     /// Commits the writes of `ino` to the journal: size, mtime and an upload entry.
     fn commit_writes(&self, of: &OpenFile, ino: u64, durable: bool) -> FsResult<()> {
+        if durable {
+            of.file.sync_all()?;
+        }
+        // The store lock first, then the state (the lock order): two commits of the same
+        // file cannot pass each other and record an older size last.
+        let conn = lock(&self.store);
         let (size, mtime_ns, seq) = {
             let st = lock(&of.state);
             if !st.write_dirty {
@@ -1185,10 +1222,6 @@ impl Core {
             }
             (st.size, st.mtime_ns, st.write_seq)
         };
-        if durable {
-            of.file.sync_all()?;
-        }
-        let conn = lock(&self.store);
         let work = |c: &Connection| -> rusqlite::Result<()> {
             let tx = c.unchecked_transaction()?;
             store::set_local_content(&tx, ino, size, mtime_ns)?;
@@ -1202,13 +1235,13 @@ impl Core {
         } else {
             work(&conn)?;
         }
-        drop(conn);
         {
             let mut st = lock(&of.state);
             if st.write_seq == seq {
                 st.write_dirty = false;
             }
         }
+        drop(conn);
         self.journal_changed.notify_one();
         Ok(())
     }

@@ -171,7 +171,10 @@ fn drop_waiting_puts(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
 
 /// Records the removal of `node` (unlink or rmdir) from `path`.
 pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Result<()> {
-    if !node.on_remote && !any_running(c, node.ino)? && !others_under(c, node.ino, path)? {
+    // Other entries naming paths below matter only for a directory (its children's
+    // entries need it to exist); a file's entries are its own.
+    let others_need_it = node.is_dir() && others_under(c, node.ino, path)?;
+    if !node.on_remote && !any_running(c, node.ino)? && !others_need_it {
         // The remote never saw it, as far as we know: forgetting its entries is the whole
         // removal. But an upload, mkcol or move that was sent before (cut off, or the daemon
         // died before recording its success) may have left something; it becomes a

@@ -396,7 +396,13 @@ async fn put_in_parts(
     let local_path = core.content().path(e.ino);
     let (dir, name) = e.path.rsplit_once('/').unwrap_or(("", &e.path));
     let scratch = format!("{dir}/.{name}.davdrive-part-{}", e.ino);
-    let version = format!("{}:{}", node.size, node.mtime_ns);
+    // The local version is named by its bytes: only a scratch file holding a prefix of
+    // exactly these may be continued.
+    let version = format!(
+        "{}:{}",
+        node.size,
+        sha256_prefix(&local_path, node.size).map_err(local)?
+    );
     let (done_version, done_bytes) = journal::part_progress(&core.store(), e.id).map_err(local)?;
     let mut offset = 0;
     if done_version.as_deref() == Some(version.as_str()) && done_bytes > 0 {
@@ -605,6 +611,13 @@ async fn resolve_conflict(
         return finish_upload(core, e, etag, None);
     };
     let _ = cur;
+    if core.is_open(e.ino) {
+        // Its content file cannot change hands under open descriptors.
+        return Err(RemoteError::Local(format!(
+            "{} conflicts with a newer remote version; resolved once the file is closed",
+            e.path
+        )));
+    }
     let (dir, name) = match e.path.rfind('/') {
         Some(i) => (&e.path[..i], &e.path[i + 1..]),
         None => ("", e.path.as_str()),
@@ -626,6 +639,11 @@ async fn resolve_conflict(
     );
     let conn = core.store();
     let tx = conn.unchecked_transaction().map_err(local)?;
+    // Closed writes may have landed since the upload started: the copy takes the
+    // content as committed now, and their uploads go to the copy (below).
+    let node = &store::get_node(&tx, e.ino)
+        .map_err(local)?
+        .unwrap_or_else(|| node.clone());
     // The local copy becomes the conflict file, beside the original.
     let copy_ino = if store::get_child(&tx, node.parent, &conflict_name)
         .map_err(local)?
@@ -676,10 +694,17 @@ async fn resolve_conflict(
             store::delete_node(&tx, e.ino).map_err(local)?;
         }
     }
-    tx.execute(
-        "DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
-        params![e.ino as i64, e.id],
-    )
+    match copy_ino {
+        Some(copy) => tx.execute(
+            "UPDATE journal SET ino = ?3, path = ?4 \
+             WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
+            params![e.ino as i64, e.id, copy as i64, conflict_path],
+        ),
+        None => tx.execute(
+            "DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
+            params![e.ino as i64, e.id],
+        ),
+    }
     .map_err(local)?;
     tx.execute(
         "INSERT INTO conflicts (path, conflict_path, local_etag, remote_etag, created_at) \
@@ -694,11 +719,13 @@ async fn resolve_conflict(
     )
     .map_err(local)?;
     done(core, &tx, e.id).map_err(local)?;
+    tx.commit().map_err(local)?;
+    // After the commit: a crash in between leaves the copy without content, which its
+    // next open notices (the file is shorter than the node) and fetches from the remote.
     match copy_ino {
         Some(ino) => core.content().rename(e.ino, ino).map_err(local)?,
         None => core.content().remove(e.ino),
     }
-    tx.commit().map_err(local)?;
     drop(conn);
     core.content_replaced(e.ino);
     Ok(())

@@ -52,7 +52,7 @@ const MIGRATIONS: &[&str] = &[
         -- SHA-256 of each version an upload sent, space-separated: what is on the remote
         -- after a crash may be one of them, which is not a conflict.
         sent_sha256 TEXT NOT NULL DEFAULT '',
-        -- A large upload sent in parts: which local version ('size:mtime') and how many
+        -- A large upload sent in parts: which local version ('size:sha256') and how many
         -- bytes of it the server has confirmed, to resume instead of starting over.
         part_version TEXT,
         part_bytes  INTEGER NOT NULL DEFAULT 0,

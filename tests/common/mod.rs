@@ -133,7 +133,10 @@ impl Mount {
                 "5s",
             ])
             .args(&self.args)
-            .env("DAVDRIVE_LOG", "davdrive=debug,info")
+            .env(
+                "DAVDRIVE_LOG",
+                std::env::var("TEST_DAVDRIVE_LOG").unwrap_or("davdrive=debug,info".into()),
+            )
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
