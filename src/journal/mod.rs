@@ -309,6 +309,28 @@ pub fn rebase_deletes(c: &Connection, ino: u64, etag: Option<&str>) -> rusqlite:
     Ok(())
 }
 
+/// Records a conflict for the status and `ctl conflicts`.
+pub fn record_conflict(
+    c: &Connection,
+    path: &str,
+    conflict_path: &str,
+    local_etag: Option<&str>,
+    remote_etag: Option<&str>,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO conflicts (path, conflict_path, local_etag, remote_etag, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        path,
+        conflict_path,
+        local_etag,
+        remote_etag,
+        now_ms()
+    ])?;
+    Ok(())
+}
+
 pub fn part_progress(c: &Connection, id: i64) -> rusqlite::Result<(Option<String>, u64)> {
     c.prepare_cached("SELECT part_version, part_bytes FROM journal WHERE id = ?1")?
         .query_row([id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))

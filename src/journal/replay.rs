@@ -179,12 +179,8 @@ async fn delete(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
                 e.path
             );
             let conn = core.store();
-            conn.execute(
-                "INSERT INTO conflicts (path, conflict_path, local_etag, remote_etag, created_at) \
-                 VALUES (?1, ?1, ?2, NULL, ?3)",
-                params![e.path, e.base_etag, now_ms()],
-            )
-            .map_err(local)?;
+            journal::record_conflict(&conn, &e.path, &e.path, e.base_etag.as_deref(), None)
+                .map_err(local)?;
             done(core, &conn, e.id).map_err(local)
         }
         Err(err) => Err(err),
@@ -254,12 +250,7 @@ async fn rename(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
                 e.path
             );
             let conn = core.store();
-            conn.execute(
-                "INSERT INTO conflicts (path, conflict_path, local_etag, remote_etag, created_at) \
-                 VALUES (?1, ?2, NULL, NULL, ?3)",
-                params![dest, aside, now_ms()],
-            )
-            .map_err(local)?;
+            journal::record_conflict(&conn, dest, &aside, None, None).map_err(local)?;
             return done(core, &conn, e.id).map_err(local);
         }
         // Replayed after a crash that came between the MOVE and its record: done already.
@@ -706,16 +697,12 @@ async fn resolve_conflict(
         ),
     }
     .map_err(local)?;
-    tx.execute(
-        "INSERT INTO conflicts (path, conflict_path, local_etag, remote_etag, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            e.path,
-            conflict_path,
-            node.etag,
-            current.as_ref().and_then(|c| c.etag.clone()),
-            now_ms()
-        ],
+    journal::record_conflict(
+        &tx,
+        &e.path,
+        &conflict_path,
+        node.etag.as_deref(),
+        current.as_ref().and_then(|c| c.etag.as_deref()),
     )
     .map_err(local)?;
     done(core, &tx, e.id).map_err(local)?;

@@ -537,15 +537,7 @@ impl Remote for WebDav {
             let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             rb = rb.header("X-OC-Mtime", secs);
         }
-        let resp = self.send(rb, path).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(status_error(status));
-        }
-        // Nextcloud sends the plain ETag only sometimes, OC-ETag always.
-        let etag = header_string(resp.headers(), ETAG)
-            .or_else(|| header_string(resp.headers(), "OC-ETag"));
-        Ok(PutReply { etag })
+        put_reply(self.send(rb, path).await?)
     }
 
     async fn put_range(
@@ -579,14 +571,7 @@ impl Remote for WebDav {
                 format!("bytes {}-{}/*", offset, offset + len - 1),
             )
             .body(body);
-        let resp = self.send(rb, path).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(status_error(status));
-        }
-        let etag = header_string(resp.headers(), ETAG)
-            .or_else(|| header_string(resp.headers(), "OC-ETag"));
-        Ok(PutReply { etag })
+        put_reply(self.send(rb, path).await?)
     }
 
     async fn partial_put_supported(&self) -> Result<bool, RemoteError> {
@@ -744,6 +729,18 @@ impl Remote for WebDav {
             dav_classes,
         })
     }
+}
+
+/// The outcome of a PUT: its status, and the new version's ETag when sent.
+fn put_reply(resp: Response) -> Result<PutReply, RemoteError> {
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(status_error(status));
+    }
+    // Nextcloud sends the plain ETag only sometimes, OC-ETag always.
+    let etag =
+        header_string(resp.headers(), ETAG).or_else(|| header_string(resp.headers(), "OC-ETag"));
+    Ok(PutReply { etag })
 }
 
 /// "/a//b/" -> "/a/b", "" -> "/".
