@@ -161,8 +161,16 @@ fn record_error(core: &Arc<Core>, e: &Entry, err: RemoteError) {
 }
 
 async fn delete(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
+    let known_versions = !journal::sent_hashes(&core.store(), e.id)
+        .map_err(local)?
+        .is_empty();
     let result = match &e.base_etag {
         Some(tag) => core.remote().delete_if_match(&e.path, tag).await,
+        // No ETag to hold it to (the file never got one of ours, or only a weak one),
+        // but versions of ours are known: delete only one of those.
+        None if !e.is_dir && known_versions && !remote_is_ours(core, e).await? => {
+            Err(RemoteError::PreconditionFailed)
+        }
         None => core.remote().delete(&e.path, e.is_dir).await,
     };
     match result {

@@ -425,9 +425,13 @@ pub fn move_node(conn: &Connection, ino: u64, parent: u64, name: &str) -> rusqli
     Ok(())
 }
 
+/// Records a use of the node for the cache's age limit. At most once a minute per node:
+/// the age limit counts in days, and an update that changes nothing writes nothing.
 pub fn touch_access(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE nodes SET last_access = ?2 WHERE ino = ?1")?
-        .execute(params![ino as i64, now_ns() / 1_000_000_000])?;
+    conn.prepare_cached(
+        "UPDATE nodes SET last_access = ?2 WHERE ino = ?1 AND last_access < ?2 - 60",
+    )?
+    .execute(params![ino as i64, now_ns() / 1_000_000_000])?;
     Ok(())
 }
 
