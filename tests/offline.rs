@@ -137,12 +137,7 @@ fn conflict_keeps_both_versions() {
     fs::write(server.path("shared.txt"), b"edited on the server").unwrap();
     server.proxy.clear_fault();
 
-    let conflict = || {
-        fs::read_dir(&server.root).unwrap().find_map(|e| {
-            let n = e.unwrap().file_name().into_string().unwrap();
-            n.starts_with("shared (conflict ").then_some(n)
-        })
-    };
+    let conflict = || server_entry_starting(&server, "shared (conflict ");
     wait_until(60, "conflict copy on the server", || conflict().is_some());
     let name = conflict().unwrap();
     assert!(name.ends_with(").txt"), "{name}");
@@ -282,12 +277,7 @@ fn rename_over_a_file_changed_on_the_server_keeps_theirs() {
     std::thread::sleep(Duration::from_millis(50));
     fs::write(server.path("b.txt"), b"their new b").unwrap();
     server.proxy.clear_fault();
-    let aside = || {
-        fs::read_dir(&server.root).unwrap().find_map(|e| {
-            let n = e.unwrap().file_name().into_string().unwrap();
-            n.starts_with("b (conflict ").then_some(n)
-        })
-    };
+    let aside = || server_entry_starting(&server, "b (conflict ");
     wait_until(60, "our version moved aside", || aside().is_some());
     assert_eq!(fs::read(server.path(&aside().unwrap())).unwrap(), b"mine");
     assert_eq!(fs::read(server.path("b.txt")).unwrap(), b"their new b");

@@ -1218,6 +1218,12 @@ impl Core {
         let (size, mtime_ns, seq) = {
             let st = lock(&of.state);
             if !st.write_dirty {
+                drop(st);
+                // Committed already (by a close of another descriptor), but perhaps only
+                // to the page cache: fsync() wants it on the disk.
+                if durable {
+                    store::sync_to_disk(&conn)?;
+                }
                 return Ok(());
             }
             (st.size, st.mtime_ns, st.write_seq)
@@ -1278,6 +1284,12 @@ impl Core {
                 tracing::error!("could not commit writes of inode {ino}: {e}");
             }
         }
+    }
+
+    /// `fsyncdir()`: namespace changes are committed as they return; this puts them (and
+    /// every earlier commit) on the disk.
+    pub fn sync_journal(&self) -> FsResult<()> {
+        Ok(store::sync_to_disk(&lock(&self.store))?)
     }
 
     pub fn statfs(&self) -> FsResult<libc::statvfs> {

@@ -405,8 +405,10 @@ impl Filesystem for DavFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Namespace changes are in the journal (committed) as soon as they return.
-        reply.ok()
+        match self.core.sync_journal() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsyncdir", e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

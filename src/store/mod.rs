@@ -282,6 +282,12 @@ pub fn with_full_sync<T>(
     Ok(v)
 }
 
+/// Makes every commit so far durable across a power loss: a checkpoint syncs the WAL
+/// first. PASSIVE never waits for readers; the sync happens either way.
+pub fn sync_to_disk(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+}
+
 pub fn get_node(conn: &Connection, ino: u64) -> rusqlite::Result<Option<Node>> {
     conn.prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE ino = ?1"))?
         .query_row([ino as i64], Node::from_row)

@@ -284,3 +284,12 @@ pub fn run(cmd: &str, dir: &Path) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The name of the first entry in the server's root starting with `prefix` (a conflict
+/// copy, say), if any.
+pub fn server_entry_starting(server: &Server, prefix: &str) -> Option<String> {
+    std::fs::read_dir(&server.root).unwrap().find_map(|e| {
+        let n = e.unwrap().file_name().into_string().unwrap();
+        n.starts_with(prefix).then_some(n)
+    })
+}
