@@ -183,6 +183,11 @@ impl Harness {
         for t in live.tasks {
             let _ = self.server.rt.block_on(t);
         }
+        if crash {
+            // A request the dead daemon had sent may still be finishing on the server;
+            // a real restart takes longer than that.
+            self.server.proxy.wait_idle(Duration::from_secs(10));
+        }
     }
 
     fn resolve(&self, path: &str) -> u64 {
@@ -469,6 +474,7 @@ fn check(actions: Vec<Action>) {
     }
     h.set_fault(None);
     h.wait_drained(&format!("{actions:?}"));
+    h.server.proxy.wait_idle(Duration::from_secs(10));
     assert_eq!(
         digest(&server_tree(&h.server.root)),
         digest(&model),
@@ -546,4 +552,64 @@ fn offline_sequence_with_coalescing_and_crash() {
         Restart,
         Outage(false),
     ]);
+}
+
+/// A daemon that dies with an upload in flight, and a file deleted after the restart:
+/// the upload the server finished after the death is deleted, not left behind.
+#[test]
+fn upload_in_flight_at_a_crash_then_deleted() {
+    let mut h = Harness::new();
+    let mut model = Model::new();
+    h.set_fault(Some(Fault::Delay(Duration::from_millis(400))));
+    apply(
+        &mut h,
+        &mut model,
+        &Action::Create {
+            dir: 0,
+            name: 0,
+            len: 700,
+            seed: 3,
+        },
+    );
+    common::wait_until(10, "the upload to reach the server", || {
+        h.server.proxy.body_bytes("PUT") >= 700
+    });
+    apply(&mut h, &mut model, &Action::Crash);
+    h.set_fault(None);
+    apply(&mut h, &mut model, &Action::Unlink { file: 0 });
+    h.wait_drained("unlink after a crash");
+    h.server.proxy.wait_idle(Duration::from_secs(10));
+    assert_eq!(digest(&server_tree(&h.server.root)), digest(&model));
+    h.stop(false);
+}
+
+/// The same, but somebody else wrote the path after the dead daemon's upload: the
+/// delete that cleans up after the upload leaves their file alone.
+#[test]
+fn cleanup_after_a_crash_leaves_a_stranger_file_alone() {
+    let mut h = Harness::new();
+    let mut model = Model::new();
+    h.set_fault(Some(Fault::Delay(Duration::from_millis(200))));
+    apply(
+        &mut h,
+        &mut model,
+        &Action::Create {
+            dir: 0,
+            name: 0,
+            len: 700,
+            seed: 3,
+        },
+    );
+    common::wait_until(10, "the upload to reach the server", || {
+        h.server.proxy.body_bytes("PUT") >= 700
+    });
+    apply(&mut h, &mut model, &Action::Outage(true));
+    apply(&mut h, &mut model, &Action::Crash);
+    std::fs::write(h.server.path("a"), b"somebody else's").unwrap();
+    apply(&mut h, &mut model, &Action::Unlink { file: 0 });
+    apply(&mut h, &mut model, &Action::Outage(false));
+    h.wait_drained("unlink after a crash");
+    h.server.proxy.wait_idle(Duration::from_secs(10));
+    assert_eq!(std::fs::read(h.server.path("a")).unwrap(), b"somebody else's");
+    h.stop(false);
 }

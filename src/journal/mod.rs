@@ -178,9 +178,11 @@ pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Resul
         // The remote never saw it, as far as we know: forgetting its entries is the whole
         // removal. But an upload, mkcol or move that was sent before (cut off, or the daemon
         // died before recording its success) may have left something; it becomes a
-        // delete of what it could have left, in its place in the order.
+        // delete of what it could have left, in its place in the order. It keeps the
+        // hashes of what was sent, so it deletes only a version of ours.
         c.prepare_cached(
-            "UPDATE journal SET op = 'delete', path = COALESCE(dest, path), dest = NULL,              attempted = 0, sent_sha256 = ''              WHERE ino = ?1 AND attempted = 1 AND op IN ('put', 'move', 'mkcol')",
+            "UPDATE journal SET op = 'delete', path = COALESCE(dest, path), dest = NULL, \
+             attempted = 0 WHERE ino = ?1 AND attempted = 1 AND op IN ('put', 'move', 'mkcol')",
         )?
         .execute([node.ino as i64])?;
         c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND op != 'delete'")?

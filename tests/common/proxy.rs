@@ -24,7 +24,8 @@ pub enum Fault {
     Refuse,
     /// Answer every request with this status.
     Status(u16),
-    /// Wait this long before forwarding.
+    /// Receive the whole request, then wait this long before forwarding it. The request
+    /// goes on even if the client hangs up meanwhile, as on a server that already has it.
     Delay(Duration),
     /// Forward, but end the reply body after this many bytes.
     CutResponse(usize),
@@ -52,6 +53,24 @@ pub struct ProxyState {
     pub counts: HashMap<String, usize>,
     /// Request body bytes received, by method.
     pub body_bytes: HashMap<String, usize>,
+    /// Requests being handled now (until the upstream reply is done or abandoned).
+    pub in_flight: usize,
+}
+
+/// Counts a request as in flight for as long as its handler lives.
+struct InFlight(Arc<Mutex<ProxyState>>);
+
+impl InFlight {
+    fn new(st: &Arc<Mutex<ProxyState>>) -> InFlight {
+        st.lock().unwrap().in_flight += 1;
+        InFlight(st.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_flight -= 1;
+    }
 }
 
 #[derive(Clone)]
@@ -125,6 +144,20 @@ impl Proxy {
             .unwrap_or(&0)
     }
 
+    /// Waits until no request is being handled: what a client that died had already
+    /// sent is finished on the server before the test goes on, as it would be by the
+    /// time a real daemon restarts.
+    pub fn wait_idle(&self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.state.lock().unwrap().in_flight > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the test proxy still has requests in flight"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn count(&self, method: &str) -> usize {
         *self.state.lock().unwrap().counts.get(method).unwrap_or(&0)
     }
@@ -163,7 +196,6 @@ async fn handle(
     }
     match fault {
         Some(Fault::Status(code)) => return Ok(full(code, "injected")),
-        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::Refuse) => return Ok(full(503, "refused")),
         _ => {}
     }
@@ -239,11 +271,33 @@ async fn handle(
         };
         async move { item }
     });
-    out = out.body(reqwest::Body::wrap_stream(body_stream));
-    let resp = match out.send().await {
+    // The upstream request runs on its own: a client that hangs up does not stop what
+    // the server has already received. `wait_idle` waits for these.
+    let in_flight = InFlight::new(&st);
+    let delay = match fault {
+        Some(Fault::Delay(d)) => Some(d),
+        _ => None,
+    };
+    let upstream_reply = tokio::spawn(async move {
+        let _in_flight = in_flight;
+        let body = match delay {
+            Some(d) => {
+                let mut whole = Vec::new();
+                let mut body_stream = std::pin::pin!(body_stream);
+                while let Some(chunk) = futures_util::StreamExt::next(&mut body_stream).await {
+                    whole.extend_from_slice(&chunk?);
+                }
+                tokio::time::sleep(d).await;
+                reqwest::Body::from(whole)
+            }
+            _ => reqwest::Body::wrap_stream(body_stream),
+        };
+        out.body(body).send().await.map_err(std::io::Error::other)
+    });
+    let resp = match upstream_reply.await.map_err(std::io::Error::other)? {
         Ok(r) => r,
         // The client's connection goes down with the cut request.
-        Err(e) if cut_at.is_some() => return Err(std::io::Error::other(e)),
+        Err(e) if cut_at.is_some() => return Err(e),
         Err(e) => return Ok(full(502, format!("proxy: {e}"))),
     };
     let mut builder = Response::builder().status(resp.status().as_u16());
