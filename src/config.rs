@@ -39,6 +39,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// A size such as `512M`, `10G`, `1.5GiB` or `0`. Units are powers of 1024; `B` and
+/// `iB` suffixes are optional.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (like 512M, 10G)"))?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit.trim_end_matches("IB").trim_end_matches('B');
+    let scale: u64 = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("'{s}': unknown unit (use K, M, G or T)")),
+    };
+    Ok((value * scale as f64) as u64)
+}
+
 /// Everything `davdrive mount` needs, after validation.
 #[derive(Debug, Clone)]
 pub struct MountConfig {
@@ -54,6 +78,7 @@ pub struct MountConfig {
     pub request_timeout: Duration,
     pub threads: usize,
     pub allow_other: bool,
+    pub cache: crate::cache::CacheLimits,
 }
 
 impl MountConfig {
@@ -140,6 +165,18 @@ pub fn pid_file(mountpoint: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("G").is_err());
+    }
 
     #[test]
     fn durations() {

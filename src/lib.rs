@@ -2,6 +2,7 @@
 //! a durable sync journal that carries every change to the remote, outages included.
 
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod fs;
 pub mod fuse;

@@ -82,6 +82,17 @@ struct MountArgs {
     /// /etc/fuse.conf when not root).
     #[arg(long)]
     allow_other: bool,
+    /// Cached content not used for this long is removed (pinned and unsent content
+    /// never is): 30m, 12h, 7d.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    cache_max_age: Duration,
+    /// Size cap of the cache (like 5G). Default: 10 GiB or 20% of the cache's
+    /// filesystem, whichever is smaller.
+    #[arg(long, value_parser = config::parse_size)]
+    cache_max_size: Option<u64>,
+    /// Keep at least this much free on the cache's filesystem, evicting if needed.
+    #[arg(long, default_value = "1G", value_parser = config::parse_size)]
+    cache_min_free: u64,
 }
 
 fn init_logging() {
@@ -160,6 +171,12 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
         request_timeout: args.request_timeout,
         threads: args.threads,
         allow_other: args.allow_other,
+        cache: davdrive::cache::CacheLimits {
+            max_age: args.cache_max_age,
+            max_size: args.cache_max_size,
+            min_free: args.cache_min_free,
+            ..Default::default()
+        },
     })
 }
 

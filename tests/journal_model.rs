@@ -610,6 +610,9 @@ fn cleanup_after_a_crash_leaves_a_stranger_file_alone() {
     apply(&mut h, &mut model, &Action::Outage(false));
     h.wait_drained("unlink after a crash");
     h.server.proxy.wait_idle(Duration::from_secs(10));
-    assert_eq!(std::fs::read(h.server.path("a")).unwrap(), b"somebody else's");
+    assert_eq!(
+        std::fs::read(h.server.path("a")).unwrap(),
+        b"somebody else's"
+    );
     h.stop(false);
 }

@@ -72,6 +72,11 @@ impl FsError {
                 Some(libc::ENOSPC) | Some(libc::EDQUOT) => libc::ENOSPC,
                 _ => libc::EIO,
             },
+            FsError::Store(StoreError::Sqlite(e))
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            {
+                libc::ENOSPC
+            }
             FsError::Store(_) => libc::EIO,
         }
     }

@@ -2,37 +2,35 @@
 //! sync journal and the remote. The FUSE adapter is a thin shell around this; tests drive
 //! it directly, without a kernel.
 //!
-//! Lock order (never the other way round, never across a network call except `fetch`):
-//!   `store` → `open_files` map → `OpenFile::state`.
-//! Nothing is locked while `OpenFile::state` is held. `OpenFile::fetch` serialises
-//! downloads of one file and is held across the network call; it is always taken before
-//! any of the locks above.
+//! Lock order (never the other way round, never across a network call):
+//!   `store` → `open_files` map → a file's in-flight downloads → `OpenFile::state`.
+//! Nothing is locked while `OpenFile::state` is held. Downloads run as tasks and are
+//! waited for with nothing locked (see `fetch`).
 
+mod cache_ops;
 pub mod error;
+mod fetch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
 use tokio::sync::Notify;
 
+pub use cache_ops::{CacheUsage, Candidate, Evicted};
 pub use error::{FsError, FsResult};
 
-use crate::cache::ContentFiles;
+use crate::cache::{CacheLimits, ContentFiles};
+use crate::clock::Clock;
 use crate::health::Health;
 use crate::journal;
 use crate::remote::{Entry as RemoteEntry, Remote, RemoteError};
 use crate::store::{self, Kind, NewNode, Node, RangeSet, ROOT_INO};
-
-/// Largest single ranged GET.
-const MAX_FETCH: u64 = 8 << 20;
-/// Reads are rounded up to this, so a sequential reader costs few requests.
-const READ_CHUNK: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -44,6 +42,9 @@ pub struct CoreConfig {
     pub uid: u32,
     pub gid: u32,
     pub read_only: bool,
+    pub cache: CacheLimits,
+    /// The time the cache's age limit and LRU order go by.
+    pub clock: Clock,
 }
 
 impl Default for CoreConfig {
@@ -54,6 +55,8 @@ impl Default for CoreConfig {
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
             read_only: false,
+            cache: CacheLimits::default(),
+            clock: Clock::default(),
         }
     }
 }
@@ -82,7 +85,7 @@ pub struct DirEntry {
 /// Per-file state shared by all open handles of one inode.
 struct OpenFile {
     file: File,
-    fetch: Mutex<()>,
+    downloads: fetch::Downloads,
     state: Mutex<OpenState>,
 }
 
@@ -125,6 +128,16 @@ pub struct Core {
     remote_epoch: AtomicU64,
     /// Whether the server takes `PUT` with `Content-Range`, once asked.
     pub partial_put: tokio::sync::OnceCell<bool>,
+    /// This core itself, for download tasks.
+    me: Weak<Core>,
+    /// Wakes the cache sweeper when content was added (it checks the size limits).
+    pub cache_grew: Arc<Notify>,
+    /// Fully cached files whose content was hashed (checked or recorded) in this run.
+    verified: Mutex<HashSet<u64>>,
+    /// When each file's remote version was last confirmed (unix ms), for revalidation.
+    validated: Mutex<HashMap<u64, i64>>,
+    /// Drops the kernel's cached pages of an inode (set by the FUSE adapter).
+    kernel_invalidator: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -169,7 +182,7 @@ impl Core {
         std::fs::create_dir_all(cache_dir)?;
         let conn = store::open(&cache_dir.join("state.db"))?;
         let content = ContentFiles::new(cache_dir)?;
-        let core = Core {
+        let core = Arc::new_cyclic(|me| Core {
             cfg,
             store: Mutex::new(conn),
             content,
@@ -186,9 +199,14 @@ impl Core {
             cache_dir: cache_dir.to_path_buf(),
             remote_epoch: AtomicU64::new(0),
             partial_put: tokio::sync::OnceCell::new(),
-        };
+            me: me.clone(),
+            cache_grew: Arc::new(Notify::new()),
+            verified: Mutex::new(HashSet::new()),
+            validated: Mutex::new(HashMap::new()),
+            kernel_invalidator: OnceLock::new(),
+        });
         core.recover()?;
-        Ok(Arc::new(core))
+        Ok(core)
     }
 
     fn recover(&self) -> FsResult<()> {
@@ -211,6 +229,7 @@ impl Core {
                     dirty: false,
                     ranges: RangeSet::default(),
                     listed_at: None,
+                    last_access: self.cfg.clock.now_s(),
                 },
             )?;
             debug_assert_eq!(ino, ROOT_INO);
@@ -247,6 +266,8 @@ impl Core {
         for ino in orphans {
             self.content.remove(ino);
         }
+        // Upload snapshots of earlier versions lived here; they are held in memory now.
+        let _ = std::fs::remove_dir_all(self.cache_dir.join("uploads"));
         Ok(())
     }
 
@@ -462,7 +483,8 @@ impl Core {
                                 );
                                 tx.execute(
                                     "UPDATE nodes SET size = ?2, mtime_ns = ?3, etag = ?4, on_remote = 1, \
-                                     ranges = NULL, sha256 = NULL WHERE ino = ?1",
+                                     ranges = NULL, cached_bytes = 0, content_etag = NULL, \
+                                     sha256 = NULL WHERE ino = ?1",
                                     rusqlite::params![n.ino as i64, e.size as i64, mtime_ns, e.etag],
                                 )?;
                                 if !n.ranges.is_empty() {
@@ -513,7 +535,7 @@ impl Core {
             }
         }
         for ino in dropped_content {
-            self.bump_content_gen(ino);
+            self.content_dropped(ino);
         }
         Ok(true)
     }
@@ -542,6 +564,7 @@ impl Core {
                 dirty: false,
                 ranges: RangeSet::default(),
                 listed_at: None,
+                last_access: self.cfg.clock.now_s(),
             },
         )?)
     }
@@ -699,6 +722,7 @@ impl Core {
                 dirty: kind == Kind::File,
                 ranges: RangeSet::default(),
                 listed_at: (kind == Kind::Dir).then(store::now_ms),
+                last_access: self.cfg.clock.now_s(),
             },
         )?)
     }
@@ -1000,7 +1024,7 @@ impl Core {
         }
         let of = Arc::new(OpenFile {
             file,
-            fetch: Mutex::new(()),
+            downloads: fetch::Downloads::default(),
             state: Mutex::new(OpenState {
                 opens: 1,
                 size: node.size,
@@ -1069,8 +1093,12 @@ impl Core {
         if writable {
             self.ensure_writable()?;
         }
+        if !self.is_open(ino) {
+            self.revalidate(ino)?;
+            self.check_cached_content(ino)?;
+        }
         let fh = self.open_handle(ino, writable)?;
-        store::touch_access(&lock(&self.store), ino)?;
+        store::touch_access(&lock(&self.store), ino, self.cfg.clock.now_s())?;
         Ok((fh, self.kernel_cache_valid(ino)))
     }
 
@@ -1085,79 +1113,6 @@ impl Core {
             .cloned()
             .ok_or(FsError::BadHandle)?;
         Ok((ino, writable, of))
-    }
-
-    /// Downloads whatever of `[start, end)` is missing (rounded up to whole chunks when
-    /// `round` is set, for read-ahead). One download per file at a time; a second reader
-    /// of the same range waits and then finds it present.
-    fn fetch_range(
-        &self,
-        of: &OpenFile,
-        ino: u64,
-        start: u64,
-        end: u64,
-        round: bool,
-    ) -> FsResult<()> {
-        {
-            let st = lock(&of.state);
-            if st.ranges.covers(start, end.min(st.size)) {
-                return Ok(());
-            }
-        }
-        let _one_at_a_time = lock(&of.fetch);
-        let (missing, size) = {
-            let st = lock(&of.state);
-            let mut end = end.min(st.size);
-            if round {
-                end = (end.div_ceil(READ_CHUNK) * READ_CHUNK).min(st.size);
-            }
-            (st.ranges.missing(start, end), st.size)
-        };
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let path = self.path(ino)?;
-        if !self.health.is_online() {
-            tracing::warn!("{path}: read of uncached data while the remote is unreachable");
-            return Err(FsError::Offline { path });
-        }
-        for (a, b) in missing {
-            let mut pos = a;
-            while pos < b {
-                let len = (b - pos).min(MAX_FETCH);
-                let remote = self.remote.clone();
-                let p = path.clone();
-                let reply =
-                    self.call(&path, async move { remote.get_range(&p, pos, len).await })?;
-                let got = reply.data.len() as u64;
-                if got == 0 {
-                    // The remote file is shorter than we thought: it changed.
-                    tracing::warn!(
-                        "{path}: remote returned no data at {pos} (size {size}); it changed"
-                    );
-                    return Err(FsError::Remote {
-                        path,
-                        source: RemoteError::BadReply("file shorter than listed".into()),
-                    });
-                }
-                // Only where still missing, under the state lock: a write or truncate that
-                // happened while this GET was on the wire must not be overwritten.
-                let ranges = {
-                    let mut st = lock(&of.state);
-                    let end = (reply.offset + got).min(st.size);
-                    for (a, b) in st.ranges.missing(reply.offset, end) {
-                        let from = (a - reply.offset) as usize;
-                        let to = (b - reply.offset) as usize;
-                        of.file.write_all_at(&reply.data[from..to], a)?;
-                        st.ranges.insert(a, b);
-                    }
-                    st.ranges.clone()
-                };
-                store::set_ranges(&lock(&self.store), ino, &ranges)?;
-                pos = reply.offset + got;
-            }
-        }
-        Ok(())
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
@@ -1189,6 +1144,11 @@ impl Core {
         // Writes need the whole file here: the upload sends whole files.
         let size = lock(&of.state).size;
         self.fetch_range(&of, ino, 0, size, false)?;
+        let end = offset + data.len() as u64;
+        if end > size || !lock(&of.state).write_dirty {
+            // Growing the file (or a first write, which makes it unevictable).
+            self.ensure_space(end.saturating_sub(size).max(data.len() as u64))?;
+        }
         let first = {
             let mut st = lock(&of.state);
             // Under the state lock, so a download finishing now cannot write over it.

@@ -178,6 +178,7 @@ fn run_inner(
         CoreConfig {
             dir_ttl: cfg.dir_ttl,
             attr_ttl: cfg.attr_ttl,
+            cache: cfg.cache.clone(),
             ..CoreConfig::default()
         },
     )
@@ -196,6 +197,10 @@ fn run_inner(
         shutdown_rx.clone(),
     ));
     let replayer = rt.spawn(journal::replay::run(core.clone(), shutdown_rx.clone()));
+    rt.spawn(crate::cache::sweeper::run(
+        core.clone(),
+        shutdown_rx.clone(),
+    ));
 
     let mut options = vec![
         MountOption::FSName(url.clone()),
@@ -218,6 +223,7 @@ fn run_inner(
             }
         })?;
     tracing::info!("mounted {url} on {}", cfg.mountpoint.display());
+    core.set_kernel_invalidator(kernel_invalidator(session.notifier()));
     let pid_path = crate::config::pid_file(&cfg.mountpoint);
     if let Some(dir) = pid_path.parent() {
         let _ = std::fs::DirBuilder::new()
@@ -268,5 +274,29 @@ fn run_inner(
     run_result.map_err(|source| MountError::Fuse {
         path: cfg.mountpoint.display().to_string(),
         source,
+    })
+}
+
+/// Drops the kernel's cached pages of inodes whose content changed on the remote. The
+/// notifications go from a thread of their own: sent from inside a request handler for
+/// the same inode, they could wait on that very request.
+fn kernel_invalidator(notifier: fuser::Notifier) -> Box<dyn Fn(u64) + Send + Sync> {
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    std::thread::Builder::new()
+        .name("davdrive-inval".into())
+        .spawn(move || {
+            for ino in rx {
+                // ENOENT: the kernel has nothing cached for it; fine.
+                if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
+                    if e.raw_os_error() != Some(libc::ENOENT) {
+                        tracing::debug!("invalidating kernel cache of inode {ino}: {e}");
+                    }
+                }
+            }
+        })
+        .expect("spawn a thread");
+    let tx = std::sync::Mutex::new(tx);
+    Box::new(move |ino| {
+        let _ = tx.lock().map(|t| t.send(ino));
     })
 }

@@ -15,6 +15,7 @@ use rusqlite::params;
 use tokio::sync::watch;
 
 use super::{Entry, Op};
+use crate::cache::{hex, sha256_prefix};
 use crate::fs::Core;
 use crate::journal;
 use crate::remote::{Precondition, RemoteError};
@@ -297,7 +298,8 @@ async fn rename(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
     let tx = conn.unchecked_transaction().map_err(local)?;
     if let Some(etag) = new_etag {
         tx.execute(
-            "UPDATE nodes SET etag = ?2 WHERE ino = ?1 AND on_remote = 1",
+            "UPDATE nodes SET etag = ?2, content_etag = CASE WHEN content_etag = etag \
+             THEN ?2 ELSE content_etag END WHERE ino = ?1 AND on_remote = 1",
             params![e.ino as i64, etag],
         )
         .map_err(local)?;
@@ -338,18 +340,14 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
     // Small files are sent from a snapshot, so a write landing during the upload cannot
     // tear it; the hash then names exactly the bytes sent.
     let snapshot = if node.size <= SNAPSHOT_LIMIT {
-        Some(snapshot(core, e.id, &local_path, node.size).map_err(local)?)
+        Some(snapshot(&local_path, node.size).map_err(local)?)
     } else {
         None
     };
-    let upload_path = snapshot
-        .as_ref()
-        .map(|(p, _)| p.clone())
-        .unwrap_or(local_path);
     let sent = match &snapshot {
         Some((_, sha)) => Some(sha.clone()),
         None if node.size <= COMPARE_LIMIT => {
-            Some(sha256_prefix(&upload_path, node.size).map_err(local)?)
+            Some(sha256_prefix(&local_path, node.size).map_err(local)?)
         }
         None => None,
     };
@@ -359,10 +357,24 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
     if node.size >= PARTS_FROM && partial_put_supported(core).await? {
         return put_in_parts(core, e, &node, cond, sent).await;
     }
-    let result = upload_whole(core.remote(), &e.path, &upload_path, &node, cond).await;
-    if snapshot.is_some() {
-        let _ = std::fs::remove_file(&upload_path);
-    }
+    let mtime = Some(store::ns_to_system_time(node.mtime_ns));
+    let reply = match snapshot {
+        Some((data, _)) => core.remote().put_bytes(&e.path, data, cond, mtime).await,
+        None => {
+            core.remote()
+                .put(&e.path, &local_path, node.size, cond, mtime)
+                .await
+        }
+    };
+    let result = match reply {
+        Ok(r) if r.etag.is_some() => Ok(r.etag),
+        Ok(_) => core
+            .remote()
+            .stat(&e.path)
+            .await
+            .map(|s| s.and_then(|s| s.etag)),
+        Err(e) => Err(e),
+    };
     let etag = match result {
         Ok(etag) => etag,
         Err(RemoteError::PreconditionFailed) => return resolve_conflict(core, e, &node).await,
@@ -467,13 +479,10 @@ async fn upload_whole(
     }
 }
 
-/// Copies the first `len` bytes of the content file aside for one upload attempt.
-fn snapshot(
-    core: &Core,
-    id: i64,
-    content: &std::path::Path,
-    len: u64,
-) -> std::io::Result<(std::path::PathBuf, String)> {
+/// Reads the first `len` bytes of the content file for one upload attempt, so a write
+/// landing during the upload cannot tear it. Held in memory: a full cache disk has no
+/// room for a copy, and uploading is what makes room.
+fn snapshot(content: &std::path::Path, len: u64) -> std::io::Result<(bytes::Bytes, String)> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
     let mut data = Vec::with_capacity(len as usize);
@@ -487,30 +496,8 @@ fn snapshot(
             data.len()
         )));
     }
-    let dir = core.cache_dir().join("uploads");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(id.to_string());
-    std::fs::write(&path, &data)?;
-    Ok((path, hex(&Sha256::digest(&data))))
-}
-
-fn sha256_prefix(path: &std::path::Path, len: u64) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let n = std::io::copy(&mut f.take(len), &mut h)?;
-    if n != len {
-        return Err(std::io::Error::other(format!(
-            "{}: has {n} bytes, {len} to upload",
-            path.display()
-        )));
-    }
-    Ok(hex(&h.finalize()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let sha = hex(&Sha256::digest(&data));
+    Ok((data.into(), sha))
 }
 
 fn finish_upload(
@@ -522,7 +509,8 @@ fn finish_upload(
     let conn = core.store();
     let tx = conn.unchecked_transaction().map_err(local)?;
     tx.execute(
-        "UPDATE nodes SET etag = ?2, on_remote = 1, sha256 = ?3 WHERE ino = ?1",
+        "UPDATE nodes SET etag = ?2, on_remote = 1, sha256 = ?3, content_etag = ?2 \
+         WHERE ino = ?1",
         params![e.ino as i64, etag, sha256],
     )
     .map_err(local)?;
@@ -665,6 +653,7 @@ async fn resolve_conflict(
                 dirty: false,
                 ranges: RangeSet::full(node.size),
                 listed_at: None,
+                last_access: core.clock().now_s(),
             },
         )
         .map_err(local)?;
@@ -676,7 +665,8 @@ async fn resolve_conflict(
         Some(cur) => {
             tx.execute(
                 "UPDATE nodes SET etag = ?2, size = ?3, mtime_ns = ?4, ranges = NULL, dirty = 0, \
-                 on_remote = 1, sha256 = NULL WHERE ino = ?1",
+                 on_remote = 1, sha256 = NULL, cached_bytes = 0, content_etag = NULL \
+                 WHERE ino = ?1",
                 params![
                     e.ino as i64,
                     cur.etag,

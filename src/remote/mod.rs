@@ -115,6 +115,14 @@ pub trait Remote: Send + Sync + 'static {
         cond: Precondition,
         mtime: Option<SystemTime>,
     ) -> Result<PutReply, RemoteError>;
+    /// PUT `data` (a snapshot held in memory).
+    async fn put_bytes(
+        &self,
+        path: &str,
+        data: bytes::Bytes,
+        cond: Precondition,
+        mtime: Option<SystemTime>,
+    ) -> Result<PutReply, RemoteError>;
     /// Writes `len` bytes of `local`, from `offset` on, into the existing file at `path`
     /// at the same offset (`PUT` with `Content-Range: bytes a-b/*`). Only for servers
     /// where `partial_put_supported` said yes.

@@ -133,6 +133,33 @@ fn method(name: &'static str) -> Method {
 }
 
 impl WebDav {
+    /// One PUT of `len` bytes with its precondition.
+    async fn put_body(
+        &self,
+        path: &str,
+        len: u64,
+        body: reqwest::Body,
+        cond: &Precondition,
+        mtime: Option<SystemTime>,
+    ) -> Result<PutReply, RemoteError> {
+        let mut rb = self
+            .request(Method::PUT, self.url_for(path, false)?)
+            .timeout(self.transfer_timeout(len))
+            // Set explicitly so the upload is not sent chunked, which some servers reject.
+            .header(CONTENT_LENGTH, len)
+            .body(body);
+        rb = match cond {
+            Precondition::None => rb,
+            Precondition::IfMatch(etag) => rb.header(IF_MATCH, quote_etag(etag)),
+            Precondition::IfNoneMatch => rb.header(IF_NONE_MATCH, "*"),
+        };
+        if let Some(t) = mtime {
+            // Nextcloud/ownCloud set the file's mtime from this; other servers ignore it.
+            let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            rb = rb.header("X-OC-Mtime", secs);
+        }
+        put_reply(self.send(rb, path).await?)
+    }
     pub fn new(cfg: WebDavConfig) -> Result<WebDav, RemoteError> {
         let mut base = cfg.base_url.clone();
         if !matches!(base.scheme(), "http" | "https") {
@@ -521,23 +548,19 @@ impl Remote for WebDav {
             )));
         }
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file.take(len)));
-        let mut rb = self
-            .request(Method::PUT, self.url_for(path, false)?)
-            .timeout(self.transfer_timeout(len))
-            // Set explicitly so the upload is not sent chunked, which some servers reject.
-            .header(CONTENT_LENGTH, len)
-            .body(body);
-        rb = match &cond {
-            Precondition::None => rb,
-            Precondition::IfMatch(etag) => rb.header(IF_MATCH, quote_etag(etag)),
-            Precondition::IfNoneMatch => rb.header(IF_NONE_MATCH, "*"),
-        };
-        if let Some(t) = mtime {
-            // Nextcloud/ownCloud set the file's mtime from this; other servers ignore it.
-            let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            rb = rb.header("X-OC-Mtime", secs);
-        }
-        put_reply(self.send(rb, path).await?)
+        self.put_body(path, len, body, &cond, mtime).await
+    }
+
+    async fn put_bytes(
+        &self,
+        path: &str,
+        data: bytes::Bytes,
+        cond: Precondition,
+        mtime: Option<SystemTime>,
+    ) -> Result<PutReply, RemoteError> {
+        let len = data.len() as u64;
+        self.put_body(path, len, reqwest::Body::from(data), &cond, mtime)
+            .await
     }
 
     async fn put_range(

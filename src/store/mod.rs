@@ -32,7 +32,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn from_i64(v: i64) -> Kind {
+    pub fn from_i64(v: i64) -> Kind {
         if v == 1 {
             Kind::Dir
         } else {
@@ -76,11 +76,16 @@ pub struct Node {
     pub sha256: Option<String>,
     /// Directories: when the listing was last merged from the remote (unix ms).
     pub listed_at: Option<i64>,
+    /// Bytes present in the content file (the size of `ranges`).
+    pub cached_bytes: u64,
+    /// The remote version the present ranges were downloaded from (clean files).
+    pub content_etag: Option<String>,
 }
 
 pub const NODE_COLUMNS: &str =
     "ino, parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, \
-     etag, on_remote, dirty, ranges, pinned, last_access, sha256, listed_at";
+     etag, on_remote, dirty, ranges, pinned, last_access, sha256, listed_at, cached_bytes, \
+     content_etag";
 
 impl Node {
     pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
@@ -104,6 +109,8 @@ impl Node {
             last_access: r.get(15)?,
             sha256: r.get(16)?,
             listed_at: r.get(17)?,
+            cached_bytes: r.get::<_, i64>(18)? as u64,
+            content_etag: r.get(19)?,
         })
     }
 
@@ -199,6 +206,11 @@ impl RangeSet {
             out.push((pos, end));
         }
         out
+    }
+
+    /// Where the last range ends (0 when empty).
+    pub fn end(&self) -> u64 {
+        self.ranges.last().map(|r| r.1).unwrap_or(0)
     }
 
     pub fn bytes(&self) -> u64 {
@@ -359,13 +371,16 @@ pub struct NewNode<'a> {
     pub dirty: bool,
     pub ranges: RangeSet,
     pub listed_at: Option<i64>,
+    /// Unix seconds of the creation, for the cache's age limit (see `Clock`).
+    pub last_access: i64,
 }
 
 pub fn insert_node(conn: &Connection, n: &NewNode<'_>) -> rusqlite::Result<u64> {
     conn.prepare_cached(
         "INSERT INTO nodes (parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, etag, \
-         on_remote, dirty, ranges, pinned, last_access, listed_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14)",
+         on_remote, dirty, ranges, pinned, last_access, listed_at, cached_bytes, content_etag) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?15, \
+         CASE WHEN ?15 > 0 THEN ?9 END)",
     )?
     .execute(params![
         n.parent as i64,
@@ -380,8 +395,9 @@ pub fn insert_node(conn: &Connection, n: &NewNode<'_>) -> rusqlite::Result<u64> 
         n.on_remote as i64,
         n.dirty as i64,
         n.ranges.encode(),
-        now_ns() / 1_000_000_000,
+        n.last_access,
         n.listed_at,
+        n.ranges.bytes() as i64,
     ])?;
     Ok(conn.last_insert_rowid() as u64)
 }
@@ -392,9 +408,24 @@ pub fn delete_node(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Records the ranges present in the content file. Ranges downloaded into an empty
+/// content file bind it to the current remote version.
 pub fn set_ranges(conn: &Connection, ino: u64, ranges: &RangeSet) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE nodes SET ranges = ?2 WHERE ino = ?1")?
-        .execute(params![ino as i64, ranges.encode()])?;
+    conn.prepare_cached(
+        "UPDATE nodes SET ranges = ?2, cached_bytes = ?3, \
+         content_etag = CASE WHEN ?3 = 0 THEN NULL ELSE COALESCE(content_etag, etag) END \
+         WHERE ino = ?1",
+    )?
+    .execute(params![ino as i64, ranges.encode(), ranges.bytes() as i64])?;
+    Ok(())
+}
+
+/// Forgets the cached content of `ino` (the content file is removed by the caller).
+pub fn drop_content(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE nodes SET ranges = NULL, cached_bytes = 0, content_etag = NULL WHERE ino = ?1",
+    )?
+    .execute([ino as i64])?;
     Ok(())
 }
 
@@ -412,8 +443,8 @@ pub fn set_local_content(
     mtime_ns: i64,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE nodes SET size = ?2, mtime_ns = ?3, ctime_ns = ?4, ranges = ?5, dirty = 1 \
-         WHERE ino = ?1",
+        "UPDATE nodes SET size = ?2, mtime_ns = ?3, ctime_ns = ?4, ranges = ?5, dirty = 1, \
+         cached_bytes = ?2 WHERE ino = ?1",
     )?
     .execute(params![
         ino as i64,
@@ -431,13 +462,14 @@ pub fn move_node(conn: &Connection, ino: u64, parent: u64, name: &str) -> rusqli
     Ok(())
 }
 
-/// Records a use of the node for the cache's age limit. At most once a minute per node:
-/// the age limit counts in days, and an update that changes nothing writes nothing.
-pub fn touch_access(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
+/// Records a use of the node (at unix second `now_s`) for the cache's age limit and LRU
+/// order. At most once a minute per node: the limits count in hours and days, and an
+/// update that changes nothing writes nothing.
+pub fn touch_access(conn: &Connection, ino: u64, now_s: i64) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE nodes SET last_access = ?2 WHERE ino = ?1 AND last_access < ?2 - 60",
     )?
-    .execute(params![ino as i64, now_ns() / 1_000_000_000])?;
+    .execute(params![ino as i64, now_s])?;
     Ok(())
 }
 
@@ -494,6 +526,7 @@ mod tests {
                     dirty: false,
                     ranges: RangeSet::default(),
                     listed_at: None,
+                    last_access: 0,
                 },
             )
             .unwrap()

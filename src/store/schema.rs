@@ -77,11 +77,22 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     ",
+    // 1 -> 2: cache accounting. `cached_bytes` is the size of the present ranges, so the
+    // sweeper sums and orders without decoding range maps; `content_etag` binds the
+    // content file to the remote version it came from.
+    "
+    ALTER TABLE nodes ADD COLUMN cached_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN content_etag TEXT;
+    UPDATE nodes SET content_etag = etag WHERE ranges IS NOT NULL;
+    CREATE INDEX nodes_cached_lru ON nodes(last_access) WHERE cached_bytes > 0;
+    CREATE INDEX nodes_pinned ON nodes(pinned) WHERE pinned != 0;
+    ",
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
-pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
+/// Brings the store to `VERSION`; returns the version it was found at.
+pub fn migrate(conn: &Connection) -> Result<i64, StoreError> {
     let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if found > VERSION {
         return Err(StoreError::TooNew {
@@ -93,7 +104,25 @@ pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        if i == 1 {
+            fill_cached_bytes(&tx)?;
+        }
         tx.commit()?;
+    }
+    Ok(found)
+}
+
+/// Computes `cached_bytes` of stores made before it existed (range maps are blobs).
+fn fill_cached_bytes(c: &Connection) -> rusqlite::Result<()> {
+    let rows: Vec<(i64, Vec<u8>)> = c
+        .prepare("SELECT ino, ranges FROM nodes WHERE ranges IS NOT NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (ino, blob) in rows {
+        c.execute(
+            "UPDATE nodes SET cached_bytes = ?2 WHERE ino = ?1",
+            [ino, super::RangeSet::decode(&blob).bytes() as i64],
+        )?;
     }
     Ok(())
 }

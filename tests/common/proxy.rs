@@ -53,6 +53,8 @@ pub struct ProxyState {
     pub counts: HashMap<String, usize>,
     /// Request body bytes received, by method.
     pub body_bytes: HashMap<String, usize>,
+    /// Response body bytes sent, by method.
+    pub reply_bytes: HashMap<String, usize>,
     /// Requests being handled now (until the upstream reply is done or abandoned).
     pub in_flight: usize,
 }
@@ -158,6 +160,16 @@ impl Proxy {
         }
     }
 
+    pub fn reply_bytes(&self, method: &str) -> usize {
+        *self
+            .state
+            .lock()
+            .unwrap()
+            .reply_bytes
+            .get(method)
+            .unwrap_or(&0)
+    }
+
     pub fn count(&self, method: &str) -> usize {
         *self.state.lock().unwrap().counts.get(method).unwrap_or(&0)
     }
@@ -222,6 +234,7 @@ async fn handle(
         _ => None,
     };
     let method_name = req.method().to_string();
+    let method_for_reply = method_name.clone();
     let url = format!(
         "http://{upstream}{}",
         req.uri()
@@ -309,18 +322,29 @@ async fn handle(
         Some(Fault::CutResponse(n)) => n,
         _ => usize::MAX,
     };
-    let stream = futures_util::stream::unfold((resp, 0usize), move |(mut resp, sent)| async move {
-        if sent >= limit {
-            return None;
-        }
-        match resp.chunk().await {
-            Ok(Some(mut chunk)) => {
-                chunk.truncate(limit - sent);
-                let n = chunk.len();
-                Some((Ok(Frame::data(chunk)), (resp, sent + n)))
+    let reply_counter = st.clone();
+    let stream = futures_util::stream::unfold((resp, 0usize), move |(mut resp, sent)| {
+        let counter = reply_counter.clone();
+        let method = method_for_reply.clone();
+        async move {
+            if sent >= limit {
+                return None;
             }
-            Ok(None) => None,
-            Err(e) => Some((Err(std::io::Error::other(e)), (resp, usize::MAX))),
+            match resp.chunk().await {
+                Ok(Some(mut chunk)) => {
+                    chunk.truncate(limit - sent);
+                    let n = chunk.len();
+                    *counter
+                        .lock()
+                        .unwrap()
+                        .reply_bytes
+                        .entry(method)
+                        .or_default() += n;
+                    Some((Ok(Frame::data(chunk)), (resp, sent + n)))
+                }
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e)), (resp, usize::MAX))),
+            }
         }
     });
     Ok(builder

@@ -1,0 +1,435 @@
+#!/usr/bin/env bash
+# Benchmarks a davdrive mount side by side with an rclone mount (--vfs-cache-mode full)
+# and the local disk, all against one Apache mod_dav server that this script starts on
+# 127.0.0.1. Run as root on Debian: installs what it needs (fuse3 via scripts/setup.sh,
+# apache2, rclone), builds davdrive in release mode (CARGO_TARGET_DIR is respected),
+# measures, prints a table and writes it as JSON to $BENCH_OUT (default:
+# bench-results.json in the repo root).
+#
+# Measurements: cold / disk-cache / hot sequential read of a 256 MiB file, `ls -l` of a
+# 5,000-entry directory (cold, warm), a 256 MiB sequential write and a `tar -x` of 2,000
+# small files (time until the writer finishes and until the server has every byte), and
+# the daemons' peak RSS.
+#
+# Environment: BENCH_OUT (JSON path), BENCH_TMPDIR (where the work dir goes, default
+# /var/tmp; caches, local baseline and the server's docroot all live there, on one disk),
+# BENCH_LOGS (a directory to copy the davdrive, rclone and apache logs to at the end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+helper="$repo/scripts/bench/helper.py"
+
+source scripts/setup.sh
+
+[ "$(id -u)" -eq 0 ] || { echo "bench: run as root (drops the page cache, runs apache as www-data)" >&2; exit 1; }
+
+# ---------------------------------------------------------------- packages
+need=()
+{ [ -x /usr/sbin/apache2 ] && [ -e /usr/lib/apache2/modules/mod_dav_fs.so ]; } || need+=(apache2)
+command -v rclone >/dev/null 2>&1 || need+=(rclone)
+command -v diff >/dev/null 2>&1 || need+=(diffutils)
+command -v pgrep >/dev/null 2>&1 || need+=(procps)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bench: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Keep the package scripts from starting the system-wide apache on port 80: this
+  # benchmark runs its own apache on 127.0.0.1 only.
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  apt-get update -qq
+  apt_rc=0
+  apt-get install -y -qq "${need[@]}" >/dev/null || apt_rc=$?
+  [ $made_policy -eq 0 ] || rm -f /usr/sbin/policy-rc.d
+  [ $apt_rc -eq 0 ] || { echo "bench: apt-get install ${need[*]} failed" >&2; exit 1; }
+fi
+id www-data >/dev/null 2>&1 || { echo "bench: user www-data is missing (apache2 should have made it)" >&2; exit 1; }
+
+# ---------------------------------------------------------------- build
+echo "bench: building davdrive (release)"
+export CARGO_TERM_COLOR=never
+cargo build --release --locked
+bin="$(realpath "${CARGO_TARGET_DIR:-target}")/release/davdrive"
+[ -x "$bin" ] || { echo "bench: $bin was not built" >&2; exit 1; }
+
+# ---------------------------------------------------------------- helpers
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+mibps() { awk -v m="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.1f", m / s; else print "n/a" }'; }
+is_mounted() { awk -v m="$1" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo; }
+pid_alive() {
+  local s
+  [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
+  s=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]
+}
+notes=()
+note() { notes+=("$*"); echo "bench: note: $*"; }
+
+work=""
+apache_pid=""
+dav_pid=""
+rclone_pid=""
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  if [ -n "$work" ]; then
+    if is_mounted "$work/mnt/davdrive"; then
+      "$bin" unmount "$work/mnt/davdrive" >/dev/null 2>&1 || fusermount3 -u -z "$work/mnt/davdrive"
+    fi
+    if is_mounted "$work/mnt/rclone"; then
+      fusermount3 -u "$work/mnt/rclone" 2>/dev/null || fusermount3 -u -z "$work/mnt/rclone"
+    fi
+  fi
+  if pid_alive "$dav_pid"; then
+    for _ in $(seq 50); do pid_alive "$dav_pid" || break; sleep 0.1; done
+    pid_alive "$dav_pid" && kill "$dav_pid" 2>/dev/null
+  fi
+  if [ -n "$rclone_pid" ] && kill -0 "$rclone_pid" 2>/dev/null; then
+    kill "$rclone_pid" 2>/dev/null
+    wait "$rclone_pid" 2>/dev/null
+  fi
+  if [ -n "$apache_pid" ] && kill -0 "$apache_pid" 2>/dev/null; then
+    kill "$apache_pid" 2>/dev/null
+    wait "$apache_pid" 2>/dev/null
+  fi
+  if [ -n "${BENCH_LOGS:-}" ] && [ -n "$work" ] && [ -d "$work/logs" ]; then
+    mkdir -p "$BENCH_LOGS"
+    cp -r "$work/logs/." "$BENCH_LOGS/"
+    cp "$work/apache/error.log" "$BENCH_LOGS/apache-error.log" 2>/dev/null
+    [ ! -f "$work/cache/davdrive/davdrive.log" ] || cp "$work/cache/davdrive/davdrive.log" "$BENCH_LOGS/"
+  fi
+  if [ -n "$work" ] && [ -d "$work" ]; then
+    if is_mounted "$work/mnt/davdrive" || is_mounted "$work/mnt/rclone"; then
+      echo "bench: a mount is still up under $work; leaving it in place" >&2
+    else
+      rm -rf --one-file-system "$work"
+    fi
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+work=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/davdrive-bench.XXXXXX")
+chmod 755 "$work"
+docroot="$work/docroot"
+data="$work/data"
+local_dir="$work/local"
+logs="$work/logs"
+mkdir -p "$docroot" "$data" "$local_dir" "$logs" "$work/apache/lock" "$work/apache/run" \
+  "$work/mnt/davdrive" "$work/mnt/rclone"
+out_json="${BENCH_OUT:-$repo/bench-results.json}"
+results="$work/results.tsv"
+: >"$results"
+record() {
+  printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$results"
+  echo "bench:   $2: ${5:-n/a} $3"
+}
+
+# Page cache: dropped before each cold measurement when the kernel lets us.
+if (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
+  can_drop=1
+else
+  can_drop=0
+  note "echo 3 > /proc/sys/vm/drop_caches is not permitted here: 'cold' and 'after drop_caches' rows were measured WITHOUT dropping the page cache (davdrive/rclone caches were still empty for the cold read)"
+fi
+drop_caches() { sync; [ $can_drop -eq 0 ] || echo 3 >/proc/sys/vm/drop_caches; }
+
+# ---------------------------------------------------------------- test data
+big_mib=256
+list_count=5000
+small_count=2000
+echo "bench: generating test data in $work"
+head -c $((big_mib * 1024 * 1024)) /dev/urandom >"$data/read.bin"
+head -c $((big_mib * 1024 * 1024)) /dev/urandom >"$data/write.bin"
+python3 "$helper" make-small-files "$data/smallfiles" $small_count >/dev/null
+tar -cf "$data/smallfiles.tar" -C "$data" smallfiles
+cp "$data/read.bin" "$docroot/big.bin"
+python3 "$helper" make-listing "$docroot/list5000" $list_count
+chown -R www-data:www-data "$docroot" "$work/apache/lock"
+
+# ---------------------------------------------------------------- apache
+port=$(python3 "$helper" free-port)
+mods=/usr/lib/apache2/modules
+cat >"$work/apache/httpd.conf" <<EOF
+ServerRoot /etc/apache2
+ServerName 127.0.0.1
+Listen 127.0.0.1:$port
+LoadModule mpm_event_module $mods/mod_mpm_event.so
+LoadModule authz_core_module $mods/mod_authz_core.so
+LoadModule dav_module $mods/mod_dav.so
+LoadModule dav_fs_module $mods/mod_dav_fs.so
+User www-data
+Group www-data
+PidFile $work/apache/httpd.pid
+DefaultRuntimeDir $work/apache/run
+Mutex file:$work/apache/run default
+ErrorLog $work/apache/error.log
+LogLevel warn
+DavLockDB $work/apache/lock/DavLock
+LimitRequestBody 0
+Timeout 300
+KeepAlive On
+MaxKeepAliveRequests 0
+DocumentRoot $docroot
+<Directory />
+  Require all denied
+</Directory>
+<Directory $docroot>
+  Dav On
+  Require all granted
+</Directory>
+EOF
+/usr/sbin/apache2 -f "$work/apache/httpd.conf" -DFOREGROUND >"$work/apache/stdout.log" 2>&1 &
+apache_pid=$!
+url="http://127.0.0.1:$port/"
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  kill -0 "$apache_pid" 2>/dev/null || break
+  sleep 0.1
+done
+if ! python3 - "$url" <<'EOF'
+import sys, urllib.request
+req = urllib.request.Request(sys.argv[1], method="PROPFIND", headers={"Depth": "0"})
+with urllib.request.urlopen(req, timeout=10) as r:
+    sys.exit(0 if r.status == 207 else 1)
+EOF
+then
+  echo "bench: apache did not come up as a WebDAV server on $url" >&2
+  tail -n 20 "$work/apache/stdout.log" "$work/apache/error.log" >&2 2>/dev/null || true
+  exit 1
+fi
+echo "bench: apache (pid $apache_pid) serves $docroot over WebDAV at $url"
+
+# Removes what a run wrote on the server; the read file and the listing stay.
+reset_server() {
+  find "$docroot" -mindepth 1 -maxdepth 1 ! -name big.bin ! -name list5000 -exec rm -rf {} +
+}
+
+# ---------------------------------------------------------------- mounts
+mount_davdrive() {
+  local mnt=$1 cache=$2
+  if ! "$bin" mount "$url" "$mnt" --cache-dir "$cache" --daemon --dir-ttl 60s --attr-ttl 60s \
+      >"$logs/davdrive-mount.out" 2>&1; then
+    echo "bench: davdrive mount failed:" >&2
+    cat "$logs/davdrive-mount.out" >&2
+    echo "--- tail of $cache/davdrive.log:" >&2
+    tail -n 40 "$cache/davdrive.log" >&2 2>/dev/null || true
+    exit 1
+  fi
+  dav_pid=$(pgrep -n -f "davdrive mount .*$mnt" || true)
+  if [ -z "$dav_pid" ] || ! is_mounted "$mnt"; then
+    echo "bench: davdrive mount returned but $mnt is not mounted (daemon pid: ${dav_pid:-none})" >&2
+    tail -n 40 "$cache/davdrive.log" >&2 2>/dev/null || true
+    exit 1
+  fi
+}
+unmount_davdrive() {
+  local mnt=$1
+  if ! "$bin" unmount "$mnt" >"$logs/davdrive-unmount.out" 2>&1; then
+    echo "bench: davdrive unmount failed:" >&2
+    cat "$logs/davdrive-unmount.out" >&2
+    exit 1
+  fi
+  for _ in $(seq 100); do pid_alive "$dav_pid" || break; sleep 0.1; done
+  pid_alive "$dav_pid" && note "davdrive daemon (pid $dav_pid) still ran 10 s after unmount"
+  dav_pid=""
+}
+rclone_conf="$work/rclone.conf"
+mount_rclone() {
+  local mnt=$1 cache=$2
+  : >"$rclone_conf"
+  rclone config create bench webdav url="$url" vendor=other --config "$rclone_conf" >/dev/null
+  rclone mount bench: "$mnt" --config "$rclone_conf" --cache-dir "$cache" \
+    --vfs-cache-mode full --dir-cache-time 60s --attr-timeout 60s \
+    --log-file "$logs/rclone.log" --log-level INFO &
+  rclone_pid=$!
+  for _ in $(seq 300); do
+    is_mounted "$mnt" && return 0
+    kill -0 "$rclone_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench: rclone mount did not come up on $mnt" >&2
+  echo "--- tail of $logs/rclone.log:" >&2
+  tail -n 40 "$logs/rclone.log" >&2 2>/dev/null || true
+  exit 1
+}
+unmount_rclone() {
+  local mnt=$1
+  if ! fusermount3 -u "$mnt"; then
+    echo "bench: could not unmount rclone from $mnt" >&2
+    exit 1
+  fi
+  for _ in $(seq 100); do kill -0 "$rclone_pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$rclone_pid" 2>/dev/null; then
+    note "rclone (pid $rclone_pid) still ran 10 s after unmount; stopped it"
+    kill "$rclone_pid"
+  fi
+  wait "$rclone_pid" 2>/dev/null || true
+  rclone_pid=""
+}
+
+# ---------------------------------------------------------------- measurements
+write_timeout=180
+tar_timeout=200
+L_READ_COLD="cold sequential read, ${big_mib} MiB"
+L_READ_DISK="re-read after drop_caches (tool's disk cache)"
+[ $can_drop -eq 1 ] || L_READ_DISK="re-read (page cache NOT dropped)"
+L_READ_HOT="hot re-read (page cache warm)"
+L_LS_COLD="ls -l ${list_count} entries, cold"
+L_LS_WARM="ls -l ${list_count} entries, warm"
+L_W_DONE="write ${big_mib} MiB: dd finished"
+L_W_SRV="write ${big_mib} MiB: complete on server"
+L_T_DONE="tar -x ${small_count} files: tar finished"
+L_T_SRV="tar -x ${small_count} files: complete on server"
+L_RSS="daemon peak RSS (VmHWM)"
+
+# Reads, listing and writes in DIR (a mount or the local directory). For a mount, the
+# "complete" times poll the server's docroot; for the local disk they are the time until
+# the data is on disk (writer + sync).
+measure() {
+  local tool=$1 dir=$2 t0 t1 t2 rc v
+  echo "bench: [$tool] cold read"
+  drop_caches
+  t0=$(now); cat "$dir/big.bin" >/dev/null; t1=$(now)
+  record read_cold "$L_READ_COLD" MiB/s "$tool" "$(mibps $big_mib "$(elapsed "$t0" "$t1")")"
+  cmp -s "$data/read.bin" "$dir/big.bin" || note "$tool: big.bin read back differs from the original"
+
+  echo "bench: [$tool] re-read after dropping the page cache"
+  drop_caches
+  t0=$(now); cat "$dir/big.bin" >/dev/null; t1=$(now)
+  record read_disk "$L_READ_DISK" MiB/s "$tool" "$(mibps $big_mib "$(elapsed "$t0" "$t1")")"
+
+  echo "bench: [$tool] hot re-read"
+  cat "$dir/big.bin" >/dev/null
+  t0=$(now); cat "$dir/big.bin" >/dev/null; t1=$(now)
+  record read_hot "$L_READ_HOT" MiB/s "$tool" "$(mibps $big_mib "$(elapsed "$t0" "$t1")")"
+
+  echo "bench: [$tool] ls -l of $list_count entries"
+  [ "$tool" != local ] || drop_caches
+  t0=$(now); ls -l "$dir/list5000" >"$logs/ls-$tool.out"; t1=$(now)
+  record ls_cold "$L_LS_COLD" s "$tool" "$(elapsed "$t0" "$t1")"
+  v=$(($(wc -l <"$logs/ls-$tool.out") - 1))
+  [ "$v" -eq $list_count ] || note "$tool: ls -l showed $v entries, not $list_count"
+  t0=$(now); ls -l "$dir/list5000" >/dev/null; t1=$(now)
+  record ls_warm "$L_LS_WARM" s "$tool" "$(elapsed "$t0" "$t1")"
+
+  echo "bench: [$tool] write ${big_mib} MiB"
+  cat "$data/write.bin" >/dev/null
+  rc=0
+  t0=$(now)
+  dd if="$data/write.bin" of="$dir/x.bin" bs=1M status=none 2>"$logs/dd-$tool.err" || rc=$?
+  t1=$(now)
+  [ $rc -eq 0 ] || note "$tool: dd exited $rc: $(head -c 300 "$logs/dd-$tool.err")"
+  record write_done "$L_W_DONE" s "$tool" "$(elapsed "$t0" "$t1")"
+  if [ "$tool" = local ]; then
+    sync; t2=$(now)
+    record write_server "$L_W_SRV" s "$tool" "$(elapsed "$t0" "$t2")"
+  else
+    v=$(python3 "$helper" wait-file "$data/write.bin" "$docroot/x.bin" "$t0" $write_timeout)
+    [ "$v" != timeout ] || note "$tool: x.bin was not complete on the server after ${write_timeout}s"
+    record write_server "$L_W_SRV" s "$tool" "$v"
+  fi
+
+  echo "bench: [$tool] tar -x $small_count files"
+  rc=0
+  t0=$(now)
+  tar --no-same-owner -xf "$data/smallfiles.tar" -C "$dir" 2>"$logs/tar-$tool.err" || rc=$?
+  t1=$(now)
+  [ $rc -eq 0 ] || note "$tool: tar exited $rc: $(head -c 300 "$logs/tar-$tool.err")"
+  record tar_done "$L_T_DONE" s "$tool" "$(elapsed "$t0" "$t1")"
+  if [ "$tool" = local ]; then
+    sync; t2=$(now)
+    record tar_server "$L_T_SRV" s "$tool" "$(elapsed "$t0" "$t2")"
+  else
+    v=$(python3 "$helper" wait-tree "$data/smallfiles" "$docroot/smallfiles" "$t0" $tar_timeout \
+      2>"$logs/wait-tree-$tool.err")
+    [ "$v" = timeout ] && note "$tool: the tar's files were not all on the server after ${tar_timeout}s ($(cat "$logs/wait-tree-$tool.err"))"
+    [ "$v" = mismatch ] && note "$tool: the files on the server differ from the tar's: $(head -c 300 "$logs/wait-tree-$tool.err")"
+    record tar_server "$L_T_SRV" s "$tool" "$v"
+  fi
+}
+
+# -- davdrive
+echo "bench: === davdrive ==="
+reset_server
+rm -rf "$work/cache/davdrive"; mkdir -p "$work/cache/davdrive"
+drop_caches
+mount_davdrive "$work/mnt/davdrive" "$work/cache/davdrive"
+measure davdrive "$work/mnt/davdrive"
+record rss "$L_RSS" MiB davdrive "$(python3 "$helper" vm-hwm "$dav_pid")"
+errs=$(grep -ciE ' (error|warn)' "$work/cache/davdrive/davdrive.log" 2>/dev/null || true)
+[ "${errs:-0}" -eq 0 ] || note "davdrive's log has ${errs} ERROR/WARN lines (see below)"
+cp "$work/cache/davdrive/davdrive.log" "$logs/davdrive.log" 2>/dev/null || true
+unmount_davdrive "$work/mnt/davdrive"
+
+# -- rclone
+echo "bench: === rclone ==="
+reset_server
+rm -rf "$work/cache/rclone"; mkdir -p "$work/cache/rclone"
+drop_caches
+mount_rclone "$work/mnt/rclone" "$work/cache/rclone"
+measure rclone "$work/mnt/rclone"
+record rss "$L_RSS" MiB rclone "$(python3 "$helper" vm-hwm "$rclone_pid")"
+errs=$(grep -c 'ERROR' "$logs/rclone.log" 2>/dev/null || true)
+[ "${errs:-0}" -eq 0 ] || note "rclone's log has ${errs} ERROR lines"
+unmount_rclone "$work/mnt/rclone"
+
+# -- local disk
+echo "bench: === local disk ==="
+cp "$data/read.bin" "$local_dir/big.bin"
+python3 "$helper" make-listing "$local_dir/list5000" $list_count
+measure local "$local_dir"
+record rss "$L_RSS" MiB local ""
+
+# ---------------------------------------------------------------- report
+note "rclone runs with its default --vfs-write-back 5s (uploads start 5 s after close) and --dir-cache-time 60s --attr-timeout 60s to match davdrive's --dir-ttl 60s --attr-ttl 60s"
+note "local 'complete on server' rows are writer + sync (data on the local disk)"
+rclone_version=$(rclone version 2>/dev/null | sed -n 1p)
+apache_version=$(/usr/sbin/apache2 -v 2>/dev/null | sed -n 's/^Server version: //p')
+davdrive_version=$("$bin" --version 2>/dev/null || echo "davdrive")
+git_rev=$(GIT_OPTIONAL_LOCKS=0 git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if ! GIT_OPTIONAL_LOCKS=0 git -C "$repo" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
+  git_rev="$git_rev (with uncommitted changes)"
+fi
+kernel="$(uname -sr)"
+
+echo
+echo "=== davdrive benchmark: $big_mib MiB file, $list_count-entry listing, $small_count small files ==="
+echo "kernel:   $kernel"
+echo "davdrive: $davdrive_version, commit $git_rev"
+echo "rclone:   $rclone_version (mount --vfs-cache-mode full)"
+echo "apache:   $apache_version (mod_dav + mod_dav_fs on 127.0.0.1:$port)"
+echo "disk:     $(df -h --output=source,fstype "$work" | tail -n 1 | awk '{print $1" ("$2")"}') for caches, local baseline and docroot"
+echo
+
+meta="$work/meta.json"
+KERNEL="$kernel" RCLONE="$rclone_version" APACHE="$apache_version" DAVDRIVE="$davdrive_version" \
+GITREV="$git_rev" CANDROP=$can_drop python3 - "$meta" "${notes[@]}" <<'EOF'
+import json, os, sys, time
+json.dump({
+    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    "kernel": os.environ["KERNEL"],
+    "davdrive": os.environ["DAVDRIVE"], "davdrive_commit": os.environ["GITREV"],
+    "rclone": os.environ["RCLONE"], "apache": os.environ["APACHE"],
+    "page_cache_dropped": os.environ["CANDROP"] == "1",
+    "notes": sys.argv[2:],
+}, open(sys.argv[1], "w"))
+EOF
+python3 "$helper" report "$results" "$meta" "$out_json"
+
+if [ -s "$logs/davdrive.log" ]; then
+  if grep -qiE ' (error|warn)' "$logs/davdrive.log"; then
+    echo
+    echo "davdrive log, ERROR/WARN lines (first 20):"
+    grep -iE ' (error|warn)' "$logs/davdrive.log" | sed -n 1,20p
+  fi
+fi
+echo
+echo "results written to $out_json"

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Small helpers for scripts/bench.sh: test data, polling the server's docroot, and the
+results table / JSON."""
+import filecmp
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    print(port)
+
+
+def make_listing(dest, count):
+    """COUNT small files in DEST (a directory to list)."""
+    os.makedirs(dest, exist_ok=True)
+    for i in range(int(count)):
+        with open(os.path.join(dest, f"entry-{i:05d}.txt"), "wb") as f:
+            f.write(b"x" * (i % 97))
+
+
+def make_small_files(dest, count):
+    """COUNT files of 1-8 KiB of random bytes under DEST, spread over 8 subdirectories."""
+    rnd = random.Random(20240601)
+    count = int(count)
+    total = 0
+    for i in range(count):
+        sub = os.path.join(dest, f"dir{i % 8}")
+        os.makedirs(sub, exist_ok=True)
+        size = rnd.randint(1024, 8192)
+        total += size
+        with open(os.path.join(sub, f"file-{i:05d}.bin"), "wb") as f:
+            f.write(os.urandom(size))
+    print(total)
+
+
+def manifest(root):
+    out = {}
+    for d, _, files in os.walk(root):
+        for n in files:
+            p = os.path.join(d, n)
+            out[os.path.relpath(p, root)] = os.path.getsize(p)
+    return out
+
+
+def wait_file(src, dst, start, timeout):
+    """Poll until DST has SRC's size and bytes. Prints seconds since START (a
+    `date +%s.%N` stamp), or 'timeout'."""
+    start, timeout = float(start), float(timeout)
+    want = os.path.getsize(src)
+    while True:
+        try:
+            if os.path.getsize(dst) == want and filecmp.cmp(src, dst, shallow=False):
+                print(f"{time.time() - start:.3f}")
+                return
+        except OSError:
+            pass
+        if time.time() - start > timeout:
+            print("timeout")
+            return
+        time.sleep(0.1)
+
+
+def wait_tree(src, dst, start, timeout):
+    """Poll until every file of SRC is in DST with its size (count and total bytes
+    match), then check the contents with `diff -r`. Prints seconds since START, or
+    'timeout' / 'mismatch'."""
+    start, timeout = float(start), float(timeout)
+    want = manifest(src)
+    want_bytes = sum(want.values())
+    while True:
+        have = 0
+        have_bytes = 0
+        for rel, size in want.items():
+            try:
+                s = os.path.getsize(os.path.join(dst, rel))
+            except OSError:
+                continue
+            if s == size:
+                have += 1
+                have_bytes += s
+        if have == len(want) and have_bytes == want_bytes:
+            done = time.time() - start
+            r = subprocess.run(["diff", "-r", "-q", src, dst], capture_output=True, text=True)
+            if r.returncode == 0:
+                print(f"{done:.3f}")
+                return
+            if time.time() - start > timeout:
+                sys.stderr.write(r.stdout[-2000:] + r.stderr[-2000:])
+                print("mismatch")
+                return
+        elif time.time() - start > timeout:
+            sys.stderr.write(f"{have} of {len(want)} files complete on the server\n")
+            print("timeout")
+            return
+        time.sleep(0.1)
+
+
+def vm_hwm(pid):
+    """Peak RSS of PID in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                print(f"{int(line.split()[1]) / 1024:.1f}")
+                return
+    print("n/a")
+
+
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def fmt(v, digits):
+    x = num(v)
+    if x is None:
+        return "n/a" if v in (None, "") else str(v)
+    return f"{x:.{digits}f}"
+
+
+def ratio(a, b):
+    a, b = num(a), num(b)
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def report(results_tsv, meta_json, out_json):
+    """RESULTS_TSV: lines `key<TAB>label<TAB>unit<TAB>tool<TAB>value`. Prints the table
+    and writes OUT_JSON."""
+    rows = {}
+    order = []
+    for line in open(results_tsv):
+        key, label, unit, tool, value = line.rstrip("\n").split("\t")
+        if key not in rows:
+            rows[key] = {"measurement": label, "unit": unit}
+            order.append(key)
+        rows[key][tool] = value
+    meta = json.load(open(meta_json))
+
+    head = ["measurement", "unit", "davdrive", "rclone", "local", "davdrive/rclone", "davdrive/local"]
+    table = []
+    out_rows = []
+    for key in order:
+        r = rows[key]
+        d, rc, lo = r.get("davdrive"), r.get("rclone"), r.get("local")
+        digits = 1 if r["unit"] in ("MiB/s", "MiB") else 3
+        rr, rl = ratio(d, rc), ratio(d, lo)
+        table.append([r["measurement"], r["unit"], fmt(d, digits), fmt(rc, digits), fmt(lo, digits),
+                      "n/a" if rr is None else f"{rr:.2f}", "n/a" if rl is None else f"{rl:.2f}"])
+        out_rows.append({
+            "key": key, "measurement": r["measurement"], "unit": r["unit"],
+            "higher_is_better": r["unit"] == "MiB/s",
+            "davdrive": num(d) if num(d) is not None else d,
+            "rclone": num(rc) if num(rc) is not None else rc,
+            "local": num(lo) if num(lo) is not None else lo,
+            "davdrive_over_rclone": rr, "davdrive_over_local": rl,
+        })
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *table)]
+    line = lambda cells: "  ".join(
+        (c.ljust(w) if i < 2 else c.rjust(w)) for i, (c, w) in enumerate(zip(cells, widths)))
+    print(line(head))
+    print(line(["-" * w for w in widths]))
+    for t in table:
+        print(line(t))
+    print()
+    print("MiB/s rows: higher is better (ratio > 1 means davdrive is faster).")
+    print("s and MiB rows: lower is better (ratio < 1 means davdrive is faster / smaller).")
+    for n in meta.get("notes", []):
+        print("note: " + n)
+    with open(out_json, "w") as f:
+        json.dump({**meta, "results": out_rows}, f, indent=2)
+        f.write("\n")
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {
+        "free-port": free_port,
+        "make-listing": make_listing,
+        "make-small-files": make_small_files,
+        "wait-file": wait_file,
+        "wait-tree": wait_tree,
+        "vm-hwm": vm_hwm,
+        "report": report,
+    }[cmd](*args)
+
+
+if __name__ == "__main__":
+    main()

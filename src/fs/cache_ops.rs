@@ -1,0 +1,472 @@
+//! The cache operations of the core: what the sweeper, pinning and the control socket
+//! use. Eviction removes clean content only; dirty content, content waiting for upload,
+//! pinned content and files open right now are never evicted.
+
+use std::collections::HashSet;
+
+use rusqlite::Connection;
+
+use super::{lock, Core, FsError, FsResult};
+use crate::cache::{self, sha256_prefix};
+use crate::clock::Clock;
+use crate::store::{self, Kind};
+
+/// Cached files and bytes, by state.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CacheUsage {
+    pub files: u64,
+    pub bytes: u64,
+    pub dirty_files: u64,
+    pub dirty_bytes: u64,
+    pub pinned_files: u64,
+    pub pinned_bytes: u64,
+}
+
+impl CacheUsage {
+    pub fn clean_bytes(&self) -> u64 {
+        self.bytes.saturating_sub(self.dirty_bytes)
+    }
+}
+
+/// The outcome of evicting one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evicted {
+    /// Its content is gone; this many bytes were freed.
+    Freed(u64),
+    NotCached,
+    /// It has changes not yet uploaded: evicting would lose them.
+    Dirty,
+    /// Pinned (itself or a directory above it): unpin first.
+    Pinned,
+    /// Open right now.
+    Open,
+}
+
+/// A clean, unpinned cached file, in least-recently-used order.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub ino: u64,
+    pub bytes: u64,
+    pub last_access: i64,
+}
+
+/// Inodes that are pinned, or below a pinned directory.
+fn pinned_set(c: &Connection) -> rusqlite::Result<HashSet<u64>> {
+    c.prepare_cached(
+        "WITH RECURSIVE p(ino) AS (SELECT ino FROM nodes WHERE pinned != 0 \
+         UNION SELECT nodes.ino FROM nodes JOIN p ON nodes.parent = p.ino) SELECT ino FROM p",
+    )?
+    .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?
+    .collect()
+}
+
+/// Files with changes not yet on the remote: dirty, or with a journal entry waiting.
+fn has_unsent_changes(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM nodes WHERE ino = ?1 AND dirty != 0) \
+         OR EXISTS(SELECT 1 FROM journal WHERE ino = ?1 AND op = 'put')",
+    )?
+    .query_row([ino as i64], |r| r.get(0))
+}
+
+impl Core {
+    pub fn clock(&self) -> &Clock {
+        &self.cfg.clock
+    }
+
+    /// Lets the FUSE adapter drop the kernel's pages of an inode whose content changed.
+    pub fn set_kernel_invalidator(&self, f: Box<dyn Fn(u64) + Send + Sync>) {
+        let _ = self.kernel_invalidator.set(f);
+    }
+
+    /// Content of `ino` was dropped because the remote has a newer version: the kernel's
+    /// pages and our record of them are stale.
+    pub(super) fn content_dropped(&self, ino: u64) {
+        self.bump_content_gen(ino);
+        lock(&self.verified).remove(&ino);
+        if let Some(f) = self.kernel_invalidator.get() {
+            f(ino);
+        }
+    }
+
+    /// Whether `ino` or a directory above it is pinned.
+    pub fn is_pinned(&self, ino: u64) -> FsResult<bool> {
+        let conn = lock(&self.store);
+        let mut cur = ino;
+        while let Some(n) = store::get_node(&conn, cur)? {
+            if n.pinned {
+                return Ok(true);
+            }
+            if n.parent == 0 || n.ino == store::ROOT_INO {
+                break;
+            }
+            cur = n.parent;
+        }
+        Ok(false)
+    }
+
+    /// Pins or unpins `ino` (a directory pins everything below it). Pins persist; the
+    /// content of newly pinned files is fetched by `fetch_pinned`.
+    pub fn set_pinned(&self, ino: u64, pinned: bool) -> FsResult<()> {
+        let n = lock(&self.store)
+            .prepare_cached("UPDATE nodes SET pinned = ?2 WHERE ino = ?1")?
+            .execute(rusqlite::params![ino as i64, pinned as i64])?;
+        if n == 0 {
+            return Err(FsError::NotFound);
+        }
+        if pinned {
+            // The sweeper fetches what pinned files miss.
+            self.cache_grew.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Fetches whatever pinned files (and files below pinned directories) miss. Returns
+    /// how many files were completed; stops quietly while the remote is unreachable.
+    pub fn fetch_pinned(&self) -> FsResult<usize> {
+        let roots: Vec<(u64, Kind)> = lock(&self.store)
+            .prepare_cached(
+                "SELECT ino, kind FROM nodes WHERE pinned != 0 AND (parent != 0 OR ino = ?1)",
+            )?
+            .query_map([store::ROOT_INO as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, Kind::from_i64(r.get(1)?)))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut done = 0;
+        let mut stack = roots;
+        while let Some((ino, kind)) = stack.pop() {
+            if !self.health.is_online() {
+                break;
+            }
+            if kind == Kind::Dir {
+                if let Err(e) = self.ensure_listing(ino) {
+                    tracing::warn!("pinned directory (inode {ino}) could not be listed: {e}");
+                    continue;
+                }
+                for c in store::children(&lock(&self.store), ino)? {
+                    stack.push((c.ino, c.kind));
+                }
+                continue;
+            }
+            let node = self.node(ino)?;
+            if node.fully_cached() {
+                continue;
+            }
+            match self.fetch_whole(ino) {
+                Ok(()) => done += 1,
+                Err(e) => tracing::warn!("pinned file (inode {ino}) could not be fetched: {e}"),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Downloads every missing byte of file `ino`.
+    pub fn fetch_whole(&self, ino: u64) -> FsResult<()> {
+        let of = self.open_file(ino)?;
+        let size = lock(&of.state).size;
+        let result = self.fetch_range(&of, ino, 0, size, false);
+        self.close_open_file(ino);
+        result
+    }
+
+    /// Removes the cached content of `ino`, if that loses nothing. The node stays, so the
+    /// file still lists and is fetched again when read.
+    pub fn evict(&self, ino: u64) -> FsResult<Evicted> {
+        let pinned = self.is_pinned(ino)?;
+        let conn = lock(&self.store);
+        let node = store::get_node(&conn, ino)?.ok_or(FsError::NotFound)?;
+        if node.kind != Kind::File {
+            return Err(FsError::IsDir);
+        }
+        if node.cached_bytes == 0 && node.ranges.is_empty() {
+            return Ok(Evicted::NotCached);
+        }
+        if has_unsent_changes(&conn, ino)? {
+            return Ok(Evicted::Dirty);
+        }
+        if pinned {
+            return Ok(Evicted::Pinned);
+        }
+        // Checked under the store lock, which an open takes first: no open slips in.
+        if self.is_open(ino) {
+            return Ok(Evicted::Open);
+        }
+        store::drop_content(&conn, ino)?;
+        self.content.remove(ino);
+        lock(&self.verified).remove(&ino);
+        Ok(Evicted::Freed(node.cached_bytes))
+    }
+
+    /// Clean, unpinned, closed cached files, least recently used first.
+    pub fn eviction_candidates(&self) -> FsResult<Vec<Candidate>> {
+        let conn = lock(&self.store);
+        let pinned = pinned_set(&conn)?;
+        let rows: Vec<Candidate> = conn
+            .prepare_cached(
+                "SELECT ino, cached_bytes, last_access FROM nodes \
+                 WHERE cached_bytes > 0 AND kind = 0 AND dirty = 0 \
+                 AND ino NOT IN (SELECT ino FROM journal WHERE op = 'put') \
+                 ORDER BY last_access, ino",
+            )?
+            .query_map([], |r| {
+                Ok(Candidate {
+                    ino: r.get::<_, i64>(0)? as u64,
+                    bytes: r.get::<_, i64>(1)? as u64,
+                    last_access: r.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        drop(conn);
+        Ok(rows
+            .into_iter()
+            .filter(|c| !pinned.contains(&c.ino) && !self.is_open(c.ino))
+            .collect())
+    }
+
+    /// Cached files and bytes, by state.
+    pub fn cache_usage(&self) -> FsResult<CacheUsage> {
+        let conn = lock(&self.store);
+        let pinned = pinned_set(&conn)?;
+        let mut u = CacheUsage::default();
+        let mut st = conn.prepare_cached(
+            "SELECT ino, cached_bytes, dirty != 0 OR ino IN (SELECT ino FROM journal WHERE op = 'put') \
+             FROM nodes WHERE cached_bytes > 0 AND kind = 0",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, bool>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (ino, bytes, dirty) = row?;
+            u.files += 1;
+            u.bytes += bytes;
+            if dirty {
+                u.dirty_files += 1;
+                u.dirty_bytes += bytes;
+            }
+            if pinned.contains(&ino) {
+                u.pinned_files += 1;
+                u.pinned_bytes += bytes;
+            }
+        }
+        Ok(u)
+    }
+
+    /// On a full cache disk: evicts clean content, least recently used first, until
+    /// `needed` bytes are free. Returns whether
+    /// anything was freed; if not, the disk is full of content that must not be lost.
+    pub(super) fn make_room(&self, needed: u64) -> bool {
+        let want = needed;
+        let mut freed = 0u64;
+        if let Ok(candidates) = self.eviction_candidates() {
+            for c in candidates {
+                if let Ok((_, avail)) = cache::fs_space(&self.cache_dir) {
+                    if avail >= want && freed > 0 {
+                        break;
+                    }
+                }
+                if let Ok(Evicted::Freed(n)) = self.evict(c.ino) {
+                    freed += n;
+                }
+            }
+        }
+        if freed == 0 {
+            let waiting = self.cache_usage().map(|u| u.dirty_bytes).unwrap_or(0);
+            tracing::error!(
+                "the cache disk is full of changes not yet uploaded ({waiting} bytes): \
+                 writes fail with ENOSPC until uploads make room"
+            );
+        } else {
+            tracing::info!("cache disk full: evicted {freed} bytes of clean content");
+        }
+        freed > 0
+    }
+
+    /// Makes sure the cache disk has room for `bytes` more, plus a reserve that keeps
+    /// the state store writable (the journal must be able to record uploads, which is
+    /// what frees space). Evicts clean content if needed; fails with ENOSPC when the
+    /// disk is full of content that must not be lost.
+    pub(super) fn ensure_space(&self, bytes: u64) -> FsResult<()> {
+        let (total, avail) = cache::fs_space(&self.cache_dir)?;
+        let reserve = (total / 20).min(16 << 20);
+        let want = bytes.saturating_add(reserve);
+        if avail >= want {
+            return Ok(());
+        }
+        if self.make_room(want) && cache::fs_space(&self.cache_dir)?.1 >= want {
+            return Ok(());
+        }
+        Err(FsError::NoSpace(format!(
+            "{avail} bytes free on the cache disk, {bytes} needed"
+        )))
+    }
+
+    /// A file became fully cached from the remote: hash it in the background and record
+    /// the hash against the version it came from.
+    pub(super) fn record_complete_download(&self, ino: u64) {
+        let Some(me) = self.me.upgrade() else { return };
+        self.rt.spawn_blocking(move || {
+            if let Err(e) = me.hash_clean_content(ino, true) {
+                tracing::debug!("could not hash cached content of inode {ino}: {e}");
+            }
+        });
+    }
+
+    /// Hashes the content file of a clean, fully cached file. With `record`, stores the
+    /// hash; without, compares with the stored one. Returns whether the content is good
+    /// (true also when there is nothing to check).
+    fn hash_clean_content(&self, ino: u64, record: bool) -> FsResult<bool> {
+        let node = self.node(ino)?;
+        if node.dirty || !node.fully_cached() || node.content_etag != node.etag {
+            return Ok(true);
+        }
+        let expected = node.sha256.clone();
+        if !record && expected.is_none() {
+            return Ok(true);
+        }
+        let path = self.content.path(ino);
+        let sha = match sha256_prefix(&path, node.size) {
+            Ok(s) => s,
+            // Shorter than the file: truncated.
+            Err(e) if e.kind() == std::io::ErrorKind::Other => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if record {
+            lock(&self.store)
+                .prepare_cached(
+                    "UPDATE nodes SET sha256 = ?2 WHERE ino = ?1 AND dirty = 0 \
+                     AND content_etag IS ?3 AND etag IS ?3 AND size = ?4",
+                )?
+                .execute(rusqlite::params![
+                    ino as i64,
+                    sha,
+                    node.etag,
+                    node.size as i64
+                ])?;
+            lock(&self.verified).insert(ino);
+            return Ok(true);
+        }
+        let good = expected.as_deref() == Some(sha.as_str());
+        if good {
+            lock(&self.verified).insert(ino);
+        }
+        Ok(good)
+    }
+
+    /// Before a clean cached file is served for the first time in this run: content
+    /// bound to another remote version, cut short, or not matching its recorded hash is
+    /// a miss and is dropped, never served.
+    pub(super) fn check_cached_content(&self, ino: u64) -> FsResult<()> {
+        if lock(&self.verified).contains(&ino) || self.is_open(ino) {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        if node.kind != Kind::File || node.dirty || node.ranges.is_empty() {
+            return Ok(());
+        }
+        let bound_elsewhere = node.content_etag != node.etag;
+        let on_disk = self.content.len(ino)?;
+        let short = on_disk < node.ranges.end();
+        let damaged = !bound_elsewhere && !short && !self.hash_clean_content(ino, false)?;
+        if !(bound_elsewhere || short || damaged) {
+            if node.fully_cached() && node.sha256.is_some() {
+                lock(&self.verified).insert(ino);
+            }
+            return Ok(());
+        }
+        let path = self.path(ino).unwrap_or_default();
+        tracing::warn!(
+            "{path}: cached content is {}; dropping it, it will be fetched again",
+            if bound_elsewhere {
+                "of another remote version"
+            } else if short {
+                "truncated"
+            } else {
+                "damaged (hash mismatch)"
+            }
+        );
+        let conn = lock(&self.store);
+        if self.is_open(ino) || has_unsent_changes(&conn, ino)? {
+            return Ok(());
+        }
+        store::drop_content(&conn, ino)?;
+        self.content.remove(ino);
+        drop(conn);
+        self.content_dropped(ino);
+        Ok(())
+    }
+
+    /// At open, once the file's attributes are older than the attribute TTL: asks the
+    /// remote for its current version. A newer one drops clean cached content (and the
+    /// kernel's pages of it); a dirty file keeps its content and meets the newer version
+    /// as a conflict at upload. Unreachable remote: the cached version is served.
+    pub(super) fn revalidate(&self, ino: u64) -> FsResult<()> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::File || !node.on_remote || node.dirty || self.is_open(ino) {
+            return Ok(());
+        }
+        let now = store::now_ms();
+        let listed = store::get_node(&lock(&self.store), node.parent)?
+            .and_then(|p| p.listed_at)
+            .unwrap_or(0);
+        let checked = lock(&self.validated).get(&ino).copied().unwrap_or(0);
+        if now - listed.max(checked) < self.cfg.attr_ttl.as_millis() as i64
+            || !self.health.is_online()
+        {
+            return Ok(());
+        }
+        let path = self.path(ino)?;
+        let remote = self.remote.clone();
+        let p = path.clone();
+        let current = match self.call(&path, async move { remote.stat(&p).await }) {
+            Ok(Some(e)) if !e.is_dir => e,
+            // Gone or replaced by a directory: the next listing sorts that out.
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::debug!("{path}: could not revalidate, serving the cached version: {e}");
+                return Ok(());
+            }
+        };
+        lock(&self.validated).insert(ino, now);
+        let changed = match (&current.etag, &node.etag) {
+            (Some(theirs), Some(ours)) => theirs != ours,
+            // Without ETags, size and time are all there is to go by.
+            _ => {
+                current.size != node.size
+                    || current.mtime.map(store::system_time_to_ns) != Some(node.mtime_ns)
+            }
+        };
+        if !changed {
+            return Ok(());
+        }
+        let conn = lock(&self.store);
+        if self.is_open(ino) || has_unsent_changes(&conn, ino)? {
+            return Ok(());
+        }
+        tracing::debug!(
+            "{path}: remote version changed ({:?} -> {:?})",
+            node.etag,
+            current.etag
+        );
+        conn.prepare_cached(
+            "UPDATE nodes SET size = ?2, mtime_ns = ?3, etag = ?4, sha256 = NULL WHERE ino = ?1",
+        )?
+        .execute(rusqlite::params![
+            ino as i64,
+            current.size as i64,
+            current
+                .mtime
+                .map(store::system_time_to_ns)
+                .unwrap_or_else(store::now_ns),
+            current.etag
+        ])?;
+        store::drop_content(&conn, ino)?;
+        self.content.remove(ino);
+        drop(conn);
+        self.content_dropped(ino);
+        Ok(())
+    }
+}

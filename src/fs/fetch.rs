@@ -1,0 +1,307 @@
+//! Downloads of file content: ranged GETs by chunk, several at a time, with a read-ahead
+//! window that grows while a file is read sequentially. A chunk being fetched is
+//! registered, so a second reader of it waits for that fetch instead of starting another.
+//! What arrives is written into the content file and its range map at once, so an
+//! interrupted read resumes from what is already here.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::{lock, Core, FsError, FsResult, OpenFile};
+use crate::remote::{RangeReply, RemoteError};
+use crate::store;
+
+/// Unit of download and of read-ahead.
+pub const CHUNK: u64 = 4 << 20;
+/// A reader that is not (yet) sequential fetches this much around what it asked for.
+const DEMAND_ROUND: u64 = 1 << 20;
+/// The read-ahead window grows up to this while reading stays sequential.
+const MAX_WINDOW: u64 = 64 << 20;
+/// Downloads of one file running at once.
+const MAX_PARALLEL: usize = 4;
+/// Largest single GET of a fetch done in the caller's thread.
+const MAX_FETCH: u64 = 8 << 20;
+
+/// A chunk download in progress; waiters block until `done`.
+#[derive(Default)]
+pub(super) struct Inflight {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Inflight {
+    fn wait(&self) {
+        let mut done = lock(&self.done);
+        while !*done {
+            done = self.cv.wait(done).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn finish(&self) {
+        *lock(&self.done) = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Per-file download state.
+#[derive(Default)]
+pub(super) struct Downloads {
+    /// Chunk index → its download in progress.
+    inflight: Mutex<HashMap<u64, Arc<Inflight>>>,
+    readahead: Mutex<ReadAhead>,
+}
+
+#[derive(Default)]
+struct ReadAhead {
+    /// Where the last read ended.
+    next: u64,
+    window: u64,
+}
+
+fn round_down(v: u64, to: u64) -> u64 {
+    v / to * to
+}
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+impl Core {
+    /// Makes `[start, end)` of the file present, downloading what is missing, several
+    /// chunks at a time. `reading` marks a read by a program: it rounds the fetch up and
+    /// drives the read-ahead.
+    pub(super) fn fetch_range(
+        &self,
+        of: &Arc<OpenFile>,
+        ino: u64,
+        start: u64,
+        end: u64,
+        reading: bool,
+    ) -> FsResult<()> {
+        let size = lock(&of.state).size;
+        let end = end.min(size);
+        let ahead = if reading {
+            self.advance_readahead(of, start, end, size)
+        } else {
+            end
+        };
+        let (covered, ahead_missing) = {
+            let st = lock(&of.state);
+            (
+                start >= end || st.ranges.covers(start, end),
+                ahead > end && !st.ranges.covers(end, ahead),
+            )
+        };
+        if covered && !ahead_missing {
+            return Ok(());
+        }
+        let path = self.path(ino)?;
+        if !self.health.is_online() {
+            if covered {
+                return Ok(());
+            }
+            tracing::warn!("{path}: read of uncached data while the remote is unreachable");
+            return Err(FsError::Offline { path });
+        }
+        // What was asked for, in chunks, waiting for each; then the read-ahead, not waited for.
+        let mut waiting = std::collections::VecDeque::new();
+        if !covered {
+            let (from, to) = if reading {
+                (
+                    round_down(start, DEMAND_ROUND),
+                    round_up(end, DEMAND_ROUND).min(size),
+                )
+            } else {
+                (start, end)
+            };
+            let mut chunk = from / CHUNK;
+            while chunk * CHUNK < to {
+                let lo = (chunk * CHUNK).max(from);
+                let hi = ((chunk + 1) * CHUNK).min(to);
+                if let Some(w) = self.start_chunk(of, ino, &path, chunk, lo, hi) {
+                    waiting.push_back(w);
+                }
+                while waiting.len() >= MAX_PARALLEL {
+                    waiting.pop_front().unwrap().wait();
+                }
+                chunk += 1;
+            }
+        }
+        if ahead_missing {
+            let mut chunk = end / CHUNK;
+            while chunk * CHUNK < ahead && lock(&of.downloads.inflight).len() < MAX_PARALLEL {
+                let lo = (chunk * CHUNK).max(end);
+                let hi = ((chunk + 1) * CHUNK).min(size);
+                self.start_chunk(of, ino, &path, chunk, lo, hi);
+                chunk += 1;
+            }
+        }
+        for w in waiting {
+            w.wait();
+        }
+        if covered {
+            return Ok(());
+        }
+        // A chunk download failed (or raced with a truncate): fetch what is still missing
+        // here, where the error reaches the caller.
+        self.fetch_missing_now(of, ino, &path, start, end)
+    }
+
+    /// Updates the read-ahead of `of` for a read of `[start, end)`; returns how far
+    /// ahead the content should be present.
+    fn advance_readahead(&self, of: &OpenFile, start: u64, end: u64, size: u64) -> u64 {
+        let mut ra = lock(&of.downloads.readahead);
+        if start <= ra.next + CHUNK && end > ra.next && start + 2 * CHUNK >= ra.next {
+            // Moving forward from where the last read ended: sequential.
+            ra.window = if ra.next > 0 {
+                (ra.window * 2).clamp(CHUNK, MAX_WINDOW)
+            } else {
+                0
+            };
+            ra.next = end;
+        } else if !(start < ra.next && start + ra.window + 2 * CHUNK >= ra.next) {
+            // Neither forward nor just behind the front (the kernel reorders its reads
+            // a little, and readers re-read): random access, no read-ahead.
+            ra.window = 0;
+            ra.next = end;
+        }
+        (end + ra.window).min(size)
+    }
+
+    /// Starts a download of the missing part of `[lo, hi)` (inside chunk `chunk`) unless
+    /// one of that chunk is running; returns what to wait for, or None if nothing is
+    /// missing there.
+    fn start_chunk(
+        &self,
+        of: &Arc<OpenFile>,
+        ino: u64,
+        path: &str,
+        chunk: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Option<Arc<Inflight>> {
+        let mut inflight = lock(&of.downloads.inflight);
+        if let Some(w) = inflight.get(&chunk) {
+            return Some(w.clone());
+        }
+        let (from, to) = {
+            let st = lock(&of.state);
+            let missing = st.ranges.missing(lo, hi.min(st.size));
+            (missing.first()?.0, missing.last()?.1)
+        };
+        let me = self.me.upgrade()?;
+        let w = Arc::new(Inflight::default());
+        inflight.insert(chunk, w.clone());
+        drop(inflight);
+        // The download holds the file open: its state stays the one every opener shares
+        // until the data is recorded, and a new open finds this download running.
+        lock(&of.state).opens += 1;
+        let of = of.clone();
+        let path = path.to_string();
+        let done = w.clone();
+        self.rt.spawn(async move {
+            let result = me.remote.get_range(&path, from, to - from).await;
+            match result {
+                Ok(reply) => {
+                    if let Err(e) = me.store_fetched(&of, ino, &reply) {
+                        tracing::warn!("{path}: could not keep downloaded data: {e}");
+                    }
+                }
+                Err(e) => {
+                    if e.is_transport() {
+                        me.health.mark_offline(&e.to_string());
+                    }
+                    tracing::debug!("{path}: download of {from}..{to} failed: {e}");
+                }
+            }
+            lock(&of.downloads.inflight).remove(&chunk);
+            done.finish();
+            me.close_open_file(ino);
+        });
+        Some(w)
+    }
+
+    /// Downloads the missing parts of `[start, end)` in this thread.
+    fn fetch_missing_now(
+        &self,
+        of: &Arc<OpenFile>,
+        ino: u64,
+        path: &str,
+        start: u64,
+        end: u64,
+    ) -> FsResult<()> {
+        let (missing, size) = {
+            let st = lock(&of.state);
+            (st.ranges.missing(start, end.min(st.size)), st.size)
+        };
+        for (a, b) in missing {
+            let mut pos = a;
+            while pos < b {
+                let len = (b - pos).min(MAX_FETCH);
+                let remote = self.remote.clone();
+                let p = path.to_string();
+                let reply = self.call(path, async move { remote.get_range(&p, pos, len).await })?;
+                if reply.data.is_empty() {
+                    // The remote file is shorter than we thought: it changed.
+                    tracing::warn!(
+                        "{path}: remote returned no data at {pos} (size {size}); it changed"
+                    );
+                    return Err(FsError::Remote {
+                        path: path.to_string(),
+                        source: RemoteError::BadReply("file shorter than listed".into()),
+                    });
+                }
+                self.store_fetched(of, ino, &reply)?;
+                pos = reply.offset + reply.data.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes downloaded data into the content file where it is still missing, and
+    /// records it. Under the state lock: a write or truncate that happened while the GET
+    /// was on the wire must not be overwritten.
+    fn store_fetched(&self, of: &OpenFile, ino: u64, reply: &RangeReply) -> FsResult<()> {
+        let got = reply.data.len() as u64;
+        let mut room_made = false;
+        let (ranges, complete) = loop {
+            let mut st = lock(&of.state);
+            let end = (reply.offset + got).min(st.size);
+            let mut result = Ok(());
+            for (a, b) in st.ranges.missing(reply.offset, end) {
+                let from = (a - reply.offset) as usize;
+                let to = (b - reply.offset) as usize;
+                result = of.file.write_all_at(&reply.data[from..to], a);
+                if result.is_err() {
+                    break;
+                }
+                st.ranges.insert(a, b);
+            }
+            match result {
+                Ok(()) => {
+                    break (
+                        st.ranges.clone(),
+                        st.ranges.covers(0, st.size) && !st.write_dirty,
+                    )
+                }
+                // A full cache disk: evict clean content (not under the state lock) and
+                // try once more.
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && !room_made => {
+                    drop(st);
+                    room_made = true;
+                    if !self.make_room(got) {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        store::set_ranges(&lock(&self.store), ino, &ranges)?;
+        self.cache_grew.notify_one();
+        if complete {
+            self.record_complete_download(ino);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,517 @@
+//! The disk cache, driven through the core (no kernel) against a real WebDAV server:
+//! age expiry with a clock moved forward, LRU order under a size cap, pinned and dirty
+//! content never evicted, ENOSPC on a cache disk full of unsent changes and recovery,
+//! damaged content never served, a cold read resumed after an outage, and concurrent
+//! readers sharing one download.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use davdrive::cache::sweeper;
+use davdrive::cache::CacheLimits;
+use davdrive::clock::Clock;
+use davdrive::fs::{Core, CoreConfig, Evicted};
+use davdrive::health::{self, Health};
+use davdrive::journal;
+use davdrive::remote::webdav::{WebDav, WebDavConfig};
+use davdrive::remote::Remote;
+use davdrive::store::ROOT_INO;
+use tokio::sync::watch;
+
+use common::{Fault, Server};
+
+const DAY: Duration = Duration::from_secs(86400);
+const MIB: usize = 1 << 20;
+
+struct Drive {
+    server: Server,
+    state: tempfile::TempDir,
+    core: Option<Arc<Core>>,
+    clock: Clock,
+    limits: CacheLimits,
+    shutdown: Option<watch::Sender<bool>>,
+}
+
+impl Drive {
+    fn new(limits: CacheLimits) -> Drive {
+        Drive::with_state(limits, tempfile::tempdir().unwrap())
+    }
+
+    fn with_state(limits: CacheLimits, state: tempfile::TempDir) -> Drive {
+        if let Ok(filter) = std::env::var("DAVDRIVE_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+        let mut d = Drive {
+            server: Server::start(),
+            state,
+            core: None,
+            clock: Clock::default(),
+            limits,
+            shutdown: None,
+        };
+        d.start();
+        d
+    }
+
+    fn start(&mut self) {
+        let _guard = self.server.rt.enter();
+        let mut cfg = WebDavConfig::new(url::Url::parse(&self.server.url()).unwrap());
+        cfg.request_timeout = Duration::from_secs(5);
+        cfg.retries = 1;
+        let remote: Arc<dyn Remote> = Arc::new(WebDav::new(cfg).unwrap());
+        let health = Health::new(true);
+        let core = Core::load(
+            self.state.path(),
+            remote.clone(),
+            self.server.rt.handle().clone(),
+            health.clone(),
+            CoreConfig {
+                dir_ttl: Duration::from_millis(200),
+                attr_ttl: Duration::from_millis(200),
+                cache: self.limits.clone(),
+                clock: self.clock.clone(),
+                ..CoreConfig::default()
+            },
+        )
+        .unwrap();
+        let (tx, rx) = watch::channel(false);
+        self.server.rt.spawn(health::probe_loop(
+            health,
+            remote,
+            Duration::from_millis(100),
+            rx.clone(),
+        ));
+        self.server.rt.spawn(journal::replay::run(core.clone(), rx));
+        self.core = Some(core);
+        self.shutdown = Some(tx);
+    }
+
+    fn stop(&mut self) {
+        let core = self.core.take().unwrap();
+        core.commit_all();
+        let _ = self.shutdown.take().unwrap().send(true);
+        // The tasks hold the core until they see the shutdown.
+        let weak = Arc::downgrade(&core);
+        drop(core);
+        common::wait_until(10, "the core to be dropped", || weak.strong_count() == 0);
+    }
+
+    fn core(&self) -> &Arc<Core> {
+        self.core.as_ref().unwrap()
+    }
+
+    fn ino(&self, name: &str) -> u64 {
+        self.core().lookup(ROOT_INO, name).unwrap().ino
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        let ino = self.ino(name);
+        let (fh, _) = self.core().open(ino, false).unwrap();
+        let mut out = Vec::new();
+        loop {
+            let chunk = self.core().read(fh, out.len() as u64, 128 << 10).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&chunk);
+        }
+        self.core().release(fh).unwrap();
+        out
+    }
+
+    fn write_new(&self, name: &str, data: &[u8]) -> Result<(), i32> {
+        let (attr, fh) = self
+            .core()
+            .create(ROOT_INO, name, 0o644, 0, 0)
+            .map_err(|e| {
+                eprintln!("create {name}: {e}");
+                e.errno()
+            })?;
+        let _ = attr;
+        let mut result = Ok(());
+        for (i, part) in data.chunks(MIB).enumerate() {
+            if let Err(e) = self.core().write(fh, (i * MIB) as u64, part) {
+                eprintln!("write {name}: {e}");
+                result = Err(e.errno());
+                break;
+            }
+        }
+        let flushed = self.core().flush(fh).map_err(|e| e.errno());
+        self.core().release(fh).unwrap();
+        result.and(flushed)
+    }
+
+    fn cached_bytes(&self, name: &str) -> u64 {
+        let ino = self.ino(name);
+        let conn = self.core().store();
+        davdrive::store::get_node(&conn, ino)
+            .unwrap()
+            .unwrap()
+            .cached_bytes
+    }
+
+    fn content_path(&self, name: &str) -> std::path::PathBuf {
+        self.core().content().path(self.ino(name))
+    }
+
+    fn wait_drained(&self) {
+        common::wait_until(60, "the journal to drain", || {
+            journal::stats(&self.core().store()).unwrap().0 == 0
+        });
+    }
+
+    fn wait_hashed(&self, name: &str) {
+        let ino = self.ino(name);
+        common::wait_until(10, "the cached file to be hashed", || {
+            davdrive::store::get_node(&self.core().store(), ino)
+                .unwrap()
+                .unwrap()
+                .sha256
+                .is_some()
+        });
+    }
+}
+
+impl Drop for Drive {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+fn put_on_server(server: &Server, name: &str, data: &[u8]) {
+    std::fs::write(server.path(name), data).unwrap();
+}
+
+#[test]
+fn content_unused_for_the_max_age_is_swept_and_fetched_again() {
+    let d = Drive::new(CacheLimits {
+        min_free: 0,
+        ..CacheLimits::default()
+    });
+    let data = common::pattern(300_000, 1);
+    put_on_server(&d.server, "old.bin", &data);
+    put_on_server(&d.server, "recent.bin", &common::pattern(1000, 2));
+    assert_eq!(d.read("old.bin"), data);
+    d.clock.advance(6 * DAY);
+    d.read("recent.bin");
+    // Six days: nothing is old enough yet.
+    assert_eq!(sweeper::sweep(d.core()).unwrap().expired, 0);
+    d.clock.advance(DAY + Duration::from_secs(3600));
+    let report = sweeper::sweep(d.core()).unwrap();
+    assert_eq!(report.expired, 1, "{report:?}");
+    assert_eq!(d.cached_bytes("old.bin"), 0);
+    assert!(!d.content_path("old.bin").exists());
+    assert_eq!(d.cached_bytes("recent.bin"), 1000);
+    // Still listed, and read again from the server.
+    let gets = d.server.proxy.count("GET");
+    assert_eq!(d.read("old.bin"), data);
+    assert!(d.server.proxy.count("GET") > gets);
+}
+
+#[test]
+fn over_the_size_cap_least_recently_used_goes_first() {
+    let d = Drive::new(CacheLimits {
+        max_size: Some(3 * 100_000 + 50_000),
+        min_free: 0,
+        ..CacheLimits::default()
+    });
+    for name in ["a", "b", "c", "d"] {
+        put_on_server(
+            &d.server,
+            name,
+            &common::pattern(100_000, name.len() as u64),
+        );
+    }
+    for name in ["b", "a", "d", "c"] {
+        d.read(name);
+        d.clock.advance(Duration::from_secs(120));
+    }
+    // Used again: now the most recent.
+    d.read("b");
+    let report = sweeper::sweep(d.core()).unwrap();
+    assert_eq!(report.evicted, 1, "{report:?}");
+    assert_eq!(d.cached_bytes("a"), 0, "a was the least recently used");
+    for name in ["b", "c", "d"] {
+        assert_eq!(d.cached_bytes(name), 100_000, "{name} must stay");
+    }
+}
+
+#[test]
+fn pinned_and_dirty_content_is_never_evicted_and_pins_survive_a_restart() {
+    let mut d = Drive::new(CacheLimits {
+        max_size: Some(0),
+        min_free: 0,
+        ..CacheLimits::default()
+    });
+    std::fs::create_dir(d.server.path("album")).unwrap();
+    for i in 0..3 {
+        put_on_server(
+            &d.server,
+            &format!("album/{i}.jpg"),
+            &common::pattern(50_000, i),
+        );
+    }
+    put_on_server(&d.server, "plain.txt", &common::pattern(10_000, 9));
+    d.read("plain.txt");
+    let album = d.ino("album");
+    d.core().set_pinned(album, true).unwrap();
+    // Pinning fetches the whole subtree.
+    assert_eq!(d.core().fetch_pinned().unwrap(), 3);
+    // A change not yet uploaded: the remote is down.
+    d.server.proxy.set_fault(Fault::Refuse);
+    d.core().health.mark_offline("test");
+    d.write_new("draft.txt", b"unsent words").unwrap();
+    d.clock.advance(30 * DAY);
+    let report = sweeper::sweep(d.core()).unwrap();
+    assert_eq!(report.expired, 1, "only the plain file goes: {report:?}");
+    assert_eq!(d.cached_bytes("plain.txt"), 0);
+    assert_eq!(d.cached_bytes("draft.txt"), 12);
+    assert_eq!(
+        d.core().evict(d.ino("draft.txt")).unwrap(),
+        Evicted::Dirty,
+        "evicting unsent content must be refused"
+    );
+    let photo = d.core().lookup(album, "1.jpg").unwrap().ino;
+    assert_eq!(d.core().evict(photo).unwrap(), Evicted::Pinned);
+    // The pin is stored: it holds after a restart, offline, with the content readable.
+    d.stop();
+    d.start();
+    assert!(d.core().is_pinned(photo).unwrap());
+    d.core().health.mark_offline("test");
+    let (fh, _) = d.core().open(photo, false).unwrap();
+    assert_eq!(
+        d.core().read(fh, 0, 50_000).unwrap(),
+        common::pattern(50_000, 1)
+    );
+    d.core().release(fh).unwrap();
+    assert_eq!(sweeper::sweep(d.core()).unwrap().expired, 0);
+    // Unpinned, it is ordinary clean content again.
+    d.core().set_pinned(album, false).unwrap();
+    assert!(matches!(
+        d.core().evict(photo).unwrap(),
+        Evicted::Freed(50_000)
+    ));
+}
+
+/// A cache on a tiny filesystem of its own.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn new(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            st.success(),
+            "mounting a tmpfs for the cache failed (tests run as root)"
+        );
+        Tmpfs(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_cache_disk_full_of_unsent_changes_fails_writes_with_enospc_then_recovers() {
+    let fs = Tmpfs::new("6m");
+    let state = tempfile::tempdir_in(fs.path()).unwrap();
+    let mut d = Drive::with_state(
+        CacheLimits {
+            min_free: 0,
+            ..CacheLimits::default()
+        },
+        state,
+    );
+    // Listed once while online, as a mount does first.
+    let fh = d.core().opendir(ROOT_INO).unwrap();
+    d.core().releasedir(fh);
+    d.server.proxy.set_fault(Fault::Refuse);
+    d.core().health.mark_offline("test");
+    let mut written = Vec::new();
+    let mut enospc = false;
+    for i in 0..10 {
+        let data = common::pattern(MIB, 100 + i);
+        match d.write_new(&format!("f{i}"), &data) {
+            Ok(()) => written.push((format!("f{i}"), data)),
+            Err(errno) => {
+                assert_eq!(
+                    errno,
+                    libc::ENOSPC,
+                    "a full cache disk must say ENOSPC (file {i})"
+                );
+                enospc = true;
+                break;
+            }
+        }
+    }
+    assert!(enospc, "6 MiB cannot hold 10 MiB of unsent files");
+    assert!(written.len() >= 2);
+    // What was written before is intact.
+    for (name, data) in &written {
+        assert_eq!(&d.read(name), data, "{name} damaged by the full disk");
+    }
+    // The remote comes back: uploads make the content clean, hence evictable.
+    d.server.proxy.clear_fault();
+    d.wait_drained();
+    for (name, data) in &written {
+        assert_eq!(&std::fs::read(d.server.path(name)).unwrap(), data);
+    }
+    let big = common::pattern(3 * MIB, 7);
+    d.write_new("after.bin", &big)
+        .expect("writes succeed again once uploads made room");
+    d.wait_drained();
+    assert_eq!(std::fs::read(d.server.path("after.bin")).unwrap(), big);
+    d.stop();
+}
+
+#[test]
+fn damaged_or_truncated_content_is_never_served() {
+    let mut d = Drive::new(CacheLimits {
+        min_free: 0,
+        ..CacheLimits::default()
+    });
+    let data = common::pattern(2 * MIB + 123, 5);
+    put_on_server(&d.server, "doc.bin", &data);
+    put_on_server(&d.server, "short.bin", &data);
+    assert_eq!(d.read("doc.bin"), data);
+    assert_eq!(d.read("short.bin"), data);
+    d.wait_hashed("doc.bin");
+    d.wait_hashed("short.bin");
+    let damaged = d.content_path("doc.bin");
+    let truncated = d.content_path("short.bin");
+    d.stop();
+    // Flip bytes in the middle (same length), and cut the other file short.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&damaged)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"XXXXXXXX", MIB as u64).unwrap();
+    drop(f);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap();
+    f.set_len(1000).unwrap();
+    drop(f);
+    d.start();
+    assert_eq!(d.read("doc.bin"), data, "damaged cached content was served");
+    assert_eq!(
+        d.read("short.bin"),
+        data,
+        "truncated cached content was served"
+    );
+}
+
+#[test]
+fn an_interrupted_cold_read_resumes_from_what_is_cached() {
+    let d = Drive::new(CacheLimits {
+        min_free: 0,
+        ..CacheLimits::default()
+    });
+    let size = 64 * MIB;
+    let data = common::pattern(size, 11);
+    put_on_server(&d.server, "movie.bin", &data);
+    let ino = d.ino("movie.bin");
+    let (fh, _) = d.core().open(ino, false).unwrap();
+    let mut got = Vec::new();
+    while got.len() < MIB {
+        got.extend(d.core().read(fh, got.len() as u64, 128 << 10).unwrap());
+    }
+    // The network goes away mid-read.
+    d.server.proxy.set_fault(Fault::Refuse);
+    d.core().health.mark_offline("test");
+    let mut failed = false;
+    while got.len() < size {
+        match d.core().read(fh, got.len() as u64, 128 << 10) {
+            Ok(chunk) => got.extend(chunk),
+            Err(e) => {
+                assert_eq!(e.errno(), libc::EIO);
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        failed,
+        "read-ahead cannot have fetched all of it before the outage"
+    );
+    assert_eq!(&got[..], &data[..got.len()]);
+    d.core().release(fh).unwrap();
+    // Downloads under way when the network went keep what they got.
+    d.server.proxy.wait_idle(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(100));
+    let cached = d.cached_bytes("movie.bin") as usize;
+    assert!(
+        cached >= got.len(),
+        "{cached} bytes cached after reading {}",
+        got.len()
+    );
+    let before = d.server.proxy.reply_bytes("GET");
+    d.server.proxy.clear_fault();
+    common::wait_until(10, "back online", || d.core().health.is_online());
+    assert_eq!(d.read("movie.bin"), data);
+    let refetched = d.server.proxy.reply_bytes("GET") - before;
+    assert!(
+        refetched <= size - cached,
+        "fetched {refetched} bytes to complete a file of which {cached} were cached"
+    );
+}
+
+#[test]
+fn concurrent_readers_of_one_range_share_one_download() {
+    let d = Drive::new(CacheLimits {
+        min_free: 0,
+        ..CacheLimits::default()
+    });
+    let size = 16 * MIB;
+    let data = common::pattern(size, 12);
+    put_on_server(&d.server, "shared.bin", &data);
+    let ino = d.ino("shared.bin");
+    // A slow server, so the readers overlap.
+    d.server
+        .proxy
+        .set_fault(Fault::Delay(Duration::from_millis(100)));
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let (fh, _) = d.core().open(ino, false).unwrap();
+                    let got = d.core().read(fh, 0, 4 * MIB as u32).unwrap();
+                    d.core().release(fh).unwrap();
+                    got
+                })
+            })
+            .collect();
+        for r in readers {
+            assert_eq!(r.join().unwrap(), &data[..4 * MIB]);
+        }
+    });
+    d.server.proxy.clear_fault();
+    assert!(
+        d.server.proxy.reply_bytes("GET") <= 5 * MIB,
+        "four readers of the same 4 MiB downloaded {} bytes",
+        d.server.proxy.reply_bytes("GET")
+    );
+}
