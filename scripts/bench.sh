@@ -364,10 +364,10 @@ drop_caches
 mount_davdrive "$work/mnt/davdrive" "$work/cache/davdrive"
 measure davdrive "$work/mnt/davdrive"
 record rss "$L_RSS" MiB davdrive "$(python3 "$helper" vm-hwm "$dav_pid")"
-errs=$(grep -ciE ' (error|warn)' "$work/cache/davdrive/davdrive.log" 2>/dev/null || true)
-[ "${errs:-0}" -eq 0 ] || note "davdrive's log has ${errs} ERROR/WARN lines (see below)"
-cp "$work/cache/davdrive/davdrive.log" "$logs/davdrive.log" 2>/dev/null || true
 unmount_davdrive "$work/mnt/davdrive"
+cp "$work/cache/davdrive/davdrive.log" "$logs/davdrive.log" 2>/dev/null || true
+errs=$(grep -ciE ' (error|warn) ' "$logs/davdrive.log" 2>/dev/null || true)
+[ "${errs:-0}" -eq 0 ] || note "davdrive's log has ${errs} ERROR/WARN lines (listed at the end)"
 
 # -- rclone
 echo "bench: === rclone ==="
@@ -394,9 +394,12 @@ note "local 'complete on server' rows are writer + sync (data on the local disk)
 rclone_version=$(rclone version 2>/dev/null | sed -n 1p)
 apache_version=$(/usr/sbin/apache2 -v 2>/dev/null | sed -n 's/^Server version: //p')
 davdrive_version=$("$bin" --version 2>/dev/null || echo "davdrive")
-git_rev=$(GIT_OPTIONAL_LOCKS=0 git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if ! GIT_OPTIONAL_LOCKS=0 git -C "$repo" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
-  git_rev="$git_rev (with uncommitted changes)"
+if git_rev=$(GIT_OPTIONAL_LOCKS=0 git -C "$repo" rev-parse --short HEAD 2>/dev/null); then
+  if ! GIT_OPTIONAL_LOCKS=0 git -C "$repo" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
+    git_rev="$git_rev (with uncommitted changes)"
+  fi
+else
+  git_rev="unknown (not a git checkout)"
 fi
 kernel="$(uname -sr)"
 
@@ -425,10 +428,10 @@ EOF
 python3 "$helper" report "$results" "$meta" "$out_json"
 
 if [ -s "$logs/davdrive.log" ]; then
-  if grep -qiE ' (error|warn)' "$logs/davdrive.log"; then
+  if grep -qiE ' (error|warn) ' "$logs/davdrive.log"; then
     echo
     echo "davdrive log, ERROR/WARN lines (first 20):"
-    grep -iE ' (error|warn)' "$logs/davdrive.log" | sed -n 1,20p
+    grep -iE ' (error|warn) ' "$logs/davdrive.log" | sed -n 1,20p
   fi
 fi
 echo

@@ -515,3 +515,31 @@ fn concurrent_readers_of_one_range_share_one_download() {
         d.server.proxy.reply_bytes("GET")
     );
 }
+
+#[test]
+fn an_open_after_the_attr_ttl_finds_a_newer_version() {
+    let d = Drive::new(CacheLimits {
+        min_free: 0,
+        ..CacheLimits::default()
+    });
+    put_on_server(&d.server, "page.html", b"version one");
+    let ino = d.ino("page.html");
+    assert_eq!(d.read("page.html"), b"version one");
+    std::thread::sleep(Duration::from_millis(30));
+    put_on_server(&d.server, "page.html", b"version two");
+    std::thread::sleep(Duration::from_millis(250));
+    // Opened by inode, as the kernel does while it trusts its entry: no listing.
+    let props = d.server.proxy.count_at("PROPFIND", "/page.html");
+    let (fh, keep_cache) = d.core().open(ino, false).unwrap();
+    assert!(!keep_cache, "the kernel must drop its pages of the old version");
+    assert_eq!(d.core().read(fh, 0, 100).unwrap(), b"version two");
+    d.core().release(fh).unwrap();
+    assert_eq!(d.server.proxy.count_at("PROPFIND", "/page.html"), props + 1);
+    // Unchanged since: the next open keeps the kernel's pages and downloads nothing.
+    let gets = d.server.proxy.count("GET");
+    let (fh, keep_cache) = d.core().open(ino, false).unwrap();
+    assert!(keep_cache);
+    assert_eq!(d.core().read(fh, 0, 100).unwrap(), b"version two");
+    d.core().release(fh).unwrap();
+    assert_eq!(d.server.proxy.count("GET"), gets);
+}

@@ -458,3 +458,52 @@ fn walk_blocks(dir: &std::path::Path) -> u64 {
     }
     total
 }
+
+#[test]
+fn an_open_after_the_ttl_revalidates_and_a_same_size_change_is_seen() {
+    let (server, _b, m) = setup();
+    let v1 = pattern(200_000, 1);
+    let v2 = pattern(200_000, 2);
+    fs::write(server.path("same.bin"), &v1).unwrap();
+    assert_eq!(fs::read(m.path("same.bin")).unwrap(), v1);
+    // Past the TTLs, unchanged on the server: asked about (listing or PROPFIND of the
+    // file), not downloaded again.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let gets = server.proxy.count("GET");
+    assert_eq!(fs::read(m.path("same.bin")).unwrap(), v1);
+    assert_eq!(server.proxy.count("GET"), gets, "unchanged content was fetched again");
+    // Same size, other bytes: neither our cache nor the kernel's pages may serve v1.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(server.path("same.bin"), &v2).unwrap();
+    wait_until(10, "the new version through the mount", || {
+        fs::read(m.path("same.bin")).unwrap() == v2
+    });
+}
+
+#[test]
+fn a_5000_entry_listing_costs_one_propfind_and_ls_l_after_it_none() {
+    let server = Server::start();
+    let base = tempfile::tempdir().unwrap();
+    fs::create_dir(server.path("big")).unwrap();
+    for i in 0..5000 {
+        fs::write(server.path(&format!("big/file-{i:04}.txt")), b"x").unwrap();
+    }
+    let m = Mount::start(
+        &server.url(),
+        base.path(),
+        &["--dir-ttl", "60s", "--attr-ttl", "60s"],
+    );
+    let dir = m.path("big");
+    let first = run(&format!("ls -l {}", dir.display()), base.path());
+    assert_eq!(first.lines().count(), 5001, "ls -l shows every entry");
+    assert_eq!(server.proxy.count_at("PROPFIND", "/big/"), 1);
+    let gets = server.proxy.count("GET");
+    let second = run(&format!("ls -l {}", dir.display()), base.path());
+    assert_eq!(second, first);
+    assert_eq!(
+        server.proxy.count_at("PROPFIND", "/big/"),
+        1,
+        "ls -l within the TTL asked the server again"
+    );
+    assert_eq!(server.proxy.count("GET"), gets);
+}

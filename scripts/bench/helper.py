@@ -164,7 +164,8 @@ def report(results_tsv, meta_json, out_json):
             "davdrive": num(d) if num(d) is not None else d,
             "rclone": num(rc) if num(rc) is not None else rc,
             "local": num(lo) if num(lo) is not None else lo,
-            "davdrive_over_rclone": rr, "davdrive_over_local": rl,
+            "davdrive_over_rclone": None if rr is None else round(rr, 3),
+            "davdrive_over_local": None if rl is None else round(rl, 3),
         })
     widths = [max(len(str(c)) for c in col) for col in zip(head, *table)]
     line = lambda cells: "  ".join(

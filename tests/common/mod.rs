@@ -122,16 +122,18 @@ impl Mount {
             .arg(&self.mnt)
             .arg("--cache-dir")
             .arg(&self.cache)
-            .args([
-                "--dir-ttl",
-                "1s",
-                "--attr-ttl",
-                "1s",
-                "--health-interval",
-                "1s",
-                "--request-timeout",
-                "5s",
-            ])
+            .args(
+                [
+                    ("--dir-ttl", "1s"),
+                    ("--attr-ttl", "1s"),
+                    ("--health-interval", "1s"),
+                    ("--request-timeout", "5s"),
+                ]
+                .into_iter()
+                // A test may set its own.
+                .filter(|(flag, _)| !self.args.iter().any(|a| a == flag))
+                .flat_map(|(flag, value)| [flag, value]),
+            )
             .args(&self.args)
             .env(
                 "DAVDRIVE_LOG",

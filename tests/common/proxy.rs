@@ -51,6 +51,8 @@ pub struct ProxyState {
     pub require_auth: Option<String>,
     /// Requests seen, by method.
     pub counts: HashMap<String, usize>,
+    /// Every request seen: method and path.
+    pub requests: Vec<(String, String)>,
     /// Request body bytes received, by method.
     pub body_bytes: HashMap<String, usize>,
     /// Response body bytes sent, by method.
@@ -170,6 +172,17 @@ impl Proxy {
             .unwrap_or(&0)
     }
 
+    /// Requests of `method` for exactly `path`.
+    pub fn count_at(&self, method: &str, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|(m, p)| m == method && p == path)
+            .count()
+    }
+
     pub fn count(&self, method: &str) -> usize {
         *self.state.lock().unwrap().counts.get(method).unwrap_or(&0)
     }
@@ -185,6 +198,8 @@ async fn handle(
     let (fault, canned, auth) = {
         let mut s = st.lock().unwrap();
         *s.counts.entry(req.method().to_string()).or_default() += 1;
+        s.requests
+            .push((req.method().to_string(), req.uri().path().to_string()));
         let canned = s
             .canned
             .iter()
