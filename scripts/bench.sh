@@ -129,7 +129,7 @@ results="$work/results.tsv"
 : >"$results"
 record() {
   printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$results"
-  echo "bench:   $2: ${5:-n/a} $3"
+  if [ -n "$5" ]; then echo "bench:   $2: $5 $3"; else echo "bench:   $2: n/a"; fi
 }
 
 # Page cache: dropped before each cold measurement when the kernel lets us.
@@ -276,8 +276,8 @@ unmount_rclone() {
 }
 
 # ---------------------------------------------------------------- measurements
-write_timeout=180
-tar_timeout=200
+write_timeout=120
+tar_timeout=150
 L_READ_COLD="cold sequential read, ${big_mib} MiB"
 L_READ_DISK="re-read after drop_caches (tool's disk cache)"
 [ $can_drop -eq 1 ] || L_READ_DISK="re-read (page cache NOT dropped)"

@@ -79,6 +79,8 @@ pub struct MountConfig {
     pub threads: usize,
     pub allow_other: bool,
     pub cache: crate::cache::CacheLimits,
+    /// Let the kernel read fully cached files directly (FUSE passthrough).
+    pub passthrough: bool,
 }
 
 impl MountConfig {

@@ -93,11 +93,18 @@ struct MountArgs {
     /// Keep at least this much free on the cache's filesystem, evicting if needed.
     #[arg(long, default_value = "1G", value_parser = config::parse_size)]
     cache_min_free: u64,
+    /// Let the kernel read fully cached files opened read-only straight from the cache
+    /// (FUSE passthrough; Linux 6.9 or later, as root). The kernel then refuses, with
+    /// EIO, to open such a file for writing until its readers have closed it.
+    #[arg(long)]
+    passthrough: bool,
 }
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("DAVDRIVE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // fuser warns at every unmount that its own second unmount found nothing to do.
+    let filter = EnvFilter::try_from_env("DAVDRIVE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,fuser::session=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -177,6 +184,7 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
             min_free: args.cache_min_free,
             ..Default::default()
         },
+        passthrough: args.passthrough,
     })
 }
 

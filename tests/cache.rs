@@ -531,7 +531,10 @@ fn an_open_after_the_attr_ttl_finds_a_newer_version() {
     // Opened by inode, as the kernel does while it trusts its entry: no listing.
     let props = d.server.proxy.count_at("PROPFIND", "/page.html");
     let (fh, keep_cache) = d.core().open(ino, false).unwrap();
-    assert!(!keep_cache, "the kernel must drop its pages of the old version");
+    assert!(
+        !keep_cache,
+        "the kernel must drop its pages of the old version"
+    );
     assert_eq!(d.core().read(fh, 0, 100).unwrap(), b"version two");
     d.core().release(fh).unwrap();
     assert_eq!(d.server.proxy.count_at("PROPFIND", "/page.html"), props + 1);

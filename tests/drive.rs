@@ -471,7 +471,11 @@ fn an_open_after_the_ttl_revalidates_and_a_same_size_change_is_seen() {
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let gets = server.proxy.count("GET");
     assert_eq!(fs::read(m.path("same.bin")).unwrap(), v1);
-    assert_eq!(server.proxy.count("GET"), gets, "unchanged content was fetched again");
+    assert_eq!(
+        server.proxy.count("GET"),
+        gets,
+        "unchanged content was fetched again"
+    );
     // Same size, other bytes: neither our cache nor the kernel's pages may serve v1.
     std::thread::sleep(std::time::Duration::from_millis(20));
     fs::write(server.path("same.bin"), &v2).unwrap();
@@ -506,4 +510,36 @@ fn a_5000_entry_listing_costs_one_propfind_and_ls_l_after_it_none() {
         "ls -l within the TTL asked the server again"
     );
     assert_eq!(server.proxy.count("GET"), gets);
+}
+
+#[test]
+fn passthrough_serves_a_fully_cached_file_read_only() {
+    let server = Server::start();
+    let base = tempfile::tempdir().unwrap();
+    let data = pattern(3 << 20, 21);
+    fs::write(server.path("photo.raw"), &data).unwrap();
+    let m = Mount::start(&server.url(), base.path(), &["--passthrough"]);
+    assert_eq!(fs::read(m.path("photo.raw")).unwrap(), data);
+    // Once the download is verified, read-only opens go to the kernel directly.
+    wait_until(30, "a passthrough open", || {
+        let again = fs::read(m.path("photo.raw")).unwrap();
+        assert_eq!(again, data);
+        fs::read_to_string(&m.log)
+            .unwrap_or_default()
+            .contains("served by passthrough")
+    });
+    let gets = server.proxy.count("GET");
+    assert_eq!(fs::read(m.path("photo.raw")).unwrap(), data);
+    assert_eq!(server.proxy.count("GET"), gets);
+    // Written (no reader open): later reads see the change, through davdrive again.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("photo.raw"))
+        .unwrap()
+        .write_all(b"tail")
+        .unwrap();
+    let mut expected = data.clone();
+    expected.extend_from_slice(b"tail");
+    assert_eq!(fs::read(m.path("photo.raw")).unwrap(), expected);
+    wait_server_has(&server, "photo.raw", &expected);
 }

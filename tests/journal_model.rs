@@ -616,3 +616,116 @@ fn cleanup_after_a_crash_leaves_a_stranger_file_alone() {
     );
     h.stop(false);
 }
+
+/// Found by the property test: a directory whose creation was sent, renamed after a child
+/// was made in it, then removed. The child's creation still needs the parent's, so the
+/// parent's entries must not be turned into a delete in place.
+#[test]
+fn a_directory_removed_after_a_rename_keeps_what_its_children_need() {
+    use Action::*;
+    check(vec![
+        Mkdir {
+            dir: 15558037587672817812,
+            name: 1,
+        },
+        Mkdir {
+            dir: 9953528967592879267,
+            name: 3,
+        },
+        Outage(true),
+        Mkdir {
+            dir: 17723683731660984232,
+            name: 2,
+        },
+        Rename {
+            node: 9670046835005837657,
+            dir: 14501628384988745164,
+            name: 2,
+        },
+        Rmdir {
+            dir: 17081265471958164939,
+        },
+        Rename {
+            node: 17803192587044345987,
+            dir: 14198246616414409121,
+            name: 4,
+        },
+        Mkdir {
+            dir: 12340990113291873703,
+            name: 3,
+        },
+        Rename {
+            node: 17791025559660601556,
+            dir: 8506514587793024920,
+            name: 2,
+        },
+        Rmdir {
+            dir: 15016730995760369999,
+        },
+        Rename {
+            node: 2464294218868463761,
+            dir: 7140037511640059557,
+            name: 2,
+        },
+        Truncate {
+            file: 7513251233672384871,
+            len: 762,
+        },
+        Restart,
+        Create {
+            dir: 4948993998889385949,
+            name: 2,
+            len: 114,
+            seed: 152,
+        },
+        Rmdir {
+            dir: 9188931979552252354,
+        },
+        Rename {
+            node: 7874257675103161843,
+            dir: 8319335134487056803,
+            name: 4,
+        },
+        Crash,
+        Unlink {
+            file: 4588508973943327148,
+        },
+        Create {
+            dir: 4445687036980473511,
+            name: 2,
+            len: 2110,
+            seed: 89,
+        },
+        Rmdir {
+            dir: 5737559067229793246,
+        },
+        Truncate {
+            file: 9358357829516451919,
+            len: 817,
+        },
+        Create {
+            dir: 5549821895375386237,
+            name: 4,
+            len: 792,
+            seed: 100,
+        },
+        Write {
+            file: 13692197857507729409,
+            at: 32941,
+            len: 822,
+            seed: 67,
+        },
+        Storm503(true),
+        Storm503(false),
+        Unlink {
+            file: 1925769440907009975,
+        },
+        Write {
+            file: 5046320794916301047,
+            at: 55568,
+            len: 359,
+            seed: 38,
+        },
+        Outage(false),
+    ]);
+}

@@ -121,6 +121,13 @@ def num(v):
         return None
 
 
+def jval(v):
+    """A number, a marker such as 'timeout', or None for not measured."""
+    if v in (None, ""):
+        return None
+    return num(v) if num(v) is not None else v
+
+
 def fmt(v, digits):
     x = num(v)
     if x is None:
@@ -161,9 +168,7 @@ def report(results_tsv, meta_json, out_json):
         out_rows.append({
             "key": key, "measurement": r["measurement"], "unit": r["unit"],
             "higher_is_better": r["unit"] == "MiB/s",
-            "davdrive": num(d) if num(d) is not None else d,
-            "rclone": num(rc) if num(rc) is not None else rc,
-            "local": num(lo) if num(lo) is not None else lo,
+            "davdrive": jval(d), "rclone": jval(rc), "local": jval(lo),
             "davdrive_over_rclone": None if rr is None else round(rr, 3),
             "davdrive_over_local": None if rl is None else round(rl, 3),
         })

@@ -309,6 +309,7 @@ impl Core {
     pub(super) fn record_complete_download(&self, ino: u64) {
         let Some(me) = self.me.upgrade() else { return };
         self.rt.spawn_blocking(move || {
+            tracing::debug!("hashing the fully cached content of inode {ino}");
             if let Err(e) = me.hash_clean_content(ino, true) {
                 tracing::debug!("could not hash cached content of inode {ino}: {e}");
             }
@@ -468,5 +469,34 @@ impl Core {
         drop(conn);
         self.content_dropped(ino);
         Ok(())
+    }
+
+    /// For FUSE passthrough: the content file of a read-only handle `fh`, opened
+    /// read-only, when the kernel may read it directly: the file is clean, every byte is
+    /// here and verified, and nobody has it open for writing.
+    pub fn passthrough_file(&self, fh: u64) -> Option<std::fs::File> {
+        let (ino, writable, of) = self.handle(fh).ok()?;
+        if writable
+            || lock(&self.handles)
+                .values()
+                .any(|h| h.ino == ino && h.writable)
+        {
+            return None;
+        }
+        {
+            let st = lock(&of.state);
+            if st.write_dirty || !st.ranges.covers(0, st.size) {
+                return None;
+            }
+        }
+        let conn = lock(&self.store);
+        if has_unsent_changes(&conn, ino).ok()? {
+            return None;
+        }
+        drop(conn);
+        if !lock(&self.verified).contains(&ino) {
+            return None;
+        }
+        std::fs::File::open(self.content.path(ino)).ok()
     }
 }

@@ -265,7 +265,7 @@ impl Core {
     fn store_fetched(&self, of: &OpenFile, ino: u64, reply: &RangeReply) -> FsResult<()> {
         let got = reply.data.len() as u64;
         let mut room_made = false;
-        let (ranges, complete) = loop {
+        let complete = loop {
             let mut st = lock(&of.state);
             let end = (reply.offset + got).min(st.size);
             let mut result = Ok(());
@@ -279,12 +279,7 @@ impl Core {
                 st.ranges.insert(a, b);
             }
             match result {
-                Ok(()) => {
-                    break (
-                        st.ranges.clone(),
-                        st.ranges.covers(0, st.size) && !st.write_dirty,
-                    )
-                }
+                Ok(()) => break st.ranges.covers(0, st.size) && !st.write_dirty,
                 // A full cache disk: evict clean content (not under the state lock) and
                 // try once more.
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && !room_made => {
@@ -297,7 +292,12 @@ impl Core {
                 Err(e) => return Err(e.into()),
             }
         };
-        store::set_ranges(&lock(&self.store), ino, &ranges)?;
+        // The map as it is now, read under the store lock: downloads finishing in another
+        // order cannot store an older map over a newer one.
+        let conn = lock(&self.store);
+        let ranges = lock(&of.state).ranges.clone();
+        store::set_ranges(&conn, ino, &ranges)?;
+        drop(conn);
         self.cache_grew.notify_one();
         if complete {
             self.record_complete_download(ino);

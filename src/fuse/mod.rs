@@ -1,15 +1,17 @@
 //! The FUSE adapter: converts kernel requests into calls of the core and replies exactly
 //! once. No logic of its own; errors become errnos through `FsError::errno`.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Attr, Core, FsError};
@@ -20,12 +22,87 @@ pub mod session;
 pub struct DavFs {
     core: Arc<Core>,
     ttl: Duration,
+    /// Whether fully cached files opened read-only are handed to the kernel to read
+    /// directly (FUSE passthrough, Linux 6.9 and later, as root).
+    passthrough: AtomicBool,
+    /// Backing files registered with the kernel, by inode, with the number of handles
+    /// using each: the kernel wants one backing file per inode while any is open.
+    backing: Mutex<HashMap<u64, (BackingId, usize)>>,
+    /// Passthrough handles and their inodes.
+    passthrough_handles: Mutex<HashMap<u64, u64>>,
 }
 
 impl DavFs {
-    pub fn new(core: Arc<Core>) -> DavFs {
+    pub fn new(core: Arc<Core>, passthrough: bool) -> DavFs {
         let ttl = core.cfg.attr_ttl.min(core.cfg.dir_ttl);
-        DavFs { core, ttl }
+        DavFs {
+            core,
+            ttl,
+            passthrough: AtomicBool::new(passthrough),
+            backing: Mutex::new(HashMap::new()),
+            passthrough_handles: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Answers an open of a read-only handle through passthrough if the file allows.
+    /// Returns the reply back when it did not.
+    fn try_passthrough(
+        &self,
+        ino: u64,
+        fh: u64,
+        flags: FopenFlags,
+        reply: ReplyOpen,
+    ) -> Option<ReplyOpen> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return Some(reply);
+        }
+        let Some(file) = self.core.passthrough_file(fh) else {
+            return Some(reply);
+        };
+        let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        if !backing.contains_key(&ino) {
+            match reply.open_backing(&file) {
+                Ok(id) => {
+                    backing.insert(ino, (id, 0));
+                }
+                Err(e) => {
+                    tracing::info!(
+                        "FUSE passthrough unavailable ({e}); cached reads go through davdrive"
+                    );
+                    self.passthrough.store(false, Ordering::Relaxed);
+                    return Some(reply);
+                }
+            }
+        }
+        let entry = backing.get_mut(&ino).expect("inserted above");
+        entry.1 += 1;
+        tracing::debug!("open of inode {ino} served by passthrough");
+        // The kernel reads the backing file itself: its page cache for this inode is
+        // not ours to keep (and FOPEN_KEEP_CACHE with passthrough fails the open).
+        let _ = flags;
+        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &entry.0);
+        self.passthrough_handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, ino);
+        None
+    }
+
+    fn release_passthrough(&self, fh: u64) {
+        let ino = self
+            .passthrough_handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+        if let Some(ino) = ino {
+            let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = backing.get_mut(&ino) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    backing.remove(&ino);
+                }
+            }
+        }
     }
 }
 
@@ -85,6 +162,17 @@ impl Filesystem for DavFs {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO);
+        if self.passthrough.load(Ordering::Relaxed) {
+            // Depth 2: the cache may itself sit on a stacked filesystem (overlayfs).
+            let on = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(2).is_ok();
+            if !on {
+                tracing::info!(
+                    "the kernel has no FUSE passthrough; cached reads go through davdrive"
+                );
+            }
+            self.passthrough.store(on, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -241,7 +329,14 @@ impl Filesystem for DavFs {
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(FileHandle(fh), f)
+                let reply = if writable {
+                    Some(reply)
+                } else {
+                    self.try_passthrough(ino.0, fh, f, reply)
+                };
+                if let Some(reply) = reply {
+                    reply.opened(FileHandle(fh), f)
+                }
             }
             Err(e) => reply.error(errno("open", e)),
         }
@@ -306,6 +401,7 @@ impl Filesystem for DavFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.release_passthrough(fh.0);
         match self.core.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("release", e)),

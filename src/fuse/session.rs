@@ -215,13 +215,15 @@ fn run_inner(
     }
     fuse_cfg.mount_options = std::mem::take(&mut options);
     fuse_cfg.n_threads = Some(cfg.threads.max(1));
-    let mut session =
-        Session::new(DavFs::new(core.clone()), &cfg.mountpoint, &fuse_cfg).map_err(|source| {
-            MountError::Fuse {
-                path: cfg.mountpoint.display().to_string(),
-                source,
-            }
-        })?;
+    let mut session = Session::new(
+        DavFs::new(core.clone(), cfg.passthrough),
+        &cfg.mountpoint,
+        &fuse_cfg,
+    )
+    .map_err(|source| MountError::Fuse {
+        path: cfg.mountpoint.display().to_string(),
+        source,
+    })?;
     tracing::info!("mounted {url} on {}", cfg.mountpoint.display());
     core.set_kernel_invalidator(kernel_invalidator(session.notifier()));
     let pid_path = crate::config::pid_file(&cfg.mountpoint);

@@ -158,6 +158,30 @@ fn others_under(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<bool> 
     .map(|o| o.is_some())
 }
 
+/// Whether entries of other nodes name paths below directory `ino`, as it is now at
+/// `path` or under any name its own waiting entries give it: a child created while the
+/// directory had an earlier name needs the directory's creation to stay where it is.
+fn dir_needed_by_others(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<bool> {
+    let mut names: Vec<String> = vec![path.to_string()];
+    let mut st = c.prepare_cached("SELECT path, dest FROM journal WHERE ino = ?1")?;
+    let rows = st.query_map([ino as i64], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })?;
+    for row in rows {
+        let (p, d) = row?;
+        names.push(p);
+        names.extend(d);
+    }
+    names.sort();
+    names.dedup();
+    for name in names {
+        if others_under(c, ino, &name)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn drop_entries_of(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
     // Only called when nothing of `ino` was ever sent.
     c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND running = 0")?
@@ -173,7 +197,7 @@ fn drop_waiting_puts(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
 pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Result<()> {
     // Other entries naming paths below matter only for a directory (its children's
     // entries need it to exist); a file's entries are its own.
-    let others_need_it = node.is_dir() && others_under(c, node.ino, path)?;
+    let others_need_it = node.is_dir() && dir_needed_by_others(c, node.ino, path)?;
     if !node.on_remote && !any_running(c, node.ino)? && !others_need_it {
         // The remote never saw it, as far as we know: forgetting its entries is the whole
         // removal. But an upload, mkcol or move that was sent before (cut off, or the daemon
@@ -233,6 +257,80 @@ pub fn record_rename(c: &Connection, node: &Node, from: &str, to: &str) -> rusql
         }
     }
     insert(c, Op::Move, node.ino, from, Some(to), node.is_dir()).map(|_| ())
+}
+
+/// How far past the head the replayer looks for entries it may run alongside.
+const READY_WINDOW: i64 = 256;
+
+/// Entries that may start now, in order, at most `limit`: due, not running, and not
+/// depending on an earlier entry still waiting or running. An entry depends on an
+/// earlier one of the same node, or one whose path (or destination) is the same as,
+/// inside, or above its own: a file's parent is created before the file, a rename waits
+/// for the upload it moves. Unrelated entries pass a waiting one, so one file's backoff
+/// does not hold up the others.
+pub fn ready(
+    c: &Connection,
+    running: &std::collections::HashSet<i64>,
+    limit: usize,
+    now_ms: i64,
+) -> rusqlite::Result<Vec<Entry>> {
+    let window: Vec<Entry> = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM journal WHERE failed = 0 ORDER BY id LIMIT ?1"
+        ))?
+        .query_map([READY_WINDOW], entry_from_row)?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (i, e) in window.iter().enumerate() {
+        if out.len() >= limit {
+            break;
+        }
+        if running.contains(&e.id) || e.next_try_at > now_ms {
+            continue;
+        }
+        if window[..i].iter().any(|earlier| depends(e, earlier)) {
+            continue;
+        }
+        out.push(e.clone());
+    }
+    Ok(out)
+}
+
+/// `ready`, and marks what it returns as running, in one step under the caller's lock:
+/// a change recorded meanwhile (which may rewrite or drop entries that are not running)
+/// cannot slip in between choosing an entry and starting it.
+pub fn start_ready(
+    c: &Connection,
+    running: &std::collections::HashSet<i64>,
+    limit: usize,
+    now_ms: i64,
+) -> rusqlite::Result<Vec<Entry>> {
+    let tx = c.unchecked_transaction()?;
+    let chosen = ready(&tx, running, limit, now_ms)?;
+    for e in &chosen {
+        set_running(&tx, e.id, true)?;
+    }
+    tx.commit()?;
+    Ok(chosen)
+}
+
+fn depends(e: &Entry, earlier: &Entry) -> bool {
+    fn related(a: &str, b: &str) -> bool {
+        let under = |x: &str, y: &str| {
+            x.len() > y.len()
+                && x.starts_with(y)
+                && (y.ends_with('/') || x.as_bytes()[y.len()] == b'/')
+        };
+        a == b || under(a, b) || under(b, a)
+    }
+    if e.ino == earlier.ino {
+        return true;
+    }
+    let mine = [Some(e.path.as_str()), e.dest.as_deref()];
+    let theirs = [Some(earlier.path.as_str()), earlier.dest.as_deref()];
+    mine.iter()
+        .flatten()
+        .any(|a| theirs.iter().flatten().any(|b| related(a, b)))
 }
 
 /// The first entry in order that is not failed for good.
@@ -421,4 +519,60 @@ pub fn stats(c: &Connection) -> rusqlite::Result<(u64, u64, Option<i64>)> {
         [],
         |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn store_with(entries: &[(Op, u64, &str, Option<&str>)]) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        crate::store::schema::migrate(&c).unwrap();
+        for (op, ino, path, dest) in entries {
+            insert(&c, *op, *ino, path, *dest, false).unwrap();
+        }
+        c
+    }
+
+    fn paths(v: &[Entry]) -> Vec<&str> {
+        v.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn independent_entries_run_together_and_dependent_ones_wait() {
+        let c = store_with(&[
+            (Op::Mkcol, 1, "/photos", None),
+            (Op::Put, 2, "/photos/a.jpg", None),
+            (Op::Put, 3, "/notes.txt", None),
+            (Op::Put, 4, "/photo", None),
+            (Op::Move, 3, "/notes.txt", Some("/old/notes.txt")),
+            (Op::Put, 5, "/music/b.mp3", None),
+            (Op::Delete, 6, "/music", None),
+        ]);
+        let none = HashSet::new();
+        let r = ready(&c, &none, 10, i64::MAX).unwrap();
+        // The file in /photos waits for /photos ("/photo" is not inside it); the move
+        // waits for the upload it renames; the delete of /music waits for the file in it.
+        assert_eq!(
+            paths(&r),
+            ["/photos", "/notes.txt", "/photo", "/music/b.mp3"]
+        );
+        // With the first three running, only the rest may start, within the limit.
+        let running: HashSet<i64> = r.iter().take(3).map(|e| e.id).collect();
+        let r2 = ready(&c, &running, 1, i64::MAX).unwrap();
+        assert_eq!(paths(&r2), ["/music/b.mp3"]);
+    }
+
+    #[test]
+    fn an_entry_waiting_for_a_retry_holds_only_what_depends_on_it() {
+        let c = store_with(&[
+            (Op::Put, 1, "/a/x", None),
+            (Op::Put, 2, "/b", None),
+            (Op::Move, 1, "/a/x", Some("/a/y")),
+        ]);
+        record_failure(&c, 1, "HTTP 500", i64::MAX - 1, false).unwrap();
+        let r = ready(&c, &HashSet::new(), 10, 1000).unwrap();
+        assert_eq!(paths(&r), ["/b"]);
+    }
 }

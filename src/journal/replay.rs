@@ -8,6 +8,7 @@
 //!   stays in the cache and the entry stays listed until retried or dropped.
 //! - 412 on an upload is a conflict: see `resolve_conflict`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -31,15 +32,25 @@ const PART: u64 = 8 << 20;
 /// Uploads up to this size are sent from a snapshot of the content.
 const SNAPSHOT_LIMIT: u64 = 4 << 20;
 
-/// Runs until `shutdown` turns true.
+/// Entries replayed at once (uploads of many small files gain most).
+const PARALLEL: usize = 4;
+
+/// Runs until `shutdown` turns true. Up to `PARALLEL` independent entries run at once;
+/// dependent ones keep their order (see `journal::ready`).
 pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     let mut health = core.health.subscribe();
+    let mut tasks: tokio::task::JoinSet<i64> = tokio::task::JoinSet::new();
+    let mut running: HashSet<i64> = HashSet::new();
     loop {
         if *shutdown.borrow() {
-            return;
+            break;
         }
         if !core.health.is_online() {
             tokio::select! {
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    finished(&mut running, done);
+                    continue;
+                }
                 _ = health.changed() => {}
                 _ = shutdown.changed() => {}
             }
@@ -51,41 +62,76 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
             }
             continue;
         }
-        let head = journal::head(&core.store());
-        let head = match head {
-            Ok(h) => h,
+        let ready = journal::start_ready(
+            &core.store(),
+            &running,
+            PARALLEL.saturating_sub(running.len()),
+            now_ms(),
+        );
+        let ready = match ready {
+            Ok(r) => r,
             Err(e) => {
                 tracing::error!("cannot read the sync journal: {e}");
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 continue;
             }
         };
-        let wait = match &head {
-            None => Duration::from_secs(3600),
-            Some(e) => Duration::from_millis((e.next_try_at - now_ms()).max(0) as u64),
-        };
-        match head {
-            Some(e) if wait.is_zero() => run_entry(&core, e).await,
-            _ => {
-                tokio::select! {
-                    _ = core.journal_changed.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => {}
-                    _ = health.changed() => {}
-                }
+        if !ready.is_empty() {
+            for e in ready {
+                core.remote_changing();
+                running.insert(e.id);
+                let core = core.clone();
+                tasks.spawn(async move {
+                    use futures_util::FutureExt;
+                    let run = std::panic::AssertUnwindSafe(run_marked(&core, &e));
+                    if run.catch_unwind().await.is_err() {
+                        tracing::error!(
+                            "{} {}: replay panicked; it will be retried",
+                            e.op.as_str(),
+                            e.path
+                        );
+                        let _ = journal::set_running(&core.store(), e.id, false);
+                    }
+                    e.id
+                });
             }
+            continue;
         }
+        // Nothing can start: wait for a task, a new entry, or the next retry.
+        let wait = match journal::head(&core.store()) {
+            Ok(Some(e)) if !running.contains(&e.id) => {
+                Duration::from_millis((e.next_try_at - now_ms()).clamp(0, 3_600_000) as u64)
+            }
+            _ => Duration::from_secs(3600),
+        };
+        // Something due but blocked only by running entries: their end wakes us.
+        let wait = if wait.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            wait
+        };
+        tokio::select! {
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => finished(&mut running, done),
+            _ = core.journal_changed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+            _ = health.changed() => {}
+        }
+    }
+    // Let what is on the wire finish (the caller bounds how long).
+    while let Some(done) = tasks.join_next().await {
+        finished(&mut running, done);
     }
 }
 
-/// Runs one entry and records the outcome.
-pub async fn run_entry(core: &Arc<Core>, e: Entry) {
-    if let Err(err) = journal::set_running(&core.store(), e.id, true) {
-        tracing::error!("journal: {err}");
-        return;
+fn finished(running: &mut HashSet<i64>, done: Result<i64, tokio::task::JoinError>) {
+    match done {
+        Ok(id) => {
+            running.remove(&id);
+        }
+        // Tasks catch their panics and are never cancelled.
+        Err(e) => tracing::error!("a journal entry's task failed: {e}"),
     }
-    core.remote_changing();
-    run_marked(core, &e).await;
 }
 
 async fn run_marked(core: &Arc<Core>, e: &Entry) {

@@ -256,6 +256,8 @@ fn read_responses(body: &[u8]) -> Result<Vec<RawResponse>, RemoteError> {
             Tag::PropstatStatus => propstat.0 = parse_status(value),
             Tag::ContentLength => match value.parse::<u64>() {
                 Ok(n) => propstat.1.size = Some(n),
+                // Servers list properties they lack, empty, in a 404 propstat.
+                Err(_) if value.trim().is_empty() => {}
                 Err(_) => tracing::warn!(value, "ignoring unparsable getcontentlength"),
             },
             Tag::LastModified => match httpdate::parse_http_date(value) {
