@@ -11,7 +11,7 @@
 # small files (time until the writer finishes and until the server has every byte), and
 # the daemons' peak RSS.
 #
-# Environment: BENCH_OUT (JSON path), BENCH_TMPDIR (where the work dir goes, default
+# Environment: BENCH_DAVDRIVE_ARGS (extra davdrive mount options), BENCH_OUT (JSON path), BENCH_TMPDIR (where the work dir goes, default
 # /var/tmp; caches, local baseline and the server's docroot all live there, on one disk),
 # BENCH_LOGS (a directory to copy the davdrive, rclone and apache logs to at the end).
 set -euo pipefail
@@ -215,7 +215,9 @@ reset_server() {
 # ---------------------------------------------------------------- mounts
 mount_davdrive() {
   local mnt=$1 cache=$2
-  if ! "$bin" mount "$url" "$mnt" --cache-dir "$cache" --daemon --dir-ttl 60s --attr-ttl 60s \
+  # BENCH_DAVDRIVE_ARGS adds mount options (e.g. --passthrough).
+  # shellcheck disable=SC2086
+  if ! "$bin" mount "$url" "$mnt" --cache-dir "$cache" --daemon --dir-ttl 60s --attr-ttl 60s ${BENCH_DAVDRIVE_ARGS:-} \
       >"$logs/davdrive-mount.out" 2>&1; then
     echo "bench: davdrive mount failed:" >&2
     cat "$logs/davdrive-mount.out" >&2

@@ -128,6 +128,8 @@ pub struct Core {
     remote_epoch: AtomicU64,
     /// Whether the server takes `PUT` with `Content-Range`, once asked.
     pub partial_put: tokio::sync::OnceCell<bool>,
+    /// Per directory, a digest of the entries the kernel was last given.
+    dir_digests: Mutex<HashMap<u64, u64>>,
     /// This core itself, for download tasks.
     me: Weak<Core>,
     /// Wakes the cache sweeper when content was added (it checks the size limits).
@@ -200,6 +202,7 @@ impl Core {
             remote_epoch: AtomicU64::new(0),
             partial_put: tokio::sync::OnceCell::new(),
             me: me.clone(),
+            dir_digests: Mutex::new(HashMap::new()),
             cache_grew: Arc::new(Notify::new()),
             verified: Mutex::new(HashSet::new()),
             validated: Mutex::new(HashMap::new()),
@@ -640,6 +643,14 @@ impl Core {
 
     /// Opens a directory: the entries are fixed now, so offsets stay meaningful.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        Ok(self.opendir_cached(ino)?.0)
+    }
+
+    /// Opens a directory. Also returns whether the kernel may keep what it cached of
+    /// this directory's entries: true when they are the same as at the last open, so a
+    /// repeated `ls` costs no FUSE round trips. (Changes made through the mount itself
+    /// invalidate the kernel's copy on their own.)
+    pub fn opendir_cached(&self, ino: u64) -> FsResult<(u64, bool)> {
         self.ensure_listing(ino)?;
         let node = self.node(ino)?;
         let children = store::children(&lock(&self.store), ino)?;
@@ -666,9 +677,18 @@ impl Core {
                 attr: self.node_attr(c),
             });
         }
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for c in &children {
+                (&c.name, c.ino, c.kind == Kind::Dir).hash(&mut h);
+            }
+            h.finish()
+        };
+        let unchanged = lock(&self.dir_digests).insert(ino, digest) == Some(digest);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.dir_handles).insert(fh, Arc::new(entries));
-        Ok(fh)
+        Ok((fh, unchanged))
     }
 
     pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<DirEntry>>> {

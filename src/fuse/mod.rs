@@ -423,8 +423,15 @@ impl Filesystem for DavFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        match self.core.opendir_cached(ino.0) {
+            Ok((fh, unchanged)) => {
+                let keep = if unchanged {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | keep)
+            }
             Err(e) => reply.error(errno("opendir", e)),
         }
     }
