@@ -189,6 +189,27 @@ def report(results_tsv, meta_json, out_json):
         f.write("\n")
 
 
+def fill_state(db, count):
+    """Adds `count` cached clean files (one directory) to a davdrive state store, as a
+    long-used cache would hold, to time a restart over them."""
+    import sqlite3
+
+    count = int(count)
+    c = sqlite3.connect(db)
+    c.execute(
+        "INSERT INTO nodes (parent, name, kind, size, mode, uid, gid, on_remote, last_access, "
+        "listed_at) VALUES (1, 'restart-bench', 1, 0, 493, 0, 0, 1, 0, 0)"
+    )
+    parent = c.execute("SELECT max(ino) FROM nodes").fetchone()[0]
+    c.executemany(
+        "INSERT INTO nodes (parent, name, kind, size, mode, uid, gid, etag, on_remote, "
+        "cached_bytes, content_etag, last_access) VALUES (?, ?, 0, 4096, 420, 0, 0, ?, 1, 4096, ?, 0)",
+        ((parent, "f%06d" % i, '"e%d"' % i, '"e%d"' % i) for i in range(count)),
+    )
+    c.commit()
+    c.close()
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     {
@@ -198,6 +219,7 @@ def main():
         "wait-file": wait_file,
         "wait-tree": wait_tree,
         "vm-hwm": vm_hwm,
+        "fill-state": fill_state,
         "report": report,
     }[cmd](*args)
 
