@@ -81,6 +81,8 @@ pub struct MountConfig {
     pub cache: crate::cache::CacheLimits,
     /// Let the kernel read fully cached files directly (FUSE passthrough).
     pub passthrough: bool,
+    /// Where the control socket listens (default: `<cache dir>/control.sock`).
+    pub control_socket: PathBuf,
 }
 
 impl MountConfig {
@@ -162,6 +164,12 @@ pub fn pid_file(mountpoint: &Path) -> PathBuf {
         .map(|b| format!("{b:02x}"))
         .collect();
     dir.join("davdrive").join(format!("mount-{id}.pid"))
+}
+
+/// A link, beside the pid file, to the control socket of the mount on `mountpoint`: how
+/// `davdrive ctl --mount` finds it.
+pub fn control_link(mountpoint: &Path) -> PathBuf {
+    pid_file(mountpoint).with_extension("sock")
 }
 
 #[cfg(test)]

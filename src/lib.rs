@@ -4,10 +4,12 @@
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod fs;
 pub mod fuse;
 pub mod health;
 pub mod journal;
+pub mod metrics;
 pub mod remote;
 pub mod serve;
 pub mod store;

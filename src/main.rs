@@ -29,6 +29,10 @@ enum Cmd {
         /// The folder the share is mounted on.
         mountpoint: PathBuf,
     },
+    /// Talk to a running mount: status, sync, journal, pin/evict, conflicts, metrics.
+    ///
+    /// Example: davdrive ctl --mount ~/drive status
+    Ctl(CtlArgs),
     /// Serve a local folder over WebDAV (for trying davdrive without a server of your own).
     Serve {
         /// The folder to serve.
@@ -98,6 +102,176 @@ struct MountArgs {
     /// EIO, to open such a file for writing until its readers have closed it.
     #[arg(long)]
     passthrough: bool,
+    /// Where the control socket for `davdrive ctl` listens. Default:
+    /// <cache dir>/control.sock.
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The mount's control socket.
+    #[arg(long, conflicts_with = "mount")]
+    socket: Option<PathBuf>,
+    /// The mountpoint of the mount to talk to (finds its control socket).
+    #[arg(long)]
+    mount: Option<PathBuf>,
+    /// Print the raw JSON reply.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCmd,
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Online or not, journal, cache, limits, conflicts, uptime.
+    Status,
+    /// Run the health check and the replay now.
+    Sync {
+        /// Return when the journal is empty, or say what still blocks it.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// The changes waiting for the remote.
+    Journal {
+        /// Only the entries set aside as failed.
+        #[arg(long)]
+        failed: bool,
+        #[command(subcommand)]
+        action: Option<JournalCmd>,
+    },
+    /// Keep files (or everything below directories) cached for offline use.
+    Pin {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Undo pin.
+    Unpin {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Remove the cached content of files (refused for unsent changes).
+    Evict {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Cache totals and the largest and least recently used entries.
+    Cache,
+    /// Entries with their cache state: remote-only, partial, cached, pinned, dirty, conflict.
+    Ls {
+        /// Show the cache state (always shown; accepted for clarity).
+        #[arg(long)]
+        state: bool,
+        /// A path inside the mount (absolute) or relative to its root.
+        #[arg(default_value = ".")]
+        path: String,
+    },
+    /// Versions changed on both sides.
+    Conflicts {
+        #[command(subcommand)]
+        action: Option<ConflictsCmd>,
+    },
+    /// Check the server now: latency, DAV classes, partial PUT, quota.
+    Health,
+    /// Counters in the Prometheus text format.
+    Metrics,
+}
+
+#[derive(Subcommand)]
+enum JournalCmd {
+    /// Try failed entries again.
+    Retry {
+        /// The entry (see `journal`).
+        id: Option<i64>,
+        /// Every failed entry.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Give up on an entry. A dropped upload's content is saved in the cache dir.
+    Drop {
+        id: i64,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConflictsCmd {
+    /// Keep one side (or both) of a conflict.
+    Resolve {
+        path: String,
+        #[arg(long, value_parser = ["local", "remote", "both"])]
+        keep: String,
+    },
+}
+
+fn ctl(args: CtlArgs) -> ExitCode {
+    use davdrive::control::client;
+    use serde_json::json;
+    let socket = match (&args.socket, &args.mount) {
+        (Some(s), _) => s.clone(),
+        (None, Some(m)) => match std::fs::canonicalize(m) {
+            Ok(m) => config::control_link(&m),
+            Err(e) => return fail(format!("--mount {}: {e}", m.display())),
+        },
+        (None, None) => return fail("say which mount: --mount MOUNTPOINT or --socket PATH"),
+    };
+    let mut timeout = Duration::from_secs(600);
+    let (cmd, req_args) = match args.command {
+        CtlCmd::Status => ("status", json!({})),
+        CtlCmd::Sync { wait, timeout: t } => {
+            timeout = t + Duration::from_secs(30);
+            ("sync", json!({"wait": wait, "timeout_s": t.as_secs()}))
+        }
+        CtlCmd::Journal {
+            failed,
+            action: None,
+        } => ("journal", json!({"failed": failed})),
+        CtlCmd::Journal {
+            action: Some(JournalCmd::Retry { id, all }),
+            ..
+        } => ("journal-retry", json!({"id": id, "all": all})),
+        CtlCmd::Journal {
+            action: Some(JournalCmd::Drop { id, yes }),
+            ..
+        } => ("journal-drop", json!({"id": id, "yes": yes})),
+        CtlCmd::Pin { paths } => ("pin", json!({"paths": paths})),
+        CtlCmd::Unpin { paths } => ("unpin", json!({"paths": paths})),
+        CtlCmd::Evict { paths } => ("evict", json!({"paths": paths})),
+        CtlCmd::Cache => ("cache", json!({})),
+        CtlCmd::Ls { path, .. } => ("ls", json!({"path": path})),
+        CtlCmd::Conflicts { action: None } => ("conflicts", json!({})),
+        CtlCmd::Conflicts {
+            action: Some(ConflictsCmd::Resolve { path, keep }),
+        } => ("conflicts-resolve", json!({"path": path, "keep": keep})),
+        CtlCmd::Health => ("health", json!({})),
+        CtlCmd::Metrics => ("metrics", json!({})),
+    };
+    let reply = match client::request(&socket, cmd, req_args, timeout) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let ok = reply["ok"].as_bool() == Some(true);
+    if args.json {
+        println!("{reply}");
+    } else if ok {
+        print!("{}", client::render(cmd, &reply["result"]));
+    } else {
+        eprintln!(
+            "davdrive ctl {cmd}: {}",
+            reply["error"].as_str().unwrap_or("error")
+        );
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn init_logging() {
@@ -117,6 +291,7 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Mount(args) => mount(args),
         Cmd::Unmount { mountpoint } => unmount(&mountpoint),
+        Cmd::Ctl(args) => ctl(args),
         Cmd::Serve { dir, addr } => {
             init_logging();
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -168,7 +343,6 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
     Ok(MountConfig {
         url,
         mountpoint,
-        cache_dir,
         user,
         password,
         ca_cert_pem,
@@ -185,6 +359,12 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
             ..Default::default()
         },
         passthrough: args.passthrough,
+        control_socket: match &args.control_socket {
+            Some(p) => std::path::absolute(p)
+                .map_err(|e| format!("--control-socket {}: {e}", p.display()))?,
+            None => cache_dir.join("control.sock"),
+        },
+        cache_dir,
     })
 }
 

@@ -17,14 +17,6 @@ fn setup() -> (Server, tempfile::TempDir, Mount) {
 }
 
 /// Waits until the server holds exactly `data` at `rel`.
-fn wait_server_has(server: &Server, rel: &str, data: &[u8]) {
-    let want = sha256(data);
-    let p = server.path(rel);
-    wait_until(60, &format!("{rel} on the server"), || {
-        sha256_file(&p).as_deref() == Some(want.as_str())
-    });
-}
-
 #[test]
 fn large_file_written_and_read_back() {
     let (server, _b, m) = setup();

@@ -70,6 +70,10 @@ fn has_unsent_changes(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
 }
 
 impl Core {
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
+    }
+
     pub fn clock(&self) -> &Clock {
         &self.cfg.clock
     }
@@ -194,6 +198,7 @@ impl Core {
         store::drop_content(&conn, ino)?;
         self.content.remove(ino);
         lock(&self.verified).remove(&ino);
+        crate::metrics::add(&crate::metrics::METRICS.evictions, 1);
         Ok(Evicted::Freed(node.cached_bytes))
     }
 
@@ -498,5 +503,120 @@ impl Core {
             return None;
         }
         std::fs::File::open(self.content.path(ino)).ok()
+    }
+
+    /// The inode at mount-relative `path` ("/a/b"), looking names up as the kernel would.
+    pub fn resolve_path(&self, path: &str) -> FsResult<u64> {
+        let mut ino = store::ROOT_INO;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            ino = self.lookup(ino, part)?.ino;
+        }
+        Ok(ino)
+    }
+
+    /// A file's cache state in one word: `dirty` (changes not yet uploaded), `conflict`
+    /// (a conflict copy, or a file with one, not yet resolved), `pinned`, `cached`,
+    /// `partial`, `remote-only`; directories are `dir` or `pinned`.
+    pub fn file_state(&self, ino: u64) -> FsResult<&'static str> {
+        let pinned = self.is_pinned(ino)?;
+        let conn = lock(&self.store);
+        let node = store::get_node(&conn, ino)?.ok_or(FsError::NotFound)?;
+        if node.kind == Kind::Dir {
+            return Ok(if pinned { "pinned" } else { "dir" });
+        }
+        if has_unsent_changes(&conn, ino)? || self.is_write_dirty(ino) {
+            return Ok("dirty");
+        }
+        let path = store::path_of(&conn, ino)?.unwrap_or_default();
+        let in_conflict: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM conflicts WHERE resolved = 0 \
+                 AND (path = ?1 OR conflict_path = ?1))",
+            )?
+            .query_row([&path], |r| r.get(0))?;
+        if in_conflict {
+            return Ok("conflict");
+        }
+        if pinned {
+            return Ok("pinned");
+        }
+        Ok(if node.fully_cached() {
+            "cached"
+        } else if !node.ranges.is_empty() {
+            "partial"
+        } else {
+            "remote-only"
+        })
+    }
+
+    /// Drops journal entry `id` (an administrator gave up on it). The content of a dropped
+    /// upload is copied to `<cache dir>/recovered/` first, and the file goes back to the
+    /// remote's version (or away, if the remote never had it). Returns where the content
+    /// was saved.
+    pub fn drop_journal_entry(&self, id: i64) -> FsResult<Option<std::path::PathBuf>> {
+        let mut conn = lock(&self.store);
+        let entry = crate::journal::get(&conn, id)?.ok_or(FsError::NotFound)?;
+        if crate::journal::is_running(&conn, id)? {
+            return Err(FsError::Invalid(
+                "the entry is being replayed right now; try again",
+            ));
+        }
+        if entry.op != crate::journal::Op::Put {
+            crate::journal::complete(&conn, id)?;
+            return Ok(None);
+        }
+        let ino = entry.ino;
+        if self.is_open(ino) {
+            return Err(FsError::Invalid("the file is open; close it first"));
+        }
+        let node = store::get_node(&conn, ino)?;
+        let saved = match &node {
+            Some(n) => {
+                let dir = self.cache_dir.join("recovered");
+                std::fs::create_dir_all(&dir)?;
+                let base = entry.path.rsplit('/').next().unwrap_or("file");
+                let dest = dir.join(format!("{id}-{base}"));
+                std::fs::copy(self.content.path(ino), &dest)?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&dest)?
+                    .set_len(n.size)?;
+                Some(dest)
+            }
+            None => None,
+        };
+        let tx = conn.transaction()?;
+        crate::journal::complete(&tx, id)?;
+        let more_puts: bool = tx
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE ino = ?1 AND op = 'put')")?
+            .query_row([ino as i64], |r| r.get(0))?;
+        let mut remove_content = false;
+        if let Some(n) = &node {
+            if !more_puts && n.on_remote {
+                // Back to the remote's version: the next listing or open fetches it.
+                tx.execute(
+                    "UPDATE nodes SET dirty = 0, etag = NULL, ranges = NULL, cached_bytes = 0, \
+                     content_etag = NULL, sha256 = NULL WHERE ino = ?1",
+                    [ino as i64],
+                )?;
+                tx.execute(
+                    "UPDATE nodes SET listed_at = 0 WHERE ino = ?1 AND listed_at IS NOT NULL",
+                    [n.parent as i64],
+                )?;
+                remove_content = true;
+            } else if !more_puts {
+                // The remote never had it: without its upload it is gone.
+                tx.execute("DELETE FROM journal WHERE ino = ?1", [ino as i64])?;
+                store::delete_node(&tx, ino)?;
+                remove_content = true;
+            }
+        }
+        tx.commit()?;
+        drop(conn);
+        if remove_content {
+            self.content.remove(ino);
+            self.content_dropped(ino);
+        }
+        Ok(saved)
     }
 }

@@ -19,6 +19,8 @@ use crate::store::Kind;
 
 pub mod session;
 
+const STATE_XATTR: &str = "user.davdrive.state";
+
 pub struct DavFs {
     core: Arc<Core>,
     ttl: Duration,
@@ -556,15 +558,42 @@ impl Filesystem for DavFs {
         }
     }
 
-    fn getxattr(
+    /// `user.davdrive.state` (read-only) tells a file's cache state, for `getfattr -n`.
+    /// It is not listed, so `cp -a` and `rsync -X` do not copy it onto other files.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if name != STATE_XATTR {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        let state = match self.core.file_state(ino.0) {
+            Ok(s) => s,
+            Err(e) => return reply.error(errno("getxattr", e)),
+        };
+        if size == 0 {
+            reply.size(state.len() as u32)
+        } else if (size as usize) < state.len() {
+            reply.error(Errno::from_i32(libc::ERANGE))
+        } else {
+            reply.data(state.as_bytes())
+        }
+    }
+
+    fn setxattr(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
+        name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
     ) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+        // Extended attributes are not stored (WebDAV has no place for them).
+        let e = if name == STATE_XATTR {
+            libc::EPERM
+        } else {
+            libc::ENOTSUP
+        };
+        reply.error(Errno::from_i32(e))
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {

@@ -57,19 +57,24 @@ fn lock_cache_dir(dir: &Path) -> Result<CacheLock, MountError> {
     Ok(CacheLock(f))
 }
 
-/// A mountpoint left behind by a daemon that died answers ENOTCONN; detach it.
+/// A mountpoint left behind by a daemon that died answers ENOTCONN; detach it. Asked
+/// with statfs, which always goes to the filesystem: a stat may still be answered from
+/// the kernel's attribute cache for a while after the daemon died.
 fn clear_dead_mount(mountpoint: &Path) {
-    if let Err(e) = std::fs::metadata(mountpoint) {
-        if e.raw_os_error() == Some(libc::ENOTCONN) {
-            tracing::warn!(
-                "{} is a mount left by a davdrive that died; detaching it",
-                mountpoint.display()
-            );
-            let _ = std::process::Command::new("fusermount3")
-                .arg("-uz")
-                .arg(mountpoint)
-                .status();
-        }
+    let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let failed = unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0;
+    if failed && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN) {
+        tracing::warn!(
+            "{} is a mount left by a davdrive that died; detaching it",
+            mountpoint.display()
+        );
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-uz")
+            .arg(mountpoint)
+            .status();
     }
 }
 
@@ -189,7 +194,22 @@ fn run_inner(
         ))
     })?;
 
+    // Before mounting: a socket a live daemon answers on means this mount must not start.
+    let control = {
+        let _guard = rt.enter();
+        crate::control::bind(&cfg.control_socket).map_err(MountError::Setup)?
+    };
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    rt.spawn(crate::control::serve(
+        control,
+        Arc::new(crate::control::Context {
+            core: core.clone(),
+            mountpoint: cfg.mountpoint.clone(),
+            started: std::time::SystemTime::now(),
+        }),
+        shutdown_rx.clone(),
+    ));
     rt.spawn(health::probe_loop(
         health.clone(),
         remote.clone(),
@@ -235,6 +255,15 @@ fn run_inner(
     }
     let _ =
         std::fs::File::create(&pid_path).and_then(|mut f| writeln!(f, "{}", std::process::id()));
+    let control_link = crate::config::control_link(&cfg.mountpoint);
+    let _ = std::fs::remove_file(&control_link);
+    if let Err(e) = std::os::unix::fs::symlink(&cfg.control_socket, &control_link) {
+        tracing::warn!(
+            "cannot link {} to the control socket: {e}",
+            control_link.display()
+        );
+    }
+    tracing::info!("control socket: {}", cfg.control_socket.display());
 
     // SIGINT / SIGTERM unmount, which ends the session loop below.
     let mut unmounter = session.unmount_callable();
@@ -272,6 +301,8 @@ fn run_inner(
         tracing::info!("{waiting} change(s) wait in the journal; they are sent at the next mount");
     }
     let _ = std::fs::remove_file(&pid_path);
+    let _ = std::fs::remove_file(&control_link);
+    let _ = std::fs::remove_file(&cfg.control_socket);
     rt.shutdown_timeout(Duration::from_secs(1));
     run_result.map_err(|source| MountError::Fuse {
         path: cfg.mountpoint.display().to_string(),

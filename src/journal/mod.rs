@@ -333,6 +333,24 @@ fn depends(e: &Entry, earlier: &Entry) -> bool {
         .any(|a| theirs.iter().flatten().any(|b| related(a, b)))
 }
 
+/// Makes failed entries (one, or all with `id` None) wait to be tried again from the
+/// start; returns how many.
+pub fn retry(c: &Connection, id: Option<i64>) -> rusqlite::Result<usize> {
+    c.prepare_cached(
+        "UPDATE journal SET failed = 0, attempts = 0, next_try_at = 0 \
+         WHERE (?1 IS NULL AND failed = 1) OR id = ?1",
+    )?
+    .execute([id])
+}
+
+/// Whether entry `id` is being replayed right now.
+pub fn is_running(c: &Connection, id: i64) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT running != 0 FROM journal WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()
+        .map(|o| o.unwrap_or(false))
+}
+
 /// The first entry in order that is not failed for good.
 pub fn head(c: &Connection) -> rusqlite::Result<Option<Entry>> {
     c.prepare_cached(&format!(

@@ -155,4 +155,8 @@ pub trait Remote: Send + Sync + 'static {
     ) -> Result<(), RemoteError>;
     /// Cheap health check: PROPFIND Depth 0 on the root, plus the server's DAV classes.
     async fn probe(&self) -> Result<ServerInfo, RemoteError>;
+    /// Bytes available and used on the server (RFC 4331), where it says.
+    async fn quota(&self) -> Result<(Option<u64>, Option<u64>), RemoteError> {
+        Ok((None, None))
+    }
 }

@@ -22,6 +22,8 @@ pub struct ParsedEntry {
     /// Decoded path relative to the mount: "/" for the root, "/dir/a file" otherwise.
     pub rel_path: String,
     pub entry: Entry,
+    /// RFC 4331 quota: bytes available and used, when the server reported them.
+    pub quota: (Option<u64>, Option<u64>),
 }
 
 /// Parses a PROPFIND reply.
@@ -78,6 +80,7 @@ pub fn parse_multistatus(
                 mtime: resp.props.mtime,
                 etag: resp.props.etag,
             },
+            quota: (resp.props.quota_available, resp.props.quota_used),
         });
     }
     Ok(out)
@@ -90,6 +93,8 @@ struct Props {
     size: Option<u64>,
     mtime: Option<SystemTime>,
     etag: Option<String>,
+    quota_available: Option<u64>,
+    quota_used: Option<u64>,
 }
 
 impl Props {
@@ -98,6 +103,8 @@ impl Props {
         self.size = other.size.or(self.size);
         self.mtime = other.mtime.or(self.mtime);
         self.etag = other.etag.or(self.etag.take());
+        self.quota_available = other.quota_available.or(self.quota_available);
+        self.quota_used = other.quota_used.or(self.quota_used);
     }
 }
 
@@ -125,6 +132,8 @@ enum Tag {
     ContentLength,
     LastModified,
     GetEtag,
+    QuotaAvailable,
+    QuotaUsed,
     Other,
 }
 
@@ -145,6 +154,8 @@ impl Tag {
             (Some(Tag::Prop), b"getcontentlength") => Tag::ContentLength,
             (Some(Tag::Prop), b"getlastmodified") => Tag::LastModified,
             (Some(Tag::Prop), b"getetag") => Tag::GetEtag,
+            (Some(Tag::Prop), b"quota-available-bytes") => Tag::QuotaAvailable,
+            (Some(Tag::Prop), b"quota-used-bytes") => Tag::QuotaUsed,
             (Some(Tag::ResourceType), b"collection") => Tag::Collection,
             _ => Tag::Other,
         }
@@ -157,6 +168,8 @@ impl Tag {
                 | Tag::ResponseStatus
                 | Tag::PropstatStatus
                 | Tag::ContentLength
+                | Tag::QuotaAvailable
+                | Tag::QuotaUsed
                 | Tag::LastModified
                 | Tag::GetEtag
         )
@@ -265,6 +278,9 @@ fn read_responses(body: &[u8]) -> Result<Vec<RawResponse>, RemoteError> {
                 Err(_) => tracing::debug!(value, "ignoring unparsable getlastmodified"),
             },
             Tag::GetEtag if !value.is_empty() => propstat.1.etag = Some(value.to_string()),
+            // Negative or unparsable values mean "unknown" (RFC 4331).
+            Tag::QuotaAvailable => propstat.1.quota_available = value.trim().parse().ok(),
+            Tag::QuotaUsed => propstat.1.quota_used = value.trim().parse().ok(),
             Tag::Propstat => {
                 // Props listed under 404 (or any non-200) status were not found: ignore.
                 let (status, props) = std::mem::take(&mut propstat);

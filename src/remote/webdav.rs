@@ -158,7 +158,11 @@ impl WebDav {
             let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             rb = rb.header("X-OC-Mtime", secs);
         }
-        put_reply(self.send(rb, path).await?)
+        let reply = put_reply(self.send(rb, path).await?);
+        if reply.is_ok() {
+            crate::metrics::add(&crate::metrics::METRICS.bytes_up, len);
+        }
+        reply
     }
     pub fn new(cfg: WebDavConfig) -> Result<WebDav, RemoteError> {
         let mut base = cfg.base_url.clone();
@@ -307,6 +311,11 @@ impl WebDav {
         let started = Instant::now();
         match client.execute(req).await {
             Ok(resp) => {
+                crate::metrics::METRICS.request(
+                    method.as_str(),
+                    resp.status().as_u16(),
+                    started.elapsed(),
+                );
                 tracing::debug!(
                     %method,
                     path,
@@ -317,6 +326,7 @@ impl WebDav {
                 Ok(resp)
             }
             Err(e) => {
+                crate::metrics::METRICS.request(method.as_str(), 0, started.elapsed());
                 let err = transport_error(e);
                 tracing::debug!(
                     %method,
@@ -494,6 +504,7 @@ impl Remote for WebDav {
                         ))
                     })?;
                     let data = Self::read_window(resp, skip, len).await?;
+                    crate::metrics::add(&crate::metrics::METRICS.bytes_down, data.len() as u64);
                     Ok(RangeReply {
                         data,
                         offset,
@@ -506,6 +517,7 @@ impl Remote for WebDav {
                     // part before `offset` instead of buffering it.
                     let total = resp.content_length();
                     let data = Self::read_window(resp, offset, len).await?;
+                    crate::metrics::add(&crate::metrics::METRICS.bytes_down, data.len() as u64);
                     Ok(RangeReply {
                         data,
                         offset,
@@ -594,7 +606,11 @@ impl Remote for WebDav {
                 format!("bytes {}-{}/*", offset, offset + len - 1),
             )
             .body(body);
-        put_reply(self.send(rb, path).await?)
+        let reply = put_reply(self.send(rb, path).await?);
+        if reply.is_ok() {
+            crate::metrics::add(&crate::metrics::METRICS.bytes_up, len);
+        }
+        reply
     }
 
     async fn partial_put_supported(&self) -> Result<bool, RemoteError> {
@@ -701,6 +717,31 @@ impl Remote for WebDav {
         is_dir: bool,
     ) -> Result<(), RemoteError> {
         self.move_to(from, to, is_dir, false).await
+    }
+
+    async fn quota(&self) -> Result<(Option<u64>, Option<u64>), RemoteError> {
+        const QUOTA_BODY: &str = concat!(
+            r#"<?xml version="1.0" encoding="utf-8"?>"#,
+            r#"<D:propfind xmlns:D="DAV:"><D:prop>"#,
+            r#"<D:quota-available-bytes/><D:quota-used-bytes/>"#,
+            r#"</D:prop></D:propfind>"#,
+        );
+        let rb = self
+            .request(method("PROPFIND"), self.base.clone())
+            .header("Depth", "0")
+            .header(CONTENT_TYPE, "application/xml; charset=utf-8")
+            .body(QUOTA_BODY);
+        let resp = self.send(rb, "/").await?;
+        if resp.status() != StatusCode::MULTI_STATUS {
+            return Ok((None, None));
+        }
+        let body = resp.bytes().await.map_err(transport_error)?;
+        let entries = parse_multistatus(&body, self.base.path(), "/")?;
+        Ok(entries
+            .into_iter()
+            .find(|e| e.rel_path == "/")
+            .map(|e| e.quota)
+            .unwrap_or((None, None)))
     }
 
     async fn probe(&self) -> Result<ServerInfo, RemoteError> {

@@ -82,6 +82,14 @@ pub struct Mount {
     url: String,
 }
 
+/// Whether the filesystem mounted on `mnt` answers. statfs always asks the daemon, where
+/// a stat may be answered from the kernel's cache even after the daemon died.
+pub fn answers(mnt: &Path) -> bool {
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 }
+}
+
 pub fn is_mounted(mnt: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mnt = mnt.to_string_lossy();
@@ -145,8 +153,8 @@ impl Mount {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        // A mount left dead by a killed daemon is listed but answers ENOTCONN.
-        while !(is_mounted(&self.mnt) && std::fs::metadata(&self.mnt).is_ok()) {
+        // A mount left dead by a killed daemon is listed but does not answer.
+        while !(is_mounted(&self.mnt) && answers(&self.mnt)) {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!(
                     "davdrive exited with {status} before mounting; log:\n{}",
@@ -289,6 +297,15 @@ pub fn run(cmd: &str, dir: &Path) -> String {
 
 /// The name of the first entry in the server's root starting with `prefix` (a conflict
 /// copy, say), if any.
+/// Waits until the server holds exactly `data` at `rel`.
+pub fn wait_server_has(server: &Server, rel: &str, data: &[u8]) {
+    let want = sha256(data);
+    let p = server.path(rel);
+    wait_until(60, &format!("{rel} on the server"), || {
+        sha256_file(&p).as_deref() == Some(want.as_str())
+    });
+}
+
 pub fn server_entry_starting(server: &Server, prefix: &str) -> Option<String> {
     std::fs::read_dir(&server.root).unwrap().find_map(|e| {
         let n = e.unwrap().file_name().into_string().unwrap();

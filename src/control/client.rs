@@ -1,0 +1,416 @@
+//! `davdrive ctl`: sends one request to a mount's control socket and shows the reply,
+//! as text for people (aligned tables, sizes like `1.2 GiB`, times like `3 min ago`) or
+//! as the raw JSON reply with `--json`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::PROTOCOL_VERSION;
+
+/// Sends `cmd` with `args`; returns the reply's `ok` and the whole reply.
+pub fn request(socket: &Path, cmd: &str, args: Value, timeout: Duration) -> Result<Value, String> {
+    let stream = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach the control socket {}: {e} (is the mount running?)",
+            socket.display()
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut line = json!({"version": PROTOCOL_VERSION, "cmd": cmd, "args": args}).to_string();
+    line.push('\n');
+    // A daemon refusing this client answers and hangs up before reading: the reply may
+    // be waiting even if the write fails.
+    let sent = (&stream).write_all(line.as_bytes());
+    let mut reply = String::new();
+    let read = BufReader::new(&stream).read_line(&mut reply);
+    if reply.trim().is_empty() {
+        if let Err(e) = sent {
+            return Err(format!("control socket: {e}"));
+        }
+        read.map_err(|e| format!("control socket: no reply: {e}"))?;
+    }
+    if reply.trim().is_empty() {
+        return Err("control socket: the daemon closed the connection without a reply".into());
+    }
+    serde_json::from_str(&reply).map_err(|e| format!("control socket: unreadable reply: {e}"))
+}
+
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+pub fn human_age(secs: i64) -> String {
+    match secs {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min", s / 60),
+        s if s < 86400 => format!("{} h", s / 3600),
+        s => format!("{} d", s / 86400),
+    }
+}
+
+fn ago(unix: Option<i64>) -> String {
+    match unix {
+        Some(t) if t > 0 => {
+            let now = super::unix_secs(std::time::SystemTime::now());
+            format!("{} ago", human_age((now - t).max(0)))
+        }
+        _ => "never".into(),
+    }
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Prints rows as columns padded to the widest cell.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+    out
+}
+
+/// The human rendering of a successful reply to `cmd`.
+pub fn render(cmd: &str, r: &Value) -> String {
+    match cmd {
+        "status" => {
+            let j = &r["journal"];
+            let c = &r["cache"];
+            let l = &r["limits"];
+            let mut out = String::new();
+            let state = if r["online"].as_bool() == Some(true) {
+                "online"
+            } else {
+                "OFFLINE"
+            };
+            out += &format!(
+                "remote:        {state} since {}\n",
+                ago(r["since"].as_i64())
+            );
+            out += &format!(
+                "last check:    {}{}\n",
+                ago(r["last_check"].as_i64()),
+                r["last_check_latency_ms"]
+                    .as_f64()
+                    .map(|ms| format!(", {ms:.1} ms"))
+                    .unwrap_or_default()
+            );
+            if let Some(e) = r["last_error"].as_str() {
+                out += &format!("last error:    {e}\n");
+            }
+            out += &format!(
+                "journal:       {} waiting ({}), oldest {}, {} in flight, {} failed\n",
+                u(j, "waiting"),
+                human_size(u(j, "waiting_bytes")),
+                j["oldest_age_s"]
+                    .as_i64()
+                    .map(|a| format!("{} old", human_age(a)))
+                    .unwrap_or_else(|| "-".into()),
+                u(j, "in_flight"),
+                u(j, "failed")
+            );
+            out += &format!(
+                "cache:         {} files, {} (clean {}, dirty {} in {} files, pinned {} in {} files)\n",
+                u(c, "files"),
+                human_size(u(c, "bytes")),
+                human_size(u(c, "clean_bytes")),
+                human_size(u(c, "dirty_bytes")),
+                u(c, "dirty_files"),
+                human_size(u(c, "pinned_bytes")),
+                u(c, "pinned_files")
+            );
+            out += &format!(
+                "limits:        max age {}, max size {}, min free {} (free now {})\n",
+                human_age(u(l, "max_age_s") as i64),
+                human_size(u(l, "max_size")),
+                human_size(u(l, "min_free")),
+                human_size(u(c, "disk_free"))
+            );
+            out += &format!("conflicts:     {}\n", u(r, "conflicts"));
+            out += &format!(
+                "jobs:          {}\n",
+                r["jobs"].as_array().map(|a| a.len()).unwrap_or(0)
+            );
+            out += &format!(
+                "davdrive:      {} on {}, up {}\n",
+                s(r, "version"),
+                s(r, "mountpoint"),
+                human_age(u(r, "uptime_s") as i64)
+            );
+            out
+        }
+        "journal" => {
+            let rows = r
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| {
+                            let path = match e["dest"].as_str() {
+                                Some(d) => format!("{} -> {d}", s(e, "path")),
+                                None => s(e, "path").to_string(),
+                            };
+                            vec![
+                                u(e, "id").to_string(),
+                                s(e, "op").to_string(),
+                                path,
+                                u(e, "attempts").to_string(),
+                                human_age(u(e, "age_s") as i64),
+                                if e["failed"].as_bool() == Some(true) {
+                                    format!("FAILED: {}", s(e, "last_error"))
+                                } else {
+                                    s(e, "last_error").to_string()
+                                },
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(&["ID", "OP", "PATH", "TRIES", "AGE", "LAST ERROR"], rows)
+        }
+        "ls" => {
+            let rows = r["entries"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| {
+                            vec![
+                                s(e, "state").to_string(),
+                                if s(e, "kind") == "dir" {
+                                    "-".into()
+                                } else {
+                                    human_size(u(e, "size"))
+                                },
+                                format!(
+                                    "{}{}",
+                                    s(e, "name"),
+                                    if s(e, "kind") == "dir" { "/" } else { "" }
+                                ),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(&["STATE", "SIZE", "NAME"], rows)
+        }
+        "cache" => {
+            let us = &r["usage"];
+            let mut out = format!(
+                "{} files, {} cached; {} dirty, {} pinned\n",
+                u(us, "files"),
+                human_size(u(us, "bytes")),
+                human_size(u(us, "dirty_bytes")),
+                human_size(u(us, "pinned_bytes"))
+            );
+            let now = super::unix_secs(std::time::SystemTime::now());
+            for (title, key) in [("largest", "largest"), ("least recently used", "oldest")] {
+                out += &format!("\n{title}:\n");
+                let rows = r[key]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|e| {
+                                vec![
+                                    human_size(u(e, "bytes")),
+                                    format!(
+                                        "{} ago",
+                                        human_age(
+                                            (now - e["last_access"].as_i64().unwrap_or(0)).max(0)
+                                        )
+                                    ),
+                                    s(e, "path").to_string(),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out += &table(&["SIZE", "USED", "PATH"], rows);
+            }
+            out
+        }
+        "conflicts" => {
+            let rows = r
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|c| {
+                            vec![
+                                s(c, "path").to_string(),
+                                s(c, "conflict_path").to_string(),
+                                c["local_etag"].as_str().unwrap_or("-").to_string(),
+                                c["remote_etag"].as_str().unwrap_or("-").to_string(),
+                                ago(c["time"].as_i64()),
+                                if c["resolved"].as_bool() == Some(true) {
+                                    "resolved"
+                                } else {
+                                    "open"
+                                }
+                                .to_string(),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(
+                &[
+                    "PATH",
+                    "CONFLICT COPY",
+                    "LOCAL ETAG",
+                    "REMOTE ETAG",
+                    "WHEN",
+                    "STATE",
+                ],
+                rows,
+            )
+        }
+        "health" => {
+            let q = |k: &str| {
+                r[k].as_u64()
+                    .map(human_size)
+                    .unwrap_or_else(|| "not reported".into())
+            };
+            format!(
+                "remote:        online, {:.1} ms\nDAV classes:   {}\npartial PUT:   {}\nquota:         {} available, {} used\n",
+                r["latency_ms"].as_f64().unwrap_or(0.0),
+                r["dav_classes"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
+                match r["partial_put"].as_bool() {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "not asked yet (found out at the first large upload)",
+                },
+                q("quota_available"),
+                q("quota_used")
+            )
+        }
+        "metrics" => r.as_str().unwrap_or("").to_string(),
+        "sync" => {
+            if r.get("drained").is_some() {
+                format!(
+                    "journal drained ({} failed entries set aside)\n",
+                    u(r, "failed")
+                )
+            } else {
+                format!(
+                    "sync started: remote {}, {} waiting, {} failed\n",
+                    if r["online"].as_bool() == Some(true) {
+                        "online"
+                    } else {
+                        "offline"
+                    },
+                    u(r, "waiting"),
+                    u(r, "failed")
+                )
+            }
+        }
+        "evict" => r
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        if e["evicted"].as_bool() == Some(true) {
+                            format!("evicted {} ({})\n", s(e, "path"), human_size(u(e, "bytes")))
+                        } else {
+                            format!("kept {}: {}\n", s(e, "path"), s(e, "reason"))
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        "pin" | "unpin" => {
+            let paths: Vec<&str> = r["paths"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if r["pinned"].as_bool() == Some(true) {
+                format!(
+                    "pinned {} ({} file(s) fetched now)\n",
+                    paths.join(", "),
+                    u(r, "files_fetched")
+                )
+            } else {
+                format!("unpinned {}\n", paths.join(", "))
+            }
+        }
+        "journal-retry" => format!("{} entr(ies) will be tried again\n", u(r, "retried")),
+        "conflicts-resolve" => format!("resolved {} (kept {})\n", s(r, "resolved"), s(r, "kept")),
+        "journal-drop" => match r["content_saved_at"].as_str() {
+            Some(p) => format!(
+                "dropped entry {}; its content is saved at {p}\n",
+                u(r, "dropped")
+            ),
+            None => format!("dropped entry {}\n", u(r, "dropped")),
+        },
+        _ => format!("{}\n", serde_json::to_string_pretty(r).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_read_like_a_person_writes_them() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(1288490189), "1.2 GiB");
+        assert_eq!(human_age(42), "42 s");
+        assert_eq!(human_age(185), "3 min");
+        assert_eq!(human_age(7200), "2 h");
+        assert_eq!(human_age(8 * 86400), "8 d");
+    }
+
+    #[test]
+    fn tables_align_their_columns() {
+        let t = table(
+            &["ID", "PATH"],
+            vec![
+                vec!["7".into(), "/a".into()],
+                vec!["1234".into(), "/bb".into()],
+            ],
+        );
+        assert_eq!(t, "ID    PATH\n7     /a\n1234  /bb\n");
+    }
+}

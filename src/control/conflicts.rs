@@ -1,0 +1,96 @@
+//! `conflicts` and `conflicts resolve`: versions changed on both sides.
+//!
+//! A conflict leaves the remote's version under the original name and ours beside it
+//! under a conflict name. Resolving keeps one side (or both) and marks it resolved.
+
+use serde_json::{json, Value};
+
+use super::{mount_path, CmdError, CmdResult, Context};
+use crate::store::ROOT_INO;
+
+struct Conflict {
+    id: i64,
+    path: String,
+    conflict_path: String,
+}
+
+pub fn list(ctx: &Context) -> CmdResult {
+    let conn = ctx.core.store();
+    let mut st = conn.prepare(
+        "SELECT id, path, conflict_path, local_etag, remote_etag, created_at, resolved \
+         FROM conflicts ORDER BY id",
+    )?;
+    let rows = st
+        .query_map([], |r| {
+            Ok(json!({
+                "id": r.get::<_, i64>(0)?,
+                "path": r.get::<_, String>(1)?,
+                "conflict_path": r.get::<_, String>(2)?,
+                "local_etag": r.get::<_, Option<String>>(3)?,
+                "remote_etag": r.get::<_, Option<String>>(4)?,
+                "time": r.get::<_, i64>(5)? / 1000,
+                "resolved": r.get::<_, bool>(6)?,
+            }))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Value::Array(rows))
+}
+
+fn split(path: &str) -> (&str, &str) {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    (if dir.is_empty() { "/" } else { dir }, name)
+}
+
+pub fn resolve(ctx: &Context, args: &Value) -> CmdResult {
+    let given = args
+        .get("path")
+        .and_then(Value::as_str)
+        .ok_or_else(|| CmdError("missing argument: path".into()))?;
+    let keep = args.get("keep").and_then(Value::as_str).unwrap_or("");
+    if !matches!(keep, "local" | "remote" | "both") {
+        return Err(CmdError("--keep must be local, remote or both".into()));
+    }
+    let path = mount_path(ctx, given)?;
+    let c = ctx
+        .core
+        .store()
+        .query_row(
+            "SELECT id, path, conflict_path FROM conflicts WHERE resolved = 0 \
+             AND (path = ?1 OR conflict_path = ?1) ORDER BY id DESC LIMIT 1",
+            [&path],
+            |r| {
+                Ok(Conflict {
+                    id: r.get(0)?,
+                    path: r.get(1)?,
+                    conflict_path: r.get(2)?,
+                })
+            },
+        )
+        .map_err(|_| CmdError(format!("{given}: no unresolved conflict")))?;
+    let core = &ctx.core;
+    let has_copy = c.conflict_path != c.path && core.resolve_path(&c.conflict_path).is_ok();
+    match keep {
+        // Ours replaces theirs under the original name (a rename, replayed like any).
+        "local" if has_copy => {
+            let (from_dir, from_name) = split(&c.conflict_path);
+            let (to_dir, to_name) = split(&c.path);
+            let from = core.resolve_path(from_dir)?;
+            let to = if to_dir == "/" {
+                ROOT_INO
+            } else {
+                core.resolve_path(to_dir)?
+            };
+            core.rename(from, from_name, to, to_name, false)?;
+        }
+        // Theirs stays; our copy goes.
+        "remote" if has_copy => {
+            let (dir, name) = split(&c.conflict_path);
+            let parent = core.resolve_path(dir)?;
+            core.unlink(parent, name)?;
+        }
+        _ => {}
+    }
+    core.store()
+        .execute("UPDATE conflicts SET resolved = 1 WHERE id = ?1", [c.id])?;
+    Ok(json!({"resolved": c.path, "kept": keep, "conflict_copy": c.conflict_path}))
+}

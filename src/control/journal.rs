@@ -1,0 +1,127 @@
+//! `sync`, `journal`, `journal retry` and `journal drop`: the changes waiting for the
+//! remote.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{CmdError, CmdResult, Context};
+use crate::journal;
+use crate::store::now_ms;
+
+/// Runs the health check and the replay now. With `wait`, returns once the journal is
+/// empty, or fails saying what still blocks it.
+pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
+    let core = &ctx.core;
+    let remote = core.remote().clone();
+    let online = core.runtime().block_on(core.health.check(remote.as_ref()));
+    journal::retry_waiting_now(&core.store())?;
+    core.journal_changed.notify_one();
+    let wait = args.get("wait").and_then(Value::as_bool).unwrap_or(false);
+    if !wait {
+        let (waiting, failed, _) = journal::stats(&core.store())?;
+        return Ok(json!({"online": online, "waiting": waiting, "failed": failed}));
+    }
+    let timeout = Duration::from_secs(args.get("timeout_s").and_then(Value::as_u64).unwrap_or(600));
+    let deadline = Instant::now() + timeout;
+    let mut stuck_since: Option<Instant> = None;
+    loop {
+        let (waiting, failed, _) = journal::stats(&core.store())?;
+        if waiting == 0 {
+            return Ok(json!({"drained": true, "failed": failed}));
+        }
+        if !core.health.is_online() {
+            return Err(CmdError(format!(
+                "not drained: the remote is offline ({}); {waiting} change(s) wait",
+                core.health.state().last_error.unwrap_or_default()
+            )));
+        }
+        // Everything left waits out a backoff after errors: say which.
+        let entries = journal::list(&core.store(), false)?;
+        let now = now_ms();
+        let backing_off: Vec<String> = entries
+            .iter()
+            .filter(|e| !e.failed && e.attempts > 0 && e.next_try_at > now)
+            .map(|e| {
+                format!(
+                    "{} {}: {}",
+                    e.op.as_str(),
+                    e.path,
+                    e.last_error.as_deref().unwrap_or("error")
+                )
+            })
+            .collect();
+        let all_backing_off = backing_off.len() as u64 == waiting;
+        stuck_since = match (all_backing_off, stuck_since) {
+            (true, None) => Some(Instant::now()),
+            (true, s) => s,
+            (false, _) => None,
+        };
+        if stuck_since.is_some_and(|s| s.elapsed() > Duration::from_secs(3)) {
+            return Err(CmdError(format!(
+                "not drained: {waiting} change(s) wait for a retry after errors: {}",
+                backing_off.join("; ")
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(CmdError(format!(
+                "not drained after {timeout:?}: {waiting} change(s) still wait"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn list(ctx: &Context, args: &Value) -> CmdResult {
+    let failed_only = args.get("failed").and_then(Value::as_bool).unwrap_or(false);
+    let entries = journal::list(&ctx.core.store(), failed_only)?;
+    let now = now_ms();
+    Ok(Value::Array(
+        entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "id": e.id,
+                    "op": e.op.as_str(),
+                    "path": e.path,
+                    "dest": e.dest,
+                    "attempts": e.attempts,
+                    "last_error": e.last_error,
+                    "failed": e.failed,
+                    "age_s": ((now - e.created_at) / 1000).max(0),
+                })
+            })
+            .collect(),
+    ))
+}
+
+pub fn retry(ctx: &Context, args: &Value) -> CmdResult {
+    let id = args.get("id").and_then(Value::as_i64);
+    let all = args.get("all").and_then(Value::as_bool).unwrap_or(false);
+    if id.is_none() && !all {
+        return Err(CmdError("give an entry id, or all".into()));
+    }
+    let n = journal::retry(&ctx.core.store(), id)?;
+    if n == 0 && id.is_some() {
+        return Err(CmdError(format!("no journal entry {}", id.unwrap())));
+    }
+    ctx.core.journal_changed.notify_one();
+    Ok(json!({"retried": n}))
+}
+
+pub fn drop_entry(ctx: &Context, args: &Value) -> CmdResult {
+    let id = args
+        .get("id")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| CmdError("give the id of the entry to drop".into()))?;
+    if !args.get("yes").and_then(Value::as_bool).unwrap_or(false) {
+        return Err(CmdError(
+            "dropping an entry gives up on sending that change; confirm with --yes".into(),
+        ));
+    }
+    match ctx.core.drop_journal_entry(id) {
+        Ok(saved) => Ok(json!({"dropped": id, "content_saved_at": saved})),
+        Err(crate::fs::FsError::NotFound) => Err(CmdError(format!("no journal entry {id}"))),
+        Err(e) => Err(CmdError(format!("entry {id}: {e}"))),
+    }
+}
