@@ -30,8 +30,9 @@ pub fn sweep(core: &Core) -> FsResult<SweepReport> {
         .iter()
         .take_while(|c| c.last_access < oldest_kept)
         .count();
+    // A candidate removed or changed meanwhile is simply not evicted.
     for c in candidates.drain(..expired) {
-        if let Evicted::Freed(n) = core.evict(c.ino)? {
+        if let Ok(Evicted::Freed(n)) = core.evict(c.ino) {
             report.expired += 1;
             report.freed_bytes += n;
         }
@@ -43,7 +44,7 @@ pub fn sweep(core: &Core) -> FsResult<SweepReport> {
         if used <= max_size && avail >= limits.min_free {
             break;
         }
-        if let Evicted::Freed(n) = core.evict(c.ino)? {
+        if let Ok(Evicted::Freed(n)) = core.evict(c.ino) {
             report.evicted += 1;
             report.freed_bytes += n;
             used = used.saturating_sub(n);

@@ -69,6 +69,23 @@ pub fn resolve(ctx: &Context, args: &Value) -> CmdResult {
         .map_err(|_| CmdError(format!("{given}: no unresolved conflict")))?;
     let core = &ctx.core;
     let has_copy = c.conflict_path != c.path && core.resolve_path(&c.conflict_path).is_ok();
+    if keep == "local" && !has_copy {
+        return Err(CmdError(format!(
+            "{}: the local version ({}) is no longer there to keep",
+            c.path, c.conflict_path
+        )));
+    }
+    if keep == "local" {
+        // Replacing the original must not throw away edits made to it since.
+        if let Ok(ino) = core.resolve_path(&c.path) {
+            if core.file_state(ino)? == "dirty" || core.is_open(ino) {
+                return Err(CmdError(format!(
+                    "{} has changes not yet uploaded or is open; try again once it is synced and closed",
+                    c.path
+                )));
+            }
+        }
+    }
     match keep {
         // Ours replaces theirs under the original name (a rename, replayed like any).
         "local" if has_copy => {

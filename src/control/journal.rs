@@ -22,9 +22,14 @@ pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
         let (waiting, failed, _) = journal::stats(&core.store())?;
         return Ok(json!({"online": online, "waiting": waiting, "failed": failed}));
     }
-    let timeout = Duration::from_secs(args.get("timeout_s").and_then(Value::as_u64).unwrap_or(600));
+    let timeout = Duration::from_secs(
+        args.get("timeout_s")
+            .and_then(Value::as_u64)
+            .unwrap_or(600)
+            .min(7 * 86400),
+    );
     let deadline = Instant::now() + timeout;
-    let mut stuck_since: Option<Instant> = None;
+    let mut progress = (u64::MAX, Instant::now());
     loop {
         let (waiting, failed, _) = journal::stats(&core.store())?;
         if waiting == 0 {
@@ -36,31 +41,34 @@ pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
                 core.health.state().last_error.unwrap_or_default()
             )));
         }
-        // Everything left waits out a backoff after errors: say which.
-        let entries = journal::list(&core.store(), false)?;
-        let now = now_ms();
-        let backing_off: Vec<String> = entries
-            .iter()
-            .filter(|e| !e.failed && e.attempts > 0 && e.next_try_at > now)
-            .map(|e| {
-                format!(
-                    "{} {}: {}",
-                    e.op.as_str(),
-                    e.path,
-                    e.last_error.as_deref().unwrap_or("error")
-                )
-            })
-            .collect();
-        let all_backing_off = backing_off.len() as u64 == waiting;
-        stuck_since = match (all_backing_off, stuck_since) {
-            (true, None) => Some(Instant::now()),
-            (true, s) => s,
-            (false, _) => None,
-        };
-        if stuck_since.is_some_and(|s| s.elapsed() > Duration::from_secs(3)) {
+        if waiting != progress.0 {
+            progress = (waiting, Instant::now());
+        }
+        let running: i64 =
+            core.store()
+                .query_row("SELECT COUNT(*) FROM journal WHERE running != 0", [], |r| {
+                    r.get(0)
+                })?;
+        // Nothing moves and nothing runs: entries wait out a backoff after errors, or
+        // behind entries set aside as failed. Say which.
+        if running == 0 && progress.1.elapsed() > Duration::from_secs(3) {
+            let now = now_ms();
+            let blocking: Vec<String> = journal::list(&core.store(), false)?
+                .iter()
+                .filter(|e| e.failed || (e.attempts > 0 && e.next_try_at > now))
+                .map(|e| {
+                    format!(
+                        "{} {} {}: {}",
+                        if e.failed { "failed" } else { "retrying" },
+                        e.op.as_str(),
+                        e.path,
+                        e.last_error.as_deref().unwrap_or("error")
+                    )
+                })
+                .collect();
             return Err(CmdError(format!(
-                "not drained: {waiting} change(s) wait for a retry after errors: {}",
-                backing_off.join("; ")
+                "not drained: {waiting} change(s) wait; blocking them: {}",
+                blocking.join("; ")
             )));
         }
         if Instant::now() > deadline {

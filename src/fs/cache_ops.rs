@@ -1,6 +1,7 @@
 //! The cache operations of the core: what the sweeper, pinning and the control socket
-//! use. Eviction removes clean content only; dirty content, content waiting for upload,
-//! pinned content and files open right now are never evicted.
+//! use. Eviction removes clean content only: dirty content, content of files with any
+//! change waiting in the journal (or below a directory whose rename waits), pinned
+//! content and files open right now are never evicted.
 
 use std::collections::HashSet;
 
@@ -10,6 +11,10 @@ use super::{lock, Core, FsError, FsResult};
 use crate::cache::{self, sha256_prefix};
 use crate::clock::Clock;
 use crate::store::{self, Kind};
+
+/// Clean cached files up to this size are hashed before their first read in a run;
+/// larger ones in the background.
+const VERIFY_AT_OPEN_LIMIT: u64 = 1 << 30;
 
 /// Cached files and bytes, by state.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -60,11 +65,12 @@ fn pinned_set(c: &Connection) -> rusqlite::Result<HashSet<u64>> {
     .collect()
 }
 
-/// Files with changes not yet on the remote: dirty, or with a journal entry waiting.
+/// Files with changes not yet on the remote: dirty, or with any journal entry waiting
+/// (after a waiting rename, the remote has the content under another name).
 fn has_unsent_changes(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
     c.prepare_cached(
         "SELECT EXISTS(SELECT 1 FROM nodes WHERE ino = ?1 AND dirty != 0) \
-         OR EXISTS(SELECT 1 FROM journal WHERE ino = ?1 AND op = 'put')",
+         OR EXISTS(SELECT 1 FROM journal WHERE ino = ?1)",
     )?
     .query_row([ino as i64], |r| r.get(0))
 }
@@ -210,7 +216,7 @@ impl Core {
             .prepare_cached(
                 "SELECT ino, cached_bytes, last_access FROM nodes \
                  WHERE cached_bytes > 0 AND kind = 0 AND dirty = 0 \
-                 AND ino NOT IN (SELECT ino FROM journal WHERE op = 'put') \
+                 AND ino NOT IN (SELECT ino FROM journal) \
                  ORDER BY last_access, ino",
             )?
             .query_map([], |r| {
@@ -221,6 +227,23 @@ impl Core {
                 })
             })?
             .collect::<Result<_, _>>()?;
+        // Below a directory whose rename still waits, the remote path of a file is not
+        // its path here: fetching it again would fail until the rename is replayed.
+        let moving: Vec<String> = conn
+            .prepare_cached(
+                "SELECT dest FROM journal WHERE op = 'move' AND is_dir = 1 AND dest IS NOT NULL",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let under_move = |ino: u64| {
+            !moving.is_empty()
+                && store::path_of(&conn, ino).ok().flatten().is_some_and(|p| {
+                    moving.iter().any(|m| {
+                        p.starts_with(m.as_str()) && p.as_bytes().get(m.len()) == Some(&b'/')
+                    })
+                })
+        };
+        let rows: Vec<Candidate> = rows.into_iter().filter(|c| !under_move(c.ino)).collect();
         drop(conn);
         Ok(rows
             .into_iter()
@@ -234,7 +257,7 @@ impl Core {
         let pinned = pinned_set(&conn)?;
         let mut u = CacheUsage::default();
         let mut st = conn.prepare_cached(
-            "SELECT ino, cached_bytes, dirty != 0 OR ino IN (SELECT ino FROM journal WHERE op = 'put') \
+            "SELECT ino, cached_bytes, dirty != 0 OR ino IN (SELECT ino FROM journal) \
              FROM nodes WHERE cached_bytes > 0 AND kind = 0",
         )?;
         let rows = st.query_map([], |r| {
@@ -310,7 +333,9 @@ impl Core {
     }
 
     /// A file became fully cached from the remote: hash it in the background and record
-    /// the hash against the version it came from.
+    /// the hash against the ETag its content is bound to. (Chunks are not checked one by
+    /// one against that ETag: a file changed on the server in the middle of a download
+    /// can be stitched from two versions; see the README.)
     pub(super) fn record_complete_download(&self, ino: u64) {
         let Some(me) = self.me.upgrade() else { return };
         self.rt.spawn_blocking(move || {
@@ -341,7 +366,7 @@ impl Core {
             Err(e) => return Err(e.into()),
         };
         if record {
-            lock(&self.store)
+            let updated = lock(&self.store)
                 .prepare_cached(
                     "UPDATE nodes SET sha256 = ?2 WHERE ino = ?1 AND dirty = 0 \
                      AND content_etag IS ?3 AND etag IS ?3 AND size = ?4",
@@ -352,7 +377,9 @@ impl Core {
                     node.etag,
                     node.size as i64
                 ])?;
-            lock(&self.verified).insert(ino);
+            if updated == 1 {
+                lock(&self.verified).insert(ino);
+            }
             return Ok(true);
         }
         let good = expected.as_deref() == Some(sha.as_str());
@@ -376,6 +403,28 @@ impl Core {
         let bound_elsewhere = node.content_etag != node.etag;
         let on_disk = self.content.len(ino)?;
         let short = on_disk < node.ranges.end();
+        if !bound_elsewhere && !short && node.size > VERIFY_AT_OPEN_LIMIT {
+            // Hashing this at open would stall it for long: checked in the background
+            // (and dropped if damaged); until then it is not handed to passthrough.
+            if let Some(me) = self.me.upgrade() {
+                self.rt.spawn_blocking(move || {
+                    if let Ok(false) = me.hash_clean_content(ino, false) {
+                        let path = me.path(ino).unwrap_or_default();
+                        tracing::warn!(
+                            "{path}: cached content is damaged (hash mismatch); dropping it"
+                        );
+                        let conn = lock(&me.store);
+                        if !me.is_open(ino) && !has_unsent_changes(&conn, ino).unwrap_or(true) {
+                            let _ = store::drop_content(&conn, ino);
+                            me.content.remove(ino);
+                            drop(conn);
+                            me.content_dropped(ino);
+                        }
+                    }
+                });
+            }
+            return Ok(());
+        }
         let damaged = !bound_elsewhere && !short && !self.hash_clean_content(ino, false)?;
         if !(bound_elsewhere || short || damaged) {
             if node.fully_cached() && node.sha256.is_some() {
@@ -425,6 +474,11 @@ impl Core {
             return Ok(());
         }
         let path = self.path(ino)?;
+        // Waiting moves or deletes change what the remote path means: not comparable.
+        if crate::journal::path_pending(&lock(&self.store), &path, ino)? {
+            return Ok(());
+        }
+        let epoch = self.remote_epoch.load(std::sync::atomic::Ordering::SeqCst);
         let remote = self.remote.clone();
         let p = path.clone();
         let current = match self.call(&path, async move { remote.stat(&p).await }) {
@@ -439,17 +493,19 @@ impl Core {
         lock(&self.validated).insert(ino, now);
         let changed = match (&current.etag, &node.etag) {
             (Some(theirs), Some(ours)) => theirs != ours,
-            // Without ETags, size and time are all there is to go by.
-            _ => {
-                current.size != node.size
-                    || current.mtime.map(store::system_time_to_ns) != Some(node.mtime_ns)
-            }
+            // Without ETags only the size can tell (the server's mtime of a file uploaded
+            // from here is its upload time, not ours).
+            _ => current.size != node.size,
         };
         if !changed {
             return Ok(());
         }
         let conn = lock(&self.store);
-        if self.is_open(ino) || has_unsent_changes(&conn, ino)? {
+        // The replayer changed the remote meanwhile (its commits take the store lock).
+        if self.is_open(ino)
+            || has_unsent_changes(&conn, ino)?
+            || self.remote_epoch.load(std::sync::atomic::Ordering::SeqCst) != epoch
+        {
             return Ok(());
         }
         tracing::debug!(
@@ -554,22 +610,36 @@ impl Core {
     /// remote's version (or away, if the remote never had it). Returns where the content
     /// was saved.
     pub fn drop_journal_entry(&self, id: i64) -> FsResult<Option<std::path::PathBuf>> {
-        let mut conn = lock(&self.store);
-        let entry = crate::journal::get(&conn, id)?.ok_or(FsError::NotFound)?;
-        if crate::journal::is_running(&conn, id)? {
-            return Err(FsError::Invalid(
-                "the entry is being replayed right now; try again",
-            ));
-        }
-        if entry.op != crate::journal::Op::Put {
-            crate::journal::complete(&conn, id)?;
-            return Ok(None);
-        }
+        let entry = {
+            let conn = lock(&self.store);
+            let entry = crate::journal::get(&conn, id)?.ok_or(FsError::NotFound)?;
+            if crate::journal::is_running(&conn, id)? {
+                return Err(FsError::Invalid(
+                    "the entry is being replayed right now; try again",
+                ));
+            }
+            match entry.op {
+                crate::journal::Op::Put => entry,
+                crate::journal::Op::Delete => {
+                    crate::journal::complete(&conn, id)?;
+                    return Ok(None);
+                }
+                // Without them the tree here and on the server would part for good.
+                crate::journal::Op::Mkcol | crate::journal::Op::Move => {
+                    return Err(FsError::Invalid(
+                        "a directory creation or a rename cannot be dropped (what follows \
+                         depends on it); retry it, or undo it in the mount",
+                    ))
+                }
+            }
+        };
         let ino = entry.ino;
         if self.is_open(ino) {
             return Err(FsError::Invalid("the file is open; close it first"));
         }
-        let node = store::get_node(&conn, ino)?;
+        // The copy is made before the store is locked (it may be large); the entry is
+        // checked again after.
+        let node = self.node(ino).ok();
         let saved = match &node {
             Some(n) => {
                 let dir = self.cache_dir.join("recovered");
@@ -585,6 +655,16 @@ impl Core {
             }
             None => None,
         };
+        let mut conn = lock(&self.store);
+        if crate::journal::get(&conn, id)?.is_none()
+            || crate::journal::is_running(&conn, id)?
+            || self.is_open(ino)
+        {
+            return Err(FsError::Invalid(
+                "the entry or its file changed meanwhile; look again",
+            ));
+        }
+        let node = store::get_node(&conn, ino)?;
         let tx = conn.transaction()?;
         crate::journal::complete(&tx, id)?;
         let more_puts: bool = tx

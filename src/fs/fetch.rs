@@ -59,6 +59,22 @@ struct ReadAhead {
     window: u64,
 }
 
+struct FinishDownload {
+    core: Arc<Core>,
+    of: Arc<OpenFile>,
+    ino: u64,
+    chunk: u64,
+    done: Arc<Inflight>,
+}
+
+impl Drop for FinishDownload {
+    fn drop(&mut self) {
+        lock(&self.of.downloads.inflight).remove(&self.chunk);
+        self.done.finish();
+        self.core.close_open_file(self.ino);
+    }
+}
+
 fn round_down(v: u64, to: u64) -> u64 {
     v / to * to
 }
@@ -201,6 +217,15 @@ impl Core {
         let path = path.to_string();
         let done = w.clone();
         self.rt.spawn(async move {
+            // However the task ends (even dropped with the runtime), waiters are released
+            // and the file's open count is given back.
+            let _finish = FinishDownload {
+                core: me.clone(),
+                of: of.clone(),
+                ino,
+                chunk,
+                done,
+            };
             let result = me.remote.get_range(&path, from, to - from).await;
             match result {
                 Ok(reply) => {
@@ -215,9 +240,6 @@ impl Core {
                     tracing::debug!("{path}: download of {from}..{to} failed: {e}");
                 }
             }
-            lock(&of.downloads.inflight).remove(&chunk);
-            done.finish();
-            me.close_open_file(ino);
         });
         Some(w)
     }

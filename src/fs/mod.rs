@@ -614,6 +614,7 @@ impl Core {
     /// The cached content of `ino` was replaced behind the kernel's back.
     pub fn content_replaced(&self, ino: u64) {
         self.bump_content_gen(ino);
+        lock(&self.verified).remove(&ino);
     }
 
     fn bump_content_gen(&self, ino: u64) {

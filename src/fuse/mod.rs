@@ -27,11 +27,23 @@ pub struct DavFs {
     /// Whether fully cached files opened read-only are handed to the kernel to read
     /// directly (FUSE passthrough, Linux 6.9 and later, as root).
     passthrough: AtomicBool,
-    /// Backing files registered with the kernel, by inode, with the number of handles
-    /// using each: the kernel wants one backing file per inode while any is open.
-    backing: Mutex<HashMap<u64, (BackingId, usize)>>,
-    /// Passthrough handles and their inodes.
-    passthrough_handles: Mutex<HashMap<u64, u64>>,
+    /// How each open inode is open. The kernel allows either ordinary opens or
+    /// passthrough opens of one inode, all with the same backing file, never both.
+    opens: Mutex<Opens>,
+}
+
+#[derive(Default)]
+struct Opens {
+    by_inode: HashMap<u64, InodeOpens>,
+    /// Handle → (inode, through passthrough).
+    handles: HashMap<u64, (u64, bool)>,
+}
+
+#[derive(Default)]
+struct InodeOpens {
+    ordinary: usize,
+    /// The backing file registered with the kernel and how many handles use it.
+    backing: Option<(BackingId, usize)>,
 }
 
 impl DavFs {
@@ -41,68 +53,65 @@ impl DavFs {
             core,
             ttl,
             passthrough: AtomicBool::new(passthrough),
-            backing: Mutex::new(HashMap::new()),
-            passthrough_handles: Mutex::new(HashMap::new()),
+            opens: Mutex::new(Opens::default()),
         }
     }
 
-    /// Answers an open of a read-only handle through passthrough if the file allows.
-    /// Returns the reply back when it did not.
-    fn try_passthrough(
-        &self,
-        ino: u64,
-        fh: u64,
-        flags: FopenFlags,
-        reply: ReplyOpen,
-    ) -> Option<ReplyOpen> {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return Some(reply);
-        }
-        let Some(file) = self.core.passthrough_file(fh) else {
-            return Some(reply);
-        };
-        let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
-        if !backing.contains_key(&ino) {
-            match reply.open_backing(&file) {
-                Ok(id) => {
-                    backing.insert(ino, (id, 0));
-                }
-                Err(e) => {
-                    tracing::info!(
-                        "FUSE passthrough unavailable ({e}); cached reads go through davdrive"
-                    );
-                    self.passthrough.store(false, Ordering::Relaxed);
-                    return Some(reply);
+    /// Replies to a successful open: through passthrough when the inode already has a
+    /// backing file (read-only opens), or when it has no ordinary opens and the core
+    /// allows it; otherwise an ordinary open.
+    fn reply_open(&self, ino: u64, fh: u64, writable: bool, flags: FopenFlags, reply: ReplyOpen) {
+        let mut opens = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+        let state = opens.by_inode.entry(ino).or_default();
+        if !writable && self.passthrough.load(Ordering::Relaxed) {
+            if state.backing.is_none() && state.ordinary == 0 {
+                if let Some(file) = self.core.passthrough_file(fh) {
+                    match reply.open_backing(&file) {
+                        Ok(id) => state.backing = Some((id, 0)),
+                        Err(e) => {
+                            tracing::info!(
+                                "FUSE passthrough unavailable ({e}); cached reads go through davdrive"
+                            );
+                            self.passthrough.store(false, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
+            if let Some((id, users)) = state.backing.as_mut() {
+                *users += 1;
+                tracing::debug!("open of inode {ino} served by passthrough");
+                // The kernel reads the backing file itself: its page cache for this
+                // inode is not ours to keep (and FOPEN_KEEP_CACHE with passthrough fails
+                // the open).
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+                opens.handles.insert(fh, (ino, true));
+                return;
+            }
         }
-        let entry = backing.get_mut(&ino).expect("inserted above");
-        entry.1 += 1;
-        tracing::debug!("open of inode {ino} served by passthrough");
-        // The kernel reads the backing file itself: its page cache for this inode is
-        // not ours to keep (and FOPEN_KEEP_CACHE with passthrough fails the open).
-        let _ = flags;
-        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &entry.0);
-        self.passthrough_handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, ino);
-        None
+        // A writer while passthrough readers are open is refused by the kernel (EIO).
+        state.ordinary += 1;
+        opens.handles.insert(fh, (ino, false));
+        reply.opened(FileHandle(fh), flags)
     }
 
-    fn release_passthrough(&self, fh: u64) {
-        let ino = self
-            .passthrough_handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
-        if let Some(ino) = ino {
-            let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(entry) = backing.get_mut(&ino) {
-                entry.1 -= 1;
-                if entry.1 == 0 {
-                    backing.remove(&ino);
+    fn forget_open(&self, fh: u64) {
+        let mut opens = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((ino, through_backing)) = opens.handles.remove(&fh) else {
+            return;
+        };
+        if let Some(state) = opens.by_inode.get_mut(&ino) {
+            if through_backing {
+                if let Some((_, users)) = state.backing.as_mut() {
+                    *users -= 1;
+                    if *users == 0 {
+                        state.backing = None;
+                    }
                 }
+            } else {
+                state.ordinary = state.ordinary.saturating_sub(1);
+            }
+            if state.ordinary == 0 && state.backing.is_none() {
+                opens.by_inode.remove(&ino);
             }
         }
     }
@@ -331,14 +340,7 @@ impl Filesystem for DavFs {
                 } else {
                     FopenFlags::empty()
                 };
-                let reply = if writable {
-                    Some(reply)
-                } else {
-                    self.try_passthrough(ino.0, fh, f, reply)
-                };
-                if let Some(reply) = reply {
-                    reply.opened(FileHandle(fh), f)
-                }
+                self.reply_open(ino.0, fh, writable, f, reply)
             }
             Err(e) => reply.error(errno("open", e)),
         }
@@ -403,7 +405,7 @@ impl Filesystem for DavFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.release_passthrough(fh.0);
+        self.forget_open(fh.0);
         match self.core.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("release", e)),
@@ -547,13 +549,20 @@ impl Filesystem for DavFs {
             Err(e) => return reply.error(e),
         };
         match self.core.create(parent.0, name, mode, req.uid(), req.gid()) {
-            Ok((a, fh)) => reply.created(
-                &self.ttl,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((a, fh)) => {
+                {
+                    let mut opens = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+                    opens.by_inode.entry(a.ino).or_default().ordinary += 1;
+                    opens.handles.insert(fh, (a.ino, false));
+                }
+                reply.created(
+                    &self.ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
             Err(e) => reply.error(errno("create", e)),
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! Entries are recorded inside the same SQLite transaction as the local change that
 //! produced them, so a change the kernel was told succeeded is always either applied on
-//! the remote or waiting here. Entries name remote paths as they were when recorded and
-//! are replayed strictly in id order, so a path always means what it meant then.
+//! the remote or waiting here. Entries name remote paths as they were when recorded, and
+//! each waits for every earlier entry it depends on (see `ready`), so a path always means
+//! what it meant then.
 //!
 //! Coalescing keeps the journal short without changing what replay produces:
 //! - a second upload of a file whose upload is still waiting is the same upload (the
@@ -263,11 +264,12 @@ pub fn record_rename(c: &Connection, node: &Node, from: &str, to: &str) -> rusql
 const READY_WINDOW: i64 = 256;
 
 /// Entries that may start now, in order, at most `limit`: due, not running, and not
-/// depending on an earlier entry still waiting or running. An entry depends on an
-/// earlier one of the same node, or one whose path (or destination) is the same as,
-/// inside, or above its own: a file's parent is created before the file, a rename waits
-/// for the upload it moves. Unrelated entries pass a waiting one, so one file's backoff
-/// does not hold up the others.
+/// depending on an earlier entry still waiting, running or set aside as failed. An entry
+/// depends on an earlier one of the same node, or one whose path (or destination) is the
+/// same as, inside, or above its own: a file's parent is created before the file, a
+/// rename waits for the upload it moves. Unrelated entries pass a waiting one, so one
+/// file's backoff or failure does not hold up the others; what depends on a failed entry
+/// waits until it is retried or dropped.
 pub fn ready(
     c: &Connection,
     running: &std::collections::HashSet<i64>,
@@ -280,6 +282,12 @@ pub fn ready(
         ))?
         .query_map([READY_WINDOW], entry_from_row)?
         .collect::<Result<_, _>>()?;
+    let failed: Vec<Entry> = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM journal WHERE failed = 1 ORDER BY id"
+        ))?
+        .query_map([], entry_from_row)?
+        .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for (i, e) in window.iter().enumerate() {
         if out.len() >= limit {
@@ -288,7 +296,9 @@ pub fn ready(
         if running.contains(&e.id) || e.next_try_at > now_ms {
             continue;
         }
-        if window[..i].iter().any(|earlier| depends(e, earlier)) {
+        if window[..i].iter().any(|earlier| depends(e, earlier))
+            || failed.iter().any(|f| f.id < e.id && depends(e, f))
+        {
             continue;
         }
         out.push(e.clone());
@@ -331,6 +341,17 @@ fn depends(e: &Entry, earlier: &Entry) -> bool {
     mine.iter()
         .flatten()
         .any(|a| theirs.iter().flatten().any(|b| related(a, b)))
+}
+
+/// Whether the remote's view of `path` (or of node `ino`) is still to change by waiting
+/// entries: one of the node, or naming the path or a directory above it.
+pub fn path_pending(c: &Connection, path: &str, ino: u64) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM journal WHERE ino = ?2 OR path = ?1 OR dest = ?1 \
+         OR substr(?1, 1, length(path) + 1) = path || '/' \
+         OR (dest IS NOT NULL AND substr(?1, 1, length(dest) + 1) = dest || '/'))",
+    )?
+    .query_row(params![path, ino as i64], |r| r.get(0))
 }
 
 /// Makes failed entries (one, or all with `id` None) wait to be tried again from the
@@ -580,6 +601,21 @@ mod tests {
         let running: HashSet<i64> = r.iter().take(3).map(|e| e.id).collect();
         let r2 = ready(&c, &running, 1, i64::MAX).unwrap();
         assert_eq!(paths(&r2), ["/music/b.mp3"]);
+    }
+
+    #[test]
+    fn a_failed_entry_holds_what_depends_on_it_until_retried() {
+        let c = store_with(&[
+            (Op::Mkcol, 1, "/new", None),
+            (Op::Put, 2, "/new/x", None),
+            (Op::Put, 3, "/other", None),
+        ]);
+        record_failure(&c, 1, "HTTP 403", 0, true).unwrap();
+        let r = ready(&c, &HashSet::new(), 10, 1000).unwrap();
+        assert_eq!(paths(&r), ["/other"]);
+        retry(&c, Some(1)).unwrap();
+        let r = ready(&c, &HashSet::new(), 10, 1000).unwrap();
+        assert_eq!(paths(&r), ["/new", "/other"]);
     }
 
     #[test]

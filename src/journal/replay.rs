@@ -1,5 +1,5 @@
-//! The replayer: runs journal entries against the remote, strictly in order, while the
-//! remote is healthy.
+//! The replayer: runs journal entries against the remote while it is healthy, up to
+//! `PARALLEL` at once, each after every earlier entry it depends on.
 //!
 //! - Transport errors (the remote went away) pause the replay and flip the health state;
 //!   they cost the entry no attempt.
@@ -90,19 +90,26 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
                             e.op.as_str(),
                             e.path
                         );
-                        let _ = journal::set_running(&core.store(), e.id, false);
+                        // With a backoff, and counted: a bug must not spin.
+                        record_error(&core, &e, RemoteError::Server { status: 500 });
                     }
                     e.id
                 });
             }
             continue;
         }
-        // Nothing can start: wait for a task, a new entry, or the next retry.
-        let wait = match journal::head(&core.store()) {
-            Ok(Some(e)) if !running.contains(&e.id) => {
-                Duration::from_millis((e.next_try_at - now_ms()).clamp(0, 3_600_000) as u64)
-            }
-            _ => Duration::from_secs(3600),
+        // Nothing can start: wait for a task, a new entry, or the next retry due.
+        let next_due: Option<i64> = core
+            .store()
+            .query_row(
+                "SELECT MIN(next_try_at) FROM journal WHERE failed = 0 AND running = 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(None);
+        let wait = match next_due {
+            Some(at) => Duration::from_millis((at - now_ms()).clamp(0, 3_600_000) as u64),
+            None => Duration::from_secs(3600),
         };
         // Something due but blocked only by running entries: their end wakes us.
         let wait = if wait.is_zero() {
