@@ -53,6 +53,11 @@ step "cat $work/server/projects/hello.txt"
 cmp README.md "$work/server/projects/notes/README.md"
 [ ! -e "$work/server/hello.txt" ]
 
+echo
+echo "The running mount, through its control socket:"
+step "$bin ctl --mount $work/mnt status"
+step "$bin ctl --mount $work/mnt ls --state projects/notes"
+
 if [ $keep -eq 1 ]; then
   echo
   echo "Still mounted on $work/mnt (server pid $server_pid)."

@@ -183,6 +183,18 @@ impl Harness {
         for t in live.tasks {
             let _ = self.server.rt.block_on(t);
         }
+        // Everything of the old core is gone before a new one starts, as with a process
+        // that exited: tasks it spawned (downloads, replays, hashing) end or are cancelled.
+        let old = Arc::downgrade(&live.core);
+        drop(live.core);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while old.strong_count() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the old core's tasks did not end"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if crash {
             // A request the dead daemon had sent may still be finishing on the server;
             // a real restart takes longer than that.

@@ -214,7 +214,9 @@ impl Core {
 
     fn recover(&self) -> FsResult<()> {
         let mut conn = lock(&self.store);
-        let tx = conn.transaction()?;
+        // IMMEDIATE: it writes, and a deferred transaction that must upgrade while another
+        // connection writes fails at once instead of waiting (busy_timeout).
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if store::get_node(&tx, ROOT_INO)?.is_none() {
             let ino = store::insert_node(
                 &tx,

@@ -418,10 +418,14 @@ pub fn retry_waiting_now(c: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Remembers the hash of a version an upload is about to send.
+/// Remembers the hash of a version an upload is about to send: on the upload, and on
+/// deletes of the same file recorded after it (the file may have been removed while the
+/// upload was starting; whatever the upload leaves on the remote is then ours to delete).
 pub fn add_sent_hash(c: &Connection, id: i64, sha256: &str) -> rusqlite::Result<()> {
     c.prepare_cached(
-        "UPDATE journal SET sent_sha256 = trim(sent_sha256 || ' ' || ?2) WHERE id = ?1",
+        "UPDATE journal SET sent_sha256 = trim(sent_sha256 || ' ' || ?2) \
+         WHERE id = ?1 OR (op = 'delete' AND id > ?1 \
+                           AND ino = (SELECT ino FROM journal WHERE id = ?1))",
     )?
     .execute(params![id, sha256])?;
     Ok(())
