@@ -138,6 +138,7 @@ fn run_inner(
     let remote: Arc<dyn Remote> =
         Arc::new(WebDav::new(wcfg).map_err(|e| MountError::Setup(format!("{url}: {e}")))?);
 
+    let mut first_latency = None;
     let online = match rt.block_on(remote.probe()) {
         Ok(info) => {
             tracing::info!(
@@ -145,6 +146,7 @@ fn run_inner(
                 info.dav_classes,
                 info.latency
             );
+            first_latency = Some(info.latency);
             true
         }
         Err(RemoteError::Unauthorized(_)) => return Err(MountError::Auth { url }),
@@ -175,6 +177,10 @@ fn run_inner(
     };
 
     let health = Health::new(online);
+    if first_latency.is_some() {
+        // The check just made is the first one status reports.
+        health.mark_online(first_latency);
+    }
     let core = Core::load(
         &cfg.cache_dir,
         remote.clone(),
