@@ -133,6 +133,15 @@ fn method(name: &'static str) -> Method {
 }
 
 impl WebDav {
+    /// One PROPFIND Depth 0 of the mounted collection, without retries.
+    async fn propfind_root(&self, body: &'static str) -> Result<Response, RemoteError> {
+        let rb = self
+            .request(method("PROPFIND"), self.base.clone())
+            .header("Depth", "0")
+            .header(CONTENT_TYPE, "application/xml; charset=utf-8")
+            .body(body);
+        self.send(rb, "/").await
+    }
     /// One PUT of `len` bytes with its precondition.
     async fn put_body(
         &self,
@@ -726,12 +735,7 @@ impl Remote for WebDav {
             r#"<D:quota-available-bytes/><D:quota-used-bytes/>"#,
             r#"</D:prop></D:propfind>"#,
         );
-        let rb = self
-            .request(method("PROPFIND"), self.base.clone())
-            .header("Depth", "0")
-            .header(CONTENT_TYPE, "application/xml; charset=utf-8")
-            .body(QUOTA_BODY);
-        let resp = self.send(rb, "/").await?;
+        let resp = self.propfind_root(QUOTA_BODY).await?;
         if resp.status() != StatusCode::MULTI_STATUS {
             return Ok((None, None));
         }
@@ -747,12 +751,7 @@ impl Remote for WebDav {
     async fn probe(&self) -> Result<ServerInfo, RemoteError> {
         // No retries: the caller probes to learn the state now, and polls again itself.
         let started = Instant::now();
-        let rb = self
-            .request(method("PROPFIND"), self.base.clone())
-            .header("Depth", "0")
-            .header(CONTENT_TYPE, "application/xml; charset=utf-8")
-            .body(PROPFIND_BODY);
-        let resp = self.send(rb, "/").await?;
+        let resp = self.propfind_root(PROPFIND_BODY).await?;
         match resp.status() {
             StatusCode::MULTI_STATUS => {
                 let body = resp.bytes().await.map_err(transport_error)?;
