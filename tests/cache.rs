@@ -186,16 +186,22 @@ impl Drop for Drive {
     }
 }
 
+/// Default limits, but no free space to keep: the test disk's own usage must not
+/// trigger evictions.
+fn no_min_free() -> CacheLimits {
+    CacheLimits {
+        min_free: 0,
+        ..CacheLimits::default()
+    }
+}
+
 fn put_on_server(server: &Server, name: &str, data: &[u8]) {
     std::fs::write(server.path(name), data).unwrap();
 }
 
 #[test]
 fn content_unused_for_the_max_age_is_swept_and_fetched_again() {
-    let d = Drive::new(CacheLimits {
-        min_free: 0,
-        ..CacheLimits::default()
-    });
+    let d = Drive::new(no_min_free());
     let data = common::pattern(300_000, 1);
     put_on_server(&d.server, "old.bin", &data);
     put_on_server(&d.server, "recent.bin", &common::pattern(1000, 2));
@@ -337,13 +343,7 @@ impl Drop for Tmpfs {
 fn a_cache_disk_full_of_unsent_changes_fails_writes_with_enospc_then_recovers() {
     let fs = Tmpfs::new("6m");
     let state = tempfile::tempdir_in(fs.path()).unwrap();
-    let mut d = Drive::with_state(
-        CacheLimits {
-            min_free: 0,
-            ..CacheLimits::default()
-        },
-        state,
-    );
+    let mut d = Drive::with_state(no_min_free(), state);
     // Listed once while online, as a mount does first.
     let fh = d.core().opendir(ROOT_INO).unwrap();
     d.core().releasedir(fh);
@@ -388,10 +388,7 @@ fn a_cache_disk_full_of_unsent_changes_fails_writes_with_enospc_then_recovers() 
 
 #[test]
 fn damaged_or_truncated_content_is_never_served() {
-    let mut d = Drive::new(CacheLimits {
-        min_free: 0,
-        ..CacheLimits::default()
-    });
+    let mut d = Drive::new(no_min_free());
     let data = common::pattern(2 * MIB + 123, 5);
     put_on_server(&d.server, "doc.bin", &data);
     put_on_server(&d.server, "short.bin", &data);
@@ -426,10 +423,7 @@ fn damaged_or_truncated_content_is_never_served() {
 
 #[test]
 fn an_interrupted_cold_read_resumes_from_what_is_cached() {
-    let d = Drive::new(CacheLimits {
-        min_free: 0,
-        ..CacheLimits::default()
-    });
+    let d = Drive::new(no_min_free());
     let size = 64 * MIB;
     let data = common::pattern(size, 11);
     put_on_server(&d.server, "movie.bin", &data);
@@ -481,10 +475,7 @@ fn an_interrupted_cold_read_resumes_from_what_is_cached() {
 
 #[test]
 fn concurrent_readers_of_one_range_share_one_download() {
-    let d = Drive::new(CacheLimits {
-        min_free: 0,
-        ..CacheLimits::default()
-    });
+    let d = Drive::new(no_min_free());
     let size = 16 * MIB;
     let data = common::pattern(size, 12);
     put_on_server(&d.server, "shared.bin", &data);
@@ -518,10 +509,7 @@ fn concurrent_readers_of_one_range_share_one_download() {
 
 #[test]
 fn an_open_after_the_attr_ttl_finds_a_newer_version() {
-    let d = Drive::new(CacheLimits {
-        min_free: 0,
-        ..CacheLimits::default()
-    });
+    let d = Drive::new(no_min_free());
     put_on_server(&d.server, "page.html", b"version one");
     let ino = d.ino("page.html");
     assert_eq!(d.read("page.html"), b"version one");

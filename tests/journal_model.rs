@@ -568,11 +568,11 @@ fn offline_sequence_with_coalescing_and_crash() {
 
 /// A daemon that dies with an upload in flight, and a file deleted after the restart:
 /// the upload the server finished after the death is deleted, not left behind.
-#[test]
-fn upload_in_flight_at_a_crash_then_deleted() {
+/// Creates `/a` with a slow server and waits until its upload is on the wire.
+fn upload_on_the_wire(delay: Duration) -> (Harness, Model) {
     let mut h = Harness::new();
     let mut model = Model::new();
-    h.set_fault(Some(Fault::Delay(Duration::from_millis(400))));
+    h.set_fault(Some(Fault::Delay(delay)));
     apply(
         &mut h,
         &mut model,
@@ -586,6 +586,12 @@ fn upload_in_flight_at_a_crash_then_deleted() {
     common::wait_until(10, "the upload to reach the server", || {
         h.server.proxy.body_bytes("PUT") >= 700
     });
+    (h, model)
+}
+
+#[test]
+fn upload_in_flight_at_a_crash_then_deleted() {
+    let (mut h, mut model) = upload_on_the_wire(Duration::from_millis(400));
     apply(&mut h, &mut model, &Action::Crash);
     h.set_fault(None);
     apply(&mut h, &mut model, &Action::Unlink { file: 0 });
@@ -599,22 +605,7 @@ fn upload_in_flight_at_a_crash_then_deleted() {
 /// delete that cleans up after the upload leaves their file alone.
 #[test]
 fn cleanup_after_a_crash_leaves_a_stranger_file_alone() {
-    let mut h = Harness::new();
-    let mut model = Model::new();
-    h.set_fault(Some(Fault::Delay(Duration::from_millis(200))));
-    apply(
-        &mut h,
-        &mut model,
-        &Action::Create {
-            dir: 0,
-            name: 0,
-            len: 700,
-            seed: 3,
-        },
-    );
-    common::wait_until(10, "the upload to reach the server", || {
-        h.server.proxy.body_bytes("PUT") >= 700
-    });
+    let (mut h, mut model) = upload_on_the_wire(Duration::from_millis(200));
     apply(&mut h, &mut model, &Action::Outage(true));
     apply(&mut h, &mut model, &Action::Crash);
     std::fs::write(h.server.path("a"), b"somebody else's").unwrap();

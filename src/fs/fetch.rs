@@ -85,8 +85,8 @@ fn round_up(v: u64, to: u64) -> u64 {
 
 impl Core {
     /// Makes `[start, end)` of the file present, downloading what is missing, several
-    /// chunks at a time. `reading` marks a read by a program: it rounds the fetch up and
-    /// drives the read-ahead.
+    /// chunks at a time. `reading` marks a read by a program: it rounds the fetch up,
+    /// drives the read-ahead and counts a cache hit or miss.
     pub(super) fn fetch_range(
         &self,
         of: &Arc<OpenFile>,
@@ -95,20 +95,26 @@ impl Core {
         end: u64,
         reading: bool,
     ) -> FsResult<()> {
-        let size = lock(&of.state).size;
-        let end = end.min(size);
+        let (size, end, covered) = {
+            let st = lock(&of.state);
+            let end = end.min(st.size);
+            (st.size, end, start >= end || st.ranges.covers(start, end))
+        };
         let ahead = if reading {
+            let m = &crate::metrics::METRICS;
+            crate::metrics::add(
+                if covered {
+                    &m.cache_hits
+                } else {
+                    &m.cache_misses
+                },
+                1,
+            );
             self.advance_readahead(of, start, end, size)
         } else {
             end
         };
-        let (covered, ahead_missing) = {
-            let st = lock(&of.state);
-            (
-                start >= end || st.ranges.covers(start, end),
-                ahead > end && !st.ranges.covers(end, ahead),
-            )
-        };
+        let ahead_missing = ahead > end && !lock(&of.state).ranges.covers(end, ahead);
         if covered && !ahead_missing {
             return Ok(());
         }

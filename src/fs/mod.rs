@@ -1145,15 +1145,6 @@ impl Core {
             return Ok(Vec::new());
         }
         let end = (offset + size as u64).min(file_size);
-        let hit = lock(&of.state).ranges.covers(offset, end);
-        crate::metrics::add(
-            if hit {
-                &crate::metrics::METRICS.cache_hits
-            } else {
-                &crate::metrics::METRICS.cache_misses
-            },
-            1,
-        );
         self.fetch_range(&of, ino, offset, end, true)?;
         let mut buf = vec![0u8; (end - offset) as usize];
         let mut done = 0;
