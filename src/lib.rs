@@ -8,6 +8,7 @@ pub mod control;
 pub mod fs;
 pub mod fuse;
 pub mod health;
+pub mod jobs;
 pub mod journal;
 pub mod metrics;
 pub mod remote;

@@ -7,184 +7,18 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use davdrive::cache::sweeper;
 use davdrive::cache::CacheLimits;
-use davdrive::clock::Clock;
-use davdrive::fs::{Core, CoreConfig, Evicted};
-use davdrive::health::{self, Health};
-use davdrive::journal;
-use davdrive::remote::webdav::{WebDav, WebDavConfig};
-use davdrive::remote::Remote;
+use davdrive::fs::Evicted;
 use davdrive::store::ROOT_INO;
-use tokio::sync::watch;
 
+use common::drive::Drive;
 use common::{Fault, Server};
 
 const DAY: Duration = Duration::from_secs(86400);
 const MIB: usize = 1 << 20;
-
-struct Drive {
-    server: Server,
-    state: tempfile::TempDir,
-    core: Option<Arc<Core>>,
-    clock: Clock,
-    limits: CacheLimits,
-    shutdown: Option<watch::Sender<bool>>,
-}
-
-impl Drive {
-    fn new(limits: CacheLimits) -> Drive {
-        Drive::with_state(limits, tempfile::tempdir().unwrap())
-    }
-
-    fn with_state(limits: CacheLimits, state: tempfile::TempDir) -> Drive {
-        if let Ok(filter) = std::env::var("DAVDRIVE_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_test_writer()
-                .try_init();
-        }
-        let mut d = Drive {
-            server: Server::start(),
-            state,
-            core: None,
-            clock: Clock::default(),
-            limits,
-            shutdown: None,
-        };
-        d.start();
-        d
-    }
-
-    fn start(&mut self) {
-        let _guard = self.server.rt.enter();
-        let mut cfg = WebDavConfig::new(url::Url::parse(&self.server.url()).unwrap());
-        cfg.request_timeout = Duration::from_secs(5);
-        cfg.retries = 1;
-        let remote: Arc<dyn Remote> = Arc::new(WebDav::new(cfg).unwrap());
-        let health = Health::new(true);
-        let core = Core::load(
-            self.state.path(),
-            remote.clone(),
-            self.server.rt.handle().clone(),
-            health.clone(),
-            CoreConfig {
-                dir_ttl: Duration::from_millis(200),
-                attr_ttl: Duration::from_millis(200),
-                cache: self.limits.clone(),
-                clock: self.clock.clone(),
-                ..CoreConfig::default()
-            },
-        )
-        .unwrap();
-        let (tx, rx) = watch::channel(false);
-        self.server.rt.spawn(health::probe_loop(
-            health,
-            remote,
-            Duration::from_millis(100),
-            rx.clone(),
-        ));
-        self.server.rt.spawn(journal::replay::run(core.clone(), rx));
-        self.core = Some(core);
-        self.shutdown = Some(tx);
-    }
-
-    fn stop(&mut self) {
-        let core = self.core.take().unwrap();
-        core.commit_all();
-        let _ = self.shutdown.take().unwrap().send(true);
-        // The tasks hold the core until they see the shutdown.
-        let weak = Arc::downgrade(&core);
-        drop(core);
-        common::wait_until(10, "the core to be dropped", || weak.strong_count() == 0);
-    }
-
-    fn core(&self) -> &Arc<Core> {
-        self.core.as_ref().unwrap()
-    }
-
-    fn ino(&self, name: &str) -> u64 {
-        self.core().lookup(ROOT_INO, name).unwrap().ino
-    }
-
-    fn read(&self, name: &str) -> Vec<u8> {
-        let ino = self.ino(name);
-        let (fh, _) = self.core().open(ino, false).unwrap();
-        let mut out = Vec::new();
-        loop {
-            let chunk = self.core().read(fh, out.len() as u64, 128 << 10).unwrap();
-            if chunk.is_empty() {
-                break;
-            }
-            out.extend_from_slice(&chunk);
-        }
-        self.core().release(fh).unwrap();
-        out
-    }
-
-    fn write_new(&self, name: &str, data: &[u8]) -> Result<(), i32> {
-        let (attr, fh) = self
-            .core()
-            .create(ROOT_INO, name, 0o644, 0, 0)
-            .map_err(|e| {
-                eprintln!("create {name}: {e}");
-                e.errno()
-            })?;
-        let _ = attr;
-        let mut result = Ok(());
-        for (i, part) in data.chunks(MIB).enumerate() {
-            if let Err(e) = self.core().write(fh, (i * MIB) as u64, part) {
-                eprintln!("write {name}: {e}");
-                result = Err(e.errno());
-                break;
-            }
-        }
-        let flushed = self.core().flush(fh).map_err(|e| e.errno());
-        self.core().release(fh).unwrap();
-        result.and(flushed)
-    }
-
-    fn cached_bytes(&self, name: &str) -> u64 {
-        let ino = self.ino(name);
-        let conn = self.core().store();
-        davdrive::store::get_node(&conn, ino)
-            .unwrap()
-            .unwrap()
-            .cached_bytes
-    }
-
-    fn content_path(&self, name: &str) -> std::path::PathBuf {
-        self.core().content().path(self.ino(name))
-    }
-
-    fn wait_drained(&self) {
-        common::wait_until(60, "the journal to drain", || {
-            journal::stats(&self.core().store()).unwrap().0 == 0
-        });
-    }
-
-    fn wait_hashed(&self, name: &str) {
-        let ino = self.ino(name);
-        common::wait_until(10, "the cached file to be hashed", || {
-            davdrive::store::get_node(&self.core().store(), ino)
-                .unwrap()
-                .unwrap()
-                .sha256
-                .is_some()
-        });
-    }
-}
-
-impl Drop for Drive {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(true);
-        }
-    }
-}
 
 /// Default limits, but no free space to keep: the test disk's own usage must not
 /// trigger evictions.
@@ -533,4 +367,70 @@ fn an_open_after_the_attr_ttl_finds_a_newer_version() {
     assert_eq!(d.core().read(fh, 0, 100).unwrap(), b"version two");
     d.core().release(fh).unwrap();
     assert_eq!(d.server.proxy.count("GET"), gets);
+}
+
+#[test]
+fn an_import_made_offline_is_staged_lands_later_and_goes_first_from_the_cache() {
+    let d = Drive::new(no_min_free());
+    let core = d.core().clone();
+    // A directory never listed cannot be written offline (it may hold the name already).
+    core.ensure_listing(ROOT_INO).unwrap();
+    d.server.proxy.set_fault(Fault::Refuse);
+    common::wait_until(10, "the remote to look down", || !core.health.is_online());
+    let data = common::pattern(3 * MIB + 17, 7);
+    let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let mut seen = 0;
+    let ino = core
+        .import_file(
+            "/deep/er/file.bin",
+            &mut &data[..],
+            Some(mtime),
+            core.default_owner(),
+            &mut |n| seen += n,
+        )
+        .unwrap();
+    assert_eq!(seen, data.len() as u64);
+    assert!(
+        !core.landed(ino).unwrap(),
+        "nothing can land while the remote is down"
+    );
+    assert!(!d.server.path("deep").exists());
+
+    d.server.proxy.set_fault(Fault::None);
+    common::wait_until(30, "the import to land", || core.landed(ino).unwrap());
+    assert_eq!(
+        std::fs::read(d.server.path("deep/er/file.bin")).unwrap(),
+        data
+    );
+    assert_eq!(core.getattr(ino).unwrap().mtime, mtime);
+
+    // Importing again over it replaces the content.
+    let ino2 = core
+        .import_file(
+            "/deep/er/file.bin",
+            &mut &b"short"[..],
+            None,
+            core.default_owner(),
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(ino2, ino);
+    common::wait_until(30, "the new content to land", || core.landed(ino).unwrap());
+    assert_eq!(
+        std::fs::read(d.server.path("deep/er/file.bin")).unwrap(),
+        b"short"
+    );
+
+    // Landed imports are the first candidates for eviction.
+    d.write_new("read-by-user", &common::pattern(MIB, 1))
+        .unwrap();
+    d.wait_drained();
+    core.evict_first(ino).unwrap();
+    let order: Vec<u64> = core
+        .eviction_candidates()
+        .unwrap()
+        .iter()
+        .map(|c| c.ino)
+        .collect();
+    assert_eq!(order.first(), Some(&ino), "candidates: {order:?}");
 }

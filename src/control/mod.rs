@@ -50,6 +50,8 @@ pub struct Context {
     pub core: Arc<Core>,
     pub mountpoint: PathBuf,
     pub started: SystemTime,
+    /// Backups and migrations running now.
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 /// A command's failure, as the client sees it.

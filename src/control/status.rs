@@ -63,7 +63,7 @@ pub fn status(ctx: &Context) -> CmdResult {
             "min_free": limits.min_free,
         },
         "conflicts": conflicts_open(ctx)?,
-        "jobs": Value::Array(vec![]),
+        "jobs": ctx.jobs.list(),
         "mountpoint": ctx.mountpoint,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": ctx.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),

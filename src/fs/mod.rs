@@ -10,6 +10,9 @@
 mod cache_ops;
 pub mod error;
 mod fetch;
+mod import;
+
+pub use import::ImportOwner;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;

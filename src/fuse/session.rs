@@ -213,6 +213,7 @@ fn run_inner(
             core: core.clone(),
             mountpoint: cfg.mountpoint.clone(),
             started: std::time::SystemTime::now(),
+            jobs: Default::default(),
         }),
         shutdown_rx.clone(),
     ));

@@ -1,0 +1,147 @@
+//! Writing local files into the drive from inside the daemon (backups, migration): the
+//! same path a program's `write()` takes — content file, journal entry, replay — so what
+//! is imported while the remote is down is staged and sent when it returns.
+
+use std::io::Read;
+use std::time::SystemTime;
+
+use super::{Core, FsError, FsResult};
+use crate::store::{self, Kind};
+
+/// Size of the pieces an import writes.
+const PIECE: usize = 1 << 20;
+
+/// Owner and mode of what an import creates.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportOwner {
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u32,
+    pub dir_mode: u32,
+}
+
+impl Core {
+    /// The owner the mount was made for, with ordinary modes.
+    pub fn default_owner(&self) -> ImportOwner {
+        ImportOwner {
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+        }
+    }
+
+    /// Makes directory `path` (mount-relative, "/a/b") and every missing one above it.
+    pub fn mkdir_all(&self, path: &str, owner: ImportOwner) -> FsResult<u64> {
+        let mut ino = store::ROOT_INO;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            ino = match self.lookup(ino, part) {
+                Ok(a) if a.kind == Kind::Dir => a.ino,
+                Ok(_) => return Err(FsError::NotDir),
+                Err(FsError::NotFound) => {
+                    match self.mkdir(ino, part, owner.dir_mode, owner.uid, owner.gid) {
+                        Ok(a) => a.ino,
+                        // Made by someone else in between.
+                        Err(FsError::Exists) => self.lookup(ino, part)?.ino,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(ino)
+    }
+
+    /// Writes `src` to file `path` (replacing what was there), with mtime `mtime`, and
+    /// commits it to the journal durably (as `fsync` would) before returning its inode.
+    /// Parent directories are made as needed. `progress` is told of each piece written.
+    /// Fails with `NoSpace` when the cache is full of unsent data; nothing is half-queued
+    /// then: the file is left dirty and is uploaded as it stands at the next commit.
+    pub fn import_file(
+        &self,
+        path: &str,
+        src: &mut dyn Read,
+        mtime: Option<SystemTime>,
+        owner: ImportOwner,
+        progress: &mut dyn FnMut(u64),
+    ) -> FsResult<u64> {
+        let (dir, name) = match path.trim_end_matches('/').rsplit_once('/') {
+            Some((d, n)) => (d, n),
+            None => ("", path),
+        };
+        let parent = self.mkdir_all(dir, owner)?;
+        let fh = match self.lookup(parent, name) {
+            Ok(a) if a.kind == Kind::Dir => return Err(FsError::IsDir),
+            Ok(a) => {
+                let (fh, _) = self.open(a.ino, true)?;
+                if let Err(e) = self.setattr(a.ino, None, None, None, Some(0), None) {
+                    let _ = self.release(fh);
+                    return Err(e);
+                }
+                fh
+            }
+            Err(FsError::NotFound) => {
+                self.create(parent, name, owner.file_mode, owner.uid, owner.gid)?
+                    .1
+            }
+            Err(e) => return Err(e),
+        };
+        let result = (|| {
+            let (ino, _, _) = self.handle(fh)?;
+            let mut buf = vec![0u8; PIECE];
+            let mut offset = 0u64;
+            loop {
+                let n = match src.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(FsError::Io(e)),
+                };
+                self.write(fh, offset, &buf[..n])?;
+                offset += n as u64;
+                progress(n as u64);
+            }
+            if mtime.is_some() {
+                self.setattr(ino, None, None, None, None, mtime)?;
+            }
+            self.fsync(fh)?;
+            Ok(ino)
+        })();
+        let released = self.release(fh);
+        let ino = result?;
+        released?;
+        // A program may hold pages of the old content in the kernel.
+        self.content_dropped_keep(ino);
+        Ok(ino)
+    }
+
+    /// The kernel's pages of `ino` are stale, but our content is the new one.
+    fn content_dropped_keep(&self, ino: u64) {
+        self.content_replaced(ino);
+        if let Some(f) = self.kernel_invalidator.get() {
+            f(ino);
+        }
+    }
+
+    /// Whether everything the journal holds for `ino` has reached the remote.
+    pub fn landed(&self, ino: u64) -> FsResult<bool> {
+        let conn = self.store();
+        let waiting: bool = conn
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE ino = ?1)")?
+            .query_row([ino as i64], |r| r.get(0))?;
+        if waiting || self.is_write_dirty(ino) {
+            return Ok(false);
+        }
+        Ok(store::get_node(&conn, ino)?.is_some_and(|n| n.on_remote && !n.dirty))
+    }
+
+    /// Marks the cached content of `ino` as the first to go when room is needed (content
+    /// the user did not read, such as an import, once it has landed).
+    pub fn evict_first(&self, ino: u64) -> FsResult<()> {
+        self.store().execute(
+            "UPDATE nodes SET last_access = 0 WHERE ino = ?1",
+            [ino as i64],
+        )?;
+        Ok(())
+    }
+}
