@@ -57,6 +57,8 @@ echo
 echo "The running mount, through its control socket:"
 step "$bin ctl --mount $work/mnt status"
 step "$bin ctl --mount $work/mnt ls --state projects/notes"
+step "$bin ctl --mount $work/mnt backup run --wait"
+step "$bin ctl --mount $work/mnt backup list"
 
 if [ $keep -eq 1 ]; then
   echo

@@ -83,6 +83,43 @@ pub struct MountConfig {
     pub passthrough: bool,
     /// Where the control socket listens (default: `<cache dir>/control.sock`).
     pub control_socket: PathBuf,
+    pub backup: crate::backup::BackupConfig,
+}
+
+/// The settings file (`--config`, TOML). Flags given on the command line win.
+///
+/// ```toml
+/// [backup]
+/// sources = ["/srv/app/data.db", "/srv/app/uploads"]
+/// at = "02:30"          # or "off"
+/// keep_days = 30
+/// compression = 6
+/// dir = "/.davdrive/backups/myhost"
+/// ```
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub backup: FileBackup,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackup {
+    #[serde(default)]
+    pub sources: Vec<PathBuf>,
+    pub at: Option<String>,
+    pub keep_days: Option<u32>,
+    pub compression: Option<u32>,
+    pub dir: Option<String>,
+}
+
+pub fn read_config_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
 }
 
 impl MountConfig {
@@ -200,6 +237,27 @@ mod tests {
         assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
         assert!(parse_duration("7w").is_err());
         assert!(parse_duration("d").is_err());
+    }
+
+    #[test]
+    fn the_settings_file_reads_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[backup]\nsources = [\"/a\", \"/b c\"]\nat = \"off\"\nkeep_days = 7\n",
+        )
+        .unwrap();
+        let c = read_config_file(&p).unwrap();
+        assert_eq!(
+            c.backup.sources,
+            vec![PathBuf::from("/a"), PathBuf::from("/b c")]
+        );
+        assert_eq!(c.backup.at.as_deref(), Some("off"));
+        assert_eq!(c.backup.keep_days, Some(7));
+        std::fs::write(&p, "[backup]\nsauces = []\n").unwrap();
+        let e = read_config_file(&p).unwrap_err().to_string();
+        assert!(e.contains("sauces"), "{e}");
     }
 
     #[test]

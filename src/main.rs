@@ -22,7 +22,7 @@ enum Cmd {
     /// Mount the WebDAV collection at URL on MOUNTPOINT.
     ///
     /// Example: davdrive mount https://cloud.example.org/remote.php/dav/files/me/ ~/drive --user me --password-file ~/.davpass
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Unmount a davdrive mount. Changes not yet sent stay in the journal and are sent at
     /// the next mount.
     Unmount {
@@ -106,6 +106,26 @@ struct MountArgs {
     /// <cache dir>/control.sock.
     #[arg(long)]
     control_socket: Option<PathBuf>,
+    /// Settings file (TOML); see the README. Flags given here win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A local file or folder to back up daily to the remote (repeatable). SQLite
+    /// databases are copied consistently while in use. davdrive's own state is always
+    /// backed up.
+    #[arg(long)]
+    backup_source: Vec<PathBuf>,
+    /// Daily backup at this local time (HH:MM), or `off`. Default 00:00.
+    #[arg(long)]
+    backup_at: Option<String>,
+    /// Keep backups this many days (the newest successful one is always kept). Default 30.
+    #[arg(long)]
+    backup_keep_days: Option<u32>,
+    /// gzip level of backup archives, 0 (none) to 9 (smallest). Default 6.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=9))]
+    backup_compression: Option<u32>,
+    /// Folder in the drive for the archives. Default /.davdrive/backups/<host>.
+    #[arg(long)]
+    backup_dir: Option<String>,
 }
 
 #[derive(Args)]
@@ -179,6 +199,40 @@ enum CtlCmd {
     Health,
     /// Counters in the Prometheus text format.
     Metrics,
+    /// Backups of local data (and davdrive's state) to the remote.
+    Backup {
+        #[command(subcommand)]
+        action: BackupCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// Make a backup now.
+    Run {
+        /// Follow it until it is on the remote (exit status 1 if it fails or is partial).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (the backup goes on).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// The last backup, the next one, and what the remote holds.
+    Status,
+    /// The archives on the remote.
+    List,
+    /// Download an archive and check its SHA-256 and every file in it.
+    Verify { name: String },
+    /// Download, check and unpack an archive into a folder.
+    Restore {
+        name: String,
+        /// The folder to unpack into (made if missing).
+        #[arg(long)]
+        to: PathBuf,
+        /// Write over files that exist there.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -251,6 +305,37 @@ fn ctl(args: CtlArgs) -> ExitCode {
         } => ("conflicts-resolve", json!({"path": path, "keep": keep})),
         CtlCmd::Health => ("health", json!({})),
         CtlCmd::Metrics => ("metrics", json!({})),
+        CtlCmd::Backup {
+            action:
+                BackupCmd::Run {
+                    wait: true,
+                    timeout,
+                },
+        } => return backup_run_wait(&socket, timeout, args.json),
+        CtlCmd::Backup {
+            action: BackupCmd::Run { wait: false, .. },
+        } => ("backup-run", json!({})),
+        CtlCmd::Backup {
+            action: BackupCmd::Status,
+        } => ("backup-status", json!({})),
+        CtlCmd::Backup {
+            action: BackupCmd::List,
+        } => ("backup-list", json!({})),
+        CtlCmd::Backup {
+            action: BackupCmd::Verify { name },
+        } => ("backup-verify", json!({"name": name})),
+        CtlCmd::Backup {
+            action: BackupCmd::Restore { name, to, force },
+        } => {
+            let to = match davdrive::control::backup::absolute_target(&to) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+            (
+                "backup-restore",
+                json!({"name": name, "to": to, "force": force}),
+            )
+        }
     };
     let reply = match client::request(&socket, cmd, req_args, timeout) {
         Ok(r) => r,
@@ -274,6 +359,26 @@ fn ctl(args: CtlArgs) -> ExitCode {
     }
 }
 
+fn backup_run_wait(socket: &Path, timeout: Duration, json_out: bool) -> ExitCode {
+    match davdrive::control::backup::run_and_wait(socket, timeout, json_out) {
+        Ok(w) => {
+            if json_out {
+                println!("{}", serde_json::json!({"ok": w.ok, "result": w.job}));
+            } else if w.ok {
+                print!("{}", w.text);
+            } else {
+                eprintln!("davdrive: {}", w.text);
+            }
+            if w.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => fail(e),
+    }
+}
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     // fuser warns at every unmount that its own second unmount found nothing to do.
@@ -289,7 +394,7 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Mount(args) => mount(args),
+        Cmd::Mount(args) => mount(*args),
         Cmd::Unmount { mountpoint } => unmount(&mountpoint),
         Cmd::Ctl(args) => ctl(args),
         Cmd::Serve { dir, addr } => {
@@ -364,8 +469,57 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
                 .map_err(|e| format!("--control-socket {}: {e}", p.display()))?,
             None => cache_dir.join("control.sock"),
         },
+        backup: backup_config(args)?,
         cache_dir,
     })
+}
+
+/// Backup settings: flags over the settings file over the defaults.
+fn backup_config(args: &MountArgs) -> Result<davdrive::backup::BackupConfig, String> {
+    use davdrive::backup;
+    let file = match &args.config {
+        Some(p) => config::read_config_file(p).map_err(|e| e.to_string())?,
+        None => config::FileConfig::default(),
+    };
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into())
+        .replace('/', "_");
+    let mut cfg = backup::BackupConfig::new(&host);
+    let mut sources = file.backup.sources;
+    sources.extend(args.backup_source.iter().cloned());
+    for s in &sources {
+        let abs =
+            std::path::absolute(s).map_err(|e| format!("backup source {}: {e}", s.display()))?;
+        if !cfg.sources.contains(&abs) {
+            cfg.sources.push(abs);
+        }
+    }
+    if let Some(at) = args.backup_at.as_ref().or(file.backup.at.as_ref()) {
+        cfg.at = backup::parse_at(at).map_err(|e| format!("--backup-at: {e}"))?;
+    }
+    if let Some(d) = args.backup_keep_days.or(file.backup.keep_days) {
+        if d == 0 {
+            return Err("--backup-keep-days: keep at least 1 day".into());
+        }
+        cfg.keep_days = d;
+    }
+    if let Some(level) = args.backup_compression.or(file.backup.compression) {
+        if level > 9 {
+            return Err(format!("backup compression {level}: use 0 to 9"));
+        }
+        cfg.compression = level;
+    }
+    if let Some(dir) = args.backup_dir.as_ref().or(file.backup.dir.as_ref()) {
+        let dir = format!("/{}", dir.trim_matches('/'));
+        if dir == "/" || dir.split('/').any(|p| p == "..") {
+            return Err(format!(
+                "--backup-dir {dir}: give a folder inside the drive"
+            ));
+        }
+        cfg.dir = dir;
+    }
+    Ok(cfg)
 }
 
 const DAEMON_CHILD_ENV: &str = "DAVDRIVE_DAEMON_CHILD";

@@ -84,7 +84,7 @@ fn s<'a>(v: &'a Value, key: &str) -> &'a str {
 }
 
 /// Prints rows as columns padded to the widest cell.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -168,10 +168,19 @@ pub fn render(cmd: &str, r: &Value) -> String {
                 human_size(u(c, "disk_free"))
             );
             out += &format!("conflicts:     {}\n", u(r, "conflicts"));
-            out += &format!(
-                "jobs:          {}\n",
-                r["jobs"].as_array().map(|a| a.len()).unwrap_or(0)
-            );
+            let jobs = r["jobs"].as_array().cloned().unwrap_or_default();
+            if jobs.is_empty() {
+                out += "jobs:          none\n";
+            }
+            for (i, j) in jobs.iter().enumerate() {
+                out += &format!(
+                    "{}{} {}: {}\n",
+                    if i == 0 { "jobs:          " } else { "               " },
+                    s(j, "kind"),
+                    j["name"].as_str().unwrap_or_else(|| s(j, "id")),
+                    s(j, "state")
+                );
+            }
             out += &format!(
                 "davdrive:      {} on {}, up {}\n",
                 s(r, "version"),
@@ -383,6 +392,7 @@ pub fn render(cmd: &str, r: &Value) -> String {
             ),
             None => format!("dropped entry {}\n", u(r, "dropped")),
         },
+        c if c.starts_with("backup-") => super::backup::render(c, r),
         _ => format!("{}\n", serde_json::to_string_pretty(r).unwrap_or_default()),
     }
 }

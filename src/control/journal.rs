@@ -110,8 +110,8 @@ pub fn retry(ctx: &Context, args: &Value) -> CmdResult {
         return Err(CmdError("give an entry id, or all".into()));
     }
     let n = journal::retry(&ctx.core.store(), id)?;
-    if n == 0 && id.is_some() {
-        return Err(CmdError(format!("no journal entry {}", id.unwrap())));
+    if let (0, Some(id)) = (n, id) {
+        return Err(CmdError(format!("no journal entry {id}")));
     }
     ctx.core.journal_changed.notify_one();
     Ok(json!({"retried": n}))

@@ -10,6 +10,7 @@
 //! an error reply; a line over 1 MiB gets one and the connection is closed. One file per
 //! group of commands.
 
+pub mod backup;
 pub mod cache;
 pub mod client;
 pub mod conflicts;
@@ -52,6 +53,7 @@ pub struct Context {
     pub started: SystemTime,
     /// Backups and migrations running now.
     pub jobs: Arc<crate::jobs::Jobs>,
+    pub backups: Arc<crate::backup::Backups>,
 }
 
 /// A command's failure, as the client sees it.
@@ -90,6 +92,12 @@ pub fn dispatch(ctx: &Context, req: &Request) -> CmdResult {
         "ls" => cache::ls(ctx, a),
         "conflicts" => conflicts::list(ctx),
         "conflicts-resolve" => conflicts::resolve(ctx, a),
+        "backup-run" => backup::run(ctx),
+        "backup-job" => backup::job(ctx, a),
+        "backup-status" => backup::status(ctx),
+        "backup-list" => backup::list(ctx),
+        "backup-verify" => backup::verify(ctx, a),
+        "backup-restore" => backup::restore(ctx, a),
         other => Err(CmdError(format!("unknown command {other:?}"))),
     }
 }

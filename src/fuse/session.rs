@@ -206,14 +206,20 @@ fn run_inner(
         crate::control::bind(&cfg.control_socket).map_err(MountError::Setup)?
     };
 
+    let jobs: Arc<crate::jobs::Jobs> = Default::default();
+    let backups = crate::backup::Backups::start(core.clone(), cfg.backup.clone(), jobs.clone())
+        .map_err(|e| MountError::Setup(format!("backups: {e}")))?;
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    rt.spawn(backups.clone().schedule(shutdown_rx.clone()));
     rt.spawn(crate::control::serve(
         control,
         Arc::new(crate::control::Context {
             core: core.clone(),
             mountpoint: cfg.mountpoint.clone(),
             started: std::time::SystemTime::now(),
-            jobs: Default::default(),
+            jobs,
+            backups: backups.clone(),
         }),
         shutdown_rx.clone(),
     ));
@@ -301,6 +307,7 @@ fn run_inner(
 
     // Everything written is handed to the journal; the network is not waited for.
     core.commit_all();
+    backups.stop();
     let _ = shutdown_tx.send(true);
     let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), replayer).await });
     let waiting = journal::stats(&core.store()).map(|s| s.0).unwrap_or(0);

@@ -87,6 +87,26 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX nodes_cached_lru ON nodes(last_access) WHERE cached_bytes > 0;
     CREATE INDEX nodes_pinned ON nodes(pinned) WHERE pinned != 0;
     ",
+    // 2 -> 3: the backup log. `state` is `running` while the archive is made, `uploading`
+    // until archive and checksum have landed on the remote, then `success`, `partial`
+    // (some source could not be read) or `failed`. Times are unix seconds.
+    "
+    CREATE TABLE backups (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        name        TEXT    NOT NULL,
+        remote_dir  TEXT    NOT NULL,
+        started_at  INTEGER NOT NULL,
+        ended_at    INTEGER,
+        size        INTEGER,
+        sha256      TEXT,
+        state       TEXT    NOT NULL,
+        -- What went wrong (failed), what is missing (partial), or why it waits.
+        error       TEXT,
+        -- Both files are in the journal (the archive waits in the spool until then).
+        queued      INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX backups_by_name ON backups(name);
+    ",
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

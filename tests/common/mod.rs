@@ -296,8 +296,6 @@ pub fn run(cmd: &str, dir: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The name of the first entry in the server's root starting with `prefix` (a conflict
-/// copy, say), if any.
 /// Waits until the server holds exactly `data` at `rel`.
 pub fn wait_server_has(server: &Server, rel: &str, data: &[u8]) {
     let want = sha256(data);
@@ -307,6 +305,8 @@ pub fn wait_server_has(server: &Server, rel: &str, data: &[u8]) {
     });
 }
 
+/// The name of the first entry in the server's root starting with `prefix` (a conflict
+/// copy, say), if any.
 pub fn server_entry_starting(server: &Server, prefix: &str) -> Option<String> {
     std::fs::read_dir(&server.root).unwrap().find_map(|e| {
         let n = e.unwrap().file_name().into_string().unwrap();
