@@ -306,7 +306,7 @@ fn bad_server_replies_are_eio_and_the_mount_keeps_working() {
             method: "PROPFIND".into(),
             path_contains: "/bad-xml".into(),
             status: 207,
-            body: "<?xml version=\"1.0\"?><D:multistatus xmlns:D=\"DAV:\"><D:response><D:href>/bad-xml/</D:hr".into(),
+            body: format!("<?xml version=\"1.0\"?><D:multistatus xmlns:D=\"DAV:\"><D:response><D:href>{}</D:hr", server.href("/bad-xml/")),
         });
         st.canned.push(Canned {
             method: "PROPFIND".into(),
@@ -318,13 +318,14 @@ fn bad_server_replies_are_eio_and_the_mount_keeps_working() {
             method: "PROPFIND".into(),
             path_contains: "/outside".into(),
             status: 207,
-            body: r#"<?xml version="1.0"?><D:multistatus xmlns:D="DAV:">
-<D:response><D:href>/outside/</D:href><D:propstat><D:prop><D:resourcetype><D:collection/></D:resourcetype></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>
+            body: format!(r#"<?xml version="1.0"?><D:multistatus xmlns:D="DAV:">
+<D:response><D:href>{outside}</D:href><D:propstat><D:prop><D:resourcetype><D:collection/></D:resourcetype></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>
 <D:response><D:href>/etc/passwd</D:href><D:propstat><D:prop><D:getcontentlength>10</D:getcontentlength></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>
-<D:response><D:href>/outside/../../escape</D:href><D:propstat><D:prop><D:getcontentlength>10</D:getcontentlength></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>
-<D:response><D:href>/outside/good.txt</D:href><D:propstat><D:prop><D:getcontentlength>4</D:getcontentlength></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>
-</D:multistatus>"#
-                .into(),
+<D:response><D:href>{outside}../../escape</D:href><D:propstat><D:prop><D:getcontentlength>10</D:getcontentlength></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>
+<D:response><D:href>{outside}good.txt</D:href><D:propstat><D:prop><D:getcontentlength>4</D:getcontentlength></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>
+</D:multistatus>"#,
+                outside = server.href("/outside/")
+            ),
         });
     }
     let e = fs::read_dir(m.path("bad-xml"))
@@ -492,12 +493,12 @@ fn a_5000_entry_listing_costs_one_propfind_and_ls_l_after_it_none() {
     let dir = m.path("big");
     let first = run(&format!("ls -l {}", dir.display()), base.path());
     assert_eq!(first.lines().count(), 5001, "ls -l shows every entry");
-    assert_eq!(server.proxy.count_at("PROPFIND", "/big/"), 1);
+    assert_eq!(server.proxy.count_at("PROPFIND", &server.href("/big/")), 1);
     let gets = server.proxy.count("GET");
     let second = run(&format!("ls -l {}", dir.display()), base.path());
     assert_eq!(second, first);
     assert_eq!(
-        server.proxy.count_at("PROPFIND", "/big/"),
+        server.proxy.count_at("PROPFIND", &server.href("/big/")),
         1,
         "ls -l within the TTL asked the server again"
     );

@@ -175,7 +175,11 @@ pub fn render(cmd: &str, r: &Value) -> String {
             for (i, j) in jobs.iter().enumerate() {
                 out += &format!(
                     "{}{} {}: {}\n",
-                    if i == 0 { "jobs:          " } else { "               " },
+                    if i == 0 {
+                        "jobs:          "
+                    } else {
+                        "               "
+                    },
                     s(j, "kind"),
                     j["name"].as_str().unwrap_or_else(|| s(j, "id")),
                     s(j, "state")

@@ -492,12 +492,18 @@ impl Core {
         };
         lock(&self.validated).insert(ino, now);
         let changed = match (&current.etag, &node.etag) {
-            (Some(theirs), Some(ours)) => theirs != ours,
+            (Some(theirs), Some(ours)) => !crate::remote::same_etag(Some(theirs), Some(ours)),
             // Without ETags only the size can tell (the server's mtime of a file uploaded
             // from here is its upload time, not ours).
             _ => current.size != node.size,
         };
         if !changed {
+            // The same version under the tag's other form (weak / strong): keep the
+            // newer form, which is the one `If-Match` must send.
+            let conn = lock(&self.store);
+            if current.etag.is_some() && !has_unsent_changes(&conn, ino)? {
+                store::refresh_etag(&conn, ino, node.etag.as_deref(), current.etag.as_deref())?;
+            }
             return Ok(());
         }
         let conn = lock(&self.store);

@@ -479,7 +479,11 @@ impl Core {
                     .unwrap_or_else(store::now_ns);
                 match existing {
                     Some(n) if n.kind == kind => {
-                        if kind == Kind::File && n.etag != e.etag && !n.dirty {
+                        let same = crate::remote::same_etag(n.etag.as_deref(), e.etag.as_deref());
+                        if kind == Kind::File && same && !n.dirty {
+                            store::refresh_etag(&tx, n.ino, n.etag.as_deref(), e.etag.as_deref())?;
+                        }
+                        if kind == Kind::File && !same && !n.dirty {
                             // An open file keeps its content until closed; the next
                             // listing after that picks up the new version.
                             if !self.is_open(n.ino) {

@@ -49,6 +49,17 @@ pub struct PutReply {
     pub etag: Option<String>,
 }
 
+/// Whether two ETags name the same version, by the weak comparison of RFC 9110: the
+/// same opaque tag, weak or not. Apache (mod_dav_fs) marks a tag weak while the file is
+/// less than a second old and sends it strong later; the version is the same.
+pub fn same_etag(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.trim_start_matches("W/") == b.trim_start_matches("W/"),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// What the server said about itself on the health probe.
 #[derive(Debug, Clone, Default)]
 pub struct ServerInfo {

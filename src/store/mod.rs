@@ -473,6 +473,26 @@ pub fn touch_access(conn: &Connection, ino: u64, now_s: i64) -> rusqlite::Result
     Ok(())
 }
 
+/// Records `new` as the ETag of `ino` where it names the version `old` did (see
+/// `remote::same_etag`), keeping cached content bound to it.
+pub fn refresh_etag(
+    conn: &Connection,
+    ino: u64,
+    old: Option<&str>,
+    new: Option<&str>,
+) -> rusqlite::Result<()> {
+    if old == new {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "UPDATE nodes SET etag = ?3, \
+         content_etag = CASE WHEN content_etag IS ?2 THEN ?3 ELSE content_etag END \
+         WHERE ino = ?1 AND etag IS ?2",
+    )?
+    .execute(params![ino as i64, old, new])?;
+    Ok(())
+}
+
 pub fn get_meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
         .query_row([key], |r| r.get(0))

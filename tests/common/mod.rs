@@ -29,13 +29,33 @@ pub fn require_fuse() {
 }
 
 /// A WebDAV server over a temp dir, reached through a proxy, on its own runtime.
+///
+/// By default the server is davdrive's own (`dav-server`). With
+/// `DAVDRIVE_TEST_SERVER_URL` (say `http://127.0.0.1:8081/dav/`) and
+/// `DAVDRIVE_TEST_SERVER_ROOT` (the folder that URL serves) set, the tests run against
+/// that server instead (Apache, nginx, rclone: see `scripts/interop.sh`), each in a fresh
+/// folder of its own.
 pub struct Server {
     pub rt: tokio::runtime::Runtime,
     pub tmp: tempfile::TempDir,
-    /// The folder the server serves.
+    /// The folder the server serves (this test's part of it).
     pub root: PathBuf,
     pub proxy: Proxy,
     pub upstream: std::net::SocketAddr,
+    /// URL path of `root` on the server ("/" for dav-server).
+    prefix: String,
+}
+
+/// The external server to test against, if one is set: (its URL, the folder it serves).
+pub fn external_server() -> Option<(url::Url, PathBuf)> {
+    let url = std::env::var("DAVDRIVE_TEST_SERVER_URL").ok()?;
+    let root = std::env::var("DAVDRIVE_TEST_SERVER_ROOT").ok()?;
+    let mut url = url::Url::parse(&url).expect("DAVDRIVE_TEST_SERVER_URL is not a URL");
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    Some((url, PathBuf::from(root)))
 }
 
 impl Server {
@@ -46,6 +66,38 @@ impl Server {
             .build()
             .unwrap();
         let tmp = tempfile::tempdir().unwrap();
+        if let Some((url, served)) = external_server() {
+            // The server runs as another user (www-data): what tests make on its side
+            // must be writable for it, and what it makes readable for the tests.
+            unsafe { libc::umask(0) };
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let name = format!(
+                "t-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let root = served.join(&name);
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+            let upstream = std::net::SocketAddr::new(
+                url.host_str()
+                    .unwrap()
+                    .parse()
+                    .expect("the test server must be on an IP address"),
+                url.port_or_known_default().unwrap(),
+            );
+            let proxy = rt.block_on(Proxy::start(upstream));
+            return Server {
+                rt,
+                tmp,
+                root,
+                proxy,
+                upstream,
+                prefix: format!("{}{name}/", url.path()),
+            };
+        }
         let root = tmp.path().join("server");
         std::fs::create_dir_all(&root).unwrap();
         let (upstream, proxy) = rt.block_on(async {
@@ -60,11 +112,18 @@ impl Server {
             root,
             proxy,
             upstream,
+            prefix: "/".into(),
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/", self.proxy.addr)
+        format!("http://{}{}", self.proxy.addr, self.prefix)
+    }
+
+    /// The URL path of `rel` on the server ("/big/" is "/dav/t-1-0/big/" on a server
+    /// whose collection is at /dav/t-1-0/): what the proxy logs and hrefs hold.
+    pub fn href(&self, rel: &str) -> String {
+        format!("{}{}", self.prefix, rel.trim_start_matches('/'))
     }
 
     /// A path on the server side.
@@ -222,6 +281,21 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The daemon's side of a failed test.
+            let log = self.log_text();
+            // Without the health probes, which repeat every second.
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|l| !l.contains("method=OPTIONS") && !l.contains("PROPFIND path=\"/\""))
+                .take(40)
+                .collect();
+            eprintln!("--- last lines of the davdrive log ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("fusermount3")
                 .arg("-u")

@@ -274,6 +274,13 @@ async fn handle(
         }
         out = out.header(k, v);
     }
+    // A request without a body must stay without one: a streamed empty body goes out
+    // chunked, and Apache refuses an MKCOL with a body (415).
+    let bodyless = !req.headers().contains_key("transfer-encoding")
+        && req
+            .headers()
+            .get("content-length")
+            .is_none_or(|v| v.as_bytes() == b"0");
     let body_stream = http_body_util::BodyStream::new(req.into_body());
     let counter = st.clone();
     let mut seen = 0usize;
@@ -318,6 +325,7 @@ async fn handle(
                 tokio::time::sleep(d).await;
                 reqwest::Body::from(whole)
             }
+            _ if bodyless => reqwest::Body::from(Vec::new()),
             _ => reqwest::Body::wrap_stream(body_stream),
         };
         out.body(body).send().await.map_err(std::io::Error::other)
