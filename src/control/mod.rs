@@ -14,6 +14,7 @@ pub mod cache;
 pub mod client;
 pub mod conflicts;
 pub mod journal;
+pub mod migrate;
 pub mod status;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ pub struct Context {
     pub started: SystemTime,
     /// Backups and migrations running now.
     pub jobs: Arc<crate::jobs::Jobs>,
+    /// Migrations of local trees onto the remote (`migrate-*`).
+    pub migrations: Arc<crate::migrate::Migrations>,
 }
 
 /// A command's failure, as the client sees it.
@@ -90,6 +93,13 @@ pub fn dispatch(ctx: &Context, req: &Request) -> CmdResult {
         "ls" => cache::ls(ctx, a),
         "conflicts" => conflicts::list(ctx),
         "conflicts-resolve" => conflicts::resolve(ctx, a),
+        "migrate-start" => migrate::start(ctx, a),
+        "migrate-status" => migrate::status(ctx, a),
+        "migrate-list" => migrate::list(ctx),
+        "migrate-pause" => migrate::pause(ctx, a),
+        "migrate-resume" => migrate::resume(ctx, a),
+        "migrate-cancel" => migrate::cancel(ctx, a),
+        "migrate-errors" => migrate::errors(ctx, a),
         other => Err(CmdError(format!("unknown command {other:?}"))),
     }
 }

@@ -206,6 +206,13 @@ fn run_inner(
         crate::control::bind(&cfg.control_socket).map_err(MountError::Setup)?
     };
 
+    // Before the replayer: migrations cut off by a crash undo their partial copies
+    // before those could be sent.
+    let jobs = Arc::new(crate::jobs::Jobs::default());
+    let migrations =
+        crate::migrate::Migrations::start(core.clone(), jobs.clone(), Some(cfg.mountpoint.clone()))
+            .map_err(|e| MountError::Setup(format!("cannot resume migrations: {e}")))?;
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     rt.spawn(crate::control::serve(
         control,
@@ -213,7 +220,8 @@ fn run_inner(
             core: core.clone(),
             mountpoint: cfg.mountpoint.clone(),
             started: std::time::SystemTime::now(),
-            jobs: Default::default(),
+            jobs,
+            migrations: migrations.clone(),
         }),
         shutdown_rx.clone(),
     ));
@@ -299,6 +307,8 @@ fn run_inner(
     let run_result = session.run();
     tracing::info!("unmounted {}", cfg.mountpoint.display());
 
+    // Migrations stop after their current file (and resume at the next mount).
+    migrations.shutdown();
     // Everything written is handed to the journal; the network is not waited for.
     core.commit_all();
     let _ = shutdown_tx.send(true);
