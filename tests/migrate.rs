@@ -114,6 +114,11 @@ fn tail(s: &str) -> String {
 /// Writes `n` files of a few KiB in nested folders (some names unicode) under `dir`;
 /// returns relative path → SHA-256.
 fn make_tree(dir: &Path, n: usize, seed: u64) -> Vec<(String, String)> {
+    make_tree_of(dir, n, seed, KIB)
+}
+
+/// `make_tree` with files of at least `min_size` bytes.
+fn make_tree_of(dir: &Path, n: usize, seed: u64, min_size: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for i in 0..n {
         let sub = match i % 4 {
@@ -128,7 +133,7 @@ fn make_tree(dir: &Path, n: usize, seed: u64) -> Vec<(String, String)> {
             _ => format!("日本語 {i} 🙂.dat"),
         };
         let rel = format!("{sub}/{name}");
-        let data = pattern(KIB + (i * 37) % (6 * KIB), seed + i as u64);
+        let data = pattern(min_size + (i * 37) % (6 * KIB), seed + i as u64);
         fs::create_dir_all(dir.join(&sub)).unwrap();
         fs::write(dir.join(&rel), &data).unwrap();
         out.push((rel, sha256(&data)));
@@ -352,8 +357,10 @@ fn pause_resume_and_the_remote_down_during_the_run() {
     let server = Server::start();
     let base = tempfile::tempdir().unwrap();
     let src = base.path().join("src");
-    let tree = make_tree(&src, 400, 2);
-    let m = Mount::start(&server.url(), base.path(), &[]);
+    // 600 files of 64 KiB or more, with a cache of 16 MiB: the worker keeps at most
+    // 8 MiB of unsent copies, so it cannot run far ahead of the uploads.
+    let tree = make_tree_of(&src, 600, 2, 64 * KIB);
+    let m = Mount::start(&server.url(), base.path(), &["--cache-max-size", "16M"]);
     let id = start(&m, &src, "p", &[]);
 
     wait_status(&m, id, 60, "some files verified", |s| {
@@ -383,12 +390,16 @@ fn pause_resume_and_the_remote_down_during_the_run() {
         "{jobs}"
     );
 
-    // Resumed, with the remote going down for part of the run: copies go on being
-    // staged in the drive meanwhile.
-    ctl_json(&m, &["migrate", "resume", &id.to_string()]);
+    // What was staged before the pause still uploads.
+    wait_until(60, "the journal to drain while paused", || {
+        ctl_json(&m, &["status"])["journal"]["waiting"] == 0
+    });
+    assert_eq!(files(&status(&m, id), "pending"), pending);
+
+    // Resumed with the remote down: copies go on being staged in the drive meanwhile.
     server.proxy.set_fault(Fault::Refuse);
-    std::thread::sleep(Duration::from_secs(1));
     let down = status(&m, id);
+    ctl_json(&m, &["migrate", "resume", &id.to_string()]);
     wait_status(&m, id, 60, "files staged while the remote is down", |s| {
         files(s, "pending") + 30 <= files(&down, "pending")
     });
@@ -400,7 +411,7 @@ fn pause_resume_and_the_remote_down_during_the_run() {
     server.proxy.set_fault(Fault::None);
     let st = wait_ended(&m, id, 120);
     assert_eq!(st["state"], "completed", "{st}");
-    assert_eq!(files(&st, "done"), 400);
+    assert_eq!(files(&st, "done"), 600);
     assert_on_server(&server, "p", &tree);
     let e = ctl_error(&m, &["migrate", "resume", &id.to_string()]);
     assert!(e.contains("only a paused migration"), "{e}");
@@ -422,8 +433,9 @@ fn delete_source_removes_only_verified_files() {
     });
     let m = Mount::start(&server.url(), base.path(), &[]);
 
-    // With the remote down, everything is staged and nothing is verified: no source
-    // may go yet.
+    // With the remote down (the mount was used before, as a user's is), everything is
+    // staged and nothing is verified: no source may go yet.
+    fs::read_dir(&m.mnt).unwrap().count();
     server.proxy.set_fault(Fault::Refuse);
     let id = start(
         &m,
@@ -446,6 +458,8 @@ fn delete_source_removes_only_verified_files() {
     server.proxy.set_fault(Fault::None);
     let st = wait_ended(&m, id, 120);
     assert_eq!(st["state"], "completed_with_errors", "{st}");
+    let errors = ctl_json(&m, &["migrate", "errors", &id.to_string()]);
+    assert_eq!(errors["total"], 1, "{errors}");
     assert_eq!(st["excluded"], 1);
     assert_eq!(files(&st, "source_deleted"), 60, "{st}");
     assert_on_server(&server, "moved", &tree);

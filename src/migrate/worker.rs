@@ -66,6 +66,9 @@ enum Copied {
     Done,
     /// The cache is full of unsent data: try again once some has landed.
     NoRoom,
+    /// The drive needs the remote for this (a folder never listed) and it is
+    /// unreachable: try again later.
+    Offline,
     /// A stop cut the copy short; the item is pending again.
     Aborted,
 }
@@ -81,7 +84,6 @@ struct Worker<'a> {
     last_rowid: i64,
     /// Files copied, not yet verified (or, with --delete-source, not yet removed).
     in_flight: Vec<ItemRow>,
-    in_flight_bytes: u64,
     /// Bytes of staged copies the cache is given before the worker waits for uploads.
     budget: u64,
     last_check: Option<Instant>,
@@ -107,7 +109,6 @@ impl<'a> Worker<'a> {
             queue: VecDeque::new(),
             last_rowid: 0,
             in_flight: Vec::new(),
-            in_flight_bytes: 0,
             budget,
             last_check: None,
         })
@@ -131,7 +132,6 @@ impl<'a> Worker<'a> {
             .unwrap_or_else(|p| p.into_inner()) = Some(done);
         // After a restart: what was copied before is followed, not copied again.
         self.in_flight = db::in_flight(&self.m.db(), self.id, self.opts.delete_source)?;
-        self.in_flight_bytes = self.in_flight.iter().map(|i| i.size).sum();
         let mut no_room_since: Option<Instant> = None;
         loop {
             if self.control.take_stop().is_some() {
@@ -146,9 +146,10 @@ impl<'a> Worker<'a> {
                 self.advance(true)?;
                 continue;
             };
+            let unsent = self.unsent_bytes();
             if item.kind == "file"
                 && !self.in_flight.is_empty()
-                && (self.in_flight_bytes + item.size > self.budget
+                && ((unsent > 0 && unsent + item.size > self.budget)
                     || self.in_flight.len() >= MAX_IN_FLIGHT)
             {
                 // The cache holds enough of our unsent copies: let uploads catch up.
@@ -160,6 +161,11 @@ impl<'a> Worker<'a> {
             match self.handle(&item)? {
                 Copied::Done => no_room_since = None,
                 Copied::Aborted => self.queue.push_front(item),
+                Copied::Offline => {
+                    self.queue.push_front(item);
+                    self.control.wait(Duration::from_millis(500));
+                    self.advance(true)?;
+                }
                 Copied::NoRoom => {
                     if no_room_since.is_none() {
                         tracing::info!(
@@ -176,6 +182,16 @@ impl<'a> Worker<'a> {
         }
         self.finish_dirs()?;
         Ok(Outcome::Finished)
+    }
+
+    /// Bytes of our copies not yet on the remote: the cache may not evict them. (Landed
+    /// ones waiting for verification are clean and evictable, so they do not count.)
+    fn unsent_bytes(&self) -> u64 {
+        self.in_flight
+            .iter()
+            .filter(|i| i.state == "staged")
+            .map(|i| i.size)
+            .sum()
     }
 
     fn next_item(&mut self) -> MigrateResult<Option<ItemRow>> {
@@ -216,6 +232,10 @@ impl<'a> Worker<'a> {
                         None,
                     )?;
                     Ok(Copied::Done)
+                }
+                Err(e) if is_transient(&e) => {
+                    db::set_item_state(&self.m.db(), item.rowid, "pending", None)?;
+                    Ok(Copied::Offline)
                 }
                 Err(e) => self.fail(item, &format!("cannot make the folder in the drive: {e}")),
             };
@@ -393,6 +413,11 @@ impl<'a> Worker<'a> {
                     db::set_item_state(&self.m.db(), item.rowid, "pending", None)?;
                     return Ok(Copied::NoRoom);
                 }
+                Err(e) if is_transient(&e) => {
+                    undo("offline");
+                    db::set_item_state(&self.m.db(), item.rowid, "pending", None)?;
+                    return Ok(Copied::Offline);
+                }
                 Err(e) => {
                     undo("refused");
                     return self.fail(item, &format!("the drive refused it: {e}"));
@@ -415,7 +440,6 @@ impl<'a> Worker<'a> {
         it.mtime_ns = mtime;
         it.sha256 = Some(sha);
         it.ino = Some(ino);
-        self.in_flight_bytes += size;
         self.in_flight.push(it);
     }
 
@@ -456,7 +480,6 @@ impl<'a> Worker<'a> {
                     } else {
                         format!("the server refused {path}, above it: {why}")
                     };
-                    self.in_flight_bytes -= item.size;
                     self.fail(&item, &reason)?;
                     continue;
                 }
@@ -473,7 +496,6 @@ impl<'a> Worker<'a> {
                         core.cache_grew.notify_one();
                     }
                     Ok(Err(mismatch)) => {
-                        self.in_flight_bytes -= item.size;
                         self.fail(&item, &format!("verification failed: {mismatch}"))?;
                         continue;
                     }
@@ -489,7 +511,6 @@ impl<'a> Worker<'a> {
                 item.state = "source_deleted".into();
             }
             if item.state == "verified" || item.state == "source_deleted" {
-                self.in_flight_bytes -= item.size;
                 continue;
             }
             keep.push(item);
@@ -670,6 +691,15 @@ impl Read for SourceReader<'_> {
                 Err(std::io::Error::new(kind, text))
             }
         }
+    }
+}
+
+/// An error of the drive that says "the remote is not there now", not "no".
+fn is_transient(e: &FsError) -> bool {
+    match e {
+        FsError::Offline { .. } => true,
+        FsError::Remote { source, .. } => source.is_retryable(),
+        _ => false,
     }
 }
 
