@@ -171,10 +171,9 @@ impl Control {
     }
 }
 
-/// The migration service of one mount: its store connection, its workers.
+/// The migration service of one mount: its workers, over the core's state store.
 pub struct Migrations {
     core: Arc<Core>,
-    db: Mutex<Connection>,
     jobs: Arc<Jobs>,
     /// Where the drive is mounted (None for a core without kernel): SRC may not be in it.
     mountpoint: Option<PathBuf>,
@@ -204,10 +203,8 @@ impl Migrations {
         jobs: Arc<Jobs>,
         mountpoint: Option<PathBuf>,
     ) -> MigrateResult<Arc<Migrations>> {
-        let conn = store::open(&core.cache_dir().join("state.db"))?;
         let m = Arc::new_cyclic(|me| Migrations {
             core,
-            db: Mutex::new(conn),
             jobs,
             mountpoint,
             workers: Mutex::new(HashMap::new()),
@@ -228,8 +225,11 @@ impl Migrations {
         Ok(m)
     }
 
+    /// The core's own connection: a second one would make the core's transactions
+    /// fail with "database is locked" when they meet our writes. Never held across a
+    /// call into the core (it takes the same lock).
     fn db(&self) -> MutexGuard<'_, Connection> {
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
+        self.core.store()
     }
 
     fn workers(&self) -> MutexGuard<'_, HashMap<i64, Arc<Control>>> {
