@@ -241,11 +241,10 @@ pub fn set_item_copied(
     mtime_ns: i64,
     sha256: &str,
     ino: Option<u64>,
-    note: Option<&str>,
 ) -> rusqlite::Result<()> {
     c.prepare_cached(
         "UPDATE migration_items SET state = ?2, size = ?3, mtime_ns = ?4, sha256 = ?5, \
-         ino = ?6, error = ?7 WHERE rowid = ?1",
+         ino = ?6, error = NULL WHERE rowid = ?1",
     )?
     .execute(params![
         rowid,
@@ -253,8 +252,7 @@ pub fn set_item_copied(
         size as i64,
         mtime_ns,
         sha256,
-        ino.map(|i| i as i64),
-        note
+        ino.map(|i| i as i64)
     ])?;
     Ok(())
 }

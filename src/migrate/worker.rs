@@ -229,7 +229,6 @@ impl<'a> Worker<'a> {
                         item.mtime_ns,
                         "",
                         Some(ino),
-                        None,
                     )?;
                     Ok(Copied::Done)
                 }
@@ -312,7 +311,6 @@ impl<'a> Worker<'a> {
                         mtime,
                         &sha,
                         Some(node.ino),
-                        None,
                     )?;
                     return Ok(Copied::Done);
                 }
@@ -327,7 +325,6 @@ impl<'a> Worker<'a> {
                         mtime,
                         &sha,
                         Some(node.ino),
-                        None,
                     )?;
                     self.track(item, "landed", size, mtime, sha, node.ino);
                     return Ok(Copied::Done);
@@ -390,7 +387,6 @@ impl<'a> Worker<'a> {
                         mtime,
                         &sha,
                         Some(ino),
-                        None,
                     )?;
                     self.track(item, "staged", size, mtime, sha, ino);
                     return Ok(Copied::Done);
