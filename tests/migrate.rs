@@ -630,6 +630,20 @@ fn a_rerun_sends_only_the_changed_file_and_bad_input_is_refused() {
     );
     assert!(!ok && err.contains("md5"), "{err}");
 
+    // --follow-symlinks copies what a link points to.
+    let linked_src = base.path().join("linked");
+    fs::create_dir_all(&linked_src).unwrap();
+    fs::write(base.path().join("outside.txt"), b"pointed at").unwrap();
+    std::os::unix::fs::symlink(base.path().join("outside.txt"), linked_src.join("link.txt"))
+        .unwrap();
+    let linked = start(&m, &linked_src, "linked", &["--follow-symlinks"]);
+    let st = wait_ended(&m, linked, 60);
+    assert_eq!(st["state"], "completed", "{st}");
+    assert_eq!(
+        fs::read(server.path("linked/link.txt")).unwrap(),
+        b"pointed at"
+    );
+
     // Cancel: stops, says what it left.
     let third_src = base.path().join("third");
     make_tree(&third_src, 200, 5);
