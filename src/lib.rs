@@ -12,6 +12,7 @@ pub mod health;
 pub mod jobs;
 pub mod journal;
 pub mod metrics;
+pub mod migrate;
 pub mod remote;
 pub mod serve;
 pub mod store;

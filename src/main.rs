@@ -204,6 +204,11 @@ enum CtlCmd {
         #[command(subcommand)]
         action: BackupCmd,
     },
+    /// Move a local folder onto the remote, verified and resumable.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -233,6 +238,47 @@ enum BackupCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum MigrateCmd {
+    /// Copy SRC_DIR (a local folder outside the mount) to DEST (a folder in the mount);
+    /// returns the migration's id at once, the daemon does the work.
+    Start {
+        src_dir: PathBuf,
+        /// A path inside the mount (absolute) or relative to its root; made if missing.
+        dest: String,
+        /// full: read each landed file back from the server and compare SHA-256;
+        /// size: compare size and ETag.
+        #[arg(long, default_value = "full", value_parser = ["full", "size"])]
+        verify: String,
+        /// Remove each source file once its copy on the server is verified.
+        #[arg(long)]
+        delete_source: bool,
+        /// Leave out paths (relative to SRC_DIR) matching GLOB; may be repeated.
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// Copy what symbolic links point to (by default they are skipped and listed).
+        #[arg(long)]
+        follow_symlinks: bool,
+    },
+    /// Progress: files, bytes, rate, ETA (of the migrations not ended, without ID).
+    Status {
+        id: Option<i64>,
+        /// Show a live progress bar until the migration ends or pauses.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Every migration of this mount.
+    List,
+    /// Stop taking new files (what is staged still uploads).
+    Pause { id: i64 },
+    /// Go on with a paused migration.
+    Resume { id: i64 },
+    /// Stop for good; what landed stays, and the reply says what was left.
+    Cancel { id: i64 },
+    /// Files that failed, and what was skipped, with the reason.
+    Errors { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -336,6 +382,37 @@ fn ctl(args: CtlArgs) -> ExitCode {
                 json!({"name": name, "to": to, "force": force}),
             )
         }
+        CtlCmd::Migrate { action } => match action {
+            MigrateCmd::Start {
+                src_dir,
+                dest,
+                verify,
+                delete_source,
+                exclude,
+                follow_symlinks,
+            } => {
+                // The daemon has another working directory.
+                let src = std::path::absolute(&src_dir).unwrap_or(src_dir);
+                (
+                    "migrate-start",
+                    json!({"src": src, "dest": dest, "verify": verify,
+                        "delete_source": delete_source, "exclude": exclude,
+                        "follow_symlinks": follow_symlinks}),
+                )
+            }
+            MigrateCmd::Status { id, watch: true } => {
+                return match client::watch_migration(&socket, id, args.json) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(format!("davdrive ctl migrate status: {e}")),
+                };
+            }
+            MigrateCmd::Status { id, .. } => ("migrate-status", json!({"id": id})),
+            MigrateCmd::List => ("migrate-list", json!({})),
+            MigrateCmd::Pause { id } => ("migrate-pause", json!({"id": id})),
+            MigrateCmd::Resume { id } => ("migrate-resume", json!({"id": id})),
+            MigrateCmd::Cancel { id } => ("migrate-cancel", json!({"id": id})),
+            MigrateCmd::Errors { id } => ("migrate-errors", json!({"id": id})),
+        },
     };
     let reply = match client::request(&socket, cmd, req_args, timeout) {
         Ok(r) => r,

@@ -397,7 +397,191 @@ pub fn render(cmd: &str, r: &Value) -> String {
             None => format!("dropped entry {}\n", u(r, "dropped")),
         },
         c if c.starts_with("backup-") => super::backup::render(c, r),
+        "migrate-start" => format!(
+            "migration {} started: {} -> {} (see `ctl migrate status {}`)\n",
+            u(r, "id"),
+            s(r, "src"),
+            s(r, "dest"),
+            u(r, "id")
+        ),
+        "migrate-status" | "migrate-pause" | "migrate-resume" => {
+            let list = match r {
+                Value::Array(a) => a.clone(),
+                one => vec![one.clone()],
+            };
+            if list.is_empty() {
+                return "no migrations\n".into();
+            }
+            list.iter().map(migration_text).collect()
+        }
+        "migrate-list" => {
+            let rows = r
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|m| {
+                            let f = &m["files"];
+                            vec![
+                                u(m, "id").to_string(),
+                                s(m, "state").to_string(),
+                                format!("{:.1}%", m["percent"].as_f64().unwrap_or(0.0)),
+                                format!("{}/{}", u(f, "done") + u(f, "skipped"), u(f, "total")),
+                                u(f, "failed").to_string(),
+                                format!("{} -> {}", s(m, "src"), s(m, "dest")),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(
+                &["ID", "STATE", "DONE", "FILES", "FAILED", "FROM -> TO"],
+                rows,
+            )
+        }
+        "migrate-cancel" => format!(
+            "migration {} cancelled: {} file(s) ({}) are on the server and stay; {} ({}) \
+             were copied into the drive and are still uploaded; {} ({}) were not copied{}\n",
+            u(r, "id"),
+            u(r, "landed_files"),
+            human_size(u(r, "landed_bytes")),
+            u(r, "staged_files"),
+            human_size(u(r, "staged_bytes")),
+            u(r, "not_copied_files"),
+            human_size(u(r, "not_copied_bytes")),
+            if r["walk_done"].as_bool() == Some(false) {
+                " (SRC was not fully walked yet)"
+            } else {
+                ""
+            }
+        ),
+        "migrate-errors" => {
+            let rows = r["items"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| {
+                            vec![
+                                s(e, "state").to_string(),
+                                s(e, "path").to_string(),
+                                s(e, "error").to_string(),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut out = table(&["STATE", "PATH", "REASON"], rows);
+            let shown = r["items"].as_array().map(|a| a.len()).unwrap_or(0) as u64;
+            if u(r, "total") > shown {
+                out += &format!("… and {} more\n", u(r, "total") - shown);
+            }
+            out
+        }
         _ => format!("{}\n", serde_json::to_string_pretty(r).unwrap_or_default()),
+    }
+}
+
+/// One migration's progress in a few lines.
+fn migration_text(m: &Value) -> String {
+    let f = &m["files"];
+    let b = &m["bytes"];
+    let rate = m["rate_bytes_per_s"]
+        .as_u64()
+        .map(|r| format!(", {}/s", human_size(r)))
+        .unwrap_or_default();
+    let eta = m["eta_s"]
+        .as_i64()
+        .map(|e| format!(", ETA {}", human_age(e)))
+        .unwrap_or_default();
+    let mut out = format!(
+        "migration {}: {} ({})  {} -> {}\n",
+        u(m, "id"),
+        s(m, "state"),
+        s(m, "phase"),
+        s(m, "src"),
+        s(m, "dest")
+    );
+    out += &format!(
+        "  files: {} total, {} done, {} failed, {} skipped, {} staged, {} pending\n",
+        u(f, "total"),
+        u(f, "done"),
+        u(f, "failed"),
+        u(f, "skipped"),
+        u(f, "staged") + u(f, "landed"),
+        u(f, "pending")
+    );
+    out += &format!(
+        "  bytes: {} of {} ({:.1}%){rate}{eta}\n",
+        human_size(u(b, "done")),
+        human_size(u(b, "total")),
+        m["percent"].as_f64().unwrap_or(0.0)
+    );
+    if u(m, "errors") > 0 {
+        out += &format!(
+            "  {} item(s) to look at: `ctl migrate errors {}`\n",
+            u(m, "errors"),
+            u(m, "id")
+        );
+    }
+    if let Some(e) = m["error"].as_str() {
+        out += &format!("  error: {e}\n");
+    }
+    out
+}
+
+/// `migrate status --watch`: a live progress bar until the migration ends or pauses.
+pub fn watch_migration(socket: &Path, id: Option<i64>, json_out: bool) -> Result<(), String> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{bar:40}] {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}  {msg}",
+        )
+        .map_err(|e| e.to_string())?
+        .progress_chars("=> "),
+    );
+    if json_out {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    loop {
+        let reply = request(
+            socket,
+            "migrate-status",
+            json!({"id": id}),
+            Duration::from_secs(60),
+        )?;
+        if reply["ok"].as_bool() != Some(true) {
+            bar.abandon();
+            return Err(reply["error"].as_str().unwrap_or("error").to_string());
+        }
+        let m = &reply["result"][0];
+        if m.is_null() {
+            bar.abandon();
+            return Err("no migration is running".into());
+        }
+        let b = &m["bytes"];
+        let f = &m["files"];
+        bar.set_length(u(b, "total"));
+        bar.set_position(u(b, "done"));
+        bar.set_message(format!(
+            "{} {}: {}/{} files, {} failed, {} skipped",
+            s(m, "state"),
+            s(m, "phase"),
+            u(f, "done"),
+            u(f, "total"),
+            u(f, "failed"),
+            u(f, "skipped")
+        ));
+        let state = s(m, "state");
+        if state != "running" {
+            bar.finish();
+            if json_out {
+                println!("{reply}");
+            } else {
+                print!("{}", migration_text(m));
+            }
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod client;
 pub mod conflicts;
 pub mod journal;
+pub mod migrate;
 pub mod status;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,8 @@ pub struct Context {
     /// Backups and migrations running now.
     pub jobs: Arc<crate::jobs::Jobs>,
     pub backups: Arc<crate::backup::Backups>,
+    /// Migrations of local trees onto the remote (`migrate-*`).
+    pub migrations: Arc<crate::migrate::Migrations>,
 }
 
 /// A command's failure, as the client sees it.
@@ -98,6 +101,13 @@ pub fn dispatch(ctx: &Context, req: &Request) -> CmdResult {
         "backup-list" => backup::list(ctx),
         "backup-verify" => backup::verify(ctx, a),
         "backup-restore" => backup::restore(ctx, a),
+        "migrate-start" => migrate::start(ctx, a),
+        "migrate-status" => migrate::status(ctx, a),
+        "migrate-list" => migrate::list(ctx),
+        "migrate-pause" => migrate::pause(ctx, a),
+        "migrate-resume" => migrate::resume(ctx, a),
+        "migrate-cancel" => migrate::cancel(ctx, a),
+        "migrate-errors" => migrate::errors(ctx, a),
         other => Err(CmdError(format!("unknown command {other:?}"))),
     }
 }

@@ -145,3 +145,73 @@ impl Core {
         Ok(())
     }
 }
+
+/// Where the uploads of some imported files stand.
+#[derive(Debug, Default)]
+pub struct UploadStates {
+    /// Inodes whose changes have all reached the remote.
+    pub landed: std::collections::HashSet<u64>,
+    /// Entries the remote refused for good (set aside as failed), of any inode:
+    /// (inode, remote path, reason). A file under a refused directory waits on it.
+    pub refused: Vec<(u64, String, String)>,
+}
+
+impl Core {
+    /// `landed` for many files at once (one query per few hundred), plus the refused
+    /// entries of the journal: what a job that imported them needs to follow them.
+    pub fn upload_states(&self, inos: &[u64]) -> FsResult<UploadStates> {
+        let mut out = UploadStates::default();
+        let conn = self.store();
+        for chunk in inos.chunks(500) {
+            // Integers only: safe to inline.
+            let list = chunk
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut st = conn.prepare(&format!(
+                "SELECT ino FROM nodes WHERE ino IN ({list}) AND on_remote = 1 AND dirty = 0 \
+                 AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.ino = nodes.ino)"
+            ))?;
+            for ino in st.query_map([], |r| r.get::<_, i64>(0))? {
+                out.landed.insert(ino? as u64);
+            }
+        }
+        out.refused = conn
+            .prepare_cached(
+                "SELECT ino, COALESCE(dest, path), COALESCE(last_error, 'refused') \
+                 FROM journal WHERE failed != 0",
+            )?
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        drop(conn);
+        out.landed.retain(|ino| !self.is_write_dirty(*ino));
+        Ok(out)
+    }
+
+    /// Removes file `path` (mount-relative) if it is there; for undoing an import that
+    /// could not finish. A file the remote never saw leaves no trace in the journal.
+    pub fn remove_file(&self, path: &str) -> FsResult<()> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let parent = self.resolve_path(dir)?;
+        match self.unlink(parent, name) {
+            Ok(()) | Err(FsError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The node at `path` (mount-relative), if any, without asking the remote.
+    pub fn node_at(&self, path: &str) -> FsResult<Option<store::Node>> {
+        let conn = self.store();
+        let mut ino = store::ROOT_INO;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            match store::get_child(&conn, ino, part)? {
+                Some(n) => ino = n.ino,
+                None => return Ok(None),
+            }
+        }
+        Ok(store::get_node(&conn, ino)?)
+    }
+}

@@ -12,7 +12,7 @@ pub mod error;
 mod fetch;
 mod import;
 
-pub use import::ImportOwner;
+pub use import::{ImportOwner, UploadStates};
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;

@@ -206,7 +206,12 @@ fn run_inner(
         crate::control::bind(&cfg.control_socket).map_err(MountError::Setup)?
     };
 
-    let jobs: Arc<crate::jobs::Jobs> = Default::default();
+    // Before the replayer: migrations cut off by a crash undo their partial copies
+    // before those could be sent.
+    let jobs = Arc::new(crate::jobs::Jobs::default());
+    let migrations =
+        crate::migrate::Migrations::start(core.clone(), jobs.clone(), Some(cfg.mountpoint.clone()))
+            .map_err(|e| MountError::Setup(format!("cannot resume migrations: {e}")))?;
     let backups = crate::backup::Backups::start(core.clone(), cfg.backup.clone(), jobs.clone())
         .map_err(|e| MountError::Setup(format!("backups: {e}")))?;
 
@@ -220,6 +225,7 @@ fn run_inner(
             started: std::time::SystemTime::now(),
             jobs,
             backups: backups.clone(),
+            migrations: migrations.clone(),
         }),
         shutdown_rx.clone(),
     ));
@@ -305,6 +311,8 @@ fn run_inner(
     let run_result = session.run();
     tracing::info!("unmounted {}", cfg.mountpoint.display());
 
+    // Migrations stop after their current file (and resume at the next mount).
+    migrations.shutdown();
     // Everything written is handed to the journal; the network is not waited for.
     core.commit_all();
     backups.stop();

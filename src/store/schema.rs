@@ -107,6 +107,45 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX backups_by_name ON backups(name);
     ",
+    // 3 -> 4: migrations of local trees onto the remote (`ctl migrate`): one row per migration
+    // and one per item found by its walk, so a migration resumes where it was after a
+    // restart or a crash. Self-contained: it touches no table of the other steps.
+    "
+    CREATE TABLE migrations (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        src          TEXT    NOT NULL,
+        dest         TEXT    NOT NULL,
+        options_json TEXT    NOT NULL,
+        -- running, paused, cancelled, completed, completed_with_errors, failed
+        state        TEXT    NOT NULL,
+        error        TEXT,
+        -- The walk of SRC has recorded every item (until then a restart walks again).
+        walk_done    INTEGER NOT NULL DEFAULT 0,
+        excluded     INTEGER NOT NULL DEFAULT 0,
+        created_at   INTEGER NOT NULL,
+        started_at   INTEGER,
+        finished_at  INTEGER
+    );
+    CREATE INDEX migrations_by_pair ON migrations(src, dest);
+
+    CREATE TABLE migration_items (
+        migration_id INTEGER NOT NULL,
+        rel_path     TEXT    NOT NULL,
+        -- file, dir, symlink, other (special files, unreadable entries)
+        kind         TEXT    NOT NULL,
+        size         INTEGER NOT NULL DEFAULT 0,
+        mtime_ns     INTEGER NOT NULL DEFAULT 0,
+        sha256       TEXT,
+        -- files: pending, importing, staged, landed, verified, source_deleted, skipped,
+        -- failed; directories: pending, created, failed; others: skipped, failed
+        state        TEXT    NOT NULL,
+        error        TEXT,
+        ino          INTEGER,
+        PRIMARY KEY (migration_id, rel_path)
+    );
+    -- The worker takes pending items in walk order (rowid), a batch at a time.
+    CREATE INDEX migration_items_by_state ON migration_items(migration_id, state);
+    ",
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

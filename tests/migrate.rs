@@ -1,0 +1,666 @@
+//! `ctl migrate` against real mounts and a real WebDAV server: a 2,000-file tree with
+//! unicode names, a 200 MiB file and an unreadable file, cut by `kill -9` and finished
+//! after a restart without sending finished files again; pause and resume; the remote
+//! down during part of a run; `--delete-source` removing only verified files; a
+//! migration three times the cache's size limit; a re-run sending only what changed; and
+//! bad input refused with clear errors. Outcomes are checked on the server's side.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+
+/// Runs `davdrive ctl --mount M <args>`; returns (success, stdout, stderr).
+fn ctl(m: &Mount, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("ctl")
+        .arg("--mount")
+        .arg(&m.mnt)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `ctl --json`: the reply's result, asserting it succeeded.
+fn ctl_json(m: &Mount, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = ctl(m, &all);
+    let v: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("ctl {args:?}: not JSON ({e}): {out} {err}"));
+    assert!(ok, "ctl {args:?} failed: {v}");
+    v["result"].clone()
+}
+
+/// `ctl --json` expected to fail: its error text.
+fn ctl_error(m: &Mount, args: &[&str]) -> String {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = ctl(m, &all);
+    assert!(!ok, "ctl {args:?} should have failed: {out}");
+    let v: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("ctl {args:?}: not JSON ({e}): {out} {err}"));
+    assert_eq!(v["ok"], false);
+    v["error"].as_str().unwrap().to_string()
+}
+
+fn start(m: &Mount, src: &Path, dest: &str, extra: &[&str]) -> i64 {
+    let mut args = vec!["migrate", "start", src.to_str().unwrap(), dest];
+    args.extend_from_slice(extra);
+    let r = ctl_json(m, &args);
+    r["id"].as_i64().unwrap()
+}
+
+fn status(m: &Mount, id: i64) -> Value {
+    ctl_json(m, &["migrate", "status", &id.to_string()])[0].clone()
+}
+
+fn files(st: &Value, key: &str) -> u64 {
+    st["files"][key].as_u64().unwrap()
+}
+
+/// Waits until migration `id` has ended; returns its last status.
+fn wait_ended(m: &Mount, id: i64, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let st = status(m, id);
+        let state = st["state"].as_str().unwrap().to_string();
+        if state != "running" && state != "paused" {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "migration {id} did not end: {st}\nlog tail:\n{}",
+            tail(&m.log_text())
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_status(m: &Mount, id: i64, secs: u64, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let st = status(m, id);
+        if cond(&st) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Writes `n` files of a few KiB in nested folders (some names unicode) under `dir`;
+/// returns relative path → SHA-256.
+fn make_tree(dir: &Path, n: usize, seed: u64) -> Vec<(String, String)> {
+    make_tree_of(dir, n, seed, KIB)
+}
+
+/// `make_tree` with files of at least `min_size` bytes.
+fn make_tree_of(dir: &Path, n: usize, seed: u64, min_size: usize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let sub = match i % 4 {
+            0 => format!("d{}/e{}", i % 10, i % 5),
+            1 => format!("d{}/Ünïcødé-{}", i % 10, i % 3),
+            2 => format!("d{}", i % 10),
+            _ => format!("d{}/e{}/深い/f{}", i % 10, i % 5, i % 2),
+        };
+        let name = match i % 3 {
+            0 => format!("file-{i}.txt"),
+            1 => format!("фото-{i} é.bin"),
+            _ => format!("日本語 {i} 🙂.dat"),
+        };
+        let rel = format!("{sub}/{name}");
+        let data = pattern(min_size + (i * 37) % (6 * KIB), seed + i as u64);
+        fs::create_dir_all(dir.join(&sub)).unwrap();
+        fs::write(dir.join(&rel), &data).unwrap();
+        out.push((rel, sha256(&data)));
+    }
+    out
+}
+
+/// Asserts the server holds each file under `dest` with the given SHA-256.
+fn assert_on_server(server: &Server, dest: &str, files: &[(String, String)]) {
+    for (rel, sha) in files {
+        let p = server.path(&format!("{dest}/{rel}"));
+        assert_eq!(
+            sha256_file(&p).as_deref(),
+            Some(sha.as_str()),
+            "{rel} on the server"
+        );
+    }
+}
+
+/// PUT requests the proxy saw, by decoded path.
+fn puts(server: &Server) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for (method, path) in server.proxy.state.lock().unwrap().requests.iter() {
+        if method == "PUT" {
+            let p = percent_encoding::percent_decode_str(path)
+                .decode_utf8_lossy()
+                .into_owned();
+            *out.entry(p).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// A regular file whose read fails with EIO even for root (who reads through any mode
+/// bits, so chmod 000 proves nothing here): the memory file of a live process, bound
+/// over a file of the tree. Reading it at offset 0 asks for an unmapped address.
+struct UnreadableFile {
+    path: PathBuf,
+    holder: std::process::Child,
+}
+
+impl UnreadableFile {
+    fn new(path: PathBuf) -> UnreadableFile {
+        fs::write(&path, b"placeholder").unwrap();
+        let holder = Command::new("sleep").arg("600").spawn().unwrap();
+        let mem = format!("/proc/{}/mem", holder.id());
+        let st = Command::new("mount")
+            .arg("--bind")
+            .arg(&mem)
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount --bind {mem} failed");
+        let err = fs::read(&path).expect_err("the bound file must not be readable");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        UnreadableFile { path, holder }
+    }
+}
+
+impl Drop for UnreadableFile {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+/// Items of a migration in some states, read from the state store of a dead daemon.
+fn items_in_states(cache: &Path, id: i64, states: &[&str]) -> Vec<String> {
+    let conn = rusqlite::Connection::open(cache.join("state.db")).unwrap();
+    let list = states
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT rel_path FROM migration_items WHERE migration_id = ?1 AND kind = 'file' \
+             AND state IN ({list})"
+        ))
+        .unwrap();
+    st.query_map([id], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_large_tree_lands_verified_across_a_kill_9_without_resending_finished_files() {
+    let server = Server::start();
+    let base = tempfile::tempdir().unwrap();
+    let src = base.path().join("uploaded_files");
+    fs::create_dir_all(&src).unwrap();
+    let mut tree = make_tree(&src, 2000, 1);
+    // 200 MiB, each MiB different.
+    fs::create_dir_all(src.join("big")).unwrap();
+    {
+        use std::io::Write;
+        let block = pattern(MIB, 77);
+        let mut f = fs::File::create(src.join("big/large.bin")).unwrap();
+        let mut all = sha2::Sha256::default();
+        for i in 0..200u32 {
+            let mut b = block.clone();
+            b[..4].copy_from_slice(&i.to_le_bytes());
+            f.write_all(&b).unwrap();
+            sha2::Digest::update(&mut all, &b);
+        }
+        let sha = sha2::Digest::finalize(all)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        tree.push(("big/large.bin".into(), sha));
+    }
+    let unreadable = UnreadableFile::new(src.join("d3/unreadable.dat"));
+    mkfifo(&src.join("d1/a-pipe"));
+    std::os::unix::fs::symlink("../d2", src.join("d1/link-to-d2")).unwrap();
+
+    let mut m = Mount::start(&server.url(), base.path(), &[]);
+    let id = start(&m, &src, m.path("archive").to_str().unwrap(), &[]);
+
+    // `ctl status` lists it among the jobs while it runs.
+    let st = ctl_json(&m, &["status"]);
+    let jobs = st["jobs"].as_array().unwrap();
+    assert!(
+        jobs.iter()
+            .any(|j| j["id"] == format!("migration-{id}") && j["kind"] == "migration"),
+        "{st}"
+    );
+
+    // kill -9 mid-way.
+    wait_status(&m, id, 120, "600 files verified", |s| {
+        files(s, "done") >= 600
+    });
+    m.kill9();
+    server.proxy.wait_idle(Duration::from_secs(30));
+    let finished = items_in_states(&m.cache, id, &["landed", "verified"]);
+    let not_finished = items_in_states(&m.cache, id, &["pending", "importing", "staged"]);
+    assert!(finished.len() >= 600, "{}", finished.len());
+    assert!(
+        !not_finished.is_empty(),
+        "killed too late to prove anything"
+    );
+    let puts_at_kill = puts(&server);
+
+    m.spawn();
+    let st = wait_ended(&m, id, 240);
+    assert_eq!(st["state"], "completed_with_errors", "{st}");
+    assert_eq!(files(&st, "total"), 2002, "{st}");
+    assert_eq!(files(&st, "done"), 2001, "{st}");
+    assert_eq!(files(&st, "failed"), 1, "{st}");
+
+    // Everything else is on the server, byte for byte.
+    assert_on_server(&server, "archive", &tree);
+    assert!(!server.path("archive/d3/unreadable.dat").exists());
+    assert!(!server.path("archive/d1/a-pipe").exists());
+    assert!(!server.path("archive/d1/link-to-d2").exists());
+
+    // Files that had landed before the kill were not sent again.
+    let puts_now = puts(&server);
+    for rel in &finished {
+        let path = format!("/archive/{rel}");
+        if rel.starts_with("big/") {
+            continue; // sent in parts to a scratch name
+        }
+        assert_eq!(
+            puts_now.get(&path).copied().unwrap_or(0),
+            puts_at_kill.get(&path).copied().unwrap_or(0),
+            "{path} was sent again after the restart"
+        );
+        assert_eq!(puts_now.get(&path), Some(&1), "{path}");
+    }
+    let small_puts: usize = puts_now
+        .iter()
+        .filter(|(p, _)| p.starts_with("/archive/") && !p.contains("big"))
+        .map(|(_, n)| n)
+        .sum();
+    // Only a copy in flight at the kill may have gone twice.
+    assert!(
+        small_puts <= 2000 + 8,
+        "{small_puts} PUTs for 2000 small files"
+    );
+
+    // The unreadable file, the pipe and the link are listed with their reasons.
+    let errors = ctl_json(&m, &["migrate", "errors", &id.to_string()]);
+    let items = errors["items"].as_array().unwrap();
+    let reason = |path: &str| -> String {
+        items
+            .iter()
+            .find(|e| e["path"] == path)
+            .unwrap_or_else(|| panic!("{path} not listed: {errors}"))["error"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(reason("d3/unreadable.dat").contains("Input/output error"));
+    assert!(reason("d1/a-pipe").contains("FIFO"));
+    assert!(reason("d1/link-to-d2").contains("symbolic link"));
+    let (ok, text, _) = ctl(&m, &["migrate", "errors", &id.to_string()]);
+    assert!(ok && text.contains("d3/unreadable.dat"), "{text}");
+
+    // The mtime of a file in the drive is its source's.
+    let src_mtime = fs::metadata(src.join(&tree[5].0))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let dest_mtime = fs::metadata(m.path(&format!("archive/{}", tree[5].0)))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(src_mtime, dest_mtime);
+    drop(unreadable);
+}
+
+#[test]
+fn pause_resume_and_the_remote_down_during_the_run() {
+    let server = Server::start();
+    let base = tempfile::tempdir().unwrap();
+    let src = base.path().join("src");
+    // 600 files of 64 KiB or more, with a cache of 16 MiB: the worker keeps at most
+    // 8 MiB of unsent copies, so it cannot run far ahead of the uploads.
+    let tree = make_tree_of(&src, 600, 2, 64 * KIB);
+    let m = Mount::start(&server.url(), base.path(), &["--cache-max-size", "16M"]);
+    let id = start(&m, &src, "p", &[]);
+
+    wait_status(&m, id, 60, "some files verified", |s| {
+        files(s, "done") >= 20
+    });
+    let st = ctl_json(&m, &["migrate", "pause", &id.to_string()]);
+    assert_eq!(st["state"], "paused");
+    // Pausing twice is refused; `ctl status` shows it paused.
+    let e = ctl_error(&m, &["migrate", "pause", &id.to_string()]);
+    assert!(e.contains("only a running migration"), "{e}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let pending = files(&status(&m, id), "pending");
+    std::thread::sleep(Duration::from_secs(2));
+    let st = status(&m, id);
+    assert_eq!(
+        files(&st, "pending"),
+        pending,
+        "files copied while paused: {st}"
+    );
+    assert!(pending > 0, "it had finished before the pause: {st}");
+    let jobs = ctl_json(&m, &["status"])["jobs"].clone();
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["state"] == "paused"),
+        "{jobs}"
+    );
+
+    // What was staged before the pause still uploads.
+    wait_until(60, "the journal to drain while paused", || {
+        ctl_json(&m, &["status"])["journal"]["waiting"] == 0
+    });
+    assert_eq!(files(&status(&m, id), "pending"), pending);
+
+    // Resumed with the remote down: copies go on being staged in the drive meanwhile.
+    server.proxy.set_fault(Fault::Refuse);
+    let down = status(&m, id);
+    ctl_json(&m, &["migrate", "resume", &id.to_string()]);
+    wait_status(&m, id, 60, "files staged while the remote is down", |s| {
+        files(s, "pending") + 30 <= files(&down, "pending")
+    });
+    let st = status(&m, id);
+    assert!(
+        files(&st, "done") <= files(&down, "done") + 4,
+        "verified while the server was down? {down} {st}"
+    );
+    server.proxy.set_fault(Fault::None);
+    let st = wait_ended(&m, id, 120);
+    assert_eq!(st["state"], "completed", "{st}");
+    assert_eq!(files(&st, "done"), 600);
+    assert_on_server(&server, "p", &tree);
+    let e = ctl_error(&m, &["migrate", "resume", &id.to_string()]);
+    assert!(e.contains("only a paused migration"), "{e}");
+}
+
+#[test]
+fn delete_source_removes_only_verified_files() {
+    let server = Server::start();
+    let base = tempfile::tempdir().unwrap();
+    let src = base.path().join("src");
+    let tree = make_tree(&src, 60, 3);
+    fs::write(src.join("d0/refuse-me.txt"), b"the server says no").unwrap();
+    fs::write(src.join("d1/scratch.tmp"), b"excluded").unwrap();
+    server.proxy.state.lock().unwrap().canned.push(Canned {
+        method: "PUT".into(),
+        path_contains: "refuse-me".into(),
+        status: 403,
+        body: "forbidden".into(),
+    });
+    let m = Mount::start(&server.url(), base.path(), &[]);
+
+    // With the remote down (the mount was used before, as a user's is), everything is
+    // staged and nothing is verified: no source may go yet.
+    fs::read_dir(&m.mnt).unwrap().count();
+    server.proxy.set_fault(Fault::Refuse);
+    let id = start(
+        &m,
+        &src,
+        m.path("moved").to_str().unwrap(),
+        &["--delete-source", "--exclude", "*.tmp", "--verify", "full"],
+    );
+    wait_status(&m, id, 60, "all staged", |s| {
+        s["walk_done"] == true && files(s, "pending") == 0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    for (rel, _) in &tree {
+        assert!(
+            src.join(rel).exists(),
+            "{rel} removed before it was verified"
+        );
+    }
+    assert_eq!(files(&status(&m, id), "source_deleted"), 0);
+
+    server.proxy.set_fault(Fault::None);
+    let st = wait_ended(&m, id, 120);
+    assert_eq!(st["state"], "completed_with_errors", "{st}");
+    let errors = ctl_json(&m, &["migrate", "errors", &id.to_string()]);
+    assert_eq!(errors["total"], 1, "{errors}");
+    assert_eq!(st["excluded"], 1);
+    assert_eq!(files(&st, "source_deleted"), 60, "{st}");
+    assert_on_server(&server, "moved", &tree);
+    for (rel, _) in &tree {
+        assert!(
+            !src.join(rel).exists(),
+            "{rel}: verified but its source is kept"
+        );
+    }
+    // Refused by the server: listed, and its source kept.
+    assert!(src.join("d0/refuse-me.txt").exists());
+    let errors = ctl_json(&m, &["migrate", "errors", &id.to_string()]);
+    let refused = errors["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "d0/refuse-me.txt")
+        .unwrap_or_else(|| panic!("{errors}"))
+        .clone();
+    assert!(
+        refused["error"].as_str().unwrap().contains("refused"),
+        "{refused}"
+    );
+    // Excluded: neither copied nor removed.
+    assert!(src.join("d1/scratch.tmp").exists());
+    assert!(!server.path("moved/d1/scratch.tmp").exists());
+    // Emptied source folders went too; the one with the refused file stays.
+    assert!(!src.join("d5").exists());
+    assert!(src.join("d0").exists());
+}
+
+#[test]
+fn a_migration_three_times_the_cache_limit_completes() {
+    let server = Server::start();
+    let base = tempfile::tempdir().unwrap();
+    let src = base.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let limit = 16 * MIB as u64;
+    let mut tree = Vec::new();
+    for i in 0..24 {
+        let data = pattern(2 * MIB, 100 + i);
+        let rel = format!("part-{i:02}.bin");
+        fs::write(src.join(&rel), &data).unwrap();
+        tree.push((rel, sha256(&data)));
+    }
+    let m = Mount::start(&server.url(), base.path(), &["--cache-max-size", "16M"]);
+    let id = start(&m, &src, "bulk", &[]);
+    let mut most_dirty = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = ctl_json(&m, &["status"]);
+        most_dirty = most_dirty.max(st["cache"]["dirty_bytes"].as_u64().unwrap());
+        let mst = status(&m, id);
+        if mst["state"] != "running" {
+            assert_eq!(mst["state"], "completed", "{mst}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not complete: {mst}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_on_server(&server, "bulk", &tree);
+    // The worker waited for uploads instead of filling the cache with unsent copies.
+    assert!(most_dirty <= limit, "{most_dirty} bytes staged at once");
+    // Migrated content went first: the cache is back under its limit.
+    wait_until(30, "the cache under its limit", || {
+        ctl_json(&m, &["status"])["cache"]["bytes"]
+            .as_u64()
+            .unwrap()
+            <= limit
+    });
+}
+
+#[test]
+fn a_rerun_sends_only_the_changed_file_and_bad_input_is_refused() {
+    let server = Server::start();
+    let base = tempfile::tempdir().unwrap();
+    let src = base.path().join("src");
+    let mut tree = make_tree(&src, 30, 4);
+    let m = Mount::start(&server.url(), base.path(), &[]);
+    let first = start(&m, &src, "docs", &["--verify", "size"]);
+    let st = wait_ended(&m, first, 60);
+    assert_eq!(st["state"], "completed", "{st}");
+    assert_on_server(&server, "docs", &tree);
+    let before = puts(&server);
+
+    // One file changes; the run again sends it and nothing else.
+    let changed = tree[7].0.clone();
+    let data = pattern(3 * KIB, 999);
+    std::thread::sleep(Duration::from_millis(20));
+    fs::write(src.join(&changed), &data).unwrap();
+    tree[7].1 = sha256(&data);
+    let second = start(&m, &src, m.path("docs").to_str().unwrap(), &[]);
+    assert_ne!(first, second);
+    // --watch follows it to the end (no terminal here: the bar is not drawn).
+    let (ok, text, err) = ctl(&m, &["migrate", "status", &second.to_string(), "--watch"]);
+    assert!(ok, "{err}");
+    assert!(text.contains("completed"), "{text}");
+    let st = status(&m, second);
+    assert_eq!(st["state"], "completed", "{st}");
+    assert_eq!(files(&st, "skipped"), 29, "{st}");
+    assert_eq!(files(&st, "done"), 1, "{st}");
+    assert_on_server(&server, "docs", &tree);
+    let after = puts(&server);
+    let sent: Vec<(&String, usize)> = after
+        .iter()
+        .map(|(p, n)| (p, n - before.get(p).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(sent, vec![(&format!("/docs/{changed}"), 1)]);
+
+    // Listing, human status.
+    let list = ctl_json(&m, &["migrate", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let (ok, text, _) = ctl(&m, &["migrate", "status", &first.to_string()]);
+    assert!(ok && text.contains("files: 30 total, 30 done"), "{text}");
+
+    // Bad input.
+    let id = first.to_string();
+    let inside = m.path("docs");
+    let e = ctl_error(&m, &["migrate", "start", inside.to_str().unwrap(), "x"]);
+    assert!(e.contains("inside the mount"), "{e}");
+    let missing = base.path().join("nope");
+    let e = ctl_error(&m, &["migrate", "start", missing.to_str().unwrap(), "x"]);
+    assert!(e.contains("No such file"), "{e}");
+    let e = ctl_error(
+        &m,
+        &["migrate", "start", src.to_str().unwrap(), "/tmp/elsewhere"],
+    );
+    assert!(e.contains("outside the mount"), "{e}");
+    let e = ctl_error(
+        &m,
+        &[
+            "migrate",
+            "start",
+            src.to_str().unwrap(),
+            "x",
+            "--exclude",
+            "a[b",
+        ],
+    );
+    assert!(e.contains("--exclude"), "{e}");
+    let e = ctl_error(
+        &m,
+        &[
+            "migrate",
+            "start",
+            src.to_str().unwrap(),
+            &format!("docs/{changed}"),
+        ],
+    );
+    assert!(e.contains("is a file"), "{e}");
+    let e = ctl_error(&m, &["migrate", "status", "999"]);
+    assert!(e.contains("no migration 999"), "{e}");
+    let e = ctl_error(&m, &["migrate", "pause", &id]);
+    assert!(e.contains("is completed"), "{e}");
+    let e = ctl_error(&m, &["migrate", "cancel", &id]);
+    assert!(e.contains("ended already"), "{e}");
+    let (ok, _, err) = ctl(
+        &m,
+        &[
+            "migrate",
+            "start",
+            src.to_str().unwrap(),
+            "x",
+            "--verify",
+            "md5",
+        ],
+    );
+    assert!(!ok && err.contains("md5"), "{err}");
+
+    // --follow-symlinks copies what a link points to.
+    let linked_src = base.path().join("linked");
+    fs::create_dir_all(&linked_src).unwrap();
+    fs::write(base.path().join("outside.txt"), b"pointed at").unwrap();
+    std::os::unix::fs::symlink(base.path().join("outside.txt"), linked_src.join("link.txt"))
+        .unwrap();
+    let linked = start(&m, &linked_src, "linked", &["--follow-symlinks"]);
+    let st = wait_ended(&m, linked, 60);
+    assert_eq!(st["state"], "completed", "{st}");
+    assert_eq!(
+        fs::read(server.path("linked/link.txt")).unwrap(),
+        b"pointed at"
+    );
+
+    // Cancel: stops, says what it left.
+    let third_src = base.path().join("third");
+    make_tree(&third_src, 200, 5);
+    let third = start(&m, &third_src, "third", &[]);
+    let r = ctl_json(&m, &["migrate", "cancel", &third.to_string()]);
+    assert_eq!(r["state"], "cancelled");
+    let left = r["landed_files"].as_u64().unwrap()
+        + r["staged_files"].as_u64().unwrap()
+        + r["not_copied_files"].as_u64().unwrap();
+    assert!(left <= 200, "{r}");
+    let st = status(&m, third);
+    assert_eq!(st["state"], "cancelled");
+    let pending = files(&st, "pending");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        files(&status(&m, third), "pending"),
+        pending,
+        "copies went on after cancel"
+    );
+}
