@@ -381,7 +381,11 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
             // our base version and we upload unconditionally (a change landing in the
             // moment between the two requests is not caught); changed is a conflict.
             Some(tag) if tag.starts_with("W/") => match core.remote().stat(&e.path).await? {
-                Some(cur) if cur.etag.as_deref() == Some(tag.as_str()) => Precondition::None,
+                // Compared weakly: Apache sends the same tag strong once the file is
+                // a second old.
+                Some(cur) if crate::remote::same_etag(cur.etag.as_deref(), Some(tag)) => {
+                    Precondition::None
+                }
                 None => Precondition::IfNoneMatch,
                 Some(_) => return resolve_conflict(core, e, &node).await,
             },

@@ -78,12 +78,28 @@ pub fn parse_multistatus(
                     resp.props.size.unwrap_or(0)
                 },
                 mtime: resp.props.mtime,
-                etag: resp.props.etag,
+                etag: resp.props.etag.or_else(|| stand_in_etag(&resp.props)),
             },
             quota: (resp.props.quota_available, resp.props.quota_used),
         });
     }
     Ok(out)
+}
+
+/// A version tag for a file the server lists without `getetag` (nginx's dav-ext module
+/// sends none): its modification time and size, marked weak so that it is never sent in
+/// `If-Match` (the replayer compares it by asking again instead). A change within the
+/// same second that keeps the size is not seen: such servers give nothing better.
+fn stand_in_etag(p: &Props) -> Option<String> {
+    if p.is_dir {
+        return None;
+    }
+    let secs = p
+        .mtime?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(format!("W/\"davdrive-{secs}-{}\"", p.size.unwrap_or(0)))
 }
 
 /// The props we care about, merged over every `200` propstat of one response.
@@ -428,6 +444,7 @@ mod tests {
 </d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>
 <d:response><d:href>/a.bin</d:href><d:propstat><d:prop>
 <d:resourcetype></d:resourcetype><d:getcontentlength>7</d:getcontentlength>
+<d:getlastmodified>Sun, 06 Nov 1994 08:49:37 GMT</d:getlastmodified>
 </d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>
 </d:multistatus>"#;
         let v = parse_multistatus(body, "/", "/").unwrap();
@@ -438,6 +455,8 @@ mod tests {
         assert_eq!(root.etag, None);
         let f = by_path(&v, "/a.bin");
         assert_eq!((f.is_dir, f.size), (false, 7));
+        // nginx lists no getetag: a weak stand-in from mtime and size marks the version.
+        assert_eq!(f.etag.as_deref(), Some("W/\"davdrive-784111777-7\""));
     }
 
     #[test]
