@@ -339,7 +339,7 @@ fn href_segments(href: &str, base: &[String]) -> Result<Vec<String>, String> {
 
 /// Splits an encoded absolute path into decoded segments, rejecting anything that could
 /// alter the path's meaning once decoded.
-fn decode_path(path: &str) -> Result<Vec<String>, String> {
+pub(super) fn decode_path(path: &str) -> Result<Vec<String>, String> {
     let rest = path
         .strip_prefix('/')
         .ok_or_else(|| "path is not absolute".to_string())?;
