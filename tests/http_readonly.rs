@@ -44,6 +44,9 @@ struct Site {
     mode: Mode,
     /// Answer a Range request with 206 (else with the whole file, as some servers do).
     ranges: bool,
+    /// What PROPFIND gets: this status, or (None) the same as a GET, as servers that
+    /// serve every method alike do.
+    propfind: Option<StatusCode>,
     /// "METHOD /raw/path" of every request, in order.
     requests: Mutex<Vec<String>>,
 }
@@ -58,10 +61,10 @@ struct WebServer {
 
 impl WebServer {
     fn start(mode: Mode) -> WebServer {
-        WebServer::start_with(mode, true)
+        WebServer::start_with(mode, true, Some(StatusCode::METHOD_NOT_ALLOWED))
     }
 
-    fn start_with(mode: Mode, ranges: bool) -> WebServer {
+    fn start_with(mode: Mode, ranges: bool, propfind: Option<StatusCode>) -> WebServer {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -74,6 +77,7 @@ impl WebServer {
             root: root.clone(),
             mode,
             ranges,
+            propfind,
             requests: Mutex::new(Vec::new()),
         });
         let listener = rt
@@ -150,9 +154,13 @@ fn handle(site: &Site, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => {}
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    let as_get = req.method() == Method::GET
+        || req.method() == Method::HEAD
+        || (req.method().as_str() == "PROPFIND" && site.propfind.is_none());
+    if !as_get {
         let allow = ("Allow", "GET, HEAD".to_string());
-        return reply(StatusCode::METHOD_NOT_ALLOWED, &[allow], Vec::new());
+        let status = site.propfind.unwrap_or(StatusCode::METHOD_NOT_ALLOWED);
+        return reply(status, &[allow], Vec::new());
     }
     let head = req.method() == Method::HEAD;
     // Decode as a web server does, refusing what would leave the served folder.
@@ -502,7 +510,11 @@ fn large_file_is_read_by_ranges_and_then_from_the_cache() {
 #[test]
 fn server_ignoring_ranges_still_reads_right() {
     use std::io::{Read, Seek, SeekFrom};
-    let server = WebServer::start_with(Mode::Index(Style::Nginx), false);
+    let server = WebServer::start_with(
+        Mode::Index(Style::Nginx),
+        false,
+        Some(StatusCode::METHOD_NOT_ALLOWED),
+    );
     let data = pattern(9 << 20, 5);
     server.put("whole.bin", &data);
     let base = tempfile::tempdir().unwrap();
@@ -607,26 +619,55 @@ fn hostile_index_yields_no_escaping_entries() {
 
 #[test]
 fn server_without_webdav_is_mounted_read_only_automatically() {
-    let server = WebServer::start(Mode::Index(Style::ApacheList));
-    sample_tree(&server);
-    let base = tempfile::tempdir().unwrap();
-    let m = Mount::start(&server.url(), base.path(), &[]);
-    assert!(
-        server.count("PROPFIND", "/") >= 1,
-        "WebDAV was not tried first"
-    );
-    assert!(is_read_only_mount(&m.mnt));
-    let log = m.log_text();
-    let said: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("does not speak WebDAV"))
-        .collect();
-    assert_eq!(said.len(), 1, "log:\n{log}");
-    assert!(said[0].contains("read-only"), "{}", said[0]);
-    assert_eq!(listing(&m.path("sub dir")), vec!["deeper", "inner.txt"]);
-    assert_eq!(fs::read(m.path("with space.txt")).unwrap(), b"spaced\n");
-    assert_erofs("create", fs::File::create(m.path("new.txt")));
-    assert_erofs("mkdir", fs::create_dir(m.path("d")));
+    // nginx answers PROPFIND 405, many servers 501, some serve the page as for a GET.
+    for propfind in [
+        Some(StatusCode::METHOD_NOT_ALLOWED),
+        Some(StatusCode::NOT_IMPLEMENTED),
+        None,
+    ] {
+        let server = WebServer::start_with(Mode::Index(Style::ApacheList), true, propfind);
+        sample_tree(&server);
+        let base = tempfile::tempdir().unwrap();
+        let mounted = std::time::SystemTime::now();
+        let m = Mount::start(&server.url(), base.path(), &[]);
+        assert!(
+            server.count("PROPFIND", "/") >= 1,
+            "WebDAV was not tried first"
+        );
+        assert!(is_read_only_mount(&m.mnt), "{propfind:?}");
+        let log = m.log_text();
+        let said: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("does not speak WebDAV"))
+            .collect();
+        assert_eq!(said.len(), 1, "{propfind:?}, log:\n{log}");
+        assert!(said[0].contains("read-only"), "{}", said[0]);
+        assert_eq!(listing(&m.path("sub dir")), vec!["deeper", "inner.txt"]);
+        assert_eq!(fs::read(m.path("with space.txt")).unwrap(), b"spaced\n");
+        assert_erofs("create", fs::File::create(m.path("new.txt")));
+        assert_erofs("mkdir", fs::create_dir(m.path("d")));
+
+        // The health probe (every second here) keeps finding it online.
+        let since = mounted.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        wait_until(10, "a health check after the mount", || {
+            status(&m)["last_check"].as_i64().unwrap_or(0) > since + 1
+        });
+        let st = status(&m);
+        assert_eq!(st["online"], true, "{st}");
+        assert!(st["last_error"].is_null(), "{st}");
+    }
+}
+
+/// `davdrive ctl --json status` of a mount.
+fn status(m: &Mount) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["ctl", "--json", "--mount"])
+        .arg(&m.mnt)
+        .arg("status")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["result"].clone()
 }
 
 /// Runs `davdrive mount` in the foreground on a server it cannot mount; returns its
