@@ -1,6 +1,8 @@
 //! Plain HTTP, read-only mounts through a real FUSE mount, against a small web server
 //! that serves a folder with index pages shaped like Apache's mod_autoindex (table and
-//! list layouts) and nginx's autoindex, ranged GETs, HEAD, and 405 to PROPFIND.
+//! list layouts) and nginx's autoindex, ranged GETs, HEAD, and 405 to PROPFIND. The
+//! pages follow what Apache 2.4.71 and nginx 1.22.1 generate (escaping included); the
+//! unit tests in `src/remote/http.rs` parse their output verbatim.
 
 mod common;
 
@@ -239,15 +241,33 @@ fn style_of(mode: Mode) -> Style {
     }
 }
 
-/// What Apache's ap_escape_uri and nginx's ngx_escape_uri leave as is, roughly.
-const HREF: &AsciiSet = &NON_ALPHANUMERIC
+/// What nginx leaves unescaped in an href (it escapes ':' and '&').
+const NGINX_HREF: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
-    .remove(b'~')
-    .remove(b'&')
-    .remove(b':')
-    .remove(b'@');
+    .remove(b'~');
+/// What Apache leaves unescaped in an href: also '&' (escaped as HTML) and ':' (the
+/// name then gets "./" so it does not read as a scheme).
+const APACHE_HREF: &AsciiSet = &NGINX_HREF.remove(b'&').remove(b':').remove(b'@');
+
+/// Apache writes "%c3%a9" where others write "%C3%A9".
+fn lowercase_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut hex_left = 0;
+    for c in s.chars() {
+        if c == '%' {
+            hex_left = 2;
+            out.push(c);
+        } else if hex_left > 0 {
+            hex_left -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -280,12 +300,12 @@ fn index_page(dir: &Path, raw: &str, style: Style) -> String {
             // parent by absolute path; names with ':' get "./" so they are not a scheme.
             let title = html_escape(title.trim_end_matches('/'));
             let title = if title.is_empty() { "/".into() } else { title };
-            out += "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 3.2 Final//EN\">\n<html>\n <head>\n";
+            out += "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01//EN\" \"http://www.w3.org/TR/html4/strict.dtd\">\n<html>\n <head>\n";
             out += &format!(
                 "  <title>Index of {title}</title>\n </head>\n <body>\n<h1>Index of {title}</h1>\n"
             );
             let href = |name: &str, is_dir: bool| {
-                let enc = utf8_percent_encode(name, HREF).to_string().to_lowercase();
+                let enc = lowercase_escapes(&utf8_percent_encode(name, APACHE_HREF).to_string());
                 let enc = if name.contains(':') {
                     format!("./{enc}")
                 } else {
@@ -336,8 +356,8 @@ fn index_page(dir: &Path, raw: &str, style: Style) -> String {
             let (dirs, files): (Vec<_>, Vec<_>) = entries.iter().partition(|e| e.1);
             for (name, is_dir, len) in dirs.into_iter().chain(files) {
                 let slash = if *is_dir { "/" } else { "" };
-                let dot = if name.contains(':') { "./" } else { "" };
-                let href = html_escape(&format!("{dot}{}{slash}", utf8_percent_encode(name, HREF)));
+                let href =
+                    html_escape(&format!("{}{slash}", utf8_percent_encode(name, NGINX_HREF)));
                 let mut shown: String = format!("{name}{slash}");
                 if shown.chars().count() > 50 {
                     shown = shown.chars().take(47).collect::<String>() + "..>";
@@ -409,6 +429,7 @@ fn assert_erofs<T: std::fmt::Debug>(what: &str, r: std::io::Result<T>) {
 
 fn sample_tree(server: &WebServer) {
     server.put("hello.txt", b"hello, world\n");
+    server.put("README Upper.TXT", b"upper\n");
     server.put("with space.txt", b"spaced\n");
     server.put("ünïcødé €.txt", b"unicode\n");
     server.put("100% & more.txt", b"percent\n");
@@ -430,6 +451,7 @@ fn listing_matches_in_every_index_style() {
             listing(&m.mnt),
             vec![
                 "100% & more.txt",
+                "README Upper.TXT",
                 "empty dir",
                 "hello.txt",
                 "sub dir",
@@ -456,6 +478,7 @@ fn listing_matches_in_every_index_style() {
             ("ünïcødé €.txt", b"unicode\n"),
             ("100% & more.txt", b"percent\n"),
             ("time: 10:00.txt", b"colon\n"),
+            ("README Upper.TXT", b"upper\n"),
         ] {
             assert_eq!(fs::read(m.path(name)).unwrap(), want, "{style:?} {name}");
         }
@@ -635,6 +658,9 @@ fn server_without_webdav_is_mounted_read_only_automatically() {
             "WebDAV was not tried first"
         );
         assert!(is_read_only_mount(&m.mnt), "{propfind:?}");
+        wait_until(10, "the fallback logged", || {
+            m.log_text().contains("does not speak WebDAV")
+        });
         let log = m.log_text();
         let said: Vec<&str> = log
             .lines()

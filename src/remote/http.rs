@@ -381,90 +381,152 @@ mod tests {
         v.iter().map(|(n, d)| (n.to_string(), *d)).collect()
     }
 
-    /// Apache 2.4 mod_autoindex, `IndexOptions FancyIndexing HTMLTable` (Debian's
-    /// default): sort links in the header row, a "Parent Directory" link, and names
-    /// with ':' written as "./name".
-    const APACHE_TABLE: &str = r#"<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 3.2 Final//EN">
+    // Captured from Apache 2.4.71 and nginx 1.22.1 (Debian 12) serving one folder.
+
+    /// Apache, `IndexOptions FancyIndexing HTMLTable` (Debian's default): sort links in
+    /// the header row, names with ':' written as "./name", rounded sizes.
+    const APACHE_TABLE: &str = r#"<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN" "http://www.w3.org/TR/html4/strict.dtd">
 <html>
  <head>
-  <title>Index of /pub/docs</title>
+  <title>Index of /</title>
  </head>
  <body>
-<h1>Index of /pub/docs</h1>
+<h1>Index of /</h1>
   <table>
-   <tr><th valign="top"><img src="/icons/blank.gif" alt="[ICO]"></th><th><a href="?C=N;O=D">Name</a></th><th><a href="?C=M;O=A">Last modified</a></th><th><a href="?C=S;O=A">Size</a></th><th><a href="?C=D;O=A">Description</a></th></tr>
+   <tr><th valign="top">&nbsp;</th><th><a href="?C=N;O=D">Name</a></th><th><a href="?C=M;O=A">Last modified</a></th><th><a href="?C=S;O=A">Size</a></th><th><a href="?C=D;O=A">Description</a></th></tr>
    <tr><th colspan="5"><hr></th></tr>
-<tr><td valign="top"><img src="/icons/back.gif" alt="[PARENTDIR]"></td><td><a href="/pub/">Parent Directory</a></td><td>&nbsp;</td><td align="right">  - </td><td>&nbsp;</td></tr>
-<tr><td valign="top"><img src="/icons/text.gif" alt="[TXT]"></td><td><a href="a%20b%20c.txt">a b c.txt</a></td><td align="right">2026-11-23 10:00  </td><td align="right"> 12K</td><td>&nbsp;</td></tr>
-<tr><td valign="top"><img src="/icons/unknown.gif" alt="[   ]"></td><td><a href="caf%c3%a9%20%26%20cr%c3%a8me.bin">café &amp; crème.bin</a></td><td align="right">2026-11-23 10:00  </td><td align="right">1.2M</td><td>&nbsp;</td></tr>
-<tr><td valign="top"><img src="/icons/unknown.gif" alt="[   ]"></td><td><a href="./c:d.txt">c:d.txt</a></td><td align="right">2026-11-23 10:00  </td><td align="right">  0 </td><td>&nbsp;</td></tr>
-<tr><td valign="top"><img src="/icons/folder.gif" alt="[DIR]"></td><td><a href="sub%20dir/">sub dir/</a></td><td align="right">2026-11-23 10:00  </td><td align="right">  - </td><td>&nbsp;</td></tr>
+<tr><td valign="top">&nbsp;</td><td><a href="%c3%bcn%c3%afc%c3%b8d%c3%a9%20%e2%82%ac.txt">ünïcødé €.txt</a></td><td align="right">2026-11-23 23:37  </td><td align="right">  1 </td><td>&nbsp;</td></tr>
+<tr><td valign="top">&nbsp;</td><td><a href="100%25%20&amp;%20more.txt">100% &amp; more.txt</a></td><td align="right">2026-11-23 23:37  </td><td align="right">  1 </td><td>&nbsp;</td></tr>
+<tr><td valign="top">&nbsp;</td><td><a href="a-very-long-file-name-that-nginx-will-cut-in-the-listing-text.txt">a-very-long-file-name-that-nginx-will-cut-in-the-listing-text.txt</a></td><td align="right">2026-11-23 23:37  </td><td align="right">  1 </td><td>&nbsp;</td></tr>
+<tr><td valign="top">&nbsp;</td><td><a href="big.bin">big.bin</a></td><td align="right">2026-11-23 23:37  </td><td align="right"> 20K</td><td>&nbsp;</td></tr>
+<tr><td valign="top">&nbsp;</td><td><a href="hello.txt">hello.txt</a></td><td align="right">2026-11-23 23:37  </td><td align="right">  6 </td><td>&nbsp;</td></tr>
+<tr><td valign="top">&nbsp;</td><td><a href="sub%20dir/">sub dir/</a></td><td align="right">2026-11-23 23:37  </td><td align="right">  - </td><td>&nbsp;</td></tr>
+<tr><td valign="top">&nbsp;</td><td><a href="./time:%2010:00.txt">time: 10:00.txt</a></td><td align="right">2026-11-23 23:37  </td><td align="right">  1 </td><td>&nbsp;</td></tr>
+<tr><td valign="top">&nbsp;</td><td><a href="with%20space.txt">with space.txt</a></td><td align="right">2026-11-23 23:37  </td><td align="right">  1 </td><td>&nbsp;</td></tr>
    <tr><th colspan="5"><hr></th></tr>
 </table>
-<address>Apache/2.4.62 (Debian) Server at 127.0.0.1 Port 8080</address>
 </body></html>
 "#;
 
-    /// Apache 2.4 mod_autoindex without FancyIndexing: a plain list.
-    const APACHE_LIST: &str = r#"<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 3.2 Final//EN">
+    /// Apache, a subdirectory: the "Parent Directory" link is an absolute path.
+    const APACHE_TABLE_SUB: &str = r#"<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN" "http://www.w3.org/TR/html4/strict.dtd">
 <html>
  <head>
-  <title>Index of /pub/docs</title>
+  <title>Index of /sub dir</title>
  </head>
  <body>
-<h1>Index of /pub/docs</h1>
-<ul><li><a href="/pub/"> Parent Directory</a></li>
-<li><a href="a%20b%20c.txt"> a b c.txt</a></li>
-<li><a href="caf%c3%a9%20%26%20cr%c3%a8me.bin"> café &amp; crème.bin</a></li>
-<li><a href="./c:d.txt"> c:d.txt</a></li>
-<li><a href="sub%20dir/"> sub dir/</a></li>
-</ul>
-<address>Apache/2.4.62 (Debian) Server at 127.0.0.1 Port 8080</address>
+<h1>Index of /sub dir</h1>
+  <table>
+   <tr><th valign="top">&nbsp;</th><th><a href="?C=N;O=D">Name</a></th><th><a href="?C=M;O=A">Last modified</a></th><th><a href="?C=S;O=A">Size</a></th><th><a href="?C=D;O=A">Description</a></th></tr>
+   <tr><th colspan="5"><hr></th></tr>
+<tr><td valign="top">&nbsp;</td><td><a href="/">Parent Directory</a></td><td>&nbsp;</td><td align="right">  - </td><td>&nbsp;</td></tr>
+<tr><td valign="top">&nbsp;</td><td><a href="inner.txt">inner.txt</a></td><td align="right">2026-11-23 23:37  </td><td align="right">  1 </td><td>&nbsp;</td></tr>
+   <tr><th colspan="5"><hr></th></tr>
+</table>
 </body></html>
 "#;
 
-    /// nginx autoindex: a `<pre>` of links, long names cut in the text (not the href),
-    /// exact sizes, "-" for directories, "./" before names with ':'.
-    const NGINX: &str = "<html>\r\n<head><title>Index of /pub/docs/</title></head>\r\n<body>\r\n\
-<h1>Index of /pub/docs/</h1><hr><pre><a href=\"../\">../</a>\r\n\
-<a href=\"sub%20dir/\">sub dir/</a>                                           23-Nov-2026 10:00                   -\r\n\
-<a href=\"a%20b%20c.txt\">a b c.txt</a>                                          23-Nov-2026 10:00               12288\r\n\
-<a href=\"caf%C3%A9%20&amp;%20cr%C3%A8me.bin\">caf\u{e9} &amp; cr\u{e8}me.bin</a>                                 23-Nov-2026 10:00             1258291\r\n\
-<a href=\"./c:d.txt\">c:d.txt</a>                                            23-Nov-2026 10:00                   0\r\n\
-</pre><hr></body>\r\n</html>\r\n";
+    /// Apache without FancyIndexing: a plain list.
+    const APACHE_LIST: &str = r#"<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN" "http://www.w3.org/TR/html4/strict.dtd">
+<html>
+ <head>
+  <title>Index of /plain</title>
+ </head>
+ <body>
+<h1>Index of /plain</h1>
+<ul><li><a href="/"> Parent Directory</a></li>
+<li><a href="%c3%bcn%c3%afc%c3%b8d%c3%a9%20%e2%82%ac.txt"> ünïcødé €.txt</a></li>
+<li><a href="100%25%20&amp;%20more.txt"> 100% &amp; more.txt</a></li>
+<li><a href="a-very-long-file-name-that-nginx-will-cut-in-the-listing-text.txt"> a-very-long-file-name-that-nginx-will-cut-in-the-listing-text.txt</a></li>
+<li><a href="big.bin"> big.bin</a></li>
+<li><a href="hello.txt"> hello.txt</a></li>
+<li><a href="sub%20dir/"> sub dir/</a></li>
+<li><a href="./time:%2010:00.txt"> time: 10:00.txt</a></li>
+<li><a href="with%20space.txt"> with space.txt</a></li>
+</ul>
+</body></html>
+"#;
 
-    const DIR: &str = "http://127.0.0.1:8080/pub/docs/";
+    /// nginx autoindex: a `<pre>` of links, directories first, long names cut in the
+    /// text (not the href), ':' and '&' percent-encoded, exact sizes.
+    const NGINX: &str = r#"<html>
+<head><title>Index of /</title></head>
+<body>
+<h1>Index of /</h1><hr><pre><a href="../">../</a>
+<a href="sub%20dir/">sub dir/</a>                                           23-Nov-2026 23:37                   -
+<a href="100%25%20%26%20more.txt">100% &amp; more.txt</a>                                    23-Nov-2026 23:37                   1
+<a href="a-very-long-file-name-that-nginx-will-cut-in-the-listing-text.txt">a-very-long-file-name-that-nginx-will-cut-in-th..&gt;</a> 23-Nov-2026 23:37                   1
+<a href="big.bin">big.bin</a>                                            23-Nov-2026 23:37               20000
+<a href="hello.txt">hello.txt</a>                                          23-Nov-2026 23:37                   6
+<a href="time%3A%2010%3A00.txt">time: 10:00.txt</a>                                    23-Nov-2026 23:37                   1
+<a href="with%20space.txt">with space.txt</a>                                     23-Nov-2026 23:37                   1
+<a href="%C3%BCn%C3%AFc%C3%B8d%C3%A9%20%E2%82%AC.txt">ünïcødé €.txt</a>                                23-Nov-2026 23:37                   1
+</pre><hr></body>
+</html>
+"#;
+
+    /// The folder the captures were made of.
+    fn expected() -> Vec<(String, bool)> {
+        let mut v = owned(&[
+            ("100% & more.txt", false),
+            (
+                "a-very-long-file-name-that-nginx-will-cut-in-the-listing-text.txt",
+                false,
+            ),
+            ("big.bin", false),
+            ("hello.txt", false),
+            ("sub dir", true),
+            ("time: 10:00.txt", false),
+            ("with space.txt", false),
+            ("ünïcødé €.txt", false),
+        ]);
+        v.sort();
+        v
+    }
+
+    fn sorted(mut v: Vec<(String, bool)>) -> Vec<(String, bool)> {
+        v.sort();
+        v
+    }
 
     #[test]
     fn apache_fancy_table() {
         assert_eq!(
-            names(APACHE_TABLE, DIR),
-            owned(&[
-                ("a b c.txt", false),
-                ("café & crème.bin", false),
-                ("c:d.txt", false),
-                ("sub dir", true),
-            ])
+            sorted(names(APACHE_TABLE, "http://127.0.0.1:38472/")),
+            expected()
+        );
+        assert_eq!(
+            names(APACHE_TABLE_SUB, "http://127.0.0.1:38472/sub%20dir/"),
+            owned(&[("inner.txt", false)])
         );
     }
 
     #[test]
     fn apache_plain_list() {
-        assert_eq!(names(APACHE_LIST, DIR), names(APACHE_TABLE, DIR));
+        assert_eq!(
+            sorted(names(APACHE_LIST, "http://127.0.0.1:38472/plain/")),
+            expected()
+        );
     }
 
     #[test]
     fn nginx_pre() {
+        assert_eq!(sorted(names(NGINX, "http://127.0.0.1:38471/")), expected());
+        // Directories first, then files, as on the page.
         assert_eq!(
-            names(NGINX, DIR),
-            owned(&[
-                ("sub dir", true),
-                ("a b c.txt", false),
-                ("café & crème.bin", false),
-                ("c:d.txt", false),
-            ])
+            names(NGINX, "http://127.0.0.1:38471/")[0],
+            ("sub dir".into(), true)
         );
     }
+
+    #[test]
+    fn index_of_a_mount_below_the_server_root() {
+        // The same page, for a mount of /pub/docs/: relative links still resolve.
+        let dir = "http://127.0.0.1:38471/pub/docs/";
+        assert_eq!(sorted(names(NGINX, dir)), expected());
+    }
+
+    const DIR: &str = "http://127.0.0.1:8080/pub/docs/";
 
     #[test]
     fn apache_pre_layout_icon_links_count_once() {
