@@ -93,6 +93,9 @@ struct Connected {
     remote: Arc<dyn Remote>,
     read_only: bool,
     probe: Result<ServerInfo, RemoteError>,
+    /// Why a WebDAV mount became a plain HTTP one, for the log once mounted (a daemon
+    /// logs to its file only from then on).
+    fell_back: Option<String>,
 }
 
 /// Picks the backend: plain HTTP with `--http`; otherwise WebDAV, falling back to plain
@@ -116,6 +119,7 @@ fn connect(cfg: &MountConfig, rt: &tokio::runtime::Runtime) -> Result<Connected,
             remote,
             read_only: true,
             probe,
+            fell_back: None,
         });
     }
     let dav: Arc<dyn Remote> = Arc::new(WebDav::new(conn.clone()).map_err(setup)?);
@@ -123,17 +127,15 @@ fn connect(cfg: &MountConfig, rt: &tokio::runtime::Runtime) -> Result<Connected,
         Err(RemoteError::NotDav(why)) => {
             let remote = http(conn)?;
             match rt.block_on(remote.probe()) {
-                Ok(info) => {
-                    tracing::info!(
+                Ok(info) => Ok(Connected {
+                    remote,
+                    read_only: true,
+                    probe: Ok(info),
+                    fell_back: Some(format!(
                         "{url} does not speak WebDAV ({why}) but serves an HTML index: \
-                         mounting it read-only over plain HTTP"
-                    );
-                    Ok(Connected {
-                        remote,
-                        read_only: true,
-                        probe: Ok(info),
-                    })
-                }
+                         mounted read-only over plain HTTP"
+                    )),
+                }),
                 Err(RemoteError::Unauthorized(_)) => Err(MountError::Auth { url }),
                 Err(e) => Err(MountError::NotDav {
                     url,
@@ -150,12 +152,14 @@ fn connect(cfg: &MountConfig, rt: &tokio::runtime::Runtime) -> Result<Connected,
                 remote: http(conn)?,
                 read_only: true,
                 probe: Err(e),
+                fell_back: None,
             })
         }
         probe => Ok(Connected {
             remote: dav,
             read_only: false,
             probe,
+            fell_back: None,
         }),
     }
 }
@@ -226,6 +230,7 @@ fn run_inner(
         remote,
         read_only,
         probe,
+        fell_back,
     } = connect(&cfg, &rt)?;
 
     let mut first_latency = None;
@@ -418,6 +423,9 @@ fn run_inner(
 
     if let Some(r) = ready.take() {
         r(Ok(()));
+    }
+    if let Some(why) = fell_back {
+        tracing::info!("{why}");
     }
     let run_result = session.run();
     tracing::info!("unmounted {}", cfg.mountpoint.display());
