@@ -84,6 +84,8 @@ pub struct MountConfig {
     /// Where the control socket listens (default: `<cache dir>/control.sock`).
     pub control_socket: PathBuf,
     pub backup: crate::backup::BackupConfig,
+    /// Plain HTTP, read-only: directories from the server's HTML index pages.
+    pub http: bool,
 }
 
 /// The settings file (`--config`, TOML). Flags given on the command line win.

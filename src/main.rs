@@ -49,6 +49,11 @@ struct MountArgs {
     url: String,
     /// An existing empty folder to mount it on.
     mountpoint: PathBuf,
+    /// Mount a plain web server read-only: directories are read from its HTML index
+    /// pages (Apache, nginx), files with ranged GETs; writes fail with EROFS. Without
+    /// it, a server that does not speak WebDAV but serves index pages is mounted so too.
+    #[arg(long)]
+    http: bool,
     /// Where cached content, the state store and the journal live.
     /// Default: $XDG_CACHE_HOME/davdrive/<id from URL and mountpoint>.
     #[arg(long)]
@@ -547,6 +552,7 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
             None => cache_dir.join("control.sock"),
         },
         backup: backup_config(args)?,
+        http: args.http,
         cache_dir,
     })
 }

@@ -65,6 +65,7 @@ impl FsError {
             FsError::Remote { source, .. } => match source {
                 RemoteError::NotFound => libc::ENOENT,
                 RemoteError::Unauthorized(_) => libc::EACCES,
+                RemoteError::ReadOnly => libc::EROFS,
                 _ => libc::EIO,
             },
             FsError::BadHandle => libc::EBADF,

@@ -260,6 +260,12 @@ impl Core {
             )?
             .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?
             .collect::<Result<_, _>>()?;
+        // A read-only mount queues nothing: they wait for the next read-write mount.
+        let dirty = if self.cfg.read_only {
+            Vec::new()
+        } else {
+            dirty
+        };
         for ino in &dirty {
             let size = self.content.len(*ino)?;
             let node = store::get_node(&tx, *ino)?.expect("selected above");

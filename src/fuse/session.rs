@@ -16,8 +16,10 @@ use crate::config::MountConfig;
 use crate::fs::{Core, CoreConfig};
 use crate::health::{self, Health};
 use crate::journal;
-use crate::remote::webdav::{WebDav, WebDavConfig};
-use crate::remote::{Remote, RemoteError};
+use crate::remote::client::ConnectionConfig;
+use crate::remote::http::HttpIndex;
+use crate::remote::webdav::WebDav;
+use crate::remote::{Remote, RemoteError, ServerInfo};
 use crate::store;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,8 @@ pub enum MountError {
     Unreachable { url: String, reason: String },
     #[error("{url} does not look like a WebDAV collection: {reason}")]
     NotDav { url: String, reason: String },
+    #[error("{url} is not an HTML directory index: {reason}")]
+    NotIndex { url: String, reason: String },
     #[error("cannot mount on {path}: {source}")]
     Fuse {
         path: String,
@@ -76,6 +80,98 @@ fn clear_dead_mount(mountpoint: &Path) {
             .arg(mountpoint)
             .status();
     }
+}
+
+/// Store key naming the kind of remote last reached from this cache dir, so a mount
+/// made while the server is down keeps the kind (and read-only-ness) it had.
+const REMOTE_KIND: &str = "remote.kind";
+const KIND_HTTP: &str = "http";
+const KIND_WEBDAV: &str = "webdav";
+
+/// The backend of a mount, whether it is read-only, and what the first probe found.
+struct Connected {
+    remote: Arc<dyn Remote>,
+    read_only: bool,
+    probe: Result<ServerInfo, RemoteError>,
+    /// Why a WebDAV mount became a plain HTTP one, for the log once mounted (a daemon
+    /// logs to its file only from then on).
+    fell_back: Option<String>,
+}
+
+/// Picks the backend: plain HTTP with `--http`; otherwise WebDAV, falling back to plain
+/// HTTP (read-only) when the server does not speak WebDAV but serves an HTML index.
+fn connect(cfg: &MountConfig, rt: &tokio::runtime::Runtime) -> Result<Connected, MountError> {
+    let url = cfg.display_url();
+    let mut conn = ConnectionConfig::new(cfg.url.clone());
+    conn.user = cfg.user.clone();
+    conn.password = cfg.password.clone();
+    conn.ca_cert_pem = cfg.ca_cert_pem.clone();
+    conn.request_timeout = cfg.request_timeout;
+    let setup = |e: RemoteError| MountError::Setup(format!("{url}: {e}"));
+    let http = |conn: ConnectionConfig| -> Result<Arc<dyn Remote>, MountError> {
+        Ok(Arc::new(HttpIndex::new(conn).map_err(setup)?))
+    };
+
+    if cfg.http {
+        let remote = http(conn)?;
+        let probe = rt.block_on(remote.probe());
+        return Ok(Connected {
+            remote,
+            read_only: true,
+            probe,
+            fell_back: None,
+        });
+    }
+    let dav: Arc<dyn Remote> = Arc::new(WebDav::new(conn.clone()).map_err(setup)?);
+    match rt.block_on(dav.probe()) {
+        Err(RemoteError::NotDav(why)) => {
+            let remote = http(conn)?;
+            match rt.block_on(remote.probe()) {
+                Ok(info) => Ok(Connected {
+                    remote,
+                    read_only: true,
+                    probe: Ok(info),
+                    fell_back: Some(format!(
+                        "{url} does not speak WebDAV ({why}) but serves an HTML index: \
+                         mounted read-only over plain HTTP"
+                    )),
+                }),
+                Err(RemoteError::Unauthorized(_)) => Err(MountError::Auth { url }),
+                Err(e) => Err(MountError::NotDav {
+                    url,
+                    reason: format!("{why}, and its index page is not usable: {e}"),
+                }),
+            }
+        }
+        // Down now, but plain HTTP when last reached: stay read-only, offline.
+        Err(e)
+            if (e.is_transport() || matches!(e, RemoteError::Server { .. }))
+                && last_remote_kind(&cfg.cache_dir).as_deref() == Some(KIND_HTTP) =>
+        {
+            Ok(Connected {
+                remote: http(conn)?,
+                read_only: true,
+                probe: Err(e),
+                fell_back: None,
+            })
+        }
+        probe => Ok(Connected {
+            remote: dav,
+            read_only: false,
+            probe,
+            fell_back: None,
+        }),
+    }
+}
+
+fn last_remote_kind(cache_dir: &Path) -> Option<String> {
+    let db = cache_dir.join("state.db");
+    if !db.exists() {
+        return None;
+    }
+    store::get_meta(&store::open(&db).ok()?, REMOTE_KIND)
+        .ok()
+        .flatten()
 }
 
 /// Mounts and serves until unmounted. `ready` is called once: with Ok when the mount is
@@ -130,16 +226,15 @@ fn run_inner(
     let _ = std::fs::set_permissions(&cfg.cache_dir, std::fs::Permissions::from_mode(0o700));
     let _lock = lock_cache_dir(&cfg.cache_dir)?;
 
-    let mut wcfg = WebDavConfig::new(cfg.url.clone());
-    wcfg.user = cfg.user.clone();
-    wcfg.password = cfg.password.clone();
-    wcfg.ca_cert_pem = cfg.ca_cert_pem.clone();
-    wcfg.request_timeout = cfg.request_timeout;
-    let remote: Arc<dyn Remote> =
-        Arc::new(WebDav::new(wcfg).map_err(|e| MountError::Setup(format!("{url}: {e}")))?);
+    let Connected {
+        remote,
+        read_only,
+        probe,
+        fell_back,
+    } = connect(&cfg, &rt)?;
 
     let mut first_latency = None;
-    let online = match rt.block_on(remote.probe()) {
+    let online = match probe {
         Ok(info) => {
             tracing::info!(
                 "{url} answers (DAV {:?}, {:?})",
@@ -165,8 +260,18 @@ fn run_inner(
                     reason: e.to_string(),
                 });
             }
-            tracing::warn!("{url} is unreachable ({e}); mounting from the cache, changes will be sent when it returns");
+            if read_only {
+                tracing::warn!("{url} is unreachable ({e}); mounting from the cache, read-only");
+            } else {
+                tracing::warn!("{url} is unreachable ({e}); mounting from the cache, changes will be sent when it returns");
+            }
             false
+        }
+        Err(e) if read_only => {
+            return Err(MountError::NotIndex {
+                url,
+                reason: e.to_string(),
+            })
         }
         Err(e) => {
             return Err(MountError::NotDav {
@@ -190,6 +295,7 @@ fn run_inner(
             dir_ttl: cfg.dir_ttl,
             attr_ttl: cfg.attr_ttl,
             cache: cfg.cache.clone(),
+            read_only,
             ..CoreConfig::default()
         },
     )
@@ -206,13 +312,25 @@ fn run_inner(
         crate::control::bind(&cfg.control_socket).map_err(MountError::Setup)?
     };
 
+    if online {
+        let kind = if read_only { KIND_HTTP } else { KIND_WEBDAV };
+        if let Err(e) = store::set_meta(&core.store(), REMOTE_KIND, kind) {
+            tracing::warn!("cannot record the kind of remote: {e}");
+        }
+    }
+
     // Before the replayer: migrations cut off by a crash undo their partial copies
     // before those could be sent.
     let jobs = Arc::new(crate::jobs::Jobs::default());
     let migrations =
         crate::migrate::Migrations::start(core.clone(), jobs.clone(), Some(cfg.mountpoint.clone()))
             .map_err(|e| MountError::Setup(format!("cannot resume migrations: {e}")))?;
-    let backups = crate::backup::Backups::start(core.clone(), cfg.backup.clone(), jobs.clone())
+    let mut backup_cfg = cfg.backup.clone();
+    if read_only {
+        // Backups are uploads: nothing to schedule on a remote that cannot take them.
+        backup_cfg.at = None;
+    }
+    let backups = crate::backup::Backups::start(core.clone(), backup_cfg, jobs.clone())
         .map_err(|e| MountError::Setup(format!("backups: {e}")))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -248,6 +366,10 @@ fn run_inner(
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
+    if read_only {
+        // The kernel then refuses writes itself, before they reach the core.
+        options.push(MountOption::RO);
+    }
     let mut fuse_cfg = Config::default();
     if cfg.allow_other {
         fuse_cfg.acl = fuser::SessionACL::All;
@@ -307,6 +429,9 @@ fn run_inner(
 
     if let Some(r) = ready.take() {
         r(Ok(()));
+    }
+    if let Some(why) = fell_back {
+        tracing::info!("{why}");
     }
     let run_result = session.run();
     tracing::info!("unmounted {}", cfg.mountpoint.display());

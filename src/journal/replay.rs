@@ -38,6 +38,18 @@ const PARALLEL: usize = 4;
 /// Runs until `shutdown` turns true. Up to `PARALLEL` independent entries run at once;
 /// dependent ones keep their order (see `journal::ready`).
 pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+    if core.cfg.read_only {
+        // Entries left by an earlier read-write mount stay for the next one; sending
+        // them to a remote that cannot take them would only mark them failed.
+        let waiting = journal::stats(&core.store()).map(|s| s.0).unwrap_or(0);
+        if waiting > 0 {
+            tracing::warn!(
+                "{waiting} change(s) wait in the journal; a read-only mount does not send them"
+            );
+        }
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        return;
+    }
     let mut health = core.health.subscribe();
     let mut tasks: tokio::task::JoinSet<i64> = tokio::task::JoinSet::new();
     let mut running: HashSet<i64> = HashSet::new();

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+pub mod client;
+pub mod http;
 pub mod multistatus;
 pub mod webdav;
 
@@ -89,6 +91,12 @@ pub enum RemoteError {
     /// The reply could not be understood (malformed XML, missing fields, hostile hrefs).
     #[error("malformed reply from the remote: {0}")]
     BadReply(String),
+    /// The server is a web server that does not speak WebDAV (seen when probing).
+    #[error("not a WebDAV server: {0}")]
+    NotDav(String),
+    /// A write to a backend that cannot write (plain HTTP).
+    #[error("the remote is read-only")]
+    ReadOnly,
     /// Local I/O while preparing a request (reading the cache file for a PUT).
     #[error("local I/O error: {0}")]
     Local(String),

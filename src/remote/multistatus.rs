@@ -78,7 +78,7 @@ pub fn parse_multistatus(
                     resp.props.size.unwrap_or(0)
                 },
                 mtime: resp.props.mtime,
-                etag: resp.props.etag.or_else(|| stand_in_etag(&resp.props)),
+                etag: resp.props.etag.clone().or_else(|| stand_in_etag(&resp.props)),
             },
             quota: (resp.props.quota_available, resp.props.quota_used),
         });
@@ -355,7 +355,7 @@ fn href_segments(href: &str, base: &[String]) -> Result<Vec<String>, String> {
 
 /// Splits an encoded absolute path into decoded segments, rejecting anything that could
 /// alter the path's meaning once decoded.
-fn decode_path(path: &str) -> Result<Vec<String>, String> {
+pub(super) fn decode_path(path: &str) -> Result<Vec<String>, String> {
     let rest = path
         .strip_prefix('/')
         .ok_or_else(|| "path is not absolute".to_string())?;

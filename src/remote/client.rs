@@ -1,0 +1,554 @@
+//! The HTTP(S) connection every backend shares: one `reqwest` client with the same TLS,
+//! authentication, timeouts, retries and URL encoding, so WebDAV and plain HTTP mounts
+//! behave alike on the wire.
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::header::{HeaderMap, CONTENT_RANGE, ETAG, LOCATION, RANGE};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use url::Url;
+
+use super::{RangeReply, RemoteError};
+
+/// Everything but RFC 3986 "unreserved" is encoded in a path segment: space, `%`, `#`,
+/// `?`, `+` (some servers decode it as a space), sub-delims and all non-ASCII.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Transfers get `request_timeout` plus the time this rate needs for their bytes, so a
+/// large PUT on a slow link is not cut off while a dead connection still fails eventually.
+const MIN_TRANSFER_RATE: u64 = 64 * 1024;
+
+#[derive(Clone)]
+pub struct ConnectionConfig {
+    /// URL of the collection to mount, e.g. `https://host/remote.php/dav/files/me/`.
+    pub base_url: Url,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub bearer_token: Option<String>,
+    /// Extra CA certificate(s), PEM, trusted on top of the built-in roots.
+    pub ca_cert_pem: Option<Vec<u8>>,
+    pub connect_timeout: Duration,
+    /// Deadline for one request without a large body (see `MIN_TRANSFER_RATE`).
+    pub request_timeout: Duration,
+    /// Extra attempts for idempotent requests after a transport or 5xx error.
+    pub retries: u32,
+}
+
+impl ConnectionConfig {
+    pub fn new(base_url: Url) -> Self {
+        ConnectionConfig {
+            base_url,
+            user: None,
+            password: None,
+            bearer_token: None,
+            ca_cert_pem: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            retries: 3,
+        }
+    }
+}
+
+// Hand-written so secrets never reach a log line through `{:?}`.
+impl fmt::Debug for ConnectionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ConnectionConfig")
+            .field("base_url", &self.base_url.as_str())
+            .field("user", &self.user)
+            .field("password", &redact(&self.password))
+            .field("bearer_token", &redact(&self.bearer_token))
+            .field("ca_cert_pem", &self.ca_cert_pem.as_ref().map(|p| p.len()))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+enum Auth {
+    None,
+    Basic {
+        user: String,
+        password: Option<String>,
+    },
+    Bearer(String),
+}
+
+pub struct HttpClient {
+    client: reqwest::Client,
+    /// Base URL without credentials, query or fragment; its path ends with '/'.
+    base: Url,
+    auth: Auth,
+    request_timeout: Duration,
+    retries: u32,
+}
+
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    pub fn new(cfg: ConnectionConfig) -> Result<HttpClient, RemoteError> {
+        let mut base = cfg.base_url.clone();
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(RemoteError::Local(format!(
+                "unsupported URL scheme {:?}",
+                base.scheme()
+            )));
+        }
+        // Credentials in the URL are moved out of it, so no URL we log or put in an
+        // error ever carries a password.
+        let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let (mut user, mut password) = (cfg.user.clone(), cfg.password.clone());
+        if !base.username().is_empty() && user.is_none() {
+            user = Some(decode(base.username()));
+            password = password.or_else(|| base.password().map(decode));
+        }
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        base.set_query(None);
+        base.set_fragment(None);
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+
+        let auth = match (user, cfg.bearer_token.clone()) {
+            (Some(user), _) => Auth::Basic { user, password },
+            (None, Some(token)) => Auth::Bearer(token),
+            (None, None) => Auth::None,
+        };
+
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(cfg.connect_timeout)
+            .tcp_keepalive(Duration::from_secs(30))
+            // Redirects would silently turn PROPFIND/PUT into GET or drop the body; the
+            // one redirect that matters (missing trailing slash) is handled by the caller.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("davdrive/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &cfg.ca_cert_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| RemoteError::Local(format!("bad CA certificate: {e}")))?;
+            if certs.is_empty() {
+                return Err(RemoteError::Local(
+                    "no certificate in the CA PEM data".into(),
+                ));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| RemoteError::Local(format!("HTTP client setup: {e}")))?;
+
+        Ok(HttpClient {
+            client,
+            base,
+            auth,
+            request_timeout: cfg.request_timeout,
+            retries: cfg.retries,
+        })
+    }
+
+    /// The base URL requests are made against (no credentials).
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// URL of a decoded mount-relative path. Collections get a trailing slash: Apache
+    /// and others answer PROPFIND/MKCOL/DELETE/MOVE on a collection without it with a
+    /// 301, and some treat `MKCOL /x` and `MKCOL /x/` differently.
+    pub fn url_for(&self, path: &str, is_dir: bool) -> Result<Url, RemoteError> {
+        let mut p = self.base.path().to_string();
+        let mut any = false;
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            // URL parsing resolves dot segments even when percent-encoded, so they
+            // would escape the mounted collection: refuse them outright.
+            if seg == "." || seg == ".." {
+                return Err(RemoteError::Refused {
+                    status: 400,
+                    message: format!("invalid path {path:?}"),
+                });
+            }
+            p.extend(utf8_percent_encode(seg, SEGMENT));
+            p.push('/');
+            any = true;
+        }
+        if any && !is_dir {
+            p.pop();
+        }
+        let mut url = self.base.clone();
+        url.set_path(&p);
+        Ok(url)
+    }
+
+    pub fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        let rb = self
+            .client
+            .request(method, url)
+            .timeout(self.request_timeout);
+        match &self.auth {
+            Auth::None => rb,
+            Auth::Basic { user, password } => rb.basic_auth(user, password.as_ref()),
+            Auth::Bearer(token) => rb.bearer_auth(token),
+        }
+    }
+
+    pub fn transfer_timeout(&self, bytes: u64) -> Duration {
+        self.request_timeout + Duration::from_secs(bytes / MIN_TRANSFER_RATE)
+    }
+
+    /// Sends one request, logging method, path, status and latency.
+    pub async fn send(&self, rb: RequestBuilder, path: &str) -> Result<Response, RemoteError> {
+        let (client, req) = rb.build_split();
+        let req = req.map_err(transport_error)?;
+        let method = req.method().clone();
+        let started = Instant::now();
+        match client.execute(req).await {
+            Ok(resp) => {
+                crate::metrics::METRICS.request(
+                    method.as_str(),
+                    resp.status().as_u16(),
+                    started.elapsed(),
+                );
+                tracing::debug!(
+                    %method,
+                    path,
+                    status = resp.status().as_u16(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "remote request"
+                );
+                Ok(resp)
+            }
+            Err(e) => {
+                crate::metrics::METRICS.request(method.as_str(), 0, started.elapsed());
+                let err = transport_error(e);
+                tracing::debug!(
+                    %method,
+                    path,
+                    ms = started.elapsed().as_millis() as u64,
+                    "remote request failed: {err}"
+                );
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or `retries` extra attempts
+    /// have been spent on transport/server errors.
+    pub async fn retrying<T, F, Fut>(
+        &self,
+        what: &str,
+        path: &str,
+        mut attempt: F,
+    ) -> Result<T, RemoteError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, RemoteError>>,
+    {
+        let mut delay = FIRST_BACKOFF;
+        let mut tries = 0;
+        loop {
+            match attempt().await {
+                Err(e @ (RemoteError::Transport(_) | RemoteError::Server { .. }))
+                    if tries < self.retries =>
+                {
+                    tries += 1;
+                    tracing::debug!(what, path, tries, "retrying in {delay:?} after: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads the window `[skip, skip + len)` of a response body, streaming past the
+    /// bytes before it and dropping the connection once the window is full.
+    async fn read_window(
+        mut resp: Response,
+        mut skip: u64,
+        len: u64,
+    ) -> Result<Bytes, RemoteError> {
+        let mut out = BytesMut::with_capacity(len.min(8 << 20) as usize);
+        while (out.len() as u64) < len {
+            let Some(mut chunk) = resp.chunk().await.map_err(transport_error)? else {
+                break;
+            };
+            if skip >= chunk.len() as u64 {
+                skip -= chunk.len() as u64;
+                continue;
+            }
+            let _ = chunk.split_to(skip as usize);
+            skip = 0;
+            let want = (len - out.len() as u64).min(chunk.len() as u64) as usize;
+            out.extend_from_slice(&chunk[..want]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// GET with `Range: bytes=offset-(offset+len-1)`, retried. A server that ignores
+    /// the range and sends the whole file (200) is read past `offset` and cut off.
+    pub async fn get_range(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<RangeReply, RemoteError> {
+        let empty = |total_size, etag| RangeReply {
+            data: Bytes::new(),
+            offset,
+            total_size,
+            etag,
+        };
+        if len == 0 {
+            return Ok(empty(None, None));
+        }
+        let last = offset.saturating_add(len - 1);
+        self.retrying("GET", path, || async {
+            let rb = self
+                .request(Method::GET, self.url_for(path, false)?)
+                .timeout(self.transfer_timeout(last))
+                .header(RANGE, format!("bytes={offset}-{last}"));
+            let resp = self.send(rb, path).await?;
+            let etag = header_string(resp.headers(), ETAG);
+            match resp.status() {
+                StatusCode::PARTIAL_CONTENT => {
+                    let (start, total) = resp
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_content_range)
+                        .ok_or_else(|| {
+                            RemoteError::BadReply("206 without a usable Content-Range".into())
+                        })?;
+                    // A server may start earlier than asked (e.g. block-aligned), never later.
+                    let skip = offset.checked_sub(start).ok_or_else(|| {
+                        RemoteError::BadReply(format!(
+                            "asked for byte {offset}, got range from {start}"
+                        ))
+                    })?;
+                    let data = Self::read_window(resp, skip, len).await?;
+                    crate::metrics::add(&crate::metrics::METRICS.bytes_down, data.len() as u64);
+                    Ok(RangeReply {
+                        data,
+                        offset,
+                        total_size: total,
+                        etag,
+                    })
+                }
+                StatusCode::OK => {
+                    // The server ignored Range and sends the whole file: stream past the
+                    // part before `offset` instead of buffering it.
+                    let total = resp.content_length();
+                    let data = Self::read_window(resp, offset, len).await?;
+                    crate::metrics::add(&crate::metrics::METRICS.bytes_down, data.len() as u64);
+                    Ok(RangeReply {
+                        data,
+                        offset,
+                        total_size: total,
+                        etag,
+                    })
+                }
+                StatusCode::RANGE_NOT_SATISFIABLE => {
+                    // Reading at or past the end: "Content-Range: bytes */<size>".
+                    let total = resp
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().strip_prefix("bytes */"))
+                        .and_then(|n| n.trim().parse().ok());
+                    Ok(empty(total, etag))
+                }
+                s => Err(status_error(s)),
+            }
+        })
+        .await
+    }
+}
+
+/// "/a//b/" -> "/a/b", "" -> "/".
+pub fn normalize(path: &str) -> String {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    format!("/{}", segs.join("/"))
+}
+
+pub fn quote_etag(tag: &str) -> String {
+    if tag.starts_with('"') || tag.starts_with("W/\"") {
+        tag.to_string()
+    } else {
+        format!("\"{tag}\"")
+    }
+}
+
+pub fn header_string(
+    headers: &HeaderMap,
+    name: impl reqwest::header::AsHeaderName,
+) -> Option<String> {
+    headers.get(name)?.to_str().ok().map(String::from)
+}
+
+/// Does a redirect point at `url` plus a trailing slash?
+pub fn redirects_to_slash(headers: &HeaderMap, url: &Url) -> bool {
+    headers
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|loc| url.join(loc).ok())
+        .is_some_and(|loc| loc.path() == format!("{}/", url.path()))
+}
+
+/// "bytes 100-199/1000" -> (100, Some(1000)); the total may be "*".
+pub fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    if end < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((start, total))
+}
+
+pub fn status_error(status: StatusCode) -> RemoteError {
+    match status.as_u16() {
+        404 => RemoteError::NotFound,
+        412 => RemoteError::PreconditionFailed,
+        401 => RemoteError::Unauthorized(401),
+        s @ (429 | 500..=599) => RemoteError::Server { status: s },
+        s => RemoteError::Refused {
+            status: s,
+            message: status.canonical_reason().unwrap_or("").to_string(),
+        },
+    }
+}
+
+/// A reqwest error as text with its whole cause chain (the top level alone says little
+/// more than "error sending request"), and without the URL.
+pub fn transport_error(e: reqwest::Error) -> RemoteError {
+    let e = e.without_url();
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    if e.is_builder() {
+        RemoteError::Local(msg)
+    } else {
+        RemoteError::Transport(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(url: &str) -> HttpClient {
+        HttpClient::new(ConnectionConfig::new(Url::parse(url).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn urls_are_encoded_per_segment() {
+        let d = client("http://h/dav/my%20share");
+        assert_eq!(d.base.path(), "/dav/my%20share/");
+        let url = |p, dir| d.url_for(p, dir).unwrap().to_string();
+        assert_eq!(url("/", true), "http://h/dav/my%20share/");
+        assert_eq!(url("/", false), "http://h/dav/my%20share/");
+        assert_eq!(
+            url("/a b/c%#?+é.txt", false),
+            "http://h/dav/my%20share/a%20b/c%25%23%3F%2B%C3%A9.txt"
+        );
+        assert_eq!(url("/dir", true), "http://h/dav/my%20share/dir/");
+        assert_eq!(url("/...", false), "http://h/dav/my%20share/...");
+        assert!(d.url_for("/a/../../etc", false).is_err());
+        assert!(d.url_for("/./x", false).is_err());
+    }
+
+    #[test]
+    fn credentials_leave_the_url() {
+        let mut cfg = ConnectionConfig::new(Url::parse("https://me:s%40cret@h/x/?q#f").unwrap());
+        cfg.retries = 0;
+        let d = HttpClient::new(cfg).unwrap();
+        assert_eq!(d.base.as_str(), "https://h/x/");
+        match &d.auth {
+            Auth::Basic { user, password } => {
+                assert_eq!(user, "me");
+                assert_eq!(password.as_deref(), Some("s@cret"));
+            }
+            _ => panic!("expected basic auth"),
+        }
+        let mut cfg = ConnectionConfig::new(Url::parse("https://h/").unwrap());
+        cfg.password = Some("hunter2".into());
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn content_range() {
+        assert_eq!(parse_content_range("bytes 5-9/100"), Some((5, Some(100))));
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("bytes 9-5/100"), None);
+    }
+
+    #[test]
+    fn etag_quoting() {
+        assert_eq!(quote_etag("abc"), "\"abc\"");
+        assert_eq!(quote_etag("\"abc\""), "\"abc\"");
+        assert_eq!(quote_etag("W/\"abc\""), "W/\"abc\"");
+    }
+
+    #[test]
+    fn status_mapping() {
+        assert!(matches!(
+            status_error(StatusCode::NOT_FOUND),
+            RemoteError::NotFound
+        ));
+        assert!(matches!(
+            status_error(StatusCode::PRECONDITION_FAILED),
+            RemoteError::PreconditionFailed
+        ));
+        assert!(matches!(
+            status_error(StatusCode::UNAUTHORIZED),
+            RemoteError::Unauthorized(401)
+        ));
+        assert!(matches!(
+            status_error(StatusCode::FORBIDDEN),
+            RemoteError::Refused { status: 403, .. }
+        ));
+        assert!(matches!(
+            status_error(StatusCode::TOO_MANY_REQUESTS),
+            RemoteError::Server { status: 429 }
+        ));
+        assert!(matches!(
+            status_error(StatusCode::BAD_GATEWAY),
+            RemoteError::Server { status: 502 }
+        ));
+        assert!(matches!(
+            status_error(StatusCode::CONFLICT),
+            RemoteError::Refused { status: 409, .. }
+        ));
+    }
+}
