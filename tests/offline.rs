@@ -134,7 +134,7 @@ fn conflict_keeps_both_versions() {
     server.proxy.set_fault(Fault::Refuse);
     fs::write(m.path("shared.txt"), b"edited here while offline").unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    fs::write(server.path("shared.txt"), b"edited on the server").unwrap();
+    server.put_as_another_client("shared.txt", b"edited on the server");
     server.proxy.clear_fault();
 
     let conflict = || server_entry_starting(&server, "shared (conflict ");
@@ -281,7 +281,7 @@ fn rename_over_a_file_changed_on_the_server_keeps_theirs() {
     server.proxy.set_fault(Fault::Refuse);
     fs::rename(m.path("a.txt"), m.path("b.txt")).unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    fs::write(server.path("b.txt"), b"their new b").unwrap();
+    server.put_as_another_client("b.txt", b"their new b");
     server.proxy.clear_fault();
     let aside = || server_entry_starting(&server, "b (conflict ");
     wait_until(60, "our version moved aside", || aside().is_some());

@@ -131,6 +131,8 @@ pub struct Core {
     remote_epoch: AtomicU64,
     /// Whether the server takes `PUT` with `Content-Range`, once asked.
     pub partial_put: tokio::sync::OnceCell<bool>,
+    /// Whether the server honours If-Match / If-None-Match, once asked.
+    pub preconditions: tokio::sync::OnceCell<bool>,
     /// Per directory, a digest of the entries the kernel was last given.
     dir_digests: Mutex<HashMap<u64, u64>>,
     /// This core itself, for download tasks.
@@ -204,6 +206,7 @@ impl Core {
             cache_dir: cache_dir.to_path_buf(),
             remote_epoch: AtomicU64::new(0),
             partial_put: tokio::sync::OnceCell::new(),
+            preconditions: tokio::sync::OnceCell::new(),
             me: me.clone(),
             dir_digests: Mutex::new(HashMap::new()),
             cache_grew: Arc::new(Notify::new()),

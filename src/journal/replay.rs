@@ -230,8 +230,18 @@ async fn delete(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
     let known_versions = !journal::sent_hashes(&core.store(), e.id)
         .map_err(local)?
         .is_empty();
+    let strict = preconditions_honored(core).await?;
     let result = match &e.base_etag {
-        Some(tag) => core.remote().delete_if_match(&e.path, tag).await,
+        Some(tag) if strict => core.remote().delete_if_match(&e.path, tag).await,
+        // The server would delete whatever is there: ask first (a change landing
+        // between the two requests is not caught).
+        Some(tag) => match core.remote().stat(&e.path).await? {
+            Some(cur) if !crate::remote::same_etag(cur.etag.as_deref(), Some(tag)) => {
+                Err(RemoteError::PreconditionFailed)
+            }
+            Some(_) => core.remote().delete(&e.path, e.is_dir).await,
+            None => Ok(()),
+        },
         // No ETag to hold it to (the file never got one of ours, or only a weak one),
         // but versions of ours are known: delete only one of those.
         None if !e.is_dir && known_versions && !remote_is_ours(core, e).await? => {
@@ -382,8 +392,16 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
         _ => return done(core, &core.store(), e.id).map_err(local),
     };
     let local_path = core.content().path(e.ino);
+    let strict = preconditions_honored(core).await?;
     let cond = if !node.on_remote {
-        Precondition::IfNoneMatch
+        // A server that ignores If-None-Match is asked first (see below).
+        match strict {
+            true => Precondition::IfNoneMatch,
+            false => match core.remote().stat(&e.path).await? {
+                None => Precondition::IfNoneMatch,
+                Some(_) => return resolve_conflict(core, e, &node).await,
+            },
+        }
     } else {
         match &node.etag {
             None => Precondition::None,
@@ -392,15 +410,18 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
             // current ETag just before the upload: unchanged means the remote still has
             // our base version and we upload unconditionally (a change landing in the
             // moment between the two requests is not caught); changed is a conflict.
-            Some(tag) if tag.starts_with("W/") => match core.remote().stat(&e.path).await? {
-                // Compared weakly: Apache sends the same tag strong once the file is
-                // a second old.
-                Some(cur) if crate::remote::same_etag(cur.etag.as_deref(), Some(tag)) => {
-                    Precondition::None
+            // Likewise on a server that ignores If-Match.
+            Some(tag) if tag.starts_with("W/") || !strict => {
+                match core.remote().stat(&e.path).await? {
+                    // Compared weakly: Apache sends the same tag strong once the file is
+                    // a second old.
+                    Some(cur) if crate::remote::same_etag(cur.etag.as_deref(), Some(tag)) => {
+                        Precondition::None
+                    }
+                    None => Precondition::IfNoneMatch,
+                    Some(_) => return resolve_conflict(core, e, &node).await,
                 }
-                None => Precondition::IfNoneMatch,
-                Some(_) => return resolve_conflict(core, e, &node).await,
-            },
+            }
             Some(tag) => Precondition::IfMatch(tag.clone()),
         }
     };
@@ -450,6 +471,13 @@ async fn put(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
         Err(err) => return Err(err),
     };
     finish_upload(core, e, etag, sent)
+}
+
+async fn preconditions_honored(core: &Arc<Core>) -> Result<bool, RemoteError> {
+    core.preconditions
+        .get_or_try_init(|| core.remote().preconditions_honored())
+        .await
+        .copied()
 }
 
 async fn partial_put_supported(core: &Arc<Core>) -> Result<bool, RemoteError> {

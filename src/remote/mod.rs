@@ -156,6 +156,12 @@ pub trait Remote: Send + Sync + 'static {
     /// dav-server do; many servers refuse or replace the file). Found out by trying it on
     /// a scratch file, never assumed.
     async fn partial_put_supported(&self) -> Result<bool, RemoteError>;
+    /// Whether the server honours `If-Match` and `If-None-Match` on PUT and DELETE
+    /// (`rclone serve webdav` ignores them and writes anyway). Found out on a scratch
+    /// file. Where they are ignored, the replayer compares versions before each change.
+    async fn preconditions_honored(&self) -> Result<bool, RemoteError> {
+        Ok(true)
+    }
     /// MKCOL. An existing collection at `path` is not an error.
     async fn mkcol(&self, path: &str) -> Result<(), RemoteError>;
     /// DELETE. A resource already gone is not an error.

@@ -78,7 +78,11 @@ pub fn parse_multistatus(
                     resp.props.size.unwrap_or(0)
                 },
                 mtime: resp.props.mtime,
-                etag: resp.props.etag.clone().or_else(|| stand_in_etag(&resp.props)),
+                etag: resp
+                    .props
+                    .etag
+                    .clone()
+                    .or_else(|| stand_in_etag(&resp.props)),
             },
             quota: (resp.props.quota_available, resp.props.quota_used),
         });

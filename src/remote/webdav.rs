@@ -346,6 +346,64 @@ impl Remote for WebDav {
         Ok(supported)
     }
 
+    async fn preconditions_honored(&self) -> Result<bool, RemoteError> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = format!(
+            "/.davdrive-range-probe-conditions-{}-{nanos}",
+            std::process::id()
+        );
+        let url = self.http.url_for(&path, false)?;
+        let put = |body: &'static str| {
+            self.http
+                .request(Method::PUT, url.clone())
+                .header(CONTENT_LENGTH, body.len())
+                .body(body)
+        };
+        let no_such_version = "\"davdrive-no-such-version\"";
+        let first = self.http.send(put("a"), &path).await?.status();
+        if !first.is_success() {
+            return Err(status_error(first));
+        }
+        let if_match = self
+            .http
+            .send(put("b").header(IF_MATCH, no_such_version), &path)
+            .await?
+            .status();
+        let if_none_match = self
+            .http
+            .send(put("c").header(IF_NONE_MATCH, "*"), &path)
+            .await?
+            .status();
+        let delete_if_match = self
+            .http
+            .send(
+                self.http
+                    .request(Method::DELETE, url.clone())
+                    .header(IF_MATCH, no_such_version),
+                &path,
+            )
+            .await?
+            .status();
+        let _ = self
+            .http
+            .send(self.http.request(Method::DELETE, url), &path)
+            .await;
+        let failed = StatusCode::PRECONDITION_FAILED;
+        let honored = if_match == failed && if_none_match == failed && delete_if_match == failed;
+        if honored {
+            tracing::info!("server honours If-Match and If-None-Match");
+        } else {
+            tracing::warn!(
+                "server ignores If-Match/If-None-Match (PUT {if_match}, PUT {if_none_match}, \
+                 DELETE {delete_if_match}); davdrive compares versions before each change \
+                 instead (a change landing between the two requests is not caught)"
+            );
+        }
+        Ok(honored)
+    }
+
     async fn mkcol(&self, path: &str) -> Result<(), RemoteError> {
         self.http
             .retrying("MKCOL", path, || async {

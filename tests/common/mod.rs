@@ -89,6 +89,24 @@ impl Server {
                 url.port_or_known_default().unwrap(),
             );
             let proxy = rt.block_on(Proxy::start(upstream));
+            // A server that caches listings (rclone) sees the new folder a moment later.
+            let folder = format!("{}{name}/", url.as_str());
+            let seen = rt.block_on(async {
+                let client = reqwest::Client::new();
+                for _ in 0..100 {
+                    let r = client
+                        .request(reqwest::Method::from_bytes(b"PROPFIND").unwrap(), &folder)
+                        .header("Depth", "0")
+                        .send()
+                        .await;
+                    if r.is_ok_and(|r| r.status().as_u16() == 207) {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                false
+            });
+            assert!(seen, "the test server does not show {folder}");
             return Server {
                 rt,
                 tmp,
@@ -124,6 +142,23 @@ impl Server {
     /// whose collection is at /dav/t-1-0/): what the proxy logs and hrefs hold.
     pub fn href(&self, rel: &str) -> String {
         format!("{}{}", self.prefix, rel.trim_start_matches('/'))
+    }
+
+    /// Writes `data` at `rel` as another WebDAV client would: a PUT straight to the
+    /// server, past the proxy (and any fault set on it). A server that caches its
+    /// folder (rclone) sees such a change at once, unlike one made on its disk.
+    pub fn put_as_another_client(&self, rel: &str, data: &[u8]) {
+        let url = format!("http://{}{}", self.upstream, self.href(rel));
+        let status = self.rt.block_on(async {
+            reqwest::Client::new()
+                .put(&url)
+                .body(data.to_vec())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        assert!(status.is_success(), "PUT {url}: {status}");
     }
 
     /// A path on the server side.
