@@ -84,9 +84,22 @@ EOF
 start_apache() {
   local d="$work/apache" port mods=/usr/lib/apache2/modules
   port=$(free_port)
-  mkdir -p "$d/root" "$d/run" "$d/lock"
-  chmod 777 "$d/root"
+  tls_port=$(free_port)
+  mkdir -p "$d/root" "$d/digest" "$d/run" "$d/lock" "$d/tls"
+  chmod 777 "$d/root" "$d/digest"
   chown www-data:www-data "$d/lock"
+  # htdigest's format, user:realm:md5(user:realm:password), without its prompt.
+  printf 'tester:davdrive-test:%s\n' \
+    "$(printf 'tester:davdrive-test:digest-pw-1' | md5sum | cut -d' ' -f1)" >"$d/digest.pw"
+  chmod 644 "$d/digest.pw"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=davdrive test CA" \
+    -keyout "$d/tls/ca.key" -out "$d/tls/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$d/tls/server.key" -out "$d/tls/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\n' >"$d/tls/ext"
+  openssl x509 -req -in "$d/tls/server.csr" -CA "$d/tls/ca.pem" -CAkey "$d/tls/ca.key" \
+    -CAcreateserial -days 2 -extfile "$d/tls/ext" -out "$d/tls/server.pem" 2>/dev/null
+  chmod 644 "$d/tls/server.key"
   cat >"$d/httpd.conf" <<EOF
 ServerRoot /etc/apache2
 ServerName 127.0.0.1
@@ -96,6 +109,12 @@ LoadModule authz_core_module $mods/mod_authz_core.so
 LoadModule alias_module $mods/mod_alias.so
 LoadModule dav_module $mods/mod_dav.so
 LoadModule dav_fs_module $mods/mod_dav_fs.so
+LoadModule authn_core_module $mods/mod_authn_core.so
+LoadModule authn_file_module $mods/mod_authn_file.so
+LoadModule authz_user_module $mods/mod_authz_user.so
+LoadModule auth_digest_module $mods/mod_auth_digest.so
+LoadModule ssl_module $mods/mod_ssl.so
+LoadModule socache_shmcb_module $mods/mod_socache_shmcb.so
 User www-data
 Group www-data
 PidFile $d/httpd.pid
@@ -115,11 +134,30 @@ Alias /dav $d/root
   Dav On
   Require all granted
 </Directory>
+# Digest authentication (mod_auth_digest) on a folder of its own.
+Alias /digest $d/digest
+<Directory $d/digest>
+  Dav On
+  AuthType Digest
+  AuthName "davdrive-test"
+  AuthDigestProvider file
+  AuthUserFile $d/digest.pw
+  Require valid-user
+</Directory>
+# TLS with a certificate from a CA made here.
+Listen 127.0.0.1:$tls_port
+SSLSessionCache shmcb:$d/run/ssl_scache(512000)
+<VirtualHost 127.0.0.1:$tls_port>
+  SSLEngine on
+  SSLCertificateFile $d/tls/server.pem
+  SSLCertificateKeyFile $d/tls/server.key
+</VirtualHost>
 EOF
   /usr/sbin/apache2 -f "$d/httpd.conf" -DFOREGROUND >"$d/stdout.log" 2>&1 &
   pids+=($!)
   url="http://127.0.0.1:$port/dav/"
   root="$d/root"
+  port_of_apache=$port
   wait_dav "$url" $! "$d/error.log"
 }
 
@@ -176,6 +214,69 @@ start_rclone() {
   wait_dav "$url" $! "$d/rclone.log"
 }
 
+bin="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/davdrive"
+
+# One check beyond the test suite: records pass/FAIL for server $1 under name $2.
+record() {
+  checks+=("$2")
+  if [ "$3" = ok ]; then result[$2,$1]=ok; else result[$2,$1]=FAILED; echo "interop: $1: $2 failed: $4" >&2; fi
+}
+
+# Mounts URL ($1) with extra flags, writes a file, and checks it arrived in $2 (the
+# server's folder). Prints nothing; returns non-zero with a reason on stderr.
+mount_write_check() {
+  local url=$1 served=$2; shift 2
+  local m="$work/m.$RANDOM"
+  mkdir -p "$m/mnt"
+  if ! "$bin" mount "$url" "$m/mnt" --cache-dir "$m/cache" --daemon "$@" 2>"$m/err"; then
+    echo "mount failed: $(cat "$m/err")" >&2; return 1
+  fi
+  echo "written through davdrive" >"$m/mnt/check.txt"
+  local ok=1
+  for _ in $(seq 100); do
+    if [ "$(cat "$served/check.txt" 2>/dev/null)" = "written through davdrive" ]; then ok=0; break; fi
+    sleep 0.1
+  done
+  [ "$(cat "$m/mnt/check.txt")" = "written through davdrive" ] || ok=1
+  "$bin" unmount "$m/mnt" || ok=1
+  [ $ok -eq 0 ] || echo "the file did not reach the server" >&2
+  return $ok
+}
+
+# A mount that must fail with one line holding $1 and not $2.
+mount_fails_with() {
+  local want=$1 secret=$2 url=$3; shift 3
+  local m="$work/m.$RANDOM" out
+  mkdir -p "$m/mnt"
+  if out=$("$bin" mount "$url" "$m/mnt" --cache-dir "$m/cache" --daemon "$@" 2>&1); then
+    "$bin" unmount "$m/mnt"; echo "the mount succeeded" >&2; return 1
+  fi
+  [ "$(printf '%s\n' "$out" | wc -l)" -eq 1 ] || { echo "not one line: $out" >&2; return 1; }
+  printf '%s' "$out" | grep -q "$want" || { echo "no '$want' in: $out" >&2; return 1; }
+  if [ -n "$secret" ] && printf '%s' "$out" | grep -q "$secret"; then
+    echo "the secret shows: $out" >&2; return 1
+  fi
+}
+
+# Apache only: Digest authentication and TLS with a private CA.
+apache_checks() {
+  local d="$work/apache" r
+  printf 'digest-pw-1\n' >"$work/pw.right"
+  printf 'digest-pw-WRONG\n' >"$work/pw.wrong"
+  r=ok; mount_write_check "http://127.0.0.1:$port_of_apache/digest/" "$d/digest" \
+    --user tester --password-file "$work/pw.right" || r=fail
+  record apache auth_digest_mount_and_write "$r"
+  r=ok; mount_fails_with "authentication failed" "digest-pw-WRONG" \
+    "http://127.0.0.1:$port_of_apache/digest/" --user tester --password-file "$work/pw.wrong" || r=fail
+  record apache auth_digest_wrong_password_one_line "$r"
+  mkdir -p "$d/root/tls"; chmod 777 "$d/root/tls"
+  r=ok; mount_write_check "https://127.0.0.1:$tls_port/dav/tls/" "$d/root/tls" \
+    --ca-cert "$d/tls/ca.pem" || r=fail
+  record apache tls_private_ca_with_ca_cert "$r"
+  r=ok; mount_fails_with "certificate" "" "https://127.0.0.1:$tls_port/dav/tls/" || r=fail
+  record apache tls_untrusted_certificate_one_line "$r"
+}
+
 declare -A result
 checks=()
 failed=0
@@ -199,6 +300,9 @@ for server in $servers; do
     checks+=("$name")
     result[$name,$server]=$verdict
   done < <(sed -n 's/^test \([a-z0-9_]*\) \.\.\. \(ok\|FAILED\)$/\1 \2/p' "$out")
+  if [ "$server" = apache ]; then
+    apache_checks
+  fi
   if [ $rc -ne 0 ]; then
     failed=1
     grep -q "^test .* \.\.\. \(ok\|FAILED\)" "$out" || { echo "interop: $server: the suite did not run:" >&2; tail -n 30 "$out" >&2; }
@@ -216,9 +320,11 @@ for c in "${checks[@]}"; do
   printf '%-72s' "$c"
   for s in $servers; do
     v=${result[$c,$s]:-missing}
+    # The auth and TLS checks are made against Apache only.
+    case $c in auth_*|tls_*) [ "$s" = apache ] || v=n/a ;; esac
     [ "$v" = ok ] && v=pass
     [ "$v" = FAILED ] && v=FAIL
-    [ "$v" = pass ] || failed=1
+    [ "$v" = pass ] || [ "$v" = n/a ] || failed=1
     printf ' %-10s' "$v"
   done
   printf '\n'

@@ -71,6 +71,8 @@ pub struct MountConfig {
     pub cache_dir: PathBuf,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// Sent as `Authorization: Bearer …` (OAuth-style tokens, Nextcloud app tokens).
+    pub bearer_token: Option<String>,
     pub ca_cert_pem: Option<Vec<u8>>,
     pub dir_ttl: Duration,
     pub attr_ttl: Duration,

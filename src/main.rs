@@ -65,6 +65,9 @@ struct MountArgs {
     /// works too; the password is never taken from the command line.
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// File holding a bearer token (one line), sent instead of a user and password.
+    #[arg(long, conflicts_with_all = ["user", "password_file"])]
+    bearer_token_file: Option<PathBuf>,
     /// PEM file with a CA certificate to trust (for a server with a private CA).
     #[arg(long)]
     ca_cert: Option<PathBuf>,
@@ -532,6 +535,15 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
         mountpoint,
         user,
         password,
+        bearer_token: match &args.bearer_token_file {
+            Some(f) => Some(
+                config::read_password_file(f)
+                    .map_err(|e| format!("--bearer-token-file: {e}"))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        },
         ca_cert_pem,
         dir_ttl: args.dir_ttl,
         attr_ttl: args.attr_ttl,

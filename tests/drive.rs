@@ -412,6 +412,25 @@ fn wrong_password_and_dead_url_fail_the_mount_clearly() {
 }
 
 #[test]
+fn a_bearer_token_from_a_file_is_sent_and_never_shown() {
+    require_fuse();
+    let server = Server::start();
+    server.proxy.state.lock().unwrap().require_auth = Some("Bearer t0ken-right".into());
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    fs::write(&token, "t0ken-wrong\n").unwrap();
+    let arg = token.to_string_lossy().into_owned();
+    let (ok, err) = mount_output(&server.url(), &["--bearer-token-file", &arg], &[]);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(!err.contains("t0ken"), "the token must not show: {err}");
+    fs::write(&token, "t0ken-right\n").unwrap();
+    let (ok, err) = mount_output(&server.url(), &["--bearer-token-file", &arg], &[]);
+    assert!(ok, "{err}");
+}
+
+#[test]
 fn reads_fetch_only_what_is_needed() {
     let (server, _b, m) = setup();
     let data = pattern(8 << 20, 9);

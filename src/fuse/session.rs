@@ -26,7 +26,7 @@ use crate::store;
 pub enum MountError {
     #[error("{0}")]
     Setup(String),
-    #[error("authentication failed at {url}: wrong user name or password")]
+    #[error("authentication failed at {url}: wrong user name, password or token")]
     Auth { url: String },
     #[error("cannot reach {url}: {reason} (and nothing is cached yet to mount offline)")]
     Unreachable { url: String, reason: String },
@@ -105,6 +105,7 @@ fn connect(cfg: &MountConfig, rt: &tokio::runtime::Runtime) -> Result<Connected,
     let mut conn = ConnectionConfig::new(cfg.url.clone());
     conn.user = cfg.user.clone();
     conn.password = cfg.password.clone();
+    conn.bearer_token = cfg.bearer_token.clone();
     conn.ca_cert_pem = cfg.ca_cert_pem.clone();
     conn.request_timeout = cfg.request_timeout;
     let setup = |e: RemoteError| MountError::Setup(format!("{url}: {e}"));

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -78,11 +79,24 @@ impl fmt::Debug for ConnectionConfig {
 
 enum Auth {
     None,
-    Basic {
+    /// Basic until the server asks for Digest (Apache `mod_auth_digest`); from then on
+    /// Digest, answering the last challenge the server sent.
+    Password {
         user: String,
         password: Option<String>,
+        digest: Mutex<Option<digest_auth::WwwAuthenticateHeader>>,
     },
     Bearer(String),
+}
+
+/// The `Digest` challenge of a 401 reply, if it carries one.
+fn digest_challenge(resp: &Response) -> Option<digest_auth::WwwAuthenticateHeader> {
+    resp.headers()
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.trim_start().to_ascii_lowercase().starts_with("digest"))
+        .and_then(|v| digest_auth::parse(v).ok())
 }
 
 pub struct HttpClient {
@@ -129,7 +143,11 @@ impl HttpClient {
         }
 
         let auth = match (user, cfg.bearer_token.clone()) {
-            (Some(user), _) => Auth::Basic { user, password },
+            (Some(user), _) => Auth::Password {
+                user,
+                password,
+                digest: Mutex::new(None),
+            },
             (None, Some(token)) => Auth::Bearer(token),
             (None, None) => Auth::None,
         };
@@ -204,11 +222,62 @@ impl HttpClient {
             .client
             .request(method, url)
             .timeout(self.request_timeout);
+        let method = rb
+            .try_clone()
+            .and_then(|c| c.build().ok())
+            .map(|r| (r.method().clone(), r.url().clone()));
         match &self.auth {
             Auth::None => rb,
-            Auth::Basic { user, password } => rb.basic_auth(user, password.as_ref()),
+            Auth::Password { user, password, .. } => {
+                match method.and_then(|(m, u)| self.digest_answer(&m, &u)) {
+                    Some(answer) => rb.header(reqwest::header::AUTHORIZATION, answer),
+                    None => rb.basic_auth(user, password.as_ref()),
+                }
+            }
             Auth::Bearer(token) => rb.bearer_auth(token),
         }
+    }
+
+    /// The `Authorization: Digest …` value for a request, once the server has sent a
+    /// challenge.
+    fn digest_answer(&self, method: &Method, url: &Url) -> Option<String> {
+        let Auth::Password {
+            user,
+            password,
+            digest,
+        } = &self.auth
+        else {
+            return None;
+        };
+        let mut challenge = digest.lock().unwrap_or_else(|p| p.into_inner());
+        let prompt = challenge.as_mut()?;
+        let uri = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let context = digest_auth::AuthContext::new_with_method(
+            user.as_str(),
+            password.as_deref().unwrap_or(""),
+            uri,
+            Option::<&[u8]>::None,
+            digest_auth::HttpMethod::from(method.as_str().to_string()),
+        );
+        prompt.respond(&context).ok().map(|a| a.to_header_string())
+    }
+
+    /// Takes a Digest challenge from a 401 reply. True when it is new (a first
+    /// challenge, or a fresh nonce), so the request is worth repeating.
+    fn learn_digest(&self, resp: &Response) -> bool {
+        let Auth::Password { digest, .. } = &self.auth else {
+            return false;
+        };
+        let Some(fresh) = digest_challenge(resp) else {
+            return false;
+        };
+        let mut current = digest.lock().unwrap_or_else(|p| p.into_inner());
+        let renewed = current.as_ref().is_none_or(|c| c.nonce != fresh.nonce);
+        *current = Some(fresh);
+        renewed
     }
 
     pub fn transfer_timeout(&self, bytes: u64) -> Duration {
@@ -220,8 +289,29 @@ impl HttpClient {
         let (client, req) = rb.build_split();
         let req = req.map_err(transport_error)?;
         let method = req.method().clone();
+        // A Digest server answers 401 with a (new) challenge: the request goes again
+        // with the answer, if its body can be sent twice; if not, the caller's retry
+        // builds it again (see `RemoteError::ChallengeRenewed`).
+        let again = req.try_clone();
         let started = Instant::now();
-        match client.execute(req).await {
+        let first = client.execute(req).await;
+        let first = match first {
+            Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && self.learn_digest(&resp) => {
+                match again {
+                    Some(mut req) => {
+                        if let Some(answer) = self.digest_answer(&method, req.url()) {
+                            if let Ok(v) = reqwest::header::HeaderValue::from_str(&answer) {
+                                req.headers_mut().insert(reqwest::header::AUTHORIZATION, v);
+                            }
+                        }
+                        client.execute(req).await
+                    }
+                    None => return Err(RemoteError::ChallengeRenewed),
+                }
+            }
+            other => other,
+        };
+        match first {
             Ok(resp) => {
                 crate::metrics::METRICS.request(
                     method.as_str(),
@@ -457,6 +547,13 @@ pub fn transport_error(e: reqwest::Error) -> RemoteError {
     }
     if e.is_builder() {
         RemoteError::Local(msg)
+    } else if msg.contains("invalid peer certificate") || msg.contains("certificate verify") {
+        // Verification is never turned off; say what to do instead.
+        RemoteError::Transport(format!(
+            "TLS: the server's certificate is not trusted ({}); for a private CA, pass \
+             --ca-cert with its PEM file",
+            msg.rsplit(": ").next().unwrap_or(&msg)
+        ))
     } else {
         RemoteError::Transport(msg)
     }
@@ -494,7 +591,7 @@ mod tests {
         let d = HttpClient::new(cfg).unwrap();
         assert_eq!(d.base.as_str(), "https://h/x/");
         match &d.auth {
-            Auth::Basic { user, password } => {
+            Auth::Password { user, password, .. } => {
                 assert_eq!(user, "me");
                 assert_eq!(password.as_deref(), Some("s@cret"));
             }

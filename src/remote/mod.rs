@@ -82,6 +82,10 @@ pub enum RemoteError {
     /// 401 or 403 on authentication.
     #[error("authentication refused ({0})")]
     Unauthorized(u16),
+    /// The server sent a new Digest challenge to a request that cannot be repeated as it
+    /// was (a streamed body): building it again answers the new challenge.
+    #[error("the server renewed its authentication challenge")]
+    ChallengeRenewed,
     /// A 4xx the server will give again for the same request (403, 405, 409, 413, 507...).
     #[error("remote refused the request: HTTP {status} {message}")]
     Refused { status: u16, message: String },
@@ -111,7 +115,10 @@ impl RemoteError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            RemoteError::Transport(_) | RemoteError::Server { .. } | RemoteError::Local(_)
+            RemoteError::Transport(_)
+                | RemoteError::Server { .. }
+                | RemoteError::Local(_)
+                | RemoteError::ChallengeRenewed
         )
     }
 }
