@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, then runs every test: unit tests, the WebDAV client against a
-# real server, and the FUSE tests against real mounts.
+# real server, the FUSE tests against real mounts, and the interop suite against Apache,
+# nginx and rclone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -9,3 +10,5 @@ export CARGO_TERM_COLOR=never
 cargo build --locked --all-targets -j "$(nproc)"
 # Test binaries run one after another; within one, two tests run at a time.
 cargo test --locked -j "$(nproc)" -- --test-threads=2
+# The end-to-end suites against Apache, nginx and rclone as well (see README).
+scripts/interop.sh

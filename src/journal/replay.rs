@@ -346,14 +346,12 @@ async fn rename(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
             let node = store::get_node(&conn, e.ino).map_err(local)?;
             match node {
                 Some(n) if n.on_remote => return Err(RemoteError::NotFound),
-                Some(n) => {
-                    if n.dirty {
-                        if let Some(path) = store::path_of(&conn, e.ino).map_err(local)? {
-                            journal::record_put(&conn, e.ino, &path).map_err(local)?;
-                        }
+                Some(n) if n.dirty => {
+                    if let Some(path) = store::path_of(&conn, e.ino).map_err(local)? {
+                        journal::record_put(&conn, e.ino, &path).map_err(local)?;
                     }
                 }
-                None => {}
+                Some(_) | None => {}
             }
             tracing::info!(
                 "move {} -> {dest}: nothing there yet, the upload goes to the new name",
