@@ -442,3 +442,88 @@ fn an_import_made_offline_is_staged_lands_later_and_goes_first_from_the_cache() 
         .collect();
     assert_eq!(order.first(), Some(&ino), "candidates: {order:?}");
 }
+
+#[test]
+fn downloads_are_checked_against_the_checksums_a_server_offers() {
+    let d = Drive::new(no_min_free());
+    std::fs::create_dir(d.server.path("nc")).unwrap();
+    put_on_server(&d.server, "nc/good.txt", b"abc");
+    put_on_server(&d.server, "nc/bad.txt", b"abc");
+    // The listing as Nextcloud gives it (oc:checksums); the bytes come from the server.
+    let (dir, good, bad) = (
+        d.server.href("/nc/"),
+        d.server.href("/nc/good.txt"),
+        d.server.href("/nc/bad.txt"),
+    );
+    let file = |href: &str, etag: &str, sum: &str| {
+        format!(
+            r#"<d:response><d:href>{href}</d:href><d:propstat><d:prop>
+<d:resourcetype/><d:getcontentlength>3</d:getcontentlength><d:getetag>"{etag}"</d:getetag>
+<oc:checksums><oc:checksum>{sum}</oc:checksum></oc:checksums>
+</d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>"#
+        )
+    };
+    let body = format!(
+        r#"<?xml version="1.0"?><d:multistatus xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns">
+<d:response><d:href>{dir}</d:href><d:propstat><d:prop><d:resourcetype><d:collection/></d:resourcetype></d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>
+{}{}</d:multistatus>"#,
+        // SHA1("abc"), and a SHA1 of something else with a right MD5 beside it: the
+        // strongest algorithm is the one checked.
+        file(
+            &good,
+            "g1",
+            "SHA1:a9993e364706816aba3e25717850c26c9cd0d89d MD5:900150983cd24fb0d6963f7d28e17f72"
+        ),
+        file(
+            &bad,
+            "b1",
+            "SHA1:0000000000000000000000000000000000000000 MD5:900150983cd24fb0d6963f7d28e17f72"
+        ),
+    );
+    d.server
+        .proxy
+        .state
+        .lock()
+        .unwrap()
+        .canned
+        .push(common::Canned {
+            method: "PROPFIND".into(),
+            path_contains: dir.clone(),
+            status: 207,
+            body,
+        });
+    let core = d.core();
+    let ino_of = |name: &str| core.resolve_path(&format!("/nc/{name}")).unwrap();
+    let node = |name: &str| {
+        let ino = ino_of(name);
+        davdrive::store::get_node(&core.store(), ino)
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(
+        node("good.txt").remote_checksum.as_deref(),
+        Some("SHA1:a9993e364706816aba3e25717850c26c9cd0d89d MD5:900150983cd24fb0d6963f7d28e17f72")
+    );
+    let read = |name: &str| {
+        let (fh, _) = core.open(ino_of(name), false).unwrap();
+        let data = core.read(fh, 0, 100).unwrap();
+        core.release(fh).unwrap();
+        data
+    };
+    assert_eq!(read("good.txt"), b"abc");
+    common::wait_until(10, "the good download to be verified and hashed", || {
+        node("good.txt").sha256.is_some()
+    });
+    assert_eq!(node("good.txt").cached_bytes, 3);
+    read("bad.txt");
+    // Dropped, or (when the check ran while it was still open) bound to no version.
+    common::wait_until(10, "the mismatching download to be set aside", || {
+        let n = node("bad.txt");
+        n.cached_bytes == 0 || n.content_etag != n.etag
+    });
+    assert!(node("bad.txt").sha256.is_none());
+    // Never served from the cache again: the next read fetches it anew.
+    let gets = d.server.proxy.count("GET");
+    assert_eq!(read("bad.txt"), b"abc");
+    assert!(d.server.proxy.count("GET") > gets, "served from the cache");
+}

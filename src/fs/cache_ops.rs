@@ -366,6 +366,34 @@ impl Core {
             Err(e) => return Err(e.into()),
         };
         if record {
+            if let Some(spec) = &node.remote_checksum {
+                if let Some(false) = crate::cache::checksum_matches(spec, &path, node.size)? {
+                    let name = self.path(ino).unwrap_or_default();
+                    tracing::error!(
+                        "{name}: the downloaded content does not match the server's checksum \
+                         ({spec}); dropping it, it is fetched again at the next read"
+                    );
+                    let conn = lock(&self.store);
+                    if has_unsent_changes(&conn, ino)? {
+                        return Ok(false);
+                    }
+                    if self.is_open(ino) {
+                        // Open files keep their content until closed; bound to no
+                        // version, it is dropped at the next open (see below).
+                        conn.execute(
+                            "UPDATE nodes SET content_etag = 'checksum-mismatch' WHERE ino = ?1",
+                            [ino as i64],
+                        )?;
+                        lock(&self.verified).remove(&ino);
+                    } else {
+                        store::drop_content(&conn, ino)?;
+                        self.content.remove(ino);
+                        drop(conn);
+                        self.content_dropped(ino);
+                    }
+                    return Ok(false);
+                }
+            }
             let updated = lock(&self.store)
                 .prepare_cached(
                     "UPDATE nodes SET sha256 = ?2 WHERE ino = ?1 AND dirty = 0 \
@@ -503,6 +531,9 @@ impl Core {
             let conn = lock(&self.store);
             if current.etag.is_some() && !has_unsent_changes(&conn, ino)? {
                 store::refresh_etag(&conn, ino, node.etag.as_deref(), current.etag.as_deref())?;
+                if current.checksum.is_some() && current.checksum != node.remote_checksum {
+                    store::set_remote_checksum(&conn, ino, current.checksum.as_deref())?;
+                }
             }
             return Ok(());
         }
@@ -520,7 +551,8 @@ impl Core {
             current.etag
         );
         conn.prepare_cached(
-            "UPDATE nodes SET size = ?2, mtime_ns = ?3, etag = ?4, sha256 = NULL WHERE ino = ?1",
+            "UPDATE nodes SET size = ?2, mtime_ns = ?3, etag = ?4, sha256 = NULL, \
+             remote_checksum = ?5 WHERE ino = ?1",
         )?
         .execute(rusqlite::params![
             ino as i64,
@@ -529,7 +561,8 @@ impl Core {
                 .mtime
                 .map(store::system_time_to_ns)
                 .unwrap_or_else(store::now_ns),
-            current.etag
+            current.etag,
+            current.checksum
         ])?;
         store::drop_content(&conn, ino)?;
         self.content.remove(ino);

@@ -491,6 +491,9 @@ impl Core {
                         let same = crate::remote::same_etag(n.etag.as_deref(), e.etag.as_deref());
                         if kind == Kind::File && same && !n.dirty {
                             store::refresh_etag(&tx, n.ino, n.etag.as_deref(), e.etag.as_deref())?;
+                            if n.remote_checksum != e.checksum {
+                                store::set_remote_checksum(&tx, n.ino, e.checksum.as_deref())?;
+                            }
                         }
                         if kind == Kind::File && !same && !n.dirty {
                             // An open file keeps its content until closed; the next
@@ -508,6 +511,7 @@ impl Core {
                                      sha256 = NULL WHERE ino = ?1",
                                     rusqlite::params![n.ino as i64, e.size as i64, mtime_ns, e.etag],
                                 )?;
+                                store::set_remote_checksum(&tx, n.ino, e.checksum.as_deref())?;
                                 if !n.ranges.is_empty() {
                                     dropped_content.push(n.ino);
                                 }
@@ -569,7 +573,7 @@ impl Core {
         kind: Kind,
         mtime_ns: i64,
     ) -> FsResult<u64> {
-        Ok(store::insert_node(
+        let ino = store::insert_node(
             c,
             &NewNode {
                 parent: dir,
@@ -587,7 +591,11 @@ impl Core {
                 listed_at: None,
                 last_access: self.cfg.clock.now_s(),
             },
-        )?)
+        )?;
+        if e.checksum.is_some() {
+            store::set_remote_checksum(c, ino, e.checksum.as_deref())?;
+        }
+        Ok(ino)
     }
 
     /// Whether anything below (and including) `ino` has local changes or is open.

@@ -604,8 +604,8 @@ fn finish_upload(
     let conn = core.store();
     let tx = conn.unchecked_transaction().map_err(local)?;
     tx.execute(
-        "UPDATE nodes SET etag = ?2, on_remote = 1, sha256 = ?3, content_etag = ?2 \
-         WHERE ino = ?1",
+        "UPDATE nodes SET etag = ?2, on_remote = 1, sha256 = ?3, content_etag = ?2, \
+         remote_checksum = NULL WHERE ino = ?1",
         params![e.ino as i64, etag, sha256],
     )
     .map_err(local)?;

@@ -123,6 +123,7 @@ fn dir_entry(name: String) -> Entry {
         size: 0,
         mtime: None,
         etag: None,
+        checksum: None,
     }
 }
 
@@ -198,6 +199,7 @@ impl HttpIndex {
             mtime: header_string(headers, LAST_MODIFIED)
                 .and_then(|v| httpdate::parse_http_date(&v).ok()),
             etag: header_string(headers, ETAG),
+            checksum: None,
         };
         if size.is_none() {
             let probe = self.http.get_range(path, 0, 1).await?;

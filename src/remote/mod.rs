@@ -22,6 +22,8 @@ pub struct Entry {
     pub mtime: Option<SystemTime>,
     /// Exactly as the server sent it, quotes and `W/` prefix included.
     pub etag: Option<String>,
+    /// `oc:checksums` (Nextcloud, ownCloud): "SHA1:… MD5:…", when the server offers it.
+    pub checksum: Option<String>,
 }
 
 /// What a conditional request demands of the remote's current version.

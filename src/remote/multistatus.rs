@@ -15,6 +15,7 @@ use quick_xml::NsReader;
 use super::{Entry, RemoteError};
 
 const DAV_NS: Namespace<'static> = Namespace(b"DAV:");
+const OC_NS: Namespace<'static> = Namespace(b"http://owncloud.org/ns");
 
 /// One `<response>` of a multistatus, resolved against the mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +84,7 @@ pub fn parse_multistatus(
                     .etag
                     .clone()
                     .or_else(|| stand_in_etag(&resp.props)),
+                checksum: resp.props.checksum.clone(),
             },
             quota: (resp.props.quota_available, resp.props.quota_used),
         });
@@ -113,6 +115,7 @@ struct Props {
     size: Option<u64>,
     mtime: Option<SystemTime>,
     etag: Option<String>,
+    checksum: Option<String>,
     quota_available: Option<u64>,
     quota_used: Option<u64>,
 }
@@ -123,6 +126,7 @@ impl Props {
         self.size = other.size.or(self.size);
         self.mtime = other.mtime.or(self.mtime);
         self.etag = other.etag.or(self.etag.take());
+        self.checksum = other.checksum.or(self.checksum.take());
         self.quota_available = other.quota_available.or(self.quota_available);
         self.quota_used = other.quota_used.or(self.quota_used);
     }
@@ -154,11 +158,21 @@ enum Tag {
     GetEtag,
     QuotaAvailable,
     QuotaUsed,
+    /// `oc:checksums` (Nextcloud, ownCloud) and the `oc:checksum` inside it.
+    OcChecksums,
+    OcChecksum,
     Other,
 }
 
 impl Tag {
     fn classify(parent: Option<Tag>, ns: &ResolveResult, local: &[u8]) -> Tag {
+        if matches!(ns, ResolveResult::Bound(n) if *n == OC_NS) {
+            return match (parent, local) {
+                (Some(Tag::Prop), b"checksums") => Tag::OcChecksums,
+                (Some(Tag::OcChecksums), b"checksum") => Tag::OcChecksum,
+                _ => Tag::Other,
+            };
+        }
         if !matches!(ns, ResolveResult::Bound(n) if *n == DAV_NS) {
             return Tag::Other;
         }
@@ -192,6 +206,7 @@ impl Tag {
                 | Tag::QuotaUsed
                 | Tag::LastModified
                 | Tag::GetEtag
+                | Tag::OcChecksum
         )
     }
 }
@@ -298,6 +313,7 @@ fn read_responses(body: &[u8]) -> Result<Vec<RawResponse>, RemoteError> {
                 Err(_) => tracing::debug!(value, "ignoring unparsable getlastmodified"),
             },
             Tag::GetEtag if !value.is_empty() => propstat.1.etag = Some(value.to_string()),
+            Tag::OcChecksum if !value.is_empty() => propstat.1.checksum = Some(value.to_string()),
             // Negative or unparsable values mean "unknown" (RFC 4331).
             Tag::QuotaAvailable => propstat.1.quota_available = value.trim().parse().ok(),
             Tag::QuotaUsed => propstat.1.quota_used = value.trim().parse().ok(),

@@ -26,8 +26,10 @@ use super::{Entry, Precondition, PutReply, RangeReply, Remote, RemoteError, Serv
 /// expensive live props (quota, checksums) on servers that compute them.
 const PROPFIND_BODY: &str = concat!(
     r#"<?xml version="1.0" encoding="utf-8"?>"#,
-    r#"<D:propfind xmlns:D="DAV:"><D:prop>"#,
+    r#"<D:propfind xmlns:D="DAV:" xmlns:oc="http://owncloud.org/ns"><D:prop>"#,
     r#"<D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/>"#,
+    // Nextcloud and ownCloud give the checksums they keep; others list it as not found.
+    r#"<oc:checksums/>"#,
     r#"</D:prop></D:propfind>"#,
 );
 
@@ -347,13 +349,12 @@ impl Remote for WebDav {
     }
 
     async fn preconditions_honored(&self) -> Result<bool, RemoteError> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path = format!(
-            "/.davdrive-range-probe-conditions-{}-{nanos}",
-            std::process::id()
-        );
+        // One name per host: a probe cut off (by a 503 storm, say) leaves its scratch
+        // file behind, and the next probe, which runs because this one failed, removes it.
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().replace(['/', '\\'], "_"))
+            .unwrap_or_default();
+        let path = format!("/.davdrive-range-probe-conditions-{host}");
         let url = self.http.url_for(&path, false)?;
         let put = |body: &'static str| {
             self.http
@@ -362,34 +363,46 @@ impl Remote for WebDav {
                 .body(body)
         };
         let no_such_version = "\"davdrive-no-such-version\"";
-        let first = self.http.send(put("a"), &path).await?.status();
-        if !first.is_success() {
-            return Err(status_error(first));
-        }
-        let if_match = self
-            .http
-            .send(put("b").header(IF_MATCH, no_such_version), &path)
-            .await?
-            .status();
-        let if_none_match = self
-            .http
-            .send(put("c").header(IF_NONE_MATCH, "*"), &path)
-            .await?
-            .status();
-        let delete_if_match = self
-            .http
-            .send(
-                self.http
-                    .request(Method::DELETE, url.clone())
-                    .header(IF_MATCH, no_such_version),
-                &path,
-            )
-            .await?
-            .status();
-        let _ = self
+        let probe = async {
+            let first = self.http.send(put("a"), &path).await?.status();
+            if !first.is_success() {
+                return Err(status_error(first));
+            }
+            let if_match = self
+                .http
+                .send(put("b").header(IF_MATCH, no_such_version), &path)
+                .await?
+                .status();
+            let if_none_match = self
+                .http
+                .send(put("c").header(IF_NONE_MATCH, "*"), &path)
+                .await?
+                .status();
+            let delete_if_match = self
+                .http
+                .send(
+                    self.http
+                        .request(Method::DELETE, url.clone())
+                        .header(IF_MATCH, no_such_version),
+                    &path,
+                )
+                .await?
+                .status();
+            Ok((if_match, if_none_match, delete_if_match))
+        };
+        let result = probe.await;
+        let cleanup = self
             .http
             .send(self.http.request(Method::DELETE, url), &path)
-            .await;
+            .await
+            .map(|r| r.status());
+        let (if_match, if_none_match, delete_if_match) = result?;
+        match cleanup {
+            Ok(s) if s.is_success() || s == StatusCode::NOT_FOUND => {}
+            // Try again later rather than leave the scratch file on the server.
+            Ok(s) => return Err(status_error(s)),
+            Err(e) => return Err(e),
+        }
         let failed = StatusCode::PRECONDITION_FAILED;
         let honored = if_match == failed && if_none_match == failed && delete_if_match == failed;
         if honored {

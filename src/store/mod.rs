@@ -80,12 +80,15 @@ pub struct Node {
     pub cached_bytes: u64,
     /// The remote version the present ranges were downloaded from (clean files).
     pub content_etag: Option<String>,
+    /// The checksums the server gave for the current remote version (Nextcloud and
+    /// ownCloud's `oc:checksums`, like "SHA1:… MD5:…"), checked once it is all cached.
+    pub remote_checksum: Option<String>,
 }
 
 pub const NODE_COLUMNS: &str =
     "ino, parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, \
      etag, on_remote, dirty, ranges, pinned, last_access, sha256, listed_at, cached_bytes, \
-     content_etag";
+     content_etag, remote_checksum";
 
 impl Node {
     pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
@@ -111,6 +114,7 @@ impl Node {
             listed_at: r.get(17)?,
             cached_bytes: r.get::<_, i64>(18)? as u64,
             content_etag: r.get(19)?,
+            remote_checksum: r.get(20)?,
         })
     }
 
@@ -475,6 +479,17 @@ pub fn touch_access(conn: &Connection, ino: u64, now_s: i64) -> rusqlite::Result
 
 /// Records `new` as the ETag of `ino` where it names the version `old` did (see
 /// `remote::same_etag`), keeping cached content bound to it.
+/// Records the server's checksums of the version `ino` has now (none clears them).
+pub fn set_remote_checksum(
+    conn: &Connection,
+    ino: u64,
+    checksum: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET remote_checksum = ?2 WHERE ino = ?1")?
+        .execute(params![ino as i64, checksum])?;
+    Ok(())
+}
+
 pub fn refresh_etag(
     conn: &Connection,
     ino: u64,

@@ -146,6 +146,10 @@ const MIGRATIONS: &[&str] = &[
     -- The worker takes pending items in walk order (rowid), a batch at a time.
     CREATE INDEX migration_items_by_state ON migration_items(migration_id, state);
     ",
+    // 4 -> 5: checksums the server offers (`oc:checksums`), to verify downloads.
+    "
+    ALTER TABLE nodes ADD COLUMN remote_checksum TEXT;
+    ",
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
