@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use davdrive::config::{self, parse_duration, MountConfig};
 
@@ -41,6 +41,13 @@ enum Cmd {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: std::net::SocketAddr,
+    },
+    /// Print a shell completion script.
+    ///
+    /// Example: davdrive completions bash > /etc/bash_completion.d/davdrive
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -483,6 +490,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Mount(args) => mount(*args, std::env::args_os().skip(1).collect()),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "davdrive",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Cmd::Unmount { mountpoint } => unmount(&mountpoint),
         Cmd::Ctl(args) => ctl(args),
         Cmd::Serve { dir, addr } => {
