@@ -139,6 +139,14 @@ pub fn redact_url(url: &url::Url) -> String {
     u.to_string()
 }
 
+/// The URL without user name or password, for what every user can read (/proc/mounts).
+pub fn public_url(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    u.to_string()
+}
+
 pub fn parse_url(s: &str) -> Result<url::Url, ConfigError> {
     let mut url =
         url::Url::parse(s).map_err(|e| ConfigError::Invalid(format!("'{s}' is not a URL: {e}")))?;
@@ -216,6 +224,12 @@ pub fn control_link(mountpoint: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_url_has_no_credentials() {
+        let u = url::Url::parse("https://me:secret@h.example/dav/").unwrap();
+        assert_eq!(public_url(&u), "https://h.example/dav/");
+    }
 
     #[test]
     fn sizes_parse() {

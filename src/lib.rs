@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod journal;
 pub mod metrics;
 pub mod migrate;
+pub mod mount_helper;
 pub mod remote;
 pub mod serve;
 pub mod store;

@@ -1,10 +1,11 @@
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use davdrive::config::{self, parse_duration, MountConfig};
 
@@ -40,6 +41,13 @@ enum Cmd {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: std::net::SocketAddr,
+    },
+    /// Print a shell completion script.
+    ///
+    /// Example: davdrive completions bash > /etc/bash_completion.d/davdrive
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -477,9 +485,23 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    let arg0 = argv.next().unwrap_or_default();
+    if Path::new(&arg0).file_name() == Some(davdrive::mount_helper::HELPER_NAME.as_ref()) {
+        return mount_helper(argv.collect());
+    }
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Mount(args) => mount(*args),
+        Cmd::Mount(args) => mount(*args, std::env::args_os().skip(1).collect()),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "davdrive",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Cmd::Unmount { mountpoint } => unmount(&mountpoint),
         Cmd::Ctl(args) => ctl(args),
         Cmd::Serve { dir, addr } => {
@@ -619,13 +641,53 @@ fn backup_config(args: &MountArgs) -> Result<davdrive::backup::BackupConfig, Str
 
 const DAEMON_CHILD_ENV: &str = "DAVDRIVE_DAEMON_CHILD";
 
-fn mount(args: MountArgs) -> ExitCode {
+/// `mount.davdrive SPEC DIR [-sfnv] [-o OPTIONS]`, as mount(8) runs it: the options
+/// become `davdrive mount` flags and the mount runs as with `--daemon`.
+fn mount_helper(args: Vec<OsString>) -> ExitCode {
+    let call = match davdrive::mount_helper::parse(args) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let mut argv: Vec<OsString> = vec!["mount".into()];
+    argv.extend(call.mount_args);
+    if call.verbose {
+        // Safe to show: the password is never among the arguments.
+        let shown: Vec<_> = argv.iter().map(|a| a.to_string_lossy()).collect();
+        eprintln!("mount.davdrive: davdrive {}", shown.join(" "));
+    }
+    let cli = match Cli::try_parse_from(
+        std::iter::once(OsString::from("davdrive")).chain(argv.iter().cloned()),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            // clap's message with usage and hints, cut to its first line.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            return fail(first.trim_start_matches("error: "));
+        }
+    };
+    let Cmd::Mount(args) = cli.command else {
+        unreachable!("the helper always builds a mount command")
+    };
+    if call.fake {
+        // -f: check everything that can be checked without mounting.
+        return match build_config(&args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        };
+    }
+    mount(*args, argv)
+}
+
+/// `argv`: the arguments (without the program name) that run this mount again as the
+/// daemon.
+fn mount(args: MountArgs, argv: Vec<OsString>) -> ExitCode {
     let cfg = match build_config(&args) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
     if args.daemon && std::env::var_os(DAEMON_CHILD_ENV).is_none() {
-        return spawn_daemon(&cfg.cache_dir);
+        return spawn_daemon(&cfg.cache_dir, argv);
     }
     init_logging();
     let is_child = std::env::var_os(DAEMON_CHILD_ENV).is_some();
@@ -662,15 +724,19 @@ fn redirect_output(log: &Path) {
     }
 }
 
-/// Starts this same command again in its own session and waits until it reports the
-/// mount ready (exit 0) or failed (its error, exit 1).
-fn spawn_daemon(cache_dir: &Path) -> ExitCode {
+/// Starts this same program again with `argv` (a `davdrive mount … --daemon` command
+/// line, whatever name this one was called by) in its own session and waits until it
+/// reports the mount ready (exit 0) or failed (its error, exit 1).
+fn spawn_daemon(cache_dir: &Path, argv: Vec<OsString>) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => return fail(format!("cannot find my own executable: {e}")),
     };
     let mut cmd = Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
+    // Named davdrive even when this is mount.davdrive, so it mounts instead of parsing
+    // helper arguments again.
+    cmd.arg0("davdrive")
+        .args(argv)
         .env(DAEMON_CHILD_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

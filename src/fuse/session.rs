@@ -361,8 +361,12 @@ fn run_inner(
     ));
 
     let mut options = vec![
-        MountOption::FSName(url.clone()),
-        MountOption::Subtype("davdrive".into()),
+        // Shown in /proc/mounts and by mount(8), readable by every user: no credentials.
+        MountOption::FSName(crate::config::public_url(&cfg.url)),
+        // Type fuse.davdrive in /proc/mounts, so umount(8) and mount(8) know it. As an
+        // option for the kernel: fuser hands MountOption::Subtype only to fusermount3,
+        // and a root mount does not go through fusermount3 (fusermount3 takes this one).
+        MountOption::CUSTOM("subtype=davdrive".into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
