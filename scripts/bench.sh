@@ -29,23 +29,7 @@ need=()
 command -v rclone >/dev/null 2>&1 || need+=(rclone)
 command -v diff >/dev/null 2>&1 || need+=(diffutils)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "bench: installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  # Keep the package scripts from starting the system-wide apache on port 80: this
-  # benchmark runs its own apache on 127.0.0.1 only.
-  made_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  apt-get update -qq
-  apt_rc=0
-  apt-get install -y -qq "${need[@]}" >/dev/null || apt_rc=$?
-  [ $made_policy -eq 0 ] || rm -f /usr/sbin/policy-rc.d
-  [ $apt_rc -eq 0 ] || { echo "bench: apt-get install ${need[*]} failed" >&2; exit 1; }
-fi
+apt_install bench "${need[@]}"
 id www-data >/dev/null 2>&1 || { echo "bench: user www-data is missing (apache2 should have made it)" >&2; exit 1; }
 
 # ---------------------------------------------------------------- build

@@ -22,23 +22,7 @@ need=()
 { [ -x /usr/sbin/nginx ] && [ -e /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ]; } || need+=(nginx libnginx-mod-http-dav-ext)
 command -v rclone >/dev/null 2>&1 || need+=(rclone)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "interop: installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  # Keep the packages from starting system-wide servers on port 80: each server here
-  # runs on its own port on 127.0.0.1, started and stopped by this script.
-  made_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  apt-get update -qq
-  apt_rc=0
-  apt-get install -y -qq "${need[@]}" >/dev/null || apt_rc=$?
-  [ $made_policy -eq 0 ] || rm -f /usr/sbin/policy-rc.d
-  [ $apt_rc -eq 0 ] || { echo "interop: apt-get install ${need[*]} failed" >&2; exit 1; }
-fi
+apt_install interop "${need[@]}"
 
 export CARGO_TERM_COLOR=never
 cargo build --locked --tests -j "$(nproc)" >/dev/null

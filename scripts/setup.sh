@@ -31,3 +31,23 @@ if [ ! -e /dev/fuse ]; then
   modprobe fuse 2>/dev/null || true
 fi
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: this machine cannot mount FUSE filesystems" >&2; exit 1; }
+
+# apt_install NAME PACKAGE...: installs PACKAGEs (for NAME's messages) without letting
+# their scripts start system-wide services (apache, nginx on port 80): the scripts start
+# their own servers on 127.0.0.1 and stop them by pid.
+apt_install() {
+  local who=$1; shift
+  [ $# -gt 0 ] || return 0
+  echo "$who: installing $*"
+  export DEBIAN_FRONTEND=noninteractive
+  local made_policy=0 rc=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  apt-get update -qq
+  apt-get install -y -qq "$@" >/dev/null || rc=$?
+  [ $made_policy -eq 0 ] || rm -f /usr/sbin/policy-rc.d
+  [ $rc -eq 0 ] || { echo "$who: apt-get install $* failed" >&2; exit 1; }
+}

@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -399,21 +398,6 @@ fn a_run_missed_while_stopped_is_made_up_at_the_next_start() {
 }
 
 // ----- on a real mount, through `davdrive ctl` -----------------------------------------
-
-fn ctl(m: &Mount, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("ctl")
-        .arg("--mount")
-        .arg(&m.mnt)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn the_schedule_fires_and_ctl_backup_runs_lists_verifies_and_restores() {

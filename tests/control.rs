@@ -25,35 +25,6 @@ fn socket(m: &Mount) -> std::path::PathBuf {
     m.cache.join("control.sock")
 }
 
-/// Runs `davdrive ctl --mount M <args>`; returns (success, stdout, stderr).
-fn ctl(m: &Mount, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("ctl")
-        .arg("--mount")
-        .arg(&m.mnt)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `ctl --json`: the reply's result, asserting it succeeded.
-fn ctl_json(m: &Mount, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let (ok, out, err) = ctl(m, &all);
-    let v: Value = serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("ctl {args:?}: not JSON ({e}): {out} {err}"));
-    assert!(ok, "ctl {args:?} failed: {v}");
-    assert_eq!(v["ok"], true);
-    assert_eq!(v["version"], 1);
-    v["result"].clone()
-}
-
 /// One raw request line on an open connection; returns the reply.
 fn raw(conn: &UnixStream, line: &[u8]) -> Option<Value> {
     let mut w = conn;

@@ -19,33 +19,6 @@ use serde_json::Value;
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 
-/// Runs `davdrive ctl --mount M <args>`; returns (success, stdout, stderr).
-fn ctl(m: &Mount, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("ctl")
-        .arg("--mount")
-        .arg(&m.mnt)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `ctl --json`: the reply's result, asserting it succeeded.
-fn ctl_json(m: &Mount, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let (ok, out, err) = ctl(m, &all);
-    let v: Value = serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("ctl {args:?}: not JSON ({e}): {out} {err}"));
-    assert!(ok, "ctl {args:?} failed: {v}");
-    v["result"].clone()
-}
-
 /// `ctl --json` expected to fail: its error text.
 fn ctl_error(m: &Mount, args: &[&str]) -> String {
     let mut all = vec!["--json"];

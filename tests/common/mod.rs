@@ -405,6 +405,35 @@ pub fn run(cmd: &str, dir: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `davdrive ctl --mount M <args>`; returns (success, stdout, stderr).
+pub fn ctl(m: &Mount, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("ctl")
+        .arg("--mount")
+        .arg(&m.mnt)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `ctl --json`: the reply's result, asserting it succeeded.
+pub fn ctl_json(m: &Mount, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = ctl(m, &all);
+    let v: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("ctl {args:?}: not JSON ({e}): {out} {err}"));
+    assert!(ok, "ctl {args:?} failed: {v}");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["version"], 1);
+    v["result"].clone()
+}
+
 /// Waits until the server holds exactly `data` at `rel`.
 pub fn wait_server_has(server: &Server, rel: &str, data: &[u8]) {
     let want = sha256(data);
