@@ -363,6 +363,13 @@ impl Backups {
                 match self.queue(p, &spooled, &archive_path, &sum_path, &sha256) {
                     Ok(()) => break,
                     Err(BackupError::Failed(e)) => return self.end(p, "failed", Some(e)),
+                    // A read-only mount of the same cache: the next read-write mount
+                    // queues it.
+                    Err(BackupError::Fs(FsError::ReadOnly)) => {
+                        p.set_phase("waiting for a read-write mount");
+                        p.finished.store(true, Ordering::Relaxed);
+                        return;
+                    }
                     Err(e) => {
                         p.set_phase(&format!("waiting to queue the upload: {e}"));
                         self.sleep(Duration::from_secs(2));
