@@ -753,6 +753,13 @@ fn spawn_daemon(cache_dir: &Path, argv: Vec<OsString>) -> ExitCode {
     };
     let stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
+    // Read beside stdout: a daemon logging much before it is ready would otherwise
+    // fill the pipe and wait on it while we wait for READY.
+    let stderr_text = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        err
+    });
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
         if line == "READY" {
@@ -767,9 +774,8 @@ fn spawn_daemon(cache_dir: &Path, argv: Vec<OsString>) -> ExitCode {
             return fail(msg);
         }
     }
-    let mut err = String::new();
-    let _ = stderr.read_to_string(&mut err);
     let _ = child.wait();
+    let err = stderr_text.join().unwrap_or_default();
     fail(format!(
         "the daemon stopped before the mount was ready: {}",
         err.lines().last().unwrap_or("no message")

@@ -136,6 +136,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<HelperCall, Str
     let [spec, dir]: [OsString; 2] = positional
         .try_into()
         .map_err(|_| format!("give the URL and the mountpoint (usage: {USAGE})"))?;
+    // A password in the URL would show in `ps` and /proc/mounts before davdrive
+    // refuses it: refuse it here, before anything is started.
+    if let Some(url) = spec.to_str().and_then(|s| url::Url::parse(s).ok()) {
+        if url.password().is_some() {
+            return Err(
+                "do not put the password in the URL (it would show in ps and the fstab); \
+                 use password_file=FILE"
+                    .into(),
+            );
+        }
+    }
     let mut mount_args = vec![spec, dir];
     for opts in &options {
         for o in split_options(opts)? {
@@ -285,5 +296,18 @@ mod tests {
         assert!(parse(args(&["u", "d", "-x"])).is_err());
         assert!(parse(args(&["u", "d", "-N", "/proc/1/ns/mnt"])).is_err());
         assert!(parse(args(&["u", "d", "-o"])).is_err());
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused() {
+        let e = parse(
+            ["https://me:secret@host/dav/", "/mnt"]
+                .iter()
+                .map(OsString::from)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_err();
+        assert!(e.contains("password_file"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
     }
 }

@@ -422,7 +422,12 @@ async fn malformed_multistatus_is_bad_reply() {
     assert!(req.starts_with("PROPFIND /base/x HTTP/1.1"), "{req}");
     assert!(req.to_lowercase().contains("depth: 0"), "{req}");
     assert!(req.contains("getetag"), "{req}");
-    assert!(req.to_lowercase().contains("authorization: basic"), "{req}");
+    // Over plain http the password goes out only once the server asks (it may want
+    // Digest, which never sends it in the clear).
+    assert!(
+        !req.to_lowercase().contains("authorization"),
+        "credentials sent unasked: {req}"
+    );
     assert!(
         seen[1].starts_with("PROPFIND /base/ HTTP/1.1"),
         "{}",

@@ -505,18 +505,21 @@ impl Backups {
     /// successful one. Returns the names deleted.
     pub fn prune(&self) -> Result<Vec<String>> {
         let archives = self.remote_archives()?;
-        let newest_success: Option<String> = self
-            .core
-            .store()
-            .query_row(
-                "SELECT name FROM backups WHERE state = 'success' ORDER BY started_at DESC, id DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .ok();
-        // Without a log (a rebuilt cache dir), the newest archive stands in for it.
-        let keep = newest_success
-            .filter(|n| archives.iter().any(|a| &a.0 == n))
+        let successes: Vec<String> = {
+            let conn = self.core.store();
+            let mut stmt = conn.prepare(
+                "SELECT name FROM backups WHERE state = 'success' ORDER BY started_at DESC, id DESC",
+            )?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            rows
+        };
+        // The newest success still on the remote; without one in the log (a rebuilt
+        // cache dir), the newest archive stands in for it.
+        let keep = successes
+            .into_iter()
+            .find(|n| archives.iter().any(|a| &a.0 == n))
             .or_else(|| archives.last().map(|a| a.0.clone()));
         let cutoff = self.now_s() - self.cfg.keep_days as i64 * DAY_S;
         let dir = self.core.resolve_path(&self.cfg.dir)?;

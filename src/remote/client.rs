@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,10 @@ enum Auth {
         user: String,
         password: Option<String>,
         digest: Mutex<Option<digest_auth::WwwAuthenticateHeader>>,
+        /// Basic may be sent without being asked: over https from the start; over plain
+        /// http only once the server has answered 401 without a Digest challenge, so a
+        /// Digest server never sees the password in the clear.
+        basic: AtomicBool,
     },
     Bearer(String),
 }
@@ -147,6 +152,7 @@ impl HttpClient {
                 user,
                 password,
                 digest: Mutex::new(None),
+                basic: AtomicBool::new(base.scheme() == "https"),
             },
             (None, Some(token)) => Auth::Bearer(token),
             (None, None) => Auth::None,
@@ -228,12 +234,16 @@ impl HttpClient {
             .map(|r| (r.method().clone(), r.url().clone()));
         match &self.auth {
             Auth::None => rb,
-            Auth::Password { user, password, .. } => {
-                match method.and_then(|(m, u)| self.digest_answer(&m, &u)) {
-                    Some(answer) => rb.header(reqwest::header::AUTHORIZATION, answer),
-                    None => rb.basic_auth(user, password.as_ref()),
-                }
-            }
+            Auth::Password {
+                user,
+                password,
+                basic,
+                ..
+            } => match method.and_then(|(m, u)| self.digest_answer(&m, &u)) {
+                Some(answer) => rb.header(reqwest::header::AUTHORIZATION, answer),
+                None if basic.load(Ordering::Relaxed) => rb.basic_auth(user, password.as_ref()),
+                None => rb,
+            },
             Auth::Bearer(token) => rb.bearer_auth(token),
         }
     }
@@ -245,6 +255,7 @@ impl HttpClient {
             user,
             password,
             digest,
+            ..
         } = &self.auth
         else {
             return None;
@@ -263,6 +274,33 @@ impl HttpClient {
             digest_auth::HttpMethod::from(method.as_str().to_string()),
         );
         prompt.respond(&context).ok().map(|a| a.to_header_string())
+    }
+
+    /// After a 401 without a Digest challenge: Basic is what the server wants. True when
+    /// that is news (the request was sent without credentials and is worth repeating).
+    fn learn_basic(&self) -> bool {
+        match &self.auth {
+            Auth::Password { basic, .. } => !basic.swap(true, Ordering::Relaxed),
+            _ => false,
+        }
+    }
+
+    /// The `Authorization` value for a request about to be repeated after a 401.
+    fn answer_for(&self, method: &Method, url: &Url) -> Option<String> {
+        use base64::Engine;
+        if let Some(digest) = self.digest_answer(method, url) {
+            return Some(digest);
+        }
+        match &self.auth {
+            Auth::Password { user, password, .. } => {
+                let pair = format!("{user}:{}", password.as_deref().unwrap_or(""));
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ))
+            }
+            _ => None,
+        }
     }
 
     /// Takes a Digest challenge from a 401 reply. True when it is new (a first
@@ -296,10 +334,13 @@ impl HttpClient {
         let started = Instant::now();
         let first = client.execute(req).await;
         let first = match first {
-            Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && self.learn_digest(&resp) => {
+            Ok(resp)
+                if resp.status() == StatusCode::UNAUTHORIZED
+                    && (self.learn_digest(&resp) || self.learn_basic()) =>
+            {
                 match again {
                     Some(mut req) => {
-                        if let Some(answer) = self.digest_answer(&method, req.url()) {
+                        if let Some(answer) = self.answer_for(&method, req.url()) {
                             if let Ok(v) = reqwest::header::HeaderValue::from_str(&answer) {
                                 req.headers_mut().insert(reqwest::header::AUTHORIZATION, v);
                             }
