@@ -227,12 +227,12 @@ pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Resul
     let id = insert(c, Op::Delete, node.ino, path, None, node.is_dir())?;
     c.prepare_cached("UPDATE journal SET sent_sha256 = ?2 WHERE id = ?1")?
         .execute(params![id, ours])?;
-    // A file is deleted on the remote only if it is still the version we knew (strong
-    // ETags only; weak ones never pass If-Match).
+    // A file is deleted on the remote only if it is still the version we knew (a weak
+    // ETag is checked by asking first: it never passes If-Match).
     let base = node
         .etag
         .as_deref()
-        .filter(|t| !node.is_dir() && node.on_remote && !t.starts_with("W/"));
+        .filter(|_| !node.is_dir() && node.on_remote);
     if let Some(tag) = base {
         c.prepare_cached("UPDATE journal SET base_etag = ?2 WHERE id = ?1")?
             .execute(params![id, tag])?;
@@ -444,11 +444,10 @@ pub fn sent_hashes(c: &Connection, id: i64) -> rusqlite::Result<Vec<String>> {
 
 /// A waiting delete of `ino` is about the version our own upload or move just made.
 pub fn rebase_deletes(c: &Connection, ino: u64, etag: Option<&str>) -> rusqlite::Result<()> {
-    let strong = etag.filter(|t| !t.starts_with("W/"));
     c.prepare_cached(
         "UPDATE journal SET base_etag = ?2 WHERE ino = ?1 AND op = 'delete' AND running = 0",
     )?
-    .execute(params![ino as i64, strong])?;
+    .execute(params![ino as i64, etag])?;
     Ok(())
 }
 

@@ -232,8 +232,12 @@ async fn delete(core: &Arc<Core>, e: &Entry) -> Result<(), RemoteError> {
         .is_empty();
     let strict = preconditions_honored(core).await?;
     let result = match &e.base_etag {
-        Some(tag) if strict => core.remote().delete_if_match(&e.path, tag).await,
-        // The server would delete whatever is there: ask first (a change landing
+        Some(tag) if strict && !tag.starts_with("W/") => {
+            core.remote().delete_if_match(&e.path, tag).await
+        }
+        // A weak tag (Apache's for a file changed within the last second, the stand-in
+        // for servers without ETags) never passes If-Match, and a server ignoring
+        // preconditions would delete whatever is there: ask first (a change landing
         // between the two requests is not caught).
         Some(tag) => match core.remote().stat(&e.path).await? {
             Some(cur) if !crate::remote::same_etag(cur.etag.as_deref(), Some(tag)) => {
