@@ -224,14 +224,13 @@ impl HttpClient {
     }
 
     pub fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        // Computed before the builder takes method and URL; nothing to do (and nothing
+        // cloned) unless a Digest challenge is known.
+        let digest = self.digest_answer(&method, &url);
         let rb = self
             .client
             .request(method, url)
             .timeout(self.request_timeout);
-        let method = rb
-            .try_clone()
-            .and_then(|c| c.build().ok())
-            .map(|r| (r.method().clone(), r.url().clone()));
         match &self.auth {
             Auth::None => rb,
             Auth::Password {
@@ -239,7 +238,7 @@ impl HttpClient {
                 password,
                 basic,
                 ..
-            } => match method.and_then(|(m, u)| self.digest_answer(&m, &u)) {
+            } => match digest {
                 Some(answer) => rb.header(reqwest::header::AUTHORIZATION, answer),
                 None if basic.load(Ordering::Relaxed) => rb.basic_auth(user, password.as_ref()),
                 None => rb,
@@ -330,7 +329,11 @@ impl HttpClient {
         // A Digest server answers 401 with a (new) challenge: the request goes again
         // with the answer, if its body can be sent twice; if not, the caller's retry
         // builds it again (see `RemoteError::ChallengeRenewed`).
-        let again = req.try_clone();
+        // Only a password may meet a challenge worth repeating the request for.
+        let again = match self.auth {
+            Auth::Password { .. } => req.try_clone(),
+            _ => None,
+        };
         let started = Instant::now();
         let first = client.execute(req).await;
         let first = match first {
@@ -460,7 +463,7 @@ impl HttpClient {
                 .header(RANGE, format!("bytes={offset}-{last}"));
             let resp = self.send(rb, path).await?;
             let etag = header_string(resp.headers(), ETAG);
-            match resp.status() {
+            let (skip, total) = match resp.status() {
                 StatusCode::PARTIAL_CONTENT => {
                     let (start, total) = resp
                         .headers()
@@ -476,28 +479,11 @@ impl HttpClient {
                             "asked for byte {offset}, got range from {start}"
                         ))
                     })?;
-                    let data = Self::read_window(resp, skip, len).await?;
-                    crate::metrics::add(&crate::metrics::METRICS.bytes_down, data.len() as u64);
-                    Ok(RangeReply {
-                        data,
-                        offset,
-                        total_size: total,
-                        etag,
-                    })
+                    (skip, total)
                 }
-                StatusCode::OK => {
-                    // The server ignored Range and sends the whole file: stream past the
-                    // part before `offset` instead of buffering it.
-                    let total = resp.content_length();
-                    let data = Self::read_window(resp, offset, len).await?;
-                    crate::metrics::add(&crate::metrics::METRICS.bytes_down, data.len() as u64);
-                    Ok(RangeReply {
-                        data,
-                        offset,
-                        total_size: total,
-                        etag,
-                    })
-                }
+                // The server ignored Range and sends the whole file: stream past the part
+                // before `offset` instead of buffering it.
+                StatusCode::OK => (offset, resp.content_length()),
                 StatusCode::RANGE_NOT_SATISFIABLE => {
                     // Reading at or past the end: "Content-Range: bytes */<size>".
                     let total = resp
@@ -506,10 +492,18 @@ impl HttpClient {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().strip_prefix("bytes */"))
                         .and_then(|n| n.trim().parse().ok());
-                    Ok(empty(total, etag))
+                    return Ok(empty(total, etag));
                 }
-                s => Err(status_error(s)),
-            }
+                s => return Err(status_error(s)),
+            };
+            let data = Self::read_window(resp, skip, len).await?;
+            crate::metrics::add(&crate::metrics::METRICS.bytes_down, data.len() as u64);
+            Ok(RangeReply {
+                data,
+                offset,
+                total_size: total,
+                etag,
+            })
         })
         .await
     }
