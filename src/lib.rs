@@ -1,6 +1,7 @@
 //! davdrive: mount a WebDAV share as a local folder, with a write-through disk cache and
 //! a durable sync journal that carries every change to the remote, outages included.
 
+pub mod backoff;
 pub mod backup;
 pub mod cache;
 pub mod clock;

@@ -68,10 +68,10 @@ fn status_follows_the_remote_and_sync_wait_drains() {
     let (ok, _, err) = ctl(&m, &["evict", "offline.txt"]);
     assert!(!ok);
     assert!(err.contains("not yet uploaded"), "{err}");
-    // sync --wait while down says what blocks it.
-    let (ok, _, err) = ctl(&m, &["sync", "--wait"]);
+    // sync --wait while down waits for the server up to its timeout, then says why.
+    let (ok, _, err) = ctl(&m, &["sync", "--wait", "--timeout", "2s"]);
     assert!(!ok);
-    assert!(err.contains("offline"), "{err}");
+    assert!(err.contains("offline") && err.contains("not drained after 2s"), "{err}");
 
     server.proxy.clear_fault();
     let (ok, out, err) = ctl(&m, &["sync", "--wait"]);

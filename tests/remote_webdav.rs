@@ -441,7 +441,7 @@ async fn server_error_is_retried_then_reported() {
     let dav = fake_dav(&fake, 1);
     let err = dav.stat("/x").await.unwrap_err();
     assert!(
-        matches!(err, RemoteError::Server { status: 500 }),
+        matches!(err, RemoteError::Server { status: 500, .. }),
         "{err:?}"
     );
     assert!(!err.to_string().contains("s3cret-pass"));
@@ -463,7 +463,7 @@ async fn server_error_is_retried_then_reported() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, RemoteError::Server { status: 500 }),
+        matches!(err, RemoteError::Server { status: 500, .. }),
         "{err:?}"
     );
     let seen = fake.seen.lock().unwrap();
@@ -498,7 +498,7 @@ async fn status_mapping_from_fake_servers() {
     let fake = fake_server(http_reply("429 Too Many Requests", "", "")).await;
     let err = fake_dav(&fake, 0).delete("/x", false).await.unwrap_err();
     assert!(
-        matches!(err, RemoteError::Server { status: 429 }),
+        matches!(err, RemoteError::Server { status: 429, .. }),
         "{err:?}"
     );
 

@@ -3,14 +3,17 @@
 
 use std::time::{Duration, Instant};
 
+
 use serde_json::{json, Value};
 
 use super::{CmdError, CmdResult, Context};
 use crate::journal;
 use crate::store::now_ms;
 
-/// Runs the health check and the replay now. With `wait`, returns once the journal is
-/// empty, or fails saying what still blocks it.
+/// Runs the health check and the replay now. With `wait`, always returns: once the
+/// journal is empty; or, when every change left is set aside or held back by one that
+/// is, saying which need attention; or at the timeout, which also bounds waiting for an
+/// offline server to come back. Anything but "drained" is an error (non-zero exit).
 pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
     let core = &ctx.core;
     let remote = core.remote().clone();
@@ -29,55 +32,68 @@ pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
             .min(7 * 86400),
     );
     let deadline = Instant::now() + timeout;
-    let mut progress = (u64::MAX, Instant::now());
+    let mut progress = core.journal_progress();
+    let mut health = core.health.subscribe();
     loop {
         let (waiting, failed, _) = journal::stats(&core.store())?;
-        if waiting == 0 {
-            return Ok(json!({"drained": true, "failed": failed}));
+        if waiting == 0 && failed == 0 {
+            return Ok(json!({"drained": true, "failed": 0}));
         }
-        if !core.health.is_online() {
-            return Err(CmdError(format!(
-                "not drained: the remote is offline ({}); {waiting} change(s) wait",
-                core.health.state().last_error.unwrap_or_default()
-            )));
-        }
-        if waiting != progress.0 {
-            progress = (waiting, Instant::now());
-        }
-        let running: i64 =
-            core.store()
-                .query_row("SELECT COUNT(*) FROM journal WHERE running != 0", [], |r| {
-                    r.get(0)
-                })?;
-        // Nothing moves and nothing runs: entries wait out a backoff after errors, or
-        // behind entries set aside as failed. Say which.
-        if running == 0 && progress.1.elapsed() > Duration::from_secs(3) {
-            let now = now_ms();
-            let blocking: Vec<String> = journal::list(&core.store(), false)?
+        if core.health.is_online() && stuck(core)? {
+            let entries = journal::list(&core.store(), true)?;
+            let lines: Vec<String> = entries
                 .iter()
-                .filter(|e| e.failed || (e.attempts > 0 && e.next_try_at > now))
                 .map(|e| {
                     format!(
-                        "{} {} {}: {}",
-                        if e.failed { "failed" } else { "retrying" },
+                        "  #{} {} {}: {}",
+                        e.id,
                         e.op.as_str(),
-                        e.path,
-                        e.last_error.as_deref().unwrap_or("error")
+                        crate::control::printable(&e.path),
+                        crate::control::printable(e.last_error.as_deref().unwrap_or("error"))
                     )
                 })
                 .collect();
             return Err(CmdError(format!(
-                "not drained: {waiting} change(s) wait; blocking them: {}",
-                blocking.join("; ")
+                "{failed} change(s) need attention ({waiting} more wait behind them); \
+                 see `davdrive ctl journal --failed`:\n{}",
+                lines.join("\n")
             )));
         }
-        if Instant::now() > deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let why = if core.health.is_online() {
+                String::new()
+            } else {
+                format!(
+                    "; the remote is offline ({})",
+                    core.health.state().last_error.unwrap_or_default()
+                )
+            };
             return Err(CmdError(format!(
-                "not drained after {timeout:?}: {waiting} change(s) still wait"
+                "not drained after {}: {waiting} change(s) wait, {failed} need attention{why}",
+                crate::control::human_duration(timeout)
             )));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // Woken by progress or a health change; the second is a floor for changes
+        // neither reports (an entry set aside by another command).
+        core.runtime().block_on(async {
+            tokio::select! {
+                _ = progress.changed() => {}
+                _ = health.changed() => {}
+                _ = tokio::time::sleep(left.min(Duration::from_secs(1))) => {}
+            }
+        });
     }
+}
+
+/// Nothing is running, nothing may start, and nothing waits out a backoff: every
+/// change left is set aside or held back by one that is.
+fn stuck(core: &crate::fs::Core) -> Result<bool, CmdError> {
+    let conn = core.store();
+    let now = core.clock().now_ms();
+    Ok(!journal::anything_running(&conn)?
+        && journal::ready(&conn, &Default::default(), 1, now)?.is_empty()
+        && journal::next_retry_at(&conn, now)?.is_none())
 }
 
 pub fn list(ctx: &Context, args: &Value) -> CmdResult {

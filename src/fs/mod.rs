@@ -46,8 +46,30 @@ pub struct CoreConfig {
     pub gid: u32,
     pub read_only: bool,
     pub cache: CacheLimits,
-    /// The time the cache's age limit and LRU order go by.
+    /// The time the cache's age limit and LRU order go by, and the replayer's backoff.
     pub clock: Clock,
+    /// How uploads are cut (tests make them small to reach every path with small files).
+    pub uploads: UploadSizes,
+}
+
+/// Sizes that decide how a file is uploaded.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadSizes {
+    /// Up to this size a file is sent from a snapshot held in memory.
+    pub snapshot_limit: u64,
+    /// From this size on a file goes in resumable parts where the server allows.
+    pub parts_from: u64,
+    pub part: u64,
+}
+
+impl Default for UploadSizes {
+    fn default() -> Self {
+        UploadSizes {
+            snapshot_limit: 4 << 20,
+            parts_from: 32 << 20,
+            part: 8 << 20,
+        }
+    }
 }
 
 impl Default for CoreConfig {
@@ -60,6 +82,7 @@ impl Default for CoreConfig {
             read_only: false,
             cache: CacheLimits::default(),
             clock: Clock::default(),
+            uploads: UploadSizes::default(),
         }
     }
 }
@@ -117,6 +140,9 @@ pub struct Core {
     pub health: Health,
     /// Wakes the replayer when the journal got something new.
     pub journal_changed: Arc<Notify>,
+    /// Bumped whenever the replayer finishes or gives up on an entry: `sync --wait`,
+    /// backups and migrations wait on it instead of polling.
+    journal_progress: tokio::sync::watch::Sender<u64>,
     open_files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
@@ -213,6 +239,7 @@ impl Core {
             verified: Mutex::new(HashSet::new()),
             validated: Mutex::new(HashMap::new()),
             kernel_invalidator: OnceLock::new(),
+            journal_progress: tokio::sync::watch::channel(0).0,
         });
         core.recover()?;
         Ok(core)
@@ -633,6 +660,16 @@ impl Core {
     }
 
     /// The replayer is changing the remote (called before and after each change).
+    /// The replayer finished, or gave up on, a journal entry.
+    pub fn journal_progressed(&self) {
+        self.journal_progress.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever the journal made progress (see `journal_progressed`).
+    pub fn journal_progress(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.journal_progress.subscribe()
+    }
+
     pub fn remote_changing(&self) {
         self.remote_epoch.fetch_add(1, Ordering::SeqCst);
     }

@@ -314,6 +314,11 @@ fn run_inner(
     };
 
     if online {
+        // The root is listed as part of mounting: a server that goes away a moment
+        // later leaves a mount that can still create in its root and list it.
+        if let Err(e) = core.ensure_listing(store::ROOT_INO) {
+            tracing::warn!("cannot list the root of {url} yet: {e}");
+        }
         let kind = if read_only { KIND_HTTP } else { KIND_WEBDAV };
         if let Err(e) = store::set_meta(&core.store(), REMOTE_KIND, kind) {
             tracing::warn!("cannot record the kind of remote: {e}");

@@ -6,12 +6,32 @@
 //! each waits for every earlier entry it depends on (see `ready`), so a path always means
 //! what it meant then.
 //!
-//! Coalescing keeps the journal short without changing what replay produces:
-//! - a second upload of a file whose upload is still waiting is the same upload (the
-//!   upload sends the content as it is when it runs);
-//! - removing a node the remote never saw drops every entry of that node, provided none is
-//!   running and nothing else refers to paths under it;
-//! - renaming a file the remote never saw moves its upload to the end, under the new name.
+//! Coalescing keeps the journal short. There are exactly four rewrite rules, and each
+//! keeps one invariant: replaying the rewritten journal on the server's tree gives the
+//! same tree as replaying the original.
+//! - R1, upload + upload: a second upload of a file whose upload still waits (not
+//!   running) is that same upload. The upload sends the content as it is when it runs,
+//!   to the path its entry names; a later move has its own entry after it.
+//! - R2, create + remove of a file: a file no entry of which was ever sent is removed:
+//!   its entries are dropped. Only its own entries name its path at the time they were
+//!   recorded (nothing lies below a file, and nothing else stood at its path meanwhile).
+//! - R3, create + remove of a directory: likewise, but only when no entry of another
+//!   node was recorded inside it at any time. That is found by following the
+//!   directory's path through the journal exactly as replay moves it: its own moves and
+//!   the moves of its ancestors (`dir_held_others`). A child created under a name the
+//!   directory had only through its parent's rename counts too. Otherwise nothing is
+//!   dropped and a delete is recorded after its entries: replayed as recorded.
+//! - R4, upload + rename of a file no entry of which was sent and that has only uploads
+//!   waiting: the uploads are dropped and one upload under the new name goes to the end.
+//!   The file was nowhere on the server in either journal until that upload; the new
+//!   name's parent existed locally at the rename, so its creation is recorded earlier.
+//!
+//! Nothing else is rewritten: moves of directories, moves through directories removed
+//! later, moves after uploads are replayed as recorded. An entry that was sent (running,
+//! or attempted and cut off) is never dropped: a removal turns it into a delete of what
+//! it may have left, in its place (R2 and R3 do this instead of dropping it).
+//!
+//! Scheduling is by dependency, over the whole journal (see `ready`).
 
 pub mod replay;
 
@@ -36,12 +56,15 @@ impl Op {
             Op::Move => "move",
         }
     }
-    fn parse(s: &str) -> Op {
+    /// None for a string this davdrive does not know (a newer version's entry, or a
+    /// damaged row): such an entry is never guessed at.
+    pub fn parse(s: &str) -> Option<Op> {
         match s {
-            "put" => Op::Put,
-            "mkcol" => Op::Mkcol,
-            "delete" => Op::Delete,
-            _ => Op::Move,
+            "put" => Some(Op::Put),
+            "mkcol" => Some(Op::Mkcol),
+            "delete" => Some(Op::Delete),
+            "move" => Some(Op::Move),
+            _ => None,
         }
     }
 }
@@ -73,7 +96,16 @@ const COLUMNS: &str =
 fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {
         id: r.get(0)?,
-        op: Op::parse(&r.get::<_, String>(1)?),
+        op: {
+            let op: String = r.get(1)?;
+            Op::parse(&op).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    format!("unknown journal operation {op:?}").into(),
+                )
+            })?
+        },
         ino: r.get::<_, i64>(2)? as u64,
         path: r.get(3)?,
         dest: r.get(4)?,
@@ -106,6 +138,7 @@ fn insert(
 /// Records that the content of file `ino` (now at `path`) must be uploaded.
 /// Returns false when a waiting upload of the same file already covers it.
 pub fn record_put(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<bool> {
+    retry_failed_of(c, ino)?;
     let waiting: Option<i64> = c
         .prepare_cached(
             "SELECT id FROM journal WHERE op = 'put' AND ino = ?1 AND failed = 0 AND running = 0",
@@ -147,40 +180,60 @@ fn escape_like(s: &str) -> String {
         .replace('_', "\\_")
 }
 
-/// Entries of other nodes that name a path at or below `path`.
-fn others_under(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<bool> {
-    let prefix = format!("{}/%", escape_like(path));
-    c.prepare_cached(
-        "SELECT 1 FROM journal WHERE ino != ?1 AND (path = ?2 OR path LIKE ?3 ESCAPE '\\' \
-         OR dest = ?2 OR dest LIKE ?3 ESCAPE '\\') LIMIT 1",
-    )?
-    .query_row(params![ino as i64, path, prefix], |_| Ok(()))
-    .optional()
-    .map(|o| o.is_some())
+/// Whether `p` is `dir` or lies below it.
+fn at_or_under(p: &str, dir: &str) -> bool {
+    p == dir
+        || dir == "/"
+        || (p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/')
 }
 
-/// Whether entries of other nodes name paths below directory `ino`, as it is now at
-/// `path` or under any name its own waiting entries give it: a child created while the
-/// directory had an earlier name needs the directory's creation to stay where it is.
-fn dir_needed_by_others(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<bool> {
-    let mut names: Vec<String> = vec![path.to_string()];
-    let mut st = c.prepare_cached("SELECT path, dest FROM journal WHERE ino = ?1")?;
-    let rows = st.query_map([ino as i64], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-    })?;
-    for row in rows {
-        let (p, d) = row?;
-        names.push(p);
-        names.extend(d);
-    }
-    names.sort();
-    names.dedup();
-    for name in names {
-        if others_under(c, ino, &name)? {
+/// Rule R3's test: whether an entry of another node was recorded inside directory `ino`
+/// while its entries wait. Follows the directory's path from its first waiting entry
+/// as replay would move it: by its own moves, and by moves of a directory above it.
+fn dir_held_others(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
+    let first: Option<(i64, String)> = c
+        .prepare_cached("SELECT id, path FROM journal WHERE ino = ?1 ORDER BY id LIMIT 1")?
+        .query_row([ino as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((first_id, mut cur)) = first else {
+        return Ok(false);
+    };
+    let mut st = c.prepare_cached(
+        "SELECT ino, op, path, dest FROM journal WHERE id >= ?1 ORDER BY id",
+    )?;
+    let mut rows = st.query([first_id])?;
+    while let Some(r) = rows.next()? {
+        let (other, op, path, dest): (i64, String, String, Option<String>) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let is_move = op == Op::Move.as_str();
+        if other as u64 == ino {
+            if let (true, Some(d)) = (is_move, dest) {
+                cur = d;
+            }
+            continue;
+        }
+        if at_or_under(&path, &cur) || dest.as_deref().is_some_and(|d| at_or_under(d, &cur)) {
             return Ok(true);
+        }
+        // A directory above it moved: so did it.
+        if let (true, Some(d)) = (is_move, dest) {
+            if at_or_under(&cur, &path) {
+                cur = format!("{d}{}", &cur[path.len()..]);
+            }
         }
     }
     Ok(false)
+}
+
+/// A new change of node `ino` is the signal to try its set-aside entries again: the
+/// next upload of a file stuck behind a refusal should not wait for an administrator.
+fn retry_failed_of(c: &Connection, ino: u64) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE journal SET failed = 0, attempts = 0, next_try_at = 0 \
+         WHERE ino = ?1 AND failed = 1",
+    )?
+    .execute([ino as i64])?;
+    Ok(())
 }
 
 fn drop_entries_of(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
@@ -198,7 +251,8 @@ fn drop_waiting_puts(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
 pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Result<()> {
     // Other entries naming paths below matter only for a directory (its children's
     // entries need it to exist); a file's entries are its own.
-    let others_need_it = node.is_dir() && dir_needed_by_others(c, node.ino, path)?;
+    let others_need_it = node.is_dir() && dir_held_others(c, node.ino)?;
+    retry_failed_of(c, node.ino)?;
     if !node.on_remote && !any_running(c, node.ino)? && !others_need_it {
         // The remote never saw it, as far as we know: forgetting its entries is the whole
         // removal. But an upload, mkcol or move that was sent before (cut off, or the daemon
@@ -207,7 +261,8 @@ pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Resul
         // hashes of what was sent, so it deletes only a version of ours.
         c.prepare_cached(
             "UPDATE journal SET op = 'delete', path = COALESCE(dest, path), dest = NULL, \
-             attempted = 0 WHERE ino = ?1 AND attempted = 1 AND op IN ('put', 'move', 'mkcol')",
+             attempted = 0, failed = 0, attempts = 0, next_try_at = 0, last_error = NULL \
+             WHERE ino = ?1 AND attempted = 1 AND op IN ('put', 'move', 'mkcol')",
         )?
         .execute([node.ino as i64])?;
         c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND op != 'delete'")?
@@ -243,6 +298,7 @@ pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Resul
 /// Records the rename of `node` from `from` to `to`. A node already at `to` must have been
 /// removed with `record_remove` first.
 pub fn record_rename(c: &Connection, node: &Node, from: &str, to: &str) -> rusqlite::Result<()> {
+    retry_failed_of(c, node.ino)?;
     if !node.is_dir() && !node.on_remote && !any_sent(c, node.ino)? {
         let only_puts: bool = c
             .prepare_cached("SELECT COUNT(*) = 0 FROM journal WHERE ino = ?1 AND op != 'put'")?
@@ -260,50 +316,91 @@ pub fn record_rename(c: &Connection, node: &Node, from: &str, to: &str) -> rusql
     insert(c, Op::Move, node.ino, from, Some(to), node.is_dir()).map(|_| ())
 }
 
-/// How far past the head the replayer looks for entries it may run alongside.
-const READY_WINDOW: i64 = 256;
-
-/// Entries that may start now, in order, at most `limit`: due, not running, and not
-/// depending on an earlier entry still waiting, running or set aside as failed. An entry
-/// depends on an earlier one of the same node, or one whose path (or destination) is the
-/// same as, inside, or above its own: a file's parent is created before the file, a
-/// rename waits for the upload it moves. Unrelated entries pass a waiting one, so one
-/// file's backoff or failure does not hold up the others; what depends on a failed entry
-/// waits until it is retried or dropped.
+/// Entries that may start now, in order, at most `limit`: due, not running, not set
+/// aside, and not depending on an earlier entry that is unfinished. The whole journal is
+/// considered (no window): one stuck entry cannot hide the rest.
+///
+/// An entry depends on an earlier one of the same node, or, while that earlier one still
+/// waits or runs, on one whose path (or destination) is the same as, inside, or above its
+/// own: a file's parent is created before the file, a rename waits for the upload it
+/// moves, a folder's delete waits for changes inside it. An entry set aside as failed
+/// holds back only later entries of its node and at or below its paths: those could only
+/// fail the same way, while a folder above it may still be renamed or removed.
 pub fn ready(
     c: &Connection,
     running: &std::collections::HashSet<i64>,
     limit: usize,
     now_ms: i64,
 ) -> rusqlite::Result<Vec<Entry>> {
-    let window: Vec<Entry> = c
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM journal WHERE failed = 0 ORDER BY id LIMIT ?1"
-        ))?
-        .query_map([READY_WINDOW], entry_from_row)?
-        .collect::<Result<_, _>>()?;
-    let failed: Vec<Entry> = c
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM journal WHERE failed = 1 ORDER BY id"
-        ))?
-        .query_map([], entry_from_row)?
-        .collect::<Result<_, _>>()?;
+    let mut held = Held::default();
     let mut out = Vec::new();
-    for (i, e) in window.iter().enumerate() {
+    let mut st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM journal ORDER BY id"))?;
+    let mut rows = st.query([])?;
+    while let Some(row) = rows.next()? {
         if out.len() >= limit {
             break;
         }
-        if running.contains(&e.id) || e.next_try_at > now_ms {
-            continue;
+        let e = entry_from_row(row)?;
+        let startable = !e.failed && !running.contains(&e.id) && e.next_try_at <= now_ms;
+        if startable && !held.holds(&e) {
+            out.push(e.clone());
         }
-        if window[..i].iter().any(|earlier| depends(e, earlier))
-            || failed.iter().any(|f| f.id < e.id && depends(e, f))
-        {
-            continue;
-        }
-        out.push(e.clone());
+        held.add(&e);
     }
     Ok(out)
+}
+
+/// What the unfinished entries seen so far hold back (see `ready`). Lookups walk a
+/// path's ancestors, so a scan of the journal costs its length times the path depth.
+#[derive(Default)]
+struct Held {
+    inos: std::collections::HashSet<u64>,
+    /// Paths named by waiting or running entries.
+    paths: std::collections::HashSet<String>,
+    /// Every directory above such a path.
+    above: std::collections::HashSet<String>,
+    /// Paths named by entries set aside as failed.
+    failed: std::collections::HashSet<String>,
+}
+
+/// The directories above `p`, nearest first, without the root.
+pub fn ancestors(p: &str) -> impl Iterator<Item = &str> {
+    let mut cur = p;
+    std::iter::from_fn(move || {
+        let i = cur.rfind('/')?;
+        cur = &cur[..i];
+        (!cur.is_empty()).then_some(cur)
+    })
+}
+
+impl Held {
+    fn add(&mut self, e: &Entry) {
+        self.inos.insert(e.ino);
+        for p in std::iter::once(e.path.as_str()).chain(e.dest.as_deref()) {
+            if e.failed {
+                self.failed.insert(p.to_string());
+                continue;
+            }
+            self.paths.insert(p.to_string());
+            for a in ancestors(p) {
+                if !self.above.insert(a.to_string()) {
+                    break; // its ancestors are in already
+                }
+            }
+        }
+    }
+
+    fn holds(&self, e: &Entry) -> bool {
+        if self.inos.contains(&e.ino) {
+            return true;
+        }
+        std::iter::once(e.path.as_str()).chain(e.dest.as_deref()).any(|p| {
+            self.paths.contains(p)
+                || self.above.contains(p)
+                || self.failed.contains(p)
+                || ancestors(p).any(|a| self.paths.contains(a) || self.failed.contains(a))
+        })
+    }
 }
 
 /// `ready`, and marks what it returns as running, in one step under the caller's lock:
@@ -324,25 +421,6 @@ pub fn start_ready(
     Ok(chosen)
 }
 
-fn depends(e: &Entry, earlier: &Entry) -> bool {
-    fn related(a: &str, b: &str) -> bool {
-        let under = |x: &str, y: &str| {
-            x.len() > y.len()
-                && x.starts_with(y)
-                && (y.ends_with('/') || x.as_bytes()[y.len()] == b'/')
-        };
-        a == b || under(a, b) || under(b, a)
-    }
-    if e.ino == earlier.ino {
-        return true;
-    }
-    let mine = [Some(e.path.as_str()), e.dest.as_deref()];
-    let theirs = [Some(earlier.path.as_str()), earlier.dest.as_deref()];
-    mine.iter()
-        .flatten()
-        .any(|a| theirs.iter().flatten().any(|b| related(a, b)))
-}
-
 /// Whether the remote's view of `path` (or of node `ino`) is still to change by waiting
 /// entries: one of the node, or naming the path or a directory above it.
 pub fn path_pending(c: &Connection, path: &str, ino: u64) -> rusqlite::Result<bool> {
@@ -354,6 +432,17 @@ pub fn path_pending(c: &Connection, path: &str, ino: u64) -> rusqlite::Result<bo
     .query_row(params![path, ino as i64], |r| r.get(0))
 }
 
+/// When the next entry waiting out a backoff becomes due (unix ms, after `now_ms`).
+/// Entries that are due but held back need no timer: what holds them wakes the replayer
+/// when it ends.
+pub fn next_retry_at(c: &Connection, now_ms: i64) -> rusqlite::Result<Option<i64>> {
+    c.prepare_cached(
+        "SELECT MIN(next_try_at) FROM journal WHERE failed = 0 AND running = 0 \
+         AND next_try_at > ?1",
+    )?
+    .query_row([now_ms], |r| r.get(0))
+}
+
 /// Makes failed entries (one, or all with `id` None) wait to be tried again from the
 /// start; returns how many.
 pub fn retry(c: &Connection, id: Option<i64>) -> rusqlite::Result<usize> {
@@ -362,6 +451,12 @@ pub fn retry(c: &Connection, id: Option<i64>) -> rusqlite::Result<usize> {
          WHERE (?1 IS NULL AND failed = 1) OR id = ?1",
     )?
     .execute([id])
+}
+
+/// Whether any entry is being replayed right now.
+pub fn anything_running(c: &Connection) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE running != 0)")?
+        .query_row([], |r| r.get(0))
 }
 
 /// Whether entry `id` is being replayed right now.
@@ -449,6 +544,38 @@ pub fn rebase_deletes(c: &Connection, ino: u64, etag: Option<&str>) -> rusqlite:
     )?
     .execute(params![ino as i64, etag])?;
     Ok(())
+}
+
+/// Records a conflict with its reason in words (a folder removed on the server...).
+pub fn record_conflict_because(
+    c: &Connection,
+    path: &str,
+    conflict_path: &str,
+    reason: &str,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO conflicts (path, conflict_path, created_at, reason) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![path, conflict_path, now_ms(), reason])?;
+    Ok(())
+}
+
+/// Points waiting entries at or below `from` to the same places below `to` (a folder
+/// moved aside on the server because something else took its name there).
+pub fn rewrite_prefix(c: &Connection, from: &str, to: &str) -> rusqlite::Result<usize> {
+    let like = format!("{}/%", escape_like(from));
+    let n = c
+        .prepare_cached(
+            "UPDATE journal SET path = ?2 || substr(path, length(?1) + 1) \
+             WHERE (path = ?1 OR path LIKE ?3 ESCAPE '\\')",
+        )?
+        .execute(params![from, to, like])?;
+    c.prepare_cached(
+        "UPDATE journal SET dest = ?2 || substr(dest, length(?1) + 1) \
+         WHERE (dest = ?1 OR dest LIKE ?3 ESCAPE '\\')",
+    )?
+    .execute(params![from, to, like])?;
+    Ok(n)
 }
 
 /// Records a conflict for the status and `ctl conflicts`.

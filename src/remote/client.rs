@@ -556,12 +556,32 @@ pub fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start, total))
 }
 
+/// `status_error` for a response, with the server's `Retry-After` when it gave one.
+pub fn response_error(resp: &Response) -> RemoteError {
+    match status_error(resp.status()) {
+        RemoteError::Server { status, .. } => RemoteError::Server {
+            status,
+            retry_after: resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::backoff::parse_retry_after),
+        },
+        other => other,
+    }
+}
+
 pub fn status_error(status: StatusCode) -> RemoteError {
     match status.as_u16() {
         404 => RemoteError::NotFound,
         412 => RemoteError::PreconditionFailed,
         401 => RemoteError::Unauthorized(401),
-        s @ (429 | 500..=599) => RemoteError::Server { status: s },
+        // "Not now": timeouts, locks held by another client, rate limits, a full disk
+        // that may be emptied; worth trying again later.
+        s @ (408 | 423 | 425 | 429 | 500..=599) => RemoteError::Server {
+            status: s,
+            retry_after: None,
+        },
         s => RemoteError::Refused {
             status: s,
             message: status.canonical_reason().unwrap_or("").to_string(),
@@ -672,11 +692,11 @@ mod tests {
         ));
         assert!(matches!(
             status_error(StatusCode::TOO_MANY_REQUESTS),
-            RemoteError::Server { status: 429 }
+            RemoteError::Server { status: 429, .. }
         ));
         assert!(matches!(
             status_error(StatusCode::BAD_GATEWAY),
-            RemoteError::Server { status: 502 }
+            RemoteError::Server { status: 502, .. }
         ));
         assert!(matches!(
             status_error(StatusCode::CONFLICT),

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 pub mod client;
 pub mod http;
+pub mod memory;
 pub mod multistatus;
 pub mod webdav;
 
@@ -91,9 +92,13 @@ pub enum RemoteError {
     /// A 4xx the server will give again for the same request (403, 405, 409, 413, 507...).
     #[error("remote refused the request: HTTP {status} {message}")]
     Refused { status: u16, message: String },
-    /// 5xx or 429: may succeed later.
+    /// 5xx, or a 4xx that says "not now" (408, 423 Locked, 425, 429, 507): may succeed
+    /// later, not sooner than `retry_after` when the server said so.
     #[error("remote error: HTTP {status}")]
-    Server { status: u16 },
+    Server {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     /// The reply could not be understood (malformed XML, missing fields, hostile hrefs).
     #[error("malformed reply from the remote: {0}")]
     BadReply(String),

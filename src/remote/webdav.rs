@@ -16,7 +16,8 @@ use url::Url;
 
 pub use super::client::ConnectionConfig as WebDavConfig;
 use super::client::{
-    header_string, normalize, quote_etag, redirects_to_slash, status_error, transport_error,
+    header_string, normalize, quote_etag, redirects_to_slash, response_error, status_error,
+    transport_error,
     HttpClient,
 };
 use super::multistatus::{parse_multistatus, ParsedEntry};
@@ -566,9 +567,8 @@ impl Remote for WebDav {
 
 /// The outcome of a PUT: its status, and the new version's ETag when sent.
 fn put_reply(resp: Response) -> Result<PutReply, RemoteError> {
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(status_error(status));
+    if !resp.status().is_success() {
+        return Err(response_error(&resp));
     }
     // Nextcloud sends the plain ETag only sometimes, OC-ETag always.
     let etag =

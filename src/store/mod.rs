@@ -575,3 +575,26 @@ mod tests {
         assert_eq!(path_of(&c, f).unwrap(), None);
     }
 }
+
+/// The node at `path` ("/a/b"), following names from the root.
+pub fn node_at_path(conn: &Connection, path: &str) -> rusqlite::Result<Option<Node>> {
+    let mut node = match get_node(conn, ROOT_INO)? {
+        Some(n) => n,
+        None => return Ok(None),
+    };
+    for name in path.split('/').filter(|p| !p.is_empty()) {
+        match get_child(conn, node.ino, name)? {
+            Some(n) => node = n,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(node))
+}
+
+/// A folder moved aside locally to `name` because something else took its place on the
+/// server; the folder at the new name was created there by us.
+pub fn move_dir_aside(conn: &Connection, ino: u64, name: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET name = ?2, on_remote = 1 WHERE ino = ?1")?
+        .execute(params![ino as i64, name])?;
+    Ok(())
+}

@@ -150,6 +150,11 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE nodes ADD COLUMN remote_checksum TEXT;
     ",
+    // 6: why a conflict was recorded, in words, when it is not the usual "changed on
+    // both sides" (a folder removed or replaced on the server under local changes).
+    "
+    ALTER TABLE conflicts ADD COLUMN reason TEXT;
+    ",
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

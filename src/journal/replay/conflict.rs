@@ -1,0 +1,277 @@
+//! Conflicts: the remote's version is not the one a change was based on. Both versions
+//! are kept and the conflict is recorded for `ctl conflicts`.
+
+use std::time::SystemTime;
+
+use std::sync::Arc;
+
+use rusqlite::params;
+
+use super::{done, ReplayError, ReplayResult};
+use crate::fs::Core;
+use crate::journal::{self, Entry};
+use crate::remote::Precondition;
+use crate::store;
+use crate::cache::hex;
+use crate::store::{Kind, NewNode, RangeSet};
+
+use super::put::{finish_upload, upload_whole};
+use super::COMPARE_LIMIT;
+
+/// The remote's version is not the one our change was based on. Unless it holds exactly
+/// our bytes already, both versions are kept: ours is uploaded beside it as
+/// `name (conflict <host> <UTC time>).ext`, the original name takes the remote version,
+/// and the conflict is recorded.
+pub(super) async fn resolve_conflict(
+    core: &Arc<Core>,
+    e: &Entry,
+    node: &store::Node,
+) -> ReplayResult {
+    let remote = core.remote().clone();
+    let current = remote.stat(&e.path).await?;
+    let local_path = core.content().path(e.ino);
+    if let Some(cur) = &current {
+        // Our own earlier attempt may be what is there: the whole version (the upload
+        // succeeded but the daemon died before recording it) or, for an upload that was
+        // cut off on a server that writes in place, a prefix of it.
+        if node.size <= COMPARE_LIMIT && cur.size <= COMPARE_LIMIT && !cur.is_dir {
+            let theirs = if cur.size == 0 {
+                bytes::Bytes::new()
+            } else {
+                remote.get_range(&e.path, 0, cur.size).await?.data
+            };
+            let ours = std::fs::read(&local_path)?;
+            let ours = &ours[..(node.size as usize).min(ours.len())];
+            let theirs_sha = {
+                use sha2::{Digest, Sha256};
+                hex(&Sha256::digest(&theirs))
+            };
+            let ours_sha = {
+                use sha2::{Digest, Sha256};
+                hex(&Sha256::digest(ours))
+            };
+            if theirs_sha == ours_sha {
+                tracing::info!("{}: remote already holds this version", e.path);
+                return finish_upload(core, e, cur.etag.clone(), Some(ours_sha));
+            }
+            // An earlier attempt of this upload reached the server whole (its success
+            // was not recorded), or, on a server that writes in place, in part.
+            // The remote holds exactly the version our change started from: nobody else
+            // changed it, only its ETag moved (some servers change it on MOVE or
+            // metadata updates).
+            let is_base = node.sha256.as_deref() == Some(theirs_sha.as_str());
+            let sent = journal::sent_hashes(&core.store(), e.id)?;
+            if is_base || sent.contains(&theirs_sha) || (e.attempted && ours.starts_with(&theirs)) {
+                tracing::info!(
+                    "{}: replacing what an earlier attempt of this upload left",
+                    e.path
+                );
+                let cond = match &cur.etag {
+                    Some(t) if !t.starts_with("W/") => Precondition::IfMatch(t.clone()),
+                    _ => Precondition::None,
+                };
+                let etag = upload_whole(&remote, &e.path, &local_path, node, cond).await?;
+                return finish_upload(core, e, etag, Some(ours_sha));
+            }
+        }
+    }
+    let Some(cur) = &current else {
+        // Deleted on the remote while we changed it here: keeping our version under its
+        // name loses nobody's work (their change was the deletion).
+        tracing::warn!(
+            "{} was deleted on the remote but changed here; uploading it again",
+            e.path
+        );
+        let etag = upload_whole(
+            &remote,
+            &e.path,
+            &local_path,
+            node,
+            Precondition::IfNoneMatch,
+        )
+        .await?;
+        return finish_upload(core, e, etag, None);
+    };
+    let _ = cur;
+    if core.is_open(e.ino) {
+        // Its content file cannot change hands under open descriptors.
+        return Err(ReplayError::Later(format!(
+            "{} conflicts with a newer remote version; resolved once the file is closed",
+            e.path
+        )));
+    }
+    let (dir, name) = match e.path.rfind('/') {
+        Some(i) => (&e.path[..i], &e.path[i + 1..]),
+        None => ("", e.path.as_str()),
+    };
+    let conflict_name = conflict_name(name, &host_name(), SystemTime::now());
+    let conflict_path = format!("{dir}/{conflict_name}");
+    let conflict_etag = upload_whole(
+        &remote,
+        &conflict_path,
+        &local_path,
+        node,
+        Precondition::IfNoneMatch,
+    )
+    .await?;
+    tracing::warn!(
+        "conflict: {} was changed on the remote; the local version was saved as {}",
+        e.path,
+        conflict_path
+    );
+    let conn = core.store();
+    let tx = conn.unchecked_transaction()?;
+    // Closed writes may have landed since the upload started: the copy takes the
+    // content as committed now, and their uploads go to the copy (below).
+    let node = &store::get_node(&tx, e.ino)
+        ?
+        .unwrap_or_else(|| node.clone());
+    // The local copy becomes the conflict file, beside the original.
+    let copy_ino = if store::get_child(&tx, node.parent, &conflict_name)
+        ?
+        .is_none()
+        && node.parent != 0
+    {
+        let ino = store::insert_node(
+            &tx,
+            &NewNode {
+                parent: node.parent,
+                name: &conflict_name,
+                kind: Kind::File,
+                size: node.size,
+                mtime_ns: node.mtime_ns,
+                mode: node.mode,
+                uid: node.uid,
+                gid: node.gid,
+                etag: conflict_etag.as_deref(),
+                on_remote: true,
+                dirty: false,
+                ranges: RangeSet::full(node.size),
+                listed_at: None,
+                last_access: core.clock().now_s(),
+            },
+        )
+        ?;
+        Some(ino)
+    } else {
+        None
+    };
+    match &current {
+        Some(cur) => {
+            tx.execute(
+                "UPDATE nodes SET etag = ?2, size = ?3, mtime_ns = ?4, ranges = NULL, dirty = 0, \
+                 on_remote = 1, sha256 = NULL, cached_bytes = 0, content_etag = NULL \
+                 WHERE ino = ?1",
+                params![
+                    e.ino as i64,
+                    cur.etag,
+                    cur.size as i64,
+                    cur.mtime
+                        .map(store::system_time_to_ns)
+                        .unwrap_or(node.mtime_ns)
+                ],
+            )
+            ?;
+        }
+        None => {
+            // Deleted on the remote: the original name goes, the conflict copy stays.
+            store::delete_node(&tx, e.ino)?;
+        }
+    }
+    match copy_ino {
+        Some(copy) => tx.execute(
+            "UPDATE journal SET ino = ?3, path = ?4 \
+             WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
+            params![e.ino as i64, e.id, copy as i64, conflict_path],
+        ),
+        None => tx.execute(
+            "DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
+            params![e.ino as i64, e.id],
+        ),
+    }
+    ?;
+    journal::record_conflict(
+        &tx,
+        &e.path,
+        &conflict_path,
+        node.etag.as_deref(),
+        current.as_ref().and_then(|c| c.etag.as_deref()),
+    )
+    ?;
+    done(core, &tx, e.id)?;
+    tx.commit()?;
+    // After the commit: a crash in between leaves the copy without content, which its
+    // next open notices (the file is shorter than the node) and fetches from the remote.
+    match copy_ino {
+        Some(ino) => core.content().rename(e.ino, ino)?,
+        None => core.content().remove(e.ino),
+    }
+    drop(conn);
+    core.content_replaced(e.ino);
+    Ok(())
+}
+
+pub fn host_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `report.txt` → `report (conflict host 2026-11-23 181500).txt`.
+pub fn conflict_name(name: &str, host: &str, at: SystemTime) -> String {
+    let stamp = utc_stamp(at);
+    let host: String = host.chars().filter(|c| *c != '/').collect();
+    match name.rfind('.') {
+        Some(i) if i > 0 => format!("{} (conflict {host} {stamp}){}", &name[..i], &name[i..]),
+        _ => format!("{name} (conflict {host} {stamp})"),
+    }
+}
+
+fn utc_stamp(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn conflict_names_keep_the_extension() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(
+            conflict_name("report.txt", "box", t),
+            "report (conflict box 2026-11-18 110640).txt"
+        );
+        assert_eq!(
+            conflict_name("Makefile", "box", t),
+            "Makefile (conflict box 2026-11-18 110640)"
+        );
+        assert_eq!(
+            conflict_name(".bashrc", "box", t),
+            ".bashrc (conflict box 2026-11-18 110640)"
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! Folder creations.
+
+use std::sync::Arc;
+
+use super::{done, ReplayResult};
+use crate::fs::Core;
+use crate::journal::Entry;
+use super::parents::with_parents;
+
+pub(super) async fn mkcol(core: &Arc<Core>, e: &Entry) -> ReplayResult {
+    with_parents(core, e, &e.path, || async {
+        Ok(core.remote().mkcol(&e.path).await?)
+    })
+    .await?;
+    let conn = core.store();
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
+        "UPDATE nodes SET on_remote = 1 WHERE ino = ?1",
+        [e.ino as i64],
+    )?;
+    done(core, &tx, e.id)?;
+    Ok(tx.commit()?)
+}
+

@@ -1,0 +1,331 @@
+//! The replayer: runs journal entries against the remote while it is healthy, up to
+//! `PARALLEL` at once, each after every earlier entry it depends on (`journal::ready`).
+//! One file per kind of operation (`put`, `delete`, `mkcol`, `moves`), `conflict` for
+//! keeping both versions, `parents` for folders that vanished on the server.
+//!
+//! Every failure has an outcome that ends (`outcome`):
+//! - the remote is unreachable (transport error, authentication refused, a 5xx while the
+//!   health probe fails too): the replay pauses until the probe succeeds; the entry
+//!   loses no attempt;
+//! - transient (408, 423, 425, 429, 5xx, 507, local I/O, the state store): retried with
+//!   the shared `Backoff` (jitter, `Retry-After`), up to `MAX_ATTEMPTS`, then set aside;
+//! - a folder on the path is gone on the server: recreated, and the change goes on
+//!   (`parents`), recorded as a conflict;
+//! - refused for good (400, 403, 405, 409, 413, 414…): set aside at once with the
+//!   server's reason; its content stays in the cache, `ctl journal --failed` and
+//!   `ctl status` show it, and it holds back only later changes at or below its path.
+//!   A new change of the same file tries it again.
+
+mod conflict;
+mod delete;
+mod mkcol;
+mod moves;
+mod parents;
+mod put;
+
+pub use conflict::{conflict_name, host_name};
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Entry, Op};
+use crate::backoff::Backoff;
+use crate::fs::Core;
+use crate::journal;
+use crate::remote::RemoteError;
+
+
+/// Failed attempts of one entry (transient errors) before it is set aside for a person.
+/// With `Backoff::REPLAY` that is about half an hour of trying.
+pub const MAX_ATTEMPTS: u32 = 12;
+/// Files up to this size are compared byte for byte on a 412 before calling it a conflict
+/// (an upload whose success was not recorded before a crash looks like one).
+const COMPARE_LIMIT: u64 = 64 << 20;
+/// Uploads from this size on go in parts where the server allows, so they can resume
+/// (the default of `CoreConfig::uploads`).
+pub const PARTS_FROM: u64 = 32 << 20;
+
+/// Entries replayed at once (uploads of many small files gain most).
+const PARALLEL: usize = 6;
+
+/// Why one replay attempt failed. The remote's answers, the state store and local files
+/// are kept apart: a database error is never taken for something the server said.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error("state store: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("local file: {0}")]
+    Io(#[from] std::io::Error),
+    /// Cannot run yet for a local reason (the file is open): tried again later, without
+    /// ever being set aside for it.
+    #[error("{0}")]
+    Later(String),
+}
+
+pub type ReplayResult<T = ()> = Result<T, ReplayError>;
+
+/// Runs until `shutdown` turns true. Up to `PARALLEL` independent entries run at once;
+/// dependent ones keep their order (see `journal::ready`).
+pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+    if core.cfg.read_only {
+        // Entries left by an earlier read-write mount stay for the next one; sending
+        // them to a remote that cannot take them would only mark them failed.
+        let waiting = journal::stats(&core.store()).map(|s| s.0).unwrap_or(0);
+        if waiting > 0 {
+            tracing::warn!(
+                "{waiting} change(s) wait in the journal; a read-only mount does not send them"
+            );
+        }
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        return;
+    }
+    let mut health = core.health.subscribe();
+    let mut tasks: tokio::task::JoinSet<i64> = tokio::task::JoinSet::new();
+    let mut running: HashSet<i64> = HashSet::new();
+    let mut summary = Summary::default();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        if !core.health.is_online() {
+            tokio::select! {
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    finished(&mut running, done);
+                    continue;
+                }
+                _ = health.changed() => {}
+                _ = shutdown.changed() => {}
+            }
+            if core.health.is_online() {
+                // Back after an outage: what waited for a retry goes now.
+                if let Err(e) = journal::retry_waiting_now(&core.store()) {
+                    tracing::error!("journal: {e}");
+                }
+            }
+            continue;
+        }
+        let ready = journal::start_ready(
+            &core.store(),
+            &running,
+            PARALLEL.saturating_sub(running.len()),
+            core.clock().now_ms(),
+        );
+        let ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot read the sync journal: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+        };
+        if !ready.is_empty() {
+            summary.started(ready.len());
+            for e in ready {
+                core.remote_changing();
+                running.insert(e.id);
+                let core = core.clone();
+                tasks.spawn(async move {
+                    use futures_util::FutureExt;
+                    let run = std::panic::AssertUnwindSafe(run_marked(&core, &e));
+                    if run.catch_unwind().await.is_err() {
+                        tracing::error!(
+                            "{} {}: replay panicked; it will be retried",
+                            e.op.as_str(),
+                            e.path
+                        );
+                        // With a backoff, and counted: a bug must not spin.
+                        retry_later(&core, &e, "replay panicked", None, true);
+                    }
+                    e.id
+                });
+            }
+            continue;
+        }
+        if running.is_empty() {
+            summary.finish(&core);
+        }
+        // Nothing can start: wait for a task, a new entry, or the next retry due.
+        let next_due = journal::next_retry_at(&core.store(), core.clock().now_ms()).unwrap_or(None);
+        let wait = match next_due {
+            Some(at) => Duration::from_millis((at - core.clock().now_ms()).clamp(0, 3_600_000) as u64),
+            None => Duration::from_secs(3600),
+        };
+        // Tests move the core's clock forward and wake the replayer (`journal_changed`)
+        // instead of waiting out a backoff.
+        tokio::select! {
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => finished(&mut running, done),
+            _ = core.journal_changed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+            _ = health.changed() => {}
+        }
+    }
+    // Let what is on the wire finish (the caller bounds how long).
+    while let Some(done) = tasks.join_next().await {
+        finished(&mut running, done);
+    }
+}
+
+/// A line in the log for each burst of replay: "sent 50 changes in 0.2 s".
+#[derive(Default)]
+struct Summary {
+    started: Option<(std::time::Instant, usize)>,
+}
+
+impl Summary {
+    fn started(&mut self, n: usize) {
+        let (_, count) = self
+            .started
+            .get_or_insert_with(|| (std::time::Instant::now(), 0));
+        *count += n;
+    }
+
+    fn finish(&mut self, core: &Core) {
+        if let Some((since, count)) = self.started.take() {
+            let (waiting, failed, _) = journal::stats(&core.store()).unwrap_or((0, 0, None));
+            tracing::info!(
+                "replayed {count} change(s) in {:.1} s; {waiting} waiting, {failed} need attention",
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+fn finished(running: &mut HashSet<i64>, done: Result<i64, tokio::task::JoinError>) {
+    match done {
+        Ok(id) => {
+            running.remove(&id);
+        }
+        // Tasks catch their panics and are never cancelled.
+        Err(e) => tracing::error!("a journal entry's task failed: {e}"),
+    }
+}
+
+async fn run_marked(core: &Arc<Core>, e: &Entry) {
+    let result = match e.op {
+        Op::Put => put::put(core, e).await,
+        Op::Mkcol => mkcol::mkcol(core, e).await,
+        Op::Delete => delete::delete(core, e).await,
+        Op::Move => moves::rename(core, e).await,
+    };
+    match result {
+        Ok(()) => tracing::debug!("replayed {} {}", e.op.as_str(), e.path),
+        Err(err) => outcome(core, e, err).await,
+    }
+}
+
+/// Removes a finished entry. Runs under the store lock, so a listing merge (which checks
+/// the epoch under the same lock) sees that the remote changed.
+fn done(core: &Core, conn: &rusqlite::Connection, id: i64) -> ReplayResult {
+    journal::complete(conn, id)?;
+    core.remote_changing();
+    core.journal_progressed();
+    Ok(())
+}
+
+/// What becomes of an entry whose attempt failed (see the module's header).
+async fn outcome(core: &Arc<Core>, e: &Entry, err: ReplayError) {
+    let what = format!("{} {}", e.op.as_str(), e.path);
+    match err {
+        ReplayError::Remote(RemoteError::Transport(reason)) => pause(core, e, &reason),
+        ReplayError::Remote(err @ RemoteError::Unauthorized(_)) => {
+            pause(core, e, &err.to_string())
+        }
+        ReplayError::Remote(RemoteError::Server {
+            status,
+            retry_after,
+        }) => {
+            // A 5xx while the probe fails too is an outage, not this entry's fault.
+            if status >= 500 && !core.health.check(core.remote().as_ref()).await {
+                tracing::warn!("{what}: HTTP {status} and the remote fails its health check; pausing");
+                let _ = journal::set_running(&core.store(), e.id, false);
+                return;
+            }
+            let err = RemoteError::Server {
+                status,
+                retry_after,
+            };
+            retry_later(core, e, &err.to_string(), retry_after, true)
+        }
+        ReplayError::Remote(err @ (RemoteError::Local(_) | RemoteError::ChallengeRenewed)) => {
+            retry_later(core, e, &err.to_string(), None, true)
+        }
+        ReplayError::Later(why) => retry_later(core, e, &why, None, false),
+        ReplayError::Store(db) => {
+            tracing::error!("{what}: the state store failed: {db}");
+            retry_later(core, e, &format!("state store: {db}"), None, true)
+        }
+        ReplayError::Io(io) => retry_later(core, e, &format!("local file: {io}"), None, true),
+        ReplayError::Remote(err) => set_aside(core, e, &err.to_string()),
+    }
+}
+
+/// The remote is not usable now: the entry waits, without losing an attempt, until the
+/// health probe says it is back.
+fn pause(core: &Core, e: &Entry, reason: &str) {
+    core.health.mark_offline(reason);
+    let _ = journal::set_running(&core.store(), e.id, false);
+}
+
+fn retry_later(
+    core: &Core,
+    e: &Entry,
+    error: &str,
+    retry_after: Option<Duration>,
+    counted: bool,
+) {
+    let failures = e.attempts + 1;
+    if counted && failures >= MAX_ATTEMPTS {
+        return set_aside(
+            core,
+            e,
+            &format!("still failing after {failures} attempts: {error}"),
+        );
+    }
+    let wait = Backoff::REPLAY.delay(failures, retry_after);
+    tracing::warn!(
+        "{} {} failed (attempt {failures}), retrying in {:.1} s: {error}",
+        e.op.as_str(),
+        e.path,
+        wait.as_secs_f64()
+    );
+    let at = core.clock().now_ms() + wait.as_millis() as i64;
+    if let Err(db) = journal::record_failure(&core.store(), e.id, error, at, false) {
+        tracing::error!("journal: {db}");
+    }
+    core.journal_progressed();
+}
+
+fn set_aside(core: &Core, e: &Entry, error: &str) {
+    tracing::error!(
+        "{} {} set aside; its data stays in the cache until the entry is retried or dropped: {error}",
+        e.op.as_str(),
+        e.path
+    );
+    if let Err(db) = journal::record_failure(&core.store(), e.id, error, core.clock().now_ms(), true) {
+        tracing::error!("journal: {db}");
+    }
+    core.journal_progressed();
+}
+
+async fn preconditions_honored(core: &Arc<Core>) -> Result<bool, RemoteError> {
+    core.preconditions
+        .get_or_try_init(|| core.remote().preconditions_honored())
+        .await
+        .copied()
+}
+
+async fn partial_put_supported(core: &Arc<Core>) -> Result<bool, RemoteError> {
+    core.partial_put
+        .get_or_try_init(|| core.remote().partial_put_supported())
+        .await
+        .copied()
+}

@@ -1,0 +1,134 @@
+//! Renames (MOVE with `Overwrite: F`): a target that somebody else created keeps its
+//! place, and ours goes beside it as a conflict copy.
+
+use std::time::SystemTime;
+
+use std::sync::Arc;
+
+use super::{done, ReplayResult};
+use crate::fs::Core;
+use crate::journal::{self, Entry};
+use crate::remote::RemoteError;
+use crate::store;
+
+use super::conflict::{conflict_name, host_name};
+use super::parents::with_parents;
+use super::ReplayError;
+use rusqlite::params;
+
+pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
+    let Some(dest) = e.dest.as_deref() else {
+        return Err(ReplayError::Remote(RemoteError::BadReply(format!(
+            "journal entry {}: a move without a destination",
+            e.id
+        ))));
+    };
+    // Overwrite: F. The journal deletes a replaced target first (conditionally); if
+    // something is still there, it is somebody else's and must not be clobbered.
+    let moved = core.remote().rename_no_replace(&e.path, dest, e.is_dir).await;
+    let moved = match moved {
+        // The destination's folder may be gone on the server (409), or the source (404,
+        // or a 5xx from servers that fail a MOVE of nothing): look before deciding.
+        Err(RemoteError::Refused { status: 409, .. })
+        | Err(RemoteError::NotFound)
+        | Err(RemoteError::Server { .. }) => match core.remote().stat(&e.path).await? {
+            None if e.is_dir && core.remote().stat(dest).await?.is_none() => {
+                return folder_gone(core, e, dest).await;
+            }
+            // Gone: the cases below tell an earlier attempt's success from a file
+            // whose upload never happened.
+            None => Err(RemoteError::NotFound),
+            Some(_) => {
+                with_parents(core, e, dest, || async {
+                    Ok(core.remote().rename_no_replace(&e.path, dest, e.is_dir).await?)
+                })
+                .await?;
+                Ok(())
+            }
+        },
+        other => other,
+    };
+    match moved {
+        Ok(()) => {}
+        Err(RemoteError::PreconditionFailed) => {
+            let (dir, name) = dest.rsplit_once('/').unwrap_or(("", dest));
+            let aside = format!(
+                "{dir}/{}",
+                conflict_name(name, &host_name(), SystemTime::now())
+            );
+            core.remote()
+                .rename_no_replace(&e.path, &aside, e.is_dir)
+                .await?;
+            tracing::warn!(
+                "conflict: {dest} exists on the remote with somebody else's version; {} was moved to {aside} instead",
+                e.path
+            );
+            let conn = core.store();
+            journal::record_conflict(&conn, dest, &aside, None, None)?;
+            return done(core, &conn, e.id);
+        }
+        // Replayed after a crash that came between the MOVE and its record: done already.
+        Err(RemoteError::NotFound) if core.remote().stat(dest).await?.is_some() => {}
+        // Moving something whose upload never happened (it was cut off, then the file
+        // was renamed): nothing to move; the file goes up under its current name.
+        Err(RemoteError::NotFound) if !e.is_dir => {
+            let conn = core.store();
+            let node = store::get_node(&conn, e.ino)?;
+            match node {
+                Some(n) if n.on_remote => return Err(RemoteError::NotFound.into()),
+                Some(n) if n.dirty => {
+                    if let Some(path) = store::path_of(&conn, e.ino)? {
+                        journal::record_put(&conn, e.ino, &path)?;
+                    }
+                }
+                Some(_) | None => {}
+            }
+            tracing::info!(
+                "move {} -> {dest}: nothing there yet, the upload goes to the new name",
+                e.path
+            );
+            return done(core, &conn, e.id);
+        }
+        Err(err) => return Err(err.into()),
+    }
+    // Some servers give a moved file a new ETag; the version there is still ours.
+    let new_etag = if e.is_dir {
+        None
+    } else {
+        core.remote().stat(dest).await?.and_then(|s| s.etag)
+    };
+    let conn = core.store();
+    let tx = conn.unchecked_transaction()?;
+    if let Some(etag) = new_etag {
+        tx.execute(
+            "UPDATE nodes SET etag = ?2, content_etag = CASE WHEN content_etag = etag \
+             THEN ?2 ELSE content_etag END WHERE ino = ?1 AND on_remote = 1",
+            params![e.ino as i64, etag],
+        )?;
+        journal::rebase_deletes(&tx, e.ino, Some(&etag))?;
+    }
+    done(core, &tx, e.id)?;
+    Ok(tx.commit()?)
+}
+
+/// A folder to be moved is gone on the server (another client removed it): it is
+/// created at its new place, and the waiting changes inside it go there as recorded.
+/// Its unchanged files went with the other client's removal; changed ones are uploaded.
+async fn folder_gone(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult {
+    with_parents(core, e, dest, || async { Ok(core.remote().mkcol(dest).await?) }).await?;
+    tracing::warn!(
+        "conflict: {} was removed on the server before its move here; created {dest} again",
+        e.path
+    );
+    let conn = core.store();
+    let tx = conn.unchecked_transaction()?;
+    journal::record_conflict_because(
+        &tx,
+        &e.path,
+        dest,
+        "folder removed on the server, local changes kept",
+    )?;
+    done(core, &tx, e.id)?;
+    Ok(tx.commit()?)
+}
+

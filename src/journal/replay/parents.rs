@@ -1,0 +1,146 @@
+//! Folders that vanished on the server under waiting changes. Another client removed a
+//! folder (or replaced it with a file) while changes inside it waited here: the server
+//! answers 409 (or 404) to them, and would forever. Nothing local is given up:
+//! - a folder that is gone is created again, the change goes on, and a conflict says
+//!   "folder removed on the server, local changes kept";
+//! - a folder whose name now holds a file is recreated beside it as
+//!   `name (conflict <host> <time>)`, the local folder takes that name, and the waiting
+//!   changes inside it follow.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::conflict::{conflict_name, host_name};
+use super::ReplayResult;
+use crate::fs::Core;
+use crate::journal::{self, Entry};
+use crate::store;
+
+/// The state of the folders above a path on the server.
+enum Parents {
+    /// All there: the refusal was about something else.
+    Present,
+    /// The topmost of the folders that were missing and are created again now.
+    Recreated(String),
+    /// This folder's name holds a file.
+    File(String),
+}
+
+async fn restore(core: &Arc<Core>, path: &str) -> ReplayResult<Parents> {
+    let remote = core.remote().clone();
+    let mut dirs: Vec<&str> = journal::ancestors(path).collect();
+    dirs.reverse();
+    let mut recreated = None;
+    for dir in dirs {
+        match remote.stat(dir).await? {
+            Some(s) if s.is_dir => {}
+            Some(_) => return Ok(Parents::File(dir.to_string())),
+            None => {
+                remote.mkcol(dir).await?;
+                recreated.get_or_insert_with(|| dir.to_string());
+            }
+        }
+    }
+    Ok(match recreated {
+        Some(d) => Parents::Recreated(d),
+        None => Parents::Present,
+    })
+}
+
+/// What became of the folders above `path`, after a refusal that may mean one is gone.
+pub(super) enum Repair {
+    /// Nothing was missing: the refusal stands.
+    NotParents,
+    /// The folders are there again: try the change again now.
+    Again,
+    /// The change's paths were moved aside: it goes again from the journal.
+    Moved,
+}
+
+pub(super) async fn repair(core: &Arc<Core>, e: &Entry, path: &str) -> ReplayResult<Repair> {
+    match restore(core, path).await? {
+        Parents::Present => Ok(Repair::NotParents),
+        Parents::Recreated(dir) => {
+            tracing::warn!(
+                "conflict: {dir} was removed on the server while changes inside it waited \
+                 here; created it again for {} {}",
+                e.op.as_str(),
+                e.path
+            );
+            journal::record_conflict_because(
+                &core.store(),
+                &dir,
+                &dir,
+                "folder removed on the server, local changes kept",
+            )?;
+            Ok(Repair::Again)
+        }
+        Parents::File(dir) => {
+            move_aside(core, &dir).await?;
+            Ok(Repair::Moved)
+        }
+    }
+}
+
+/// A file took the name of folder `dir` on the server: our folder goes beside it.
+async fn move_aside(core: &Arc<Core>, dir: &str) -> ReplayResult<()> {
+    let (parent, name) = dir.rsplit_once('/').unwrap_or(("", dir));
+    let aside_name = conflict_name(name, &host_name(), SystemTime::now());
+    let aside = format!("{parent}/{aside_name}");
+    core.remote().mkcol(&aside).await?;
+    tracing::warn!(
+        "conflict: {dir} is a file on the server now; the local folder and the changes \
+         waiting inside it go to {aside}"
+    );
+    let conn = core.store();
+    let tx = conn.unchecked_transaction()?;
+    journal::rewrite_prefix(&tx, dir, &aside)?;
+    if let Some(node) = store::node_at_path(&tx, dir)? {
+        if node.is_dir() && store::get_child(&tx, node.parent, &aside_name)?.is_none() {
+            store::move_dir_aside(&tx, node.ino, &aside_name)?;
+        }
+    }
+    journal::record_conflict_because(
+        &tx,
+        dir,
+        &aside,
+        "folder replaced by a file on the server, local folder kept beside it",
+    )?;
+    tx.commit()?;
+    drop(conn);
+    core.remote_changing();
+    Ok(())
+}
+
+/// Refusals that can mean a folder above the path is missing or is a file.
+pub(super) fn parent_refusal(err: &crate::remote::RemoteError) -> bool {
+    use crate::remote::RemoteError;
+    matches!(err, RemoteError::Refused { status: 409, .. } | RemoteError::NotFound)
+}
+
+/// Runs `attempt`; when the server refuses it because a folder above `path` is gone,
+/// repairs the folders and runs it once more.
+pub(super) async fn with_parents<F, Fut>(
+    core: &Arc<Core>,
+    e: &Entry,
+    path: &str,
+    mut attempt: F,
+) -> ReplayResult
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ReplayResult>,
+{
+    match attempt().await {
+        Err(super::ReplayError::Remote(err)) if parent_refusal(&err) => {
+            match repair(core, e, path).await? {
+                Repair::Again => attempt().await,
+                Repair::Moved => Err(super::ReplayError::Later(format!(
+                    "{}: a folder above it was moved aside; it goes again from the journal",
+                    e.path
+                ))),
+                Repair::NotParents => Err(err.into()),
+            }
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,246 @@
+//! Uploads: whole files from a snapshot or streamed, large ones in resumable parts, each
+//! held to the remote version it was based on (`If-Match` / `If-None-Match`).
+
+use std::sync::Arc;
+
+use rusqlite::params;
+
+use super::{done, ReplayResult};
+use crate::fs::Core;
+use crate::journal::{self, Entry};
+use crate::remote::{Precondition, RemoteError};
+use crate::store;
+use crate::cache::{hex, sha256_prefix};
+use crate::store::Kind;
+
+use super::conflict::resolve_conflict;
+use super::parents::with_parents;
+use super::{partial_put_supported, preconditions_honored, ReplayError};
+use super::COMPARE_LIMIT;
+
+pub(super) async fn put(core: &Arc<Core>, e: &Entry) -> ReplayResult {
+    with_parents(core, e, &e.path, || put_once(core, e)).await
+}
+
+async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
+    let node = store::get_node(&core.store(), e.ino)?;
+    let node = match node {
+        Some(n) if n.kind == Kind::File => n,
+        // The file is gone; the entry that removed it follows.
+        _ => return done(core, &core.store(), e.id),
+    };
+    let local_path = core.content().path(e.ino);
+    let strict = preconditions_honored(core).await?;
+    let cond = if !node.on_remote {
+        // A server that ignores If-None-Match is asked first (see below).
+        match strict {
+            true => Precondition::IfNoneMatch,
+            false => match core.remote().stat(&e.path).await? {
+                None => Precondition::IfNoneMatch,
+                Some(_) => return resolve_conflict(core, e, &node).await,
+            },
+        }
+    } else {
+        match &node.etag {
+            None => Precondition::None,
+            // A weak ETag (Apache gives one to a file changed within the last second)
+            // never passes If-Match, which compares strongly. Instead we ask for the
+            // current ETag just before the upload: unchanged means the remote still has
+            // our base version and we upload unconditionally (a change landing in the
+            // moment between the two requests is not caught); changed is a conflict.
+            // Likewise on a server that ignores If-Match.
+            Some(tag) if tag.starts_with("W/") || !strict => {
+                match core.remote().stat(&e.path).await? {
+                    // Compared weakly: Apache sends the same tag strong once the file is
+                    // a second old.
+                    Some(cur) if crate::remote::same_etag(cur.etag.as_deref(), Some(tag)) => {
+                        Precondition::None
+                    }
+                    None => Precondition::IfNoneMatch,
+                    Some(_) => return resolve_conflict(core, e, &node).await,
+                }
+            }
+            Some(tag) => Precondition::IfMatch(tag.clone()),
+        }
+    };
+    // Remember what is being sent before sending it: if the daemon dies after the server
+    // took it, the next attempt recognises its own version instead of crying conflict.
+    // Small files are sent from a snapshot, so a write landing during the upload cannot
+    // tear it; the hash then names exactly the bytes sent.
+    let snapshot = if node.size <= core.cfg.uploads.snapshot_limit {
+        Some(snapshot(&local_path, node.size)?)
+    } else {
+        None
+    };
+    let sent = match &snapshot {
+        Some((_, sha)) => Some(sha.clone()),
+        None if node.size <= COMPARE_LIMIT => {
+            Some(sha256_prefix(&local_path, node.size)?)
+        }
+        None => None,
+    };
+    if let Some(sha) = &sent {
+        journal::add_sent_hash(&core.store(), e.id, sha)?;
+    }
+    if node.size >= core.cfg.uploads.parts_from && partial_put_supported(core).await? {
+        return put_in_parts(core, e, &node, cond, sent).await;
+    }
+    let mtime = Some(store::ns_to_system_time(node.mtime_ns));
+    let reply = match snapshot {
+        Some((data, _)) => core.remote().put_bytes(&e.path, data, cond, mtime).await,
+        None => {
+            core.remote()
+                .put(&e.path, &local_path, node.size, cond, mtime)
+                .await
+        }
+    };
+    let result = match reply {
+        Ok(r) if r.etag.is_some() => Ok(r.etag),
+        Ok(_) => core
+            .remote()
+            .stat(&e.path)
+            .await
+            .map(|s| s.and_then(|s| s.etag)),
+        Err(e) => Err(e),
+    };
+    let etag = match result {
+        Ok(etag) => etag,
+        Err(RemoteError::PreconditionFailed) => return resolve_conflict(core, e, &node).await,
+        Err(err) => return Err(err.into()),
+    };
+    finish_upload(core, e, etag, sent)
+}
+
+/// A large upload, sent in parts to a scratch file beside the target and moved over it
+/// when complete, so a cut connection or a crash costs only the part in flight: the next
+/// attempt asks the server how much of the scratch file it holds and goes on from there
+/// (as long as the local version is still the one being sent). Readers of the target
+/// never see a half-written file. The precondition is checked just before the final
+/// MOVE (a change landing between that check and the MOVE is not caught).
+pub(super) async fn put_in_parts(
+    core: &Arc<Core>,
+    e: &Entry,
+    node: &store::Node,
+    cond: Precondition,
+    sent: Option<String>,
+) -> ReplayResult {
+    let remote = core.remote().clone();
+    let local_path = core.content().path(e.ino);
+    let (dir, name) = e.path.rsplit_once('/').unwrap_or(("", &e.path));
+    let scratch = format!("{dir}/.{name}.davdrive-part-{}", e.ino);
+    // The local version is named by its bytes: only a scratch file holding a prefix of
+    // exactly these may be continued.
+    let version = format!(
+        "{}:{}",
+        node.size,
+        sha256_prefix(&local_path, node.size)?
+    );
+    let (done_version, done_bytes) = journal::part_progress(&core.store(), e.id)?;
+    let mut offset = 0;
+    if done_version.as_deref() == Some(version.as_str()) && done_bytes > 0 {
+        if let Some(held) = remote.stat(&scratch).await? {
+            offset = held.size.min(node.size);
+            tracing::info!(
+                "{}: resuming upload at byte {offset} of {}",
+                e.path,
+                node.size
+            );
+        }
+    }
+    let mtime = Some(store::ns_to_system_time(node.mtime_ns));
+    while offset < node.size {
+        let len = core.cfg.uploads.part.min(node.size - offset);
+        if offset == 0 {
+            remote
+                .put(&scratch, &local_path, len, Precondition::None, mtime)
+                .await?;
+        } else {
+            remote.put_range(&scratch, &local_path, offset, len).await?;
+        }
+        offset += len;
+        journal::set_part_progress(&core.store(), e.id, &version, offset)?;
+    }
+    let held = remote.stat(&scratch).await?.map(|s| s.size);
+    if held != Some(node.size) {
+        journal::set_part_progress(&core.store(), e.id, &version, 0)?;
+        return Err(ReplayError::Remote(RemoteError::BadReply(format!(
+            "{scratch}: server holds {held:?} bytes after sending {}",
+            node.size
+        ))));
+    }
+    let current = remote.stat(&e.path).await?;
+    let unchanged = match &cond {
+        Precondition::IfNoneMatch => current.is_none(),
+        Precondition::IfMatch(tag) => current.as_ref().and_then(|c| c.etag.as_ref()) == Some(tag),
+        Precondition::None => true,
+    };
+    if !unchanged {
+        let _ = remote.delete(&scratch, false).await;
+        return resolve_conflict(core, e, node).await;
+    }
+    remote.rename(&scratch, &e.path, false).await?;
+    let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
+    finish_upload(core, e, etag, sent)
+}
+
+/// PUTs a whole file and returns the new version's ETag (asking for it when the server
+/// sends none with the reply, as some do).
+pub(super) async fn upload_whole(
+    remote: &Arc<dyn crate::remote::Remote>,
+    path: &str,
+    local: &std::path::Path,
+    node: &store::Node,
+    cond: Precondition,
+) -> Result<Option<String>, RemoteError> {
+    let mtime = Some(store::ns_to_system_time(node.mtime_ns));
+    let reply = remote.put(path, local, node.size, cond, mtime).await?;
+    match reply.etag {
+        Some(t) => Ok(Some(t)),
+        None => Ok(remote.stat(path).await?.and_then(|s| s.etag)),
+    }
+}
+
+/// Reads the first `len` bytes of the content file for one upload attempt, so a write
+/// landing during the upload cannot tear it. Held in memory: a full cache disk has no
+/// room for a copy, and uploading is what makes room.
+pub(super) fn snapshot(content: &std::path::Path, len: u64) -> std::io::Result<(bytes::Bytes, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut data = Vec::with_capacity(len as usize);
+    std::fs::File::open(content)?
+        .take(len)
+        .read_to_end(&mut data)?;
+    if data.len() as u64 != len {
+        return Err(std::io::Error::other(format!(
+            "{}: has {} bytes, {len} to upload",
+            content.display(),
+            data.len()
+        )));
+    }
+    let sha = hex(&Sha256::digest(&data));
+    Ok((data.into(), sha))
+}
+
+pub(super) fn finish_upload(
+    core: &Arc<Core>,
+    e: &Entry,
+    etag: Option<String>,
+    sha256: Option<String>,
+) -> ReplayResult {
+    let conn = core.store();
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
+        "UPDATE nodes SET etag = ?2, on_remote = 1, sha256 = ?3, content_etag = ?2, \
+         remote_checksum = NULL WHERE ino = ?1",
+        params![e.ino as i64, etag, sha256],
+    )
+    ?;
+    journal::rebase_deletes(&tx, e.ino, etag.as_deref())?;
+    let more = journal::has_pending_put(&tx, e.ino, e.id)?;
+    if !more && !core.is_write_dirty(e.ino) {
+        store::set_dirty(&tx, e.ino, false)?;
+    }
+    done(core, &tx, e.id)?;
+    Ok(tx.commit()?)
+}
+

@@ -1,0 +1,995 @@
+//! An in-memory `Remote` for hermetic tests: a tree that answers as Apache mod_dav does
+//! (seen through the WebDAV client's status mapping), plus fault hooks (offline, latency,
+//! injected statuses, lost replies), another client's direct changes and a request log.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use reqwest::StatusCode;
+
+use super::client::{normalize, quote_etag, status_error};
+use super::{Entry, Precondition, PutReply, RangeReply, Remote, RemoteError, ServerInfo};
+
+/// The request a call makes on the wire: what rules match and the log records.
+/// `quota` is a `Stat` of "/" (PROPFIND Depth 0), `partial_put_supported` and
+/// `preconditions_honored` are `Probe`s of "/", `delete_if_match` is a `Delete`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Stat,
+    List,
+    Get,
+    Put,
+    PutRange,
+    Mkcol,
+    Delete,
+    Move,
+    Probe,
+}
+
+/// Which paths a rule applies to. A `Move` matches on its source or its destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Any,
+    Exact(String),
+    /// The path itself and everything below it.
+    Subtree(String),
+}
+
+/// What a matching rule does to the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server answers this status, nothing is applied, and it maps as `WebDav` maps
+    /// it: 404 on `stat` is `Ok(None)`, 404 on `delete` and 405 on `mkcol` are `Ok(())`,
+    /// 416 on `get_range` is empty data, 401/403 on `probe` is `Unauthorized`; the rest
+    /// go through `status_error`, so 423 or 503 come out exactly as from `WebDav`
+    /// (with no `retry_after`: no Retry-After header is simulated).
+    Status(u16),
+    /// The request never reaches the server.
+    Transport,
+    /// The server applies the request, then the reply is lost: a `Transport` error.
+    LostReply,
+    /// The call waits this long (`tokio::time::sleep`), then proceeds normally.
+    Delay(Duration),
+}
+
+/// A fault rule: `Rule::on(Method::Put).at("/a").outcome(Outcome::Status(423)).times(1)`.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `None`: any method.
+    pub method: Option<Method>,
+    pub path: PathMatch,
+    /// Only the first N matching calls; `None`: all of them.
+    pub times: Option<usize>,
+    pub outcome: Outcome,
+}
+
+impl Rule {
+    /// One method, any path, every call; the outcome is `Transport` until set.
+    pub fn on(method: Method) -> Rule {
+        let (path, outcome) = (PathMatch::Any, Outcome::Transport);
+        Rule {
+            method: Some(method),
+            path,
+            times: None,
+            outcome,
+        }
+    }
+    pub fn any_method() -> Rule {
+        let mut rule = Rule::on(Method::Stat);
+        rule.method = None;
+        rule
+    }
+    pub fn at(mut self, path: &str) -> Rule {
+        self.path = PathMatch::Exact(normalize(path));
+        self
+    }
+    pub fn under(mut self, path: &str) -> Rule {
+        self.path = PathMatch::Subtree(normalize(path));
+        self
+    }
+    pub fn times(mut self, n: usize) -> Rule {
+        self.times = Some(n);
+        self
+    }
+    pub fn outcome(self, outcome: Outcome) -> Rule {
+        Rule { outcome, ..self }
+    }
+}
+
+pub type RuleId = u64;
+
+/// One resource in `MemRemote::snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemItem {
+    Dir,
+    File(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    /// `None` for a collection: content and ETag of a file. Collections carry no ETag
+    /// (Apache's change with every member; nothing here needs them).
+    file: Option<(Bytes, String)>,
+    mtime: SystemTime,
+}
+
+impl Node {
+    fn new(file: Option<(Bytes, String)>) -> Node {
+        let mtime = now();
+        Node { file, mtime }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    tree: BTreeMap<String, Node>,
+    /// One counter for all files: every content change or move takes a new value, so
+    /// an ETag is never reused.
+    next_tag: u64,
+    rules: Vec<(RuleId, Rule)>,
+    next_rule: RuleId,
+    log: Vec<(Method, String)>,
+    offline: bool,
+    latency: Duration,
+    no_partial_put: bool,
+    ignore_preconditions: bool,
+    quota: (Option<u64>, Option<u64>),
+}
+
+/// The in-memory remote; share it as `Arc<MemRemote>` between the code under test and
+/// the test. Each trait call is one request: unlike `WebDav`, nothing is retried here.
+pub struct MemRemote {
+    state: Mutex<State>,
+}
+
+impl Default for MemRemote {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the fault hooks let through.
+enum Gate {
+    Go,
+    Lost,
+    /// An injected status the client reads as a success that did nothing.
+    Empty,
+}
+
+impl MemRemote {
+    /// Just "/", online, no latency, partial PUT and preconditions honoured, no quota.
+    pub fn new() -> MemRemote {
+        let mut state = State::default();
+        state.tree.insert("/".to_string(), Node::new(None));
+        MemRemote {
+            state: Mutex::new(state),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock must not hide the real failure.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// While offline every call fails with `Transport` (after the latency).
+    pub fn set_offline(&self, offline: bool) {
+        self.lock().offline = offline;
+    }
+    /// Every call first sleeps this long with `tokio::time::sleep`.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+    /// What `partial_put_supported` answers; when false, `put_range` is `Refused{400}`.
+    pub fn set_partial_put(&self, supported: bool) {
+        self.lock().no_partial_put = !supported;
+    }
+    /// When false, If-Match and If-None-Match are ignored and writes go through, as on
+    /// `rclone serve webdav`, and `preconditions_honored` answers false.
+    pub fn set_preconditions_honored(&self, honored: bool) {
+        self.lock().ignore_preconditions = !honored;
+    }
+    /// What `quota` answers: (available, used).
+    pub fn set_quota(&self, available: Option<u64>, used: Option<u64>) {
+        self.lock().quota = (available, used);
+    }
+
+    /// The first matching rule with uses left decides, in insertion order.
+    pub fn inject(&self, rule: Rule) -> RuleId {
+        let mut s = self.lock();
+        s.next_rule += 1;
+        let id = s.next_rule;
+        s.rules.push((id, rule));
+        id
+    }
+    /// False when there is no such rule (used-up rules stay until removed or cleared).
+    pub fn remove_rule(&self, id: RuleId) -> bool {
+        let mut s = self.lock();
+        let before = s.rules.len();
+        s.rules.retain(|(i, _)| *i != id);
+        s.rules.len() != before
+    }
+    pub fn clear_rules(&self) {
+        self.lock().rules.clear();
+    }
+
+    /// Another client writes a file: no rules, log or preconditions. The parent must be a
+    /// collection (`Refused{409}` otherwise). Returns the new ETag.
+    pub fn other_put(&self, path: &str, data: impl Into<Bytes>) -> Result<String, RemoteError> {
+        self.lock().write(&normalize(path), data.into())
+    }
+    /// Another client's MKCOL, with `mkcol`'s answers.
+    pub fn other_mkdir(&self, path: &str) -> Result<(), RemoteError> {
+        self.lock().mkcol(&normalize(path))
+    }
+    /// Another client's recursive DELETE; `NotFound` when missing, so typos show.
+    pub fn other_delete(&self, path: &str) -> Result<(), RemoteError> {
+        let (path, mut s) = (normalize(path), self.lock());
+        match s.tree.contains_key(&path) {
+            true => s.delete(&path),
+            false => Err(RemoteError::NotFound),
+        }
+    }
+    /// Another client's MOVE with `Overwrite: T`, with `rename`'s answers.
+    pub fn other_move(&self, from: &str, to: &str) -> Result<(), RemoteError> {
+        self.lock().mv(&normalize(from), &normalize(to), true)
+    }
+
+    /// Every resource but the root.
+    pub fn snapshot(&self) -> BTreeMap<String, MemItem> {
+        let s = self.lock();
+        let item = |n: &Node| {
+            n.file
+                .as_ref()
+                .map_or(MemItem::Dir, |f| MemItem::File(f.0.to_vec()))
+        };
+        s.tree
+            .iter()
+            .filter(|(k, _)| *k != "/")
+            .map(|(k, n)| (k.clone(), item(n)))
+            .collect()
+    }
+    /// A file's content; `None` for a collection or nothing.
+    pub fn read(&self, path: &str) -> Option<Vec<u8>> {
+        self.lock().file(&normalize(path)).map(|f| f.0.to_vec())
+    }
+    /// A file's current ETag, quoted; `None` for a collection or nothing.
+    pub fn etag(&self, path: &str) -> Option<String> {
+        self.lock().file(&normalize(path)).map(|f| f.1.clone())
+    }
+
+    /// Calls made of this kind, whatever came of them (offline and failed ones too).
+    pub fn count(&self, method: Method) -> usize {
+        self.lock().log.iter().filter(|(m, _)| *m == method).count()
+    }
+    /// Calls of this kind at `path` (a `Move` is logged at its source).
+    pub fn count_at(&self, method: Method, path: &str) -> usize {
+        let path = normalize(path);
+        self.lock()
+            .log
+            .iter()
+            .filter(|(m, p)| *m == method && *p == path)
+            .count()
+    }
+    /// Every call so far, in order, with its (normalized) path.
+    pub fn requests(&self) -> Vec<(Method, String)> {
+        self.lock().log.clone()
+    }
+    pub fn clear_log(&self) {
+        self.lock().log.clear();
+    }
+
+    /// Logs the call, waits the latency, then applies offline mode and the rules.
+    /// The lock is never held across a sleep.
+    async fn gate(&self, m: Method, path: &str, to: Option<&str>) -> Result<Gate, RemoteError> {
+        let latency = {
+            let mut s = self.lock();
+            s.log.push((m, path.to_string()));
+            s.latency
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let outcome = self.lock().admit(m, path, to)?;
+        match outcome {
+            None => Ok(Gate::Go),
+            Some(Outcome::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                // The link may have gone down while the request was held up.
+                self.lock().admit(m, path, None).map(|_| Gate::Go)
+            }
+            Some(Outcome::Transport) => Err(RemoteError::Transport("injected".into())),
+            Some(Outcome::LostReply) => Ok(Gate::Lost),
+            Some(Outcome::Status(code)) => injected(m, code).map(|_| Gate::Empty),
+        }
+    }
+
+    /// Runs `op` on the tree as the gate says.
+    fn apply<T>(
+        &self,
+        gate: Gate,
+        empty: T,
+        op: impl FnOnce(&mut State) -> Result<T, RemoteError>,
+    ) -> Result<T, RemoteError> {
+        match gate {
+            Gate::Go => op(&mut self.lock()),
+            Gate::Empty => Ok(empty),
+            Gate::Lost => {
+                let _ = op(&mut self.lock());
+                Err(RemoteError::Transport(
+                    "injected: reply lost after the request was applied".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// An injected status as `WebDav` reads it for this method: `Ok` for those it takes as
+/// a success that did nothing.
+fn injected(m: Method, code: u16) -> Result<(), RemoteError> {
+    match (m, code) {
+        (Method::Stat | Method::Delete, 404) | (Method::Mkcol, 405) | (Method::Get, 416) => Ok(()),
+        (Method::Delete | Method::Move, 207) => Err(refused(207, "collection only partly done")),
+        (Method::Probe, 401 | 403) => Err(RemoteError::Unauthorized(code)),
+        (Method::Probe, 400 | 405 | 501) => {
+            Err(RemoteError::NotDav(format!("PROPFIND answered {code}")))
+        }
+        _ => Err(status_error(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        )),
+    }
+}
+
+impl State {
+    /// Offline mode, then the first matching rule with uses left (which uses one up).
+    fn admit(
+        &mut self,
+        m: Method,
+        path: &str,
+        to: Option<&str>,
+    ) -> Result<Option<Outcome>, RemoteError> {
+        if self.offline {
+            return Err(RemoteError::Transport("memory remote is offline".into()));
+        }
+        let hit = |p: &PathMatch, path: &str| match p {
+            PathMatch::Any => true,
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Subtree(p) => in_subtree(path, p),
+        };
+        let Some((_, rule)) = self.rules.iter_mut().find(|(_, r)| {
+            r.times != Some(0)
+                && r.method.is_none_or(|x| x == m)
+                && (hit(&r.path, path) || to.is_some_and(|t| hit(&r.path, t)))
+        }) else {
+            return Ok(None);
+        };
+        if let Some(n) = rule.times.as_mut() {
+            *n -= 1;
+        }
+        Ok(Some(rule.outcome.clone()))
+    }
+
+    fn tag(&mut self) -> String {
+        self.next_tag += 1;
+        format!("\"m{}\"", self.next_tag)
+    }
+
+    fn entry(&self, path: &str) -> Option<Entry> {
+        let n = self.tree.get(path)?;
+        Some(Entry {
+            name: path[path.rfind('/').map_or(0, |i| i + 1)..].to_string(),
+            is_dir: n.file.is_none(),
+            size: n.file.as_ref().map_or(0, |f| f.0.len() as u64),
+            mtime: Some(n.mtime),
+            etag: n.file.as_ref().map(|f| f.1.clone()),
+            checksum: None,
+        })
+    }
+
+    /// Content and ETag of the file at `path`.
+    fn file(&self, path: &str) -> Option<&(Bytes, String)> {
+        self.tree.get(path)?.file.as_ref()
+    }
+
+    fn is_dir(&self, path: &str) -> bool {
+        self.tree.get(path).is_some_and(|n| n.file.is_none())
+    }
+
+    /// Apache answers 409 Conflict when the parent is missing or is not a collection.
+    fn need_parent(&self, path: &str) -> Result<(), RemoteError> {
+        match self.is_dir(parent(path)) {
+            true => Ok(()),
+            false => Err(refused(409, "parent collection missing")),
+        }
+    }
+
+    /// A collection's mtime moves when its members change, as on a file system.
+    fn touch_parent(&mut self, path: &str) {
+        if let Some(p) = self.tree.get_mut(parent(path)) {
+            p.mtime = now();
+        }
+    }
+
+    /// Apache refuses a PUT onto a collection with 409 "Cannot PUT to a collection".
+    fn write(&mut self, path: &str, data: Bytes) -> Result<String, RemoteError> {
+        if self.is_dir(path) {
+            return Err(refused(409, "cannot PUT to a collection"));
+        }
+        self.need_parent(path)?;
+        let etag = self.tag();
+        let node = Node::new(Some((data, etag.clone())));
+        self.tree.insert(path.to_string(), node);
+        self.touch_parent(path);
+        Ok(etag)
+    }
+
+    /// Preconditions come before the other checks, as in mod_dav.
+    fn put(
+        &mut self,
+        path: &str,
+        data: Bytes,
+        cond: &Precondition,
+    ) -> Result<PutReply, RemoteError> {
+        let ok = self.ignore_preconditions
+            || match cond {
+                Precondition::None => true,
+                Precondition::IfMatch(t) => self.file(path).is_some_and(|f| f.1 == quote_etag(t)),
+                Precondition::IfNoneMatch => !self.tree.contains_key(path),
+            };
+        if !ok {
+            return Err(RemoteError::PreconditionFailed);
+        }
+        Ok(PutReply {
+            etag: Some(self.write(path, data)?),
+        })
+    }
+
+    /// Writes into an existing file, extending it; zeros fill a gap, as a sparse write.
+    fn put_range(&mut self, path: &str, offset: u64, part: &[u8]) -> Result<PutReply, RemoteError> {
+        if self.no_partial_put {
+            return Err(refused(400, "Content-Range on PUT not supported"));
+        }
+        if self.is_dir(path) {
+            return Err(refused(409, "cannot PUT to a collection"));
+        }
+        let Some((old, _)) = self.file(path) else {
+            return self.need_parent(path).and(Err(RemoteError::NotFound));
+        };
+        let mut data = old.to_vec();
+        let (start, end) = (offset as usize, offset as usize + part.len());
+        data.resize(data.len().max(end), 0);
+        data[start..end].copy_from_slice(part);
+        let etag = self.tag();
+        let node = Node::new(Some((data.into(), etag.clone())));
+        self.tree.insert(path.to_string(), node);
+        Ok(PutReply { etag: Some(etag) })
+    }
+
+    fn mkcol(&mut self, path: &str) -> Result<(), RemoteError> {
+        match self.tree.get(path) {
+            Some(n) if n.file.is_none() => Ok(()),
+            Some(_) => Err(refused(405, "a file exists at the MKCOL target")),
+            None => {
+                self.need_parent(path)?;
+                self.tree.insert(path.to_string(), Node::new(None));
+                self.touch_parent(path);
+                Ok(())
+            }
+        }
+    }
+
+    fn remove_subtree(&mut self, path: &str) -> Vec<(String, Node)> {
+        // A full scan: "/a b" sorts between "/a" and "/a/x", so a range would miss members.
+        let keys: Vec<String> = self
+            .tree
+            .keys()
+            .filter(|k| in_subtree(k, path))
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.tree.remove(&k).map(|n| (k, n)))
+            .collect()
+    }
+
+    /// Recursive; a missing resource is fine (`WebDav` takes 404 as done).
+    fn delete(&mut self, path: &str) -> Result<(), RemoteError> {
+        if path == "/" {
+            return Err(refused(403, "cannot delete the root collection"));
+        }
+        if !self.remove_subtree(path).is_empty() {
+            self.touch_parent(path);
+        }
+        Ok(())
+    }
+
+    /// MOVE with mod_dav's checks, in its order; moved files get new ETags.
+    fn mv(&mut self, from: &str, to: &str, overwrite: bool) -> Result<(), RemoteError> {
+        if from == "/" || to == "/" {
+            return Err(refused(403, "cannot move the root collection"));
+        }
+        if !self.tree.contains_key(from) {
+            return Err(RemoteError::NotFound);
+        }
+        if from == to || (self.is_dir(from) && in_subtree(to, from)) {
+            return Err(refused(
+                403,
+                "source and destination are the same, or nested",
+            ));
+        }
+        self.need_parent(to)?;
+        if self.tree.contains_key(to) {
+            if !overwrite {
+                return Err(RemoteError::PreconditionFailed);
+            }
+            if in_subtree(from, to) {
+                return Err(refused(403, "destination collection contains the source"));
+            }
+            self.remove_subtree(to);
+        }
+        for (key, mut node) in self.remove_subtree(from) {
+            if let Some(file) = node.file.as_mut() {
+                file.1 = self.tag();
+            }
+            self.tree
+                .insert(format!("{to}{}", &key[from.len()..]), node);
+        }
+        self.touch_parent(from);
+        self.touch_parent(to);
+        Ok(())
+    }
+}
+
+fn refused(status: u16, message: &str) -> RemoteError {
+    RemoteError::Refused {
+        status,
+        message: message.to_string(),
+    }
+}
+
+fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+fn in_subtree(path: &str, root: &str) -> bool {
+    root == "/" || path == root || path.strip_prefix(root).is_some_and(|r| r.starts_with('/'))
+}
+
+/// HTTP dates carry whole seconds, and so do mtimes here, as from a real server.
+fn now() -> SystemTime {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// `len` bytes of `local` from `offset`; `Local` when it has fewer, as in `WebDav`.
+async fn read_local(local: &Path, offset: u64, len: u64) -> Result<Bytes, RemoteError> {
+    let local_err = |e: String| RemoteError::Local(format!("{}: {e}", local.display()));
+    let all = tokio::fs::read(local)
+        .await
+        .map_err(|e| local_err(e.to_string()))?;
+    if (all.len() as u64) < offset + len {
+        return Err(local_err(format!(
+            "has {} bytes, {} to upload",
+            all.len(),
+            offset + len
+        )));
+    }
+    Ok(Bytes::from(all).slice(offset as usize..(offset + len) as usize))
+}
+
+#[async_trait]
+impl Remote for MemRemote {
+    async fn stat(&self, path: &str) -> Result<Option<Entry>, RemoteError> {
+        let path = normalize(path);
+        let gate = self.gate(Method::Stat, &path, None).await?;
+        self.apply(gate, None, |s| Ok(s.entry(&path)))
+    }
+
+    /// A file is `Refused{405}` (`WebDav` would list nothing for it).
+    async fn list(&self, path: &str) -> Result<Vec<Entry>, RemoteError> {
+        let path = normalize(path);
+        let gate = self.gate(Method::List, &path, None).await?;
+        self.apply(gate, Vec::new(), |s| match s.tree.get(&path) {
+            None => Err(RemoteError::NotFound),
+            Some(n) if n.file.is_some() => Err(refused(405, "not a collection")),
+            Some(_) => {
+                let children = s.tree.keys().filter(|k| *k != "/" && parent(k) == path);
+                Ok(children.filter_map(|k| s.entry(k)).collect())
+            }
+        })
+    }
+
+    /// Clamped to the file; past its end, empty data with `total_size` and `etag` set.
+    /// A collection is `Refused{405}`. `len == 0` sends nothing, as in `WebDav`.
+    async fn get_range(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<RangeReply, RemoteError> {
+        let empty = RangeReply {
+            data: Bytes::new(),
+            offset,
+            total_size: None,
+            etag: None,
+        };
+        if len == 0 {
+            return Ok(empty);
+        }
+        let path = normalize(path);
+        let gate = self.gate(Method::Get, &path, None).await?;
+        self.apply(gate, empty, |s| {
+            if s.is_dir(&path) {
+                return Err(refused(405, "a collection has no content"));
+            }
+            let (data, etag) = s.file(&path).ok_or(RemoteError::NotFound)?;
+            let size = data.len() as u64;
+            let (start, end) = (offset.min(size), offset.saturating_add(len).min(size));
+            let data = data.slice(start as usize..end as usize);
+            let (total_size, etag) = (Some(size), Some(etag.clone()));
+            Ok(RangeReply {
+                data,
+                offset,
+                total_size,
+                etag,
+            })
+        })
+    }
+
+    /// `mtime` is ignored, as Apache ignores `X-OC-Mtime`: the server sets its own.
+    async fn put(
+        &self,
+        path: &str,
+        local: &Path,
+        len: u64,
+        cond: Precondition,
+        mtime: Option<SystemTime>,
+    ) -> Result<PutReply, RemoteError> {
+        let data = read_local(local, 0, len).await?;
+        self.put_bytes(path, data, cond, mtime).await
+    }
+
+    async fn put_bytes(
+        &self,
+        path: &str,
+        data: Bytes,
+        cond: Precondition,
+        _mtime: Option<SystemTime>,
+    ) -> Result<PutReply, RemoteError> {
+        let path = normalize(path);
+        let gate = self.gate(Method::Put, &path, None).await?;
+        self.apply(gate, PutReply::default(), |s| s.put(&path, data, &cond))
+    }
+
+    /// A missing file is `NotFound` (`Refused{409}` when its parent is missing too).
+    async fn put_range(
+        &self,
+        path: &str,
+        local: &Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<PutReply, RemoteError> {
+        if len == 0 {
+            return Err(RemoteError::Local(format!(
+                "{}: nothing to upload",
+                local.display()
+            )));
+        }
+        let part = read_local(local, offset, len).await?;
+        let path = normalize(path);
+        let gate = self.gate(Method::PutRange, &path, None).await?;
+        self.apply(gate, PutReply::default(), |s| {
+            s.put_range(&path, offset, &part)
+        })
+    }
+
+    async fn partial_put_supported(&self) -> Result<bool, RemoteError> {
+        let gate = self.gate(Method::Probe, "/", None).await?;
+        self.apply(gate, false, |s| Ok(!s.no_partial_put))
+    }
+
+    async fn preconditions_honored(&self) -> Result<bool, RemoteError> {
+        let gate = self.gate(Method::Probe, "/", None).await?;
+        self.apply(gate, false, |s| Ok(!s.ignore_preconditions))
+    }
+
+    /// An existing file is `Refused{405}` (`WebDav::mkcol` would take that 405 as Ok).
+    async fn mkcol(&self, path: &str) -> Result<(), RemoteError> {
+        let path = normalize(path);
+        let gate = self.gate(Method::Mkcol, &path, None).await?;
+        self.apply(gate, (), |s| s.mkcol(&path))
+    }
+
+    /// `is_dir` is not checked: whatever is at `path` goes.
+    async fn delete(&self, path: &str, _is_dir: bool) -> Result<(), RemoteError> {
+        let path = normalize(path);
+        let gate = self.gate(Method::Delete, &path, None).await?;
+        self.apply(gate, (), |s| s.delete(&path))
+    }
+
+    /// A missing resource is `Ok`, as `WebDav` takes a 404.
+    async fn delete_if_match(&self, path: &str, etag: &str) -> Result<(), RemoteError> {
+        let (path, want) = (normalize(path), quote_etag(etag));
+        let gate = self.gate(Method::Delete, &path, None).await?;
+        self.apply(gate, (), |s| match s.tree.get(&path) {
+            None => Ok(()),
+            Some(n) if !s.ignore_preconditions && n.file.as_ref().is_none_or(|f| f.1 != want) => {
+                Err(RemoteError::PreconditionFailed)
+            }
+            Some(_) => s.delete(&path),
+        })
+    }
+
+    async fn rename(&self, from: &str, to: &str, _is_dir: bool) -> Result<(), RemoteError> {
+        let (from, to) = (normalize(from), normalize(to));
+        let gate = self.gate(Method::Move, &from, Some(&to)).await?;
+        self.apply(gate, (), |s| s.mv(&from, &to, true))
+    }
+
+    async fn rename_no_replace(
+        &self,
+        from: &str,
+        to: &str,
+        _is_dir: bool,
+    ) -> Result<(), RemoteError> {
+        let (from, to) = (normalize(from), normalize(to));
+        let gate = self.gate(Method::Move, &from, Some(&to)).await?;
+        self.apply(gate, (), |s| s.mv(&from, &to, false))
+    }
+
+    async fn probe(&self) -> Result<ServerInfo, RemoteError> {
+        let gate = self.gate(Method::Probe, "/", None).await?;
+        let info = |latency| ServerInfo {
+            latency,
+            dav_classes: vec!["1".into(), "2".into()],
+        };
+        self.apply(gate, info(Duration::ZERO), |s| Ok(info(s.latency)))
+    }
+
+    async fn quota(&self) -> Result<(Option<u64>, Option<u64>), RemoteError> {
+        match self.gate(Method::Stat, "/", None).await {
+            Ok(gate) => self.apply(gate, (None, None), |s| Ok(s.quota)),
+            Err(e) if e.is_transport() => Err(e),
+            // `WebDav` reads any answer but a 207 as "no quota reported".
+            Err(_) => Ok((None, None)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A result in short: "ok", "404", "412", the status of `Refused` and `Server`, "net".
+    fn k<T>(r: Result<T, RemoteError>) -> String {
+        match r {
+            Ok(_) => "ok".into(),
+            Err(RemoteError::NotFound) => "404".into(),
+            Err(RemoteError::PreconditionFailed) => "412".into(),
+            Err(RemoteError::Refused { status, .. } | RemoteError::Server { status, .. }) => {
+                status.to_string()
+            }
+            Err(RemoteError::Transport(_)) => "net".into(),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    const NONE: Precondition = Precondition::None;
+    const INM: Precondition = Precondition::IfNoneMatch;
+    fn im(tag: &str) -> Precondition {
+        Precondition::IfMatch(tag.to_string())
+    }
+
+    async fn put(
+        m: &MemRemote,
+        path: &str,
+        data: &str,
+        cond: Precondition,
+    ) -> Result<String, RemoteError> {
+        let data = Bytes::copy_from_slice(data.as_bytes());
+        Ok(m.put_bytes(path, data, cond, None)
+            .await?
+            .etag
+            .expect("an ETag"))
+    }
+
+    #[tokio::test]
+    async fn preconditions_and_etags() {
+        let m = MemRemote::new();
+        let first = put(&m, "/a.txt", "one", INM).await.unwrap();
+        assert!(first.starts_with("\"m"));
+        assert_eq!(k(put(&m, "/a.txt", "x", INM).await), "412");
+        assert_eq!(k(put(&m, "/a.txt", "x", im("\"nope\"")).await), "412");
+        assert_eq!(k(put(&m, "/b.txt", "x", im(&first)).await), "412");
+        // The bare spelling matches too: the client quotes it.
+        let second = put(&m, "/a.txt", "two", im(first.trim_matches('"'))).await;
+        let second = second.unwrap();
+        assert_ne!(first, second);
+        assert_eq!(m.read("/a.txt").unwrap(), b"two");
+        let e = m.stat("a.txt/").await.unwrap().unwrap();
+        assert_eq!(
+            (e.name, e.size, e.etag),
+            ("a.txt".into(), 3, Some(second.clone()))
+        );
+        assert_eq!(k(m.delete_if_match("/a.txt", &first).await), "412");
+        m.delete_if_match("/a.txt", &second).await.unwrap();
+        m.delete_if_match("/a.txt", &second).await.unwrap();
+        assert_eq!(m.stat("/a.txt").await.unwrap(), None);
+
+        m.set_preconditions_honored(false);
+        assert!(!m.preconditions_honored().await.unwrap());
+        put(&m, "/c", "1", im("\"nope\"")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn conflicts_on_missing_parents_and_collections() {
+        let m = MemRemote::new();
+        assert_eq!(k(put(&m, "/no/f", "x", NONE).await), "409");
+        assert_eq!(k(m.mkcol("/no/d").await), "409");
+        m.mkcol("/d").await.unwrap();
+        m.mkcol("/d").await.unwrap();
+        assert_eq!(k(put(&m, "/d", "x", NONE).await), "409");
+        put(&m, "/d/f", "x", NONE).await.unwrap();
+        assert_eq!(k(m.mkcol("/d/f").await), "405");
+        assert_eq!(k(put(&m, "/d/f/g", "x", NONE).await), "409");
+        assert_eq!(k(m.list("/d/f").await), "405");
+        assert_eq!(k(m.list("/zz").await), "404");
+        assert_eq!(k(m.other_put("/q/r", "x")), "409");
+        let list = m.list("/").await.unwrap();
+        assert_eq!(
+            (list.len(), list[0].name.as_str(), list[0].is_dir),
+            (1, "d", true)
+        );
+        m.delete("/d", true).await.unwrap();
+        m.delete("/d", true).await.unwrap();
+        assert!(m.snapshot().is_empty());
+    }
+
+    #[tokio::test]
+    async fn ranges() {
+        let m = MemRemote::new();
+        let tag = m.other_put("/f", "hello").unwrap();
+        let r = m.get_range("/f", 3, 10).await.unwrap();
+        assert_eq!(
+            (&r.data[..], r.total_size, r.etag),
+            (&b"lo"[..], Some(5), Some(tag))
+        );
+        let r = m.get_range("/f", 9, 4).await.unwrap();
+        assert!(r.data.is_empty() && r.total_size == Some(5) && r.etag.is_some());
+        assert_eq!(k(m.get_range("/g", 0, 4).await), "404");
+
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("l");
+        std::fs::write(&local, b"0123456789").unwrap();
+        m.put_range("/f", &local, 7, 3).await.unwrap();
+        assert_eq!(m.read("/f").unwrap(), b"hello\x00\x00789");
+        assert_eq!(k(m.put_range("/g", &local, 0, 1).await), "404");
+        assert!(matches!(
+            m.put_range("/f", &local, 8, 5).await,
+            Err(RemoteError::Local(_))
+        ));
+        m.put("/h", &local, 4, Precondition::None, None)
+            .await
+            .unwrap();
+        assert_eq!(m.read("/h").unwrap(), b"0123");
+        m.set_partial_put(false);
+        assert!(!m.partial_put_supported().await.unwrap());
+        assert_eq!(k(m.put_range("/f", &local, 0, 1).await), "400");
+    }
+
+    #[tokio::test]
+    async fn move_semantics() {
+        let m = MemRemote::new();
+        assert_eq!(k(m.rename("/x", "/y", false).await), "404");
+        m.other_mkdir("/d").unwrap();
+        m.other_mkdir("/d/e").unwrap();
+        let old = m.other_put("/d/e/f", "f").unwrap();
+        m.other_put("/g", "g").unwrap();
+        assert_eq!(k(m.rename("/g", "/no/g", false).await), "409");
+        assert_eq!(k(m.rename("/d", "/d/e/d2", true).await), "403");
+        assert_eq!(k(m.rename("/d", "/d", true).await), "403");
+        assert_eq!(k(m.rename_no_replace("/g", "/d", false).await), "412");
+        m.rename("/d", "/d2", true).await.unwrap();
+        assert_ne!(m.etag("/d2/e/f").unwrap(), old);
+        assert_eq!(m.read("/d2/e/f").unwrap(), b"f");
+        m.rename("/g", "/d2", false).await.unwrap();
+        let want = BTreeMap::from([("/d2".to_string(), MemItem::File(b"g".to_vec()))]);
+        assert_eq!(m.snapshot(), want);
+    }
+
+    #[tokio::test]
+    async fn rules_with_counts_and_mapping() {
+        let m = MemRemote::new();
+        let id = m.inject(
+            Rule::on(Method::Put)
+                .at("/a")
+                .outcome(Outcome::Status(503))
+                .times(2),
+        );
+        assert_eq!(k(put(&m, "/a", "1", NONE).await), "503");
+        assert_eq!(k(put(&m, "/a", "1", NONE).await), "503");
+        put(&m, "/a", "1", NONE).await.unwrap();
+        assert_eq!(m.count_at(Method::Put, "/a"), 3);
+        assert!(m.remove_rule(id) && !m.remove_rule(id));
+
+        m.inject(
+            Rule::any_method()
+                .under("/locked")
+                .outcome(Outcome::Status(423)),
+        );
+        assert_eq!(k(m.mkcol("/locked").await), "423");
+        assert_eq!(k(m.rename("/a", "/locked/a", false).await), "423");
+        m.mkcol("/lockedx").await.unwrap();
+        assert_eq!(m.stat("/a").await.unwrap().map(|e| e.size), Some(1));
+        m.clear_rules();
+
+        // Statuses the client takes as answers stay answers, and change nothing.
+        m.inject(
+            Rule::on(Method::Stat)
+                .outcome(Outcome::Status(404))
+                .times(1),
+        );
+        assert_eq!(m.stat("/a").await.unwrap(), None);
+        m.inject(
+            Rule::on(Method::Delete)
+                .outcome(Outcome::Status(404))
+                .times(1),
+        );
+        m.delete("/a", false).await.unwrap();
+        assert!(m.read("/a").is_some());
+        m.inject(
+            Rule::on(Method::Probe)
+                .outcome(Outcome::Status(401))
+                .times(1),
+        );
+        assert!(matches!(
+            m.probe().await,
+            Err(RemoteError::Unauthorized(401))
+        ));
+        assert_eq!(m.probe().await.unwrap().dav_classes, vec!["1", "2"]);
+        assert_eq!((m.count(Method::Probe), m.requests().len()), (2, 11));
+        m.clear_log();
+        assert!(m.requests().is_empty());
+    }
+
+    #[tokio::test]
+    async fn lost_reply_applies_the_request() {
+        let m = MemRemote::new();
+        m.inject(Rule::on(Method::Put).outcome(Outcome::LostReply).times(1));
+        assert_eq!(k(put(&m, "/a", "data", INM).await), "net");
+        assert_eq!(m.read("/a").unwrap(), b"data");
+        // The retry meets its own first attempt.
+        assert_eq!(k(put(&m, "/a", "data", INM).await), "412");
+        m.inject(Rule::on(Method::Move).outcome(Outcome::LostReply).times(1));
+        assert_eq!(k(m.rename("/a", "/b", false).await), "net");
+        assert!(m.read("/b").is_some() && m.read("/a").is_none());
+        m.inject(Rule::on(Method::Get).times(1));
+        assert_eq!(k(m.get_range("/b", 0, 1).await), "net");
+        assert_eq!(m.get_range("/b", 0, 1).await.unwrap().data, "d");
+    }
+
+    #[tokio::test]
+    async fn offline_and_latency() {
+        let m = MemRemote::new();
+        m.other_put("/a", "x").unwrap();
+        m.set_offline(true);
+        assert_eq!(k(m.stat("/a").await), "net");
+        assert_eq!(k(m.probe().await), "net");
+        assert_eq!(k(m.delete("/a", false).await), "net");
+        assert!(m.read("/a").is_some());
+        assert_eq!(m.count(Method::Stat), 1);
+        m.set_offline(false);
+        m.set_latency(Duration::from_millis(30));
+        m.inject(Rule::on(Method::Stat).outcome(Outcome::Delay(Duration::from_millis(30))));
+        let t = std::time::Instant::now();
+        assert!(m.stat("/a").await.unwrap().is_some());
+        assert!(t.elapsed() >= Duration::from_millis(60));
+    }
+}
