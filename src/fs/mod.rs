@@ -188,6 +188,24 @@ fn check_name(name: &str) -> FsResult<()> {
     Ok(())
 }
 
+/// Longest path (bytes) accepted for something that must reach the server. Servers
+/// store a path under their own root, within the file system's 4096-byte PATH_MAX
+/// (Apache answers 403 beyond it), and take it in a request line of about 8 KB,
+/// percent-encoded (414 beyond). A change that could never be sent is refused here with
+/// ENAMETOOLONG instead of waiting in the journal forever.
+pub const MAX_REMOTE_PATH: usize = 3800;
+const MAX_ENCODED_PATH: usize = 7600;
+
+fn check_remote_path(path: &str) -> FsResult<()> {
+    let encoded = percent_encoding::utf8_percent_encode(path, percent_encoding::NON_ALPHANUMERIC)
+        .map(str::len)
+        .sum::<usize>();
+    if path.len() > MAX_REMOTE_PATH || encoded > MAX_ENCODED_PATH {
+        return Err(FsError::NameTooLong);
+    }
+    Ok(())
+}
+
 /// Scratch files davdrive itself puts on the remote (partial uploads, capability probes);
 /// they never show in the mount.
 pub fn is_internal_name(name: &str) -> bool {
@@ -787,6 +805,7 @@ impl Core {
         if store::get_child(tx, parent, name)?.is_some() {
             return Err(FsError::Exists);
         }
+        check_remote_path(&join(&store::path_of(tx, parent)?.ok_or(FsError::NotFound)?, name))?;
         Ok(store::insert_node(
             tx,
             &NewNode {
@@ -968,6 +987,7 @@ impl Core {
             let from = store::path_of(&tx, src.ino)?.ok_or(FsError::NotFound)?;
             let to_dir = store::path_of(&tx, new_parent)?.ok_or(FsError::NotFound)?;
             let to = join(&to_dir, new_name);
+            check_remote_path(&to)?;
             let mut gone = None;
             if let Some(dst) = store::get_child(&tx, new_parent, new_name)? {
                 if dst.ino == src.ino {
