@@ -445,15 +445,18 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
     let nfiles = p.files.len();
     let mut choice = rng.below(100);
     // Keep the tree from growing without bound.
-    if nfiles > 150 && choice < 40 {
-        choice = 90 + rng.below(10);
+    if nfiles > 150 && choice < 46 {
+        choice = 87 + rng.below(13);
     }
-    if nfiles == 0 && (12..70).contains(&choice) {
+    if nfiles == 0 && (20..79).contains(&choice) {
+        choice = 0;
+    }
+    if nfiles < 40 && choice >= 79 && rng.chance(1, 2) {
         choice = 0;
     }
     match choice {
         // create + write
-        0..=11 => {
+        0..=19 => {
             let dir = p.pick_dir(rng);
             let name = p.fresh(rng, &dir, "f");
             let rel = join(&dir, &name);
@@ -467,7 +470,7 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             format!("create {rel:?} {}", data.len())
         }
         // overwrite
-        12..=19 => {
+        20..=26 => {
             let rel = p.pick_file(rng).unwrap();
             let n = rng.file_size();
             let data = rng.bytes(n);
@@ -479,7 +482,7 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             format!("overwrite {rel:?} {n}")
         }
         // append
-        20..=26 => {
+        27..=32 => {
             let rel = p.pick_file(rng).unwrap();
             let n = rng.chunk_size();
             let data = rng.bytes(n);
@@ -490,7 +493,7 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             format!("append {rel:?} {n}")
         }
         // truncate, shrink or grow
-        27..=32 => {
+        33..=38 => {
             let rel = p.pick_file(rng).unwrap();
             let len = p.files[&rel];
             let new = if rng.chance(1, 2) {
@@ -507,7 +510,7 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             format!("truncate {rel:?} {len} -> {new}")
         }
         // write at an offset (past the end now and then: a hole)
-        33..=39 => {
+        39..=45 => {
             let rel = p.pick_file(rng).unwrap();
             let len = p.files[&rel];
             let off = rng.below(len + 32 * KIB as u64 + 1);
@@ -520,7 +523,7 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             format!("write-at {rel:?} off {off} len {n} (was {len})")
         }
         // rename a file: same dir, another, deeper; now and then over an existing file
-        40..=48 => {
+        46..=54 => {
             let from = p.pick_file(rng).unwrap();
             let dir = p.pick_dir(rng);
             let others: Vec<&String> = p
@@ -544,7 +547,7 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             format!("rename {from:?} -> {to:?}{}", if replaced { " (replacing)" } else { "" })
         }
         // rename a directory: into another, deeper, or over an empty one
-        49..=54 => {
+        55..=60 => {
             let candidates: Vec<&String> = p.dirs.iter().filter(|d| !d.is_empty()).collect();
             if candidates.is_empty() {
                 return mkdir(p, rng, st);
@@ -593,8 +596,8 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             format!("rename dir {from:?} -> {to:?}{}", if replaced { " (replacing an empty one)" } else { "" })
         }
         // mkdir, nested mkdir
-        55..=60 => mkdir(p, rng, st),
-        61..=64 => {
+        61..=66 => mkdir(p, rng, st),
+        67..=70 => {
             let mut dir = p.pick_dir(rng);
             if depth(&dir) > 4 {
                 dir = String::new();
@@ -612,7 +615,7 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             format!("mkdir -p {cur:?}")
         }
         // read back and compare with the mirror
-        65..=69 => {
+        71..=76 => {
             let rel = p.pick_file(rng).unwrap();
             let got = fs::read(p.m(&rel))
                 .unwrap_or_else(|e| panic!("read {rel:?} in the mount failed: {e} ({})", errno_name(&e)));
@@ -630,7 +633,7 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             format!("read {rel:?} ok ({} bytes)", got.len())
         }
         // move one of ours into the shared subtree (gone from ours)
-        70..=71 => {
+        77..=78 => {
             let from = p.pick_file(rng).unwrap();
             let to = shared_file(rng);
             let r = fs::rename(p.m(&from), p.mnt.parent().unwrap().join(&to));
@@ -652,7 +655,7 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             }
         }
         // rmdir of an empty one, or a whole small subtree
-        72..=79 => {
+        79..=86 => {
             let empty: Vec<&String> = p
                 .dirs
                 .iter()
@@ -662,7 +665,7 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
                         && !p.files.keys().any(|x| under(x, d))
                 })
                 .collect();
-            if !empty.is_empty() && rng.chance(2, 3) {
+            if !empty.is_empty() && rng.chance(3, 4) {
                 let d = rng.pick(&empty).to_string();
                 p.both("rmdir", &[&d], |ps| fs::remove_dir(&ps[0]));
                 p.dirs.remove(&d);
@@ -674,7 +677,7 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
                 .iter()
                 .filter(|d| !d.is_empty() && p.files.keys().filter(|x| under(x, d)).count() <= 12)
                 .collect();
-            if small.is_empty() {
+            if small.is_empty() || rng.chance(1, 2) {
                 return unlink(p, rng, st);
             }
             let d = rng.pick(&small).to_string();
@@ -685,12 +688,7 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             format!("rm -r {d:?}")
         }
         // unlink
-        _ => {
-            if nfiles == 0 {
-                return mkdir(p, rng, st);
-            }
-            unlink(p, rng, st)
-        }
+        _ => unlink(p, rng, st),
     }
 }
 
@@ -708,6 +706,9 @@ fn mkdir(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
 }
 
 fn unlink(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
+    if p.files.is_empty() {
+        return mkdir(p, rng, st);
+    }
     let rel = p.pick_file(rng).unwrap();
     p.both("unlink", &[&rel], |ps| fs::remove_file(&ps[0]));
     p.files.remove(&rel);
@@ -715,19 +716,20 @@ fn unlink(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
     format!("unlink {rel:?}")
 }
 
-/// A directory of the shared subtree: `shared` and up to three levels from a small pool
-/// of names, so workers meet each other.
+/// A directory of the shared subtree: `shared` and up to three levels (mostly fewer)
+/// from a small pool of names, so workers meet each other.
 fn shared_dir(rng: &mut Rng, min_depth: u64) -> String {
     let mut s = "shared".to_string();
-    for _ in 0..min_depth + rng.below(4 - min_depth) {
-        s.push_str(&format!("/d{}", rng.below(4)));
+    let extra = [0, 0, 0, 1, 1, 2][rng.below(6) as usize];
+    for _ in 0..(min_depth + extra).min(3) {
+        s.push_str(&format!("/d{}", rng.below(3)));
     }
     s
 }
 
 fn shared_file(rng: &mut Rng) -> String {
     let d = shared_dir(rng, 0);
-    format!("{d}/f{}", rng.below(8))
+    format!("{d}/f{}", rng.below(6))
 }
 
 /// One operation in the shared subtree, where other workers race: the errors a race can
@@ -735,15 +737,15 @@ fn shared_file(rng: &mut Rng) -> String {
 fn shared_op(mnt: &Path, rng: &mut Rng, st: &mut Stats) -> String {
     let choice = rng.below(100);
     let (what, desc, r, ok): (&'static str, String, std::io::Result<()>, &[i32]) = match choice {
-        0..=9 => {
+        0..=11 => {
             let d = shared_dir(rng, 1);
             ("mkdir", d.clone(), fs::create_dir(mnt.join(&d)), &[libc::ENOENT, libc::EEXIST])
         }
-        10..=14 => {
+        12..=16 => {
             let d = shared_dir(rng, 2);
             ("mkdir-nested", d.clone(), fs::create_dir_all(mnt.join(&d)), &[libc::ENOENT, libc::EEXIST])
         }
-        15..=34 => {
+        17..=34 => {
             let f = shared_file(rng);
             let n = rng.file_size();
             let data = rng.bytes(n);
@@ -895,7 +897,7 @@ fn run_worker(job: &Job) {
         "dirs": p.dirs.len(),
         "secs": ops_done.as_secs_f64(),
     });
-    println!("STRESS-REPORT {report}");
+    println!("\nSTRESS-REPORT {report}");
 }
 
 /// Does the work of one worker process when run with `DAVDRIVE_STRESS_WORKER`; nothing
@@ -967,6 +969,7 @@ fn run_round(
         let child = Command::new(&exe)
             .args(["--exact", "stress_worker", "--nocapture", "--test-threads=1"])
             .env(WORKER_ENV, job.to_env())
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out).unwrap())
             .stderr(fs::File::create(&err).unwrap())
@@ -993,17 +996,26 @@ fn run_round(
         match status {
             Some(s) if s.success() && stdout.contains("STRESS-REPORT ") => {
                 for l in stdout.lines() {
-                    if let Some(j) = l.strip_prefix("STRESS-REPORT ") {
+                    if let Some(i) = l.find("STRESS-REPORT ") {
+                        let j = &l[i + "STRESS-REPORT ".len()..];
                         reports.push(serde_json::from_str(j).unwrap());
                     }
                 }
             }
             s => {
                 let stderr = fs::read_to_string(&err).unwrap_or_default();
+                // The panic, without the test harness's lines around it.
                 let panic_lines: Vec<&str> = stdout
                     .lines()
                     .chain(stderr.lines())
-                    .filter(|l| !l.starts_with("running ") && !l.trim().is_empty())
+                    .filter(|l| {
+                        !l.trim().is_empty()
+                            && !l.starts_with("running ")
+                            && !l.starts_with("test ")
+                            && !l.starts_with("failures:")
+                            && !l.starts_with("    stress_worker")
+                            && !l.starts_with("note: run with `RUST_BACKTRACE")
+                    })
                     .collect();
                 failures.push(format!(
                     "round {round} worker {id}: {}\n--- its output ---\n{}\n--- last operations ({}) ---\n{}",

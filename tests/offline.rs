@@ -221,7 +221,7 @@ fn permanent_refusal_keeps_the_data_and_the_rest_goes_on() {
     // Still readable locally, and the log says why.
     assert_eq!(fs::read(m.path("refused.txt")).unwrap(), b"keep me");
     wait_until(10, "log line for the refusal", || {
-        m.log_text().contains("failed for good") && m.log_text().contains("refused.txt")
+        m.log_text().contains("set aside") && m.log_text().contains("refused.txt")
     });
 }
 

@@ -473,6 +473,16 @@ impl Core {
         }
     }
 
+    /// Lists the root while mounting, so that a server going away right after the mount
+    /// leaves a drive that can list and create in its root. The listing is then marked
+    /// due again: the first look at the root online lists it afresh, so files another
+    /// client adds in between show up as if the mount had not listed it yet.
+    pub fn list_root_for_mount(&self) -> FsResult<()> {
+        self.ensure_listing(ROOT_INO)?;
+        store::mark_listing_due(&lock(&self.store), ROOT_INO)?;
+        Ok(())
+    }
+
     fn listing_stale(&self, node: &Node) -> bool {
         if !node.on_remote {
             // Created here and not yet on the remote: the local view is the whole truth.

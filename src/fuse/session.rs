@@ -316,7 +316,7 @@ fn run_inner(
     if online {
         // The root is listed as part of mounting: a server that goes away a moment
         // later leaves a mount that can still create in its root and list it.
-        if let Err(e) = core.ensure_listing(store::ROOT_INO) {
+        if let Err(e) = core.list_root_for_mount() {
             tracing::warn!("cannot list the root of {url} yet: {e}");
         }
         let kind = if read_only { KIND_HTTP } else { KIND_WEBDAV };

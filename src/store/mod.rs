@@ -598,3 +598,10 @@ pub fn move_dir_aside(conn: &Connection, ino: u64, name: &str) -> rusqlite::Resu
         .execute(params![ino as i64, name])?;
     Ok(())
 }
+
+/// Keeps directory `ino`'s listing for offline use but makes it due for a refresh.
+pub fn mark_listing_due(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET listed_at = 0 WHERE ino = ?1 AND listed_at IS NOT NULL")?
+        .execute([ino as i64])?;
+    Ok(())
+}
