@@ -112,14 +112,21 @@ async fn move_aside(core: &Arc<Core>, dir: &str) -> ReplayResult<()> {
     Ok(())
 }
 
-/// Refusals that can mean a folder above the path is missing or is a file.
+/// Refusals that can mean a folder above the path is missing or is a file: 409 (Apache,
+/// Nextcloud), 404 (some servers), and 412 to a creation with `If-None-Match: *` where
+/// nothing exists (dav-server). `restore` looks before anything is changed.
 pub(super) fn parent_refusal(err: &crate::remote::RemoteError) -> bool {
     use crate::remote::RemoteError;
-    matches!(err, RemoteError::Refused { status: 409, .. } | RemoteError::NotFound)
+    matches!(
+        err,
+        RemoteError::Refused { status: 409, .. }
+            | RemoteError::NotFound
+            | RemoteError::PreconditionFailed
+    )
 }
 
-/// Runs `attempt`; when the server refuses it because a folder above `path` is gone,
-/// repairs the folders and runs it once more.
+/// Runs `attempt`; when the server refuses it in a way that may mean a folder above
+/// `path` is gone, repairs the folders and runs it once more.
 pub(super) async fn with_parents<F, Fut>(
     core: &Arc<Core>,
     e: &Entry,
@@ -138,7 +145,10 @@ where
                     "{}: a folder above it was moved aside; it goes again from the journal",
                     e.path
                 ))),
-                Repair::NotParents => Err(err.into()),
+                // The folders are there: the refusal was about something else, or a
+                // change running beside this one repaired them a moment ago. One more
+                // try tells which.
+                Repair::NotParents => attempt().await,
             }
         }
         other => other,
