@@ -380,10 +380,7 @@ impl Core {
                     if self.is_open(ino) {
                         // Open files keep their content until closed; bound to no
                         // version, it is dropped at the next open (see below).
-                        conn.execute(
-                            "UPDATE nodes SET content_etag = 'checksum-mismatch' WHERE ino = ?1",
-                            [ino as i64],
-                        )?;
+                        store::versions::unbind_content(&conn, ino)?;
                         lock(&self.verified).remove(&ino);
                     } else {
                         store::drop_content(&conn, ino)?;
@@ -394,18 +391,14 @@ impl Core {
                     return Ok(false);
                 }
             }
-            let updated = lock(&self.store)
-                .prepare_cached(
-                    "UPDATE nodes SET sha256 = ?2 WHERE ino = ?1 AND dirty = 0 \
-                     AND content_etag IS ?3 AND etag IS ?3 AND size = ?4",
-                )?
-                .execute(rusqlite::params![
-                    ino as i64,
-                    sha,
-                    node.etag,
-                    node.size as i64
-                ])?;
-            if updated == 1 {
+            let recorded = store::versions::record_content_hash(
+                &lock(&self.store),
+                ino,
+                &sha,
+                node.etag.as_deref(),
+                node.size,
+            )?;
+            if recorded {
                 lock(&self.verified).insert(ino);
             }
             return Ok(true);
@@ -550,20 +543,17 @@ impl Core {
             node.etag,
             current.etag
         );
-        conn.prepare_cached(
-            "UPDATE nodes SET size = ?2, mtime_ns = ?3, etag = ?4, sha256 = NULL, \
-             remote_checksum = ?5 WHERE ino = ?1",
-        )?
-        .execute(rusqlite::params![
-            ino as i64,
-            current.size as i64,
+        store::versions::note_remote_version(
+            &conn,
+            ino,
+            current.etag.as_deref(),
+            current.size,
             current
                 .mtime
                 .map(store::system_time_to_ns)
                 .unwrap_or_else(store::now_ns),
-            current.etag,
-            current.checksum
-        ])?;
+            current.checksum.as_deref(),
+        )?;
         store::drop_content(&conn, ino)?;
         self.content.remove(ino);
         drop(conn);
@@ -713,15 +703,8 @@ impl Core {
         if let Some(n) = &node {
             if !more_puts && n.on_remote {
                 // Back to the remote's version: the next listing or open fetches it.
-                tx.execute(
-                    "UPDATE nodes SET dirty = 0, etag = NULL, ranges = NULL, cached_bytes = 0, \
-                     content_etag = NULL, sha256 = NULL WHERE ino = ?1",
-                    [ino as i64],
-                )?;
-                tx.execute(
-                    "UPDATE nodes SET listed_at = 0 WHERE ino = ?1 AND listed_at IS NOT NULL",
-                    [n.parent as i64],
-                )?;
+                store::versions::forget_local_changes(&tx, ino)?;
+                store::mark_listing_due(&tx, n.parent)?;
                 remove_content = true;
             } else if !more_puts {
                 // The remote never had it: without its upload it is gone.

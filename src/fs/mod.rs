@@ -560,11 +560,12 @@ impl Core {
                                     n.etag,
                                     e.etag
                                 );
-                                tx.execute(
-                                    "UPDATE nodes SET size = ?2, mtime_ns = ?3, etag = ?4, on_remote = 1, \
-                                     ranges = NULL, cached_bytes = 0, content_etag = NULL, \
-                                     sha256 = NULL WHERE ino = ?1",
-                                    rusqlite::params![n.ino as i64, e.size as i64, mtime_ns, e.etag],
+                                store::versions::adopt_remote_version(
+                                    &tx,
+                                    n.ino,
+                                    e.etag.as_deref(),
+                                    e.size,
+                                    mtime_ns,
                                 )?;
                                 store::set_remote_checksum(&tx, n.ino, e.checksum.as_deref())?;
                                 if !n.ranges.is_empty() {
@@ -572,10 +573,7 @@ impl Core {
                                 }
                             }
                         } else if !n.on_remote {
-                            tx.execute(
-                                "UPDATE nodes SET on_remote = 1 WHERE ino = ?1",
-                                [n.ino as i64],
-                            )?;
+                            store::versions::mark_on_remote(&tx, n.ino)?;
                         }
                     }
                     Some(n) => {

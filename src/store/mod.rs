@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 pub mod schema;
+pub mod versions;
 
 pub const ROOT_INO: u64 = 1;
 

@@ -158,20 +158,15 @@ pub(super) async fn resolve_conflict(
     };
     match &current {
         Some(cur) => {
-            tx.execute(
-                "UPDATE nodes SET etag = ?2, size = ?3, mtime_ns = ?4, ranges = NULL, dirty = 0, \
-                 on_remote = 1, sha256 = NULL, cached_bytes = 0, content_etag = NULL \
-                 WHERE ino = ?1",
-                params![
-                    e.ino as i64,
-                    cur.etag,
-                    cur.size as i64,
-                    cur.mtime
-                        .map(store::system_time_to_ns)
-                        .unwrap_or(node.mtime_ns)
-                ],
-            )
-            ?;
+            store::versions::adopt_remote_version(
+                &tx,
+                e.ino,
+                cur.etag.as_deref(),
+                cur.size,
+                cur.mtime
+                    .map(store::system_time_to_ns)
+                    .unwrap_or(node.mtime_ns),
+            )?;
         }
         None => {
             // Deleted on the remote: the original name goes, the conflict copy stays.

@@ -14,10 +14,7 @@ pub(super) async fn mkcol(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     .await?;
     let conn = core.store();
     let tx = conn.unchecked_transaction()?;
-    tx.execute(
-        "UPDATE nodes SET on_remote = 1 WHERE ino = ?1",
-        [e.ino as i64],
-    )?;
+    crate::store::versions::mark_on_remote(&tx, e.ino)?;
     done(core, &tx, e.id)?;
     Ok(tx.commit()?)
 }

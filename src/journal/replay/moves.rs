@@ -14,7 +14,6 @@ use crate::store;
 use super::conflict::{conflict_name, host_name};
 use super::parents::with_parents;
 use super::ReplayError;
-use rusqlite::params;
 
 pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     let Some(dest) = e.dest.as_deref() else {
@@ -100,11 +99,7 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     let conn = core.store();
     let tx = conn.unchecked_transaction()?;
     if let Some(etag) = new_etag {
-        tx.execute(
-            "UPDATE nodes SET etag = ?2, content_etag = CASE WHEN content_etag = etag \
-             THEN ?2 ELSE content_etag END WHERE ino = ?1 AND on_remote = 1",
-            params![e.ino as i64, etag],
-        )?;
+        store::versions::retag_after_move(&tx, e.ino, &etag)?;
         journal::rebase_deletes(&tx, e.ino, Some(&etag))?;
     }
     done(core, &tx, e.id)?;

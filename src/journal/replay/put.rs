@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use rusqlite::params;
 
 use super::{done, ReplayResult};
 use crate::fs::Core;
@@ -229,12 +228,7 @@ pub(super) fn finish_upload(
 ) -> ReplayResult {
     let conn = core.store();
     let tx = conn.unchecked_transaction()?;
-    tx.execute(
-        "UPDATE nodes SET etag = ?2, on_remote = 1, sha256 = ?3, content_etag = ?2, \
-         remote_checksum = NULL WHERE ino = ?1",
-        params![e.ino as i64, etag, sha256],
-    )
-    ?;
+    store::versions::mark_uploaded(&tx, e.ino, etag.as_deref(), sha256.as_deref())?;
     journal::rebase_deletes(&tx, e.ino, etag.as_deref())?;
     let more = journal::has_pending_put(&tx, e.ino, e.id)?;
     if !more && !core.is_write_dirty(e.ino) {
