@@ -378,7 +378,9 @@ impl Backups {
             }
             let _ = std::fs::remove_file(&spooled);
         }
-        // Both files are in the journal now: wait until they are on the remote.
+        // Both files are in the journal now: wait until they are on the remote, woken
+        // by the replayer's progress (and at least every 250 ms, to see a stop).
+        let mut progress = self.core.journal_progress();
         let mut said_offline = false;
         loop {
             if self.stopping.load(Ordering::Relaxed) {
@@ -402,7 +404,8 @@ impl Backups {
                     said_offline = true;
                 }
             }
-            self.sleep(Duration::from_millis(200));
+            self.core
+                .wait_journal_progress(&mut progress, Duration::from_millis(250));
         }
         for path in [&archive_path, &sum_path] {
             if let Ok(ino) = self.core.resolve_path(path) {

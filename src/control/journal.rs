@@ -33,7 +33,6 @@ pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
     );
     let deadline = Instant::now() + timeout;
     let mut progress = core.journal_progress();
-    let mut health = core.health.subscribe();
     loop {
         let (waiting, failed, _) = journal::stats(&core.store())?;
         if waiting == 0 && failed == 0 {
@@ -75,14 +74,8 @@ pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
             )));
         }
         // Woken by progress or a health change; the second is a floor for changes
-        // neither reports (an entry set aside by another command).
-        core.runtime().block_on(async {
-            tokio::select! {
-                _ = progress.changed() => {}
-                _ = health.changed() => {}
-                _ = tokio::time::sleep(left.min(Duration::from_secs(1))) => {}
-            }
-        });
+        // neither reports (an entry dropped by another command).
+        core.wait_journal_progress(&mut progress, left.min(Duration::from_secs(1)));
     }
 }
 

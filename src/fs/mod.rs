@@ -696,6 +696,23 @@ impl Core {
         self.journal_progress.subscribe()
     }
 
+    /// Blocks (never on a runtime thread) until the journal makes progress, the remote's
+    /// health changes, or `at_most` passes.
+    pub fn wait_journal_progress(
+        &self,
+        progress: &mut tokio::sync::watch::Receiver<u64>,
+        at_most: Duration,
+    ) {
+        let mut health = self.health.subscribe();
+        self.rt.block_on(async {
+            tokio::select! {
+                _ = progress.changed() => {}
+                _ = health.changed() => {}
+                _ = tokio::time::sleep(at_most) => {}
+            }
+        });
+    }
+
     pub fn remote_changing(&self) {
         self.remote_epoch.fetch_add(1, Ordering::SeqCst);
     }

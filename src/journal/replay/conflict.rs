@@ -12,7 +12,6 @@ use crate::fs::Core;
 use crate::journal::{self, Entry};
 use crate::remote::Precondition;
 use crate::store;
-use crate::cache::hex;
 use crate::store::{Kind, NewNode, RangeSet};
 
 use super::put::{finish_upload, upload_whole};
@@ -40,16 +39,18 @@ pub(super) async fn resolve_conflict(
             } else {
                 remote.get_range(&e.path, 0, cur.size).await?.data
             };
-            let ours = std::fs::read(&local_path)?;
-            let ours = &ours[..(node.size as usize).min(ours.len())];
-            let theirs_sha = {
-                use sha2::{Digest, Sha256};
-                hex(&Sha256::digest(&theirs))
+            let ours = {
+                let (path, size) = (local_path.clone(), node.size as usize);
+                super::blocking(move || {
+                    let mut data = std::fs::read(&path)?;
+                    data.truncate(size);
+                    Ok(bytes::Bytes::from(data))
+                })
+                .await?
             };
-            let ours_sha = {
-                use sha2::{Digest, Sha256};
-                hex(&Sha256::digest(ours))
-            };
+            let theirs_sha = super::sha256_of(theirs.clone()).await?;
+            let ours_sha = super::sha256_of(ours.clone()).await?;
+            let ours = &ours[..];
             if theirs_sha == ours_sha {
                 tracing::info!("{}: remote already holds this version", e.path);
                 return finish_upload(core, e, cur.etag.clone(), Some(ours_sha));

@@ -7,7 +7,6 @@ use super::{done, ReplayResult};
 use crate::fs::Core;
 use crate::journal::{self, Entry};
 use crate::remote::RemoteError;
-use crate::cache::hex;
 
 use super::{preconditions_honored, COMPARE_LIMIT};
 
@@ -79,10 +78,7 @@ async fn remote_is_ours(core: &Arc<Core>, e: &Entry) -> ReplayResult<bool> {
     } else {
         core.remote().get_range(&e.path, 0, cur.size).await?.data
     };
-    let sha = {
-        use sha2::{Digest, Sha256};
-        hex(&Sha256::digest(&data))
-    };
+    let sha = super::sha256_of(data).await?;
     Ok(ours.contains(&sha))
 }
 

@@ -316,6 +316,26 @@ fn set_aside(core: &Core, e: &Entry, error: &str) {
     core.journal_progressed();
 }
 
+/// Runs file reads and hashing on a blocking thread: a 64 MiB hash must not stall the
+/// async workers that carry every other request.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> ReplayResult<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(ReplayError::Io(std::io::Error::other(e))),
+    }
+}
+
+/// SHA-256 of bytes in memory, in hex, on a blocking thread.
+async fn sha256_of(data: bytes::Bytes) -> ReplayResult<String> {
+    blocking(move || {
+        use sha2::{Digest, Sha256};
+        Ok(crate::cache::hex(&Sha256::digest(&data)))
+    })
+    .await
+}
+
 async fn preconditions_honored(core: &Arc<Core>) -> Result<bool, RemoteError> {
     core.preconditions
         .get_or_try_init(|| core.remote().preconditions_honored())

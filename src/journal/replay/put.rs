@@ -67,14 +67,16 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     // Small files are sent from a snapshot, so a write landing during the upload cannot
     // tear it; the hash then names exactly the bytes sent.
     let snapshot = if node.size <= core.cfg.uploads.snapshot_limit {
-        Some(snapshot(&local_path, node.size)?)
+        let (path, size) = (local_path.clone(), node.size);
+        Some(super::blocking(move || snapshot(&path, size)).await?)
     } else {
         None
     };
     let sent = match &snapshot {
         Some((_, sha)) => Some(sha.clone()),
         None if node.size <= COMPARE_LIMIT => {
-            Some(sha256_prefix(&local_path, node.size)?)
+            let (path, size) = (local_path.clone(), node.size);
+            Some(super::blocking(move || sha256_prefix(&path, size)).await?)
         }
         None => None,
     };
@@ -129,11 +131,11 @@ pub(super) async fn put_in_parts(
     let scratch = format!("{dir}/.{name}.davdrive-part-{}", e.ino);
     // The local version is named by its bytes: only a scratch file holding a prefix of
     // exactly these may be continued.
-    let version = format!(
-        "{}:{}",
-        node.size,
-        sha256_prefix(&local_path, node.size)?
-    );
+    let hash = {
+        let (path, size) = (local_path.clone(), node.size);
+        super::blocking(move || sha256_prefix(&path, size)).await?
+    };
+    let version = format!("{}:{hash}", node.size);
     let (done_version, done_bytes) = journal::part_progress(&core.store(), e.id)?;
     let mut offset = 0;
     if done_version.as_deref() == Some(version.as_str()) && done_bytes > 0 {
