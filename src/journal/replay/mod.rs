@@ -109,6 +109,14 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
             }
             continue;
         }
+        if running.len() >= PARALLEL {
+            // Every slot is busy: only an ending task can change that.
+            tokio::select! {
+                Some(done) = tasks.join_next() => finished(&mut running, done),
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
         let ready = journal::start_ready(
             &core.store(),
             &running,
