@@ -181,7 +181,7 @@ fn escape_like(s: &str) -> String {
 }
 
 /// Whether `p` is `dir` or lies below it.
-fn at_or_under(p: &str, dir: &str) -> bool {
+pub fn at_or_under(p: &str, dir: &str) -> bool {
     p == dir
         || dir == "/"
         || (p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/')
@@ -555,13 +555,23 @@ pub fn rebase_deletes(c: &Connection, ino: u64, etag: Option<&str>) -> rusqlite:
     Ok(())
 }
 
-/// Records a conflict with its reason in words (a folder removed on the server...).
+/// Records a conflict with its reason in words (a folder removed on the server...),
+/// once: changes racing to find the same folder gone record it once.
 pub fn record_conflict_because(
     c: &Connection,
     path: &str,
     conflict_path: &str,
     reason: &str,
 ) -> rusqlite::Result<()> {
+    let known: bool = c
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM conflicts WHERE path = ?1 AND conflict_path = ?2 \
+             AND reason = ?3 AND resolved = 0)",
+        )?
+        .query_row(params![path, conflict_path, reason], |r| r.get(0))?;
+    if known {
+        return Ok(());
+    }
     c.prepare_cached(
         "INSERT INTO conflicts (path, conflict_path, created_at, reason) VALUES (?1, ?2, ?3, ?4)",
     )?

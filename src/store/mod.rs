@@ -592,6 +592,21 @@ pub fn node_at_path(conn: &Connection, path: &str) -> rusqlite::Result<Option<No
     Ok(Some(node))
 }
 
+/// Whether `dir` is `ino` or one of the folders above it.
+pub fn is_ancestor(conn: &Connection, dir: u64, ino: u64) -> rusqlite::Result<bool> {
+    let mut cur = ino;
+    for _ in 0..4096 {
+        if cur == dir {
+            return Ok(true);
+        }
+        match get_node(conn, cur)? {
+            Some(n) if n.parent != 0 && n.ino != ROOT_INO => cur = n.parent,
+            _ => return Ok(false),
+        }
+    }
+    Ok(false)
+}
+
 /// A folder moved aside locally to `name` because something else took its place on the
 /// server; the folder at the new name was created there by us.
 pub fn move_dir_aside(conn: &Connection, ino: u64, name: &str) -> rusqlite::Result<()> {

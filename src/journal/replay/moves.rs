@@ -38,11 +38,16 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
             // whose upload never happened.
             None => Err(RemoteError::NotFound),
             Some(_) => {
-                with_parents(core, e, dest, || async {
+                let again = with_parents(core, e, dest, || async {
                     Ok(core.remote().rename_no_replace(&e.path, dest, e.is_dir).await?)
                 })
-                .await?;
-                Ok(())
+                .await;
+                match again {
+                    Ok(()) => Ok(()),
+                    // 412 and the rest go through the cases below.
+                    Err(ReplayError::Remote(r)) => Err(r),
+                    Err(other) => return Err(other),
+                }
             }
         },
         other => other,

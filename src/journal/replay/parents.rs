@@ -76,14 +76,22 @@ pub(super) async fn repair(core: &Arc<Core>, e: &Entry, path: &str) -> ReplayRes
             Ok(Repair::Again)
         }
         Parents::File(dir) => {
-            move_aside(core, &dir).await?;
+            move_aside(core, e, &dir).await?;
             Ok(Repair::Moved)
         }
     }
 }
 
 /// A file took the name of folder `dir` on the server: our folder goes beside it.
-async fn move_aside(core: &Arc<Core>, dir: &str) -> ReplayResult<()> {
+async fn move_aside(core: &Arc<Core>, e: &Entry, dir: &str) -> ReplayResult<()> {
+    // A change beside this one may have moved the folder aside a moment ago: then this
+    // entry's path was rewritten already.
+    match journal::get(&core.store(), e.id)? {
+        Some(now)
+            if journal::at_or_under(&now.path, dir)
+                || now.dest.as_deref().is_some_and(|d| journal::at_or_under(d, dir)) => {}
+        _ => return Ok(()),
+    }
     let (parent, name) = dir.rsplit_once('/').unwrap_or(("", dir));
     let aside_name = conflict_name(name, &host_name(), SystemTime::now());
     let aside = format!("{parent}/{aside_name}");
@@ -95,8 +103,14 @@ async fn move_aside(core: &Arc<Core>, dir: &str) -> ReplayResult<()> {
     let conn = core.store();
     let tx = conn.unchecked_transaction()?;
     journal::rewrite_prefix(&tx, dir, &aside)?;
+    // The local folder takes the new name too, if it is still where the entry says:
+    // the folder at that path locally must hold the entry's node (a folder made there
+    // since is another one).
     if let Some(node) = store::node_at_path(&tx, dir)? {
-        if node.is_dir() && store::get_child(&tx, node.parent, &aside_name)?.is_none() {
+        if node.is_dir()
+            && store::is_ancestor(&tx, node.ino, e.ino)?
+            && store::get_child(&tx, node.parent, &aside_name)?.is_none()
+        {
             store::move_dir_aside(&tx, node.ino, &aside_name)?;
         }
     }
