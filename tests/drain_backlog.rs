@@ -249,3 +249,45 @@ fn changes_inside_a_folder_removed_on_the_server_are_kept() {
         "{reasons:?}"
     );
 }
+
+/// The same, but the other client put a file where the folder was: the file stays, our
+/// folder goes beside it under a conflict name, on the server and in the mount.
+#[test]
+fn changes_inside_a_folder_replaced_by_a_file_go_beside_it() {
+    let d = Drive::new(CacheLimits::default());
+    let offd = d.core().mkdir(ROOT_INO, "offd", 0o755, 0, 0).unwrap().ino;
+    let (_, fh) = d.core().create(offd, "doc.txt", 0o644, 0, 0).unwrap();
+    d.core().write(fh, 0, b"first version").unwrap();
+    d.core().release(fh).unwrap();
+    d.wait_drained();
+    d.server.proxy.set_fault(Fault::Refuse);
+    d.core().health.mark_offline("test");
+    let doc = d.core().lookup(offd, "doc.txt").unwrap().ino;
+    let (fh, _) = d.core().open(doc, true).unwrap();
+    d.core().write(fh, 0, b"second version").unwrap();
+    d.core().release(fh).unwrap();
+    let (_, fh) = d.core().create(offd, "new.txt", 0o644, 0, 0).unwrap();
+    d.core().write(fh, 0, b"new file").unwrap();
+    d.core().release(fh).unwrap();
+    std::fs::remove_dir_all(d.server.path("offd")).unwrap();
+    std::fs::write(d.server.path("offd"), b"their file").unwrap();
+    d.server.proxy.clear_fault();
+    common::wait_until(30, "the journal to drain", || {
+        journal::stats(&d.core().store()).unwrap() == (0, 0, None)
+    });
+    assert_eq!(std::fs::read(d.server.path("offd")).unwrap(), b"their file");
+    let aside = common::server_entry_starting(&d.server, "offd (conflict ")
+        .expect("our folder beside their file");
+    assert_eq!(
+        std::fs::read(d.server.path(&format!("{aside}/doc.txt"))).unwrap(),
+        b"second version"
+    );
+    assert_eq!(
+        std::fs::read(d.server.path(&format!("{aside}/new.txt"))).unwrap(),
+        b"new file"
+    );
+    // The mount shows our folder under its new name, with both files.
+    let local = d.core().lookup(ROOT_INO, &aside).unwrap().ino;
+    assert_eq!(local, offd);
+    assert!(d.core().lookup(local, "new.txt").is_ok());
+}

@@ -127,14 +127,18 @@ async fn move_aside(core: &Arc<Core>, e: &Entry, dir: &str) -> ReplayResult<()> 
 }
 
 /// Refusals that can mean a folder above the path is missing or is a file: 409 (Apache,
-/// Nextcloud), 404 (some servers), and 412 to a creation with `If-None-Match: *` where
-/// nothing exists (dav-server). `restore` looks before anything is changed.
+/// Nextcloud), 404 (some servers), 403 (dav-server, below a file), and 412 to a
+/// creation with `If-None-Match: *` where nothing exists (dav-server). `restore` looks
+/// before anything is changed, so a refusal for another reason costs a few PROPFINDs
+/// and one more try.
 pub(super) fn parent_refusal(err: &crate::remote::RemoteError) -> bool {
     use crate::remote::RemoteError;
     matches!(
         err,
-        RemoteError::Refused { status: 409, .. }
-            | RemoteError::NotFound
+        RemoteError::Refused {
+            status: 403 | 409,
+            ..
+        } | RemoteError::NotFound
             | RemoteError::PreconditionFailed
     )
 }
