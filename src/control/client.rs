@@ -83,8 +83,14 @@ fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-/// Prints rows as columns padded to the widest cell.
+/// Prints rows as columns padded to the widest cell. Cells hold names from the server
+/// and from other users: control characters are shown escaped (`crate::control::
+/// printable`), so a name cannot forge lines or drive the terminal.
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|r| r.iter().map(|c| crate::control::printable(c)).collect())
+        .collect();
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -598,6 +604,15 @@ mod tests {
         assert_eq!(human_age(185), "3 min");
         assert_eq!(human_age(7200), "2 h");
         assert_eq!(human_age(8 * 86400), "8 d");
+    }
+
+    #[test]
+    fn table_cells_cannot_carry_control_characters() {
+        let t = table(
+            &["PATH"],
+            vec![vec!["evil\nFAILED: fake line\x1b[2J".to_string()]],
+        );
+        assert_eq!(t, "PATH\nevil\\nFAILED: fake line\\x1b[2J\n");
     }
 
     #[test]
