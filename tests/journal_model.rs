@@ -249,6 +249,9 @@ impl Harness {
     }
 
     fn wait_drained(&self, what: &str) {
+        // As `ctl sync` does: entries waiting out a backoff from the storms go now.
+        journal::retry_waiting_now(&self.core().store()).unwrap();
+        self.core().journal_changed.notify_one();
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let (waiting, failed, _) = journal::stats(&self.core().store()).unwrap();

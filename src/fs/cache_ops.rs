@@ -499,7 +499,7 @@ impl Core {
         if crate::journal::path_pending(&lock(&self.store), &path, ino)? {
             return Ok(());
         }
-        let epoch = self.remote_epoch.load(std::sync::atomic::Ordering::SeqCst);
+        let epoch = self.remote_changes.current();
         let remote = self.remote.clone();
         let p = path.clone();
         let current = match self.call(&path, async move { remote.stat(&p).await }) {
@@ -534,7 +534,7 @@ impl Core {
         // The replayer changed the remote meanwhile (its commits take the store lock).
         if self.is_open(ino)
             || has_unsent_changes(&conn, ino)?
-            || self.remote_epoch.load(std::sync::atomic::Ordering::SeqCst) != epoch
+            || self.remote_changes.touched_since(epoch, &path, false)
         {
             return Ok(());
         }

@@ -8,6 +8,7 @@
 //! waited for with nothing locked (see `fetch`).
 
 mod cache_ops;
+mod changes;
 pub mod error;
 mod fetch;
 mod import;
@@ -152,9 +153,9 @@ pub struct Core {
     content_gen: Mutex<HashMap<u64, (u64, u64)>>,
     next_fh: AtomicU64,
     cache_dir: PathBuf,
-    /// Bumped whenever the replayer starts or finishes changing the remote: a listing
-    /// fetched across such a change may be stale and is not merged.
-    remote_epoch: AtomicU64,
+    /// What the replayer started or finished changing on the remote: a listing fetched
+    /// across a change inside it may be stale and is not merged.
+    remote_changes: changes::RemoteChanges,
     /// Whether the server takes `PUT` with `Content-Range`, once asked.
     pub partial_put: tokio::sync::OnceCell<bool>,
     /// Whether the server honours If-Match / If-None-Match, once asked.
@@ -248,7 +249,7 @@ impl Core {
             content_gen: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             cache_dir: cache_dir.to_path_buf(),
-            remote_epoch: AtomicU64::new(0),
+            remote_changes: changes::RemoteChanges::default(),
             partial_put: tokio::sync::OnceCell::new(),
             preconditions: tokio::sync::OnceCell::new(),
             me: me.clone(),
@@ -446,7 +447,7 @@ impl Core {
         }
         let mut attempt = 0;
         let result = loop {
-            let epoch = self.remote_epoch.load(Ordering::SeqCst);
+            let epoch = self.remote_changes.current();
             let remote = self.remote.clone();
             match self.call(&path, async { remote.list(&path).await }) {
                 Ok(entries) => match self.merge_listing(ino, &path, entries, epoch) {
@@ -510,7 +511,7 @@ impl Core {
         {
             let mut conn = lock(&self.store);
             // Checked under the store lock, which the replayer's commits also take.
-            if self.remote_epoch.load(Ordering::SeqCst) != epoch {
+            if self.remote_changes.touched_since(epoch, dir_path, true) {
                 return Ok(false);
             }
             let tx = conn.transaction()?;
@@ -713,8 +714,9 @@ impl Core {
         });
     }
 
-    pub fn remote_changing(&self) {
-        self.remote_epoch.fetch_add(1, Ordering::SeqCst);
+    /// The replayer starts or finishes changing these remote paths (see `changes`).
+    pub fn remote_changing(&self, paths: &[&str]) {
+        self.remote_changes.changed(paths);
     }
 
     /// The cached content of `ino` was replaced behind the kernel's back.

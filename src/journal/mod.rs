@@ -89,6 +89,15 @@ pub struct Entry {
     pub base_etag: Option<String>,
 }
 
+impl Entry {
+    /// The remote paths this entry changes.
+    pub fn paths(&self) -> Vec<&str> {
+        std::iter::once(self.path.as_str())
+            .chain(self.dest.as_deref())
+            .collect()
+    }
+}
+
 const COLUMNS: &str =
     "id, op, ino, path, dest, is_dir, created_at, attempts, next_try_at, last_error, failed, attempted, \
      base_etag";

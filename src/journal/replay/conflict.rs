@@ -194,7 +194,7 @@ pub(super) async fn resolve_conflict(
         current.as_ref().and_then(|c| c.etag.as_deref()),
     )
     ?;
-    done(core, &tx, e.id)?;
+    done(core, &tx, e)?;
     tx.commit()?;
     // After the commit: a crash in between leaves the copy without content, which its
     // next open notices (the file is shorter than the node) and fetches from the remote.

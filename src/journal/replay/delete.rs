@@ -38,12 +38,12 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         None => core.remote().delete(&e.path, e.is_dir).await,
     };
     match result {
-        Ok(()) => done(core, &core.store(), e.id),
+        Ok(()) => done(core, &core.store(), e),
         // Changed on the remote after the version deleted here: their change wins over a
         // delete, and the file comes back with the next listing.
         Err(RemoteError::PreconditionFailed) if remote_is_ours(core, e).await? => {
             core.remote().delete(&e.path, false).await?;
-            done(core, &core.store(), e.id)
+            done(core, &core.store(), e)
         }
         Err(RemoteError::PreconditionFailed) => {
             tracing::warn!(
@@ -53,7 +53,7 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
             let conn = core.store();
             journal::record_conflict(&conn, &e.path, &e.path, e.base_etag.as_deref(), None)
                 ?;
-            done(core, &conn, e.id)
+            done(core, &conn, e)
         }
         Err(err) => Err(err.into()),
     }

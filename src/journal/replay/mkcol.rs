@@ -15,7 +15,7 @@ pub(super) async fn mkcol(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     let conn = core.store();
     let tx = conn.unchecked_transaction()?;
     crate::store::versions::mark_on_remote(&tx, e.ino)?;
-    done(core, &tx, e.id)?;
+    done(core, &tx, e)?;
     Ok(tx.commit()?)
 }
 

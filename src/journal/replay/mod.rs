@@ -137,7 +137,7 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
         if !ready.is_empty() {
             summary.started(ready.len());
             for e in ready {
-                core.remote_changing();
+                core.remote_changing(&e.paths());
                 running.insert(e.id);
                 let core = core.clone();
                 tasks.spawn(async move {
@@ -232,9 +232,9 @@ async fn run_marked(core: &Arc<Core>, e: &Entry) {
 
 /// Removes a finished entry. Runs under the store lock, so a listing merge (which checks
 /// the epoch under the same lock) sees that the remote changed.
-fn done(core: &Core, conn: &rusqlite::Connection, id: i64) -> ReplayResult {
-    journal::complete(conn, id)?;
-    core.remote_changing();
+fn done(core: &Core, conn: &rusqlite::Connection, e: &Entry) -> ReplayResult {
+    journal::complete(conn, e.id)?;
+    core.remote_changing(&e.paths());
     core.journal_progressed();
     Ok(())
 }

@@ -69,7 +69,7 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
             );
             let conn = core.store();
             journal::record_conflict(&conn, dest, &aside, None, None)?;
-            return done(core, &conn, e.id);
+            return done(core, &conn, e);
         }
         // Replayed after a crash that came between the MOVE and its record: done already.
         Err(RemoteError::NotFound) if core.remote().stat(dest).await?.is_some() => {}
@@ -91,7 +91,7 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
                 "move {} -> {dest}: nothing there yet, the upload goes to the new name",
                 e.path
             );
-            return done(core, &conn, e.id);
+            return done(core, &conn, e);
         }
         Err(err) => return Err(err.into()),
     }
@@ -107,7 +107,7 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         store::versions::retag_after_move(&tx, e.ino, &etag)?;
         journal::rebase_deletes(&tx, e.ino, Some(&etag))?;
     }
-    done(core, &tx, e.id)?;
+    done(core, &tx, e)?;
     Ok(tx.commit()?)
 }
 
@@ -128,7 +128,7 @@ async fn folder_gone(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult {
         dest,
         "folder removed on the server, local changes kept",
     )?;
-    done(core, &tx, e.id)?;
+    done(core, &tx, e)?;
     Ok(tx.commit()?)
 }
 

@@ -122,7 +122,7 @@ async fn move_aside(core: &Arc<Core>, e: &Entry, dir: &str) -> ReplayResult<()> 
     )?;
     tx.commit()?;
     drop(conn);
-    core.remote_changing();
+    core.remote_changing(&[dir, &aside]);
     Ok(())
 }
 

@@ -26,7 +26,7 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     let node = match node {
         Some(n) if n.kind == Kind::File => n,
         // The file is gone; the entry that removed it follows.
-        _ => return done(core, &core.store(), e.id),
+        _ => return done(core, &core.store(), e),
     };
     let local_path = core.content().path(e.ino);
     let strict = preconditions_honored(core).await?;
@@ -236,7 +236,7 @@ pub(super) fn finish_upload(
     if !more && !core.is_write_dirty(e.ino) {
         store::set_dirty(&tx, e.ino, false)?;
     }
-    done(core, &tx, e.id)?;
+    done(core, &tx, e)?;
     Ok(tx.commit()?)
 }
 
