@@ -17,11 +17,22 @@
 //!
 //! Knobs (environment):
 //!   DAVDRIVE_STRESS_SEED     seed of the whole run (default 1)
-//!   DAVDRIVE_STRESS_OPS      operations per worker per offline/replay round (default 1000)
+//!   DAVDRIVE_STRESS_OPS      operations per worker per offline/replay round (default 400)
 //!   DAVDRIVE_STRESS_WORKERS  worker processes (default 4)
 //!   DAVDRIVE_STRESS_WARMUP   operations per worker in the online round 0 (default OPS/5)
 //!   DAVDRIVE_STRESS_TIMEOUT  seconds a round may take before its workers are killed
 //!                            (default 900)
+//!   DAVDRIVE_STRESS_KEEP     set: keep the temp dir (traces, daemon log, cache, mirrors)
+//!                            on success too; it is always kept on failure
+//!   DAVDRIVE_STRESS_SELFTEST set: after the sync, change a file and add one on the server
+//!                            side, to see the comparison catch it (the test must fail)
+//!
+//! Each worker's sequence of operations follows from the seed alone; what they find in the
+//! shared subtree depends on timing.
+//!
+//! The default size (4 × (80 + 400 + 400) operations) takes about a minute in a debug
+//! build on 2 cores, most of it in round 2: online, every path lookup past the 1 s
+//! listing TTL lists its directory again while the replayer is busy.
 
 mod common;
 
@@ -106,8 +117,7 @@ impl Rng {
 }
 
 fn mix(seed: u64, round: u64, id: u64) -> u64 {
-    Rng::new(seed ^ round.wrapping_mul(0x1000_0001_B3) ^ id.wrapping_mul(0x7F4A_7C15_9E37))
-        .next()
+    Rng::new(seed ^ round.wrapping_mul(0x0010_0000_01B3) ^ id.wrapping_mul(0x7F4A_7C15_9E37)).next()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -505,7 +515,12 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             };
             p.both("truncate", &[&rel], |ps| set_len(&ps[0], new));
             p.files.insert(rel.clone(), new);
-            *st.ops.entry(if new < len { "truncate-shrink" } else { "truncate-grow" })
+            *st.ops
+                .entry(if new < len {
+                    "truncate-shrink"
+                } else {
+                    "truncate-grow"
+                })
                 .or_default() += 1;
             format!("truncate {rel:?} {len} -> {new}")
         }
@@ -538,13 +553,22 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
                 join(&dir, &name)
             };
             let replaced = p.files.contains_key(&to);
-            p.both("rename file", &[&from, &to], |ps| fs::rename(&ps[0], &ps[1]));
+            p.both("rename file", &[&from, &to], |ps| {
+                fs::rename(&ps[0], &ps[1])
+            });
             let len = p.files.remove(&from).unwrap();
             p.files.insert(to.clone(), len);
             *st.ops
-                .entry(if replaced { "rename-file-over" } else { "rename-file" })
+                .entry(if replaced {
+                    "rename-file-over"
+                } else {
+                    "rename-file"
+                })
                 .or_default() += 1;
-            format!("rename {from:?} -> {to:?}{}", if replaced { " (replacing)" } else { "" })
+            format!(
+                "rename {from:?} -> {to:?}{}",
+                if replaced { " (replacing)" } else { "" }
+            )
         }
         // rename a directory: into another, deeper, or over an empty one
         55..=60 => {
@@ -553,11 +577,23 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
                 return mkdir(p, rng, st);
             }
             let from = rng.pick(&candidates).to_string();
+            // How deep the tree below `from` goes: where it lands, it stays within 8 levels.
+            let height = p
+                .dirs
+                .iter()
+                .chain(p.files.keys())
+                .filter(|x| under(x, &from))
+                .map(|x| depth(x) - depth(&from))
+                .max()
+                .unwrap_or(0);
             let targets: Vec<&String> = p
                 .dirs
                 .iter()
-                .filter(|d| **d != from && !under(d, &from) && depth(d) < 7)
+                .filter(|d| **d != from && !under(d, &from) && depth(d) + 1 + height <= 8)
                 .collect();
+            if targets.is_empty() {
+                return mkdir(p, rng, st);
+            }
             let dir = rng.pick(&targets).to_string();
             let empty_here: Vec<&String> = p
                 .dirs
@@ -591,9 +627,20 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             p.dirs = p.dirs.iter().map(moved).collect();
             p.files = p.files.iter().map(|(k, v)| (moved(k), *v)).collect();
             *st.ops
-                .entry(if replaced { "rename-dir-over" } else { "rename-dir" })
+                .entry(if replaced {
+                    "rename-dir-over"
+                } else {
+                    "rename-dir"
+                })
                 .or_default() += 1;
-            format!("rename dir {from:?} -> {to:?}{}", if replaced { " (replacing an empty one)" } else { "" })
+            format!(
+                "rename dir {from:?} -> {to:?}{}",
+                if replaced {
+                    " (replacing an empty one)"
+                } else {
+                    ""
+                }
+            )
         }
         // mkdir, nested mkdir
         61..=66 => mkdir(p, rng, st),
@@ -617,8 +664,9 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
         // read back and compare with the mirror
         71..=76 => {
             let rel = p.pick_file(rng).unwrap();
-            let got = fs::read(p.m(&rel))
-                .unwrap_or_else(|e| panic!("read {rel:?} in the mount failed: {e} ({})", errno_name(&e)));
+            let got = fs::read(p.m(&rel)).unwrap_or_else(|e| {
+                panic!("read {rel:?} in the mount failed: {e} ({})", errno_name(&e))
+            });
             let want = fs::read(p.r(&rel)).unwrap();
             if got != want {
                 let first = got.iter().zip(&want).position(|(a, b)| a != b);
@@ -632,27 +680,35 @@ fn private_op(p: &mut Private, rng: &mut Rng, st: &mut Stats) -> String {
             *st.ops.entry("read-verify").or_default() += 1;
             format!("read {rel:?} ok ({} bytes)", got.len())
         }
-        // move one of ours into the shared subtree (gone from ours)
+        // move one of ours into the shared subtree; if the shared folder is missing (the
+        // other workers decide that), delete it instead: gone from ours either way, so
+        // what follows in our subtree does not depend on the races in the shared one
         77..=78 => {
             let from = p.pick_file(rng).unwrap();
             let to = shared_file(rng);
             let r = fs::rename(p.m(&from), p.mnt.parent().unwrap().join(&to));
-            match r {
+            let line = match r {
                 Ok(()) => {
-                    fs::remove_file(p.r(&from)).unwrap();
-                    p.files.remove(&from);
                     *st.ops.entry("move-to-shared").or_default() += 1;
                     format!("move {from:?} -> /{to}")
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && p.m(&from).exists() => {
-                    *st.tolerated.entry("move-to-shared ENOENT".into()).or_default() += 1;
-                    format!("move {from:?} -> /{to}: ENOENT (no such shared dir)")
+                    *st.tolerated
+                        .entry("move-to-shared ENOENT".into())
+                        .or_default() += 1;
+                    fs::remove_file(p.m(&from)).unwrap_or_else(|e| {
+                        panic!(
+                            "unlink {from:?} in the mount failed: {e} ({})",
+                            errno_name(&e)
+                        )
+                    });
+                    format!("move {from:?} -> /{to}: ENOENT (no such shared dir); unlinked")
                 }
-                Err(e) => panic!(
-                    "move {from:?} -> /{to} failed: {e} ({})",
-                    errno_name(&e)
-                ),
-            }
+                Err(e) => panic!("move {from:?} -> /{to} failed: {e} ({})", errno_name(&e)),
+            };
+            fs::remove_file(p.r(&from)).unwrap();
+            p.files.remove(&from);
+            line
         }
         // rmdir of an empty one, or a whole small subtree
         79..=86 => {
@@ -739,11 +795,21 @@ fn shared_op(mnt: &Path, rng: &mut Rng, st: &mut Stats) -> String {
     let (what, desc, r, ok): (&'static str, String, std::io::Result<()>, &[i32]) = match choice {
         0..=11 => {
             let d = shared_dir(rng, 1);
-            ("mkdir", d.clone(), fs::create_dir(mnt.join(&d)), &[libc::ENOENT, libc::EEXIST])
+            (
+                "mkdir",
+                d.clone(),
+                fs::create_dir(mnt.join(&d)),
+                &[libc::ENOENT, libc::EEXIST],
+            )
         }
         12..=16 => {
             let d = shared_dir(rng, 2);
-            ("mkdir-nested", d.clone(), fs::create_dir_all(mnt.join(&d)), &[libc::ENOENT, libc::EEXIST])
+            (
+                "mkdir-nested",
+                d.clone(),
+                fs::create_dir_all(mnt.join(&d)),
+                &[libc::ENOENT, libc::EEXIST],
+            )
         }
         17..=34 => {
             let f = shared_file(rng);
@@ -751,19 +817,34 @@ fn shared_op(mnt: &Path, rng: &mut Rng, st: &mut Stats) -> String {
             let data = rng.bytes(n);
             st.bytes_written += data.len() as u64;
             st.big_writes += (data.len() >= MIB) as u64;
-            ("write", format!("{f} {}", data.len()), fs::write(mnt.join(&f), &data), &[libc::ENOENT])
+            (
+                "write",
+                format!("{f} {}", data.len()),
+                fs::write(mnt.join(&f), &data),
+                &[libc::ENOENT],
+            )
         }
         35..=41 => {
             let f = shared_file(rng);
             let n = rng.chunk_size();
             let data = rng.bytes(n);
             st.bytes_written += n as u64;
-            ("append", format!("{f} {n}"), append(&mnt.join(&f), &data), &[libc::ENOENT])
+            (
+                "append",
+                format!("{f} {n}"),
+                append(&mnt.join(&f), &data),
+                &[libc::ENOENT],
+            )
         }
         42..=47 => {
             let f = shared_file(rng);
             let len = rng.below(96 * KIB as u64);
-            ("truncate", format!("{f} {len}"), set_len(&mnt.join(&f), len), &[libc::ENOENT])
+            (
+                "truncate",
+                format!("{f} {len}"),
+                set_len(&mnt.join(&f), len),
+                &[libc::ENOENT],
+            )
         }
         48..=54 => {
             let f = shared_file(rng);
@@ -771,12 +852,22 @@ fn shared_op(mnt: &Path, rng: &mut Rng, st: &mut Stats) -> String {
             let n = rng.chunk_size();
             let data = rng.bytes(n);
             st.bytes_written += n as u64;
-            ("write-at", format!("{f} off {off} len {n}"), write_at(&mnt.join(&f), off, &data), &[libc::ENOENT])
+            (
+                "write-at",
+                format!("{f} off {off} len {n}"),
+                write_at(&mnt.join(&f), off, &data),
+                &[libc::ENOENT],
+            )
         }
         55..=66 => {
             let a = shared_file(rng);
             let b = shared_file(rng);
-            ("rename-file", format!("{a} -> {b}"), fs::rename(mnt.join(&a), mnt.join(&b)), &[libc::ENOENT])
+            (
+                "rename-file",
+                format!("{a} -> {b}"),
+                fs::rename(mnt.join(&a), mnt.join(&b)),
+                &[libc::ENOENT],
+            )
         }
         67..=74 => {
             let a = shared_dir(rng, 1);
@@ -790,15 +881,30 @@ fn shared_op(mnt: &Path, rng: &mut Rng, st: &mut Stats) -> String {
         }
         75..=81 => {
             let d = shared_dir(rng, 1);
-            ("rmdir", d.clone(), fs::remove_dir(mnt.join(&d)), &[libc::ENOENT, libc::ENOTEMPTY])
+            (
+                "rmdir",
+                d.clone(),
+                fs::remove_dir(mnt.join(&d)),
+                &[libc::ENOENT, libc::ENOTEMPTY],
+            )
         }
         82..=83 => {
             let d = shared_dir(rng, 2);
-            ("rm-r", d.clone(), fs::remove_dir_all(mnt.join(&d)), &[libc::ENOENT, libc::ENOTEMPTY])
+            (
+                "rm-r",
+                d.clone(),
+                fs::remove_dir_all(mnt.join(&d)),
+                &[libc::ENOENT, libc::ENOTEMPTY],
+            )
         }
         84..=93 => {
             let f = shared_file(rng);
-            ("unlink", f.clone(), fs::remove_file(mnt.join(&f)), &[libc::ENOENT])
+            (
+                "unlink",
+                f.clone(),
+                fs::remove_file(mnt.join(&f)),
+                &[libc::ENOENT],
+            )
         }
         _ => {
             let f = shared_file(rng);
@@ -811,21 +917,22 @@ fn shared_op(mnt: &Path, rng: &mut Rng, st: &mut Stats) -> String {
     };
     match r {
         Ok(()) => {
-            *st.ops.entry(match what {
-                "mkdir" => "shared-mkdir",
-                "mkdir-nested" => "shared-mkdir-nested",
-                "write" => "shared-write",
-                "append" => "shared-append",
-                "truncate" => "shared-truncate",
-                "write-at" => "shared-write-at",
-                "rename-file" => "shared-rename-file",
-                "rename-dir" => "shared-rename-dir",
-                "rmdir" => "shared-rmdir",
-                "rm-r" => "shared-rm-r",
-                "unlink" => "shared-unlink",
-                _ => "shared-read",
-            })
-            .or_default() += 1;
+            *st.ops
+                .entry(match what {
+                    "mkdir" => "shared-mkdir",
+                    "mkdir-nested" => "shared-mkdir-nested",
+                    "write" => "shared-write",
+                    "append" => "shared-append",
+                    "truncate" => "shared-truncate",
+                    "write-at" => "shared-write-at",
+                    "rename-file" => "shared-rename-file",
+                    "rename-dir" => "shared-rename-dir",
+                    "rmdir" => "shared-rmdir",
+                    "rm-r" => "shared-rm-r",
+                    "unlink" => "shared-unlink",
+                    _ => "shared-read",
+                })
+                .or_default() += 1;
             format!("shared {what} {desc}: ok")
         }
         Err(e) if e.raw_os_error().is_some_and(|n| ok.contains(&n)) => {
@@ -861,16 +968,22 @@ fn run_worker(job: &Job) {
             Err(e) => panic!("mkdir /shared: {e}"),
         }
     }
+    let mut slowest: Vec<(u128, String)> = Vec::new();
     for i in 0..job.ops {
         // Written before the operation, so a hang shows where.
         let shared = rng.chance(3, 10);
         let _ = write!(trace, "{i}: ");
+        let t = Instant::now();
         let line = if shared {
             shared_op(&job.mnt, &mut rng, &mut st)
         } else {
             private_op(&mut p, &mut rng, &mut st)
         };
-        let _ = writeln!(trace, "{line}");
+        let ms = t.elapsed().as_millis();
+        let _ = writeln!(trace, "{line} [{ms} ms]");
+        slowest.push((ms, line));
+        slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
+        slowest.truncate(3);
     }
     let ops_done = start.elapsed();
     // Our subtree in the mount must be what the mirror holds.
@@ -884,7 +997,13 @@ fn run_worker(job: &Job) {
     assert!(
         d.is_empty(),
         "{}",
-        show_diff(&format!("worker {} after round {}: mount vs mirror", job.id, job.round), &d)
+        show_diff(
+            &format!(
+                "worker {} after round {}: mount vs mirror",
+                job.id, job.round
+            ),
+            &d
+        )
     );
     let report = json!({
         "id": job.id,
@@ -896,6 +1015,8 @@ fn run_worker(job: &Job) {
         "files": p.files.len(),
         "dirs": p.dirs.len(),
         "secs": ops_done.as_secs_f64(),
+        "verify_secs": (start.elapsed() - ops_done).as_secs_f64(),
+        "slowest": slowest.iter().map(|(ms, l)| format!("{ms} ms: {l}")).collect::<Vec<_>>(),
     });
     println!("\nSTRESS-REPORT {report}");
 }
@@ -967,7 +1088,12 @@ fn run_round(
             trace: trace.clone(),
         };
         let child = Command::new(&exe)
-            .args(["--exact", "stress_worker", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "stress_worker",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(WORKER_ENV, job.to_env())
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
@@ -1058,6 +1184,15 @@ fn summarize(round: u64, r: &RoundResult) {
         r.secs,
         bytes as f64 / MIB as f64,
     );
+    for rep in &r.reports {
+        eprintln!(
+            "[stress]   worker {}: {:.1}s of operations, {:.1}s checking its subtree; slowest: {}",
+            rep["id"],
+            rep["secs"].as_f64().unwrap(),
+            rep["verify_secs"].as_f64().unwrap(),
+            rep["slowest"]
+        );
+    }
     eprintln!("[stress]   ops: {ops:?}");
     eprintln!("[stress]   tolerated races: {tolerated:?}");
 }
@@ -1078,7 +1213,7 @@ fn fuse_stress() {
     }
     require_fuse();
     let seed = env_u64("DAVDRIVE_STRESS_SEED", 1);
-    let ops = env_u64("DAVDRIVE_STRESS_OPS", 1000);
+    let ops = env_u64("DAVDRIVE_STRESS_OPS", 400);
     let workers = env_u64("DAVDRIVE_STRESS_WORKERS", 4);
     let warmup = env_u64("DAVDRIVE_STRESS_WARMUP", ops / 5);
     let timeout = Duration::from_secs(env_u64("DAVDRIVE_STRESS_TIMEOUT", 900));
@@ -1133,7 +1268,11 @@ fn fuse_stress() {
     let t_sync = Instant::now();
     let (ok, out, err) = ctl(&m, &["sync", "--wait", "--timeout", "300s"]);
     let sync_secs = t_sync.elapsed().as_secs_f64();
-    eprintln!("[stress] sync --wait: ok {ok} after {sync_secs:.1}s: {}{}", out.trim(), err.trim());
+    eprintln!(
+        "[stress] sync --wait: ok {ok} after {sync_secs:.1}s: {}{}",
+        out.trim(),
+        err.trim()
+    );
     if !ok {
         failures.push(format!("ctl sync --wait --timeout 300s failed: {out}{err}"));
     }
@@ -1150,6 +1289,22 @@ fn fuse_stress() {
             "conflicts recorded (there is only one client): {}",
             serde_json::to_string_pretty(&conflicts).unwrap()
         ));
+    }
+
+    if std::env::var("DAVDRIVE_STRESS_SELFTEST").is_ok() {
+        // Check the checker: as another client would, on the server side; the mount may
+        // pick these up, the mirrors cannot.
+        fs::write(server.path("selftest-stray.txt"), b"stray").unwrap();
+        let victim = walk(&server.path("w0"), "w0/")
+            .into_iter()
+            .find(|(_, e)| matches!(e, Entry::File { len, .. } if *len > 0))
+            .map(|(k, _)| k);
+        if let Some(v) = victim {
+            let mut data = fs::read(server.path(&v)).unwrap();
+            data[0] ^= 1;
+            fs::write(server.path(&v), data).unwrap();
+            eprintln!("[stress] selftest: flipped a bit of {v} and added selftest-stray.txt on the server");
+        }
     }
 
     // The trees.
@@ -1174,7 +1329,7 @@ fn fuse_stress() {
         .filter(|(k, _)| !(k.as_str() == "shared" || k.starts_with("shared/")))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let d = diff("the mirrors", &mirrors, "the server", &server_private);
+    let d = diff("the mirror", &mirrors, "the server", &server_private);
     if !d.is_empty() {
         failures.push(show_diff("workers' mirrors vs server (own subtrees)", &d));
     }
@@ -1205,6 +1360,10 @@ fn fuse_stress() {
         t0.elapsed().as_secs_f64()
     );
 
+    if failures.is_empty() && std::env::var("DAVDRIVE_STRESS_KEEP").is_ok() {
+        eprintln!("[stress] kept {}", base_dir.keep().display());
+        return;
+    }
     if !failures.is_empty() {
         let kept = base_dir.keep();
         let interesting: Vec<&str> = log
