@@ -263,6 +263,16 @@ impl Mount {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The mount lists the root while mounting. A server with a directory cache of
+        // its own (`rclone serve webdav --dir-cache-time`) would keep serving that
+        // listing for a moment, and tests put files into its folder right after
+        // mounting: wait that moment out.
+        if let Some(ms) = std::env::var("DAVDRIVE_TEST_SERVER_DIR_CACHE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
