@@ -87,6 +87,8 @@ struct Worker<'a> {
     /// Bytes of staged copies the cache is given before the worker waits for uploads.
     budget: u64,
     last_check: Option<Instant>,
+    /// The replayer's progress: waits for uploads wake on it.
+    progress: tokio::sync::watch::Receiver<u64>,
 }
 
 impl<'a> Worker<'a> {
@@ -111,7 +113,16 @@ impl<'a> Worker<'a> {
             in_flight: Vec::new(),
             budget,
             last_check: None,
+            progress: m.core.journal_progress(),
         })
+    }
+
+    /// Waits until the replayer made progress (or `at_most`), unless asked to stop.
+    fn wait_for_uploads(&mut self, at_most: Duration) {
+        if self.control.stop_requested().is_some() {
+            return;
+        }
+        self.m.core.wait_journal_progress(&mut self.progress, at_most);
     }
 
     fn run(&mut self) -> MigrateResult<Outcome> {
@@ -142,7 +153,7 @@ impl<'a> Worker<'a> {
                 if self.in_flight.is_empty() {
                     break;
                 }
-                self.control.wait(CHECK_EVERY);
+                self.wait_for_uploads(CHECK_EVERY);
                 self.advance(true)?;
                 continue;
             };
@@ -154,7 +165,7 @@ impl<'a> Worker<'a> {
             {
                 // The cache holds enough of our unsent copies: let uploads catch up.
                 self.queue.push_front(item);
-                self.control.wait(CHECK_EVERY);
+                self.wait_for_uploads(CHECK_EVERY);
                 self.advance(true)?;
                 continue;
             }
@@ -175,7 +186,7 @@ impl<'a> Worker<'a> {
                         no_room_since = Some(Instant::now());
                     }
                     self.queue.push_front(item);
-                    self.control.wait(Duration::from_millis(500));
+                    self.wait_for_uploads(Duration::from_millis(500));
                     self.advance(true)?;
                 }
             }
