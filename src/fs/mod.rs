@@ -301,12 +301,12 @@ impl Core {
             store::delete_node(&tx, *ino)?;
         }
         // Files written but not closed when the daemon died: what reached the content
-        // file is all there is, so queue it.
+        // file is all there is, so its size is the file's and it is queued (an upload
+        // already waiting covers it). This holds for files with a waiting upload too: a
+        // file reopened and written (grown or cut) after its last close has a node that
+        // still says the size of that close.
         let dirty: Vec<u64> = tx
-            .prepare(
-                "SELECT ino FROM nodes WHERE dirty = 1 AND parent != 0 AND kind = 0 \
-                 AND ino NOT IN (SELECT ino FROM journal WHERE op = 'put')",
-            )?
+            .prepare("SELECT ino FROM nodes WHERE dirty = 1 AND parent != 0 AND kind = 0")?
             .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?
             .collect::<Result<_, _>>()?;
         // A read-only mount queues nothing: they wait for the next read-write mount.

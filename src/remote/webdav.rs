@@ -419,20 +419,32 @@ impl Remote for WebDav {
     }
 
     async fn mkcol(&self, path: &str) -> Result<(), RemoteError> {
-        self.http
+        let status = self
+            .http
             .retrying("MKCOL", path, || async {
                 let rb = self
                     .http
                     .request(method("MKCOL"), self.http.url_for(path, true)?);
                 let status = self.http.send(rb, path).await?.status();
-                // 405: something already exists there (after a retry, likely our own MKCOL).
                 if status.is_success() || status == StatusCode::METHOD_NOT_ALLOWED {
-                    Ok(())
+                    Ok(status)
                 } else {
                     Err(status_error(status))
                 }
             })
-            .await
+            .await?;
+        if status.is_success() {
+            return Ok(());
+        }
+        // 405: something exists there already. A folder (after a retry, likely our own
+        // MKCOL) is what was asked for; a file that another client put there is not.
+        match self.stat(path).await? {
+            Some(e) if e.is_dir => Ok(()),
+            _ => Err(RemoteError::Refused {
+                status: 405,
+                message: "something that is not a folder exists there".into(),
+            }),
+        }
     }
 
     async fn delete(&self, path: &str, is_dir: bool) -> Result<(), RemoteError> {

@@ -112,3 +112,14 @@ pub fn forget_local_changes(conn: &Connection, ino: u64) -> rusqlite::Result<()>
     .execute([ino as i64])?;
     Ok(())
 }
+
+/// The remote lost this file (another client deleted it) but the local copy is to be
+/// kept: it is ours alone now, to be uploaded as new, and never evicted before that.
+pub fn keep_local_copy(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE nodes SET on_remote = 0, etag = NULL, content_etag = NULL, sha256 = NULL, \
+         dirty = 1 WHERE ino = ?1",
+    )?
+    .execute([ino as i64])?;
+    Ok(())
+}

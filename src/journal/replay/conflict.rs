@@ -10,7 +10,7 @@ use rusqlite::params;
 use super::{done, ReplayError, ReplayResult};
 use crate::fs::Core;
 use crate::journal::{self, Entry};
-use crate::remote::Precondition;
+use crate::remote::{Precondition, RemoteError};
 use crate::store;
 use crate::store::{Kind, NewNode, RangeSet};
 
@@ -105,16 +105,19 @@ pub(super) async fn resolve_conflict(
         Some(i) => (&e.path[..i], &e.path[i + 1..]),
         None => ("", e.path.as_str()),
     };
-    let conflict_name = conflict_name(name, &host_name(), SystemTime::now());
-    let conflict_path = format!("{dir}/{conflict_name}");
-    let conflict_etag = upload_whole(
-        &remote,
-        &conflict_path,
-        &local_path,
-        node,
-        Precondition::IfNoneMatch,
-    )
-    .await?;
+    // A second conflict on the same path within the same second gets the same name:
+    // the next free one of `name (conflict …)`, `name (conflict … 2)`, … is taken.
+    let base_name = conflict_name(name, &host_name(), SystemTime::now());
+    let mut n = 1;
+    let (conflict_name, conflict_path, conflict_etag) = loop {
+        let candidate = numbered(&base_name, n);
+        let path = format!("{dir}/{candidate}");
+        match upload_whole(&remote, &path, &local_path, node, Precondition::IfNoneMatch).await {
+            Ok(etag) => break (candidate, path, etag),
+            Err(RemoteError::PreconditionFailed) if n < 20 => n += 1,
+            Err(err) => return Err(err.into()),
+        }
+    };
     tracing::warn!(
         "conflict: {} was changed on the remote; the local version was saved as {}",
         e.path,
@@ -215,6 +218,18 @@ pub fn host_name() -> String {
 }
 
 /// `report.txt` → `report (conflict host 2026-11-23 181500).txt`.
+/// `report (conflict host 2026-11-23 181500).txt` as the `n`th of that name:
+/// `report (conflict host 2026-11-23 181500 2).txt` for the second.
+fn numbered(conflict_name: &str, n: u32) -> String {
+    if n == 1 {
+        return conflict_name.to_string();
+    }
+    match conflict_name.rfind(')') {
+        Some(i) => format!("{} {n}{}", &conflict_name[..i], &conflict_name[i..]),
+        None => format!("{conflict_name} {n}"),
+    }
+}
+
 pub fn conflict_name(name: &str, host: &str, at: SystemTime) -> String {
     let stamp = utc_stamp(at);
     let host: String = host.chars().filter(|c| *c != '/').collect();
@@ -253,6 +268,15 @@ fn utc_stamp(at: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_second_conflict_copy_is_numbered() {
+        assert_eq!(
+            numbered("report (conflict box 2026-11-18 110640).txt", 2),
+            "report (conflict box 2026-11-18 110640 2).txt"
+        );
+        assert_eq!(numbered("a (conflict b c)", 1), "a (conflict b c)");
+    }
 
     #[test]
     fn conflict_names_keep_the_extension() {

@@ -1,5 +1,8 @@
 //! Deletes: a file goes only while it is still a version of ours (the one deleted here,
-//! or one our uploads sent); somebody else's newer version wins over a delete.
+//! or one our uploads sent); somebody else's newer version wins over a delete. A folder
+//! goes only while it is empty on the server (every change inside it was replayed
+//! before its delete): files another client put there since win over the delete. A
+//! file's delete never removes a folder that took its name.
 
 use std::sync::Arc;
 
@@ -11,6 +14,9 @@ use crate::remote::RemoteError;
 use super::{preconditions_honored, COMPARE_LIMIT};
 
 pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
+    if e.is_dir {
+        return delete_folder(core, e).await;
+    }
     let known_versions = !journal::sent_hashes(&core.store(), e.id)
         ?
         .is_empty();
@@ -24,7 +30,7 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         // preconditions would delete whatever is there: ask first (a change landing
         // between the two requests is not caught).
         Some(tag) => match core.remote().stat(&e.path).await? {
-            Some(cur) if !crate::remote::same_etag(cur.etag.as_deref(), Some(tag)) => {
+            Some(cur) if cur.is_dir || !crate::remote::same_etag(cur.etag.as_deref(), Some(tag)) => {
                 Err(RemoteError::PreconditionFailed)
             }
             Some(_) => core.remote().delete(&e.path, e.is_dir).await,
@@ -32,11 +38,18 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         },
         // No ETag to hold it to (the file never got one of ours, or only a weak one),
         // but versions of ours are known: delete only one of those.
-        None if !e.is_dir && known_versions && !remote_is_ours(core, e).await? => {
+        None if known_versions && !remote_is_ours(core, e).await? => {
             Err(RemoteError::PreconditionFailed)
         }
-        None => core.remote().delete(&e.path, e.is_dir).await,
+        None => match core.remote().stat(&e.path).await? {
+            Some(cur) if cur.is_dir => Err(RemoteError::PreconditionFailed),
+            Some(_) => core.remote().delete(&e.path, false).await,
+            None => Ok(()),
+        },
     };
+    // Parts an earlier upload of this entry sent go too (a cut part upload of a file
+    // removed since became this delete).
+    super::put::drop_scratch(core, e).await;
     match result {
         Ok(()) => done(core, &core.store(), e),
         // Changed on the remote after the version deleted here: their change wins over a
@@ -65,6 +78,10 @@ async fn remote_is_ours(core: &Arc<Core>, e: &Entry) -> ReplayResult<bool> {
     let Some(cur) = core.remote().stat(&e.path).await? else {
         return Ok(true);
     };
+    if cur.is_dir {
+        // Another client made a folder at this name: never ours to delete.
+        return Ok(false);
+    }
     if ours.is_empty() || cur.size > COMPARE_LIMIT {
         return Ok(false);
     }
@@ -82,3 +99,33 @@ async fn remote_is_ours(core: &Arc<Core>, e: &Entry) -> ReplayResult<bool> {
     Ok(ours.contains(&sha))
 }
 
+
+/// Deletes folder `e.path` only if it holds nothing on the server: the deletes of what
+/// was inside it came first, so anything there now is another client's.
+async fn delete_folder(core: &Arc<Core>, e: &Entry) -> ReplayResult {
+    let remote = core.remote().clone();
+    let theirs = match remote.stat(&e.path).await? {
+        None => return done(core, &core.store(), e),
+        Some(cur) if !cur.is_dir => "a file another client put at its name",
+        Some(_) => {
+            let inside = remote.list(&e.path).await?;
+            if inside.iter().all(|c| crate::fs::is_internal_name(&c.name)) {
+                remote.delete(&e.path, true).await?;
+                return done(core, &core.store(), e);
+            }
+            "files another client added to it"
+        }
+    };
+    tracing::warn!(
+        "conflict: {} was removed here, but the server holds {theirs}; keeping them",
+        e.path
+    );
+    let conn = core.store();
+    journal::record_conflict_because(
+        &conn,
+        &e.path,
+        &e.path,
+        &format!("folder removed here; the server kept {theirs}"),
+    )?;
+    done(core, &conn, e)
+}

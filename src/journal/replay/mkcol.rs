@@ -2,16 +2,32 @@
 
 use std::sync::Arc;
 
-use super::{done, ReplayResult};
+use super::{done, ReplayError, ReplayResult};
+use crate::remote::RemoteError;
 use crate::fs::Core;
 use crate::journal::Entry;
 use super::parents::with_parents;
 
 pub(super) async fn mkcol(core: &Arc<Core>, e: &Entry) -> ReplayResult {
-    with_parents(core, e, &e.path, || async {
+    let made = with_parents(core, e, &e.path, || async {
         Ok(core.remote().mkcol(&e.path).await?)
     })
-    .await?;
+    .await;
+    match made {
+        Ok(()) => {}
+        // Another client put a file at the name: our folder goes beside it, and the
+        // changes inside it follow (see `parents`).
+        Err(ReplayError::Remote(RemoteError::Refused { status: 405, .. }))
+            if core.remote().stat(&e.path).await?.is_some_and(|s| !s.is_dir) =>
+        {
+            super::parents::move_aside(core, e, &e.path).await?;
+            return Err(ReplayError::Later(format!(
+                "{}: a file took its name on the server; the folder was moved aside",
+                e.path
+            )));
+        }
+        Err(err) => return Err(err),
+    }
     let conn = core.store();
     let tx = conn.unchecked_transaction()?;
     crate::store::versions::mark_on_remote(&tx, e.ino)?;

@@ -22,6 +22,9 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
             e.id
         ))));
     };
+    if !e.is_dir && their_version_at_source(core, e, dest).await? {
+        return Ok(());
+    }
     // Overwrite: F. The journal deletes a replaced target first (conditionally); if
     // something is still there, it is somebody else's and must not be clobbered.
     let moved = core.remote().rename_no_replace(&e.path, dest, e.is_dir).await;
@@ -79,7 +82,28 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
             let conn = core.store();
             let node = store::get_node(&conn, e.ino)?;
             match node {
-                Some(n) if n.on_remote => return Err(RemoteError::NotFound.into()),
+                // Another client deleted it before our rename reached the server. The
+                // rename says we keep it: a copy we hold whole goes up under the new
+                // name (recorded as a conflict); one we do not is gone with their delete.
+                Some(n) if n.on_remote => {
+                    if n.dirty || n.fully_cached() {
+                        store::versions::keep_local_copy(&conn, e.ino)?;
+                        if let Some(path) = store::path_of(&conn, e.ino)? {
+                            journal::record_put(&conn, e.ino, &path)?;
+                        }
+                        journal::record_conflict_because(
+                            &conn,
+                            &e.path,
+                            dest,
+                            "file deleted on the server before its rename here; local copy kept",
+                        )?;
+                    }
+                    tracing::warn!(
+                        "conflict: {} was deleted on the server before its move to {dest}",
+                        e.path
+                    );
+                    return done(core, &conn, e);
+                }
                 Some(n) if n.dirty => {
                     if let Some(path) = store::path_of(&conn, e.ino)? {
                         journal::record_put(&conn, e.ino, &path)?;
@@ -132,3 +156,42 @@ async fn folder_gone(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult {
     Ok(tx.commit()?)
 }
 
+
+/// Before a file's MOVE: whether another client changed the file at the source since our
+/// version. Moving it would carry their version to our name and take it for ours. Their
+/// version stays where it is; a copy of ours we hold whole goes up under the new name,
+/// and the conflict is recorded. Returns true when that was done.
+async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult<bool> {
+    let Some(node) = store::get_node(&core.store(), e.ino)? else {
+        return Ok(false);
+    };
+    let Some(base) = node.etag.as_deref().filter(|_| node.on_remote) else {
+        return Ok(false);
+    };
+    match core.remote().stat(&e.path).await? {
+        Some(cur) if !cur.is_dir && !crate::remote::same_etag(cur.etag.as_deref(), Some(base)) => {}
+        _ => return Ok(false),
+    }
+    tracing::warn!(
+        "conflict: {} was changed on the server before its move to {dest}; theirs stays, \
+         ours goes to the new name",
+        e.path
+    );
+    let conn = core.store();
+    let tx = conn.unchecked_transaction()?;
+    if node.dirty || node.fully_cached() {
+        store::versions::keep_local_copy(&tx, e.ino)?;
+        if let Some(path) = store::path_of(&tx, e.ino)? {
+            journal::record_put(&tx, e.ino, &path)?;
+        }
+    }
+    journal::record_conflict_because(
+        &tx,
+        &e.path,
+        dest,
+        "file changed on the server before its rename here; both kept",
+    )?;
+    done(core, &tx, e)?;
+    tx.commit()?;
+    Ok(true)
+}

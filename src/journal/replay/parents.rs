@@ -83,7 +83,7 @@ pub(super) async fn repair(core: &Arc<Core>, e: &Entry, path: &str) -> ReplayRes
 }
 
 /// A file took the name of folder `dir` on the server: our folder goes beside it.
-async fn move_aside(core: &Arc<Core>, e: &Entry, dir: &str) -> ReplayResult<()> {
+pub(super) async fn move_aside(core: &Arc<Core>, e: &Entry, dir: &str) -> ReplayResult<()> {
     // A change beside this one may have moved the folder aside a moment ago: then this
     // entry's path was rewritten already.
     match journal::get(&core.store(), e.id)? {

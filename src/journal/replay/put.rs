@@ -109,7 +109,33 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         Err(RemoteError::PreconditionFailed) => return resolve_conflict(core, e, &node).await,
         Err(err) => return Err(err.into()),
     };
+    drop_scratch(core, e).await;
     finish_upload(core, e, etag, sent)
+}
+
+/// The scratch file parts of an upload go to, beside the target.
+pub(super) fn scratch_path(path: &str, ino: u64) -> String {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    format!("{dir}/.{name}.davdrive-part-{ino}")
+}
+
+/// An earlier attempt of this entry sent parts that the change now does not need (the
+/// file shrank below the part size, or is deleted): its scratch file goes, so nothing
+/// of it stays on the server. Best effort: a failure leaves it for the next attempt.
+pub(super) async fn drop_scratch(core: &Arc<Core>, e: &Entry) {
+    let sent_parts = journal::part_progress(&core.store(), e.id)
+        .map(|(_, bytes)| bytes > 0)
+        .unwrap_or(false);
+    if !sent_parts {
+        return;
+    }
+    let scratch = scratch_path(&e.path, e.ino);
+    match core.remote().delete(&scratch, false).await {
+        Ok(()) => {
+            let _ = journal::set_part_progress(&core.store(), e.id, "", 0);
+        }
+        Err(err) => tracing::debug!("{scratch}: not removed yet: {err}"),
+    }
 }
 
 /// A large upload, sent in parts to a scratch file beside the target and moved over it
@@ -127,8 +153,7 @@ pub(super) async fn put_in_parts(
 ) -> ReplayResult {
     let remote = core.remote().clone();
     let local_path = core.content().path(e.ino);
-    let (dir, name) = e.path.rsplit_once('/').unwrap_or(("", &e.path));
-    let scratch = format!("{dir}/.{name}.davdrive-part-{}", e.ino);
+    let scratch = scratch_path(&e.path, e.ino);
     // The local version is named by its bytes: only a scratch file holding a prefix of
     // exactly these may be continued.
     let hash = {
