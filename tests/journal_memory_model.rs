@@ -2462,3 +2462,28 @@ fn a_file_deleted_here_spares_a_folder_another_client_made_there() {
     h.stop(false);
 }
 
+/// A file renamed here while another client rewrote it under its old name: their version
+/// stays at the old name, ours goes to the new one, and a conflict says so. (The first
+/// replayer carried their version to our name and took its ETag for ours.)
+#[test]
+fn a_rename_does_not_take_another_clients_version_for_ours() {
+    let mut h = Harness::new();
+    let ours = ours_bytes(1000, 1);
+    h.create("/a", &ours);
+    h.drain("setup");
+    h.set_outage(true);
+    h.mv("/a", "/b");
+    let theirs = their_bytes(1500, 1);
+    h.remote.other_put("/a", theirs.clone()).unwrap();
+    h.set_outage(false);
+    h.drain("rename of a file rewritten there");
+    assert_eq!(h.remote.read("/a"), Some(theirs.clone()));
+    assert_eq!(h.remote.read("/b"), Some(ours.clone()));
+    assert!(
+        h.conflicts().iter().any(|c| format!("{c:?}").contains("/a")),
+        "{:?}",
+        h.conflicts()
+    );
+    h.stop(false);
+}
+
