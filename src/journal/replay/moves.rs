@@ -168,9 +168,29 @@ async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> Rep
     let Some(base) = node.etag.as_deref().filter(|_| node.on_remote) else {
         return Ok(false);
     };
-    match core.remote().stat(&e.path).await? {
-        Some(cur) if !cur.is_dir && !crate::remote::same_etag(cur.etag.as_deref(), Some(base)) => {}
+    let cur = match core.remote().stat(&e.path).await? {
+        Some(cur) if !cur.is_dir && !crate::remote::same_etag(cur.etag.as_deref(), Some(base)) => {
+            cur
+        }
         _ => return Ok(false),
+    };
+    // Servers give a file a new ETag when a folder above it moves (our own replayed
+    // move, whose new tags we do not learn for the files inside): a different tag alone
+    // does not make it theirs. The bytes tell, where we know the hash of our version
+    // and the file is small enough to read; otherwise it is moved as before.
+    let Some(ours) = node.sha256.as_deref() else {
+        return Ok(false);
+    };
+    if cur.size > super::COMPARE_LIMIT {
+        return Ok(false);
+    }
+    let data = if cur.size == 0 {
+        bytes::Bytes::new()
+    } else {
+        core.remote().get_range(&e.path, 0, cur.size).await?.data
+    };
+    if super::sha256_of(data).await? == ours {
+        return Ok(false);
     }
     tracing::warn!(
         "conflict: {} was changed on the server before its move to {dest}; theirs stays, \
