@@ -71,7 +71,10 @@ fn status_follows_the_remote_and_sync_wait_drains() {
     // sync --wait while down waits for the server up to its timeout, then says why.
     let (ok, _, err) = ctl(&m, &["sync", "--wait", "--timeout", "2s"]);
     assert!(!ok);
-    assert!(err.contains("offline") && err.contains("not drained after 2s"), "{err}");
+    assert!(
+        err.contains("offline") && err.contains("not drained after 2s"),
+        "{err}"
+    );
 
     server.proxy.clear_fault();
     let (ok, out, err) = ctl(&m, &["sync", "--wait"]);

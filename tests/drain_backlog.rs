@@ -26,20 +26,30 @@ fn backlog_size() -> usize {
 fn a_backlog_of_small_changes_drains_when_the_server_returns() {
     let n = backlog_size();
     let d = Drive::new(CacheLimits::default());
-    d.core().opendir(ROOT_INO).map(|fh| d.core().releasedir(fh)).unwrap();
+    d.core()
+        .opendir(ROOT_INO)
+        .map(|fh| d.core().releasedir(fh))
+        .unwrap();
     d.server.proxy.set_fault(Fault::Refuse);
     d.core().health.mark_offline("test");
     // Ten folders of small files, as an unpacked archive makes.
     let mut dirs = Vec::new();
     for i in 0..10 {
-        dirs.push(d.core().mkdir(ROOT_INO, &format!("dir{i}"), 0o755, 0, 0).unwrap().ino);
+        dirs.push(
+            d.core()
+                .mkdir(ROOT_INO, &format!("dir{i}"), 0o755, 0, 0)
+                .unwrap()
+                .ino,
+        );
     }
     for i in 0..n {
         let (_, fh) = d
             .core()
             .create(dirs[i % dirs.len()], &format!("f{i}.txt"), 0o644, 0, 0)
             .unwrap();
-        d.core().write(fh, 0, format!("file {i}\n").as_bytes()).unwrap();
+        d.core()
+            .write(fh, 0, format!("file {i}\n").as_bytes())
+            .unwrap();
         d.core().release(fh).unwrap();
     }
     let (waiting, _, _) = journal::stats(&d.core().store()).unwrap();
@@ -47,7 +57,7 @@ fn a_backlog_of_small_changes_drains_when_the_server_returns() {
     let back = Instant::now();
     d.server.proxy.clear_fault();
     common::wait_until(600, "the backlog to drain", || {
-        journal::stats(&d.core().store()).unwrap() .0 == 0
+        journal::stats(&d.core().store()).unwrap().0 == 0
     });
     println!(
         "{} queued changes drained in {:.2} s after the server came back",
@@ -61,7 +71,11 @@ fn a_backlog_of_small_changes_drains_when_the_server_returns() {
         );
     }
     let on_server: usize = (0..10)
-        .map(|i| std::fs::read_dir(d.server.path(&format!("dir{i}"))).unwrap().count())
+        .map(|i| {
+            std::fs::read_dir(d.server.path(&format!("dir{i}")))
+                .unwrap()
+                .count()
+        })
         .sum();
     assert_eq!(on_server, n);
 }
@@ -69,7 +83,10 @@ fn a_backlog_of_small_changes_drains_when_the_server_returns() {
 #[test]
 fn changes_behind_a_refused_entry_wait_while_an_unrelated_file_lands() {
     let d = Drive::new(CacheLimits::default());
-    d.core().opendir(ROOT_INO).map(|fh| d.core().releasedir(fh)).unwrap();
+    d.core()
+        .opendir(ROOT_INO)
+        .map(|fh| d.core().releasedir(fh))
+        .unwrap();
     // The server refuses to create this one folder, for good.
     d.server.proxy.state.lock().unwrap().canned.push(Canned {
         method: "MKCOL".into(),
@@ -81,7 +98,10 @@ fn changes_behind_a_refused_entry_wait_while_an_unrelated_file_lands() {
     d.core().health.mark_offline("test");
     let stuck = d.core().mkdir(ROOT_INO, "stuck", 0o755, 0, 0).unwrap().ino;
     for i in 0..1000 {
-        let (_, fh) = d.core().create(stuck, &format!("{i}"), 0o644, 0, 0).unwrap();
+        let (_, fh) = d
+            .core()
+            .create(stuck, &format!("{i}"), 0o644, 0, 0)
+            .unwrap();
         d.core().write(fh, 0, b"held back").unwrap();
         d.core().release(fh).unwrap();
     }
@@ -91,13 +111,19 @@ fn changes_behind_a_refused_entry_wait_while_an_unrelated_file_lands() {
     });
     d.write_new("elsewhere.txt", b"unrelated").unwrap();
     common::wait_until(10, "the unrelated file to land", || {
-        std::fs::read(d.server.path("elsewhere.txt")).ok().as_deref() == Some(&b"unrelated"[..])
+        std::fs::read(d.server.path("elsewhere.txt"))
+            .ok()
+            .as_deref()
+            == Some(&b"unrelated"[..])
     });
     let conn = d.core().store();
     let failed = journal::list(&conn, true).unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].path, "/stuck");
-    assert!(failed[0].last_error.as_deref().unwrap().contains("403"), "{failed:?}");
+    assert!(
+        failed[0].last_error.as_deref().unwrap().contains("403"),
+        "{failed:?}"
+    );
     let (waiting, _, _) = journal::stats(&conn).unwrap();
     assert_eq!(waiting, 1000, "the files inside wait for their folder");
     assert!(!d.server.path("stuck").exists());
@@ -147,7 +173,10 @@ fn server_tree(root: &std::path::Path) -> Vec<String> {
 #[test]
 fn a_burst_of_directory_renames_made_offline_replays_exactly() {
     let d = Drive::new(CacheLimits::default());
-    d.core().opendir(ROOT_INO).map(|fh| d.core().releasedir(fh)).unwrap();
+    d.core()
+        .opendir(ROOT_INO)
+        .map(|fh| d.core().releasedir(fh))
+        .unwrap();
     d.server.proxy.set_fault(Fault::Refuse);
     d.core().health.mark_offline("test");
     let script = "\
@@ -233,8 +262,14 @@ fn changes_inside_a_folder_removed_on_the_server_are_kept() {
     common::wait_until(30, "the journal to drain", || {
         journal::stats(&d.core().store()).unwrap() == (0, 0, None)
     });
-    assert_eq!(std::fs::read(d.server.path("offd/doc.txt")).unwrap(), b"second version");
-    assert_eq!(std::fs::read(d.server.path("offd/new.txt")).unwrap(), b"new file");
+    assert_eq!(
+        std::fs::read(d.server.path("offd/doc.txt")).unwrap(),
+        b"second version"
+    );
+    assert_eq!(
+        std::fs::read(d.server.path("offd/new.txt")).unwrap(),
+        b"new file"
+    );
     let reasons: Vec<String> = d
         .core()
         .store()
@@ -245,7 +280,9 @@ fn changes_inside_a_folder_removed_on_the_server_are_kept() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert!(
-        reasons.iter().any(|r| r.starts_with("/offd: folder removed on the server")),
+        reasons
+            .iter()
+            .any(|r| r.starts_with("/offd: folder removed on the server")),
         "{reasons:?}"
     );
 }

@@ -195,7 +195,9 @@ fn name_of(p: &str) -> &str {
 
 /// Whether `p` is `dir` or lies below it.
 fn at_or_under(p: &str, dir: &str) -> bool {
-    dir == "/" || p == dir || (p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/')
+    dir == "/"
+        || p == dir
+        || (p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/')
 }
 
 fn strictly_under(p: &str, dir: &str) -> bool {
@@ -301,34 +303,91 @@ impl Model {
 
 #[derive(Debug, Clone)]
 enum Action {
-    Create { dir: usize, name: u8, len: u16, seed: u8 },
-    Write { file: usize, at: u16, len: u16, seed: u8 },
-    Truncate { file: usize, len: u16 },
-    Rename { node: usize, dir: usize, name: u8 },
-    Mkdir { dir: usize, name: u8 },
-    Rmdir { dir: usize },
-    Unlink { file: usize },
+    Create {
+        dir: usize,
+        name: u8,
+        len: u16,
+        seed: u8,
+    },
+    Write {
+        file: usize,
+        at: u16,
+        len: u16,
+        seed: u8,
+    },
+    Truncate {
+        file: usize,
+        len: u16,
+    },
+    Rename {
+        node: usize,
+        dir: usize,
+        name: u8,
+    },
+    Mkdir {
+        dir: usize,
+        name: u8,
+    },
+    Rmdir {
+        dir: usize,
+    },
+    Unlink {
+        file: usize,
+    },
     /// Opens a file for writing (if none is open) and writes through that handle
     /// without closing it.
-    OpenWrite { file: usize, at: u16, len: u16, seed: u8 },
+    OpenWrite {
+        file: usize,
+        at: u16,
+        len: u16,
+        seed: u8,
+    },
     /// Closes the handle `OpenWrite` keeps.
     Release,
-    Evict { file: usize },
-    Pin { node: usize, on: bool },
+    Evict {
+        file: usize,
+    },
+    Pin {
+        node: usize,
+        on: bool,
+    },
     Outage(bool),
     Storm503(bool),
     /// A transient refusal (423 or 408), three times, of one method at one path.
-    Lock { node: usize, method: u8, code: u8 },
+    Lock {
+        node: usize,
+        method: u8,
+        code: u8,
+    },
     /// Lets the replayer drain (when the remote is reachable) and checks the server.
     Settle,
     Restart,
     Crash,
-    OtherPut { pick: usize, fresh: bool, name: u8, len: u16, seed: u8 },
-    OtherDelete { pick: usize },
-    OtherMkdir { dir: usize, name: u8 },
+    OtherPut {
+        pick: usize,
+        fresh: bool,
+        name: u8,
+        len: u16,
+        seed: u8,
+    },
+    OtherDelete {
+        pick: usize,
+    },
+    OtherMkdir {
+        dir: usize,
+        name: u8,
+    },
     /// The other client deletes a folder and puts a file under its name.
-    OtherReplaceDir { pick: usize, len: u16, seed: u8 },
-    OtherMove { pick: usize, dir: usize, name: u8 },
+    OtherReplaceDir {
+        pick: usize,
+        len: u16,
+        seed: u8,
+    },
+    OtherMove {
+        pick: usize,
+        dir: usize,
+        name: u8,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -509,7 +568,10 @@ impl Harness {
         drop(live.core);
         let deadline = Instant::now() + Duration::from_secs(30);
         while old.strong_count() > 0 {
-            assert!(Instant::now() < deadline, "the old core's tasks did not end");
+            assert!(
+                Instant::now() < deadline,
+                "the old core's tasks did not end"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -619,9 +681,10 @@ impl Harness {
     /// drops its clean entries. When waived, such folders are neither walked nor changed.
     fn unlistable(&self, dir: &str) -> bool {
         allowed("listing-pending-move")
-            && self.journal().iter().any(|e| {
-                e.op == Op::Move && e.dest.as_deref().is_some_and(|d| at_or_under(dir, d))
-            })
+            && self
+                .journal()
+                .iter()
+                .any(|e| e.op == Op::Move && e.dest.as_deref().is_some_and(|d| at_or_under(dir, d)))
     }
 
     fn stats(&self) -> (u64, u64) {
@@ -683,10 +746,7 @@ impl Harness {
 
     fn drain(&self, what: &str) {
         if !self.drain_for(Duration::from_secs(30)) {
-            panic!(
-                "journal did not drain after {what}: {:#?}",
-                self.journal()
-            );
+            panic!("journal did not drain after {what}: {:#?}", self.journal());
         }
     }
 
@@ -737,7 +797,9 @@ impl Harness {
 }
 
 /// Contents shortened to length and hash, for readable failures.
-fn digest<'a>(m: impl IntoIterator<Item = (&'a String, Option<&'a MemItem>)>) -> BTreeMap<String, String> {
+fn digest<'a>(
+    m: impl IntoIterator<Item = (&'a String, Option<&'a MemItem>)>,
+) -> BTreeMap<String, String> {
     m.into_iter()
         .map(|(k, v)| {
             let d = match v {
@@ -835,25 +897,32 @@ fn reach(entries: &[journal::Entry], start: &[String]) -> Reach {
 fn touch(h: &Harness, m: &mut Model, roots: &[String], destroys: &[usize]) -> (Vec<String>, bool) {
     let entries = h.journal();
     let r = reach(&entries, roots);
-    let mut area: Vec<String> = m
-        .m
-        .keys()
-        .filter(|k| r.roots.iter().any(|root| at_or_under(k, root)))
-        .cloned()
-        .collect();
-    let by_ino: Vec<String> = m
-        .m
-        .iter()
-        .filter(|(_, e)| e.ino != 0 && r.inos.contains(&e.ino))
-        .map(|(k, _)| k.clone())
-        .collect();
+    let mut area: Vec<String> =
+        m.m.keys()
+            .filter(|k| r.roots.iter().any(|root| at_or_under(k, root)))
+            .cloned()
+            .collect();
+    let by_ino: Vec<String> =
+        m.m.iter()
+            .filter(|(_, e)| e.ino != 0 && r.inos.contains(&e.ino))
+            .map(|(k, _)| k.clone())
+            .collect();
     for k in by_ino {
-        area.extend(m.m.keys().filter(|x| at_or_under(x, &k)).cloned().collect::<Vec<_>>());
+        area.extend(
+            m.m.keys()
+                .filter(|x| at_or_under(x, &k))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
     }
     area.sort();
     area.dedup();
     let open_ino = m.open.as_ref().filter(|o| o.wrote).map(|o| o.ino);
-    let area_inos: HashSet<u64> = area.iter().map(|k| m.m[k].ino).filter(|i| *i != 0).collect();
+    let area_inos: HashSet<u64> = area
+        .iter()
+        .map(|k| m.m[k].ino)
+        .filter(|i| *i != 0)
+        .collect();
     // The open file, wherever it is now (the model may have lost track of its inode).
     let open_path = open_ino.and_then(|i| davdrive::store::path_of(&h.core().store(), i).unwrap());
     let open_met = open_ino.is_some_and(|i| area_inos.contains(&i))
@@ -890,7 +959,10 @@ fn touch(h: &Harness, m: &mut Model, roots: &[String], destroys: &[usize]) -> (V
     // What the change overwrites or deletes, wherever waiting moves carry it.
     let gone = reach(
         &entries,
-        &destroys.iter().map(|i| roots[*i].clone()).collect::<Vec<_>>(),
+        &destroys
+            .iter()
+            .map(|i| roots[*i].clone())
+            .collect::<Vec<_>>(),
     )
     .roots;
     for k in &area {
@@ -957,8 +1029,7 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
     // Known issue "mkcol-over-file": a file put where our new folder's creation waits
     // sets that creation aside (405) instead of moving our folder beside it.
     let waiting_mkcol = |p: &str| {
-        allowed("mkcol-over-file")
-            && h.journal().iter().any(|e| e.op == Op::Mkcol && e.path == p)
+        allowed("mkcol-over-file") && h.journal().iter().any(|e| e.op == Op::Mkcol && e.path == p)
     };
     // Known issue "dir-delete": a folder's delete is replayed as a recursive DELETE that
     // takes whatever the other client put there meanwhile.
@@ -1006,7 +1077,9 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
                 e.op == Op::Delete
                     && !e.is_dir
                     && e.base_etag.is_none()
-                    && journal::sent_hashes(&h.core().store(), e.id).unwrap().is_empty()
+                    && journal::sent_hashes(&h.core().store(), e.id)
+                        .unwrap()
+                        .is_empty()
                     && r.roots.iter().any(|r| at_or_under(&e.path, r))
             })
         }
@@ -1081,7 +1154,13 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
             let (images, precise) = touch(h, m, std::slice::from_ref(&target), &[0]);
             h.remote.other_mkdir(&target).unwrap();
             if precise {
-                set_entry(m, &images[0], Item::Dir, St::Theirs { precise: true }, false);
+                set_entry(
+                    m,
+                    &images[0],
+                    Item::Dir,
+                    St::Theirs { precise: true },
+                    false,
+                );
             } else if !m.m.contains_key(&images[0]) {
                 set_entry(m, &images[0], Item::Dir, St::Unknown, false);
             }
@@ -1143,12 +1222,11 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
                 set_entry(m, &qs, Item::Gone, St::Theirs { precise: true }, false);
             } else {
                 // The other client's own versions travel with their move.
-                let theirs: Vec<String> = m
-                    .m
-                    .iter()
-                    .filter(|(k, e)| at_or_under(k, &qs) && matches!(e.st, St::Theirs { .. }))
-                    .map(|(k, _)| k.clone())
-                    .collect();
+                let theirs: Vec<String> =
+                    m.m.iter()
+                        .filter(|(k, e)| at_or_under(k, &qs) && matches!(e.st, St::Theirs { .. }))
+                        .map(|(k, _)| k.clone())
+                        .collect();
                 for k in theirs {
                     let mut e = m.m.remove(&k).unwrap();
                     e.st = St::Theirs { precise: false };
@@ -1294,10 +1372,7 @@ fn apply(h: &mut Harness, m: &mut Model, a: &Action) {
                 }
             }
             let sp = m.ino_of(parent_of(&src));
-            match h
-                .core()
-                .rename(sp, name_of(&src), m.ino_of(&d), n, false)
-            {
+            match h.core().rename(sp, name_of(&src), m.ino_of(&d), n, false) {
                 Ok(()) => {}
                 // A conflict copy landed in the directory since it was looked at.
                 Err(FsError::NotEmpty) if replaced_dir && has_strangers(h, m, &dst) => return,
@@ -1776,7 +1851,14 @@ fn check(actions: Vec<Action>) {
                 model_digest(&m),
                 h.journal()
                     .iter()
-                    .map(|e| format!("{} {} {:?} a{} f{}", e.op.as_str(), e.path, e.dest, e.attempts, e.failed))
+                    .map(|e| format!(
+                        "{} {} {:?} a{} f{}",
+                        e.op.as_str(),
+                        e.path,
+                        e.dest,
+                        e.attempts,
+                        e.failed
+                    ))
                     .collect::<Vec<_>>()
             );
         }
@@ -1916,28 +1998,83 @@ fn parse_action(s: &str) -> Action {
     let f = &fields;
     let flag = || body.trim().trim_end_matches(',').trim() == "true";
     match kind.as_str() {
-        "Create" => Action::Create { dir: get(f, "dir"), name: get(f, "name"), len: get(f, "len"), seed: get(f, "seed") },
-        "Write" => Action::Write { file: get(f, "file"), at: get(f, "at"), len: get(f, "len"), seed: get(f, "seed") },
-        "Truncate" => Action::Truncate { file: get(f, "file"), len: get(f, "len") },
-        "Rename" => Action::Rename { node: get(f, "node"), dir: get(f, "dir"), name: get(f, "name") },
-        "Mkdir" => Action::Mkdir { dir: get(f, "dir"), name: get(f, "name") },
+        "Create" => Action::Create {
+            dir: get(f, "dir"),
+            name: get(f, "name"),
+            len: get(f, "len"),
+            seed: get(f, "seed"),
+        },
+        "Write" => Action::Write {
+            file: get(f, "file"),
+            at: get(f, "at"),
+            len: get(f, "len"),
+            seed: get(f, "seed"),
+        },
+        "Truncate" => Action::Truncate {
+            file: get(f, "file"),
+            len: get(f, "len"),
+        },
+        "Rename" => Action::Rename {
+            node: get(f, "node"),
+            dir: get(f, "dir"),
+            name: get(f, "name"),
+        },
+        "Mkdir" => Action::Mkdir {
+            dir: get(f, "dir"),
+            name: get(f, "name"),
+        },
         "Rmdir" => Action::Rmdir { dir: get(f, "dir") },
-        "Unlink" => Action::Unlink { file: get(f, "file") },
-        "OpenWrite" => Action::OpenWrite { file: get(f, "file"), at: get(f, "at"), len: get(f, "len"), seed: get(f, "seed") },
+        "Unlink" => Action::Unlink {
+            file: get(f, "file"),
+        },
+        "OpenWrite" => Action::OpenWrite {
+            file: get(f, "file"),
+            at: get(f, "at"),
+            len: get(f, "len"),
+            seed: get(f, "seed"),
+        },
         "Release" => Action::Release,
-        "Evict" => Action::Evict { file: get(f, "file") },
-        "Pin" => Action::Pin { node: get(f, "node"), on: get(f, "on") },
+        "Evict" => Action::Evict {
+            file: get(f, "file"),
+        },
+        "Pin" => Action::Pin {
+            node: get(f, "node"),
+            on: get(f, "on"),
+        },
         "Outage" => Action::Outage(flag()),
         "Storm503" => Action::Storm503(flag()),
-        "Lock" => Action::Lock { node: get(f, "node"), method: get(f, "method"), code: get(f, "code") },
+        "Lock" => Action::Lock {
+            node: get(f, "node"),
+            method: get(f, "method"),
+            code: get(f, "code"),
+        },
         "Settle" => Action::Settle,
         "Restart" => Action::Restart,
         "Crash" => Action::Crash,
-        "OtherPut" => Action::OtherPut { pick: get(f, "pick"), fresh: get(f, "fresh"), name: get(f, "name"), len: get(f, "len"), seed: get(f, "seed") },
-        "OtherDelete" => Action::OtherDelete { pick: get(f, "pick") },
-        "OtherMkdir" => Action::OtherMkdir { dir: get(f, "dir"), name: get(f, "name") },
-        "OtherReplaceDir" => Action::OtherReplaceDir { pick: get(f, "pick"), len: get(f, "len"), seed: get(f, "seed") },
-        "OtherMove" => Action::OtherMove { pick: get(f, "pick"), dir: get(f, "dir"), name: get(f, "name") },
+        "OtherPut" => Action::OtherPut {
+            pick: get(f, "pick"),
+            fresh: get(f, "fresh"),
+            name: get(f, "name"),
+            len: get(f, "len"),
+            seed: get(f, "seed"),
+        },
+        "OtherDelete" => Action::OtherDelete {
+            pick: get(f, "pick"),
+        },
+        "OtherMkdir" => Action::OtherMkdir {
+            dir: get(f, "dir"),
+            name: get(f, "name"),
+        },
+        "OtherReplaceDir" => Action::OtherReplaceDir {
+            pick: get(f, "pick"),
+            len: get(f, "len"),
+            seed: get(f, "seed"),
+        },
+        "OtherMove" => Action::OtherMove {
+            pick: get(f, "pick"),
+            dir: get(f, "dir"),
+            name: get(f, "name"),
+        },
         other => panic!("unknown action {other}"),
     }
 }
@@ -2029,7 +2166,11 @@ impl Harness {
     fn settle_and_compare(&mut self, what: &str) -> BTreeMap<String, MemItem> {
         self.set_outage(false);
         self.drain(what);
-        assert!(self.failed().is_empty(), "{what}: set aside: {:#?}", self.failed());
+        assert!(
+            self.failed().is_empty(),
+            "{what}: set aside: {:#?}",
+            self.failed()
+        );
         self.ttl = Duration::ZERO;
         self.restart(false);
         self.ttl = DIR_TTL;
@@ -2079,7 +2220,11 @@ fn deep_folder_moves_made_offline_replay() {
             }
             "mv" => {
                 h.mv(&w[1], &w[2]);
-                let moved: Vec<String> = want.iter().filter(|p| at_or_under(p, &w[1])).cloned().collect();
+                let moved: Vec<String> = want
+                    .iter()
+                    .filter(|p| at_or_under(p, &w[1]))
+                    .cloned()
+                    .collect();
                 for p in moved {
                     want.remove(&p);
                     want.insert(format!("{}{}", w[2], &p[w[1].len()..]));
@@ -2191,8 +2336,16 @@ fn locked_and_timed_out_uploads_land_after_backoff() {
         let data = ours_bytes(1500 + i * 100, 10 + i as u8);
         h.write_ino(ino, 0, &data).unwrap();
         h.drain(&format!("{code} storm"));
-        assert!(h.failed().is_empty(), "{code}: set aside: {:#?}", h.failed());
-        assert_eq!(h.remote.read("/f"), Some(data), "{code}: content on the server");
+        assert!(
+            h.failed().is_empty(),
+            "{code}: set aside: {:#?}",
+            h.failed()
+        );
+        assert_eq!(
+            h.remote.read("/f"),
+            Some(data),
+            "{code}: content on the server"
+        );
         assert!(
             h.remote.count_at(Method::Put, "/f") >= before + 6,
             "{code}: the refusals were not all met"
@@ -2238,7 +2391,10 @@ fn a_refused_folder_holds_back_only_its_own_files() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let (waiting, failed) = h.stats();
-    assert!(waiting >= 1000, "the 1,000 files should still wait: {waiting}");
+    assert!(
+        waiting >= 1000,
+        "the 1,000 files should still wait: {waiting}"
+    );
     assert_eq!(failed, 1);
     let aside = h.failed();
     assert_eq!(aside.len(), 1, "{aside:#?}");
@@ -2284,7 +2440,10 @@ fn an_abandoned_part_upload_leaves_no_scratch_file() {
         .into_keys()
         .filter(|k| k.split('/').any(is_internal_name))
         .collect();
-    assert!(left.is_empty(), "scratch files left on the server: {left:?}");
+    assert!(
+        left.is_empty(),
+        "scratch files left on the server: {left:?}"
+    );
     h.stop(false);
 }
 
@@ -2338,7 +2497,8 @@ fn a_folder_deleted_here_keeps_what_another_client_put_there() {
     h.remote.other_put("/e", theirs.clone()).unwrap();
     let server = h.settle_and_compare("folders deleted here, written there");
     assert!(
-        server.get("/d/theirs.txt") == Some(&file(&theirs)) && server.get("/e") == Some(&file(&theirs)),
+        server.get("/d/theirs.txt") == Some(&file(&theirs))
+            && server.get("/e") == Some(&file(&theirs)),
         "their files /d/theirs.txt and /e are gone: {:#?}",
         server_digest(&server)
     );
@@ -2484,10 +2644,11 @@ fn a_rename_does_not_take_another_clients_version_for_ours() {
     assert_eq!(h.remote.read("/a"), Some(theirs.clone()));
     assert_eq!(h.remote.read("/b"), Some(ours.clone()));
     assert!(
-        h.conflicts().iter().any(|c| format!("{c:?}").contains("/a")),
+        h.conflicts()
+            .iter()
+            .any(|c| format!("{c:?}").contains("/a")),
         "{:?}",
         h.conflicts()
     );
     h.stop(false);
 }
-

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-
 use serde_json::{json, Value};
 
 use super::{CmdError, CmdResult, Context};

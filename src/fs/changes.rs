@@ -78,8 +78,14 @@ mod tests {
         assert!(!c.touched_since(since, "/b", false), "not /b itself");
         assert!(c.touched_since(since, "/b/x", false));
         c.changed(&["/a", "/c"]);
-        assert!(c.touched_since(since, "/a/deep/file", false), "a folder above it moved");
-        assert!(c.touched_since(since, "/", true), "/a and /c are in the root");
+        assert!(
+            c.touched_since(since, "/a/deep/file", false),
+            "a folder above it moved"
+        );
+        assert!(
+            c.touched_since(since, "/", true),
+            "/a and /c are in the root"
+        );
         let later = c.current();
         assert!(!c.touched_since(later, "/a", true));
     }

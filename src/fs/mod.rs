@@ -832,7 +832,10 @@ impl Core {
         if store::get_child(tx, parent, name)?.is_some() {
             return Err(FsError::Exists);
         }
-        check_remote_path(&join(&store::path_of(tx, parent)?.ok_or(FsError::NotFound)?, name))?;
+        check_remote_path(&join(
+            &store::path_of(tx, parent)?.ok_or(FsError::NotFound)?,
+            name,
+        ))?;
         Ok(store::insert_node(
             tx,
             &NewNode {

@@ -207,9 +207,8 @@ fn dir_held_others(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
     let Some((first_id, mut cur)) = first else {
         return Ok(false);
     };
-    let mut st = c.prepare_cached(
-        "SELECT ino, op, path, dest FROM journal WHERE id >= ?1 ORDER BY id",
-    )?;
+    let mut st =
+        c.prepare_cached("SELECT ino, op, path, dest FROM journal WHERE id >= ?1 ORDER BY id")?;
     let mut rows = st.query([first_id])?;
     while let Some(r) = rows.next()? {
         let (other, op, path, dest): (i64, String, String, Option<String>) =
@@ -403,12 +402,14 @@ impl Held {
         if self.inos.contains(&e.ino) {
             return true;
         }
-        std::iter::once(e.path.as_str()).chain(e.dest.as_deref()).any(|p| {
-            self.paths.contains(p)
-                || self.above.contains(p)
-                || self.failed.contains(p)
-                || ancestors(p).any(|a| self.paths.contains(a) || self.failed.contains(a))
-        })
+        std::iter::once(e.path.as_str())
+            .chain(e.dest.as_deref())
+            .any(|p| {
+                self.paths.contains(p)
+                    || self.above.contains(p)
+                    || self.failed.contains(p)
+                    || ancestors(p).any(|a| self.paths.contains(a) || self.failed.contains(a))
+            })
     }
 }
 
@@ -532,8 +533,10 @@ pub fn add_sent_hash(c: &Connection, id: i64, sha256: &str) -> rusqlite::Result<
         .prepare_cached("SELECT ino FROM journal WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
         .optional()?;
-    c.prepare_cached("UPDATE journal SET sent_sha256 = trim(sent_sha256 || ' ' || ?2) WHERE id = ?1")?
-        .execute(params![id, sha256])?;
+    c.prepare_cached(
+        "UPDATE journal SET sent_sha256 = trim(sent_sha256 || ' ' || ?2) WHERE id = ?1",
+    )?
+    .execute(params![id, sha256])?;
     if let Some(ino) = ino {
         c.prepare_cached(
             "UPDATE journal SET sent_sha256 = trim(sent_sha256 || ' ' || ?3) \

@@ -122,7 +122,9 @@ impl<'a> Worker<'a> {
         if self.control.stop_requested().is_some() {
             return;
         }
-        self.m.core.wait_journal_progress(&mut self.progress, at_most);
+        self.m
+            .core
+            .wait_journal_progress(&mut self.progress, at_most);
     }
 
     fn run(&mut self) -> MigrateResult<Outcome> {

@@ -17,8 +17,7 @@ use url::Url;
 pub use super::client::ConnectionConfig as WebDavConfig;
 use super::client::{
     header_string, normalize, quote_etag, redirects_to_slash, response_error, status_error,
-    transport_error,
-    HttpClient,
+    transport_error, HttpClient,
 };
 use super::multistatus::{parse_multistatus, ParsedEntry};
 use super::{Entry, Precondition, PutReply, RangeReply, Remote, RemoteError, ServerInfo};

@@ -127,39 +127,33 @@ pub(super) async fn resolve_conflict(
     let tx = conn.unchecked_transaction()?;
     // Closed writes may have landed since the upload started: the copy takes the
     // content as committed now, and their uploads go to the copy (below).
-    let node = &store::get_node(&tx, e.ino)
-        ?
-        .unwrap_or_else(|| node.clone());
+    let node = &store::get_node(&tx, e.ino)?.unwrap_or_else(|| node.clone());
     // The local copy becomes the conflict file, beside the original.
-    let copy_ino = if store::get_child(&tx, node.parent, &conflict_name)
-        ?
-        .is_none()
-        && node.parent != 0
-    {
-        let ino = store::insert_node(
-            &tx,
-            &NewNode {
-                parent: node.parent,
-                name: &conflict_name,
-                kind: Kind::File,
-                size: node.size,
-                mtime_ns: node.mtime_ns,
-                mode: node.mode,
-                uid: node.uid,
-                gid: node.gid,
-                etag: conflict_etag.as_deref(),
-                on_remote: true,
-                dirty: false,
-                ranges: RangeSet::full(node.size),
-                listed_at: None,
-                last_access: core.clock().now_s(),
-            },
-        )
-        ?;
-        Some(ino)
-    } else {
-        None
-    };
+    let copy_ino =
+        if store::get_child(&tx, node.parent, &conflict_name)?.is_none() && node.parent != 0 {
+            let ino = store::insert_node(
+                &tx,
+                &NewNode {
+                    parent: node.parent,
+                    name: &conflict_name,
+                    kind: Kind::File,
+                    size: node.size,
+                    mtime_ns: node.mtime_ns,
+                    mode: node.mode,
+                    uid: node.uid,
+                    gid: node.gid,
+                    etag: conflict_etag.as_deref(),
+                    on_remote: true,
+                    dirty: false,
+                    ranges: RangeSet::full(node.size),
+                    listed_at: None,
+                    last_access: core.clock().now_s(),
+                },
+            )?;
+            Some(ino)
+        } else {
+            None
+        };
     match &current {
         Some(cur) => {
             store::versions::adopt_remote_version(
@@ -187,16 +181,14 @@ pub(super) async fn resolve_conflict(
             "DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
             params![e.ino as i64, e.id],
         ),
-    }
-    ?;
+    }?;
     journal::record_conflict(
         &tx,
         &e.path,
         &conflict_path,
         node.etag.as_deref(),
         current.as_ref().and_then(|c| c.etag.as_deref()),
-    )
-    ?;
+    )?;
     done(core, &tx, e)?;
     tx.commit()?;
     // After the commit: a crash in between leaves the copy without content, which its

@@ -17,9 +17,7 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     if e.is_dir {
         return delete_folder(core, e).await;
     }
-    let known_versions = !journal::sent_hashes(&core.store(), e.id)
-        ?
-        .is_empty();
+    let known_versions = !journal::sent_hashes(&core.store(), e.id)?.is_empty();
     let strict = preconditions_honored(core).await?;
     let result = match &e.base_etag {
         Some(tag) if strict && !tag.starts_with("W/") => {
@@ -30,7 +28,9 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         // preconditions would delete whatever is there: ask first (a change landing
         // between the two requests is not caught).
         Some(tag) => match core.remote().stat(&e.path).await? {
-            Some(cur) if cur.is_dir || !crate::remote::same_etag(cur.etag.as_deref(), Some(tag)) => {
+            Some(cur)
+                if cur.is_dir || !crate::remote::same_etag(cur.etag.as_deref(), Some(tag)) =>
+            {
                 Err(RemoteError::PreconditionFailed)
             }
             Some(_) => core.remote().delete(&e.path, e.is_dir).await,
@@ -64,8 +64,7 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
                 e.path
             );
             let conn = core.store();
-            journal::record_conflict(&conn, &e.path, &e.path, e.base_etag.as_deref(), None)
-                ?;
+            journal::record_conflict(&conn, &e.path, &e.path, e.base_etag.as_deref(), None)?;
             done(core, &conn, e)
         }
         Err(err) => Err(err.into()),
@@ -98,7 +97,6 @@ async fn remote_is_ours(core: &Arc<Core>, e: &Entry) -> ReplayResult<bool> {
     let sha = super::sha256_of(data).await?;
     Ok(ours.contains(&sha))
 }
-
 
 /// Deletes folder `e.path` only if it holds nothing on the server: the deletes of what
 /// was inside it came first, so anything there now is another client's.

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
+use super::parents::with_parents;
 use super::{done, ReplayError, ReplayResult};
-use crate::remote::RemoteError;
 use crate::fs::Core;
 use crate::journal::Entry;
-use super::parents::with_parents;
+use crate::remote::RemoteError;
 
 pub(super) async fn mkcol(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     let made = with_parents(core, e, &e.path, || async {
@@ -18,7 +18,11 @@ pub(super) async fn mkcol(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         // Another client put a file at the name: our folder goes beside it, and the
         // changes inside it follow (see `parents`).
         Err(ReplayError::Remote(RemoteError::Refused { status: 405, .. }))
-            if core.remote().stat(&e.path).await?.is_some_and(|s| !s.is_dir) =>
+            if core
+                .remote()
+                .stat(&e.path)
+                .await?
+                .is_some_and(|s| !s.is_dir) =>
         {
             super::parents::move_aside(core, e, &e.path).await?;
             return Err(ReplayError::Later(format!(
@@ -34,4 +38,3 @@ pub(super) async fn mkcol(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     done(core, &tx, e)?;
     Ok(tx.commit()?)
 }
-

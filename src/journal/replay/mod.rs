@@ -37,7 +37,6 @@ use crate::fs::Core;
 use crate::journal;
 use crate::remote::RemoteError;
 
-
 /// Failed attempts of one entry (transient errors) before it is set aside for a person.
 /// With `Backoff::REPLAY` that is about half an hour of trying.
 pub const MAX_ATTEMPTS: u32 = 12;
@@ -163,7 +162,9 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
         // Nothing can start: wait for a task, a new entry, or the next retry due.
         let next_due = journal::next_retry_at(&core.store(), core.clock().now_ms()).unwrap_or(None);
         let wait = match next_due {
-            Some(at) => Duration::from_millis((at - core.clock().now_ms()).clamp(0, 3_600_000) as u64),
+            Some(at) => {
+                Duration::from_millis((at - core.clock().now_ms()).clamp(0, 3_600_000) as u64)
+            }
             None => Duration::from_secs(3600),
         };
         // Tests move the core's clock forward and wake the replayer (`journal_changed`)
@@ -244,16 +245,16 @@ async fn outcome(core: &Arc<Core>, e: &Entry, err: ReplayError) {
     let what = format!("{} {}", e.op.as_str(), e.path);
     match err {
         ReplayError::Remote(RemoteError::Transport(reason)) => pause(core, e, &reason),
-        ReplayError::Remote(err @ RemoteError::Unauthorized(_)) => {
-            pause(core, e, &err.to_string())
-        }
+        ReplayError::Remote(err @ RemoteError::Unauthorized(_)) => pause(core, e, &err.to_string()),
         ReplayError::Remote(RemoteError::Server {
             status,
             retry_after,
         }) => {
             // A 5xx while the probe fails too is an outage, not this entry's fault.
             if status >= 500 && !core.health.check(core.remote().as_ref()).await {
-                tracing::warn!("{what}: HTTP {status} and the remote fails its health check; pausing");
+                tracing::warn!(
+                    "{what}: HTTP {status} and the remote fails its health check; pausing"
+                );
                 let _ = journal::set_running(&core.store(), e.id, false);
                 return;
             }
@@ -283,13 +284,7 @@ fn pause(core: &Core, e: &Entry, reason: &str) {
     let _ = journal::set_running(&core.store(), e.id, false);
 }
 
-fn retry_later(
-    core: &Core,
-    e: &Entry,
-    error: &str,
-    retry_after: Option<Duration>,
-    counted: bool,
-) {
+fn retry_later(core: &Core, e: &Entry, error: &str, retry_after: Option<Duration>, counted: bool) {
     let failures = e.attempts + 1;
     if counted && failures >= MAX_ATTEMPTS {
         return set_aside(
@@ -318,7 +313,9 @@ fn set_aside(core: &Core, e: &Entry, error: &str) {
         e.op.as_str(),
         e.path
     );
-    if let Err(db) = journal::record_failure(&core.store(), e.id, error, core.clock().now_ms(), true) {
+    if let Err(db) =
+        journal::record_failure(&core.store(), e.id, error, core.clock().now_ms(), true)
+    {
         tracing::error!("journal: {db}");
     }
     core.journal_progressed();

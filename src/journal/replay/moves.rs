@@ -27,7 +27,10 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     }
     // Overwrite: F. The journal deletes a replaced target first (conditionally); if
     // something is still there, it is somebody else's and must not be clobbered.
-    let moved = core.remote().rename_no_replace(&e.path, dest, e.is_dir).await;
+    let moved = core
+        .remote()
+        .rename_no_replace(&e.path, dest, e.is_dir)
+        .await;
     let moved = match moved {
         // The destination's folder may be gone on the server (409), or the source (404,
         // or a 5xx from servers that fail a MOVE of nothing): look before deciding.
@@ -42,7 +45,10 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
             None => Err(RemoteError::NotFound),
             Some(_) => {
                 let again = with_parents(core, e, dest, || async {
-                    Ok(core.remote().rename_no_replace(&e.path, dest, e.is_dir).await?)
+                    Ok(core
+                        .remote()
+                        .rename_no_replace(&e.path, dest, e.is_dir)
+                        .await?)
                 })
                 .await;
                 match again {
@@ -139,7 +145,10 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
 /// created at its new place, and the waiting changes inside it go there as recorded.
 /// Its unchanged files went with the other client's removal; changed ones are uploaded.
 async fn folder_gone(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult {
-    with_parents(core, e, dest, || async { Ok(core.remote().mkcol(dest).await?) }).await?;
+    with_parents(core, e, dest, || async {
+        Ok(core.remote().mkcol(dest).await?)
+    })
+    .await?;
     tracing::warn!(
         "conflict: {} was removed on the server before its move here; created {dest} again",
         e.path
@@ -155,7 +164,6 @@ async fn folder_gone(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult {
     done(core, &tx, e)?;
     Ok(tx.commit()?)
 }
-
 
 /// Before a file's MOVE: whether another client changed the file at the source since our
 /// version. Moving it would carry their version to our name and take it for ours. Their

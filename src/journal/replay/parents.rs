@@ -89,7 +89,10 @@ pub(super) async fn move_aside(core: &Arc<Core>, e: &Entry, dir: &str) -> Replay
     match journal::get(&core.store(), e.id)? {
         Some(now)
             if journal::at_or_under(&now.path, dir)
-                || now.dest.as_deref().is_some_and(|d| journal::at_or_under(d, dir)) => {}
+                || now
+                    .dest
+                    .as_deref()
+                    .is_some_and(|d| journal::at_or_under(d, dir)) => {}
         _ => return Ok(()),
     }
     let (parent, name) = dir.rsplit_once('/').unwrap_or(("", dir));

@@ -3,19 +3,18 @@
 
 use std::sync::Arc;
 
-
 use super::{done, ReplayResult};
+use crate::cache::{hex, sha256_prefix};
 use crate::fs::Core;
 use crate::journal::{self, Entry};
 use crate::remote::{Precondition, RemoteError};
 use crate::store;
-use crate::cache::{hex, sha256_prefix};
 use crate::store::Kind;
 
 use super::conflict::resolve_conflict;
 use super::parents::with_parents;
-use super::{partial_put_supported, preconditions_honored, ReplayError};
 use super::COMPARE_LIMIT;
+use super::{partial_put_supported, preconditions_honored, ReplayError};
 
 pub(super) async fn put(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     with_parents(core, e, &e.path, || put_once(core, e)).await
@@ -229,7 +228,10 @@ pub(super) async fn upload_whole(
 /// Reads the first `len` bytes of the content file for one upload attempt, so a write
 /// landing during the upload cannot tear it. Held in memory: a full cache disk has no
 /// room for a copy, and uploading is what makes room.
-pub(super) fn snapshot(content: &std::path::Path, len: u64) -> std::io::Result<(bytes::Bytes, String)> {
+pub(super) fn snapshot(
+    content: &std::path::Path,
+    len: u64,
+) -> std::io::Result<(bytes::Bytes, String)> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
     let mut data = Vec::with_capacity(len as usize);
@@ -264,4 +266,3 @@ pub(super) fn finish_upload(
     done(core, &tx, e)?;
     Ok(tx.commit()?)
 }
-
