@@ -92,23 +92,18 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
                 // rename says we keep it: a copy we hold whole goes up under the new
                 // name (recorded as a conflict); one we do not is gone with their delete.
                 Some(n) if n.on_remote => {
-                    if n.dirty || n.fully_cached() {
-                        store::versions::keep_local_copy(&conn, e.ino)?;
-                        if let Some(path) = store::path_of(&conn, e.ino)? {
-                            journal::record_put(&conn, e.ino, &path)?;
-                        }
-                        journal::record_conflict_because(
-                            &conn,
-                            &e.path,
-                            dest,
-                            "file deleted on the server before its rename here; local copy kept",
-                        )?;
-                    }
                     tracing::warn!(
                         "conflict: {} was deleted on the server before its move to {dest}",
                         e.path
                     );
-                    return done(core, &conn, e);
+                    drop(conn);
+                    return keep_ours_at_new_name(
+                        core,
+                        e,
+                        &n,
+                        dest,
+                        "file deleted on the server before its rename here; local copy kept",
+                    );
                 }
                 Some(n) if n.dirty => {
                     if let Some(path) = store::path_of(&conn, e.ino)? {
@@ -205,6 +200,27 @@ async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> Rep
          ours goes to the new name",
         e.path
     );
+    keep_ours_at_new_name(
+        core,
+        e,
+        &node,
+        dest,
+        "file changed on the server before its rename here; both kept",
+    )?;
+    Ok(true)
+}
+
+/// Ends a file's move whose source on the server is no longer our version (changed or
+/// deleted by another client): what is there stays; a copy of ours held whole goes up
+/// as new under the file's current name. One transaction with the conflict record and
+/// the end of the entry.
+fn keep_ours_at_new_name(
+    core: &Arc<Core>,
+    e: &Entry,
+    node: &store::Node,
+    dest: &str,
+    reason: &str,
+) -> ReplayResult {
     let conn = core.store();
     let tx = conn.unchecked_transaction()?;
     if node.dirty || node.fully_cached() {
@@ -212,14 +228,9 @@ async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> Rep
         if let Some(path) = store::path_of(&tx, e.ino)? {
             journal::record_put(&tx, e.ino, &path)?;
         }
+        journal::record_conflict_because(&tx, &e.path, dest, reason)?;
     }
-    journal::record_conflict_because(
-        &tx,
-        &e.path,
-        dest,
-        "file changed on the server before its rename here; both kept",
-    )?;
     done(core, &tx, e)?;
     tx.commit()?;
-    Ok(true)
+    Ok(())
 }
