@@ -76,6 +76,7 @@ pub struct MountConfig {
     pub ca_cert_pem: Option<Vec<u8>>,
     pub dir_ttl: Duration,
     pub attr_ttl: Duration,
+    pub refresh_wait: Duration,
     pub health_interval: Duration,
     pub request_timeout: Duration,
     pub threads: usize,

@@ -89,6 +89,10 @@ struct MountArgs {
     /// How long the kernel may cache file attributes.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     attr_ttl: Duration,
+    /// How long an operation waits for a folder listing refresh it started before
+    /// answering from the cached listing (the refresh goes on in the background).
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    refresh_wait: Duration,
     /// How often to check that the server is reachable.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     health_interval: Duration,
@@ -569,6 +573,7 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
         ca_cert_pem,
         dir_ttl: args.dir_ttl,
         attr_ttl: args.attr_ttl,
+        refresh_wait: args.refresh_wait,
         health_interval: args.health_interval,
         request_timeout: args.request_timeout,
         threads: args.threads,

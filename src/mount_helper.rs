@@ -31,6 +31,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "ca_cert",
     "dir_ttl",
     "attr_ttl",
+    "refresh_wait",
     "health_interval",
     "request_timeout",
     "threads",

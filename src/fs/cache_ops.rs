@@ -475,90 +475,18 @@ impl Core {
         Ok(())
     }
 
-    /// At open, once the file's attributes are older than the attribute TTL: asks the
-    /// remote for its current version. A newer one drops clean cached content (and the
+    /// At open, once the file's folder listing is older than the attribute TTL: refreshes
+    /// that listing, which answers for every file in the folder with one request (never a
+    /// request per file). A newer remote version drops clean cached content (and the
     /// kernel's pages of it); a dirty file keeps its content and meets the newer version
-    /// as a conflict at upload. Unreachable remote: the cached version is served.
+    /// as a conflict at upload. A slow or unreachable remote: the cached version is
+    /// served (see `ensure_listing_within`).
     pub(super) fn revalidate(&self, ino: u64) -> FsResult<()> {
         let node = self.node(ino)?;
         if node.kind != Kind::File || !node.on_remote || node.dirty || self.is_open(ino) {
             return Ok(());
         }
-        let now = store::now_ms();
-        let listed = store::get_node(&lock(&self.store), node.parent)?
-            .and_then(|p| p.listed_at)
-            .unwrap_or(0);
-        let checked = lock(&self.validated).get(&ino).copied().unwrap_or(0);
-        if now - listed.max(checked) < self.cfg.attr_ttl.as_millis() as i64
-            || !self.health.is_online()
-        {
-            return Ok(());
-        }
-        let path = self.path(ino)?;
-        // Waiting moves or deletes change what the remote path means: not comparable.
-        if crate::journal::path_pending(&lock(&self.store), &path, ino)? {
-            return Ok(());
-        }
-        let epoch = self.remote_changes.current();
-        let remote = self.remote.clone();
-        let p = path.clone();
-        let current = match self.call(&path, async move { remote.stat(&p).await }) {
-            Ok(Some(e)) if !e.is_dir => e,
-            // Gone or replaced by a directory: the next listing sorts that out.
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                tracing::debug!("{path}: could not revalidate, serving the cached version: {e}");
-                return Ok(());
-            }
-        };
-        lock(&self.validated).insert(ino, now);
-        let changed = match (&current.etag, &node.etag) {
-            (Some(theirs), Some(ours)) => !crate::remote::same_etag(Some(theirs), Some(ours)),
-            // Without ETags only the size can tell (the server's mtime of a file uploaded
-            // from here is its upload time, not ours).
-            _ => current.size != node.size,
-        };
-        if !changed {
-            // The same version under the tag's other form (weak / strong): keep the
-            // newer form, which is the one `If-Match` must send.
-            let conn = lock(&self.store);
-            if current.etag.is_some() && !has_unsent_changes(&conn, ino)? {
-                store::refresh_etag(&conn, ino, node.etag.as_deref(), current.etag.as_deref())?;
-                if current.checksum.is_some() && current.checksum != node.remote_checksum {
-                    store::set_remote_checksum(&conn, ino, current.checksum.as_deref())?;
-                }
-            }
-            return Ok(());
-        }
-        let conn = lock(&self.store);
-        // The replayer changed the remote meanwhile (its commits take the store lock).
-        if self.is_open(ino)
-            || has_unsent_changes(&conn, ino)?
-            || self.remote_changes.touched_since(epoch, &path, false)
-        {
-            return Ok(());
-        }
-        tracing::debug!(
-            "{path}: remote version changed ({:?} -> {:?})",
-            node.etag,
-            current.etag
-        );
-        store::versions::note_remote_version(
-            &conn,
-            ino,
-            current.etag.as_deref(),
-            current.size,
-            current
-                .mtime
-                .map(store::system_time_to_ns)
-                .unwrap_or_else(store::now_ns),
-            current.checksum.as_deref(),
-        )?;
-        store::drop_content(&conn, ino)?;
-        self.content.remove(ino);
-        drop(conn);
-        self.content_dropped(ino);
-        Ok(())
+        self.ensure_listing_within(node.parent, self.cfg.attr_ttl)
     }
 
     /// For FUSE passthrough: the content file of a read-only handle `fh`, opened

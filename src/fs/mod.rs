@@ -12,6 +12,7 @@ mod changes;
 pub mod error;
 mod fetch;
 mod import;
+mod listing;
 
 pub use import::{ImportOwner, UploadStates};
 
@@ -33,15 +34,19 @@ use crate::cache::{CacheLimits, ContentFiles};
 use crate::clock::Clock;
 use crate::health::Health;
 use crate::journal;
-use crate::remote::{Entry as RemoteEntry, Remote, RemoteError};
+use crate::remote::{Remote, RemoteError};
 use crate::store::{self, Kind, NewNode, Node, RangeSet, ROOT_INO};
 
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     /// A directory listing younger than this is not asked for again.
     pub dir_ttl: Duration,
-    /// How long the kernel may cache attributes and names.
+    /// How long the kernel may cache attributes and names; also how old a folder's
+    /// listing may be when one of its files is opened (older: it is refreshed first).
     pub attr_ttl: Duration,
+    /// How long a caller waits for a listing refresh it started before answering from
+    /// the listing it has (the refresh goes on in the background).
+    pub refresh_wait: Duration,
     /// Owner of nodes that come from the remote (WebDAV has no owners).
     pub uid: u32,
     pub gid: u32,
@@ -78,6 +83,7 @@ impl Default for CoreConfig {
         CoreConfig {
             dir_ttl: Duration::from_secs(60),
             attr_ttl: Duration::from_secs(10),
+            refresh_wait: Duration::from_millis(300),
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
             read_only: false,
@@ -147,7 +153,8 @@ pub struct Core {
     open_files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
-    listing_locks: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
+    /// Folder listings being refreshed (see listing.rs).
+    refreshes: listing::Refreshes,
     /// Content generation per inode: bumped when cached content is replaced by a newer
     /// remote version, so the kernel's page cache is kept only while it is still right.
     content_gen: Mutex<HashMap<u64, (u64, u64)>>,
@@ -168,8 +175,6 @@ pub struct Core {
     pub cache_grew: Arc<Notify>,
     /// Fully cached files whose content was hashed (checked or recorded) in this run.
     verified: Mutex<HashSet<u64>>,
-    /// When each file's remote version was last confirmed (unix ms), for revalidation.
-    validated: Mutex<HashMap<u64, i64>>,
     /// Drops the kernel's cached pages of an inode (set by the FUSE adapter).
     kernel_invalidator: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
@@ -245,7 +250,7 @@ impl Core {
             open_files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
-            listing_locks: Mutex::new(HashMap::new()),
+            refreshes: listing::Refreshes::default(),
             content_gen: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             cache_dir: cache_dir.to_path_buf(),
@@ -256,7 +261,6 @@ impl Core {
             dir_digests: Mutex::new(HashMap::new()),
             cache_grew: Arc::new(Notify::new()),
             verified: Mutex::new(HashSet::new()),
-            validated: Mutex::new(HashMap::new()),
             kernel_invalidator: OnceLock::new(),
             journal_progress: tokio::sync::watch::channel(0).0,
         });
@@ -416,271 +420,7 @@ impl Core {
         }
     }
 
-    // ----- directories -------------------------------------------------------------
-
-    /// Makes sure the node table holds a listing of directory `ino` no older than the TTL.
-    /// Offline, a directory listed before is served as it was; one never listed fails.
-    pub fn ensure_listing(&self, ino: u64) -> FsResult<()> {
-        let node = self.node(ino)?;
-        if node.kind != Kind::Dir {
-            return Err(FsError::NotDir);
-        }
-        if !self.listing_stale(&node) {
-            return Ok(());
-        }
-        let dir_lock = lock(&self.listing_locks)
-            .entry(ino)
-            .or_insert_with(|| Arc::new(Mutex::new(())))
-            .clone();
-        let _guard = lock(&dir_lock);
-        // Somebody else may have listed it while we waited.
-        let node = self.node(ino)?;
-        if !self.listing_stale(&node) {
-            return Ok(());
-        }
-        let path = self.path(ino)?;
-        if !self.health.is_online() {
-            return match node.listed_at {
-                Some(_) => Ok(()),
-                None => Err(FsError::Offline { path }),
-            };
-        }
-        let mut attempt = 0;
-        let result = loop {
-            let epoch = self.remote_changes.current();
-            let remote = self.remote.clone();
-            match self.call(&path, async { remote.list(&path).await }) {
-                Ok(entries) => match self.merge_listing(ino, &path, entries, epoch) {
-                    Ok(true) => break Ok(()),
-                    // The replayer changed the remote meanwhile; this listing may
-                    // predate it. Ask again, or keep the local view.
-                    Ok(false) if attempt < 3 => attempt += 1,
-                    Ok(false) => break Ok(()),
-                    Err(e) => break Err(e),
-                },
-                Err(e) => break Err(e),
-            }
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                if node.listed_at.is_some() {
-                    tracing::warn!("listing {path} failed, serving the cached listing: {e}");
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-
-    /// Lists the root while mounting, so that a server going away right after the mount
-    /// leaves a drive that can list and create in its root. The listing is then marked
-    /// due again: the first look at the root online lists it afresh, so files another
-    /// client adds in between show up as if the mount had not listed it yet.
-    pub fn list_root_for_mount(&self) -> FsResult<()> {
-        self.ensure_listing(ROOT_INO)?;
-        store::mark_listing_due(&lock(&self.store), ROOT_INO)?;
-        Ok(())
-    }
-
-    fn listing_stale(&self, node: &Node) -> bool {
-        if !node.on_remote {
-            // Created here and not yet on the remote: the local view is the whole truth.
-            return false;
-        }
-        match node.listed_at {
-            None => true,
-            Some(at) => store::now_ms() - at >= self.cfg.dir_ttl.as_millis() as i64,
-        }
-    }
-
-    /// Merges a fresh remote listing of `dir` into the node table. Names with waiting
-    /// journal entries keep their local state; clean files whose remote version changed
-    /// lose their cached content; clean nodes gone from the remote go locally too.
-    /// Returns false, merging nothing, when the replayer changed the remote since `epoch`.
-    fn merge_listing(
-        &self,
-        dir: u64,
-        dir_path: &str,
-        entries: Vec<RemoteEntry>,
-        epoch: u64,
-    ) -> FsResult<bool> {
-        let mut dropped_content = Vec::new();
-        let mut removed = Vec::new();
-        {
-            let mut conn = lock(&self.store);
-            // Checked under the store lock, which the replayer's commits also take.
-            if self.remote_changes.touched_since(epoch, dir_path, true) {
-                return Ok(false);
-            }
-            let tx = conn.transaction()?;
-            let pending = journal::names_pending_under(&tx, dir_path)?;
-            let is_pending =
-                |name: &str| pending.binary_search_by(|p| p.as_str().cmp(name)).is_ok();
-            let mut local: HashMap<String, Node> = store::children(&tx, dir)?
-                .into_iter()
-                .map(|n| (n.name.clone(), n))
-                .collect();
-            for e in entries {
-                if is_internal_name(&e.name) {
-                    continue;
-                }
-                if check_name(&e.name).is_err() {
-                    tracing::warn!(
-                        "ignoring remote entry with unusable name {:?} in {dir_path}",
-                        e.name
-                    );
-                    continue;
-                }
-                let existing = local.remove(&e.name);
-                if is_pending(&e.name) {
-                    continue;
-                }
-                let kind = if e.is_dir { Kind::Dir } else { Kind::File };
-                let mtime_ns = e
-                    .mtime
-                    .map(store::system_time_to_ns)
-                    .unwrap_or_else(store::now_ns);
-                match existing {
-                    Some(n) if n.kind == kind => {
-                        let same = crate::remote::same_etag(n.etag.as_deref(), e.etag.as_deref());
-                        if kind == Kind::File && same && !n.dirty {
-                            store::refresh_etag(&tx, n.ino, n.etag.as_deref(), e.etag.as_deref())?;
-                            if n.remote_checksum != e.checksum {
-                                store::set_remote_checksum(&tx, n.ino, e.checksum.as_deref())?;
-                            }
-                        }
-                        if kind == Kind::File && !same && !n.dirty {
-                            // An open file keeps its content until closed; the next
-                            // listing after that picks up the new version.
-                            if !self.is_open(n.ino) {
-                                tracing::debug!(
-                                    "{dir_path}/{}: remote version changed ({:?} -> {:?})",
-                                    n.name,
-                                    n.etag,
-                                    e.etag
-                                );
-                                store::versions::adopt_remote_version(
-                                    &tx,
-                                    n.ino,
-                                    e.etag.as_deref(),
-                                    e.size,
-                                    mtime_ns,
-                                )?;
-                                store::set_remote_checksum(&tx, n.ino, e.checksum.as_deref())?;
-                                if !n.ranges.is_empty() {
-                                    dropped_content.push(n.ino);
-                                }
-                            }
-                        } else if !n.on_remote {
-                            store::versions::mark_on_remote(&tx, n.ino)?;
-                        }
-                    }
-                    Some(n) => {
-                        // A file became a directory or the other way round on the remote.
-                        if n.dirty || self.is_open(n.ino) || self.subtree_has_dirty(&tx, n.ino)? {
-                            continue;
-                        }
-                        self.delete_subtree(&tx, n.ino, &mut removed)?;
-                        self.insert_remote(&tx, dir, &e, kind, mtime_ns)?;
-                    }
-                    None => {
-                        self.insert_remote(&tx, dir, &e, kind, mtime_ns)?;
-                    }
-                }
-            }
-            // What is left exists here but not on the remote.
-            for (name, n) in local {
-                if is_pending(&name) || !n.on_remote || n.dirty || self.is_open(n.ino) {
-                    continue;
-                }
-                if self.subtree_has_dirty(&tx, n.ino)? {
-                    continue;
-                }
-                self.delete_subtree(&tx, n.ino, &mut removed)?;
-            }
-            tx.execute(
-                "UPDATE nodes SET listed_at = ?2 WHERE ino = ?1",
-                rusqlite::params![dir as i64, store::now_ms()],
-            )?;
-            tx.commit()?;
-            // Still under the store lock: nobody can open these files in between.
-            for ino in &dropped_content {
-                self.content.remove(*ino);
-            }
-            for ino in &removed {
-                self.content.remove(*ino);
-            }
-        }
-        for ino in dropped_content {
-            self.content_dropped(ino);
-        }
-        Ok(true)
-    }
-
-    fn insert_remote(
-        &self,
-        c: &Connection,
-        dir: u64,
-        e: &RemoteEntry,
-        kind: Kind,
-        mtime_ns: i64,
-    ) -> FsResult<u64> {
-        let ino = store::insert_node(
-            c,
-            &NewNode {
-                parent: dir,
-                name: &e.name,
-                kind,
-                size: if kind == Kind::Dir { 0 } else { e.size },
-                mtime_ns,
-                mode: if kind == Kind::Dir { 0o755 } else { 0o644 },
-                uid: self.cfg.uid,
-                gid: self.cfg.gid,
-                etag: e.etag.as_deref(),
-                on_remote: true,
-                dirty: false,
-                ranges: RangeSet::default(),
-                listed_at: None,
-                last_access: self.cfg.clock.now_s(),
-            },
-        )?;
-        if e.checksum.is_some() {
-            store::set_remote_checksum(c, ino, e.checksum.as_deref())?;
-        }
-        Ok(ino)
-    }
-
-    /// Whether anything below (and including) `ino` has local changes or is open.
-    fn subtree_has_dirty(&self, c: &Connection, ino: u64) -> FsResult<bool> {
-        let inos: Vec<(u64, bool)> = c
-            .prepare(
-                "WITH RECURSIVE sub(ino) AS (SELECT ?1 UNION ALL \
-                 SELECT nodes.ino FROM nodes JOIN sub ON nodes.parent = sub.ino) \
-                 SELECT ino, dirty = 1 OR on_remote = 0 FROM nodes WHERE ino IN sub",
-            )?
-            .query_map([ino as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(inos.iter().any(|(i, changed)| *changed || self.is_open(*i)))
-    }
-
-    fn delete_subtree(&self, c: &Connection, ino: u64, removed: &mut Vec<u64>) -> FsResult<()> {
-        let inos: Vec<u64> = c
-            .prepare(
-                "WITH RECURSIVE sub(ino) AS (SELECT ?1 UNION ALL \
-                 SELECT nodes.ino FROM nodes JOIN sub ON nodes.parent = sub.ino) SELECT ino FROM sub",
-            )?
-            .query_map([ino as i64], |r| r.get::<_, i64>(0).map(|v| v as u64))?
-            .collect::<Result<_, _>>()?;
-        for i in inos {
-            store::delete_node(c, i)?;
-            removed.push(i);
-        }
-        Ok(())
-    }
+    // ----- directories: see listing.rs --------------------------------------------
 
     pub fn is_open(&self, ino: u64) -> bool {
         lock(&self.open_files).contains_key(&ino)

@@ -295,6 +295,7 @@ fn run_inner(
         CoreConfig {
             dir_ttl: cfg.dir_ttl,
             attr_ttl: cfg.attr_ttl,
+            refresh_wait: cfg.refresh_wait,
             cache: cfg.cache.clone(),
             read_only,
             ..CoreConfig::default()

@@ -183,12 +183,6 @@ fn any_sent(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
     .map(|o| o.is_some())
 }
 
-fn escape_like(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
-}
-
 /// Whether `p` is `dir` or lies below it.
 pub fn at_or_under(p: &str, dir: &str) -> bool {
     p == dir
@@ -434,12 +428,21 @@ pub fn start_ready(
 /// Whether the remote's view of `path` (or of node `ino`) is still to change by waiting
 /// entries: one of the node, or naming the path or a directory above it.
 pub fn path_pending(c: &Connection, path: &str, ino: u64) -> rusqlite::Result<bool> {
-    c.prepare_cached(
-        "SELECT EXISTS(SELECT 1 FROM journal WHERE ino = ?2 OR path = ?1 OR dest = ?1 \
-         OR substr(?1, 1, length(path) + 1) = path || '/' \
-         OR (dest IS NOT NULL AND substr(?1, 1, length(dest) + 1) = dest || '/'))",
-    )?
-    .query_row(params![path, ino as i64], |r| r.get(0))
+    let of_node: bool = c
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE ino = ?1)")?
+        .query_row([ino as i64], |r| r.get(0))?;
+    if of_node {
+        return Ok(true);
+    }
+    // The path and each folder above it, each an index lookup on `path` and `dest`.
+    let mut st =
+        c.prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE path = ?1 OR dest = ?1)")?;
+    for p in std::iter::once(path).chain(ancestors(path)) {
+        if p != "/" && st.query_row([p], |r| r.get::<_, bool>(0))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// When the next entry waiting out a backoff becomes due (unix ms, after `now_ms`).
@@ -594,18 +597,19 @@ pub fn record_conflict_because(
 /// Points waiting entries at or below `from` to the same places below `to` (a folder
 /// moved aside on the server because something else took its name there).
 pub fn rewrite_prefix(c: &Connection, from: &str, to: &str) -> rusqlite::Result<usize> {
-    let like = format!("{}/%", escape_like(from));
+    // Below `from`: the range [from + '/', from + '0'), answered by the path indexes.
+    let (below, end) = (format!("{from}/"), format!("{from}0"));
     let n = c
         .prepare_cached(
             "UPDATE journal SET path = ?2 || substr(path, length(?1) + 1) \
-             WHERE (path = ?1 OR path LIKE ?3 ESCAPE '\\')",
+             WHERE path = ?1 OR (path >= ?3 AND path < ?4)",
         )?
-        .execute(params![from, to, like])?;
+        .execute(params![from, to, below, end])?;
     c.prepare_cached(
         "UPDATE journal SET dest = ?2 || substr(dest, length(?1) + 1) \
-         WHERE (dest = ?1 OR dest LIKE ?3 ESCAPE '\\')",
+         WHERE dest = ?1 OR (dest >= ?3 AND dest < ?4)",
     )?
-    .execute(params![from, to, like])?;
+    .execute(params![from, to, below, end])?;
     Ok(n)
 }
 
@@ -687,11 +691,14 @@ pub fn names_pending_under(c: &Connection, dir_path: &str) -> rusqlite::Result<V
     } else {
         format!("{dir_path}/")
     };
-    let prefix = format!("{}%", escape_like(&base));
+    // Every path starting with `base`: the range [base, base with its '/' raised to '0'),
+    // which an index on `path` and one on `dest` answer.
+    let end = format!("{}0", &base[..base.len() - 1]);
     let mut st = c.prepare_cached(
-        "SELECT path, dest FROM journal WHERE path LIKE ?1 ESCAPE '\\' OR dest LIKE ?1 ESCAPE '\\'",
+        "SELECT path, dest FROM journal WHERE (path >= ?1 AND path < ?2) \
+         OR (dest >= ?1 AND dest < ?2)",
     )?;
-    let rows = st.query_map([prefix], |r| {
+    let rows = st.query_map([&base, &end], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
     })?;
     let mut names = Vec::new();

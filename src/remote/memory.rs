@@ -482,16 +482,34 @@ impl State {
     }
 
     fn remove_subtree(&mut self, path: &str) -> Vec<(String, Node)> {
-        // A full scan: "/a b" sorts between "/a" and "/a/x", so a range would miss members.
-        let keys: Vec<String> = self
+        let mut keys: Vec<String> = self
             .tree
-            .keys()
-            .filter(|k| in_subtree(k, path))
-            .cloned()
+            .contains_key(path)
+            .then(|| path.to_string())
+            .into_iter()
             .collect();
+        keys.extend(self.below(path).map(|(k, _)| k.clone()));
         keys.into_iter()
             .filter_map(|k| self.tree.remove(&k).map(|n| (k, n)))
             .collect()
+    }
+
+    /// Every entry strictly below `path`. They sort together: from `path/` up to
+    /// `path0` ('0' follows '/'), which "/a b" (between "/a" and "/a/x") is not in.
+    fn below<'a>(&'a self, path: &str) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
+        let (start, end) = if path == "/" {
+            ("/".to_string(), "0".to_string())
+        } else {
+            (format!("{path}/"), format!("{path}0"))
+        };
+        self.tree
+            .range::<String, _>((
+                std::ops::Bound::Included(&start),
+                std::ops::Bound::Excluded(&end),
+            ))
+            .filter(|(k, _)| k.as_str() != "/")
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     /// Recursive; a missing resource is fine (`WebDav` takes 404 as done).
@@ -600,8 +618,8 @@ impl Remote for MemRemote {
             None => Err(RemoteError::NotFound),
             Some(n) if n.file.is_some() => Err(refused(405, "not a collection")),
             Some(_) => {
-                let children = s.tree.keys().filter(|k| *k != "/" && parent(k) == path);
-                Ok(children.filter_map(|k| s.entry(k)).collect())
+                let children = s.below(&path).filter(|(k, _)| parent(k) == path);
+                Ok(children.filter_map(|(k, _)| s.entry(k)).collect())
             }
         })
     }

@@ -1,0 +1,381 @@
+//! Folder listings: fetched from the remote, merged into the node table, and refreshed
+//! in the background so that a slow server never stalls what the cache can answer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tokio::sync::watch;
+
+use super::{check_name, is_internal_name, lock, Core, FsError, FsResult};
+use crate::journal;
+use crate::remote::Entry as RemoteEntry;
+use crate::store::{self, Kind, NewNode, Node, RangeSet, ROOT_INO};
+
+/// Listing refreshes in flight, one per folder.
+#[derive(Default)]
+pub(super) struct Refreshes {
+    /// Folder inode -> when its refresh started, and a receiver that turns true at its end.
+    running: Mutex<HashMap<u64, (Instant, watch::Receiver<bool>)>>,
+    /// The last refresh to end took longer than the refresh wait: until one is quick
+    /// again, nobody waits for a refresh.
+    slow: AtomicBool,
+}
+
+impl Refreshes {
+    /// Registers a refresh of `dir`. Returns the sender to end it with (None when one is
+    /// already running) and a receiver of its end.
+    fn register(&self, dir: u64) -> (Option<watch::Sender<bool>>, watch::Receiver<bool>) {
+        let mut running = lock(&self.running);
+        if let Some((_, rx)) = running.get(&dir) {
+            return (None, rx.clone());
+        }
+        let (tx, rx) = watch::channel(false);
+        running.insert(dir, (Instant::now(), rx.clone()));
+        (Some(tx), rx)
+    }
+
+    fn running(&self, dir: u64) -> Option<watch::Receiver<bool>> {
+        lock(&self.running).get(&dir).map(|(_, rx)| rx.clone())
+    }
+
+    /// Ends the refresh of `dir`; `slow` says whether it took longer than the wait.
+    fn finish(&self, dir: u64, tx: watch::Sender<bool>, slow: Option<bool>) {
+        lock(&self.running).remove(&dir);
+        if let Some(slow) = slow {
+            self.slow.store(slow, Ordering::Relaxed);
+        }
+        let _ = tx.send(true);
+    }
+
+    /// Whether the server is answering listings slower than `wait`: the last refresh was
+    /// slow, or one has been running longer than that.
+    fn server_slow(&self, wait: Duration) -> bool {
+        self.slow.load(Ordering::Relaxed)
+            || lock(&self.running)
+                .values()
+                .any(|(started, _)| started.elapsed() > wait)
+    }
+}
+
+impl Core {
+    /// Makes sure the node table holds a listing of directory `ino` no older than the
+    /// listing TTL (see `ensure_listing_within`).
+    pub fn ensure_listing(&self, ino: u64) -> FsResult<()> {
+        self.ensure_listing_within(ino, self.cfg.dir_ttl)
+    }
+
+    /// Makes sure folder `ino`'s listing is no older than `max_age`, as far as the server
+    /// lets it be without stalling the caller:
+    /// - a folder never listed is listed now (there is nothing else to answer with);
+    /// - a folder listed before is refreshed in the background, one refresh per folder
+    ///   at a time. The caller that starts it waits for it at most `refresh_wait`; one
+    ///   arriving while it runs, or while the server is slow, answers at once from the
+    ///   listing it has. So cached files open and read at local speed whatever the
+    ///   server does, and no lock is held across the network call.
+    ///
+    /// Offline, a folder listed before is served as it was; one never listed fails.
+    pub(super) fn ensure_listing_within(&self, ino: u64, max_age: Duration) -> FsResult<()> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if !self.listing_older_than(&node, max_age) {
+            return Ok(());
+        }
+        if node.listed_at.is_none() {
+            return self.list_first_time(ino);
+        }
+        if !self.health.is_online() {
+            return Ok(());
+        }
+        let Some(mut done) = self.start_refresh(ino) else {
+            return Ok(());
+        };
+        if self.refreshes.server_slow(self.cfg.refresh_wait) {
+            return Ok(());
+        }
+        let wait = self.cfg.refresh_wait;
+        self.rt.block_on(async {
+            let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
+        });
+        Ok(())
+    }
+
+    /// Lists a folder that was never listed. A listing of it already running (another
+    /// caller's) is waited for instead of sent twice.
+    fn list_first_time(&self, ino: u64) -> FsResult<()> {
+        if let Some(mut running) = self.refreshes.running(ino) {
+            self.rt.block_on(async {
+                let _ = running.wait_for(|d| *d).await;
+            });
+            if self.node(ino)?.listed_at.is_some() {
+                return Ok(());
+            }
+        }
+        if !self.health.is_online() {
+            return Err(FsError::Offline {
+                path: self.path(ino)?,
+            });
+        }
+        let (registered, _done) = self.refreshes.register(ino);
+        let result = self.fetch_and_merge(ino);
+        if let Some(tx) = registered {
+            self.refreshes.finish(ino, tx, None);
+        }
+        result
+    }
+
+    /// Starts a background refresh of folder `ino`; returns a receiver that turns true
+    /// when it ends, or None when one was already running.
+    fn start_refresh(&self, ino: u64) -> Option<tokio::sync::watch::Receiver<bool>> {
+        let (tx, done) = self.refreshes.register(ino);
+        let tx = tx?;
+        let me = self.me.upgrade()?;
+        self.rt.spawn_blocking(move || {
+            let started = Instant::now();
+            if let Err(e) = me.fetch_and_merge(ino) {
+                tracing::warn!(
+                    "refreshing the listing of inode {ino} failed, serving the cached one: {e}"
+                );
+            }
+            me.refreshes
+                .finish(ino, tx, Some(started.elapsed() > me.cfg.refresh_wait));
+        });
+        Some(done)
+    }
+
+    /// Asks the remote for folder `ino`'s entries and merges them. The replayer changing
+    /// the remote meanwhile makes the listing ask again (three times, then the local
+    /// view stays).
+    fn fetch_and_merge(&self, ino: u64) -> FsResult<()> {
+        let path = self.path(ino)?;
+        let mut attempt = 0;
+        loop {
+            let epoch = self.remote_changes.current();
+            let remote = self.remote.clone();
+            let entries = self.call(&path, async { remote.list(&path).await })?;
+            match self.merge_listing(ino, &path, entries, epoch)? {
+                true => return Ok(()),
+                false if attempt < 3 => attempt += 1,
+                false => return Ok(()),
+            }
+        }
+    }
+
+    /// Lists the root while mounting, so that a server going away right after the mount
+    /// leaves a drive that can list and create in its root. The listing is then marked
+    /// due again: the first look at the root online lists it afresh, so files another
+    /// client adds in between show up as if the mount had not listed it yet.
+    pub fn list_root_for_mount(&self) -> FsResult<()> {
+        self.ensure_listing(ROOT_INO)?;
+        store::mark_listing_due(&lock(&self.store), ROOT_INO)?;
+        Ok(())
+    }
+
+    fn listing_older_than(&self, node: &Node, max_age: Duration) -> bool {
+        if !node.on_remote {
+            // Created here and not yet on the remote: the local view is the whole truth.
+            return false;
+        }
+        match node.listed_at {
+            None => true,
+            Some(at) => self.cfg.clock.now_ms() - at >= max_age.as_millis() as i64,
+        }
+    }
+
+    /// Merges a fresh remote listing of `dir` into the node table. Names with waiting
+    /// journal entries keep their local state; clean files whose remote version changed
+    /// lose their cached content; clean nodes gone from the remote go locally too.
+    /// Returns false, merging nothing, when the replayer changed the remote since `epoch`.
+    fn merge_listing(
+        &self,
+        dir: u64,
+        dir_path: &str,
+        entries: Vec<RemoteEntry>,
+        epoch: u64,
+    ) -> FsResult<bool> {
+        let mut dropped_content = Vec::new();
+        let mut removed = Vec::new();
+        {
+            let mut conn = lock(&self.store);
+            // Checked under the store lock, which the replayer's commits also take.
+            if self.remote_changes.touched_since(epoch, dir_path, true) {
+                return Ok(false);
+            }
+            let tx = conn.transaction()?;
+            let pending = journal::names_pending_under(&tx, dir_path)?;
+            let is_pending =
+                |name: &str| pending.binary_search_by(|p| p.as_str().cmp(name)).is_ok();
+            let mut local: HashMap<String, Node> = store::children(&tx, dir)?
+                .into_iter()
+                .map(|n| (n.name.clone(), n))
+                .collect();
+            for e in entries {
+                if is_internal_name(&e.name) {
+                    continue;
+                }
+                if check_name(&e.name).is_err() {
+                    tracing::warn!(
+                        "ignoring remote entry with unusable name {:?} in {dir_path}",
+                        e.name
+                    );
+                    continue;
+                }
+                let existing = local.remove(&e.name);
+                if is_pending(&e.name) {
+                    continue;
+                }
+                let kind = if e.is_dir { Kind::Dir } else { Kind::File };
+                let mtime_ns = e
+                    .mtime
+                    .map(store::system_time_to_ns)
+                    .unwrap_or_else(store::now_ns);
+                match existing {
+                    Some(n) if n.kind == kind => {
+                        let same = crate::remote::same_etag(n.etag.as_deref(), e.etag.as_deref());
+                        if kind == Kind::File && same && !n.dirty {
+                            store::refresh_etag(&tx, n.ino, n.etag.as_deref(), e.etag.as_deref())?;
+                            if n.remote_checksum != e.checksum {
+                                store::set_remote_checksum(&tx, n.ino, e.checksum.as_deref())?;
+                            }
+                        }
+                        if kind == Kind::File && !same && !n.dirty {
+                            // An open file keeps its content until closed; the next
+                            // listing after that picks up the new version.
+                            if !self.is_open(n.ino) {
+                                tracing::debug!(
+                                    "{dir_path}/{}: remote version changed ({:?} -> {:?})",
+                                    n.name,
+                                    n.etag,
+                                    e.etag
+                                );
+                                store::versions::adopt_remote_version(
+                                    &tx,
+                                    n.ino,
+                                    e.etag.as_deref(),
+                                    e.size,
+                                    mtime_ns,
+                                )?;
+                                store::set_remote_checksum(&tx, n.ino, e.checksum.as_deref())?;
+                                if !n.ranges.is_empty() {
+                                    dropped_content.push(n.ino);
+                                }
+                            }
+                        } else if !n.on_remote {
+                            store::versions::mark_on_remote(&tx, n.ino)?;
+                        }
+                    }
+                    Some(n) => {
+                        // A file became a directory or the other way round on the remote.
+                        if n.dirty
+                            || self.is_open(n.ino)
+                            || !self
+                                .remove_subtrees(&tx, &[n.ino], &mut removed)?
+                                .is_empty()
+                        {
+                            continue;
+                        }
+                        self.insert_remote(&tx, dir, &e, kind, mtime_ns)?;
+                    }
+                    None => {
+                        self.insert_remote(&tx, dir, &e, kind, mtime_ns)?;
+                    }
+                }
+            }
+            // What is left exists here but not on the remote.
+            let gone: Vec<u64> = local
+                .into_iter()
+                .filter(|(name, n)| {
+                    !is_pending(name) && n.on_remote && !n.dirty && !self.is_open(n.ino)
+                })
+                .map(|(_, n)| n.ino)
+                .collect();
+            self.remove_subtrees(&tx, &gone, &mut removed)?;
+            tx.execute(
+                "UPDATE nodes SET listed_at = ?2 WHERE ino = ?1",
+                rusqlite::params![dir as i64, self.cfg.clock.now_ms()],
+            )?;
+            tx.commit()?;
+            // Still under the store lock: nobody can open these files in between.
+            for ino in &dropped_content {
+                self.content.remove(*ino);
+            }
+        }
+        // Removed nodes are gone from the table and inode numbers are never reused: no
+        // open can reach these content files any more, so they go without the lock.
+        for ino in removed {
+            self.content.remove(ino);
+        }
+        for ino in dropped_content {
+            self.content_dropped(ino);
+        }
+        Ok(true)
+    }
+
+    fn insert_remote(
+        &self,
+        c: &Connection,
+        dir: u64,
+        e: &RemoteEntry,
+        kind: Kind,
+        mtime_ns: i64,
+    ) -> FsResult<u64> {
+        let ino = store::insert_node(
+            c,
+            &NewNode {
+                parent: dir,
+                name: &e.name,
+                kind,
+                size: if kind == Kind::Dir { 0 } else { e.size },
+                mtime_ns,
+                mode: if kind == Kind::Dir { 0o755 } else { 0o644 },
+                uid: self.cfg.uid,
+                gid: self.cfg.gid,
+                etag: e.etag.as_deref(),
+                on_remote: true,
+                dirty: false,
+                ranges: RangeSet::default(),
+                listed_at: None,
+                last_access: self.cfg.clock.now_s(),
+            },
+        )?;
+        if e.checksum.is_some() {
+            store::set_remote_checksum(c, ino, e.checksum.as_deref())?;
+        }
+        Ok(ino)
+    }
+
+    /// Removes the nodes `roots` and everything below them, except a root whose subtree
+    /// holds local changes or an open file: that one stays whole, and is returned. The
+    /// removed inodes are added to `removed` (their content files go after the commit).
+    /// One query for the whole set, however many entries a listing removed.
+    fn remove_subtrees(
+        &self,
+        c: &Connection,
+        roots: &[u64],
+        removed: &mut Vec<u64>,
+    ) -> FsResult<HashSet<u64>> {
+        let nodes = store::subtrees(c, roots)?;
+        let kept: HashSet<u64> = nodes
+            .iter()
+            .filter(|n| n.changed || (n.is_file && self.is_open(n.ino)))
+            .map(|n| n.root)
+            .collect();
+        let doomed: Vec<u64> = nodes
+            .iter()
+            .filter(|n| !kept.contains(&n.root))
+            .map(|n| n.ino)
+            .collect();
+        store::delete_nodes(c, &doomed)?;
+        removed.extend(
+            nodes
+                .iter()
+                .filter(|n| n.is_file && !kept.contains(&n.root))
+                .map(|n| n.ino),
+        );
+        Ok(kept)
+    }
+}
