@@ -13,8 +13,9 @@ use crate::clock::Clock;
 use crate::store::{self, Kind};
 
 /// Clean cached files up to this size are hashed before their first read in a run;
-/// larger ones in the background.
-const VERIFY_AT_OPEN_LIMIT: u64 = 1 << 30;
+/// larger ones in the background, so that no open waits for more than a small file's
+/// hash (until checked they are read through davdrive, never handed to passthrough).
+const VERIFY_AT_OPEN_LIMIT: u64 = 8 << 20;
 
 /// Cached files and bytes, by state.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -427,9 +428,14 @@ impl Core {
         if !bound_elsewhere && !short && node.size > VERIFY_AT_OPEN_LIMIT {
             // Hashing this at open would stall it for long: checked in the background
             // (and dropped if damaged); until then it is not handed to passthrough.
+            if !lock(&self.verifying).insert(ino) {
+                return Ok(()); // already being checked
+            }
             if let Some(me) = self.me.upgrade() {
                 self.rt.spawn_blocking(move || {
-                    if let Ok(false) = me.hash_clean_content(ino, false) {
+                    let good = me.hash_clean_content(ino, false);
+                    lock(&me.verifying).remove(&ino);
+                    if let Ok(false) = good {
                         let path = me.path(ino).unwrap_or_default();
                         tracing::warn!(
                             "{path}: cached content is damaged (hash mismatch); dropping it"

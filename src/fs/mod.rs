@@ -72,8 +72,8 @@ impl Default for UploadSizes {
     fn default() -> Self {
         UploadSizes {
             snapshot_limit: 4 << 20,
-            parts_from: 32 << 20,
-            part: 8 << 20,
+            parts_from: crate::journal::replay::PARTS_FROM,
+            part: crate::journal::replay::PART_SIZE,
         }
     }
 }
@@ -175,6 +175,8 @@ pub struct Core {
     pub cache_grew: Arc<Notify>,
     /// Fully cached files whose content was hashed (checked or recorded) in this run.
     verified: Mutex<HashSet<u64>>,
+    /// Large cached files being hashed in the background (one check each at a time).
+    verifying: Mutex<HashSet<u64>>,
     /// Drops the kernel's cached pages of an inode (set by the FUSE adapter).
     kernel_invalidator: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
@@ -261,6 +263,7 @@ impl Core {
             dir_digests: Mutex::new(HashMap::new()),
             cache_grew: Arc::new(Notify::new()),
             verified: Mutex::new(HashSet::new()),
+            verifying: Mutex::new(HashSet::new()),
             kernel_invalidator: OnceLock::new(),
             journal_progress: tokio::sync::watch::channel(0).0,
         });
@@ -462,6 +465,19 @@ impl Core {
     /// The cached content of `ino` was replaced behind the kernel's back.
     pub fn content_replaced(&self, ino: u64) {
         self.bump_content_gen(ino);
+        lock(&self.verified).remove(&ino);
+    }
+
+    /// The kernel forgot inode `ino` (FUSE `forget`): its pages and entries of it are
+    /// gone, so what is kept here about them goes too, unless the file is open. Keeps
+    /// the per-inode maps as small as the kernel's inode cache, however many inodes a
+    /// walk has seen. Everything dropped here is worked out again when needed.
+    pub fn forget(&self, ino: u64) {
+        if self.is_open(ino) {
+            return;
+        }
+        lock(&self.content_gen).remove(&ino);
+        lock(&self.dir_digests).remove(&ino);
         lock(&self.verified).remove(&ino);
     }
 

@@ -153,13 +153,11 @@ pub(super) async fn put_in_parts(
     let remote = core.remote().clone();
     let local_path = core.content().path(e.ino);
     let scratch = scratch_path(&e.path, e.ino);
-    // The local version is named by its bytes: only a scratch file holding a prefix of
-    // exactly these may be continued.
-    let hash = {
-        let (path, size) = (local_path.clone(), node.size);
-        super::blocking(move || sha256_prefix(&path, size)).await?
-    };
-    let version = format!("{}:{hash}", node.size);
+    // Only a scratch file holding a prefix of this very local version may be continued.
+    // The version is named by size, mtime and ctime (every committed write and every
+    // attribute change sets the ctime, which no one can set back), not by hashing the
+    // whole file first: that was a second pass over gigabytes before the first byte went.
+    let version = format!("{}:{}:{}", node.size, node.mtime_ns, node.ctime_ns);
     let (done_version, done_bytes) = journal::part_progress(&core.store(), e.id)?;
     let mut offset = 0;
     if done_version.as_deref() == Some(version.as_str()) && done_bytes > 0 {
