@@ -37,6 +37,16 @@ pub enum Verify {
     Size,
 }
 
+impl Verify {
+    /// As `--verify` spells it (and the store records it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Verify::Full => "full",
+            Verify::Size => "size",
+        }
+    }
+}
+
 impl std::str::FromStr for Verify {
     type Err = MigrateError;
     fn from_str(s: &str) -> Result<Verify, MigrateError> {

@@ -155,6 +155,15 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE conflicts ADD COLUMN reason TEXT;
     ",
+    // 7: what a migration's verification of a file saw, so a later run (`--delete-source`
+    // on a tree migrated before) can trust it while the server still has that version;
+    // and why `--delete-source` kept a source file, as a short code counted by
+    // `migrate status` (the details are in `error`).
+    "
+    ALTER TABLE migration_items ADD COLUMN verified_etag TEXT;
+    ALTER TABLE migration_items ADD COLUMN verified_how TEXT;
+    ALTER TABLE migration_items ADD COLUMN source_kept TEXT;
+    ",
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
