@@ -2,8 +2,9 @@
 //! unicode names, a 200 MiB file and an unreadable file, cut by `kill -9` and finished
 //! after a restart without sending finished files again; pause and resume; the remote
 //! down during part of a run; `--delete-source` removing only verified files; a
-//! migration three times the cache's size limit; a re-run sending only what changed; and
-//! bad input refused with clear errors. Outcomes are checked on the server's side.
+//! migration three times the cache's size limit; a re-run sending only what changed; a
+//! re-run with `--delete-source` freeing the source of what the server has; and bad input
+//! refused with clear errors. Outcomes are checked on the server's side.
 
 mod common;
 
@@ -128,9 +129,14 @@ fn assert_on_server(server: &Server, dest: &str, files: &[(String, String)]) {
 
 /// PUT requests the proxy saw, by decoded path.
 fn puts(server: &Server) -> HashMap<String, usize> {
+    requests(server, "PUT")
+}
+
+/// Requests of `method` the proxy saw, by decoded path.
+fn requests(server: &Server, method_wanted: &str) -> HashMap<String, usize> {
     let mut out = HashMap::new();
     for (method, path) in server.proxy.state.lock().unwrap().requests.iter() {
-        if method == "PUT" {
+        if method == method_wanted {
             let p = percent_encoding::percent_decode_str(path)
                 .decode_utf8_lossy()
                 .into_owned();
@@ -636,4 +642,188 @@ fn a_rerun_sends_only_the_changed_file_and_bad_input_is_refused() {
         pending,
         "copies went on after cancel"
     );
+}
+
+#[test]
+fn a_rerun_with_delete_source_frees_the_source_of_what_the_server_has() {
+    let server = Server::start();
+    let base = tempfile::tempdir().unwrap();
+    let src = base.path().join("uploads");
+    let mut tree = make_tree(&src, 40, 6);
+    let m = Mount::start(&server.url(), base.path(), &[]);
+
+    // Migrated, looked at: nothing was asked of the source.
+    let first = start(&m, &src, "moved", &[]);
+    let st = wait_ended(&m, first, 60);
+    assert_eq!(st["state"], "completed", "{st}");
+    assert_eq!(st["source"], Value::Null, "{st}");
+    assert_on_server(&server, "moved", &tree);
+    for (rel, _) in &tree {
+        assert!(
+            src.join(rel).exists(),
+            "{rel} removed without --delete-source"
+        );
+    }
+
+    // In between, one source file changes, and another client rewrites the server's copy
+    // of another file in place: same size, other bytes, the drive not told.
+    let changed = tree[3].0.clone();
+    let changed_data = pattern(5 * KIB + 11, 3030);
+    fs::write(src.join(&changed), &changed_data).unwrap();
+    tree[3].1 = sha256(&changed_data);
+    let (altered, altered_sha) = tree[8].clone();
+    let altered_on_server = server.path(&format!("moved/{altered}"));
+    let len = fs::metadata(&altered_on_server).unwrap().len() as usize;
+    let theirs = pattern(len, 4040);
+    fs::write(&altered_on_server, &theirs).unwrap();
+    let puts_before = puts(&server);
+    let gets_before = requests(&server, "GET");
+
+    let second = start(&m, &src, "moved", &["--delete-source"]);
+    let st = wait_ended(&m, second, 60);
+    assert_eq!(st["state"], "completed_with_errors", "{st}");
+    assert_eq!(files(&st, "total"), 40, "{st}");
+    assert_eq!(files(&st, "source_deleted"), 39, "{st}");
+    assert_eq!(files(&st, "failed"), 1, "{st}");
+    let source = &st["source"];
+    assert_eq!(source["removed"], 39, "{st}");
+    assert_eq!(source["kept"], 1, "{st}");
+    assert_eq!(source["kept_because"]["server_differs"], 1, "{st}");
+    assert_eq!(source["to_do"], 0, "{st}");
+
+    // Every file the server has with the source's bytes is gone from the source — the
+    // changed one too, once its new content was sent and verified.
+    let same: Vec<(String, String)> = tree
+        .iter()
+        .filter(|(r, _)| *r != altered)
+        .cloned()
+        .collect();
+    assert_on_server(&server, "moved", &same);
+    for (rel, _) in &same {
+        assert!(
+            !src.join(rel).exists(),
+            "{rel}: on the server, but its source is kept"
+        );
+    }
+    let sent: Vec<(String, usize)> = puts(&server)
+        .into_iter()
+        .map(|(p, n)| {
+            let before = puts_before.get(&p).copied().unwrap_or(0);
+            (p, n - before)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(sent, vec![(format!("/moved/{changed}"), 1)]);
+
+    // The unchanged files were trusted on the first run's verification, the server still
+    // naming the version it read; the file the other client rewrote was read back.
+    let gets = requests(&server, "GET");
+    let read_back = |rel: &str| {
+        let p = format!("/moved/{rel}");
+        gets.get(&p).copied().unwrap_or(0) - gets_before.get(&p).copied().unwrap_or(0)
+    };
+    assert!(read_back(&altered) >= 1, "{altered} was not read back");
+    for (rel, _) in same.iter().filter(|(r, _)| *r != changed) {
+        assert_eq!(read_back(rel), 0, "{rel} read back though verified before");
+    }
+
+    // The other client's copy is kept, not overwritten; so is the source, listed with
+    // its reason.
+    assert_eq!(fs::read(&altered_on_server).unwrap(), theirs);
+    assert_eq!(
+        sha256_file(&src.join(&altered)).as_deref(),
+        Some(altered_sha.as_str())
+    );
+    let errors = ctl_json(&m, &["migrate", "errors", &second.to_string()]);
+    assert_eq!(errors["total"], 1, "{errors}");
+    let item = &errors["items"][0];
+    assert_eq!(item["path"], altered.as_str(), "{errors}");
+    let reason = item["error"].as_str().unwrap();
+    assert!(
+        reason.contains("not as in the source") && reason.contains("SHA-256"),
+        "{reason}"
+    );
+
+    // SRC itself stays; folders emptied go, the one holding the kept file stays.
+    assert!(src.is_dir());
+    assert!(src.join(&altered).parent().unwrap().is_dir());
+    assert!(altered.starts_with("d8/"), "{altered}");
+    assert!(!src.join("d5").exists());
+
+    // The human status says it too.
+    let (ok, text, _) = ctl(&m, &["migrate", "status", &second.to_string()]);
+    assert!(
+        ok && text.contains("source: 39 file(s) removed, 1 kept (1 not the same on the server)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_rerun_with_delete_source_checks_the_server_as_verify_asks() {
+    let server = Server::start();
+    let base = tempfile::tempdir().unwrap();
+    let m = Mount::start(&server.url(), base.path(), &[]);
+
+    // --verify size: the server's size and ETag; a copy another client rewrote in place
+    // (same size) has another ETag, and is kept.
+    let src = base.path().join("by-size");
+    let tree = make_tree(&src, 12, 7);
+    let first = start(&m, &src, "by-size", &["--verify", "size"]);
+    assert_eq!(wait_ended(&m, first, 60)["state"], "completed");
+    let (altered, _) = tree[2].clone();
+    let on_server = server.path(&format!("by-size/{altered}"));
+    let theirs = pattern(fs::metadata(&on_server).unwrap().len() as usize, 5050);
+    fs::write(&on_server, &theirs).unwrap();
+    let gets_before = requests(&server, "GET");
+    let second = start(
+        &m,
+        &src,
+        "by-size",
+        &["--delete-source", "--verify", "size"],
+    );
+    let st = wait_ended(&m, second, 60);
+    assert_eq!(st["state"], "completed_with_errors", "{st}");
+    assert_eq!(st["source"]["removed"], 11, "{st}");
+    assert_eq!(st["source"]["kept_because"]["server_differs"], 1, "{st}");
+    for (rel, _) in &tree {
+        assert_eq!(src.join(rel).exists(), *rel == altered, "{rel}");
+    }
+    assert_eq!(fs::read(&on_server).unwrap(), theirs);
+    let errors = ctl_json(&m, &["migrate", "errors", &second.to_string()]);
+    assert_eq!(errors["items"][0]["path"], altered.as_str(), "{errors}");
+    assert!(
+        errors["items"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ETag"),
+        "{errors}"
+    );
+    assert_eq!(
+        requests(&server, "GET"),
+        gets_before,
+        "size checks read nothing"
+    );
+
+    // A size verification does not stand for a full one: a full re-run reads each file
+    // back before its source goes.
+    let src = base.path().join("then-full");
+    let tree = make_tree(&src, 6, 8);
+    let first = start(&m, &src, "then-full", &["--verify", "size"]);
+    assert_eq!(wait_ended(&m, first, 60)["state"], "completed");
+    let gets_before = requests(&server, "GET");
+    let second = start(&m, &src, "then-full", &["--delete-source"]);
+    let st = wait_ended(&m, second, 60);
+    assert_eq!(st["state"], "completed", "{st}");
+    assert_eq!(st["source"]["removed"], 6, "{st}");
+    assert_eq!(st["source"]["kept"], 0, "{st}");
+    let gets = requests(&server, "GET");
+    for (rel, _) in &tree {
+        assert!(!src.join(rel).exists(), "{rel}");
+        let p = format!("/then-full/{rel}");
+        assert!(
+            gets.get(&p).copied().unwrap_or(0) > gets_before.get(&p).copied().unwrap_or(0),
+            "{rel} was not read back"
+        );
+    }
+    assert!(src.is_dir());
 }

@@ -521,6 +521,9 @@ fn migration_text(m: &Value) -> String {
         human_size(u(b, "total")),
         m["percent"].as_f64().unwrap_or(0.0)
     );
+    if m["source"].is_object() {
+        out += &source_text(&m["source"]);
+    }
     if u(m, "errors") > 0 {
         out += &format!(
             "  {} item(s) to look at: `ctl migrate errors {}`\n",
@@ -532,6 +535,35 @@ fn migration_text(m: &Value) -> String {
         out += &format!("  error: {e}\n");
     }
     out
+}
+
+/// With --delete-source: "source: 57 removed, 3 kept (1 not the same on the server, …)".
+fn source_text(src: &Value) -> String {
+    const REASONS: [(&str, &str); 6] = [
+        ("copy_failed", "not copied"),
+        ("server_differs", "not the same on the server"),
+        ("changed_since_copied", "changed since copied"),
+        ("not_removable", "could not be removed"),
+        ("excluded", "excluded"),
+        ("not_a_regular_file", "not regular files"),
+    ];
+    let why: Vec<String> = REASONS
+        .iter()
+        .filter(|(code, _)| u(&src["kept_because"], code) > 0)
+        .map(|(code, words)| format!("{} {words}", u(&src["kept_because"], code)))
+        .collect();
+    let mut out = format!(
+        "  source: {} file(s) removed, {} kept",
+        u(src, "removed"),
+        u(src, "kept")
+    );
+    if !why.is_empty() {
+        out += &format!(" ({})", why.join(", "));
+    }
+    if u(src, "to_do") > 0 {
+        out += &format!(", {} to do", u(src, "to_do"));
+    }
+    out + "\n"
 }
 
 /// `migrate status --watch`: a live progress bar until the migration ends or pauses.

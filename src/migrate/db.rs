@@ -257,6 +257,88 @@ pub fn set_item_copied(
     Ok(())
 }
 
+/// The file's copy on the server was checked and found to be the source's, against the
+/// server's version `etag` (when the server named one), `how` as `--verify` said.
+pub fn set_item_verified(
+    c: &Connection,
+    rowid: i64,
+    etag: Option<&str>,
+    how: &str,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE migration_items SET state = 'verified', error = NULL, verified_etag = ?2, \
+         verified_how = ?3 WHERE rowid = ?1",
+    )?
+    .execute(params![rowid, etag, how])?;
+    Ok(())
+}
+
+/// Why `--delete-source` kept a source file: the code `migrate status` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKept {
+    /// The file could not be copied into the drive, or the server refused it.
+    CopyFailed,
+    /// The server's copy is not the source's (a failed verification).
+    ServerDiffers,
+    /// The source changed after it was copied.
+    ChangedSinceCopied,
+    /// Verified, but the source could not be checked or removed.
+    NotRemovable,
+}
+
+impl SourceKept {
+    pub const ALL: [SourceKept; 4] = [
+        SourceKept::CopyFailed,
+        SourceKept::ServerDiffers,
+        SourceKept::ChangedSinceCopied,
+        SourceKept::NotRemovable,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            SourceKept::CopyFailed => "copy_failed",
+            SourceKept::ServerDiffers => "server_differs",
+            SourceKept::ChangedSinceCopied => "changed_since_copied",
+            SourceKept::NotRemovable => "not_removable",
+        }
+    }
+}
+
+/// The item ends in `state` with its source kept, for `why` (in words in `error`).
+pub fn set_item_kept(
+    c: &Connection,
+    rowid: i64,
+    state: &str,
+    error: &str,
+    kept: SourceKept,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE migration_items SET state = ?2, error = ?3, source_kept = ?4 WHERE rowid = ?1",
+    )?
+    .execute(params![rowid, state, error, kept.code()])?;
+    Ok(())
+}
+
+/// The verified file's source was removed.
+pub fn set_source_removed(c: &Connection, rowid: i64) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE migration_items SET state = 'source_deleted', error = NULL, source_kept = NULL \
+         WHERE rowid = ?1",
+    )?
+    .execute([rowid])?;
+    Ok(())
+}
+
+/// Source files kept by `--delete-source`, per reason code.
+pub fn kept_counts(c: &Connection, id: i64) -> rusqlite::Result<Vec<(String, u64)>> {
+    c.prepare_cached(
+        "SELECT source_kept, COUNT(*) FROM migration_items \
+         WHERE migration_id = ?1 AND source_kept IS NOT NULL GROUP BY source_kept",
+    )?
+    .query_map([id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+    .collect()
+}
+
 /// The item's source was seen again (size and mtime as they are now).
 pub fn set_item_source(
     c: &Connection,
@@ -300,6 +382,45 @@ pub fn previously_migrated(
             sha256: r.get(3)?,
         })
     })
+    .optional()
+}
+
+/// The server's version (ETag) an earlier migration of the same pair verified this very
+/// source against — same size, mtime and SHA-256 — if any; with `full_only`, only a
+/// verification that read the server's copy back counts.
+#[allow(clippy::too_many_arguments)]
+pub fn recorded_verification(
+    c: &Connection,
+    src: &str,
+    dest: &str,
+    before: i64,
+    rel_path: &str,
+    size: u64,
+    mtime_ns: i64,
+    sha256: &str,
+    full_only: bool,
+) -> rusqlite::Result<Option<String>> {
+    c.prepare_cached(
+        "SELECT i.verified_etag FROM migrations m \
+         JOIN migration_items i ON i.migration_id = m.id AND i.rel_path = ?4 \
+         WHERE m.src = ?1 AND m.dest = ?2 AND m.id < ?3 AND i.kind = 'file' \
+         AND i.verified_etag IS NOT NULL AND i.size = ?5 AND i.mtime_ns = ?6 \
+         AND i.sha256 = ?7 AND (?8 = 0 OR i.verified_how = 'full') \
+         ORDER BY m.id DESC LIMIT 1",
+    )?
+    .query_row(
+        params![
+            src,
+            dest,
+            before,
+            rel_path,
+            size as i64,
+            mtime_ns,
+            sha256,
+            full_only
+        ],
+        |r| r.get(0),
+    )
     .optional()
 }
 

@@ -37,6 +37,16 @@ pub enum Verify {
     Size,
 }
 
+impl Verify {
+    /// As `--verify` spells it (and the store records it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Verify::Full => "full",
+            Verify::Size => "size",
+        }
+    }
+}
+
 impl std::str::FromStr for Verify {
     type Err = MigrateError;
     fn from_str(s: &str) -> Result<Verify, MigrateError> {
@@ -502,6 +512,12 @@ impl Migrations {
         let eta = rate
             .filter(|r| *r > 0.0 && row.walk_done)
             .map(|r| (remaining as f64 / r).ceil() as u64);
+        let options: Value = serde_json::from_str(&row.options_json).unwrap_or(Value::Null);
+        let source = if options["delete_source"] == true {
+            self.source_report(id, &row, &counts)?
+        } else {
+            Value::Null
+        };
         let phase = match row.state.as_str() {
             "running" if !row.walk_done => "walking",
             "running" if pending > 0 => "copying",
@@ -515,7 +531,7 @@ impl Migrations {
             "state": row.state,
             "phase": phase,
             "error": row.error,
-            "options": serde_json::from_str::<Value>(&row.options_json).unwrap_or(Value::Null),
+            "options": options,
             "created_at": row.created_at,
             "started_at": row.started_at,
             "finished_at": row.finished_at,
@@ -534,6 +550,50 @@ impl Migrations {
             "rate_bytes_per_s": rate.map(|r| r.round() as u64),
             "eta_s": eta,
             "errors": db::error_count(&self.db(), id)?,
+            "source": source,
+        }))
+    }
+
+    /// With --delete-source: how many source files were removed, how many were kept
+    /// and why (a count per reason; `errors` lists each), and how many are still to be
+    /// decided on.
+    fn source_report(
+        &self,
+        id: i64,
+        row: &db::MigrationRow,
+        counts: &db::Counts,
+    ) -> MigrateResult<Value> {
+        let (removed, _) = counts.files(&["source_deleted"]);
+        let kept_counts = db::kept_counts(&self.db(), id)?;
+        let mut because = serde_json::Map::new();
+        for why in db::SourceKept::ALL {
+            let n = kept_counts
+                .iter()
+                .find(|(code, _)| code == why.code())
+                .map_or(0, |(_, n)| *n);
+            because.insert(why.code().into(), json!(n));
+        }
+        let decided: u64 = kept_counts.iter().map(|(_, n)| n).sum();
+        // Left alone from the start: what --exclude named, and what is not a regular file.
+        let not_files = counts.others("skipped") + counts.others("failed");
+        because.insert("excluded".into(), json!(row.excluded));
+        because.insert("not_a_regular_file".into(), json!(not_files));
+        let kept = decided + row.excluded + not_files;
+        let (files, _) = counts.files(&[
+            "pending",
+            "importing",
+            "staged",
+            "landed",
+            "verified",
+            "source_deleted",
+            "skipped",
+            "failed",
+        ]);
+        Ok(json!({
+            "removed": removed,
+            "kept": kept,
+            "kept_because": because,
+            "to_do": files.saturating_sub(removed + decided),
         }))
     }
 

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::db::{self, ItemRow, MigrationRow};
+use super::db::{self, ItemRow, MigrationRow, SourceKept};
 use super::walk::{self, source_mtime_ns, Walked};
 use super::{dest_path, now_s, Control, MigrateResult, Migrations, Options, Stop, Verify};
 use crate::cache::hex;
 use crate::fs::{FsError, ImportOwner};
-use crate::remote::RemoteError;
+use crate::remote::{same_etag, RemoteError};
 use crate::store::ns_to_system_time;
 
 /// Pending items read from the store at a time.
@@ -218,13 +218,27 @@ impl<'a> Worker<'a> {
         Ok(self.queue.pop_front())
     }
 
+    /// The file could not be copied: listed with `reason`, its source kept.
     fn fail(&self, item: &ItemRow, reason: &str) -> MigrateResult<Copied> {
+        self.fail_for(item, reason, SourceKept::CopyFailed)
+    }
+
+    /// The server's copy is not the source's: listed with `reason`, its source kept.
+    fn fail_verification(&self, item: &ItemRow, reason: &str) -> MigrateResult<Copied> {
+        self.fail_for(item, reason, SourceKept::ServerDiffers)
+    }
+
+    fn fail_for(&self, item: &ItemRow, reason: &str, kept: SourceKept) -> MigrateResult<Copied> {
         tracing::warn!(
             "migration {}: {}: {reason}",
             self.id,
             self.src.join(&item.rel_path).display()
         );
-        db::set_item_state(&self.m.db(), item.rowid, "failed", Some(reason))?;
+        if self.opts.delete_source {
+            db::set_item_kept(&self.m.db(), item.rowid, "failed", reason, kept)?;
+        } else {
+            db::set_item_state(&self.m.db(), item.rowid, "failed", Some(reason))?;
+        }
         Ok(Copied::Done)
     }
 
@@ -293,7 +307,7 @@ impl<'a> Worker<'a> {
         let existing = core.node_at(dest)?;
         if let Some(node) = existing
             .as_ref()
-            .filter(|n| n.kind == crate::store::Kind::File && n.size == size && !n.dirty)
+            .filter(|n| n.kind == crate::store::Kind::File && !n.dirty)
         {
             let landed = core.upload_states(&[node.ino])?.landed.contains(&node.ino);
             let earlier = db::previously_migrated(
@@ -304,12 +318,28 @@ impl<'a> Worker<'a> {
                 &item.rel_path,
             )?;
             let unchanged_since = earlier.filter(|e| e.size == size && e.mtime_ns == mtime);
-            if landed && (unchanged_since.is_some() || node.sha256.is_some()) {
+            let same_size = node.size == size;
+            // With --delete-source, a file migrated before is checked on the server even
+            // when the drive has seen another size there since: somebody else's change is
+            // then kept and listed, not overwritten by a copy of the old source.
+            let migrated_before =
+                unchanged_since.is_some() && (same_size || self.opts.delete_source);
+            if migrated_before && self.opts.delete_source && !core.health.is_online() {
+                // It will be checked on the server: wait for it before reading the source.
+                db::set_item_state(&self.m.db(), item.rowid, "pending", None)?;
+                return Ok(Copied::Offline);
+            }
+            if landed && (migrated_before || (same_size && node.sha256.is_some())) {
                 let sha = match hash_file(&src_path) {
                     Ok(s) => s,
                     Err(e) => return self.fail(item, &format!("cannot read: {e}")),
                 };
                 if let Some(e) = unchanged_since.filter(|e| e.sha256 == sha) {
+                    if self.opts.delete_source {
+                        // Not sent again; but its source goes only once this run has
+                        // checked the server's copy the way --verify asks.
+                        return self.check_migrated_copy(item, dest, node, size, mtime, sha);
+                    }
                     // Migrated before and unchanged since (size, mtime and hash).
                     tracing::debug!(
                         "migration {}: {dest} unchanged since migration {}",
@@ -327,7 +357,7 @@ impl<'a> Worker<'a> {
                     )?;
                     return Ok(Copied::Done);
                 }
-                if node.sha256.as_deref() == Some(sha.as_str()) {
+                if same_size && node.sha256.as_deref() == Some(sha.as_str()) {
                     // The remote has this very content already (a copy that landed just
                     // before a crash, or a file put there earlier): verify, don't resend.
                     db::set_item_copied(
@@ -495,8 +525,13 @@ impl<'a> Worker<'a> {
             }
             if item.state == "landed" && remote_ok {
                 match self.verify(&item, &dest) {
-                    Ok(Ok(())) => {
-                        db::set_item_state(&self.m.db(), item.rowid, "verified", None)?;
+                    Ok(Ok(etag)) => {
+                        db::set_item_verified(
+                            &self.m.db(),
+                            item.rowid,
+                            etag.as_deref(),
+                            self.opts.verify.name(),
+                        )?;
                         item.state = "verified".into();
                         // Nobody asked for this content locally: it goes first.
                         if let Err(e) = core.evict_first(ino) {
@@ -505,7 +540,7 @@ impl<'a> Worker<'a> {
                         core.cache_grew.notify_one();
                     }
                     Ok(Err(mismatch)) => {
-                        self.fail(&item, &format!("verification failed: {mismatch}"))?;
+                        self.fail_verification(&item, &format!("verification failed: {mismatch}"))?;
                         continue;
                     }
                     Err(e) => {
@@ -529,24 +564,14 @@ impl<'a> Worker<'a> {
     }
 
     /// Checks the remote's copy of a landed file. Err: the remote could not be asked
-    /// (try later); Ok(Err): it has something else.
-    fn verify(&self, item: &ItemRow, dest: &str) -> Result<Result<(), String>, RemoteError> {
-        let core = &self.m.core;
-        let remote = core.remote().clone();
-        let rt = core.runtime();
-        let permanent = |e: RemoteError| -> Result<Result<(), String>, RemoteError> {
-            match e {
-                RemoteError::NotFound => Ok(Err("not found on the server".into())),
-                e if e.is_retryable() => Err(e),
-                e => Ok(Err(e.to_string())),
-            }
-        };
+    /// (try later); Ok(Err): it has something else; Ok(Ok): it has the source's content,
+    /// in the version with that ETag (None: the server did not name one).
+    fn verify(&self, item: &ItemRow, dest: &str) -> Checked {
         match self.opts.verify {
             Verify::Size => {
-                let entry = match rt.block_on(remote.stat(dest)) {
-                    Ok(Some(e)) => e,
-                    Ok(None) => return Ok(Err("not found on the server".into())),
-                    Err(e) => return permanent(e),
+                let entry = match self.stat_remote(dest)? {
+                    Ok(e) => e,
+                    Err(why) => return Ok(Err(why)),
                 };
                 if entry.size != item.size {
                     return Ok(Err(format!(
@@ -554,57 +579,202 @@ impl<'a> Worker<'a> {
                         entry.size, item.size
                     )));
                 }
-                let uploaded = core.node_at(dest).ok().flatten().and_then(|n| n.etag);
+                let uploaded = self
+                    .m
+                    .core
+                    .node_at(dest)
+                    .ok()
+                    .flatten()
+                    .and_then(|n| n.etag);
                 if uploaded.is_some() && entry.etag != uploaded {
                     return Ok(Err(format!(
                         "the server's ETag {:?} is not the uploaded version's {:?}",
                         entry.etag, uploaded
                     )));
                 }
-                Ok(Ok(()))
+                Ok(Ok(entry.etag))
             }
-            Verify::Full => {
-                if item.size == 0 {
-                    return match rt.block_on(remote.stat(dest)) {
-                        Ok(Some(e)) if e.size == 0 => Ok(Ok(())),
-                        Ok(Some(e)) => Ok(Err(format!(
-                            "{} bytes on the server, 0 in the source",
-                            e.size
-                        ))),
-                        Ok(None) => Ok(Err("not found on the server".into())),
-                        Err(e) => permanent(e),
-                    };
+            Verify::Full => self.read_back(dest, item.size, item.sha256.as_deref()),
+        }
+    }
+
+    /// The server's entry for `dest` now; Ok(Err) when it has none.
+    fn stat_remote(&self, dest: &str) -> Result<Result<crate::remote::Entry, String>, RemoteError> {
+        let core = &self.m.core;
+        match core.runtime().block_on(core.remote().stat(dest)) {
+            Ok(Some(e)) => Ok(Ok(e)),
+            Ok(None) => Ok(Err("not found on the server".into())),
+            Err(e) => permanent(e),
+        }
+    }
+
+    /// Reads the server's copy of `dest` back — from the remote itself, never from the
+    /// cache — and compares its SHA-256 with the source's.
+    fn read_back(&self, dest: &str, size: u64, source_sha: Option<&str>) -> Checked {
+        if size == 0 {
+            let entry = match self.stat_remote(dest)? {
+                Ok(e) => e,
+                Err(why) => return Ok(Err(why)),
+            };
+            if entry.size != 0 {
+                return Ok(Err(format!(
+                    "{} bytes on the server, 0 in the source",
+                    entry.size
+                )));
+            }
+            return Ok(Ok(entry.etag));
+        }
+        let core = &self.m.core;
+        let remote = core.remote().clone();
+        let rt = core.runtime();
+        let mut hash = Sha256::new();
+        let mut offset = 0u64;
+        // The version read, if every piece came from the same one.
+        let mut etag: Option<Option<String>> = None;
+        while offset < size {
+            let len = VERIFY_PIECE.min(size - offset);
+            let reply = match rt.block_on(remote.get_range(dest, offset, len)) {
+                Ok(r) => r,
+                Err(e) => return permanent(e),
+            };
+            if reply.offset != offset
+                || reply.data.len() as u64 != len
+                || reply.total_size.is_some_and(|t| t != size)
+            {
+                return Ok(Err(format!(
+                    "the server's copy is not {size} bytes long (read {} at {})",
+                    reply.data.len(),
+                    reply.offset
+                )));
+            }
+            etag = match etag {
+                None => Some(reply.etag),
+                Some(seen) if same_etag(seen.as_deref(), reply.etag.as_deref()) => Some(seen),
+                // Changed while being read: what was compared is no one version.
+                Some(_) => Some(None),
+            };
+            hash.update(&reply.data);
+            offset += len;
+        }
+        let theirs = hex(&hash.finalize());
+        match source_sha {
+            Some(ours) if ours == theirs => Ok(Ok(etag.flatten())),
+            ours => Ok(Err(format!(
+                "SHA-256 on the server {theirs}, source {}",
+                ours.unwrap_or("unknown")
+            ))),
+        }
+    }
+
+    /// A file an earlier run migrated, unchanged since, in a run with --delete-source:
+    /// its source goes only if the server's copy is checked now as --verify asks —
+    /// `full`: read back and compared, unless a full verification was recorded for this
+    /// very size, mtime and SHA-256 against the version the server still has; `size`:
+    /// the server's size, and its ETag against a verified or uploaded version of this
+    /// content. Anything else keeps the source, listed with the reason.
+    fn check_migrated_copy(
+        &mut self,
+        item: &ItemRow,
+        dest: &str,
+        node: &crate::store::Node,
+        size: u64,
+        mtime: i64,
+        sha: String,
+    ) -> MigrateResult<Copied> {
+        let recorded = db::recorded_verification(
+            &self.m.db(),
+            &self.row.src,
+            &self.row.dest,
+            self.id,
+            &item.rel_path,
+            size,
+            mtime,
+            &sha,
+            self.opts.verify == Verify::Full,
+        )?;
+        let checked = self.check_against_server(dest, node, size, &sha, recorded.as_deref());
+        match checked {
+            Err(e) => {
+                tracing::debug!("migration {}: checking {dest}: {e}", self.id);
+                db::set_item_state(&self.m.db(), item.rowid, "pending", None)?;
+                Ok(Copied::Offline)
+            }
+            Ok(Err(why)) => self.fail_verification(
+                item,
+                &format!("already on the server, but not as in the source: {why}"),
+            ),
+            Ok(Ok(etag)) => {
+                {
+                    let db = self.m.db();
+                    db::set_item_copied(
+                        &db,
+                        item.rowid,
+                        "landed",
+                        size,
+                        mtime,
+                        &sha,
+                        Some(node.ino),
+                    )?;
+                    db::set_item_verified(
+                        &db,
+                        item.rowid,
+                        etag.as_deref(),
+                        self.opts.verify.name(),
+                    )?;
                 }
-                // Read back from the remote itself, never from the cache.
-                let mut hash = Sha256::new();
-                let mut offset = 0u64;
-                while offset < item.size {
-                    let len = VERIFY_PIECE.min(item.size - offset);
-                    let reply = match rt.block_on(remote.get_range(dest, offset, len)) {
-                        Ok(r) => r,
-                        Err(e) => return permanent(e),
-                    };
-                    if reply.offset != offset
-                        || reply.data.len() as u64 != len
-                        || reply.total_size.is_some_and(|t| t != item.size)
-                    {
-                        return Ok(Err(format!(
-                            "the server's copy is not {} bytes long (read {} at {})",
-                            item.size,
-                            reply.data.len(),
-                            reply.offset
-                        )));
-                    }
-                    hash.update(&reply.data);
-                    offset += len;
-                }
-                let theirs = hex(&hash.finalize());
-                match item.sha256.as_deref() {
-                    Some(ours) if ours == theirs => Ok(Ok(())),
-                    ours => Ok(Err(format!(
-                        "SHA-256 on the server {theirs}, source {}",
-                        ours.unwrap_or("unknown")
-                    ))),
+                tracing::debug!(
+                    "migration {}: {dest} on the server as in the source",
+                    self.id
+                );
+                // Removed with the freshly copied ones, by `advance`.
+                self.track(item, "verified", size, mtime, sha, node.ino);
+                Ok(Copied::Done)
+            }
+        }
+    }
+
+    /// `recorded`: the version an earlier run verified this very source against.
+    fn check_against_server(
+        &self,
+        dest: &str,
+        node: &crate::store::Node,
+        size: u64,
+        sha: &str,
+        recorded: Option<&str>,
+    ) -> Checked {
+        let entry = match self.stat_remote(dest)? {
+            Ok(e) => e,
+            Err(why) => return Ok(Err(why)),
+        };
+        if entry.size != size {
+            return Ok(Err(format!(
+                "{} bytes on the server, {size} in the source",
+                entry.size
+            )));
+        }
+        // A version the server may still name for this content. Only a named one counts:
+        // without an ETag there is nothing to tell versions apart.
+        let still = |known: Option<&str>| {
+            entry.etag.is_some() && known.is_some() && same_etag(entry.etag.as_deref(), known)
+        };
+        match self.opts.verify {
+            Verify::Full if still(recorded) => Ok(Ok(entry.etag)),
+            Verify::Full => self.read_back(dest, size, Some(sha)),
+            Verify::Size => {
+                // The drive's version is this content when its hash is known (it is
+                // forgotten when another version is seen).
+                let uploaded = node
+                    .etag
+                    .as_deref()
+                    .filter(|_| node.sha256.as_deref() == Some(sha));
+                if still(recorded) || still(uploaded) {
+                    Ok(Ok(entry.etag))
+                } else {
+                    Ok(Err(format!(
+                        "the server's version (ETag {}) is not one verified or uploaded \
+                         with this content; `--verify full` compares the bytes",
+                        entry.etag.as_deref().unwrap_or("none")
+                    )))
                 }
             }
         }
@@ -615,21 +785,28 @@ impl<'a> Worker<'a> {
         let path = self.src.join(&item.rel_path);
         let note = match self.source_meta(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => Some(format!("verified; the source could not be checked: {e}")),
-            Ok(md) if md.len() != item.size || source_mtime_ns(&md) != item.mtime_ns => {
-                Some("verified; the source changed since it was copied, so it was kept".into())
-            }
+            Err(e) => Some((
+                format!("verified; the source could not be checked: {e}"),
+                SourceKept::NotRemovable,
+            )),
+            Ok(md) if md.len() != item.size || source_mtime_ns(&md) != item.mtime_ns => Some((
+                "verified; the source changed since it was copied, so it was kept".into(),
+                SourceKept::ChangedSinceCopied,
+            )),
             Ok(_) => match std::fs::remove_file(&path) {
                 Ok(()) => None,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => Some(format!("verified; the source could not be removed: {e}")),
+                Err(e) => Some((
+                    format!("verified; the source could not be removed: {e}"),
+                    SourceKept::NotRemovable,
+                )),
             },
         };
         match note {
-            None => db::set_item_state(&self.m.db(), item.rowid, "source_deleted", None)?,
-            Some(n) => {
+            None => db::set_source_removed(&self.m.db(), item.rowid)?,
+            Some((n, kept)) => {
                 tracing::warn!("migration {}: {}: {n}", self.id, path.display());
-                db::set_item_state(&self.m.db(), item.rowid, "verified", Some(&n))?
+                db::set_item_kept(&self.m.db(), item.rowid, "verified", &n, kept)?
             }
         }
         Ok(())
@@ -700,6 +877,21 @@ impl Read for SourceReader<'_> {
                 Err(std::io::Error::new(kind, text))
             }
         }
+    }
+}
+
+/// What a check of the server's copy found: Err, the remote could not be asked (try
+/// later); Ok(Err), it has something else (why); Ok(Ok), it has the source's content in
+/// the version with that ETag (None: the server named none).
+type Checked = Result<Result<Option<String>, String>, RemoteError>;
+
+/// A remote error while checking: "not there" and refusals are answers, the rest means
+/// "ask again later".
+fn permanent<T>(e: RemoteError) -> Result<Result<T, String>, RemoteError> {
+    match e {
+        RemoteError::NotFound => Ok(Err("not found on the server".into())),
+        e if e.is_retryable() => Err(e),
+        e => Ok(Err(e.to_string())),
     }
 }
 

@@ -166,6 +166,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX journal_by_retry ON journal(failed, next_try_at);
     CREATE INDEX journal_running ON journal(running) WHERE running != 0;
     ",
+    // 8: what a migration's verification of a file saw, so a later run (`--delete-source`
+    // on a tree migrated before) can trust it while the server still has that version;
+    // and why `--delete-source` kept a source file, as a short code counted by
+    // `migrate status` (the details are in `error`).
+    "
+    ALTER TABLE migration_items ADD COLUMN verified_etag TEXT;
+    ALTER TABLE migration_items ADD COLUMN verified_how TEXT;
+    ALTER TABLE migration_items ADD COLUMN source_kept TEXT;
+    ",
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
