@@ -11,10 +11,21 @@
 # small files (time until the writer finishes and until the server has every byte), and
 # the daemons' peak RSS.
 #
+# --scale: the cases at the sizes users have (100,000 files, a 4 GiB file, a folder
+# shrinking on the server, a server slowed to a byte a second, ...), side by side with
+# rclone and the limits (curl, the local disk); see scripts/bench/scale.sh for the
+# cases and the BENCH_SCALE_* sizes. Takes about an hour and some 20 GB of disk.
+#
 # Environment: BENCH_DAVDRIVE_ARGS (extra davdrive mount options), BENCH_OUT (JSON path), BENCH_TMPDIR (where the work dir goes, default
 # /var/tmp; caches, local baseline and the server's docroot all live there, on one disk),
 # BENCH_LOGS (a directory to copy the davdrive, rclone and apache logs to at the end).
 set -euo pipefail
+mode=small
+case "${1:-}" in
+  --scale) mode=scale ;;
+  "") ;;
+  *) echo "usage: scripts/bench.sh [--scale]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 repo=$PWD
 helper="$repo/scripts/bench/helper.py"
@@ -109,6 +120,7 @@ logs="$work/logs"
 mkdir -p "$docroot" "$data" "$local_dir" "$logs" "$work/apache/lock" "$work/apache/run" \
   "$work/mnt/davdrive" "$work/mnt/rclone"
 out_json="${BENCH_OUT:-$repo/bench-results.json}"
+[ "$mode" = small ] || out_json="${BENCH_OUT:-$repo/bench-scale-results.json}"
 results="$work/results.tsv"
 : >"$results"
 record() {
@@ -127,6 +139,7 @@ drop_caches() { sync; [ $can_drop -eq 0 ] || echo 3 >/proc/sys/vm/drop_caches; }
 
 # ---------------------------------------------------------------- test data
 big_mib=256
+if [ "$mode" = small ]; then
 list_count=5000
 small_count=2000
 echo "bench: generating test data in $work"
@@ -136,6 +149,7 @@ python3 "$helper" make-small-files "$data/smallfiles" $small_count >/dev/null
 tar -cf "$data/smallfiles.tar" -C "$data" smallfiles
 cp "$data/read.bin" "$docroot/big.bin"
 python3 "$helper" make-listing "$docroot/list5000" $list_count
+fi
 chown -R www-data:www-data "$docroot" "$work/apache/lock"
 
 # ---------------------------------------------------------------- apache
@@ -201,7 +215,7 @@ mount_davdrive() {
   local mnt=$1 cache=$2
   # BENCH_DAVDRIVE_ARGS adds mount options (e.g. --passthrough).
   # shellcheck disable=SC2086
-  if ! "$bin" mount "$url" "$mnt" --cache-dir "$cache" --daemon --dir-ttl 60s --attr-ttl 60s ${BENCH_DAVDRIVE_ARGS:-} \
+  if ! "$bin" mount "${DAV_URL:-$url}" "$mnt" --cache-dir "$cache" --daemon ${DAV_TTL:---dir-ttl 60s --attr-ttl 60s} ${BENCH_DAVDRIVE_ARGS:-} \
       >"$logs/davdrive-mount.out" 2>&1; then
     echo "bench: davdrive mount failed:" >&2
     cat "$logs/davdrive-mount.out" >&2
@@ -231,9 +245,10 @@ rclone_conf="$work/rclone.conf"
 mount_rclone() {
   local mnt=$1 cache=$2
   : >"$rclone_conf"
-  rclone config create bench webdav url="$url" vendor=other --config "$rclone_conf" >/dev/null
+  rclone config create bench webdav url="${RCLONE_URL:-$url}" vendor=other --config "$rclone_conf" >/dev/null
+  # shellcheck disable=SC2086
   rclone mount bench: "$mnt" --config "$rclone_conf" --cache-dir "$cache" \
-    --vfs-cache-mode full --dir-cache-time 60s --attr-timeout 60s \
+    --vfs-cache-mode full ${RCLONE_TTL:---dir-cache-time 60s --attr-timeout 60s} \
     --log-file "$logs/rclone.log" --log-level INFO &
   rclone_pid=$!
   for _ in $(seq 300); do
@@ -261,6 +276,10 @@ unmount_rclone() {
   rclone_pid=""
 }
 
+if [ "$mode" = scale ]; then
+  # shellcheck source=scripts/bench/scale.sh
+  source "$repo/scripts/bench/scale.sh"
+else
 # ---------------------------------------------------------------- measurements
 write_timeout=120
 tar_timeout=150
@@ -387,9 +406,11 @@ python3 "$helper" make-listing "$local_dir/list5000" $list_count
 measure local "$local_dir"
 record rss "$L_RSS" MiB local ""
 
-# ---------------------------------------------------------------- report
-note "rclone runs with its default --vfs-write-back 5s (uploads start 5 s after close) and --dir-cache-time 60s --attr-timeout 60s to match davdrive's --dir-ttl 60s --attr-ttl 60s"
 note "local 'complete on server' rows are writer + sync (data on the local disk)"
+fi
+
+# ---------------------------------------------------------------- report
+[ "$mode" = scale ] || note "rclone runs with its default --vfs-write-back 5s (uploads start 5 s after close) and --dir-cache-time 60s --attr-timeout 60s to match davdrive's --dir-ttl 60s --attr-ttl 60s"
 rclone_version=$(rclone version 2>/dev/null | sed -n 1p)
 apache_version=$(/usr/sbin/apache2 -v 2>/dev/null | sed -n 's/^Server version: //p')
 davdrive_version=$("$bin" --version 2>/dev/null || echo "davdrive")
@@ -403,7 +424,11 @@ fi
 kernel="$(uname -sr)"
 
 echo
-echo "=== davdrive benchmark: $big_mib MiB file, $list_count-entry listing, $small_count small files ==="
+if [ "$mode" = scale ]; then
+  echo "=== davdrive benchmark at scale (sizes in the row names) ==="
+else
+  echo "=== davdrive benchmark: $big_mib MiB file, $list_count-entry listing, $small_count small files ==="
+fi
 echo "kernel:   $kernel"
 echo "davdrive: $davdrive_version, commit $git_rev"
 echo "rclone:   $rclone_version (mount --vfs-cache-mode full)"
@@ -424,7 +449,7 @@ json.dump({
     "notes": sys.argv[2:],
 }, open(sys.argv[1], "w"))
 EOF
-python3 "$helper" report "$results" "$meta" "$out_json"
+python3 "$helper" report "$results" "$meta" "$out_json" "${SCALE_THIRD:-local}"
 
 if [ -s "$logs/davdrive.log" ]; then
   if grep -qiE ' (error|warn) ' "$logs/davdrive.log"; then

@@ -142,7 +142,7 @@ def ratio(a, b):
     return a / b
 
 
-def report(results_tsv, meta_json, out_json):
+def report(results_tsv, meta_json, out_json, third="local"):
     """RESULTS_TSV: lines `key<TAB>label<TAB>unit<TAB>tool<TAB>value`. Prints the table
     and writes OUT_JSON."""
     rows = {}
@@ -155,7 +155,7 @@ def report(results_tsv, meta_json, out_json):
         rows[key][tool] = value
     meta = json.load(open(meta_json))
 
-    head = ["measurement", "unit", "davdrive", "rclone", "local", "davdrive/rclone", "davdrive/local"]
+    head = ["measurement", "unit", "davdrive", "rclone", third, "davdrive/rclone", f"davdrive/{third}"]
     table = []
     out_rows = []
     for key in order:
@@ -210,6 +210,144 @@ def fill_state(db, count):
     c.close()
 
 
+def make_tree(dest, files, dirs):
+    """FILES small files (16-256 bytes) spread evenly over DIRS folders under DEST."""
+    files, dirs = int(files), int(dirs)
+    per = max(1, -(-files // dirs))
+    rnd = random.Random(7)
+    for i in range(files):
+        sub = os.path.join(dest, f"d{i // per:04d}")
+        if i % per == 0:
+            os.makedirs(sub, exist_ok=True)
+        with open(os.path.join(sub, f"f{i:07d}"), "wb") as f:
+            f.write(b"y" * rnd.randint(16, 256))
+
+
+def cat_tree(root):
+    """Reads every file under ROOT (sorted walk); prints the seconds it took."""
+    t0 = time.time()
+    n = 0
+    for d, subdirs, files in os.walk(root):
+        subdirs.sort()
+        for name in sorted(files):
+            with open(os.path.join(d, name), "rb") as f:
+                while f.read(1 << 20):
+                    pass
+            n += 1
+    print(f"{time.time() - t0:.3f}")
+    sys.stderr.write(f"read {n} files\n")
+
+
+def random_reads(path, count, block):
+    """COUNT reads of BLOCK bytes at random aligned offsets of PATH (fixed seed); prints
+    the seconds they took."""
+    count, block = int(count), int(block)
+    size = os.path.getsize(path)
+    rnd = random.Random(4096)
+    offsets = [rnd.randrange(0, size // block) * block for _ in range(count)]
+    t0 = time.time()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for off in offsets:
+            if len(os.pread(fd, block, off)) != block:
+                raise SystemExit(f"short read at {off}")
+    finally:
+        os.close(fd)
+    print(f"{time.time() - t0:.3f}")
+
+
+def time_cmd(timeout, *cmd):
+    """Runs CMD; prints its seconds, or 'timeout' when it ran longer than TIMEOUT (it is
+    then left running in the background, as a blocked reader would be)."""
+    t0 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        p.wait(timeout=float(timeout))
+        print(f"{time.time() - t0:.3f}")
+    except subprocess.TimeoutExpired:
+        print("timeout")
+
+
+def slow_proxy(listen_port, upstream_port, switch_file):
+    """A TCP relay from 127.0.0.1:LISTEN_PORT to 127.0.0.1:UPSTREAM_PORT. While
+    SWITCH_FILE exists, replies trickle to the client at one byte per second (requests
+    pass at full speed): a server that has become very slow. Runs until killed."""
+    import threading
+
+    listen_port, upstream_port = int(listen_port), int(upstream_port)
+
+    def pump(src, dst, slow):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if slow and os.path.exists(switch_file):
+                    for i in range(len(data)):
+                        dst.sendall(data[i:i + 1])
+                        time.sleep(1)
+                else:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", listen_port))
+    srv.listen(256)
+    while True:
+        client, _ = srv.accept()
+        up = socket.create_connection(("127.0.0.1", upstream_port))
+        threading.Thread(target=pump, args=(client, up, False), daemon=True).start()
+        threading.Thread(target=pump, args=(up, client, True), daemon=True).start()
+
+
+def migrate_rates(bin_path, mount, src, dest, total, timeout):
+    """Starts `ctl migrate` of SRC to DEST and polls its status; prints the files per
+    second of the first and of the last quarter of the files, and the total seconds."""
+    total, timeout = int(total), float(timeout)
+    r = subprocess.run([bin_path, "ctl", "--mount", mount, "migrate", "start", src, dest],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"migrate start failed: {r.stdout} {r.stderr}")
+    t0 = time.time()
+    marks = {}
+    quarter = max(1, total // 4)
+    done = 0
+    while time.time() - t0 < timeout:
+        r = subprocess.run([bin_path, "ctl", "--mount", mount, "migrate", "status", "--json"],
+                           capture_output=True, text=True)
+        try:
+            st = json.loads(r.stdout)
+            items = st if isinstance(st, list) else st.get("migrations", [st])
+            m = items[-1]
+            files = m.get("files", {})
+            done = int(files.get("done", 0)) + int(files.get("skipped", 0))
+            state = m.get("state", "")
+        except (ValueError, KeyError, IndexError, TypeError):
+            state = ""
+        now = time.time() - t0
+        for q in (1, 3, 4):
+            if q not in marks and done >= q * quarter:
+                marks[q] = now
+        if state.startswith("completed") or state in ("failed", "cancelled"):
+            marks.setdefault(4, now)
+            break
+        time.sleep(0.2)
+    if 1 not in marks or 4 not in marks or 3 not in marks:
+        print("timeout timeout timeout")
+        return
+    first = quarter / marks[1]
+    last = (total - 3 * quarter) / max(1e-3, marks[4] - marks[3])
+    print(f"{first:.1f} {last:.1f} {marks[4]:.3f}")
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     {
@@ -221,6 +359,12 @@ def main():
         "vm-hwm": vm_hwm,
         "fill-state": fill_state,
         "report": report,
+        "make-tree": make_tree,
+        "cat-tree": cat_tree,
+        "random-reads": random_reads,
+        "time-cmd": time_cmd,
+        "slow-proxy": slow_proxy,
+        "migrate-rates": migrate_rates,
     }[cmd](*args)
 
 
