@@ -285,11 +285,11 @@ pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Resul
     c.prepare_cached("UPDATE journal SET sent_sha256 = ?2 WHERE id = ?1")?
         .execute(params![id, ours])?;
     // A file is deleted on the remote only if it is still the version we knew (a weak
-    // ETag is checked by asking first: it never passes If-Match).
-    let base = node
-        .etag
-        .as_deref()
-        .filter(|_| !node.is_dir() && node.on_remote);
+    // ETag is checked by asking first: it never passes If-Match). A file on the remote
+    // without any ETag (a server that gives none) has the empty base: whatever file is
+    // there is taken for it. No base at all means no version of ours was ever known
+    // there, so only one an upload sent may be deleted (see `replay::delete`).
+    let base = (!node.is_dir() && node.on_remote).then(|| node.etag.as_deref().unwrap_or(""));
     if let Some(tag) = base {
         c.prepare_cached("UPDATE journal SET base_etag = ?2 WHERE id = ?1")?
             .execute(params![id, tag])?;
@@ -445,6 +445,41 @@ pub fn path_pending(c: &Connection, path: &str, ino: u64) -> rusqlite::Result<bo
     Ok(false)
 }
 
+/// Where the server holds what is at `path` here: renames of it or of a folder above it
+/// that still wait in the journal are undone, latest first. (A rename being replayed
+/// right now may already be on the server; a reader that finds nothing at the old path
+/// tries the new one.)
+pub fn remote_path_of(c: &Connection, path: &str) -> rusqlite::Result<String> {
+    let mut st = c.prepare_cached(
+        "SELECT id, path FROM journal WHERE dest = ?1 AND op = 'move' AND id < ?2 \
+         ORDER BY id DESC LIMIT 1",
+    )?;
+    let mut current = path.to_string();
+    let mut before = i64::MAX;
+    loop {
+        // The latest waiting move (before the one undone last) that named this path or a
+        // folder above it as its destination.
+        let mut latest: Option<(i64, String, usize)> = None;
+        for p in std::iter::once(current.as_str()).chain(ancestors(&current)) {
+            if let Some((id, from)) = st
+                .query_row(params![p, before], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()?
+            {
+                if latest.as_ref().is_none_or(|l| id > l.0) {
+                    latest = Some((id, from, p.len()));
+                }
+            }
+        }
+        let Some((id, from, dest_len)) = latest else {
+            return Ok(current);
+        };
+        current = format!("{from}{}", &current[dest_len..]);
+        before = id;
+    }
+}
+
 /// When the next entry waiting out a backoff becomes due (unix ms, after `now_ms`).
 /// Entries that are due but held back need no timer: what holds them wakes the replayer
 /// when it ends.
@@ -561,10 +596,12 @@ pub fn sent_hashes(c: &Connection, id: i64) -> rusqlite::Result<Vec<String>> {
         .collect())
 }
 
-/// A waiting delete of `ino` is about the version our own upload or move just made.
+/// A waiting delete of `ino` is about the version our own upload or move just made
+/// (the empty base when the server gave it no ETag: it is ours all the same).
 pub fn rebase_deletes(c: &Connection, ino: u64, etag: Option<&str>) -> rusqlite::Result<()> {
     c.prepare_cached(
-        "UPDATE journal SET base_etag = ?2 WHERE ino = ?1 AND op = 'delete' AND running = 0",
+        "UPDATE journal SET base_etag = COALESCE(?2, '') \
+         WHERE ino = ?1 AND op = 'delete' AND running = 0",
     )?
     .execute(params![ino as i64, etag])?;
     Ok(())

@@ -20,6 +20,15 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     let known_versions = !journal::sent_hashes(&core.store(), e.id)?.is_empty();
     let strict = preconditions_honored(core).await?;
     let result = match &e.base_etag {
+        // On the remote as ours, on a server that gives no ETags: nothing to hold it to.
+        Some(tag) if tag.is_empty() => match core.remote().stat(&e.path).await? {
+            Some(cur) if cur.is_dir => Err(RemoteError::PreconditionFailed),
+            Some(_) => core.remote().delete(&e.path, false).await,
+            None => Ok(()),
+        },
+        // No version of ours was ever known there (created here, and what upload was
+        // tried sent nothing): whatever is at the path is somebody else's.
+        None if !known_versions => Ok(()),
         Some(tag) if strict && !tag.starts_with("W/") => {
             core.remote().delete_if_match(&e.path, tag).await
         }
@@ -36,11 +45,9 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
             Some(_) => core.remote().delete(&e.path, e.is_dir).await,
             None => Ok(()),
         },
-        // No ETag to hold it to (the file never got one of ours, or only a weak one),
-        // but versions of ours are known: delete only one of those.
-        None if known_versions && !remote_is_ours(core, e).await? => {
-            Err(RemoteError::PreconditionFailed)
-        }
+        // No ETag to hold it to, but versions of ours are known (uploads that were cut
+        // off or whose success was not recorded): delete only one of those.
+        None if !remote_is_ours(core, e).await? => Err(RemoteError::PreconditionFailed),
         None => match core.remote().stat(&e.path).await? {
             Some(cur) if cur.is_dir => Err(RemoteError::PreconditionFailed),
             Some(_) => core.remote().delete(&e.path, false).await,
