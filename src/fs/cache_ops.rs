@@ -1,7 +1,8 @@
 //! The cache operations of the core: what the sweeper, pinning and the control socket
 //! use. Eviction removes clean content only: dirty content, content of files with any
-//! change waiting in the journal (or below a directory whose rename waits), pinned
-//! content and files open right now are never evicted.
+//! change waiting in the journal, pinned content and files open right now are never
+//! evicted. (Below a folder whose rename waits, evicted content is fetched again from
+//! the old path, where the server still has it.)
 
 use std::collections::HashSet;
 
@@ -228,23 +229,6 @@ impl Core {
                 })
             })?
             .collect::<Result<_, _>>()?;
-        // Below a directory whose rename still waits, the remote path of a file is not
-        // its path here: fetching it again would fail until the rename is replayed.
-        let moving: Vec<String> = conn
-            .prepare_cached(
-                "SELECT dest FROM journal WHERE op = 'move' AND is_dir = 1 AND dest IS NOT NULL",
-            )?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let under_move = |ino: u64| {
-            !moving.is_empty()
-                && store::path_of(&conn, ino).ok().flatten().is_some_and(|p| {
-                    moving.iter().any(|m| {
-                        p.starts_with(m.as_str()) && p.as_bytes().get(m.len()) == Some(&b'/')
-                    })
-                })
-        };
-        let rows: Vec<Candidate> = rows.into_iter().filter(|c| !under_move(c.ino)).collect();
         drop(conn);
         Ok(rows
             .into_iter()

@@ -118,7 +118,8 @@ impl Core {
         if covered && !ahead_missing {
             return Ok(());
         }
-        let path = self.path(ino)?;
+        // Under a rename that still waits, the server has the content at the old path.
+        let (path, path_here) = self.remote_path(ino)?;
         if !self.health.is_online() {
             if covered {
                 return Ok(());
@@ -167,7 +168,14 @@ impl Core {
         }
         // A chunk download failed (or raced with a truncate): fetch what is still missing
         // here, where the error reaches the caller.
-        self.fetch_missing_now(of, ino, &path, start, end)
+        match self.fetch_missing_now(of, ino, &path, start, end) {
+            // The rename was replayed meanwhile: the content is at the new path now.
+            Err(FsError::Remote {
+                source: RemoteError::NotFound,
+                ..
+            }) if path != path_here => self.fetch_missing_now(of, ino, &path_here, start, end),
+            other => other,
+        }
     }
 
     /// Updates the read-ahead of `of` for a read of `[start, end)`; returns how far

@@ -131,9 +131,9 @@ impl Core {
     /// Starts a background refresh of folder `ino`; returns a receiver that turns true
     /// when it ends, or None when one was already running.
     fn start_refresh(&self, ino: u64) -> Option<tokio::sync::watch::Receiver<bool>> {
+        let me = self.me.upgrade()?;
         let (tx, done) = self.refreshes.register(ino);
         let tx = tx?;
-        let me = self.me.upgrade()?;
         self.rt.spawn_blocking(move || {
             let started = Instant::now();
             if let Err(e) = me.fetch_and_merge(ino) {
@@ -151,13 +151,14 @@ impl Core {
     /// the remote meanwhile makes the listing ask again (three times, then the local
     /// view stays).
     fn fetch_and_merge(&self, ino: u64) -> FsResult<()> {
-        let path = self.path(ino)?;
         let mut attempt = 0;
         loop {
+            // Under a rename that still waits, the server has the folder at the old path.
+            let (there, here) = self.remote_path(ino)?;
             let epoch = self.remote_changes.current();
             let remote = self.remote.clone();
-            let entries = self.call(&path, async { remote.list(&path).await })?;
-            match self.merge_listing(ino, &path, entries, epoch)? {
+            let entries = self.call(&there, async { remote.list(&there).await })?;
+            match self.merge_listing(ino, &here, &there, entries, epoch)? {
                 true => return Ok(()),
                 false if attempt < 3 => attempt += 1,
                 false => return Ok(()),
@@ -190,10 +191,13 @@ impl Core {
     /// journal entries keep their local state; clean files whose remote version changed
     /// lose their cached content; clean nodes gone from the remote go locally too.
     /// Returns false, merging nothing, when the replayer changed the remote since `epoch`.
+    /// `remote_dir_path` is where the server has the folder: its old path while a rename
+    /// of it (or of a folder above) waits in the journal.
     fn merge_listing(
         &self,
         dir: u64,
         dir_path: &str,
+        remote_dir_path: &str,
         entries: Vec<RemoteEntry>,
         epoch: u64,
     ) -> FsResult<bool> {
@@ -202,11 +206,21 @@ impl Core {
         {
             let mut conn = lock(&self.store);
             // Checked under the store lock, which the replayer's commits also take.
-            if self.remote_changes.touched_since(epoch, dir_path, true) {
+            if self.remote_changes.touched_since(epoch, dir_path, true)
+                || self
+                    .remote_changes
+                    .touched_since(epoch, remote_dir_path, true)
+            {
                 return Ok(false);
             }
             let tx = conn.transaction()?;
-            let pending = journal::names_pending_under(&tx, dir_path)?;
+            let mut pending = journal::names_pending_under(&tx, dir_path)?;
+            if remote_dir_path != dir_path {
+                // Entries recorded before the folder's rename name its old path.
+                pending.extend(journal::names_pending_under(&tx, remote_dir_path)?);
+                pending.sort();
+                pending.dedup();
+            }
             let is_pending =
                 |name: &str| pending.binary_search_by(|p| p.as_str().cmp(name)).is_ok();
             let mut local: HashMap<String, Node> = store::children(&tx, dir)?

@@ -395,6 +395,15 @@ impl Core {
         store::path_of(&lock(&self.store), ino)?.ok_or(FsError::NotFound)
     }
 
+    /// Where the server holds node `ino` now: its path here with the renames that still
+    /// wait undone (see `journal::remote_path_of`), and its path here.
+    fn remote_path(&self, ino: u64) -> FsResult<(String, String)> {
+        let conn = lock(&self.store);
+        let here = store::path_of(&conn, ino)?.ok_or(FsError::NotFound)?;
+        let there = crate::journal::remote_path_of(&conn, &here)?;
+        Ok((there, here))
+    }
+
     fn ensure_writable(&self) -> FsResult<()> {
         if self.cfg.read_only {
             Err(FsError::ReadOnly)
