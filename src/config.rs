@@ -82,6 +82,7 @@ pub struct MountConfig {
     pub threads: usize,
     pub allow_other: bool,
     pub cache: crate::cache::CacheLimits,
+    pub uploads: crate::fs::UploadSizes,
     /// Let the kernel read fully cached files directly (FUSE passthrough).
     pub passthrough: bool,
     /// Where the control socket listens (default: `<cache dir>/control.sock`).

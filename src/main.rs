@@ -117,6 +117,13 @@ struct MountArgs {
     /// Keep at least this much free on the cache's filesystem, evicting if needed.
     #[arg(long, default_value = "1G", value_parser = config::parse_size)]
     cache_min_free: u64,
+    /// Files from this size on are uploaded in resumable parts where the server takes
+    /// PUT with Content-Range; smaller ones go as one streaming PUT.
+    #[arg(long, default_value = "256M", value_parser = config::parse_size)]
+    upload_parts_from: u64,
+    /// Size of those parts: at most this much is sent again after a cut connection.
+    #[arg(long, default_value = "64M", value_parser = config::parse_size)]
+    upload_part_size: u64,
     /// Let the kernel read fully cached files opened read-only straight from the cache
     /// (FUSE passthrough; Linux 6.9 or later, as root). The kernel then refuses, with
     /// EIO, to open such a file for writing until its readers have closed it.
@@ -582,6 +589,11 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
             max_age: args.cache_max_age,
             max_size: args.cache_max_size,
             min_free: args.cache_min_free,
+            ..Default::default()
+        },
+        uploads: davdrive::fs::UploadSizes {
+            parts_from: args.upload_parts_from.max(1),
+            part: args.upload_part_size.max(1 << 20),
             ..Default::default()
         },
         passthrough: args.passthrough,

@@ -38,6 +38,8 @@ const VALUE_OPTIONS: &[&str] = &[
     "cache_max_age",
     "cache_max_size",
     "cache_min_free",
+    "upload_parts_from",
+    "upload_part_size",
     "control_socket",
     "config",
     "backup_source",

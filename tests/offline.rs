@@ -11,9 +11,13 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn setup() -> (Server, tempfile::TempDir, Mount) {
+    setup_with(&[])
+}
+
+fn setup_with(extra: &[&str]) -> (Server, tempfile::TempDir, Mount) {
     let server = Server::start();
     let base = tempfile::tempdir().unwrap();
-    let m = Mount::start(&server.url(), base.path(), &[]);
+    let m = Mount::start(&server.url(), base.path(), extra);
     (server, base, m)
 }
 
@@ -227,7 +231,7 @@ fn permanent_refusal_keeps_the_data_and_the_rest_goes_on() {
 
 #[test]
 fn interrupted_large_upload_resumes_where_the_server_stopped() {
-    let (server, _b, m) = setup();
+    let (server, _b, m) = setup_with(&["--upload-parts-from", "32M", "--upload-part-size", "8M"]);
     let data = pattern(48 << 20, 77);
     let src = _b.path().join("large.src");
     fs::write(&src, &data).unwrap();

@@ -297,6 +297,7 @@ fn run_inner(
             attr_ttl: cfg.attr_ttl,
             refresh_wait: cfg.refresh_wait,
             cache: cfg.cache.clone(),
+            uploads: cfg.uploads,
             read_only,
             ..CoreConfig::default()
         },
