@@ -185,10 +185,11 @@ struct MountArgs {
 #[derive(Args)]
 struct CtlArgs {
     /// The mount's control socket.
-    #[arg(long, conflicts_with = "mount")]
+    #[arg(long, global = true, conflicts_with = "mount")]
     socket: Option<PathBuf>,
-    /// The mountpoint of the mount to talk to (finds its control socket).
-    #[arg(long)]
+    /// The mountpoint of the mount to talk to (finds its control socket). Default: the
+    /// mount the current folder is in.
+    #[arg(long, global = true)]
     mount: Option<PathBuf>,
     /// Print the raw JSON reply.
     #[arg(long, global = true)]
@@ -367,20 +368,30 @@ enum ConflictsCmd {
 fn ctl(args: CtlArgs) -> ExitCode {
     use davdrive::control::client;
     use serde_json::json;
-    let socket = match (&args.socket, &args.mount) {
-        (Some(s), _) => s.clone(),
+    let (socket, mountpoint) = match (&args.socket, &args.mount) {
+        (Some(s), _) => (s.clone(), None),
         (None, Some(m)) => match std::fs::canonicalize(m) {
             Ok(m) => {
                 let link = config::control_link(&m);
                 if std::fs::symlink_metadata(&link).is_err() {
                     return fail(format!("{} is not a davdrive mount", m.display()));
                 }
-                link
+                (link, Some(m))
             }
             Err(e) => return fail(format!("--mount {}: {e}", m.display())),
         },
-        (None, None) => return fail("say which mount: --mount MOUNTPOINT or --socket PATH"),
+        // Inside a mount: that one.
+        (None, None) => match mount_of_current_folder() {
+            Some(m) => (config::control_link(&m), Some(m)),
+            None => return fail(
+                "not inside a davdrive mount: say which with --mount MOUNTPOINT (or --socket PATH)",
+            ),
+        },
     };
+    // Paths relative to the current folder, when that lies in the mount; otherwise
+    // from the mount's root, as before.
+    let p = |given: String| in_mount(mountpoint.as_deref(), given);
+    let ps = |given: Vec<String>| given.into_iter().map(p).collect::<Vec<_>>();
     let mut timeout = Duration::from_secs(600);
     let (cmd, req_args) = match args.command {
         CtlCmd::Status => ("status", json!({})),
@@ -400,15 +411,15 @@ fn ctl(args: CtlArgs) -> ExitCode {
             action: Some(JournalCmd::Drop { id, yes }),
             ..
         } => ("journal-drop", json!({"id": id, "yes": yes})),
-        CtlCmd::Pin { paths } => ("pin", json!({"paths": paths})),
-        CtlCmd::Unpin { paths } => ("unpin", json!({"paths": paths})),
-        CtlCmd::Evict { paths } => ("evict", json!({"paths": paths})),
+        CtlCmd::Pin { paths } => ("pin", json!({"paths": ps(paths)})),
+        CtlCmd::Unpin { paths } => ("unpin", json!({"paths": ps(paths)})),
+        CtlCmd::Evict { paths } => ("evict", json!({"paths": ps(paths)})),
         CtlCmd::Cache => ("cache", json!({})),
-        CtlCmd::Ls { path, .. } => ("ls", json!({"path": path})),
+        CtlCmd::Ls { path, .. } => ("ls", json!({"path": p(path)})),
         CtlCmd::Conflicts { action: None } => ("conflicts", json!({})),
         CtlCmd::Conflicts {
             action: Some(ConflictsCmd::Resolve { path, keep }),
-        } => ("conflicts-resolve", json!({"path": path, "keep": keep})),
+        } => ("conflicts-resolve", json!({"path": p(path), "keep": keep})),
         CtlCmd::Health => ("health", json!({})),
         CtlCmd::Metrics => ("metrics", json!({})),
         CtlCmd::Backup {
@@ -455,7 +466,7 @@ fn ctl(args: CtlArgs) -> ExitCode {
                 let src = std::path::absolute(&src_dir).unwrap_or(src_dir);
                 (
                     "migrate-start",
-                    json!({"src": src, "dest": dest, "verify": verify,
+                    json!({"src": src, "dest": p(dest), "verify": verify,
                         "delete_source": delete_source, "exclude": exclude,
                         "follow_symlinks": follow_symlinks}),
                 )
@@ -493,6 +504,42 @@ fn ctl(args: CtlArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The mountpoint of the davdrive mount the current folder is in, if any.
+fn mount_of_current_folder() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors()
+        .find(|d| std::fs::symlink_metadata(config::control_link(d)).is_ok())
+        .map(Path::to_path_buf)
+}
+
+/// A path given to ctl: absolute ones as they are; a relative one as an absolute path
+/// when, taken from the current folder, it lies in the mount (`ctl pin mnt/doc` from
+/// the mount's parent, `ctl pin doc` from inside it); otherwise it is from the mount's
+/// root, as the daemon reads it.
+fn in_mount(mountpoint: Option<&Path>, given: String) -> String {
+    let (Some(mnt), false) = (mountpoint, given.starts_with('/')) else {
+        return given;
+    };
+    let Ok(cwd) = std::env::current_dir() else {
+        return given;
+    };
+    let mut abs = PathBuf::new();
+    for c in cwd.join(&given).components() {
+        match c {
+            std::path::Component::ParentDir => {
+                abs.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => abs.push(other),
+        }
+    }
+    if abs.starts_with(mnt) {
+        abs.to_string_lossy().into_owned()
+    } else {
+        given
     }
 }
 
@@ -693,7 +740,14 @@ fn print_config(argv: &[OsString], sources: &[config::Source]) {
         }
         i += 1;
     }
-    let quote = |v: &str| format!("{v:?}");
+    let quote = |v: &str| {
+        // TOML integers have no leading zero: a mode stays a string.
+        if v.parse::<i64>().is_ok() && (v == "0" || !v.starts_with('0')) {
+            v.to_string()
+        } else {
+            format!("{v:?}")
+        }
+    };
     for (name, (v, src)) in ["url", "mountpoint"].iter().zip(plain.iter()) {
         println!("# {name} = {}    # {src}", quote(v));
     }

@@ -319,3 +319,428 @@ fn a_conflict_is_recorded_once_and_resolved_once() {
         wait_server_has(&server, "doc.txt", b"ours, saved by rename");
     }
 }
+
+/// `Authorization` the proxy asks for: user `user`, password `dv-9f3Kq7-pw`.
+const AUTH: &str = "Basic dXNlcjpkdi05ZjNLcTctcHc=";
+
+fn mount_failing_helper_run(out: &Output) -> String {
+    assert!(!out.status.success());
+    one_error_line(out)
+}
+
+#[test]
+fn errors_say_what_to_do_in_one_line() {
+    let server = Server::start();
+    server.proxy.state.lock().unwrap().require_auth = Some(AUTH.into());
+    let base = tempfile::tempdir().unwrap();
+    let mnt = base.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    // No credentials at all: the server asks for some.
+    let line = mount_fails(&server.url(), &mnt, &base.path().join("c1"), &[]);
+    assert!(line.contains("asks for credentials"), "{line}");
+    assert!(line.contains("--user"), "{line}");
+    // Wrong ones: that is what it says.
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(server.url())
+        .arg(&mnt)
+        .arg("--cache-dir")
+        .arg(base.path().join("c2"))
+        .args(["--user", "user"])
+        .env("DAVDRIVE_PASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert!(mount_failing_helper_run(&out).contains("wrong user name, password or token"));
+
+    // Unmounting a folder that is not mounted: one line, from one program.
+    let out = Command::new(BIN).arg("unmount").arg(&mnt).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("is not mounted"), "{err}");
+
+    // ctl on a folder that is no davdrive mount names the folder, not a socket.
+    let out = Command::new(BIN)
+        .args(["ctl", "--mount"])
+        .arg(&mnt)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("is not a davdrive mount"), "{err}");
+    assert!(!err.contains(".sock"), "{err}");
+}
+
+/// At the default log level: no line per unsupported call (git and python issue ioctls),
+/// every event one line, a replay summarised in one.
+#[test]
+fn the_log_has_one_line_per_event_and_no_unsupported_calls() {
+    let server = Server::start();
+    let base = tempfile::tempdir().unwrap();
+    let mnt = base.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let cache = base.path().join("cache");
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(server.url())
+        .arg(&mnt)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("--daemon")
+        .env_remove("DAVDRIVE_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mnt = fs::canonicalize(&mnt).unwrap();
+    for i in 0..5 {
+        fs::write(mnt.join(format!("f{i}.txt")), b"data").unwrap();
+    }
+    // What `lsattr` and git ask: FS_IOC_GETFLAGS, refused quietly.
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(mnt.join("f0.txt")).unwrap();
+    for _ in 0..20 {
+        let mut flags: libc::c_long = 0;
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), 0x8008_6601, &mut flags) };
+        assert_eq!(r, -1);
+    }
+    drop(f);
+    let out = Command::new(BIN)
+        .args(["ctl", "--mount"])
+        .arg(&mnt)
+        .args(["sync", "--wait"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = Command::new(BIN).arg("unmount").arg(&mnt).output().unwrap();
+    assert!(out.status.success());
+    let log = fs::read_to_string(cache.join("davdrive.log")).unwrap();
+    assert!(!log.contains("Not Implemented"), "{log}");
+    assert!(!log.contains("ioctl"), "{log}");
+    for line in log.lines() {
+        // tracing's format: a timestamp and a level on every line.
+        assert!(
+            line.starts_with("20") && line.contains('Z'),
+            "a continuation line: {line:?}\n{log}"
+        );
+        assert!(!line.contains(" DEBUG "), "{line}");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("replayed") && l.contains("change(s) in")),
+        "{log}"
+    );
+    // Each upload is not a line of its own at this level.
+    assert!(!log.contains("f3.txt"), "{log}");
+}
+
+fn stat_of(p: &Path) -> fs::Metadata {
+    fs::metadata(p).unwrap()
+}
+
+/// `mount.davdrive` (mount -t davdrive) with the options users of other network
+/// filesystems give: ro, uid=, gid=, umask=, file_mode=, dir_mode=; -f checks the
+/// credentials.
+#[test]
+fn mount_options_ro_uid_gid_umask_and_modes() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let server = Server::start();
+    server.proxy.state.lock().unwrap().require_auth = Some(AUTH.into());
+    fs::create_dir_all(server.path("sub")).unwrap();
+    fs::write(server.path("sub/a.txt"), b"server file").unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let helper = base.path().join("mount.davdrive");
+    std::os::unix::fs::symlink(BIN, &helper).unwrap();
+    let pw = base.path().join("pw");
+    fs::write(&pw, "dv-9f3Kq7-pw\n").unwrap();
+    let wrong = base.path().join("wrong");
+    fs::write(&wrong, "nope\n").unwrap();
+    let mnt = base.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mnt = fs::canonicalize(&mnt).unwrap();
+    let run = |opts: &str, extra: &[&str]| {
+        Command::new(&helper)
+            .arg(server.url())
+            .arg(&mnt)
+            .args(extra)
+            .arg("-o")
+            .arg(opts)
+            .output()
+            .unwrap()
+    };
+    let cache = base.path().join("cache");
+    let common = format!("user=user,cache_dir={},request_timeout=5s", cache.display());
+
+    // -f with a wrong password fails, and mounts nothing; with the right one it passes.
+    let out = run(
+        &format!("{common},password_file={}", wrong.display()),
+        &["-f"],
+    );
+    assert!(mount_failing_helper_run(&out).contains("wrong user name, password or token"));
+    assert!(!is_mounted(&mnt));
+    let out = run(&format!("{common},password_file={}", pw.display()), &["-f"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&mnt));
+
+    let out = run(
+        &format!(
+            "{common},password_file={},ro,uid=1234,gid=2345,umask=027,_netdev,nofail",
+            pw.display()
+        ),
+        &[],
+    );
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("read-only"), "{said}");
+    let unmount = || {
+        let out = Command::new(BIN).arg("unmount").arg(&mnt).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let f = stat_of(&mnt.join("sub/a.txt"));
+    let d = stat_of(&mnt.join("sub"));
+    assert_eq!((f.uid(), f.gid()), (1234, 2345));
+    assert_eq!((d.uid(), d.gid()), (1234, 2345));
+    assert_eq!(f.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(d.permissions().mode() & 0o7777, 0o750);
+    assert!(is_read_only_mount(&mnt));
+    assert!(erofs(fs::write(mnt.join("new.txt"), b"x")));
+    unmount();
+
+    let out = run(
+        &format!(
+            "{common},password_file={},rw,file_mode=0600,dir_mode=0711",
+            pw.display()
+        ),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stat_of(&mnt.join("sub/a.txt")).permissions().mode() & 0o7777,
+        0o600
+    );
+    assert_eq!(
+        stat_of(&mnt.join("sub")).permissions().mode() & 0o7777,
+        0o711
+    );
+    assert!(!is_read_only_mount(&mnt));
+    fs::write(mnt.join("sub/new.txt"), b"written").unwrap();
+    let out = Command::new(BIN)
+        .args(["ctl", "--mount"])
+        .arg(&mnt)
+        .args(["sync", "--wait"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    unmount();
+    wait_server_has(&server, "sub/new.txt", b"written");
+}
+
+/// `davdrive mount … --print-config`, with `env` set: its output.
+fn print_config(args: &[&str], env: &[(String, String)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    Command::new(BIN)
+        .arg("mount")
+        .args(["http://127.0.0.1:9/dav/", "/nowhere"])
+        .args(args)
+        .arg("--print-config")
+        .envs(env.iter().cloned())
+        // No settings file of the machine's.
+        .env("XDG_CONFIG_HOME", dir.path())
+        .env_remove("DAVDRIVE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// `key = value    # source` lines of --print-config, by key.
+fn settings(out: &Output) -> Vec<(String, String, String)> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| match l.strip_prefix("# ") {
+            // `# user not set`
+            Some(rest) => rest
+                .strip_suffix(" not set")
+                .map(|k| format!("{k} =     # not set")),
+            None => Some(l.to_string()),
+        })
+        .map(|l| {
+            let (kv, src) = l.split_once("    # ").unwrap();
+            let (k, v) = kv.split_once(" =").unwrap();
+            let v = v.trim();
+            (k.to_string(), v.to_string(), src.to_string())
+        })
+        .collect()
+}
+
+/// A value for every option, as the settings file writes it.
+fn sample(key: &str, default: &str) -> String {
+    match key {
+        _ if default == "false" => "true".into(),
+        "uid" | "gid" => "1000".into(),
+        "threads" | "backup_keep_days" | "backup_compression" => "3".into(),
+        "url" | "mountpoint" => unreachable!(),
+        "umask" | "file_mode" | "dir_mode" => "\"027\"".into(),
+        "metrics_addr" => "\"127.0.0.1:9184\"".into(),
+        "cache_max_size" | "cache_min_free" => "\"2G\"".into(),
+        "backup_at" => "\"04:00\"".into(),
+        "backup_source" => "[\"/srv/a\"]".into(),
+        k if k.ends_with("ttl")
+            || k.ends_with("wait")
+            || k.ends_with("interval")
+            || k.ends_with("timeout")
+            || k.ends_with("max_age") =>
+        {
+            "\"7s\"".into()
+        }
+        _ => "\"/some/where\"".into(),
+    }
+}
+
+#[test]
+fn every_option_from_the_settings_file_and_the_environment_and_flags_win() {
+    let defaults = settings(&print_config(&[], &[]));
+    assert!(defaults
+        .iter()
+        .any(|(k, v, s)| k == "dir_ttl" && v == "\"60s\"" && s == "default"));
+    assert!(defaults.len() > 30, "{defaults:?}");
+    // The bearer token replaces user and password: one or the other.
+    let keys: Vec<&(String, String, String)> = defaults
+        .iter()
+        .filter(|(k, _, _)| k != "bearer_token_file")
+        .collect();
+
+    // Every option from the file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("davdrive.toml");
+    let text: String = keys
+        .iter()
+        .map(|(k, v, _)| format!("{k} = {}\n", sample(k, v)))
+        .collect();
+    fs::write(&file, &text).unwrap();
+    let from_file = settings(&print_config(&["--config", file.to_str().unwrap()], &[]));
+    for (k, v, _) in &keys {
+        let (_, got, src) = from_file.iter().find(|(x, _, _)| x == k).unwrap();
+        assert_eq!(src, &format!("file {}", file.display()), "{k}");
+        assert_eq!(got, &sample(k, v), "{k}");
+    }
+
+    // Every option from the environment, over the file.
+    let env: Vec<(String, String)> = keys
+        .iter()
+        .map(|(k, v, _)| {
+            let value = sample(k, v)
+                .trim_matches(|c| c == '"' || c == '[' || c == ']')
+                .to_string();
+            (format!("DAVDRIVE_{}", k.to_uppercase()), value)
+        })
+        .collect();
+    let from_env = settings(&print_config(&["--config", file.to_str().unwrap()], &env));
+    for (k, _, _) in &keys {
+        let (_, _, src) = from_env.iter().find(|(x, _, _)| x == k).unwrap();
+        if k == "backup_source" {
+            // Repeatable: every layer adds.
+            assert!(
+                src.contains("file") && src.contains("environment"),
+                "{k}: {src}"
+            );
+        } else {
+            assert_eq!(
+                src,
+                &format!("environment DAVDRIVE_{}", k.to_uppercase()),
+                "{k}"
+            );
+        }
+    }
+
+    // A flag wins over both.
+    let flagged = settings(&print_config(
+        &["--config", file.to_str().unwrap(), "--dir-ttl", "9s"],
+        &env,
+    ));
+    let (_, v, src) = flagged.iter().find(|(k, _, _)| k == "dir_ttl").unwrap();
+    assert_eq!((v.as_str(), src.as_str()), ("\"9s\"", "command line"));
+
+    // An unknown key: one line naming it and the file.
+    fs::write(&file, "dir_ttl = \"5s\"\ncache_max_sise = \"1G\"\n").unwrap();
+    let out = print_config(&["--config", file.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cache_max_sise") && err.contains(file.to_str().unwrap()),
+        "{err}"
+    );
+    // A value of the wrong kind: one line too.
+    fs::write(&file, "allow_other = \"sometimes\"\n").unwrap();
+    let out = print_config(&["--config", file.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
+}
+
+/// Settings from the file and the environment take effect on a real mount.
+#[test]
+fn settings_from_the_file_and_the_environment_take_effect() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start();
+    fs::write(server.path("a.txt"), b"server file").unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let file = base.path().join("davdrive.toml");
+    fs::write(&file, "read_only = true\ndir_ttl = \"1s\"\n").unwrap();
+    let mnt = base.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(server.url())
+        .arg(&mnt)
+        .arg("--daemon")
+        .env("DAVDRIVE_CONFIG", &file)
+        .env("DAVDRIVE_CACHE_DIR", base.path().join("cache"))
+        .env("DAVDRIVE_FILE_MODE", "0604")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mnt = fs::canonicalize(&mnt).unwrap();
+    let mode = fs::metadata(mnt.join("a.txt"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    let ro = is_read_only_mount(&mnt);
+    let log_dir_exists = base.path().join("cache/davdrive.log").exists();
+    let out = Command::new(BIN).arg("unmount").arg(&mnt).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(mode, 0o604);
+    assert!(ro);
+    assert!(
+        log_dir_exists,
+        "the cache dir from the environment was not used"
+    );
+}
