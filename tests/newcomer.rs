@@ -744,3 +744,81 @@ fn settings_from_the_file_and_the_environment_take_effect() {
         "the cache dir from the environment was not used"
     );
 }
+
+fn state_of(p: &Path) -> String {
+    let out = Command::new("getfattr")
+        .args(["-n", "user.davdrive.state", "--only-values"])
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ctl` from where the user is: shell-relative paths, the mount found from the current
+/// folder, options after the subcommand, evict of a folder.
+#[test]
+fn ctl_paths_resolve_from_the_current_folder() {
+    let server = Server::start();
+    fs::create_dir_all(server.path("doc/git")).unwrap();
+    fs::write(server.path("doc/git/HEAD"), b"ref: refs/heads/main\n").unwrap();
+    fs::write(server.path("doc/notes.txt"), b"notes").unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let m = Mount::start(&server.url(), base.path(), &[]);
+    let parent = m.mnt.parent().unwrap().to_path_buf();
+    let ctl_in = |dir: &Path, args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("ctl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let mnt = m.mnt.to_str().unwrap();
+    // From the mount's parent, `mnt/doc/git` is the folder inside the mount.
+    let (ok, _, err) = ctl_in(&parent, &["--mount", mnt, "pin", "mnt/doc/git"]);
+    assert!(ok, "{err}");
+    wait_until(10, "HEAD pinned", || {
+        state_of(&m.path("doc/git/HEAD")) == "pinned"
+    });
+    // Inside the mount, no --mount: found from the current folder; `git` is doc/git.
+    let (ok, _, err) = ctl_in(&m.path("doc"), &["unpin", "git"]);
+    assert!(ok, "{err}");
+    assert_eq!(state_of(&m.path("doc/git/HEAD")), "cached");
+    // Options after the subcommand.
+    let (ok, out, err) = ctl_in(&parent, &["status", "--mount", mnt]);
+    assert!(ok, "{err}");
+    assert!(out.contains("remote:"), "{out}");
+    let (ok, out, err) = ctl_in(&m.path("doc"), &["status", "--json"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with('{'), "{out}");
+    // From the mount's root, paths from its root keep working.
+    let (ok, _, err) = ctl_in(&parent, &["--mount", mnt, "pin", "doc/notes.txt"]);
+    assert!(ok, "{err}");
+    wait_until(10, "notes pinned", || {
+        state_of(&m.path("doc/notes.txt")) == "pinned"
+    });
+    let (ok, _, err) = ctl_in(&parent, &["--mount", mnt, "unpin", "doc/notes.txt"]);
+    assert!(ok, "{err}");
+
+    // evict of a folder: its clean files, a changed one kept.
+    assert_eq!(fs::read(m.path("doc/notes.txt")).unwrap(), b"notes");
+    server.proxy.set_fault(Fault::Refuse);
+    fs::write(m.path("doc/unsent.txt"), b"not yet on the server").unwrap();
+    let (ok, out, err) = ctl_in(&m.path("doc"), &["evict", "."]);
+    assert!(ok, "{err}");
+    assert!(out.contains("evicted 2 file(s)"), "{out}");
+    assert!(out.contains("kept 1"), "{out}");
+    assert_eq!(state_of(&m.path("doc/notes.txt")), "remote-only");
+    assert_eq!(state_of(&m.path("doc/git/HEAD")), "remote-only");
+    assert_eq!(state_of(&m.path("doc/unsent.txt")), "dirty");
+    server.proxy.clear_fault();
+    // Outside any mount and without --mount: one line saying what to give.
+    let (ok, _, err) = ctl_in(base.path(), &["status"]);
+    assert!(!ok);
+    assert!(err.contains("--mount"), "{err}");
+}
