@@ -95,8 +95,6 @@ pub struct MountConfig {
     pub allow_non_empty: bool,
     /// How files look to the kernel: owner, group and permission bits.
     pub attrs: AttrPolicy,
-    /// Serve the metrics in the Prometheus text format over HTTP on this address.
-    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `uid=`, `gid=`, `umask=`, `file_mode=`, `dir_mode=`: what every file shows, as the

@@ -158,10 +158,7 @@ struct MountArgs {
     /// Permission bits of every folder (octal, like 0755); wins over --umask.
     #[arg(long, value_parser = config::parse_mode)]
     dir_mode: Option<u32>,
-    /// Serve the metrics (Prometheus text format) at http://ADDR/metrics, like
-    /// 127.0.0.1:9184.
-    #[arg(long, value_name = "ADDR")]
-    metrics_addr: Option<std::net::SocketAddr>,
+
     /// A local file or folder to back up daily to the remote (repeatable). SQLite
     /// databases are copied consistently while in use; davdrive's own state goes with
     /// them. Without sources or --backup-at, no backup is scheduled.
@@ -879,7 +876,6 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
             file_mode: args.file_mode,
             dir_mode: args.dir_mode,
         },
-        metrics_addr: args.metrics_addr,
         cache_dir,
     })
 }

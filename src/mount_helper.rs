@@ -50,7 +50,6 @@ const VALUE_OPTIONS: &[&str] = &[
     "umask",
     "file_mode",
     "dir_mode",
-    "metrics_addr",
 ];
 
 /// Options of `davdrive mount` without a value.

@@ -346,7 +346,7 @@ fn run_inner(
         Some(if cfg.http {
             "plain HTTP mount (--http): the server only serves files".into()
         } else if fell_back.is_some() {
-            "the server does not speak WebDAV; mounted over plain HTTP from its index pages".into()
+            "no WebDAV at this URL; mounted over plain HTTP from its index pages".into()
         } else {
             "plain HTTP when the server was last reached (it is down now)".into()
         })
