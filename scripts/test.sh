@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+# systemd-analyze checks the unit template (tests/mount_helper.rs).
+command -v systemd-analyze >/dev/null 2>&1 || apt_install test systemd
 
 export CARGO_TERM_COLOR=never
 cargo build --locked --all-targets -j "$(nproc)"

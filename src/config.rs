@@ -90,42 +90,54 @@ pub struct MountConfig {
     pub backup: crate::backup::BackupConfig,
     /// Plain HTTP, read-only: directories from the server's HTML index pages.
     pub http: bool,
+    /// Mount read-only even where the server takes writes (`--read-only`, `-o ro`).
+    pub read_only: bool,
+    /// Mount over a folder that holds files (hidden while mounted).
+    pub allow_non_empty: bool,
+    /// How files look to the kernel: owner, group and permission bits.
+    pub attrs: AttrPolicy,
 }
 
-/// The settings file (`--config`, TOML). Flags given on the command line win.
-///
-/// ```toml
-/// [backup]
-/// sources = ["/srv/app/data.db", "/srv/app/uploads"]
-/// at = "02:30"          # or "off"
-/// keep_days = 30
-/// compression = 6
-/// dir = "/.davdrive/backups/myhost"
-/// ```
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    #[serde(default)]
-    pub backup: FileBackup,
+/// `uid=`, `gid=`, `umask=`, `file_mode=`, `dir_mode=`: what every file shows, as the
+/// mount options of other network filesystems do. Unset fields keep what the state store
+/// holds (the mounting user's, modes set with chmod).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttrPolicy {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub umask: Option<u32>,
+    pub file_mode: Option<u32>,
+    pub dir_mode: Option<u32>,
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileBackup {
-    #[serde(default)]
-    pub sources: Vec<PathBuf>,
-    pub at: Option<String>,
-    pub keep_days: Option<u32>,
-    pub compression: Option<u32>,
-    pub dir: Option<String>,
+impl AttrPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == AttrPolicy::default()
+    }
+
+    /// The permission bits to show for a node whose stored bits are `perm`.
+    pub fn perm(&self, is_dir: bool, perm: u16) -> u16 {
+        let fixed = if is_dir {
+            self.dir_mode
+        } else {
+            self.file_mode
+        };
+        match (fixed, self.umask) {
+            (Some(m), _) => (m & 0o7777) as u16,
+            (None, Some(mask)) => perm & !(mask as u16) & 0o7777,
+            (None, None) => perm,
+        }
+    }
 }
 
-pub fn read_config_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
+/// An octal mode such as `022`, `0644` or `755`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let t = t.strip_prefix("0o").unwrap_or(t);
+    match u32::from_str_radix(t, 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!("'{s}' is not an octal mode (like 022 or 0644)")),
+    }
 }
 
 impl MountConfig {
@@ -260,30 +272,276 @@ mod tests {
     }
 
     #[test]
-    fn the_settings_file_reads_and_rejects_unknown_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("c.toml");
-        std::fs::write(
-            &p,
-            "[backup]\nsources = [\"/a\", \"/b c\"]\nat = \"off\"\nkeep_days = 7\n",
-        )
-        .unwrap();
-        let c = read_config_file(&p).unwrap();
-        assert_eq!(
-            c.backup.sources,
-            vec![PathBuf::from("/a"), PathBuf::from("/b c")]
-        );
-        assert_eq!(c.backup.at.as_deref(), Some("off"));
-        assert_eq!(c.backup.keep_days, Some(7));
-        std::fs::write(&p, "[backup]\nsauces = []\n").unwrap();
-        let e = read_config_file(&p).unwrap_err().to_string();
-        assert!(e.contains("sauces"), "{e}");
-    }
-
-    #[test]
     fn urls_get_a_trailing_slash_and_no_password() {
         assert_eq!(parse_url("http://h/dav").unwrap().path(), "/dav/");
         assert!(parse_url("http://u:secret@h/").is_err());
         assert!(parse_url("ftp://h/").is_err());
+    }
+}
+
+/// One option of `davdrive mount`, as the settings file and the environment name it.
+#[derive(Debug, Clone)]
+pub struct OptSpec {
+    /// `dir_ttl`: the file's key; `DAVDRIVE_DIR_TTL` in the environment.
+    pub key: String,
+    /// `dir-ttl`: the flag `--dir-ttl`.
+    pub long: String,
+    pub takes_value: bool,
+    /// Repeatable (`--backup-source`): every layer adds to it.
+    pub repeats: bool,
+}
+
+impl OptSpec {
+    pub fn env_var(&self) -> String {
+        format!("DAVDRIVE_{}", self.key.to_ascii_uppercase())
+    }
+}
+
+/// Where a setting came from, for `davdrive mount --print-config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Env(String),
+    Flag,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(v) => write!(f, "environment {v}"),
+            Source::Flag => write!(f, "command line"),
+        }
+    }
+}
+
+/// `--name=value` (or `--name`) for an option set to `value` in a layer.
+fn as_flags(spec: &OptSpec, value: &str) -> Vec<String> {
+    if spec.takes_value {
+        vec![format!("--{}={value}", spec.long)]
+    } else {
+        vec![format!("--{}", spec.long)]
+    }
+}
+
+fn truthy(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// The settings file as flags of `davdrive mount`: every option by its name (`dir_ttl =
+/// "5s"`, `allow_other = true`, `backup_source = ["/a", "/b"]`), and the older
+/// `[backup]` table (`sources`, `at`, `keep_days`, `compression`, `dir`). An unknown
+/// key is one line naming it and the file.
+pub fn file_flags(path: &Path, text: &str, specs: &[OptSpec]) -> Result<Vec<String>, String> {
+    let shown = path.display();
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let msg = e.message().trim().replace('\n', " ");
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        match line {
+            Some(l) => format!("{shown}, line {l}: {msg}"),
+            None => format!("{shown}: {msg}"),
+        }
+    })?;
+    let mut out = Vec::new();
+    let mut one = |key: &str, spec_key: &str, v: &toml::Value| -> Result<(), String> {
+        let spec = specs.iter().find(|s| s.key == spec_key).ok_or_else(|| {
+            format!("{shown}: unknown key '{key}' (see davdrive mount --help for the options)")
+        })?;
+        let scalar = |v: &toml::Value| -> Result<String, String> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                toml::Value::Boolean(b) => Ok(b.to_string()),
+                _ => Err(format!("{shown}: '{key}' takes a single value")),
+            }
+        };
+        match (v, spec.takes_value) {
+            (toml::Value::Array(items), true) if spec.repeats => {
+                for item in items {
+                    out.extend(as_flags(spec, &scalar(item)?));
+                }
+            }
+            (toml::Value::Boolean(b), false) => {
+                if *b {
+                    out.extend(as_flags(spec, ""));
+                }
+            }
+            (_, false) => return Err(format!("{shown}: '{key}' is true or false")),
+            (v, true) => out.extend(as_flags(spec, &scalar(v)?)),
+        }
+        Ok(())
+    };
+    for (key, value) in &table {
+        if key == "backup" {
+            let toml::Value::Table(t) = value else {
+                return Err(format!("{shown}: 'backup' is a table ([backup])"));
+            };
+            for (k, v) in t {
+                let spec_key = match k.as_str() {
+                    "sources" => "backup_source".to_string(),
+                    other => format!("backup_{other}"),
+                };
+                one(&format!("backup.{k}"), &spec_key, v)?;
+            }
+            continue;
+        }
+        one(key, &key.replace('-', "_"), value)?;
+    }
+    Ok(out)
+}
+
+/// `DAVDRIVE_<OPTION>` variables as flags, each with the variable it came from. A
+/// repeatable option takes several values separated by `:` (like PATH).
+pub fn env_flags(
+    specs: &[OptSpec],
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, Vec<String>)>, String> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let var = spec.env_var();
+        let Some(value) = get(&var) else { continue };
+        let flags = if !spec.takes_value {
+            match truthy(&value) {
+                Some(true) => as_flags(spec, ""),
+                Some(false) => continue,
+                None => return Err(format!("{var}: '{value}' is not true or false")),
+            }
+        } else if spec.repeats {
+            value
+                .split(':')
+                .filter(|v| !v.is_empty())
+                .flat_map(|v| as_flags(spec, v))
+                .collect()
+        } else {
+            as_flags(spec, &value)
+        };
+        out.push((var, flags));
+    }
+    Ok(out)
+}
+
+/// The settings file to read: `--config` among `args`, else `DAVDRIVE_CONFIG`, else
+/// `$XDG_CONFIG_HOME/davdrive/config.toml` (`~/.config/…`) when it exists.
+pub fn config_file_path(args: &[std::ffi::OsString]) -> Option<(PathBuf, bool)> {
+    let mut found = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(s) = a.to_str() else { continue };
+        if s == "--" {
+            break;
+        }
+        if s == "--config" {
+            found = it.next().map(PathBuf::from);
+        } else if let Some(v) = s.strip_prefix("--config=") {
+            found = Some(PathBuf::from(v));
+        }
+    }
+    if let Some(p) = found {
+        return Some((p, true));
+    }
+    if let Some(p) = std::env::var_os("DAVDRIVE_CONFIG").filter(|p| !p.is_empty()) {
+        return Some((PathBuf::from(p), true));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    let p = base.join("davdrive").join("config.toml");
+    p.exists().then_some((p, false))
+}
+
+#[cfg(test)]
+mod layer_tests {
+    use super::*;
+
+    fn specs() -> Vec<OptSpec> {
+        let s = |key: &str, takes_value: bool, repeats: bool| OptSpec {
+            key: key.into(),
+            long: key.replace('_', "-"),
+            takes_value,
+            repeats,
+        };
+        vec![
+            s("dir_ttl", true, false),
+            s("allow_other", false, false),
+            s("backup_source", true, true),
+            s("backup_at", true, false),
+            s("threads", true, false),
+        ]
+    }
+
+    #[test]
+    fn the_file_names_every_option() {
+        let p = Path::new("/etc/d.toml");
+        let f = file_flags(
+            p,
+            "dir_ttl = \"5s\"\nallow_other = true\nthreads = 8\nbackup_source = [\"/a\", \"/b c\"]\n[backup]\nat = \"02:00\"\nsources = [\"/d\"]\n",
+            &specs(),
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            [
+                "--allow-other",
+                "--backup-at=02:00",
+                "--backup-source=/d",
+                "--backup-source=/a",
+                "--backup-source=/b c",
+                "--dir-ttl=5s",
+                "--threads=8",
+            ]
+        );
+        let e = file_flags(p, "dir_tll = \"5s\"\n", &specs()).unwrap_err();
+        assert_eq!(
+            e,
+            "/etc/d.toml: unknown key 'dir_tll' (see davdrive mount --help for the options)"
+        );
+        let e = file_flags(p, "[backup]\nsauces = []\n", &specs()).unwrap_err();
+        assert!(e.contains("'backup.sauces'"), "{e}");
+        let e = file_flags(p, "dir_ttl = \n", &specs()).unwrap_err();
+        assert!(!e.contains('\n') && e.contains("line 1"), "{e}");
+        assert!(file_flags(p, "allow_other = \"yes\"\n", &specs()).is_err());
+    }
+
+    #[test]
+    fn the_environment_names_every_option() {
+        let env = |v: &str| match v {
+            "DAVDRIVE_DIR_TTL" => Some("7s".to_string()),
+            "DAVDRIVE_ALLOW_OTHER" => Some("1".to_string()),
+            "DAVDRIVE_BACKUP_SOURCE" => Some("/a:/b".to_string()),
+            _ => None,
+        };
+        let f = env_flags(&specs(), env).unwrap();
+        assert_eq!(
+            f,
+            [
+                (
+                    "DAVDRIVE_DIR_TTL".to_string(),
+                    vec!["--dir-ttl=7s".to_string()]
+                ),
+                (
+                    "DAVDRIVE_ALLOW_OTHER".to_string(),
+                    vec!["--allow-other".to_string()]
+                ),
+                (
+                    "DAVDRIVE_BACKUP_SOURCE".to_string(),
+                    vec![
+                        "--backup-source=/a".to_string(),
+                        "--backup-source=/b".to_string()
+                    ]
+                ),
+            ]
+        );
+        let bad = |v: &str| (v == "DAVDRIVE_ALLOW_OTHER").then(|| "maybe".to_string());
+        assert!(env_flags(&specs(), bad)
+            .unwrap_err()
+            .contains("DAVDRIVE_ALLOW_OTHER"));
     }
 }

@@ -13,6 +13,9 @@ use davdrive::config::{self, parse_duration, MountConfig};
 /// the server through a durable journal, also across outages and crashes.
 #[derive(Parser)]
 #[command(name = "davdrive", version, about, long_about = None)]
+// Settings from the file and the environment come first on the command line built for
+// clap: a flag given later (the user's) wins.
+#[command(args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -23,6 +26,7 @@ enum Cmd {
     /// Mount the WebDAV collection at URL on MOUNTPOINT.
     ///
     /// Example: davdrive mount https://cloud.example.org/remote.php/dav/files/me/ ~/drive --user me --password-file ~/.davpass
+    #[command(after_help = MOUNT_AFTER_HELP)]
     Mount(Box<MountArgs>),
     /// Unmount a davdrive mount. Changes not yet sent stay in the journal and are sent at
     /// the next mount.
@@ -55,8 +59,14 @@ enum Cmd {
 struct MountArgs {
     /// http(s) URL of the WebDAV collection to mount (no password in it).
     url: String,
-    /// An existing empty folder to mount it on.
+    /// An existing empty folder to mount it on (not already a mount point).
     mountpoint: PathBuf,
+    /// Mount even if the folder holds files (they are hidden while mounted).
+    #[arg(long)]
+    allow_non_empty: bool,
+    /// Mount read-only: writes fail with EROFS and nothing is sent to the server.
+    #[arg(long)]
+    read_only: bool,
     /// Mount a plain web server read-only: directories are read from its HTML index
     /// pages (Apache, nginx), files with ranged GETs; writes fail with EROFS. Without
     /// it, a server that does not speak WebDAV but serves index pages is mounted so too.
@@ -133,15 +143,36 @@ struct MountArgs {
     /// <cache dir>/control.sock.
     #[arg(long)]
     control_socket: Option<PathBuf>,
-    /// Settings file (TOML); see the README. Flags given here win over it.
+    /// Settings file (TOML): any option of this command by name, `dir_ttl = "5s"`.
+    /// Default: $DAVDRIVE_CONFIG, else ~/.config/davdrive/config.toml if it exists.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Print the settings in effect, and where each came from, and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Every file and folder is owned by this user id (default: the mounting user).
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Every file and folder has this group id (default: the mounting user's group).
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Permission bits removed from every file and folder (octal, like 022 or 077).
+    #[arg(long, value_parser = config::parse_mode)]
+    umask: Option<u32>,
+    /// Permission bits of every file (octal, like 0644); wins over --umask.
+    #[arg(long, value_parser = config::parse_mode)]
+    file_mode: Option<u32>,
+    /// Permission bits of every folder (octal, like 0755); wins over --umask.
+    #[arg(long, value_parser = config::parse_mode)]
+    dir_mode: Option<u32>,
+
     /// A local file or folder to back up daily to the remote (repeatable). SQLite
-    /// databases are copied consistently while in use. davdrive's own state is always
-    /// backed up.
+    /// databases are copied consistently while in use; davdrive's own state goes with
+    /// them. Without sources or --backup-at, no backup is scheduled.
     #[arg(long)]
     backup_source: Vec<PathBuf>,
-    /// Daily backup at this local time (HH:MM), or `off`. Default 00:00.
+    /// Daily backup at this local time (HH:MM), or `off`. Default: 00:00 once sources
+    /// are named; given alone, backs up davdrive's own state.
     #[arg(long)]
     backup_at: Option<String>,
     /// Keep backups this many days (the newest successful one is always kept). Default 30.
@@ -158,10 +189,11 @@ struct MountArgs {
 #[derive(Args)]
 struct CtlArgs {
     /// The mount's control socket.
-    #[arg(long, conflicts_with = "mount")]
+    #[arg(long, global = true, conflicts_with = "mount")]
     socket: Option<PathBuf>,
-    /// The mountpoint of the mount to talk to (finds its control socket).
-    #[arg(long)]
+    /// The mountpoint of the mount to talk to (finds its control socket). Default: the
+    /// mount the current folder is in.
+    #[arg(long, global = true)]
     mount: Option<PathBuf>,
     /// Print the raw JSON reply.
     #[arg(long, global = true)]
@@ -340,14 +372,30 @@ enum ConflictsCmd {
 fn ctl(args: CtlArgs) -> ExitCode {
     use davdrive::control::client;
     use serde_json::json;
-    let socket = match (&args.socket, &args.mount) {
-        (Some(s), _) => s.clone(),
+    let (socket, mountpoint) = match (&args.socket, &args.mount) {
+        (Some(s), _) => (s.clone(), None),
         (None, Some(m)) => match std::fs::canonicalize(m) {
-            Ok(m) => config::control_link(&m),
+            Ok(m) => {
+                let link = config::control_link(&m);
+                if std::fs::symlink_metadata(&link).is_err() {
+                    return fail(format!("{} is not a davdrive mount", m.display()));
+                }
+                (link, Some(m))
+            }
             Err(e) => return fail(format!("--mount {}: {e}", m.display())),
         },
-        (None, None) => return fail("say which mount: --mount MOUNTPOINT or --socket PATH"),
+        // Inside a mount: that one.
+        (None, None) => match mount_of_current_folder() {
+            Some(m) => (config::control_link(&m), Some(m)),
+            None => return fail(
+                "not inside a davdrive mount: say which with --mount MOUNTPOINT (or --socket PATH)",
+            ),
+        },
     };
+    // Paths relative to the current folder, when that lies in the mount; otherwise
+    // from the mount's root, as before.
+    let p = |given: String| in_mount(mountpoint.as_deref(), given);
+    let ps = |given: Vec<String>| given.into_iter().map(p).collect::<Vec<_>>();
     let mut timeout = Duration::from_secs(600);
     let (cmd, req_args) = match args.command {
         CtlCmd::Status => ("status", json!({})),
@@ -367,15 +415,15 @@ fn ctl(args: CtlArgs) -> ExitCode {
             action: Some(JournalCmd::Drop { id, yes }),
             ..
         } => ("journal-drop", json!({"id": id, "yes": yes})),
-        CtlCmd::Pin { paths } => ("pin", json!({"paths": paths})),
-        CtlCmd::Unpin { paths } => ("unpin", json!({"paths": paths})),
-        CtlCmd::Evict { paths } => ("evict", json!({"paths": paths})),
+        CtlCmd::Pin { paths } => ("pin", json!({"paths": ps(paths)})),
+        CtlCmd::Unpin { paths } => ("unpin", json!({"paths": ps(paths)})),
+        CtlCmd::Evict { paths } => ("evict", json!({"paths": ps(paths)})),
         CtlCmd::Cache => ("cache", json!({})),
-        CtlCmd::Ls { path, .. } => ("ls", json!({"path": path})),
+        CtlCmd::Ls { path, .. } => ("ls", json!({"path": p(path)})),
         CtlCmd::Conflicts { action: None } => ("conflicts", json!({})),
         CtlCmd::Conflicts {
             action: Some(ConflictsCmd::Resolve { path, keep }),
-        } => ("conflicts-resolve", json!({"path": path, "keep": keep})),
+        } => ("conflicts-resolve", json!({"path": p(path), "keep": keep})),
         CtlCmd::Health => ("health", json!({})),
         CtlCmd::Metrics => ("metrics", json!({})),
         CtlCmd::Backup {
@@ -422,7 +470,7 @@ fn ctl(args: CtlArgs) -> ExitCode {
                 let src = std::path::absolute(&src_dir).unwrap_or(src_dir);
                 (
                     "migrate-start",
-                    json!({"src": src, "dest": dest, "verify": verify,
+                    json!({"src": src, "dest": p(dest), "verify": verify,
                         "delete_source": delete_source, "exclude": exclude,
                         "follow_symlinks": follow_symlinks}),
                 )
@@ -460,6 +508,42 @@ fn ctl(args: CtlArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The mountpoint of the davdrive mount the current folder is in, if any.
+fn mount_of_current_folder() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors()
+        .find(|d| std::fs::symlink_metadata(config::control_link(d)).is_ok())
+        .map(Path::to_path_buf)
+}
+
+/// A path given to ctl: absolute ones as they are; a relative one as an absolute path
+/// when, taken from the current folder, it lies in the mount (`ctl pin mnt/doc` from
+/// the mount's parent, `ctl pin doc` from inside it); otherwise it is from the mount's
+/// root, as the daemon reads it.
+fn in_mount(mountpoint: Option<&Path>, given: String) -> String {
+    let (Some(mnt), false) = (mountpoint, given.starts_with('/')) else {
+        return given;
+    };
+    let Ok(cwd) = std::env::current_dir() else {
+        return given;
+    };
+    let mut abs = PathBuf::new();
+    for c in cwd.join(&given).components() {
+        match c {
+            std::path::Component::ParentDir => {
+                abs.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => abs.push(other),
+        }
+    }
+    if abs.starts_with(mnt) {
+        abs.to_string_lossy().into_owned()
+    } else {
+        given
     }
 }
 
@@ -501,6 +585,27 @@ fn main() -> ExitCode {
     if Path::new(&arg0).file_name() == Some(davdrive::mount_helper::HELPER_NAME.as_ref()) {
         return mount_helper(argv.collect());
     }
+    let all: Vec<OsString> = std::env::args_os().collect();
+    if all.get(1).is_some_and(|a| a == "mount") {
+        let user = &all[2..];
+        let (argv, sources) = match layered_mount_args(user) {
+            Ok(x) => x,
+            Err(e) => return fail(e),
+        };
+        let cli = Cli::parse_from(
+            [OsString::from("davdrive"), "mount".into()]
+                .into_iter()
+                .chain(argv.iter().cloned()),
+        );
+        let Cmd::Mount(args) = cli.command else {
+            unreachable!("parsed a mount command")
+        };
+        if args.print_config {
+            print_config(&argv, &sources);
+            return ExitCode::SUCCESS;
+        }
+        return mount(*args, all[1..].to_vec());
+    }
     let cli = Cli::parse();
     match cli.command {
         Cmd::Mount(args) => mount(*args, std::env::args_os().skip(1).collect()),
@@ -526,6 +631,176 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// What `davdrive mount --help` says after the options.
+const MOUNT_AFTER_HELP: &str = "\
+Every option can also be set in the settings file (--config; its name with
+underscores: dir_ttl = \"5s\", allow_other = true) and in the environment
+(DAVDRIVE_DIR_TTL=5s, DAVDRIVE_ALLOW_OTHER=1). The command line wins over the
+environment, the environment over the file. --print-config shows the result.
+
+Mount options, for mount -t davdrive URL DIR -o OPTIONS and /etc/fstab (any option
+above by its name, cache_dir=/var/cache/d, plus):
+  ro, rw              read-only (--read-only) or read-write (the default)
+  uid=N, gid=N        owner and group of every file and folder
+  umask=022           permission bits removed from every file and folder
+  file_mode=0644      permission bits of every file
+  dir_mode=0755       permission bits of every folder
+  allow_other         let other users than the one mounting see the files
+  _netdev, nofail     for mount(8) and systemd: needs the network; do not fail boot
+  password_file=FILE  never password=: a password in options shows in ps and fstab";
+
+/// The options of `davdrive mount` that the settings file and the environment can set:
+/// all but the positional arguments, help, --config, --print-config and --daemon.
+fn mount_specs() -> Vec<config::OptSpec> {
+    let cmd = Cli::command();
+    let mount = cmd.find_subcommand("mount").expect("the mount command");
+    mount
+        .get_arguments()
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            if matches!(long, "help" | "config" | "print-config" | "daemon") {
+                return None;
+            }
+            Some(config::OptSpec {
+                key: long.replace('-', "_"),
+                long: long.to_string(),
+                takes_value: a.get_action().takes_values(),
+                repeats: matches!(a.get_action(), clap::ArgAction::Append),
+            })
+        })
+        .collect()
+}
+
+/// `davdrive mount` arguments with the settings file's first, then the environment's,
+/// then `user`'s: later ones win. Returns them with the source of each.
+fn layered_mount_args(user: &[OsString]) -> Result<(Vec<OsString>, Vec<config::Source>), String> {
+    let specs = mount_specs();
+    let mut argv: Vec<OsString> = Vec::new();
+    let mut sources = Vec::new();
+    if let Some((path, _)) = config::config_file_path(user) {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("settings file {}: {e}", path.display()))?;
+        for f in config::file_flags(&path, &text, &specs)? {
+            argv.push(f.into());
+            sources.push(config::Source::File(path.clone()));
+        }
+    }
+    for (var, flags) in config::env_flags(&specs, |v| std::env::var(v).ok())? {
+        for f in flags {
+            argv.push(f.into());
+            sources.push(config::Source::Env(var.clone()));
+        }
+    }
+    for a in user {
+        argv.push(a.clone());
+        sources.push(config::Source::Flag);
+    }
+    Ok((argv, sources))
+}
+
+/// `--print-config`: every option with the value in effect and where it came from, in
+/// the settings file's syntax.
+fn print_config(argv: &[OsString], sources: &[config::Source]) {
+    let cmd = Cli::command();
+    let mount = cmd.find_subcommand("mount").expect("the mount command");
+    let positional: Vec<String> = argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // Positional arguments: tokens not starting with `--` that are not a flag's value.
+    let mut values: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut plain = Vec::new();
+    let mut i = 0;
+    while i < positional.len() {
+        let t = &positional[i];
+        let src = sources[i].to_string();
+        if let Some(flag) = t.strip_prefix("--") {
+            let (name, inline) = match flag.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (flag, None),
+            };
+            let takes = mount
+                .get_arguments()
+                .find(|a| a.get_long() == Some(name))
+                .is_some_and(|a| a.get_action().takes_values());
+            let value = match (inline, takes) {
+                (Some(v), _) => v,
+                (None, true) => {
+                    i += 1;
+                    positional.get(i).cloned().unwrap_or_default()
+                }
+                (None, false) => "true".into(),
+            };
+            let key = name.replace('-', "_");
+            match values.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push((value, src)),
+                None => values.push((key, vec![(value, src)])),
+            }
+        } else {
+            plain.push((t.clone(), src));
+        }
+        i += 1;
+    }
+    let quote = |v: &str| {
+        // TOML integers have no leading zero: a mode stays a string.
+        if v.parse::<i64>().is_ok() && (v == "0" || !v.starts_with('0')) {
+            v.to_string()
+        } else {
+            format!("{v:?}")
+        }
+    };
+    for (name, (v, src)) in ["url", "mountpoint"].iter().zip(plain.iter()) {
+        println!("# {name} = {}    # {src}", quote(v));
+    }
+    for spec in mount_specs() {
+        let set = values.iter().find(|(k, _)| *k == spec.key).map(|(_, v)| v);
+        let line = match set {
+            Some(v) if spec.repeats => {
+                let items: Vec<String> = v.iter().map(|(x, _)| quote(x)).collect();
+                let mut srcs: Vec<&str> = v.iter().map(|(_, s)| s.as_str()).collect();
+                srcs.dedup();
+                format!(
+                    "{} = [{}]    # {}",
+                    spec.key,
+                    items.join(", "),
+                    srcs.join(", ")
+                )
+            }
+            Some(v) => {
+                let (x, src) = v.last().expect("a value");
+                let shown = if spec.takes_value {
+                    quote(x)
+                } else {
+                    x.clone()
+                };
+                format!("{} = {shown}    # {src}", spec.key)
+            }
+            None => {
+                let arg = mount
+                    .get_arguments()
+                    .find(|a| a.get_long() == Some(spec.long.as_str()));
+                let default: Vec<String> = arg
+                    .map(|a| {
+                        a.get_default_values()
+                            .iter()
+                            .map(|d| d.to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                match (default.first(), spec.takes_value) {
+                    (Some(d), true) => format!("{} = {}    # default", spec.key, quote(d)),
+                    (_, false) => format!("{} = false    # default", spec.key),
+                    (None, true) => format!("# {} not set", spec.key),
+                }
+            }
+        };
+        println!("{line}");
+    }
+    if std::env::var_os("DAVDRIVE_PASSWORD").is_some() {
+        println!("# password: from the environment DAVDRIVE_PASSWORD (not shown)");
     }
 }
 
@@ -604,6 +879,15 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
         },
         backup: backup_config(args)?,
         http: args.http,
+        read_only: args.read_only,
+        allow_non_empty: args.allow_non_empty,
+        attrs: config::AttrPolicy {
+            uid: args.uid,
+            gid: args.gid,
+            umask: args.umask,
+            file_mode: args.file_mode,
+            dir_mode: args.dir_mode,
+        },
         cache_dir,
     })
 }
@@ -611,40 +895,38 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
 /// Backup settings: flags over the settings file over the defaults.
 fn backup_config(args: &MountArgs) -> Result<davdrive::backup::BackupConfig, String> {
     use davdrive::backup;
-    let file = match &args.config {
-        Some(p) => config::read_config_file(p).map_err(|e| e.to_string())?,
-        None => config::FileConfig::default(),
-    };
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into())
         .replace('/', "_");
     let mut cfg = backup::BackupConfig::new(&host);
-    let mut sources = file.backup.sources;
-    sources.extend(args.backup_source.iter().cloned());
-    for s in &sources {
+    for s in &args.backup_source {
         let abs =
             std::path::absolute(s).map_err(|e| format!("backup source {}: {e}", s.display()))?;
         if !cfg.sources.contains(&abs) {
             cfg.sources.push(abs);
         }
     }
-    if let Some(at) = args.backup_at.as_ref().or(file.backup.at.as_ref()) {
-        cfg.at = backup::parse_at(at).map_err(|e| format!("--backup-at: {e}"))?;
+    // Backups upload the state store (the whole file listing) and the named sources:
+    // only when asked for, by naming sources or a time.
+    match args.backup_at.as_ref() {
+        Some(at) => cfg.at = backup::parse_at(at).map_err(|e| format!("--backup-at: {e}"))?,
+        None if cfg.sources.is_empty() => cfg.at = None,
+        None => {}
     }
-    if let Some(d) = args.backup_keep_days.or(file.backup.keep_days) {
+    if let Some(d) = args.backup_keep_days {
         if d == 0 {
             return Err("--backup-keep-days: keep at least 1 day".into());
         }
         cfg.keep_days = d;
     }
-    if let Some(level) = args.backup_compression.or(file.backup.compression) {
+    if let Some(level) = args.backup_compression {
         if level > 9 {
             return Err(format!("backup compression {level}: use 0 to 9"));
         }
         cfg.compression = level;
     }
-    if let Some(dir) = args.backup_dir.as_ref().or(file.backup.dir.as_ref()) {
+    if let Some(dir) = args.backup_dir.as_ref() {
         let dir = format!("/{}", dir.trim_matches('/'));
         if dir == "/" || dir.split('/').any(|p| p == "..") {
             return Err(format!(
@@ -672,8 +954,14 @@ fn mount_helper(args: Vec<OsString>) -> ExitCode {
         let shown: Vec<_> = argv.iter().map(|a| a.to_string_lossy()).collect();
         eprintln!("mount.davdrive: davdrive {}", shown.join(" "));
     }
+    let (layered, _) = match layered_mount_args(&argv[1..]) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
     let cli = match Cli::try_parse_from(
-        std::iter::once(OsString::from("davdrive")).chain(argv.iter().cloned()),
+        [OsString::from("davdrive"), "mount".into()]
+            .into_iter()
+            .chain(layered),
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -687,9 +975,13 @@ fn mount_helper(args: Vec<OsString>) -> ExitCode {
         unreachable!("the helper always builds a mount command")
     };
     if call.fake {
-        // -f: check everything that can be checked without mounting.
+        // -f: check everything that can be checked without mounting, the server and
+        // the credentials included.
         return match build_config(&args) {
-            Ok(_) => ExitCode::SUCCESS,
+            Ok(cfg) => match davdrive::fuse::session::check(&cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            },
             Err(e) => fail(e),
         };
     }
@@ -712,8 +1004,11 @@ fn mount(args: MountArgs, argv: Vec<OsString>) -> ExitCode {
     let result = davdrive::fuse::session::run(cfg, |r| {
         if is_child {
             match r {
-                Ok(()) => {
-                    println!("READY");
+                Ok(ready) => {
+                    match ready.read_only {
+                        Some(why) => println!("READY read-only: {why}"),
+                        None => println!("READY"),
+                    }
                     // From here on the parent is gone: log to the file.
                     redirect_output(&log_path);
                 }
@@ -779,9 +1074,13 @@ fn spawn_daemon(cache_dir: &Path, argv: Vec<OsString>) -> ExitCode {
     });
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
-        if line == "READY" {
+        if let Some(rest) = line.strip_prefix("READY") {
+            let mode = match rest.trim() {
+                "" => String::new(),
+                ro => format!(" {ro}"),
+            };
             eprintln!(
-                "davdrive: mounted; log in {}",
+                "davdrive: mounted{mode}; log in {}",
                 cache_dir.join("davdrive.log").display()
             );
             return ExitCode::SUCCESS;
@@ -802,17 +1101,48 @@ fn spawn_daemon(cache_dir: &Path, argv: Vec<OsString>) -> ExitCode {
 fn unmount(mountpoint: &Path) -> ExitCode {
     let mp = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     let mp = std::fs::canonicalize(&mp).unwrap_or(mp);
+    match davdrive::fuse::session::mounted_fstype(&mp) {
+        None => return fail(format!("{} is not mounted", mp.display())),
+        Some(t) if t != "fuse.davdrive" => {
+            return fail(format!("{} is not a davdrive mount ({t})", mp.display()))
+        }
+        Some(_) => {}
+    }
     let pid = std::fs::read_to_string(config::pid_file(&mp))
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok());
-    let status = Command::new("fusermount3").arg("-u").arg(&mp).status();
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(_) => {
+    // fusermount3's own message becomes part of ours: one line, from one program.
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mp)
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            let why = String::from_utf8_lossy(&o.stderr);
+            let why = why
+                .lines()
+                .last()
+                .unwrap_or("")
+                .rsplit(": ")
+                .next()
+                .unwrap_or("")
+                .trim();
+            let hint = if why.contains("busy") {
+                " (a program has a file or folder in it open)"
+            } else {
+                ""
+            };
             return fail(format!(
-                "could not unmount {} (is it busy? see above)",
-                mp.display()
-            ))
+                "could not unmount {}: {}{hint}",
+                mp.display(),
+                if why.is_empty() {
+                    "fusermount3 failed"
+                } else {
+                    why
+                }
+            ));
         }
         Err(e) => {
             return fail(format!(

@@ -47,10 +47,21 @@ const VALUE_OPTIONS: &[&str] = &[
     "backup_keep_days",
     "backup_compression",
     "backup_dir",
+    "uid",
+    "gid",
+    "umask",
+    "file_mode",
+    "dir_mode",
 ];
 
 /// Options of `davdrive mount` without a value.
-const FLAG_OPTIONS: &[&str] = &["allow_other", "http", "passthrough"];
+const FLAG_OPTIONS: &[&str] = &[
+    "allow_other",
+    "allow_non_empty",
+    "http",
+    "passthrough",
+    "read_only",
+];
 
 /// Generic options that mount(8) and fstab use and pass on, with nothing for davdrive to
 /// do: `rw` is what a davdrive mount is; a davdrive mount is always `nosuid,nodev`;
@@ -216,11 +227,7 @@ fn translate(option: &str) -> Result<Vec<String>, String> {
         Some(v) if VALUE_OPTIONS.contains(&name.as_str()) => Ok(vec![format!("{flag}={v}")]),
         // systemd's and other programs' options (x-systemd.automount, comment=…).
         _ if name.starts_with("x_") || name == "comment" => Ok(vec![]),
-        _ if name == "ro" => Err(
-            "mount option 'ro' is not supported: a WebDAV mount is read-write (use 'http' \
-             for a read-only mount of a plain web server)"
-                .into(),
-        ),
+        None if name == "ro" => Ok(vec!["--read-only".into()]),
         _ => Err(format!(
             "unknown mount option '{key}' (see davdrive mount --help)"
         )),
@@ -271,6 +278,34 @@ mod tests {
     }
 
     #[test]
+    fn the_options_of_other_network_filesystems() {
+        let c = parse(args(&[
+            "u",
+            "d",
+            "-o",
+            "ro,uid=1000,gid=100,umask=022,file_mode=0640,dir_mode=0750,allow_other,_netdev,nofail",
+        ]))
+        .unwrap();
+        assert_eq!(
+            strings(&c),
+            [
+                "u",
+                "d",
+                "--read-only",
+                "--uid=1000",
+                "--gid=100",
+                "--umask=022",
+                "--file-mode=0640",
+                "--dir-mode=0750",
+                "--allow-other",
+                "--daemon"
+            ]
+        );
+        let c = parse(args(&["u", "d", "-o", "rw"])).unwrap();
+        assert_eq!(strings(&c), ["u", "d", "--daemon"]);
+    }
+
+    #[test]
     fn flags_bundled_and_attached() {
         let c = parse(args(&[
             "-fv", "u", "d", "-ohttp", "-n", "-s", "-t", "davdrive",
@@ -290,7 +325,7 @@ mod tests {
         let e = parse(args(&["u", "d", "-o", "password=hunter2"])).unwrap_err();
         assert!(e.contains("password_file"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
-        let e = parse(args(&["u", "d", "-o", "ro"])).unwrap_err();
+        let e = parse(args(&["u", "d", "-o", "ro=1"])).unwrap_err();
         assert!(e.contains("'ro'"), "{e}");
         assert!(parse(args(&["u", "d", "-o", "http=1"])).is_err());
         assert!(parse(args(&["u", "d", "-o", "cache_dir"])).is_err());

@@ -681,6 +681,14 @@ fn server_without_webdav_is_mounted_read_only_automatically() {
         let st = status(&m);
         assert_eq!(st["online"], true, "{st}");
         assert!(st["last_error"].is_null(), "{st}");
+        // Read-only, and why, in the status too.
+        assert_eq!(st["read_only"], true, "{st}");
+        assert!(
+            st["read_only_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("plain HTTP")),
+            "{st}"
+        );
     }
 }
 

@@ -264,8 +264,11 @@ fn bad_options_and_wrong_password_fail_in_one_line() {
             .arg(&place.mnt)
             .args(["-f", "-o", options]))
     };
+    // The server and the credentials are checked too: a wrong password fails -f.
     let out = fake(&place.options());
-    assert!(out.status.success(), "{}", stderr(&out));
+    let err = one_line(&out);
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(!err.contains("s3cr3t"), "{err}");
     assert!(!is_mounted(&place.mnt));
     let out = fake("password_file=/nonexistent/pw");
     let err = one_line(&out);
@@ -341,28 +344,32 @@ fn systemd_unit_template_is_valid() {
     assert!(get("Unit", "Wants")
         .iter()
         .any(|v| v.contains("network-online.target")));
-    assert_eq!(get("Service", "Type"), ["simple"]);
+    // Ready once mounted (the daemon sends READY=1; see the notify test).
+    assert_eq!(get("Service", "Type"), ["notify"]);
     let start = get("Service", "ExecStart");
     assert_eq!(start.len(), 1);
     assert!(
-        start[0].starts_with("/usr/local/bin/davdrive mount ") && start[0].contains(" %f "),
+        start[0].starts_with("/usr/local/bin/davdrive mount \"${DAVDRIVE_URL}\" \"%f\" "),
         "{start:?}"
     );
     assert!(!start[0].contains("--daemon"), "foreground under systemd");
+    // No word-split variables: options come as DAVDRIVE_<OPTION> variables.
+    assert!(!text.contains("$DAVDRIVE_FLAGS"));
+    // A mount left dead by a crash is detached first, its failure ignored.
+    let pre = get("Service", "ExecStartPre");
+    assert_eq!(pre[0], "-/usr/bin/fusermount3 -uz \"%f\"", "{pre:?}");
     assert_eq!(
         get("Service", "ExecStop"),
-        ["/usr/local/bin/davdrive unmount %f"]
+        ["/usr/local/bin/davdrive unmount \"%f\""]
     );
+    assert_eq!(get("Service", "Environment"), ["DAVDRIVE_ALLOW_OTHER=1"]);
     assert!(get("Service", "EnvironmentFile")
         .iter()
         .any(|v| v.contains("/etc/davdrive/%i.conf")));
     assert!(!get("Install", "WantedBy").is_empty());
 
-    // systemd's own check, on an instance, with the binary under test.
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok()
+    // systemd's own check, on an instance, with the binary under test (scripts/test.sh
+    // installs systemd-analyze).
     {
         let dir = tempfile::tempdir().unwrap();
         let unit = dir.path().join("davdrive@srv-drive.service");
@@ -404,4 +411,48 @@ fn install_script_puts_everything_in_place() {
     assert!(d
         .join("usr/local/share/fish/vendor_completions.d/davdrive.fish")
         .is_file());
+}
+
+/// Under systemd (Type=notify) the daemon says READY=1 on $NOTIFY_SOCKET once the mount
+/// answers, not before.
+#[test]
+fn readiness_is_sent_to_systemd_once_mounted() {
+    require_fuse();
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("mount")
+        .arg(server.url())
+        .arg(&mnt)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock
+        .recv(&mut buf)
+        .expect("no notification from the daemon");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // Sent once mounted: the mount answers right away.
+    let mnt = fs::canonicalize(&mnt).unwrap();
+    let mounted = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()));
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(mounted, "READY=1 before the mount was there");
+    let out = run(Command::new(BIN).arg("unmount").arg(&mnt));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let n = sock.recv(&mut buf).expect("no STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    child.wait().unwrap();
 }

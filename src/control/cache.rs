@@ -42,9 +42,9 @@ pub fn evict(ctx: &Context, args: &Value) -> CmdResult {
                 refused.push(format!("{path}: {reason}"));
                 json!({"path": path, "evicted": false, "reason": reason})
             }
-            Err(crate::fs::FsError::IsDir) => {
-                return Err(CmdError(format!("{path} is a directory; evict files")))
-            }
+            // A folder: its clean files go; changed, pinned and open ones stay (that is
+            // what evicting a folder means, not a refusal).
+            Err(crate::fs::FsError::IsDir) => evict_folder(ctx, &path, ino)?,
             Err(e) => return Err(CmdError(format!("{path}: {e}"))),
         };
         results.push(outcome);
@@ -53,6 +53,30 @@ pub fn evict(ctx: &Context, args: &Value) -> CmdResult {
         return Err(CmdError(format!("refused: {}", refused.join("; "))));
     }
     Ok(Value::Array(results))
+}
+
+fn evict_folder(ctx: &Context, path: &str, ino: u64) -> Result<Value, CmdError> {
+    let files: Vec<u64> = crate::store::subtrees(&ctx.core.store(), &[ino])?
+        .into_iter()
+        .filter(|n| n.is_file)
+        .map(|n| n.ino)
+        .collect();
+    let (mut evicted, mut bytes, mut kept) = (0u64, 0u64, 0u64);
+    for f in files {
+        match ctx.core.evict(f) {
+            Ok(Evicted::Freed(n)) => {
+                evicted += 1;
+                bytes += n;
+            }
+            Ok(Evicted::NotCached) => {}
+            Ok(_) => kept += 1,
+            Err(e) => return Err(CmdError(format!("{path}: {e}"))),
+        }
+    }
+    Ok(
+        json!({"path": path, "evicted": evicted > 0, "files": evicted, "bytes": bytes,
+        "kept": kept, "reason": (kept > 0).then_some("changed, pinned or open files are kept")}),
+    )
 }
 
 pub fn summary(ctx: &Context) -> CmdResult {

@@ -145,6 +145,9 @@ pub fn render(cmd: &str, r: &Value) -> String {
             if let Some(e) = r["last_error"].as_str() {
                 out += &format!("last error:    {e}\n");
             }
+            if let Some(why) = r["read_only_reason"].as_str() {
+                out += &format!("mode:          READ-ONLY: {why}\n");
+            }
             out += &format!(
                 "journal:       {} waiting ({}), oldest {}, {} in flight, {} failed\n",
                 u(j, "waiting"),
@@ -328,7 +331,11 @@ pub fn render(cmd: &str, r: &Value) -> String {
                     .map(human_size)
                     .unwrap_or_else(|| "not reported".into())
             };
-            format!(
+            let mode = match r["read_only_reason"].as_str() {
+                Some(why) => format!("mode:          READ-ONLY: {why}\n"),
+                None => "mode:          read-write\n".into(),
+            };
+            mode + &format!(
                 "remote:        online, {:.1} ms\nDAV classes:   {}\npartial PUT:   {}\nquota:         {} available, {} used\n",
                 r["latency_ms"].as_f64().unwrap_or(0.0),
                 r["dav_classes"]
@@ -369,7 +376,14 @@ pub fn render(cmd: &str, r: &Value) -> String {
             .map(|a| {
                 a.iter()
                     .map(|e| {
-                        if e["evicted"].as_bool() == Some(true) {
+                        if let Some(files) = e["files"].as_u64() {
+                            format!(
+                                "evicted {files} file(s) in {} ({}), kept {}\n",
+                                s(e, "path"),
+                                human_size(u(e, "bytes")),
+                                u(e, "kept")
+                            )
+                        } else if e["evicted"].as_bool() == Some(true) {
                             format!("evicted {} ({})\n", s(e, "path"), human_size(u(e, "bytes")))
                         } else {
                             format!("kept {}: {}\n", s(e, "path"), s(e, "reason"))

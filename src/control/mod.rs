@@ -57,6 +57,8 @@ pub struct Context {
     pub backups: Arc<crate::backup::Backups>,
     /// Migrations of local trees onto the remote (`migrate-*`).
     pub migrations: Arc<crate::migrate::Migrations>,
+    /// Why the mount is read-only, if it is.
+    pub read_only: Option<String>,
 }
 
 /// A command's failure, as the client sees it.

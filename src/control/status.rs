@@ -36,6 +36,8 @@ pub fn status(ctx: &Context) -> CmdResult {
     let now = unix_secs(std::time::SystemTime::now());
     Ok(json!({
         "online": h.online,
+        "read_only": ctx.read_only.is_some(),
+        "read_only_reason": ctx.read_only,
         "since": unix_secs(h.since),
         "last_check": h.last_check.map(unix_secs),
         "last_check_latency_ms": h.last_latency.map(|d| d.as_secs_f64() * 1000.0),
@@ -86,6 +88,8 @@ pub fn health(ctx: &Context) -> CmdResult {
             let (avail, used) = quota.unwrap_or((None, None));
             Ok(json!({
                 "online": true,
+                "read_only": ctx.read_only.is_some(),
+                "read_only_reason": ctx.read_only,
                 "latency_ms": info.latency.as_secs_f64() * 1000.0,
                 "dav_classes": info.dav_classes,
                 "partial_put": partial,

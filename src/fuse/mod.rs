@@ -30,6 +30,9 @@ pub struct DavFs {
     /// How each open inode is open. The kernel allows either ordinary opens or
     /// passthrough opens of one inode, all with the same backing file, never both.
     opens: Mutex<Opens>,
+    /// Owner and modes every file shows (`uid=`, `gid=`, `umask=`, `file_mode=`,
+    /// `dir_mode=`).
+    attrs: crate::config::AttrPolicy,
 }
 
 #[derive(Default)]
@@ -47,14 +50,29 @@ struct InodeOpens {
 }
 
 impl DavFs {
-    pub fn new(core: Arc<Core>, passthrough: bool) -> DavFs {
+    pub fn new(core: Arc<Core>, passthrough: bool, attrs: crate::config::AttrPolicy) -> DavFs {
         let ttl = core.cfg.attr_ttl.min(core.cfg.dir_ttl);
         DavFs {
             core,
             ttl,
             passthrough: AtomicBool::new(passthrough),
             opens: Mutex::new(Opens::default()),
+            attrs,
         }
+    }
+
+    /// The kernel's view of a node: the core's attributes, with the owner and modes the
+    /// mount options fix.
+    fn file_attr(&self, a: &Attr) -> FileAttr {
+        let mut f = file_attr(a);
+        if let Some(uid) = self.attrs.uid {
+            f.uid = uid;
+        }
+        if let Some(gid) = self.attrs.gid {
+            f.gid = gid;
+        }
+        f.perm = self.attrs.perm(a.kind == Kind::Dir, f.perm);
+        f
     }
 
     /// Replies to a successful open: through passthrough when the inode already has a
@@ -197,7 +215,7 @@ impl Filesystem for DavFs {
             Err(e) => return reply.error(e),
         };
         match self.core.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl, &self.file_attr(&a), Generation(0)),
             Err(FsError::NotFound) => reply.error(Errno::ENOENT),
             Err(e) => reply.error(errno("lookup", e)),
         }
@@ -205,7 +223,7 @@ impl Filesystem for DavFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.core.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
         }
     }
@@ -232,7 +250,7 @@ impl Filesystem for DavFs {
             .core
             .setattr(ino.0, mode, uid, gid, size, mtime.map(time))
         {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
             Err(e) => reply.error(errno("setattr", e)),
         }
     }
@@ -260,7 +278,7 @@ impl Filesystem for DavFs {
             .create(parent.0, name, mode, req.uid(), req.gid())
             .and_then(|(a, fh)| self.core.release(fh).map(|_| a))
         {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl, &self.file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno("mknod", e)),
         }
     }
@@ -279,7 +297,7 @@ impl Filesystem for DavFs {
             Err(e) => return reply.error(e),
         };
         match self.core.mkdir(parent.0, name, mode, req.uid(), req.gid()) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl, &self.file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno("mkdir", e)),
         }
     }
@@ -487,7 +505,7 @@ impl Filesystem for DavFs {
                 (i + 1) as u64,
                 &e.name,
                 &self.ttl,
-                &file_attr(&e.attr),
+                &self.file_attr(&e.attr),
                 Generation(0),
             ) {
                 break;
@@ -561,7 +579,7 @@ impl Filesystem for DavFs {
                 }
                 reply.created(
                     &self.ttl,
-                    &file_attr(&a),
+                    &self.file_attr(&a),
                     Generation(0),
                     FileHandle(fh),
                     FopenFlags::empty(),
@@ -615,5 +633,135 @@ impl Filesystem for DavFs {
         } else {
             reply.data(&[])
         }
+    }
+
+    // Calls davdrive does not support. fuser's defaults answer the same errno but warn
+    // at every call (git and python issue ioctls by the dozen): a program probing for a
+    // feature is not an event for the log.
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        tracing::debug!("ioctl {cmd:#x} on inode {}: not supported", ino.0);
+        reply.error(Errno::ENOTTY)
+    }
+
+    fn bmap(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _blocksize: u32,
+        _idx: u64,
+        reply: fuser::ReplyBmap,
+    ) {
+        tracing::debug!("bmap: not supported");
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        // ENOSYS: the kernel stops asking and treats files as always ready.
+        tracing::debug!("poll: not supported");
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        tracing::debug!("fallocate: not supported");
+        reply.error(Errno::from_i32(libc::EOPNOTSUPP))
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        // ENOSYS: the kernel then handles SEEK_DATA/SEEK_HOLE itself.
+        tracing::debug!("lseek: answered by the kernel");
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // ENOSYS: the kernel falls back to reads and writes.
+        tracing::debug!("copy_file_range: done by reads and writes");
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        // None are stored; the computed one cannot be removed.
+        let e = if name == STATE_XATTR {
+            libc::EPERM
+        } else {
+            libc::ENODATA
+        };
+        reply.error(Errno::from_i32(e))
+    }
+
+    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
+        reply.error(Errno::EINVAL)
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        tracing::debug!("symlink: not supported");
+        reply.error(Errno::EPERM)
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        tracing::debug!("link: hard links are not supported");
+        reply.error(Errno::EPERM)
     }
 }

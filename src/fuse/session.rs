@@ -28,6 +28,10 @@ pub enum MountError {
     Setup(String),
     #[error("authentication failed at {url}: wrong user name, password or token")]
     Auth { url: String },
+    #[error("{url} asks for credentials: give --user NAME and --password-file FILE (or DAVDRIVE_PASSWORD), or --bearer-token-file FILE")]
+    NoCredentials { url: String },
+    #[error("{url} names a file, not a folder: give the URL of the folder to mount")]
+    NotAFolder { url: String },
     #[error("cannot reach {url}: {reason} (and nothing is cached yet to mount offline)")]
     Unreachable { url: String, reason: String },
     #[error("{url} does not look like a WebDAV collection: {reason}")]
@@ -82,6 +86,69 @@ fn clear_dead_mount(mountpoint: &Path) {
     }
 }
 
+/// A mountpoint must be a folder, not already a mount point (a second mount would hide
+/// the first, and one unmount would take both down) and, unless asked otherwise, empty
+/// (its files would be hidden while mounted).
+pub fn check_mountpoint(mountpoint: &Path, allow_non_empty: bool) -> Result<(), MountError> {
+    let shown = mountpoint.display();
+    match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(MountError::Setup(format!(
+                "mountpoint {shown} is not a directory"
+            )))
+        }
+        Err(e) => return Err(MountError::Setup(format!("mountpoint {shown}: {e}"))),
+    }
+    if let Some(fstype) = mounted_fstype(mountpoint) {
+        return Err(MountError::Setup(format!(
+            "{shown} is already a mount point ({fstype}); unmount it first (davdrive unmount {shown})"
+        )));
+    }
+    if !allow_non_empty {
+        let mut entries = std::fs::read_dir(mountpoint)
+            .map_err(|e| MountError::Setup(format!("mountpoint {shown}: {e}")))?;
+        if entries.next().is_some() {
+            return Err(MountError::Setup(format!(
+                "{shown} is not empty: mounting would hide its files (--allow-non-empty mounts over them anyway)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The type of the filesystem mounted exactly on `path`, if one is (from
+/// /proc/self/mountinfo, whose paths escape space, tab, newline and backslash in octal).
+pub fn mounted_fstype(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().as_encoded_bytes();
+    info.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?;
+        (unescape_mountinfo(point) == want)
+            .then(|| right.split(' ').next().unwrap_or("unknown").to_string())
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Store key naming the kind of remote last reached from this cache dir, so a mount
 /// made while the server is down keeps the kind (and read-only-ness) it had.
 const REMOTE_KIND: &str = "remote.kind";
@@ -91,7 +158,8 @@ const KIND_WEBDAV: &str = "webdav";
 /// The backend of a mount, whether it is read-only, and what the first probe found.
 struct Connected {
     remote: Arc<dyn Remote>,
-    read_only: bool,
+    /// Plain HTTP (read-only for good).
+    http: bool,
     probe: Result<ServerInfo, RemoteError>,
     /// Why a WebDAV mount became a plain HTTP one, for the log once mounted (a daemon
     /// logs to its file only from then on).
@@ -118,7 +186,7 @@ fn connect(cfg: &MountConfig, rt: &tokio::runtime::Runtime) -> Result<Connected,
         let probe = rt.block_on(remote.probe());
         return Ok(Connected {
             remote,
-            read_only: true,
+            http: true,
             probe,
             fell_back: None,
         });
@@ -130,14 +198,14 @@ fn connect(cfg: &MountConfig, rt: &tokio::runtime::Runtime) -> Result<Connected,
             match rt.block_on(remote.probe()) {
                 Ok(info) => Ok(Connected {
                     remote,
-                    read_only: true,
+                    http: true,
                     probe: Ok(info),
                     fell_back: Some(format!(
                         "{url} does not speak WebDAV ({why}) but serves an HTML index: \
                          mounted read-only over plain HTTP"
                     )),
                 }),
-                Err(RemoteError::Unauthorized(_)) => Err(MountError::Auth { url }),
+                Err(RemoteError::Unauthorized(_)) => Err(auth_error(cfg, url)),
                 Err(e) => Err(MountError::NotDav {
                     url,
                     reason: format!("{why}, and its index page is not usable: {e}"),
@@ -151,17 +219,71 @@ fn connect(cfg: &MountConfig, rt: &tokio::runtime::Runtime) -> Result<Connected,
         {
             Ok(Connected {
                 remote: http(conn)?,
-                read_only: true,
+                http: true,
                 probe: Err(e),
                 fell_back: None,
             })
         }
         probe => Ok(Connected {
             remote: dav,
-            read_only: false,
+            http: false,
             probe,
             fell_back: None,
         }),
+    }
+}
+
+/// A 401/403: wrong credentials, or none given to a server that wants some.
+fn auth_error(cfg: &MountConfig, url: String) -> MountError {
+    if cfg.user.is_none() && cfg.password.is_none() && cfg.bearer_token.is_none() {
+        MountError::NoCredentials { url }
+    } else {
+        MountError::Auth { url }
+    }
+}
+
+/// What a successful mount reports to whoever started it.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// Why the mount is read-only, if it is.
+    pub read_only: Option<String>,
+}
+
+/// Checks what can be checked without mounting: the mountpoint, and that the server
+/// answers and takes the credentials (`mount -f`). A server that is down is not an
+/// error here (a mount would go on from its cache).
+pub fn check(cfg: &MountConfig) -> Result<(), MountError> {
+    clear_dead_mount(&cfg.mountpoint);
+    check_mountpoint(&cfg.mountpoint, cfg.allow_non_empty)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| MountError::Setup(format!("cannot start the runtime: {e}")))?;
+    let url = cfg.display_url();
+    let connected = connect(cfg, &rt)?;
+    match connected.probe {
+        Ok(_) if !connected.http => names_a_folder(cfg, &connected.remote, &rt),
+        Ok(_) => Ok(()),
+        Err(RemoteError::Unauthorized(_)) => Err(auth_error(cfg, url)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// A WebDAV URL naming a file would mount as an empty folder: refused.
+fn names_a_folder(
+    cfg: &MountConfig,
+    remote: &Arc<dyn Remote>,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(), MountError> {
+    match rt.block_on(remote.stat("/")) {
+        Ok(Some(e)) if !e.is_dir => Err(MountError::NotAFolder {
+            url: cfg.display_url(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::debug!("checking that the URL names a folder: {e}");
+            Ok(())
+        }
     }
 }
 
@@ -177,7 +299,7 @@ fn last_remote_kind(cache_dir: &Path) -> Option<String> {
 
 /// Mounts and serves until unmounted. `ready` is called once: with Ok when the mount is
 /// usable, with the error otherwise.
-pub fn run(cfg: MountConfig, ready: impl FnOnce(Result<(), String>)) -> Result<(), MountError> {
+pub fn run(cfg: MountConfig, ready: impl FnOnce(Result<Ready, String>)) -> Result<(), MountError> {
     let mut ready = Some(ready);
     let result = run_inner(cfg, &mut ready);
     if let (Err(e), Some(r)) = (&result, ready.take()) {
@@ -188,7 +310,7 @@ pub fn run(cfg: MountConfig, ready: impl FnOnce(Result<(), String>)) -> Result<(
 
 fn run_inner(
     cfg: MountConfig,
-    ready: &mut Option<impl FnOnce(Result<(), String>)>,
+    ready: &mut Option<impl FnOnce(Result<Ready, String>)>,
 ) -> Result<(), MountError> {
     let url = cfg.display_url();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -199,21 +321,7 @@ fn run_inner(
         .map_err(|e| MountError::Setup(format!("cannot start the runtime: {e}")))?;
 
     clear_dead_mount(&cfg.mountpoint);
-    match std::fs::metadata(&cfg.mountpoint) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(MountError::Setup(format!(
-                "mountpoint {} is not a directory",
-                cfg.mountpoint.display()
-            )))
-        }
-        Err(e) => {
-            return Err(MountError::Setup(format!(
-                "mountpoint {}: {e}",
-                cfg.mountpoint.display()
-            )))
-        }
-    }
+    check_mountpoint(&cfg.mountpoint, cfg.allow_non_empty)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -229,10 +337,25 @@ fn run_inner(
 
     let Connected {
         remote,
-        read_only,
+        http,
         probe,
         fell_back,
     } = connect(&cfg, &rt)?;
+    // Said at mount, in the log, and by `ctl status` and `ctl health`.
+    let read_only_reason: Option<String> = if http {
+        Some(if cfg.http {
+            "plain HTTP mount (--http): the server only serves files".into()
+        } else if fell_back.is_some() {
+            "no WebDAV at this URL; mounted over plain HTTP from its index pages".into()
+        } else {
+            "plain HTTP when the server was last reached (it is down now)".into()
+        })
+    } else if cfg.read_only {
+        Some("asked for (--read-only)".into())
+    } else {
+        None
+    };
+    let read_only = read_only_reason.is_some();
 
     let mut first_latency = None;
     let online = match probe {
@@ -245,7 +368,7 @@ fn run_inner(
             first_latency = Some(info.latency);
             true
         }
-        Err(RemoteError::Unauthorized(_)) => return Err(MountError::Auth { url }),
+        Err(RemoteError::Unauthorized(_)) => return Err(auth_error(&cfg, url)),
         Err(e) if e.is_transport() || matches!(e, RemoteError::Server { .. }) => {
             // Mount offline if this cache dir already holds the tree.
             let db = cfg.cache_dir.join("state.db");
@@ -261,14 +384,14 @@ fn run_inner(
                     reason: e.to_string(),
                 });
             }
-            if read_only {
+            if http {
                 tracing::warn!("{url} is unreachable ({e}); mounting from the cache, read-only");
             } else {
                 tracing::warn!("{url} is unreachable ({e}); mounting from the cache, changes will be sent when it returns");
             }
             false
         }
-        Err(e) if read_only => {
+        Err(e) if http => {
             return Err(MountError::NotIndex {
                 url,
                 reason: e.to_string(),
@@ -281,6 +404,10 @@ fn run_inner(
             })
         }
     };
+
+    if online && !http {
+        names_a_folder(&cfg, &remote, &rt)?;
+    }
 
     let health = Health::new(online);
     if first_latency.is_some() {
@@ -321,7 +448,7 @@ fn run_inner(
         if let Err(e) = core.list_root_for_mount() {
             tracing::warn!("cannot list the root of {url} yet: {e}");
         }
-        let kind = if read_only { KIND_HTTP } else { KIND_WEBDAV };
+        let kind = if http { KIND_HTTP } else { KIND_WEBDAV };
         if let Err(e) = store::set_meta(&core.store(), REMOTE_KIND, kind) {
             tracing::warn!("cannot record the kind of remote: {e}");
         }
@@ -352,6 +479,7 @@ fn run_inner(
             jobs,
             backups: backups.clone(),
             migrations: migrations.clone(),
+            read_only: read_only_reason.clone(),
         }),
         shutdown_rx.clone(),
     ));
@@ -389,7 +517,7 @@ fn run_inner(
     fuse_cfg.mount_options = std::mem::take(&mut options);
     fuse_cfg.n_threads = Some(cfg.threads.max(1));
     let mut session = Session::new(
-        DavFs::new(core.clone(), cfg.passthrough),
+        DavFs::new(core.clone(), cfg.passthrough, cfg.attrs.clone()),
         &cfg.mountpoint,
         &fuse_cfg,
     )
@@ -397,7 +525,13 @@ fn run_inner(
         path: cfg.mountpoint.display().to_string(),
         source,
     })?;
-    tracing::info!("mounted {url} on {}", cfg.mountpoint.display());
+    match &read_only_reason {
+        Some(why) => tracing::info!(
+            "mounted {url} on {}, read-only: {why}",
+            cfg.mountpoint.display()
+        ),
+        None => tracing::info!("mounted {url} on {}", cfg.mountpoint.display()),
+    }
     core.set_kernel_invalidator(kernel_invalidator(session.notifier()));
     let pid_path = crate::config::pid_file(&cfg.mountpoint);
     if let Some(dir) = pid_path.parent() {
@@ -440,12 +574,18 @@ fn run_inner(
     });
 
     if let Some(r) = ready.take() {
-        r(Ok(()));
+        r(Ok(Ready {
+            read_only: read_only_reason.clone(),
+        }));
     }
+    // systemd (Type=notify): the mount is usable from now on. Nothing is sent when not
+    // started by systemd.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     if let Some(why) = fell_back {
         tracing::info!("{why}");
     }
     let run_result = session.run();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("unmounted {}", cfg.mountpoint.display());
 
     // Migrations stop after their current file (and resume at the next mount).

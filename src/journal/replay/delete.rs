@@ -66,16 +66,38 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
             done(core, &core.store(), e)
         }
         Err(RemoteError::PreconditionFailed) => {
+            let conn = core.store();
+            if replaced_by_a_later_move(&conn, e)? {
+                // A save by rename (write a temporary file, rename it over the
+                // original): this delete only made room for the move, which meets the
+                // same newer version and records the one conflict, with its copy.
+                tracing::debug!(
+                    "{}: changed on the remote; the rename over it records the conflict",
+                    e.path
+                );
+                return done(core, &conn, e);
+            }
             tracing::warn!(
                 "conflict: {} was changed on the remote after it was deleted here; keeping the remote version",
                 e.path
             );
-            let conn = core.store();
             journal::record_conflict(&conn, &e.path, &e.path, e.base_etag.as_deref(), None)?;
             done(core, &conn, e)
         }
         Err(err) => Err(err.into()),
     }
+}
+
+/// Whether a later entry puts something else at the path this delete removes: the
+/// delete is the replaced target of a rename (a move onto the path, or, when the
+/// renamed file was never sent, its upload rewritten to the path). That entry meets
+/// the same newer version and keeps both.
+fn replaced_by_a_later_move(c: &rusqlite::Connection, e: &Entry) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM journal WHERE id > ?2 AND ino != ?3 \
+         AND ((op = 'move' AND dest = ?1) OR (op = 'put' AND path = ?1)))",
+    )?
+    .query_row(rusqlite::params![e.path, e.id, e.ino as i64], |r| r.get(0))
 }
 
 /// Whether the file at `e.path` holds a version this journal entry knows as ours.
