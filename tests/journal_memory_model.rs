@@ -2455,6 +2455,59 @@ fn under_a_waiting_folder_rename_content_and_listing_come_from_the_old_path() {
     h.stop(false);
 }
 
+/// A folder renamed here onto a name another client took meanwhile: ours goes beside
+/// theirs as `name (conflict …)` on the server and locally, and the changes waiting
+/// inside ours follow it there instead of landing in their folder.
+#[test]
+fn a_folder_renamed_onto_their_new_folder_goes_beside_it_with_its_changes() {
+    let mut h = Harness::new();
+    h.remote.other_mkdir("/a").unwrap();
+    h.remote
+        .other_put("/a/f", b"our old file".to_vec())
+        .unwrap();
+    h.ttl = Duration::ZERO;
+    h.restart(false);
+    assert_eq!(h.read("/a/f"), b"our old file");
+    h.set_outage(true);
+    h.core()
+        .rename(ROOT_INO, "a", ROOT_INO, "b", false)
+        .unwrap();
+    h.create("/b/new.txt", b"written after the rename");
+    h.remote.other_mkdir("/b").unwrap();
+    h.remote
+        .other_put("/b/theirs.txt", b"theirs".to_vec())
+        .unwrap();
+    h.set_outage(false);
+    h.drain("the rename");
+    let server = h.server();
+    let aside = server
+        .keys()
+        .find(|k| k.starts_with("/b (conflict ") && !k[1..].contains('/'))
+        .cloned()
+        .unwrap_or_else(|| panic!("our folder beside theirs: {server:#?}"));
+    let under = |dir: &str| -> Vec<String> {
+        let mut v: Vec<String> = server
+            .keys()
+            .filter_map(|k| k.strip_prefix(&format!("{dir}/")).map(String::from))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        under("/b"),
+        ["theirs.txt"],
+        "their folder holds only theirs"
+    );
+    assert_eq!(under(&aside), ["f", "new.txt"]);
+    assert_eq!(
+        h.remote.read(&format!("{aside}/new.txt")).as_deref(),
+        Some(&b"written after the rename"[..])
+    );
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    h.settle_and_compare("after the rename onto their folder");
+    h.stop(false);
+}
+
 /// "blind-delete": a file created here whose upload was claimed but sent nothing (the
 /// daemon died in between), then removed, left a delete with no ETag and no hash: an
 /// unconditional DELETE of whatever another client had put at that name meanwhile.

@@ -77,8 +77,34 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
                 e.path
             );
             let conn = core.store();
-            journal::record_conflict(&conn, dest, &aside, None, None)?;
-            return done(core, &conn, e);
+            let tx = conn.unchecked_transaction()?;
+            if e.is_dir {
+                // Our folder is at `aside` on the server now: the changes waiting inside
+                // it, and the local folder if it still has that name, follow it there,
+                // so none of them lands in the other client's folder.
+                journal::rewrite_prefix(&tx, dest, &aside)?;
+                let aside_name = aside.rsplit('/').next().unwrap_or(&aside);
+                if let Some(node) = store::node_at_path(&tx, dest)? {
+                    if node.ino == e.ino
+                        && store::get_child(&tx, node.parent, aside_name)?.is_none()
+                    {
+                        store::move_dir_aside(&tx, node.ino, aside_name)?;
+                    }
+                }
+                journal::record_conflict_because(
+                    &tx,
+                    dest,
+                    &aside,
+                    "folder renamed here onto a name another client took; ours kept beside it",
+                )?;
+            } else {
+                journal::record_conflict(&tx, dest, &aside, None, None)?;
+            }
+            done(core, &tx, e)?;
+            tx.commit()?;
+            drop(conn);
+            core.remote_changing(&[dest, &aside]);
+            return Ok(());
         }
         // Replayed after a crash that came between the MOVE and its record: done already.
         Err(RemoteError::NotFound) if core.remote().stat(dest).await?.is_some() => {}
