@@ -601,7 +601,10 @@ fn sample(key: &str, default: &str) -> String {
         "threads" | "backup_keep_days" | "backup_compression" => "3".into(),
         "url" | "mountpoint" => unreachable!(),
         "umask" | "file_mode" | "dir_mode" => "\"027\"".into(),
-        "cache_max_size" | "cache_min_free" => "\"2G\"".into(),
+        // Sizes: cache_max_size, cache_min_free, upload_part_size, upload_parts_from, ...
+        k if k.ends_with("_size") || k.ends_with("_free") || k.ends_with("_from") => {
+            "\"2G\"".into()
+        }
         "backup_at" => "\"04:00\"".into(),
         "backup_source" => "[\"/srv/a\"]".into(),
         k if k.ends_with("ttl")
