@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,10 +45,13 @@ pub enum MountError {
 struct CacheLock(#[allow(dead_code)] File);
 
 fn lock_cache_dir(dir: &Path) -> Result<CacheLock, MountError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let f = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(dir.join("lock"))
         .map_err(|e| MountError::Setup(format!("cannot open {}: {e}", dir.display())))?;
     use std::os::fd::AsRawFd;
@@ -108,6 +111,9 @@ fn connect(cfg: &MountConfig, rt: &tokio::runtime::Runtime) -> Result<Connected,
     conn.bearer_token = cfg.bearer_token.clone();
     conn.ca_cert_pem = cfg.ca_cert_pem.clone();
     conn.request_timeout = cfg.request_timeout;
+    // A request that stops moving is cut after as long as one may take to start.
+    conn.idle_timeout = cfg.request_timeout;
+    conn.max_listing_bytes = cfg.max_listing_size;
     let setup = |e: RemoteError| MountError::Setup(format!("{url}: {e}"));
     let http = |conn: ConnectionConfig| -> Result<Arc<dyn Remote>, MountError> {
         Ok(Arc::new(HttpIndex::new(conn).map_err(setup)?))
@@ -214,17 +220,8 @@ fn run_inner(
             )))
         }
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&cfg.cache_dir)
-        .map_err(|e| {
-            MountError::Setup(format!(
-                "cannot create cache dir {}: {e}",
-                cfg.cache_dir.display()
-            ))
-        })?;
-    let _ = std::fs::set_permissions(&cfg.cache_dir, std::fs::Permissions::from_mode(0o700));
+    // Ours or refused, before anything in it is opened.
+    crate::cache::secure_cache_dir(&cfg.cache_dir).map_err(MountError::Setup)?;
     let _lock = lock_cache_dir(&cfg.cache_dir)?;
 
     let Connected {
