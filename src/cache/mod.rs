@@ -249,6 +249,38 @@ pub fn secure_cache_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// For small files of ours outside the cache dir (the pid file and the control socket's
+/// link, in `/tmp/davdrive-<uid>` when there is no `XDG_RUNTIME_DIR`): makes `dir` (0700)
+/// and checks that it and its parent are real folders of ours that no one else can
+/// write. Another user who made `/tmp/davdrive-0` first could otherwise plant links
+/// there for root to write through.
+pub fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    for d in [dir.parent(), Some(dir)].into_iter().flatten() {
+        let m = std::fs::symlink_metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        if !m.is_dir() || m.uid() != euid() || m.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{} is not a private folder of uid {} (owner {}, mode {:04o}{})",
+                d.display(),
+                euid(),
+                m.uid(),
+                m.mode() & 0o7777,
+                if m.file_type().is_symlink() {
+                    ", a link"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The content files, reached only through a handle on `<cache dir>/content` and the
 /// folder handles below it, never by following a link: a symbolic link, hard link,
 /// FIFO or anything not a plain file of ours found where a content file should be is

@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -396,21 +395,32 @@ fn run_inner(
     tracing::info!("mounted {url} on {}", cfg.mountpoint.display());
     core.set_kernel_invalidator(kernel_invalidator(session.notifier()));
     let pid_path = crate::config::pid_file(&cfg.mountpoint);
-    if let Some(dir) = pid_path.parent() {
-        let _ = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir);
-    }
-    let _ =
-        std::fs::File::create(&pid_path).and_then(|mut f| writeln!(f, "{}", std::process::id()));
     let control_link = crate::config::control_link(&cfg.mountpoint);
-    let _ = std::fs::remove_file(&control_link);
-    if let Err(e) = std::os::unix::fs::symlink(&cfg.control_socket, &control_link) {
-        tracing::warn!(
-            "cannot link {} to the control socket: {e}",
-            control_link.display()
-        );
+    // Only in a folder of ours: in /tmp another user may have made it first.
+    match pid_path.parent().map(crate::cache::private_dir) {
+        Some(Ok(())) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&pid_path)
+                .and_then(|mut f| writeln!(f, "{}", std::process::id()));
+            let _ = std::fs::remove_file(&control_link);
+            if let Err(e) = std::os::unix::fs::symlink(&cfg.control_socket, &control_link) {
+                tracing::warn!(
+                    "cannot link {} to the control socket: {e}",
+                    control_link.display()
+                );
+            }
+        }
+        Some(Err(e)) => tracing::warn!(
+            "no pid file and no control socket link for this mount (use ctl --socket {}): {e}",
+            cfg.control_socket.display()
+        ),
+        None => {}
     }
     tracing::info!("control socket: {}", cfg.control_socket.display());
 
