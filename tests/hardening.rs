@@ -128,6 +128,30 @@ fn a_group_or_world_writable_cache_dir_is_refused() {
     assert!(err.contains("symbolic link"), "{err}");
 }
 
+/// The folder of the pid file and the control socket's link, in /tmp when there is no
+/// XDG_RUNTIME_DIR, is used only when it is ours: another user who made it first could
+/// plant links there for root to write through.
+#[test]
+fn a_runtime_folder_another_user_made_first_is_not_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let theirs = tmp.path().join("davdrive-0");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    chown(&theirs, NOBODY);
+    let err = davdrive::cache::private_dir(&theirs.join("davdrive")).unwrap_err();
+    assert!(err.contains("not a private folder"), "{err}");
+    // A link in place of the folder.
+    let linked = tmp.path().join("davdrive-1");
+    std::fs::create_dir(&linked).unwrap();
+    std::os::unix::fs::symlink(tmp.path(), linked.join("davdrive")).unwrap();
+    let err = davdrive::cache::private_dir(&linked.join("davdrive")).unwrap_err();
+    assert!(err.contains("a link"), "{err}");
+    // Ours: made 0700 and accepted.
+    let ours = tmp.path().join("davdrive-2").join("davdrive");
+    davdrive::cache::private_dir(&ours).unwrap();
+    assert_eq!(std::fs::metadata(&ours).unwrap().mode() & 0o777, 0o700);
+}
+
 /// Every file under the cache dir is 0600 and every folder 0700, including a state store
 /// an older version left 0644.
 #[test]

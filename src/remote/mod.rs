@@ -237,3 +237,40 @@ pub trait Remote: Send + Sync + 'static {
         Ok((None, None))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(name: &str, is_dir: bool, size: u64) -> Entry {
+        Entry {
+            name: name.into(),
+            is_dir,
+            size,
+            mtime: None,
+            etag: None,
+            checksum: None,
+        }
+    }
+
+    #[test]
+    fn a_name_listed_twice_keeps_one_entry() {
+        let got = unique_names(
+            "/d",
+            vec![
+                e("a", false, 1),
+                e("b", false, 2),
+                e("a", true, 0),
+                e("b", false, 3),
+                e("c", true, 0),
+                e("c", false, 4),
+            ],
+            |x| x,
+        );
+        // A folder wins over a file wherever it comes; else the first stays. Order kept.
+        assert_eq!(
+            got,
+            vec![e("a", true, 0), e("b", false, 2), e("c", true, 0)]
+        );
+    }
+}

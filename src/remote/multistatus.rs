@@ -678,6 +678,65 @@ mod tests {
     }
 
     #[test]
+    fn lengths_that_are_not_sizes_are_unknown() {
+        let mut body = String::from(r#"<D:multistatus xmlns:D="DAV:">"#);
+        for (name, len) in [
+            ("neg", "-5"),
+            ("nan", "twelve"),
+            ("frac", "1.5"),
+            ("huge", "99999999999999999999"),
+            ("over_i64", "9223372036854775808"),
+            ("ok", " 7 "),
+            ("missing", ""),
+        ] {
+            let prop = if name == "missing" {
+                String::new()
+            } else {
+                format!("<D:getcontentlength>{len}</D:getcontentlength>")
+            };
+            body.push_str(&format!(
+                "<D:response><D:href>/{name}</D:href><D:propstat><D:prop>{prop}</D:prop>\
+                 <D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
+            ));
+        }
+        body.push_str("</D:multistatus>");
+        let v = parse_multistatus(body.as_bytes(), "/", "/").unwrap();
+        let known = |n: &str| {
+            let e = v.iter().find(|e| e.rel_path == format!("/{n}")).unwrap();
+            e.size_known.then_some(e.entry.size)
+        };
+        for n in ["neg", "nan", "frac", "huge", "over_i64", "missing"] {
+            assert_eq!(known(n), None, "{n}");
+        }
+        assert_eq!(known("ok"), Some(7));
+    }
+
+    #[test]
+    fn a_body_read_in_pieces_parses_the_same() {
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(3);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let body = br#"<D:multistatus xmlns:D="DAV:"><D:response><D:href>/a%20b</D:href>
+<D:propstat><D:prop><D:getcontentlength>12</D:getcontentlength><D:getetag>"x&amp;y"</D:getetag>
+</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response></D:multistatus>"#;
+        let whole = parse_multistatus(body, "/", "/").unwrap();
+        let pieces = parse_multistatus_from(
+            std::io::BufReader::with_capacity(5, Trickle(body)),
+            "/",
+            "/",
+        )
+        .unwrap();
+        assert_eq!(whole, pieces);
+        assert_eq!(pieces[0].entry.etag.as_deref(), Some("\"x&y\""));
+    }
+
+    #[test]
     fn undeclared_prefix_is_not_dav() {
         // `D:` never bound to DAV: -> no multistatus root.
         let body = b"<D:multistatus><D:response><D:href>/</D:href></D:response></D:multistatus>";
