@@ -79,6 +79,8 @@ pub struct MountConfig {
     pub refresh_wait: Duration,
     pub health_interval: Duration,
     pub request_timeout: Duration,
+    /// Cap on one PROPFIND reply, in bytes.
+    pub max_listing_size: u64,
     pub threads: usize,
     pub allow_other: bool,
     pub cache: crate::cache::CacheLimits,

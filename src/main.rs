@@ -134,6 +134,10 @@ struct MountArgs {
     /// Size of those parts: at most this much is sent again after a cut connection.
     #[arg(long, default_value = "64M", value_parser = config::parse_size)]
     upload_part_size: u64,
+    /// The largest folder listing (PROPFIND reply) read from the server; a larger one is
+    /// refused and the listing held before is kept.
+    #[arg(long, default_value = "64M", value_parser = config::parse_size)]
+    max_listing_size: u64,
     /// Let the kernel read fully cached files opened read-only straight from the cache
     /// (FUSE passthrough; Linux 6.9 or later, as root). The kernel then refuses, with
     /// EIO, to open such a file for writing until its readers have closed it.
@@ -858,6 +862,7 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
         refresh_wait: args.refresh_wait,
         health_interval: args.health_interval,
         request_timeout: args.request_timeout,
+        max_listing_size: args.max_listing_size,
         threads: args.threads,
         allow_other: args.allow_other,
         cache: davdrive::cache::CacheLimits {

@@ -34,6 +34,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "refresh_wait",
     "health_interval",
     "request_timeout",
+    "max_listing_size",
     "threads",
     "cache_max_age",
     "cache_max_size",

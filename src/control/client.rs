@@ -143,7 +143,7 @@ pub fn render(cmd: &str, r: &Value) -> String {
                     .unwrap_or_default()
             );
             if let Some(e) = r["last_error"].as_str() {
-                out += &format!("last error:    {e}\n");
+                out += &format!("last error:    {}\n", crate::control::printable(e));
             }
             if let Some(why) = r["read_only_reason"].as_str() {
                 out += &format!("mode:          READ-ONLY: {why}\n");

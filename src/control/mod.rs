@@ -326,7 +326,9 @@ pub fn unix_secs(t: SystemTime) -> i64 {
 }
 
 /// A name as it may be shown on a terminal: control characters (newlines, escapes) are
-/// written as `\n`, `\x1b`, so a hostile file name cannot forge lines or move the cursor.
+/// written as `\n`, `\x1b`, so a hostile file name cannot forge lines or move the cursor;
+/// bidirectional overrides and zero-width marks as `\u{202e}`, so it cannot pass for
+/// another name.
 pub fn printable(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -336,6 +338,12 @@ pub fn printable(s: &str) -> String {
             '\r' => out.push_str("\\r"),
             '\\' => out.push_str("\\\\"),
             c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            // Invisible marks that reorder or hide what follows (bidirectional overrides
+            // and isolates, zero-width characters): shown as code points, as `ls` does.
+            '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}' => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
             c => out.push(c),
         }
     }

@@ -505,7 +505,7 @@ impl Core {
         if !lock(&self.verified).contains(&ino) {
             return None;
         }
-        std::fs::File::open(self.content.path(ino)).ok()
+        self.content.open_read(ino).ok().flatten()
     }
 
     /// The inode at mount-relative `path` ("/a/b"), looking names up as the kernel would.
@@ -590,14 +590,25 @@ impl Core {
         let saved = match &node {
             Some(n) => {
                 let dir = self.cache_dir.join("recovered");
-                std::fs::create_dir_all(&dir)?;
+                std::os::unix::fs::DirBuilderExt::mode(
+                    std::fs::DirBuilder::new().recursive(true),
+                    0o700,
+                )
+                .create(&dir)?;
                 let base = entry.path.rsplit('/').next().unwrap_or("file");
                 let dest = dir.join(format!("{id}-{base}"));
-                std::fs::copy(self.content.path(ino), &dest)?;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&dest)?
-                    .set_len(n.size)?;
+                let mut out = std::os::unix::fs::OpenOptionsExt::mode(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true),
+                    0o600,
+                )
+                .open(&dest)?;
+                if let Some(mut src) = self.content.open_read(ino)? {
+                    std::io::copy(&mut src, &mut out)?;
+                }
+                out.set_len(n.size)?;
                 Some(dest)
             }
             None => None,

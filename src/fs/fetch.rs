@@ -75,6 +75,16 @@ impl Drop for FinishDownload {
     }
 }
 
+/// How much to ask for to get `[from, to)` of a file of `size` bytes: one byte more at
+/// the end of the file, so a server whose file is longer than listed shows it.
+fn ask_len(from: u64, to: u64, size: u64) -> u64 {
+    if to >= size {
+        to - from + 1
+    } else {
+        to - from
+    }
+}
+
 fn round_down(v: u64, to: u64) -> u64 {
     v / to * to
 }
@@ -215,10 +225,10 @@ impl Core {
         if let Some(w) = inflight.get(&chunk) {
             return Some(w.clone());
         }
-        let (from, to) = {
+        let (from, to, size) = {
             let st = lock(&of.state);
             let missing = st.ranges.missing(lo, hi.min(st.size));
-            (missing.first()?.0, missing.last()?.1)
+            (missing.first()?.0, missing.last()?.1, st.size)
         };
         let me = self.me.upgrade()?;
         let w = Arc::new(Inflight::default());
@@ -240,10 +250,13 @@ impl Core {
                 chunk,
                 done,
             };
-            let result = me.remote.get_range(&path, from, to - from).await;
+            let result = me
+                .remote
+                .get_range(&path, from, ask_len(from, to, size))
+                .await;
             match result {
                 Ok(reply) => {
-                    if let Err(e) = me.store_fetched(&of, ino, &reply) {
+                    if let Err(e) = me.store_fetched_checked(&of, ino, &path, from, to, &reply) {
                         tracing::warn!("{path}: could not keep downloaded data: {e}");
                     }
                 }
@@ -277,22 +290,75 @@ impl Core {
                 let len = (b - pos).min(MAX_FETCH);
                 let remote = self.remote.clone();
                 let p = path.to_string();
-                let reply = self.call(path, async move { remote.get_range(&p, pos, len).await })?;
+                let ask = ask_len(pos, pos + len, size);
+                let reply = self.call(path, async move { remote.get_range(&p, pos, ask).await })?;
+                self.store_fetched_checked(of, ino, path, pos, pos + len, &reply)?;
                 if reply.data.is_empty() {
-                    // The remote file is shorter than we thought: it changed.
-                    tracing::warn!(
-                        "{path}: remote returned no data at {pos} (size {size}); it changed"
-                    );
-                    return Err(FsError::Remote {
-                        path: path.to_string(),
-                        source: RemoteError::BadReply("file shorter than listed".into()),
-                    });
+                    // Nothing, and no size said: shorter than listed all the same.
+                    return Err(self.size_changed(
+                        ino,
+                        path,
+                        size,
+                        "no data where the file should have more".into(),
+                    ));
                 }
-                self.store_fetched(of, ino, &reply)?;
                 pos = reply.offset + reply.data.len() as u64;
             }
         }
         Ok(())
+    }
+
+    /// `store_fetched` for the reply to a GET of `[from, to)` (asked one byte further at
+    /// the file's end), once the reply is checked against the size the node has: a
+    /// total size that differs, more bytes than the file has, or fewer than asked before
+    /// its end, mean the server's file is not the one listed. Nothing of such a reply is
+    /// kept, never a silently cut or padded file (see `size_changed`).
+    fn store_fetched_checked(
+        &self,
+        of: &OpenFile,
+        ino: u64,
+        path: &str,
+        from: u64,
+        to: u64,
+        reply: &RangeReply,
+    ) -> FsResult<()> {
+        let size = lock(&of.state).size;
+        if lock(&of.state).write_dirty {
+            // Written here meanwhile: the local size is ours, not the server's.
+            return self.store_fetched(of, ino, reply);
+        }
+        let got_end = reply.offset + reply.data.len() as u64;
+        let why = match reply.total_size {
+            Some(total) if total != size => Some(format!("it has {total} bytes")),
+            _ if got_end > size => Some(format!("it sends more than {size} bytes")),
+            _ if !reply.data.is_empty() && got_end < to.min(size) && reply.offset <= from => {
+                Some(format!("it ends at byte {got_end}"))
+            }
+            _ => None,
+        };
+        match why {
+            Some(why) => Err(self.size_changed(ino, path, size, why)),
+            None => self.store_fetched(of, ino, reply),
+        }
+    }
+
+    /// The server's file is not the size its listing said: it changed since (or the
+    /// server cannot be trusted about it). Its folder is listed again at the next look,
+    /// which gives the new version, and this read fails rather than return a file cut
+    /// or padded to the old size.
+    fn size_changed(&self, ino: u64, path: &str, size: u64, why: String) -> FsError {
+        tracing::warn!(
+            "{path}: the server's file is not the {size} bytes listed ({why}); it changed:              its folder is listed again and this read fails"
+        );
+        if let Ok(node) = self.node(ino) {
+            let _ = store::mark_listing_due(&lock(&self.store), node.parent);
+        }
+        FsError::Remote {
+            path: path.to_string(),
+            source: RemoteError::BadReply(format!(
+                "the file changed on the server: listed with {size} bytes, but {why}"
+            )),
+        }
     }
 
     /// Writes downloaded data into the content file where it is still missing, and

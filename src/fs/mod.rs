@@ -238,7 +238,8 @@ impl Core {
         health: Health,
         cfg: CoreConfig,
     ) -> FsResult<Arc<Core>> {
-        std::fs::create_dir_all(cache_dir)?;
+        crate::cache::secure_cache_dir(cache_dir)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
         let conn = store::open(&cache_dir.join("state.db"))?;
         let content = ContentFiles::new(cache_dir)?;
         let core = Arc::new_cyclic(|me| Core {

@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,10 +48,13 @@ pub enum MountError {
 struct CacheLock(#[allow(dead_code)] File);
 
 fn lock_cache_dir(dir: &Path) -> Result<CacheLock, MountError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let f = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(dir.join("lock"))
         .map_err(|e| MountError::Setup(format!("cannot open {}: {e}", dir.display())))?;
     use std::os::fd::AsRawFd;
@@ -176,6 +178,9 @@ fn connect(cfg: &MountConfig, rt: &tokio::runtime::Runtime) -> Result<Connected,
     conn.bearer_token = cfg.bearer_token.clone();
     conn.ca_cert_pem = cfg.ca_cert_pem.clone();
     conn.request_timeout = cfg.request_timeout;
+    // A request that stops moving is cut after as long as one may take to start.
+    conn.idle_timeout = cfg.request_timeout;
+    conn.max_listing_bytes = cfg.max_listing_size;
     let setup = |e: RemoteError| MountError::Setup(format!("{url}: {e}"));
     let http = |conn: ConnectionConfig| -> Result<Arc<dyn Remote>, MountError> {
         Ok(Arc::new(HttpIndex::new(conn).map_err(setup)?))
@@ -322,17 +327,8 @@ fn run_inner(
 
     clear_dead_mount(&cfg.mountpoint);
     check_mountpoint(&cfg.mountpoint, cfg.allow_non_empty)?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&cfg.cache_dir)
-        .map_err(|e| {
-            MountError::Setup(format!(
-                "cannot create cache dir {}: {e}",
-                cfg.cache_dir.display()
-            ))
-        })?;
-    let _ = std::fs::set_permissions(&cfg.cache_dir, std::fs::Permissions::from_mode(0o700));
+    // Ours or refused, before anything in it is opened.
+    crate::cache::secure_cache_dir(&cfg.cache_dir).map_err(MountError::Setup)?;
     let _lock = lock_cache_dir(&cfg.cache_dir)?;
 
     let Connected {
@@ -534,21 +530,32 @@ fn run_inner(
     }
     core.set_kernel_invalidator(kernel_invalidator(session.notifier()));
     let pid_path = crate::config::pid_file(&cfg.mountpoint);
-    if let Some(dir) = pid_path.parent() {
-        let _ = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir);
-    }
-    let _ =
-        std::fs::File::create(&pid_path).and_then(|mut f| writeln!(f, "{}", std::process::id()));
     let control_link = crate::config::control_link(&cfg.mountpoint);
-    let _ = std::fs::remove_file(&control_link);
-    if let Err(e) = std::os::unix::fs::symlink(&cfg.control_socket, &control_link) {
-        tracing::warn!(
-            "cannot link {} to the control socket: {e}",
-            control_link.display()
-        );
+    // Only in a folder of ours: in /tmp another user may have made it first.
+    match pid_path.parent().map(crate::cache::private_dir) {
+        Some(Ok(())) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&pid_path)
+                .and_then(|mut f| writeln!(f, "{}", std::process::id()));
+            let _ = std::fs::remove_file(&control_link);
+            if let Err(e) = std::os::unix::fs::symlink(&cfg.control_socket, &control_link) {
+                tracing::warn!(
+                    "cannot link {} to the control socket: {e}",
+                    control_link.display()
+                );
+            }
+        }
+        Some(Err(e)) => tracing::warn!(
+            "no pid file and no control socket link for this mount (use ctl --socket {}): {e}",
+            cfg.control_socket.display()
+        ),
+        None => {}
     }
     tracing::info!("control socket: {}", cfg.control_socket.display());
 

@@ -30,6 +30,97 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// large PUT on a slow link is not cut off while a dead connection still fails eventually.
 const MIN_TRANSFER_RATE: u64 = 64 * 1024;
 
+/// The slowest a request may move, measured over each stretch of the idle timeout: a
+/// server that trickles a byte now and then (or takes a body and never answers) is cut
+/// as one that stopped, not waited for until the total deadline.
+pub const MIN_PROGRESS_RATE: u64 = 1024;
+
+/// Default cap on the body of one PROPFIND reply (`--max-listing-size`).
+pub const DEFAULT_MAX_LISTING: u64 = 64 << 20;
+
+/// How far one request has come: bytes moved either way, and when the last moved. Fed by
+/// the request body as the connection takes it and by the response body as it arrives;
+/// `HttpClient::watched` cuts the request when it stops moving.
+#[derive(Debug)]
+pub struct Progress {
+    started: Instant,
+    /// Milliseconds after `started` of the last byte moved (or of the start).
+    last_ms: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub fn new() -> std::sync::Arc<Progress> {
+        std::sync::Arc::new(Progress {
+            started: Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            bytes: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub fn moved(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.last_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// A request body that reports to this tracker as the connection takes it.
+    pub fn track_body<S>(self: &std::sync::Arc<Self>, stream: S) -> reqwest::Body
+    where
+        S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
+        use futures_util::StreamExt;
+        let me = self.clone();
+        reqwest::Body::wrap_stream(stream.map(move |chunk| {
+            if let Ok(c) = &chunk {
+                me.moved(c.len() as u64);
+            }
+            chunk
+        }))
+    }
+
+    /// In-memory data sent in pieces, so the tracker sees it go.
+    pub fn track_bytes(self: &std::sync::Arc<Self>, data: Bytes) -> reqwest::Body {
+        const PIECE: usize = 64 << 10;
+        let pieces: Vec<std::io::Result<Bytes>> = (0..data.len())
+            .step_by(PIECE)
+            .map(|i| Ok(data.slice(i..(i + PIECE).min(data.len()))))
+            .collect();
+        self.track_body(futures_util::stream::iter(pieces))
+    }
+}
+
+/// Why a request that stopped moving is cut, or None while it moves. Checked by a
+/// watchdog: nothing for `idle`, or less than `MIN_PROGRESS_RATE` over the stretch of
+/// `idle` just past (`window` holds where that stretch started: time and bytes).
+fn stalled(p: &Progress, idle: Duration, window: &mut (Duration, u64)) -> Option<String> {
+    let now = p.started.elapsed();
+    let last = Duration::from_millis(p.last_ms.load(Ordering::Relaxed));
+    if now.saturating_sub(last) >= idle {
+        return Some(format!(
+            "no progress for {:.1} s: cut",
+            now.saturating_sub(last).as_secs_f64()
+        ));
+    }
+    let bytes = p.bytes.load(Ordering::Relaxed);
+    let span = now.saturating_sub(window.0);
+    if span >= idle {
+        let floor = MIN_PROGRESS_RATE * span.as_secs().max(1);
+        if bytes - window.1 < floor {
+            return Some(format!(
+                "{} bytes in {:.1} s, slower than {MIN_PROGRESS_RATE} bytes/s: cut",
+                bytes - window.1,
+                span.as_secs_f64()
+            ));
+        }
+        *window = (now, bytes);
+    }
+    None
+}
+
 #[derive(Clone)]
 pub struct ConnectionConfig {
     /// URL of the collection to mount, e.g. `https://host/remote.php/dav/files/me/`.
@@ -44,6 +135,12 @@ pub struct ConnectionConfig {
     pub request_timeout: Duration,
     /// Extra attempts for idempotent requests after a transport or 5xx error.
     pub retries: u32,
+    /// A request that moves no byte (or fewer than `MIN_PROGRESS_RATE` a second) for this
+    /// long is cut, whatever its total deadline; waiting for the reply counts.
+    pub idle_timeout: Duration,
+    /// The largest PROPFIND reply read; a larger one fails (`BadReply`) before it is all
+    /// read, and the listing the caller had stays.
+    pub max_listing_bytes: u64,
 }
 
 impl ConnectionConfig {
@@ -57,6 +154,8 @@ impl ConnectionConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             retries: 3,
+            idle_timeout: Duration::from_secs(30),
+            max_listing_bytes: DEFAULT_MAX_LISTING,
         }
     }
 }
@@ -74,6 +173,8 @@ impl fmt::Debug for ConnectionConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("retries", &self.retries)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_listing_bytes", &self.max_listing_bytes)
             .finish()
     }
 }
@@ -111,6 +212,8 @@ pub struct HttpClient {
     auth: Auth,
     request_timeout: Duration,
     retries: u32,
+    idle_timeout: Duration,
+    max_listing_bytes: u64,
 }
 
 impl fmt::Debug for HttpClient {
@@ -188,6 +291,8 @@ impl HttpClient {
             auth,
             request_timeout: cfg.request_timeout,
             retries: cfg.retries,
+            idle_timeout: cfg.idle_timeout,
+            max_listing_bytes: cfg.max_listing_bytes,
         })
     }
 
@@ -321,8 +426,95 @@ impl HttpClient {
         self.request_timeout + Duration::from_secs(bytes / MIN_TRANSFER_RATE)
     }
 
-    /// Sends one request, logging method, path, status and latency.
+    pub fn max_listing_bytes(&self) -> u64 {
+        self.max_listing_bytes
+    }
+
+    /// Runs `fut` (a request, or the reading of a reply) while it keeps moving: cut with a
+    /// `Transport` error once `progress` stalls (see `stalled`).
+    pub async fn watched<T>(
+        &self,
+        progress: &Progress,
+        fut: impl Future<Output = Result<T, RemoteError>>,
+    ) -> Result<T, RemoteError> {
+        let idle = self.idle_timeout;
+        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let watchdog = async {
+            let mut window = (
+                progress.started.elapsed(),
+                progress.bytes.load(Ordering::Relaxed),
+            );
+            loop {
+                tokio::time::sleep(tick).await;
+                if let Some(why) = stalled(progress, idle, &mut window) {
+                    return why;
+                }
+            }
+        };
+        tokio::select! {
+            r = fut => r,
+            why = watchdog => {
+                tracing::warn!("a request was cut: {why}");
+                Err(RemoteError::Transport(format!("the server stopped answering ({why})")))
+            }
+        }
+    }
+
+    /// The next piece of a reply body, counted on `progress`; cut when it stalls.
+    pub async fn next_chunk(
+        &self,
+        resp: &mut Response,
+        progress: &Progress,
+    ) -> Result<Option<Bytes>, RemoteError> {
+        let chunk = self
+            .watched(progress, async {
+                resp.chunk().await.map_err(transport_error)
+            })
+            .await?;
+        if let Some(c) = &chunk {
+            progress.moved(c.len() as u64);
+        }
+        Ok(chunk)
+    }
+
+    /// A whole reply body of at most `cap` bytes: a longer one is refused before it is
+    /// all read (a hostile or broken server cannot make us hold more).
+    pub async fn body_capped(
+        &self,
+        mut resp: Response,
+        progress: &Progress,
+        cap: u64,
+    ) -> Result<Bytes, RemoteError> {
+        if resp.content_length().is_some_and(|n| n > cap) {
+            return Err(too_large(cap));
+        }
+        let mut out = BytesMut::new();
+        while let Some(chunk) = self.next_chunk(&mut resp, progress).await? {
+            if (out.len() + chunk.len()) as u64 > cap {
+                return Err(too_large(cap));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Sends one request, logging method, path, status and latency. Cut when it stops
+    /// moving (see `watched`).
     pub async fn send(&self, rb: RequestBuilder, path: &str) -> Result<Response, RemoteError> {
+        self.send_tracked(rb, path, &Progress::new()).await
+    }
+
+    /// `send`, for a request whose body reports to `progress` (`Progress::track_body`).
+    pub async fn send_tracked(
+        &self,
+        rb: RequestBuilder,
+        path: &str,
+        progress: &Progress,
+    ) -> Result<Response, RemoteError> {
+        self.watched(progress, self.send_inner(rb, path)).await
+    }
+
+    async fn send_inner(&self, rb: RequestBuilder, path: &str) -> Result<Response, RemoteError> {
         let (client, req) = rb.build_split();
         let req = req.map_err(transport_error)?;
         let method = req.method().clone();
@@ -417,13 +609,15 @@ impl HttpClient {
     /// Reads the window `[skip, skip + len)` of a response body, streaming past the
     /// bytes before it and dropping the connection once the window is full.
     async fn read_window(
+        &self,
         mut resp: Response,
+        progress: &Progress,
         mut skip: u64,
         len: u64,
     ) -> Result<Bytes, RemoteError> {
         let mut out = BytesMut::with_capacity(len.min(8 << 20) as usize);
         while (out.len() as u64) < len {
-            let Some(mut chunk) = resp.chunk().await.map_err(transport_error)? else {
+            let Some(mut chunk) = self.next_chunk(&mut resp, progress).await? else {
                 break;
             };
             if skip >= chunk.len() as u64 {
@@ -461,7 +655,8 @@ impl HttpClient {
                 .request(Method::GET, self.url_for(path, false)?)
                 .timeout(self.transfer_timeout(last))
                 .header(RANGE, format!("bytes={offset}-{last}"));
-            let resp = self.send(rb, path).await?;
+            let progress = Progress::new();
+            let resp = self.send_tracked(rb, path, &progress).await?;
             let etag = header_string(resp.headers(), ETAG);
             let (skip, total) = match resp.status() {
                 StatusCode::PARTIAL_CONTENT => {
@@ -496,7 +691,7 @@ impl HttpClient {
                 }
                 s => return Err(status_error(s)),
             };
-            let data = Self::read_window(resp, skip, len).await?;
+            let data = self.read_window(resp, &progress, skip, len).await?;
             crate::metrics::add(&crate::metrics::METRICS.bytes_down, data.len() as u64);
             Ok(RangeReply {
                 data,
@@ -507,6 +702,10 @@ impl HttpClient {
         })
         .await
     }
+}
+
+fn too_large(cap: u64) -> RemoteError {
+    RemoteError::BadReply(format!("reply larger than the cap of {cap} bytes"))
 }
 
 /// "/a//b/" -> "/a/b", "" -> "/".

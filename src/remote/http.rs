@@ -12,13 +12,11 @@ use std::time::{Instant, SystemTime};
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
 use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MODIFIED};
-use reqwest::{Method, Response, StatusCode};
+use reqwest::{Method, StatusCode};
 use url::Url;
 
 pub use super::client::ConnectionConfig as HttpConfig;
-use super::client::{
-    header_string, normalize, redirects_to_slash, status_error, transport_error, HttpClient,
-};
+use super::client::{header_string, normalize, redirects_to_slash, status_error, HttpClient};
 use super::multistatus::decode_path;
 use super::{Entry, Precondition, PutReply, RangeReply, Remote, RemoteError, ServerInfo};
 
@@ -148,7 +146,14 @@ impl HttpIndex {
                     .send(self.http.request(Method::GET, url.clone()), path)
                     .await?;
                 match resp.status() {
-                    StatusCode::OK if is_html(resp.headers()) => read_limited(resp).await,
+                    StatusCode::OK if is_html(resp.headers()) => {
+                        let progress = super::client::Progress::new();
+                        let body = self
+                            .http
+                            .body_capped(resp, &progress, MAX_INDEX_PAGE as u64)
+                            .await?;
+                        Ok(String::from_utf8_lossy(&body).into_owned())
+                    }
                     StatusCode::OK => Err(RemoteError::BadReply(format!(
                         "{path}: not an HTML index page (Content-Type {:?})",
                         header_string(resp.headers(), CONTENT_TYPE).unwrap_or_default()
@@ -212,20 +217,6 @@ impl HttpIndex {
     }
 }
 
-/// The body of `resp` as text, refused past `MAX_INDEX_PAGE`.
-async fn read_limited(mut resp: Response) -> Result<String, RemoteError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
-        if body.len() + chunk.len() > MAX_INDEX_PAGE {
-            return Err(RemoteError::BadReply(format!(
-                "index page larger than {MAX_INDEX_PAGE} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(String::from_utf8_lossy(&body).into_owned())
-}
-
 #[async_trait]
 impl Remote for HttpIndex {
     async fn stat(&self, path: &str) -> Result<Option<Entry>, RemoteError> {
@@ -270,7 +261,7 @@ impl Remote for HttpIndex {
             .try_collect()
             .await?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(entries)
+        Ok(super::unique_names(path, entries, |e| e))
     }
 
     async fn get_range(

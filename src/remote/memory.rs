@@ -589,8 +589,11 @@ fn now() -> SystemTime {
 /// `len` bytes of `local` from `offset`; `Local` when it has fewer, as in `WebDav`.
 async fn read_local(local: &Path, offset: u64, len: u64) -> Result<Bytes, RemoteError> {
     let local_err = |e: String| RemoteError::Local(format!("{}: {e}", local.display()));
-    let all = tokio::fs::read(local)
-        .await
+    let all = crate::cache::open_nofollow(local)
+        .and_then(|mut f| {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut v).map(|_| v)
+        })
         .map_err(|e| local_err(e.to_string()))?;
     if (all.len() as u64) < offset + len {
         return Err(local_err(format!(

@@ -27,6 +27,44 @@ pub struct Entry {
     pub checksum: Option<String>,
 }
 
+/// One entry per name in a listing of `dir`, whatever the server sent. The node table
+/// holds one node per name, and a server may list a name twice (a file and a folder, or
+/// the same resource under two spellings of its href): the rest of the listing must
+/// still apply. The rule: a folder wins over a file (what is below it stays reachable);
+/// between two of the same kind, the first in the reply wins. Each one left out is
+/// logged.
+pub fn unique_names<T>(dir: &str, items: Vec<T>, entry: impl Fn(&T) -> &Entry) -> Vec<T> {
+    use std::collections::HashMap;
+    let mut at: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<Option<T>> = Vec::with_capacity(items.len());
+    for item in items {
+        let e = entry(&item);
+        match at.get(&e.name) {
+            None => {
+                at.insert(e.name.clone(), out.len());
+                out.push(Some(item));
+            }
+            Some(&i) => {
+                let kept = entry(out[i].as_ref().expect("kept"));
+                let replace = e.is_dir && !kept.is_dir;
+                let (won, lost) = if replace { (e, kept) } else { (kept, e) };
+                let kind = |d: bool| if d { "folder" } else { "file" };
+                tracing::warn!(
+                    "listing of {dir}: the server lists {:?} twice; keeping the {} and \
+                     leaving out the {}",
+                    won.name,
+                    kind(won.is_dir),
+                    kind(lost.is_dir)
+                );
+                if replace {
+                    out[i] = Some(item);
+                }
+            }
+        }
+    }
+    out.into_iter().flatten().collect()
+}
+
 /// What a conditional request demands of the remote's current version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Precondition {
@@ -197,5 +235,42 @@ pub trait Remote: Send + Sync + 'static {
     /// Bytes available and used on the server (RFC 4331), where it says.
     async fn quota(&self) -> Result<(Option<u64>, Option<u64>), RemoteError> {
         Ok((None, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(name: &str, is_dir: bool, size: u64) -> Entry {
+        Entry {
+            name: name.into(),
+            is_dir,
+            size,
+            mtime: None,
+            etag: None,
+            checksum: None,
+        }
+    }
+
+    #[test]
+    fn a_name_listed_twice_keeps_one_entry() {
+        let got = unique_names(
+            "/d",
+            vec![
+                e("a", false, 1),
+                e("b", false, 2),
+                e("a", true, 0),
+                e("b", false, 3),
+                e("c", true, 0),
+                e("c", false, 4),
+            ],
+            |x| x,
+        );
+        // A folder wins over a file wherever it comes; else the first stays. Order kept.
+        assert_eq!(
+            got,
+            vec![e("a", true, 0), e("b", false, 2), e("c", true, 0)]
+        );
     }
 }

@@ -23,6 +23,9 @@ pub struct ParsedEntry {
     /// Decoded path relative to the mount: "/" for the root, "/dir/a file" otherwise.
     pub rel_path: String,
     pub entry: Entry,
+    /// False for a file whose `getcontentlength` was missing, negative or not a number:
+    /// `entry.size` is then 0 and means nothing (the backend learns the size elsewhere).
+    pub size_known: bool,
     /// RFC 4331 quota: bytes available and used, when the server reported them.
     pub quota: (Option<u64>, Option<u64>),
 }
@@ -38,38 +41,48 @@ pub fn parse_multistatus(
     base_path: &str,
     request_path: &str,
 ) -> Result<Vec<ParsedEntry>, RemoteError> {
+    parse_multistatus_from(body, base_path, request_path)
+}
+
+/// `parse_multistatus` reading the body as it comes (from a stream, say): memory holds
+/// the entries, never the whole body.
+pub fn parse_multistatus_from(
+    body: impl std::io::BufRead,
+    base_path: &str,
+    request_path: &str,
+) -> Result<Vec<ParsedEntry>, RemoteError> {
     let base = decode_path(base_path)
         .map_err(|why| RemoteError::BadReply(format!("base path {base_path:?}: {why}")))?;
     let request: Vec<&str> = request_path.split('/').filter(|s| !s.is_empty()).collect();
 
-    let responses = read_responses(body)?;
-    let mut out = Vec::with_capacity(responses.len());
-    for resp in responses {
+    let mut out = Vec::new();
+    read_responses(body, |resp| {
         // A response-level status (instead of propstats) reports a resource that could
         // not be read, typically 404 inside a Depth 1 listing.
         if let Some(status) = resp.status {
             if !(200..300).contains(&status) {
                 tracing::debug!(href = %resp.href, status, "skipping response with non-2xx status");
-                continue;
+                return;
             }
         }
         let segments = match href_segments(&resp.href, &base) {
             Ok(s) => s,
             Err(why) => {
                 tracing::warn!(href = %resp.href, "ignoring href from server: {why}");
-                continue;
+                return;
             }
         };
         let is_self = segments.len() == request.len();
         let is_child = segments.len() == request.len() + 1;
         if !(is_self || is_child) || segments.iter().zip(&request).any(|(a, b)| a != b) {
             tracing::warn!(href = %resp.href, request_path, "ignoring href outside the requested collection");
-            continue;
+            return;
         }
         let rel_path = format!("/{}", segments.join("/"));
         let name = segments.last().cloned().unwrap_or_default();
         out.push(ParsedEntry {
             rel_path,
+            size_known: resp.props.is_dir || resp.props.size.is_some(),
             entry: Entry {
                 name,
                 is_dir: resp.props.is_dir,
@@ -88,7 +101,7 @@ pub fn parse_multistatus(
             },
             quota: (resp.props.quota_available, resp.props.quota_used),
         });
-    }
+    })?;
     Ok(out)
 }
 
@@ -113,6 +126,8 @@ fn stand_in_etag(p: &Props) -> Option<String> {
 struct Props {
     is_dir: bool,
     size: Option<u64>,
+    /// A `getcontentlength` that is not a size was sent.
+    size_invalid: bool,
     mtime: Option<SystemTime>,
     etag: Option<String>,
     checksum: Option<String>,
@@ -123,7 +138,12 @@ struct Props {
 impl Props {
     fn merge(&mut self, other: Props) {
         self.is_dir |= other.is_dir;
+        self.size_invalid |= other.size_invalid;
         self.size = other.size.or(self.size);
+        if self.size_invalid {
+            // Two propstats disagreeing about the length: neither is believed.
+            self.size = None;
+        }
         self.mtime = other.mtime.or(self.mtime);
         self.etag = other.etag.or(self.etag.take());
         self.checksum = other.checksum.or(self.checksum.take());
@@ -215,9 +235,14 @@ fn bad(e: impl std::fmt::Display) -> RemoteError {
     RemoteError::BadReply(format!("multistatus XML: {e}"))
 }
 
-/// Walks the XML and returns the raw responses, props already filtered by status.
-fn read_responses(body: &[u8]) -> Result<Vec<RawResponse>, RemoteError> {
+/// Walks the XML and hands each raw response to `found`, props already filtered by
+/// status.
+fn read_responses(
+    body: impl std::io::BufRead,
+    mut found: impl FnMut(RawResponse),
+) -> Result<(), RemoteError> {
     let mut reader = NsReader::from_reader(body);
+    let mut buf = Vec::new();
     // The default, restated because the element stack below relies on it: a mismatched
     // end tag must be an error, not silently accepted.
     reader.config_mut().check_end_names = true;
@@ -225,14 +250,14 @@ fn read_responses(body: &[u8]) -> Result<Vec<RawResponse>, RemoteError> {
     let mut stack: Vec<Tag> = Vec::new();
     let mut text = String::new();
     let mut seen_root = false;
-    let mut responses = Vec::new();
     let mut response: Option<RawResponse> = None;
     let mut has_href = false;
     // (status, props) of the propstat being read.
     let mut propstat: (Option<u16>, Props) = (None, Props::default());
 
     loop {
-        let (ns, event) = reader.read_resolved_event().map_err(bad)?;
+        buf.clear();
+        let (ns, event) = reader.read_resolved_event_into(&mut buf).map_err(bad)?;
         let (start, end): (Option<&BytesStart>, bool) = match &event {
             Event::Start(e) => (Some(e), false),
             Event::Empty(e) => (Some(e), true),
@@ -302,11 +327,16 @@ fn read_responses(body: &[u8]) -> Result<Vec<RawResponse>, RemoteError> {
                 }
             }
             Tag::PropstatStatus => propstat.0 = parse_status(value),
+            // Negative, fractional, non-numeric or beyond what a file can hold (i64, as
+            // the node table keeps it): unknown, never 0 or a wrapped value.
             Tag::ContentLength => match value.parse::<u64>() {
-                Ok(n) => propstat.1.size = Some(n),
+                Ok(n) if n <= i64::MAX as u64 => propstat.1.size = Some(n),
                 // Servers list properties they lack, empty, in a 404 propstat.
                 Err(_) if value.trim().is_empty() => {}
-                Err(_) => tracing::warn!(value, "ignoring unparsable getcontentlength"),
+                _ => {
+                    propstat.1.size_invalid = true;
+                    tracing::warn!(value, "getcontentlength is not a size: taken as unknown")
+                }
             },
             Tag::LastModified => match httpdate::parse_http_date(value) {
                 Ok(t) => propstat.1.mtime = Some(t),
@@ -331,7 +361,7 @@ fn read_responses(body: &[u8]) -> Result<Vec<RawResponse>, RemoteError> {
                 if !has_href {
                     return Err(bad("<response> without <href>"));
                 }
-                responses.push(r);
+                found(r);
             }
             _ => {}
         }
@@ -344,7 +374,7 @@ fn read_responses(body: &[u8]) -> Result<Vec<RawResponse>, RemoteError> {
     if !stack.is_empty() {
         return Err(bad("document ends inside an element"));
     }
-    Ok(responses)
+    Ok(())
 }
 
 /// "HTTP/1.1 200 OK" -> 200.
@@ -645,6 +675,65 @@ mod tests {
                 other => panic!("{:?}: {other:?}", String::from_utf8_lossy(body)),
             }
         }
+    }
+
+    #[test]
+    fn lengths_that_are_not_sizes_are_unknown() {
+        let mut body = String::from(r#"<D:multistatus xmlns:D="DAV:">"#);
+        for (name, len) in [
+            ("neg", "-5"),
+            ("nan", "twelve"),
+            ("frac", "1.5"),
+            ("huge", "99999999999999999999"),
+            ("over_i64", "9223372036854775808"),
+            ("ok", " 7 "),
+            ("missing", ""),
+        ] {
+            let prop = if name == "missing" {
+                String::new()
+            } else {
+                format!("<D:getcontentlength>{len}</D:getcontentlength>")
+            };
+            body.push_str(&format!(
+                "<D:response><D:href>/{name}</D:href><D:propstat><D:prop>{prop}</D:prop>\
+                 <D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>"
+            ));
+        }
+        body.push_str("</D:multistatus>");
+        let v = parse_multistatus(body.as_bytes(), "/", "/").unwrap();
+        let known = |n: &str| {
+            let e = v.iter().find(|e| e.rel_path == format!("/{n}")).unwrap();
+            e.size_known.then_some(e.entry.size)
+        };
+        for n in ["neg", "nan", "frac", "huge", "over_i64", "missing"] {
+            assert_eq!(known(n), None, "{n}");
+        }
+        assert_eq!(known("ok"), Some(7));
+    }
+
+    #[test]
+    fn a_body_read_in_pieces_parses_the_same() {
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(3);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let body = br#"<D:multistatus xmlns:D="DAV:"><D:response><D:href>/a%20b</D:href>
+<D:propstat><D:prop><D:getcontentlength>12</D:getcontentlength><D:getetag>"x&amp;y"</D:getetag>
+</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response></D:multistatus>"#;
+        let whole = parse_multistatus(body, "/", "/").unwrap();
+        let pieces = parse_multistatus_from(
+            std::io::BufReader::with_capacity(5, Trickle(body)),
+            "/",
+            "/",
+        )
+        .unwrap();
+        assert_eq!(whole, pieces);
+        assert_eq!(pieces[0].entry.etag.as_deref(), Some("\"x&y\""));
     }
 
     #[test]

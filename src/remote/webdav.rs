@@ -17,9 +17,9 @@ use url::Url;
 pub use super::client::ConnectionConfig as WebDavConfig;
 use super::client::{
     header_string, normalize, quote_etag, redirects_to_slash, response_error, status_error,
-    transport_error, HttpClient,
+    HttpClient, Progress,
 };
-use super::multistatus::{parse_multistatus, ParsedEntry};
+use super::multistatus::{parse_multistatus_from, ParsedEntry};
 use super::{Entry, Precondition, PutReply, RangeReply, Remote, RemoteError, ServerInfo};
 
 /// Asking for named props rather than `<allprop/>` keeps replies small and avoids
@@ -74,6 +74,7 @@ impl WebDav {
         path: &str,
         len: u64,
         body: reqwest::Body,
+        progress: &Progress,
         cond: &Precondition,
         mtime: Option<SystemTime>,
     ) -> Result<PutReply, RemoteError> {
@@ -94,7 +95,7 @@ impl WebDav {
             let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             rb = rb.header("X-OC-Mtime", secs);
         }
-        let reply = put_reply(self.http.send(rb, path).await?);
+        let reply = put_reply(self.http.send_tracked(rb, path, progress).await?);
         if reply.is_ok() {
             crate::metrics::add(&crate::metrics::METRICS.bytes_up, len);
         }
@@ -139,6 +140,154 @@ impl WebDav {
         }
     }
 
+    /// Parses a `207` body as it arrives (on a blocking thread, fed chunk by chunk), so
+    /// memory holds the entries and never the whole reply, and refuses it once it passes
+    /// `max_listing_bytes`: the caller keeps the listing it had.
+    async fn read_multistatus(
+        &self,
+        mut resp: Response,
+        progress: &Progress,
+        path: &str,
+    ) -> Result<Vec<ParsedEntry>, RemoteError> {
+        let cap = self.http.max_listing_bytes();
+        let over = || {
+            RemoteError::BadReply(format!(
+                "the listing of {path} is larger than the cap of {cap} bytes \
+                 (--max-listing-size); the listing held before is kept"
+            ))
+        };
+        if resp.content_length().is_some_and(|n| n > cap) {
+            return Err(over());
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+        let base = self.http.base_url().path().to_string();
+        let request = path.to_string();
+        let parser = tokio::task::spawn_blocking(move || {
+            let reader = ChunkReader {
+                rx,
+                current: bytes::Bytes::new(),
+            };
+            parse_multistatus_from(std::io::BufReader::new(reader), &base, &request)
+        });
+        let mut total = 0u64;
+        let fed = loop {
+            match self.http.next_chunk(&mut resp, progress).await {
+                Ok(Some(chunk)) => {
+                    total += chunk.len() as u64;
+                    if total > cap {
+                        break Err(over());
+                    }
+                    if tx.send(chunk).await.is_err() {
+                        // The parser stopped (bad XML): its error is the answer.
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        drop(tx);
+        let parsed = parser
+            .await
+            .map_err(|e| RemoteError::Local(format!("listing parser: {e}")))?;
+        fed?;
+        parsed
+    }
+
+    /// The size of a file whose listing gave none that can be believed: from `HEAD`,
+    /// else from a one-byte ranged GET's `Content-Range`, else by reading it to its end.
+    async fn learn_size(&self, path: &str) -> Result<u64, RemoteError> {
+        let url = self.http.url_for(path, false)?;
+        let head = self
+            .http
+            .retrying("HEAD", path, || async {
+                let resp = self
+                    .http
+                    .send(self.http.request(Method::HEAD, url.clone()), path)
+                    .await?;
+                match resp.status() {
+                    s if s.is_server_error() => Err(response_error(&resp)),
+                    _ => Ok(resp),
+                }
+            })
+            .await?;
+        if head.status().is_success() {
+            let len = head
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|n| *n <= i64::MAX as u64);
+            if let Some(n) = len {
+                return Ok(n);
+            }
+        } else if head.status() == StatusCode::NOT_FOUND {
+            return Err(RemoteError::NotFound);
+        }
+        if let Some(total) = self.http.get_range(path, 0, 1).await?.total_size {
+            return Ok(total);
+        }
+        self.http
+            .retrying("GET", path, || async {
+                let progress = Progress::new();
+                let mut resp = self
+                    .http
+                    .send_tracked(self.http.request(Method::GET, url.clone()), path, &progress)
+                    .await?;
+                if !resp.status().is_success() {
+                    return Err(response_error(&resp));
+                }
+                let mut n = 0u64;
+                while let Some(chunk) = self.http.next_chunk(&mut resp, &progress).await? {
+                    n += chunk.len() as u64;
+                }
+                Ok(n)
+            })
+            .await
+    }
+
+    /// Fills in the sizes a listing left unknown (see `learn_size`), eight at a time. A
+    /// file whose size cannot be learned for good is left out of the listing, with a
+    /// warning; one the server cannot answer about now fails the listing (the one held
+    /// before stays).
+    async fn with_sizes(&self, entries: Vec<ParsedEntry>) -> Result<Vec<Entry>, RemoteError> {
+        use futures_util::StreamExt;
+        let results: Vec<Result<Option<Entry>, RemoteError>> =
+            futures_util::stream::iter(entries.into_iter().map(|p| async move {
+                if p.size_known {
+                    return Ok(Some(fix_entry(p.entry)));
+                }
+                match self.learn_size(&p.rel_path).await {
+                    Ok(size) => {
+                        tracing::info!(
+                            "{}: the server listed no usable size; it has {size} bytes",
+                            p.rel_path
+                        );
+                        Ok(Some(fix_entry(Entry { size, ..p.entry })))
+                    }
+                    Err(e) if e.is_retryable() => Err(e),
+                    Err(e) => {
+                        tracing::warn!(
+                            "{}: left out of the listing: the server lists no usable size \
+                             and will not tell it ({e})",
+                            p.rel_path
+                        );
+                        Ok(None)
+                    }
+                }
+            }))
+            .buffered(8)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            if let Some(e) = r? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
     async fn propfind(
         &self,
         path: &str,
@@ -154,13 +303,12 @@ impl WebDav {
                     .header("Depth", depth)
                     .header(CONTENT_TYPE, "application/xml; charset=utf-8")
                     .body(PROPFIND_BODY);
-                let resp = self.http.send(rb, path).await?;
+                let progress = Progress::new();
+                let resp = self.http.send_tracked(rb, path, &progress).await?;
                 match resp.status() {
-                    StatusCode::MULTI_STATUS => {
-                        let body = resp.bytes().await.map_err(transport_error)?;
-                        let entries = parse_multistatus(&body, self.http.base_url().path(), path)?;
-                        Ok(Found::Entries(entries))
-                    }
+                    StatusCode::MULTI_STATUS => Ok(Found::Entries(
+                        self.read_multistatus(resp, &progress, path).await?,
+                    )),
                     StatusCode::NOT_FOUND => Ok(Found::Missing),
                     s if s.is_redirection()
                         && !slash
@@ -192,13 +340,24 @@ impl Remote for WebDav {
         match found {
             Found::Missing => Ok(None),
             Found::AddSlash => Err(RemoteError::BadReply("redirect loop on PROPFIND".into())),
-            Found::Entries(entries) => entries
-                .into_iter()
-                .find(|e| e.rel_path == path)
-                .map(|e| Some(fix_entry(e.entry)))
-                .ok_or_else(|| {
-                    RemoteError::BadReply("PROPFIND reply does not describe the resource".into())
-                }),
+            Found::Entries(entries) => {
+                let found = entries
+                    .into_iter()
+                    .find(|e| e.rel_path == path)
+                    .ok_or_else(|| {
+                        RemoteError::BadReply(
+                            "PROPFIND reply does not describe the resource".into(),
+                        )
+                    })?;
+                if found.size_known {
+                    return Ok(Some(fix_entry(found.entry)));
+                }
+                let size = self.learn_size(&path).await?;
+                Ok(Some(fix_entry(Entry {
+                    size,
+                    ..found.entry
+                })))
+            }
         }
     }
 
@@ -208,11 +367,11 @@ impl Remote for WebDav {
             Found::Missing => Err(RemoteError::NotFound),
             Found::AddSlash => Err(RemoteError::BadReply("unexpected redirect".into())),
             // Depth 1 includes the collection itself: keep only the children.
-            Found::Entries(entries) => Ok(entries
-                .into_iter()
-                .filter(|e| e.rel_path != path)
-                .map(|e| fix_entry(e.entry))
-                .collect()),
+            Found::Entries(entries) => {
+                let children = entries.into_iter().filter(|e| e.rel_path != path).collect();
+                let children = super::unique_names(&path, children, |p: &ParsedEntry| &p.entry);
+                self.with_sizes(children).await
+            }
         }
     }
 
@@ -234,7 +393,8 @@ impl Remote for WebDav {
         mtime: Option<SystemTime>,
     ) -> Result<PutReply, RemoteError> {
         let local_err = |e: std::io::Error| RemoteError::Local(format!("{}: {e}", local.display()));
-        let file = tokio::fs::File::open(local).await.map_err(local_err)?;
+        let file =
+            tokio::fs::File::from_std(crate::cache::open_nofollow(local).map_err(local_err)?);
         let have = file.metadata().await.map_err(local_err)?.len();
         if have < len {
             // Sending fewer bytes than Content-Length promises would only fail mid-upload.
@@ -243,8 +403,10 @@ impl Remote for WebDav {
                 local.display()
             )));
         }
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file.take(len)));
-        self.put_body(path, len, body, &cond, mtime).await
+        let progress = Progress::new();
+        let body = progress.track_body(tokio_util::io::ReaderStream::new(file.take(len)));
+        self.put_body(path, len, body, &progress, &cond, mtime)
+            .await
     }
 
     async fn put_bytes(
@@ -255,7 +417,9 @@ impl Remote for WebDav {
         mtime: Option<SystemTime>,
     ) -> Result<PutReply, RemoteError> {
         let len = data.len() as u64;
-        self.put_body(path, len, reqwest::Body::from(data), &cond, mtime)
+        let progress = Progress::new();
+        let body = progress.track_bytes(data);
+        self.put_body(path, len, body, &progress, &cond, mtime)
             .await
     }
 
@@ -268,7 +432,8 @@ impl Remote for WebDav {
     ) -> Result<PutReply, RemoteError> {
         use tokio::io::AsyncSeekExt;
         let local_err = |e: std::io::Error| RemoteError::Local(format!("{}: {e}", local.display()));
-        let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
+        let mut file =
+            tokio::fs::File::from_std(crate::cache::open_nofollow(local).map_err(local_err)?);
         let have = file.metadata().await.map_err(local_err)?.len();
         if len == 0 || have < offset + len {
             return Err(RemoteError::Local(format!(
@@ -280,7 +445,8 @@ impl Remote for WebDav {
         file.seek(std::io::SeekFrom::Start(offset))
             .await
             .map_err(local_err)?;
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file.take(len)));
+        let progress = Progress::new();
+        let body = progress.track_body(tokio_util::io::ReaderStream::new(file.take(len)));
         let rb = self
             .http
             .request(Method::PUT, self.http.url_for(path, false)?)
@@ -291,7 +457,7 @@ impl Remote for WebDav {
                 format!("bytes {}-{}/*", offset, offset + len - 1),
             )
             .body(body);
-        let reply = put_reply(self.http.send(rb, path).await?);
+        let reply = put_reply(self.http.send_tracked(rb, path, &progress).await?);
         if reply.is_ok() {
             crate::metrics::add(&crate::metrics::METRICS.bytes_up, len);
         }
@@ -329,7 +495,11 @@ impl Remote for WebDav {
                 .http
                 .send(self.http.request(Method::GET, url.clone()), &path)
                 .await?;
-            got.bytes().await.map_err(transport_error)?.as_ref() == b"abcd"
+            self.http
+                .body_capped(got, &Progress::new(), 1024)
+                .await?
+                .as_ref()
+                == b"abcd"
         } else {
             false
         };
@@ -510,8 +680,7 @@ impl Remote for WebDav {
         if resp.status() != StatusCode::MULTI_STATUS {
             return Ok((None, None));
         }
-        let body = resp.bytes().await.map_err(transport_error)?;
-        let entries = parse_multistatus(&body, self.http.base_url().path(), "/")?;
+        let entries = self.read_multistatus(resp, &Progress::new(), "/").await?;
         Ok(entries
             .into_iter()
             .find(|e| e.rel_path == "/")
@@ -525,8 +694,7 @@ impl Remote for WebDav {
         let resp = self.propfind_root(PROPFIND_BODY).await?;
         match resp.status() {
             StatusCode::MULTI_STATUS => {
-                let body = resp.bytes().await.map_err(transport_error)?;
-                parse_multistatus(&body, self.http.base_url().path(), "/")?;
+                self.read_multistatus(resp, &Progress::new(), "/").await?;
             }
             s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
                 return Err(RemoteError::Unauthorized(s.as_u16()))
@@ -573,6 +741,26 @@ impl Remote for WebDav {
             latency,
             dav_classes,
         })
+    }
+}
+
+/// The chunks of a reply body, read on a blocking thread as they arrive.
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    current: bytes::Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 

@@ -24,6 +24,10 @@ pub enum StoreError {
         "state store was written by a newer davdrive (schema {found}, this one knows {known})"
     )]
     TooNew { found: i64, known: i64 },
+    /// The files of the store are not safe to use (a link, another owner), or cannot be
+    /// made private.
+    #[error("state store: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,7 +280,17 @@ pub fn ns_to_system_time(ns: i64) -> SystemTime {
 
 /// Opens (creating and migrating) the state store.
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
+    make_private(path)?;
+    // No link is followed to the database (SQLite makes its `-wal` and `-shm` files
+    // with the database file's mode: 0600 too).
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI
+            | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -285,6 +299,54 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     rusqlite::vtab::array::load_module(&conn)?;
     schema::migrate(&conn)?;
     Ok(conn)
+}
+
+/// The state store names every file of the drive: it and its `-wal` and `-shm` files are
+/// created 0600, and tightened to that if an earlier version left them readable by others.
+/// A link at any of those names is refused, never followed.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let refuse = |why: String| StoreError::Io(std::io::Error::other(why));
+    let mut side = path.as_os_str().to_owned();
+    side.push("-wal");
+    let wal = std::path::PathBuf::from(side);
+    let mut side = path.as_os_str().to_owned();
+    side.push("-shm");
+    let shm = std::path::PathBuf::from(side);
+    for (i, p) in [path, wal.as_path(), shm.as_path()].into_iter().enumerate() {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(i == 0)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(p);
+        let f = match f {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(refuse(format!(
+                    "{} is a symbolic link; refusing to follow it",
+                    p.display()
+                )))
+            }
+            Err(e) => return Err(refuse(format!("{}: {e}", p.display()))),
+        };
+        let m = f.metadata()?;
+        if !m.is_file() || m.uid() != unsafe { libc::geteuid() } {
+            return Err(refuse(format!(
+                "{} is not a plain file of uid {} (owner {})",
+                p.display(),
+                unsafe { libc::geteuid() },
+                m.uid()
+            )));
+        }
+        if m.mode() & 0o077 != 0 {
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` with every commit fully synced to disk (WAL fsynced), for `fsync()`. The
