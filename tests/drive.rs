@@ -354,6 +354,7 @@ fn bad_server_replies_are_eio_and_the_mount_keeps_working() {
 
 fn mount_output(url: &str, extra: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let base = tempfile::tempdir().unwrap();
+    common::private(base.path());
     let mnt = base.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let mut cmd = std::process::Command::new(BIN);

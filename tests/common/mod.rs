@@ -198,6 +198,7 @@ impl Mount {
     /// Mounts `url` on a fresh folder in `base`, with a short listing TTL for tests.
     pub fn start(url: &str, base: &Path, extra: &[&str]) -> Mount {
         require_fuse();
+        private(base);
         let mnt = base.join("mnt");
         let cache = base.join("cache");
         std::fs::create_dir_all(&mnt).unwrap();
@@ -363,6 +364,13 @@ impl Drop for Mount {
 }
 
 /// Polls `cond` until it holds, or panics with `what` after `secs`.
+/// Makes `dir` private (0700). Against an external server the tests run with umask 0
+/// (see `Server::start`), and a cache dir under a folder everyone may write is refused.
+pub fn private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
 pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
