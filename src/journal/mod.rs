@@ -245,8 +245,35 @@ fn drop_entries_of(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
 }
 
 fn drop_waiting_puts(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
+    // Parts an earlier attempt sent sit in a scratch file on the server: its removal
+    // takes the upload's place, so nothing of it stays there.
+    let scratches: Vec<String> = c
+        .prepare_cached(
+            "SELECT path FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 \
+             AND part_bytes > 0",
+        )?
+        .query_map([ino as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for path in scratches {
+        record_scratch_removal(c, ino, &scratch_path(&path, ino))?;
+    }
     c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0")?
         .execute([ino as i64])
+}
+
+/// The scratch file parts of an upload of `path` (node `ino`) go to, beside the target.
+pub fn scratch_path(path: &str, ino: u64) -> String {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    format!("{dir}/.{name}.davdrive-part-{ino}")
+}
+
+/// Queues the removal of an upload's scratch file. The name is ours alone (hidden, with
+/// the inode number), so whatever file is there goes: the empty base says so.
+pub fn record_scratch_removal(c: &Connection, ino: u64, scratch: &str) -> rusqlite::Result<()> {
+    let id = insert(c, Op::Delete, ino, scratch, None, false)?;
+    c.prepare_cached("UPDATE journal SET base_etag = '' WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
 }
 
 /// Records the removal of `node` (unlink or rmdir) from `path`.

@@ -26,6 +26,8 @@ pub(super) async fn resolve_conflict(
     e: &Entry,
     node: &store::Node,
 ) -> ReplayResult {
+    // Parts an earlier attempt of this upload sent are of no use to any outcome below.
+    super::put::drop_scratch(core, e).await;
     let remote = core.remote().clone();
     let current = remote.stat(&e.path).await?;
     let local_path = core.content().path(e.ino);

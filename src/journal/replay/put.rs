@@ -112,11 +112,7 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     finish_upload(core, e, etag, sent)
 }
 
-/// The scratch file parts of an upload go to, beside the target.
-pub(super) fn scratch_path(path: &str, ino: u64) -> String {
-    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-    format!("{dir}/.{name}.davdrive-part-{ino}")
-}
+pub(super) use crate::journal::scratch_path;
 
 /// An earlier attempt of this entry sent parts that the change now does not need (the
 /// file shrank below the part size, or is deleted): its scratch file goes, so nothing
