@@ -166,6 +166,15 @@ struct MountArgs {
     #[arg(long, value_parser = config::parse_mode)]
     dir_mode: Option<u32>,
 
+    /// Serve the metrics (Prometheus text format) over HTTP on this address, like
+    /// 127.0.0.1:9184. Loopback only, unless --metrics-allow-remote: the endpoint has
+    /// no authentication.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Let --metrics-addr listen on an address other machines can reach.
+    #[arg(long)]
+    metrics_allow_remote: bool,
+
     /// A local file or folder to back up daily to the remote (repeatable). SQLite
     /// databases are copied consistently while in use; davdrive's own state goes with
     /// them. Without sources or --backup-at, no backup is scheduled.
@@ -888,6 +897,14 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
             file_mode: args.file_mode,
             dir_mode: args.dir_mode,
         },
+        metrics_addr: match args.metrics_addr {
+            Some(addr) => {
+                davdrive::metrics::check_addr(addr, args.metrics_allow_remote)?;
+                Some(addr)
+            }
+            None => None,
+        },
+        metrics_allow_remote: args.metrics_allow_remote,
         cache_dir,
     })
 }

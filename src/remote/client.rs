@@ -359,7 +359,7 @@ impl HttpClient {
             Ok(resp) => {
                 crate::metrics::METRICS.request(
                     method.as_str(),
-                    resp.status().as_u16(),
+                    Ok(resp.status().as_u16()),
                     started.elapsed(),
                 );
                 tracing::debug!(
@@ -372,7 +372,11 @@ impl HttpClient {
                 Ok(resp)
             }
             Err(e) => {
-                crate::metrics::METRICS.request(method.as_str(), 0, started.elapsed());
+                crate::metrics::METRICS.request(
+                    method.as_str(),
+                    Err(crate::metrics::RequestFailure::of(&e)),
+                    started.elapsed(),
+                );
                 let err = transport_error(e);
                 tracing::debug!(
                     %method,
