@@ -405,13 +405,19 @@ fn ctl(args: CtlArgs) -> ExitCode {
     // from the mount's root, as before.
     let p = |given: String| in_mount(mountpoint.as_deref(), given);
     let ps = |given: Vec<String>| given.into_iter().map(p).collect::<Vec<_>>();
-    let mut timeout = Duration::from_secs(600);
+    let timeout = Duration::from_secs(600);
     let (cmd, req_args) = match args.command {
         CtlCmd::Status => ("status", json!({})),
-        CtlCmd::Sync { wait, timeout: t } => {
-            timeout = t + Duration::from_secs(30);
-            ("sync", json!({"wait": wait, "timeout_s": t.as_secs()}))
+        CtlCmd::Sync {
+            wait: true,
+            timeout: t,
+        } => {
+            return match client::sync_wait(&socket, t, args.json) {
+                Ok(reply) => print_reply("sync", &reply, args.json, false),
+                Err(e) => fail(e),
+            }
         }
+        CtlCmd::Sync { wait: false, .. } => ("sync", json!({"wait": false})),
         CtlCmd::Journal {
             failed,
             action: None,
@@ -498,13 +504,23 @@ fn ctl(args: CtlArgs) -> ExitCode {
             MigrateCmd::Errors { id } => ("migrate-errors", json!({"id": id})),
         },
     };
+    let failed_only = req_args["failed"] == true;
     let reply = match client::request(&socket, cmd, req_args, timeout) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
+    print_reply(cmd, &reply, args.json, failed_only)
+}
+
+/// Prints a reply as JSON or for a person; the exit status says whether it is ok.
+/// `failed_only`: `journal --failed` was asked.
+fn print_reply(cmd: &str, reply: &serde_json::Value, json: bool, failed_only: bool) -> ExitCode {
+    use davdrive::control::client;
     let ok = reply["ok"].as_bool() == Some(true);
-    if args.json {
+    if json {
         println!("{reply}");
+    } else if ok && cmd == "journal" {
+        print!("{}", client::journal_text(&reply["result"], failed_only));
     } else if ok {
         print!("{}", client::render(cmd, &reply["result"]));
     } else {

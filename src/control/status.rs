@@ -15,7 +15,7 @@ fn conflicts_open(ctx: &Context) -> rusqlite::Result<u64> {
 }
 
 /// Bytes of content the waiting uploads carry, and entries running now.
-fn journal_load(ctx: &Context) -> rusqlite::Result<(u64, u64)> {
+pub(super) fn journal_load(ctx: &Context) -> rusqlite::Result<(u64, u64)> {
     ctx.core.store().query_row(
         "SELECT COALESCE(SUM(CASE WHEN j.op = 'put' THEN n.size END), 0), \
          COALESCE(SUM(j.running), 0) \
