@@ -601,8 +601,11 @@ fn sample(key: &str, default: &str) -> String {
         "threads" | "backup_keep_days" | "backup_compression" => "3".into(),
         "url" | "mountpoint" => unreachable!(),
         "umask" | "file_mode" | "dir_mode" => "\"027\"".into(),
-        "cache_max_size" | "cache_min_free" => "\"2G\"".into(),
+        "cache_max_size" | "cache_min_free" | "upload_parts_from" | "upload_part_size" => {
+            "\"2G\"".into()
+        }
         "backup_at" => "\"04:00\"".into(),
+        "metrics_addr" => "\"127.0.0.1:9184\"".into(),
         "backup_source" => "[\"/srv/a\"]".into(),
         k if k.ends_with("ttl")
             || k.ends_with("wait")
