@@ -291,6 +291,18 @@ impl Metrics {
     }
 }
 
+/// `s`, with each chunk counted in `davdrive_uploaded_bytes_total` as it is taken for
+/// sending.
+pub fn count_uploaded<S, E>(s: S) -> impl futures_util::Stream<Item = Result<bytes::Bytes, E>>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>>,
+{
+    use futures_util::TryStreamExt;
+    s.inspect_ok(|chunk| {
+        METRICS.bytes_up.inc_by(chunk.len() as u64);
+    })
+}
+
 /// Whether `addr` may serve the metrics: loopback always, any other address only when
 /// the user said so (`--metrics-allow-remote`). The endpoint has no authentication.
 pub fn check_addr(addr: SocketAddr, allow_remote: bool) -> Result<(), String> {

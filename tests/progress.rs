@@ -57,6 +57,15 @@ fn sync_wait_prints_progress_lines_then_drained_and_an_empty_journal_is_said_in_
     for l in &progress {
         assert!(l.contains(&format!(" of {waiting} change(s) sent")), "{l}");
     }
+    // Bytes are counted as they are sent, before the server answers: a report comes
+    // while the uploads wait for their answers (1.5 s, longer than a report's second).
+    assert!(
+        progress.iter().any(
+            |l| l.contains(&format!(": 0 of {waiting} change(s) sent, "))
+                && !l.contains(" sent, 0 B of ")
+        ),
+        "{out}"
+    );
     assert_eq!(
         lines.last().unwrap(),
         &"journal drained (0 failed entries set aside)",

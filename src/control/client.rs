@@ -194,6 +194,9 @@ pub fn render(cmd: &str, r: &Value) -> String {
                     s(j, "state")
                 );
             }
+            if let Some(url) = r["metrics_url"].as_str() {
+                out += &format!("metrics:       {url}\n");
+            }
             out += &format!(
                 "davdrive:      {} on {}, up {}\n",
                 s(r, "version"),

@@ -94,11 +94,7 @@ impl WebDav {
             let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             rb = rb.header("X-OC-Mtime", secs);
         }
-        let reply = put_reply(self.http.send(rb, path).await?);
-        if reply.is_ok() {
-            crate::metrics::add(&crate::metrics::METRICS.bytes_up, len);
-        }
-        reply
+        put_reply(self.http.send(rb, path).await?)
     }
     pub fn new(cfg: WebDavConfig) -> Result<WebDav, RemoteError> {
         Ok(WebDav {
@@ -243,7 +239,10 @@ impl Remote for WebDav {
                 local.display()
             )));
         }
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file.take(len)));
+        // Counted as sent, so progress moves during a long upload.
+        let body = reqwest::Body::wrap_stream(crate::metrics::count_uploaded(
+            tokio_util::io::ReaderStream::new(file.take(len)),
+        ));
         self.put_body(path, len, body, &cond, mtime).await
     }
 
@@ -255,6 +254,9 @@ impl Remote for WebDav {
         mtime: Option<SystemTime>,
     ) -> Result<PutReply, RemoteError> {
         let len = data.len() as u64;
+        // A body in memory goes out at once: counted as sent now, like the chunks of a
+        // file (see `count_uploaded`).
+        crate::metrics::add(&crate::metrics::METRICS.bytes_up, len);
         self.put_body(path, len, reqwest::Body::from(data), &cond, mtime)
             .await
     }
@@ -280,7 +282,10 @@ impl Remote for WebDav {
         file.seek(std::io::SeekFrom::Start(offset))
             .await
             .map_err(local_err)?;
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file.take(len)));
+        // Counted as sent, so progress moves during a long upload.
+        let body = reqwest::Body::wrap_stream(crate::metrics::count_uploaded(
+            tokio_util::io::ReaderStream::new(file.take(len)),
+        ));
         let rb = self
             .http
             .request(Method::PUT, self.http.url_for(path, false)?)
@@ -291,11 +296,7 @@ impl Remote for WebDav {
                 format!("bytes {}-{}/*", offset, offset + len - 1),
             )
             .body(body);
-        let reply = put_reply(self.http.send(rb, path).await?);
-        if reply.is_ok() {
-            crate::metrics::add(&crate::metrics::METRICS.bytes_up, len);
-        }
-        reply
+        put_reply(self.http.send(rb, path).await?)
     }
 
     async fn partial_put_supported(&self) -> Result<bool, RemoteError> {
