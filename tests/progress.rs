@@ -134,6 +134,18 @@ fn migrate_status_names_the_state_once_and_counts_excluded_files() {
                 && l.contains(", 2 excluded,")),
         "{out}"
     );
+    // --watch through a pipe: plain lines, then the same summary.
+    let (ok, out, err) = ctl(&m, &["migrate", "status", &id.to_string(), "--watch"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("migration {id}: 2 of 2 file(s), 3 B of 3 B, ")),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("migration {id}: completed ")),
+        "{out}"
+    );
     assert_eq!(fs::read(server.path("moved/a.txt")).unwrap(), b"a");
     assert!(!server.path("moved/scratch.tmp").exists());
 }

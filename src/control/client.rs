@@ -754,9 +754,12 @@ pub fn watch_migration(socket: &Path, id: Option<i64>, json_out: bool) -> Result
         .map_err(|e| e.to_string())?
         .progress_chars("=> "),
     );
-    if json_out {
+    // Not on a terminal (a pipe, a log): a plain line each time something moved.
+    let plain = !json_out && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if json_out || plain {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    let mut last_line = String::new();
     loop {
         let reply = request(
             socket,
@@ -786,6 +789,22 @@ pub fn watch_migration(socket: &Path, id: Option<i64>, json_out: bool) -> Result
             u(f, "failed"),
             u(f, "skipped")
         ));
+        if plain {
+            let line = format!(
+                "migration {}: {} of {} file(s), {} of {}, {} failed, {} skipped",
+                u(m, "id"),
+                u(f, "done"),
+                u(f, "total"),
+                human_size(u(b, "done")),
+                human_size(u(b, "total")),
+                u(f, "failed"),
+                u(f, "skipped")
+            );
+            if line != last_line {
+                println!("{line}");
+                last_line = line;
+            }
+        }
         let state = s(m, "state");
         if state != "running" {
             bar.finish();
