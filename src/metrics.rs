@@ -126,7 +126,8 @@ fn gauge(v: u64) -> i64 {
 impl Metrics {
     fn new() -> Metrics {
         let m = Metrics {
-            registry: Registry::with_prefix("davdrive"),
+            // Filled below, once the metrics exist to register.
+            registry: Registry::default(),
             requests: Family::default(),
             request_errors: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
