@@ -98,6 +98,10 @@ pub struct MountConfig {
     pub allow_non_empty: bool,
     /// How files look to the kernel: owner, group and permission bits.
     pub attrs: AttrPolicy,
+    /// Serve the metrics over HTTP on this address (`--metrics-addr`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Let `metrics_addr` be other than loopback (the endpoint has no authentication).
+    pub metrics_allow_remote: bool,
 }
 
 /// `uid=`, `gid=`, `umask=`, `file_mode=`, `dir_mode=`: what every file shows, as the

@@ -170,6 +170,15 @@ struct MountArgs {
     #[arg(long, value_parser = config::parse_mode)]
     dir_mode: Option<u32>,
 
+    /// Serve the metrics (Prometheus text format) over HTTP on this address, like
+    /// 127.0.0.1:9184. Loopback only, unless --metrics-allow-remote: the endpoint has
+    /// no authentication.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Let --metrics-addr listen on an address other machines can reach.
+    #[arg(long)]
+    metrics_allow_remote: bool,
+
     /// A local file or folder to back up daily to the remote (repeatable). SQLite
     /// databases are copied consistently while in use; davdrive's own state goes with
     /// them. Without sources or --backup-at, no backup is scheduled.
@@ -400,13 +409,19 @@ fn ctl(args: CtlArgs) -> ExitCode {
     // from the mount's root, as before.
     let p = |given: String| in_mount(mountpoint.as_deref(), given);
     let ps = |given: Vec<String>| given.into_iter().map(p).collect::<Vec<_>>();
-    let mut timeout = Duration::from_secs(600);
+    let timeout = Duration::from_secs(600);
     let (cmd, req_args) = match args.command {
         CtlCmd::Status => ("status", json!({})),
-        CtlCmd::Sync { wait, timeout: t } => {
-            timeout = t + Duration::from_secs(30);
-            ("sync", json!({"wait": wait, "timeout_s": t.as_secs()}))
+        CtlCmd::Sync {
+            wait: true,
+            timeout: t,
+        } => {
+            return match client::sync_wait(&socket, t, args.json) {
+                Ok(reply) => print_reply("sync", &reply, args.json, false),
+                Err(e) => fail(e),
+            }
         }
+        CtlCmd::Sync { wait: false, .. } => ("sync", json!({"wait": false})),
         CtlCmd::Journal {
             failed,
             action: None,
@@ -493,13 +508,23 @@ fn ctl(args: CtlArgs) -> ExitCode {
             MigrateCmd::Errors { id } => ("migrate-errors", json!({"id": id})),
         },
     };
+    let failed_only = req_args["failed"] == true;
     let reply = match client::request(&socket, cmd, req_args, timeout) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
+    print_reply(cmd, &reply, args.json, failed_only)
+}
+
+/// Prints a reply as JSON or for a person; the exit status says whether it is ok.
+/// `failed_only`: `journal --failed` was asked.
+fn print_reply(cmd: &str, reply: &serde_json::Value, json: bool, failed_only: bool) -> ExitCode {
+    use davdrive::control::client;
     let ok = reply["ok"].as_bool() == Some(true);
-    if args.json {
+    if json {
         println!("{reply}");
+    } else if ok && cmd == "journal" {
+        print!("{}", client::journal_text(&reply["result"], failed_only));
     } else if ok {
         print!("{}", client::render(cmd, &reply["result"]));
     } else {
@@ -893,6 +918,14 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
             file_mode: args.file_mode,
             dir_mode: args.dir_mode,
         },
+        metrics_addr: match args.metrics_addr {
+            Some(addr) => {
+                davdrive::metrics::check_addr(addr, args.metrics_allow_remote)?;
+                Some(addr)
+            }
+            None => None,
+        },
+        metrics_allow_remote: args.metrics_allow_remote,
         cache_dir,
     })
 }

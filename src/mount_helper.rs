@@ -53,6 +53,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "umask",
     "file_mode",
     "dir_mode",
+    "metrics_addr",
 ];
 
 /// Options of `davdrive mount` without a value.
@@ -62,6 +63,7 @@ const FLAG_OPTIONS: &[&str] = &[
     "http",
     "passthrough",
     "read_only",
+    "metrics_allow_remote",
 ];
 
 /// Generic options that mount(8) and fstab use and pass on, with nothing for davdrive to

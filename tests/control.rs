@@ -114,7 +114,10 @@ fn status_follows_the_remote_and_sync_wait_drains() {
         text.contains("davdrive_requests_total{method=\"PUT\",status=\"201\"}"),
         "{text}"
     );
-    assert!(text.contains("davdrive_request_seconds_bucket{le=\"+Inf\"}"));
+    assert!(
+        text.contains("davdrive_request_duration_seconds_bucket{le=\"+Inf\",method=\"PUT\"}"),
+        "{text}"
+    );
     assert!(text.contains("davdrive_cache_evictions_total 1"), "{text}");
 }
 

@@ -606,6 +606,7 @@ fn sample(key: &str, default: &str) -> String {
             "\"2G\"".into()
         }
         "backup_at" => "\"04:00\"".into(),
+        "metrics_addr" => "\"127.0.0.1:9184\"".into(),
         "backup_source" => "[\"/srv/a\"]".into(),
         k if k.ends_with("ttl")
             || k.ends_with("wait")

@@ -194,6 +194,9 @@ pub fn render(cmd: &str, r: &Value) -> String {
                     s(j, "state")
                 );
             }
+            if let Some(url) = r["metrics_url"].as_str() {
+                out += &format!("metrics:       {url}\n");
+            }
             out += &format!(
                 "davdrive:      {} on {}, up {}\n",
                 s(r, "version"),
@@ -202,34 +205,7 @@ pub fn render(cmd: &str, r: &Value) -> String {
             );
             out
         }
-        "journal" => {
-            let rows = r
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|e| {
-                            let path = match e["dest"].as_str() {
-                                Some(d) => format!("{} -> {d}", s(e, "path")),
-                                None => s(e, "path").to_string(),
-                            };
-                            vec![
-                                u(e, "id").to_string(),
-                                s(e, "op").to_string(),
-                                path,
-                                u(e, "attempts").to_string(),
-                                human_age(u(e, "age_s") as i64),
-                                if e["failed"].as_bool() == Some(true) {
-                                    format!("FAILED: {}", s(e, "last_error"))
-                                } else {
-                                    s(e, "last_error").to_string()
-                                },
-                            ]
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            table(&["ID", "OP", "PATH", "TRIES", "AGE", "LAST ERROR"], rows)
-        }
+        "journal" => journal_text(r, false),
         "ls" => {
             let rows = r["entries"]
                 .as_array()
@@ -353,7 +329,7 @@ pub fn render(cmd: &str, r: &Value) -> String {
         }
         "metrics" => r.as_str().unwrap_or("").to_string(),
         "sync" => {
-            if r.get("drained").is_some() {
+            if r["drained"] == true {
                 format!(
                     "journal drained ({} failed entries set aside)\n",
                     u(r, "failed")
@@ -500,6 +476,44 @@ pub fn render(cmd: &str, r: &Value) -> String {
     }
 }
 
+/// The journal as a table; `failed_only`: what `journal --failed` asked for. An empty
+/// list is said in words.
+pub fn journal_text(r: &Value, failed_only: bool) -> String {
+    if r.as_array().is_some_and(|a| a.is_empty()) {
+        return if failed_only {
+            "No failed changes: nothing is set aside.\n".into()
+        } else {
+            "The journal is empty: every change is on the server.\n".into()
+        };
+    }
+    let rows = r
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    let path = match e["dest"].as_str() {
+                        Some(d) => format!("{} -> {d}", s(e, "path")),
+                        None => s(e, "path").to_string(),
+                    };
+                    vec![
+                        u(e, "id").to_string(),
+                        s(e, "op").to_string(),
+                        path,
+                        u(e, "attempts").to_string(),
+                        human_age(u(e, "age_s") as i64),
+                        if e["failed"].as_bool() == Some(true) {
+                            format!("FAILED: {}", s(e, "last_error"))
+                        } else {
+                            s(e, "last_error").to_string()
+                        },
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["ID", "OP", "PATH", "TRIES", "AGE", "LAST ERROR"], rows)
+}
+
 /// One migration's progress in a few lines.
 fn migration_text(m: &Value) -> String {
     let f = &m["files"];
@@ -512,20 +526,24 @@ fn migration_text(m: &Value) -> String {
         .as_i64()
         .map(|e| format!(", ETA {}", human_age(e)))
         .unwrap_or_default();
+    // The phase only where it says more than the state ("running (copying)").
+    let state = match (s(m, "state"), s(m, "phase")) {
+        (state, phase) if phase.is_empty() || phase == state => state.to_string(),
+        (state, phase) => format!("{state} ({phase})"),
+    };
     let mut out = format!(
-        "migration {}: {} ({})  {} -> {}\n",
+        "migration {}: {state}  {} -> {}\n",
         u(m, "id"),
-        s(m, "state"),
-        s(m, "phase"),
         s(m, "src"),
         s(m, "dest")
     );
     out += &format!(
-        "  files: {} total, {} done, {} failed, {} skipped, {} staged, {} pending\n",
+        "  files: {} total, {} done, {} failed, {} skipped, {} excluded, {} staged, {} pending\n",
         u(f, "total"),
         u(f, "done"),
         u(f, "failed"),
         u(f, "skipped"),
+        u(m, "excluded"),
         u(f, "staged") + u(f, "landed"),
         u(f, "pending")
     );
@@ -580,6 +598,151 @@ fn source_text(src: &Value) -> String {
     out + "\n"
 }
 
+/// `sync --wait`: starts the replay, then follows the journal until it is empty, set
+/// aside or past `timeout`. On a terminal a progress bar (changes, bytes, rate, time
+/// left); otherwise (and unless `json_out`) a plain line each second. Returns the last
+/// reply: drained, or the error that says what blocks.
+pub fn sync_wait(socket: &Path, timeout: Duration, json_out: bool) -> Result<Value, String> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use std::io::IsTerminal;
+    const SLICE: Duration = Duration::from_secs(1);
+    let ask = |args: Value| request(socket, "sync", args, SLICE + Duration::from_secs(60));
+    let first = ask(json!({"wait": false}))?;
+    if first["ok"].as_bool() != Some(true) {
+        return Ok(first);
+    }
+    let r = &first["result"];
+    let started = std::time::Instant::now();
+    let deadline = started + timeout;
+    let up0 = u(r, "uploaded_bytes");
+    let mut p = SyncProgress::new(u(r, "waiting"), u(r, "waiting_bytes"));
+    let terminal = !json_out && std::io::stdout().is_terminal();
+    let bar = ProgressBar::with_draw_target(Some(p.total_bytes), ProgressDrawTarget::stdout());
+    if terminal {
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}  {msg}",
+            )
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar.set_message(p.counts());
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+        if !json_out {
+            let online = if r["online"] == true {
+                "online"
+            } else {
+                "offline"
+            };
+            if p.total == 0 {
+                println!("sync: nothing waits, remote {online}");
+            } else {
+                println!(
+                    "sync: {} change(s) to send ({}), remote {online}",
+                    p.total,
+                    human_size(p.total_bytes)
+                );
+            }
+        }
+    }
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let reply = ask(json!({
+            "wait": true,
+            "kick": false,
+            "timeout_ms": left.as_millis() as u64,
+            "timeout_s": timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0),
+            "slice_ms": SLICE.as_millis() as u64,
+        }))?;
+        let r = &reply["result"];
+        if reply["ok"].as_bool() != Some(true) || r["drained"] != false {
+            if r["drained"] == true {
+                p.update(0, 0, u(r, "uploaded_bytes").max(up0) - up0);
+                bar.set_position(p.done_bytes);
+            }
+            bar.finish_and_clear();
+            return Ok(reply);
+        }
+        p.update(
+            u(r, "waiting"),
+            u(r, "waiting_bytes"),
+            u(r, "uploaded_bytes").saturating_sub(up0),
+        );
+        if terminal {
+            bar.set_length(p.total_bytes);
+            bar.set_position(p.done_bytes);
+            bar.set_message(p.counts());
+        } else if !json_out {
+            println!("sync: {}", p.line(started.elapsed()));
+        }
+    }
+}
+
+/// What `sync --wait` has seen go: entries and upload bytes, with totals that grow when
+/// changes are made meanwhile.
+struct SyncProgress {
+    waiting: u64,
+    waiting_bytes: u64,
+    sent: u64,
+    total: u64,
+    sent_entry_bytes: u64,
+    total_bytes: u64,
+    /// Bytes uploaded since the start (a large upload moves this while it runs).
+    done_bytes: u64,
+}
+
+impl SyncProgress {
+    fn new(waiting: u64, waiting_bytes: u64) -> SyncProgress {
+        SyncProgress {
+            waiting,
+            waiting_bytes,
+            sent: 0,
+            total: waiting,
+            sent_entry_bytes: 0,
+            total_bytes: waiting_bytes,
+            done_bytes: 0,
+        }
+    }
+
+    fn update(&mut self, waiting: u64, waiting_bytes: u64, uploaded: u64) {
+        self.sent += self.waiting.saturating_sub(waiting);
+        self.sent_entry_bytes += self.waiting_bytes.saturating_sub(waiting_bytes);
+        self.waiting = waiting;
+        self.waiting_bytes = waiting_bytes;
+        self.total = self.sent + waiting;
+        self.total_bytes = self.sent_entry_bytes + waiting_bytes;
+        // Retried uploads send bytes twice: never past the total.
+        self.done_bytes = uploaded.min(self.total_bytes);
+    }
+
+    fn counts(&self) -> String {
+        format!("{}/{} changes", self.sent, self.total)
+    }
+
+    /// "2 of 5 changes sent, 1.0 MiB of 3.0 MiB, 512 KiB/s, about 4s left".
+    fn line(&self, elapsed: Duration) -> String {
+        let mut out = format!(
+            "{} of {} change(s) sent, {} of {}",
+            self.sent,
+            self.total,
+            human_size(self.done_bytes),
+            human_size(self.total_bytes)
+        );
+        let secs = elapsed.as_secs_f64();
+        if secs > 0.0 && self.done_bytes > 0 {
+            let rate = self.done_bytes as f64 / secs;
+            out += &format!(", {}/s", human_size(rate as u64));
+            let rest = self.total_bytes.saturating_sub(self.done_bytes) as f64 / rate;
+            if self.total_bytes > self.done_bytes {
+                out += &format!(", about {} left", human_age(rest.ceil() as i64));
+            }
+        }
+        out
+    }
+}
+
 /// `migrate status --watch`: a live progress bar until the migration ends or pauses.
 pub fn watch_migration(socket: &Path, id: Option<i64>, json_out: bool) -> Result<(), String> {
     use indicatif::{ProgressBar, ProgressStyle};
@@ -591,9 +754,12 @@ pub fn watch_migration(socket: &Path, id: Option<i64>, json_out: bool) -> Result
         .map_err(|e| e.to_string())?
         .progress_chars("=> "),
     );
-    if json_out {
+    // Not on a terminal (a pipe, a log): a plain line each time something moved.
+    let plain = !json_out && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if json_out || plain {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    let mut last_line = String::new();
     loop {
         let reply = request(
             socket,
@@ -623,6 +789,22 @@ pub fn watch_migration(socket: &Path, id: Option<i64>, json_out: bool) -> Result
             u(f, "failed"),
             u(f, "skipped")
         ));
+        if plain {
+            let line = format!(
+                "migration {}: {} of {} file(s), {} of {}, {} failed, {} skipped",
+                u(m, "id"),
+                u(f, "done"),
+                u(f, "total"),
+                human_size(u(b, "done")),
+                human_size(u(b, "total")),
+                u(f, "failed"),
+                u(f, "skipped")
+            );
+            if line != last_line {
+                println!("{line}");
+                last_line = line;
+            }
+        }
         let state = s(m, "state");
         if state != "running" {
             bar.finish();

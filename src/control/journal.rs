@@ -15,21 +15,39 @@ use crate::store::now_ms;
 /// offline server to come back. Anything but "drained" is an error (non-zero exit).
 pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
     let core = &ctx.core;
-    let remote = core.remote().clone();
-    let online = core.runtime().block_on(core.health.check(remote.as_ref()));
-    journal::retry_waiting_now(&core.store())?;
-    core.journal_changed.notify_one();
+    // `kick: false`: a follow-up of a wait already started (`ctl sync --wait` asks again
+    // every `slice_ms` to show progress); the check and the retry were done then.
+    let kick = args.get("kick").and_then(Value::as_bool).unwrap_or(true);
+    let mut online = core.health.is_online();
+    if kick {
+        let remote = core.remote().clone();
+        online = core.runtime().block_on(core.health.check(remote.as_ref()));
+        journal::retry_waiting_now(&core.store())?;
+        core.journal_changed.notify_one();
+    }
     let wait = args.get("wait").and_then(Value::as_bool).unwrap_or(false);
     if !wait {
-        let (waiting, failed, _) = journal::stats(&core.store())?;
-        return Ok(json!({"online": online, "waiting": waiting, "failed": failed}));
+        let mut v = snapshot(ctx)?;
+        v["online"] = json!(online);
+        return Ok(v);
     }
-    let timeout = Duration::from_secs(
+    // The timeout the user gave (and the message names); `timeout_ms`, when given, is
+    // what is left of it for this request.
+    let given = Duration::from_secs(
         args.get("timeout_s")
             .and_then(Value::as_u64)
             .unwrap_or(600)
             .min(7 * 86400),
     );
+    let timeout = match args.get("timeout_ms").and_then(Value::as_u64) {
+        Some(ms) => Duration::from_millis(ms).min(given),
+        None => given,
+    };
+    // With a slice, an answer comes back after at most this long, drained or not.
+    let slice_end = args
+        .get("slice_ms")
+        .and_then(Value::as_u64)
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
     let deadline = Instant::now() + timeout;
     let mut progress = core.journal_progress();
     loop {
@@ -58,6 +76,12 @@ pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
             )));
         }
         let left = deadline.saturating_duration_since(Instant::now());
+        let slice_left = slice_end.map(|end| end.saturating_duration_since(Instant::now()));
+        if !left.is_zero() && slice_left.is_some_and(|l| l.is_zero()) {
+            let mut v = snapshot(ctx)?;
+            v["drained"] = json!(false);
+            return Ok(v);
+        }
         if left.is_zero() {
             let why = if core.health.is_online() {
                 String::new()
@@ -69,13 +93,30 @@ pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
             };
             return Err(CmdError(format!(
                 "not drained after {}: {waiting} change(s) wait, {failed} need attention{why}",
-                crate::control::human_duration(timeout)
+                crate::control::human_duration(given)
             )));
         }
         // Woken by progress or a health change; the second is a floor for changes
         // neither reports (an entry dropped by another command).
-        core.wait_journal_progress(&mut progress, left.min(Duration::from_secs(1)));
+        let nap = left
+            .min(slice_left.unwrap_or(left))
+            .min(Duration::from_secs(1));
+        core.wait_journal_progress(&mut progress, nap);
     }
+}
+
+/// How much waits: entries, bytes of the uploads among them, entries set aside, and the
+/// bytes uploaded since the process started (which move during a large upload).
+fn snapshot(ctx: &Context) -> CmdResult {
+    let (waiting, failed, _) = journal::stats(&ctx.core.store())?;
+    let (bytes, running) = super::status::journal_load(ctx)?;
+    Ok(json!({
+        "waiting": waiting,
+        "waiting_bytes": bytes,
+        "in_flight": running,
+        "failed": failed,
+        "uploaded_bytes": crate::metrics::METRICS.uploaded_bytes(),
+    }))
 }
 
 /// Nothing is running, nothing may start, and nothing waits out a backoff: every

@@ -59,6 +59,8 @@ pub struct Context {
     pub migrations: Arc<crate::migrate::Migrations>,
     /// Why the mount is read-only, if it is.
     pub read_only: Option<String>,
+    /// Where the metrics endpoint listens, if it does (`--metrics-addr`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// A command's failure, as the client sees it.

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::{unix_secs, CmdResult, Context};
+use super::{unix_secs, CmdError, CmdResult, Context};
 use crate::cache;
 use crate::journal;
 
@@ -15,7 +15,7 @@ fn conflicts_open(ctx: &Context) -> rusqlite::Result<u64> {
 }
 
 /// Bytes of content the waiting uploads carry, and entries running now.
-fn journal_load(ctx: &Context) -> rusqlite::Result<(u64, u64)> {
+pub(super) fn journal_load(ctx: &Context) -> rusqlite::Result<(u64, u64)> {
     ctx.core.store().query_row(
         "SELECT COALESCE(SUM(CASE WHEN j.op = 'put' THEN n.size END), 0), \
          COALESCE(SUM(j.running), 0) \
@@ -67,6 +67,7 @@ pub fn status(ctx: &Context) -> CmdResult {
         "conflicts": conflicts_open(ctx)?,
         "jobs": ctx.jobs.list(),
         "mountpoint": ctx.mountpoint,
+        "metrics_url": ctx.metrics_addr.map(|a| format!("http://{a}/metrics")),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": ctx.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
     }))
@@ -107,7 +108,30 @@ pub fn health(ctx: &Context) -> CmdResult {
 }
 
 pub fn metrics(ctx: &Context) -> CmdResult {
-    let (waiting, failed, _) = journal::stats(&ctx.core.store())?;
-    let text = crate::metrics::METRICS.render(waiting, failed, conflicts_open(ctx)?);
+    let text = crate::metrics::METRICS.render(&gauges(&ctx.core)?);
     Ok(Value::String(text))
+}
+
+/// The metrics' gauges, read now (for `ctl metrics` and the HTTP endpoint).
+pub fn gauges(core: &crate::fs::Core) -> Result<crate::metrics::Gauges, CmdError> {
+    let (waiting, failed, oldest) = journal::stats(&core.store())?;
+    let usage = core.cache_usage()?;
+    let now_ms = crate::store::now_ms();
+    let (conflicts, last_backup): (i64, Option<i64>) = core.store().query_row(
+        "SELECT (SELECT COUNT(*) FROM conflicts WHERE resolved = 0), \
+         (SELECT MAX(ended_at) FROM backups WHERE state = 'success')",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(crate::metrics::Gauges {
+        remote_up: core.health.is_online(),
+        cache_files: usage.files,
+        cache_bytes: usage.bytes,
+        dirty_bytes: usage.dirty_bytes,
+        journal_waiting: waiting,
+        journal_failed: failed,
+        oldest_entry_age_s: oldest.map_or(0, |ms| ((now_ms - ms).max(0) / 1000) as u64),
+        conflicts: conflicts as u64,
+        last_backup_success: last_backup.unwrap_or(0),
+    })
 }

@@ -437,6 +437,19 @@ fn run_inner(
         let _guard = rt.enter();
         crate::control::bind(&cfg.control_socket).map_err(MountError::Setup)?
     };
+    // Also before mounting: an address in use or refused fails the mount.
+    let metrics_listener = match cfg.metrics_addr {
+        Some(addr) => {
+            crate::metrics::check_addr(addr, cfg.metrics_allow_remote)
+                .map_err(MountError::Setup)?;
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .map_err(|e| MountError::Setup(format!("--metrics-addr {addr}: {e}")))?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     if online {
         // The root is listed as part of mounting: a server that goes away a moment
@@ -476,9 +489,24 @@ fn run_inner(
             backups: backups.clone(),
             migrations: migrations.clone(),
             read_only: read_only_reason.clone(),
+            metrics_addr,
         }),
         shutdown_rx.clone(),
     ));
+    if let (Some(listener), Some(addr)) = (metrics_listener, metrics_addr) {
+        tracing::info!("metrics: http://{addr}/metrics");
+        let core = core.clone();
+        rt.spawn(crate::metrics::serve(
+            listener,
+            Arc::new(move || {
+                crate::control::status::gauges(&core).unwrap_or_else(|e| {
+                    tracing::warn!("metrics: cannot read the gauges: {}", e.0);
+                    Default::default()
+                })
+            }),
+            shutdown_rx.clone(),
+        ));
+    }
     rt.spawn(health::probe_loop(
         health.clone(),
         remote.clone(),

@@ -77,6 +77,9 @@ impl Progress {
         reqwest::Body::wrap_stream(stream.map(move |chunk| {
             if let Ok(c) = &chunk {
                 me.moved(c.len() as u64);
+                // Counted as it goes out, so progress moves during a long upload
+                // (retries count again).
+                crate::metrics::add(&crate::metrics::METRICS.bytes_up, c.len() as u64);
             }
             chunk
         }))
@@ -551,7 +554,7 @@ impl HttpClient {
             Ok(resp) => {
                 crate::metrics::METRICS.request(
                     method.as_str(),
-                    resp.status().as_u16(),
+                    Ok(resp.status().as_u16()),
                     started.elapsed(),
                 );
                 tracing::debug!(
@@ -564,7 +567,11 @@ impl HttpClient {
                 Ok(resp)
             }
             Err(e) => {
-                crate::metrics::METRICS.request(method.as_str(), 0, started.elapsed());
+                crate::metrics::METRICS.request(
+                    method.as_str(),
+                    Err(crate::metrics::RequestFailure::of(&e)),
+                    started.elapsed(),
+                );
                 let err = transport_error(e);
                 tracing::debug!(
                     %method,

@@ -95,11 +95,7 @@ impl WebDav {
             let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             rb = rb.header("X-OC-Mtime", secs);
         }
-        let reply = put_reply(self.http.send_tracked(rb, path, progress).await?);
-        if reply.is_ok() {
-            crate::metrics::add(&crate::metrics::METRICS.bytes_up, len);
-        }
-        reply
+        put_reply(self.http.send_tracked(rb, path, progress).await?)
     }
     pub fn new(cfg: WebDavConfig) -> Result<WebDav, RemoteError> {
         Ok(WebDav {
@@ -457,11 +453,7 @@ impl Remote for WebDav {
                 format!("bytes {}-{}/*", offset, offset + len - 1),
             )
             .body(body);
-        let reply = put_reply(self.http.send_tracked(rb, path, &progress).await?);
-        if reply.is_ok() {
-            crate::metrics::add(&crate::metrics::METRICS.bytes_up, len);
-        }
-        reply
+        put_reply(self.http.send_tracked(rb, path, &progress).await?)
     }
 
     async fn partial_put_supported(&self) -> Result<bool, RemoteError> {
