@@ -27,7 +27,7 @@ pub(super) async fn resolve_conflict(
     node: &store::Node,
 ) -> ReplayResult {
     // Parts an earlier attempt of this upload sent are of no use to any outcome below.
-    super::put::drop_scratch(core, e).await;
+    super::put::drop_scratch_or_queue(core, e).await?;
     let remote = core.remote().clone();
     let current = remote.stat(&e.path).await?;
     let local_path = core.content().path(e.ino);

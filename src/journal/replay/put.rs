@@ -24,8 +24,12 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     let node = store::get_node(&core.store(), e.ino)?;
     let node = match node {
         Some(n) if n.kind == Kind::File => n,
-        // The file is gone; the entry that removed it follows.
-        _ => return done(core, &core.store(), e),
+        // The file is gone; the entry that removed it follows. Parts an earlier attempt
+        // sent go now: the removal knows nothing of them.
+        _ => {
+            drop_scratch_or_queue(core, e).await?;
+            return done(core, &core.store(), e);
+        }
     };
     let local_path = core.content().path(e.ino);
     let strict = preconditions_honored(core).await?;
@@ -131,6 +135,19 @@ pub(super) async fn drop_scratch(core: &Arc<Core>, e: &Entry) {
         }
         Err(err) => tracing::debug!("{scratch}: not removed yet: {err}"),
     }
+}
+
+/// Like `drop_scratch`, for an entry about to end: if the scratch file cannot go now
+/// (the server is away), its removal is queued as an entry of its own.
+pub(super) async fn drop_scratch_or_queue(core: &Arc<Core>, e: &Entry) -> ReplayResult<()> {
+    drop_scratch(core, e).await;
+    let conn = core.store();
+    let (_, left) = journal::part_progress(&conn, e.id)?;
+    if left > 0 {
+        journal::record_scratch_removal(&conn, e.ino, &scratch_path(&e.path, e.ino))?;
+        journal::set_part_progress(&conn, e.id, "", 0)?;
+    }
+    Ok(())
 }
 
 /// A large upload, sent in parts to a scratch file beside the target and moved over it
