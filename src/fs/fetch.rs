@@ -327,6 +327,19 @@ impl Core {
             // Written here meanwhile: the local size is ours, not the server's.
             return self.store_fetched(of, ino, reply);
         }
+        // Fetched from the old path of a rename that waits: if the rename was replayed
+        // meanwhile, something else may stand there now. Only our version may be kept.
+        if self.path(ino).ok().as_deref() != Some(path) {
+            let ours = self.node(ino)?.etag;
+            if let (Some(ours), Some(theirs)) = (ours.as_deref(), reply.etag.as_deref()) {
+                if !crate::remote::same_etag(Some(ours), Some(theirs)) {
+                    return Err(FsError::Remote {
+                        path: path.to_string(),
+                        source: RemoteError::NotFound,
+                    });
+                }
+            }
+        }
         let got_end = reply.offset + reply.data.len() as u64;
         let why = match reply.total_size {
             Some(total) if total != size => Some(format!("it has {total} bytes")),

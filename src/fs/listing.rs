@@ -153,9 +153,11 @@ impl Core {
     fn fetch_and_merge(&self, ino: u64) -> FsResult<()> {
         let mut attempt = 0;
         loop {
+            // The epoch first: a rename replayed after it is seen by the merge, whichever
+            // path it made the folder's remote path.
+            let epoch = self.remote_changes.current();
             // Under a rename that still waits, the server has the folder at the old path.
             let (there, here) = self.remote_path(ino)?;
-            let epoch = self.remote_changes.current();
             let remote = self.remote.clone();
             let entries = self.call(&there, async { remote.list(&there).await })?;
             match self.merge_listing(ino, &here, &there, entries, epoch)? {
@@ -214,13 +216,23 @@ impl Core {
                 return Ok(false);
             }
             let tx = conn.transaction()?;
-            let mut pending = journal::names_pending_under(&tx, dir_path)?;
-            if remote_dir_path != dir_path {
-                // Entries recorded before the folder's rename name its old path.
-                pending.extend(journal::names_pending_under(&tx, remote_dir_path)?);
-                pending.sort();
-                pending.dedup();
+            // Waiting entries name the folder by the name it had when they were recorded:
+            // every name from the one it has now back to the one the server has. (Read
+            // under the lock: a rename here since the fetch counts too.)
+            let Some(here_now) = store::path_of(&tx, dir)? else {
+                return Ok(true); // removed meanwhile
+            };
+            let chain = journal::path_chain(&tx, &here_now)?;
+            if chain.last().map(String::as_str) != Some(remote_dir_path) {
+                // Listed at a path that is no longer where the server has it.
+                return Ok(false);
             }
+            let mut pending = Vec::new();
+            for name in &chain {
+                pending.extend(journal::names_pending_under(&tx, name)?);
+            }
+            pending.sort();
+            pending.dedup();
             let is_pending =
                 |name: &str| pending.binary_search_by(|p| p.as_str().cmp(name)).is_ok();
             let mut local: HashMap<String, Node> = store::children(&tx, dir)?

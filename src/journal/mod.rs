@@ -477,6 +477,15 @@ pub fn path_pending(c: &Connection, path: &str, ino: u64) -> rusqlite::Result<bo
 /// right now may already be on the server; a reader that finds nothing at the old path
 /// tries the new one.)
 pub fn remote_path_of(c: &Connection, path: &str) -> rusqlite::Result<String> {
+    Ok(path_chain(c, path)?
+        .pop()
+        .unwrap_or_else(|| path.to_string()))
+}
+
+/// Every name `path` had through the renames that still wait, from `path` here back to
+/// where the server has it (`remote_path_of`): waiting entries name it by any of them.
+pub fn path_chain(c: &Connection, path: &str) -> rusqlite::Result<Vec<String>> {
+    let mut chain = vec![path.to_string()];
     let mut st = c.prepare_cached(
         "SELECT id, path FROM journal WHERE dest = ?1 AND op = 'move' AND id < ?2 \
          ORDER BY id DESC LIMIT 1",
@@ -500,9 +509,10 @@ pub fn remote_path_of(c: &Connection, path: &str) -> rusqlite::Result<String> {
             }
         }
         let Some((id, from, dest_len)) = latest else {
-            return Ok(current);
+            return Ok(chain);
         };
         current = format!("{from}{}", &current[dest_len..]);
+        chain.push(current.clone());
         before = id;
     }
 }
