@@ -160,7 +160,7 @@ def report(results_tsv, meta_json, out_json, third="local"):
     out_rows = []
     for key in order:
         r = rows[key]
-        d, rc, lo = r.get("davdrive"), r.get("rclone"), r.get("local")
+        d, rc, lo = r.get("davdrive"), r.get("rclone"), r.get(third)
         digits = 1 if r["unit"] in ("MiB/s", "MiB") else 3
         rr, rl = ratio(d, rc), ratio(d, lo)
         table.append([r["measurement"], r["unit"], fmt(d, digits), fmt(rc, digits), fmt(lo, digits),
@@ -168,7 +168,7 @@ def report(results_tsv, meta_json, out_json, third="local"):
         out_rows.append({
             "key": key, "measurement": r["measurement"], "unit": r["unit"],
             "higher_is_better": r["unit"] == "MiB/s",
-            "davdrive": jval(d), "rclone": jval(rc), "local": jval(lo),
+            "davdrive": jval(d), "rclone": jval(rc), third: jval(lo),
             "davdrive_over_rclone": None if rr is None else round(rr, 3),
             "davdrive_over_local": None if rl is None else round(rl, 3),
         })

@@ -210,7 +210,7 @@ drop_caches
 record big_cold "$L_BIG_COLD" MiB/s limit "$(mibps "$S_BIG_MIB" "$(timed curl -sf -o /dev/null "${url}big.bin")")"
 drop_caches
 record big_cached "$L_BIG_CACHED" MiB/s limit "$(mibps "$S_BIG_MIB" "$(timed cat "$data/big.bin")")"
-t0=$(now); curl -sf -T "$data/big.bin" "${url}curl-put.bin"; t1=$(now)
+t0=$(now); curl -sf -o /dev/null -T "$data/big.bin" "${url}curl-put.bin"; t1=$(now)
 record big_server "$L_BIG_SRV" s limit "$(elapsed "$t0" "$t1")"
 rm -f "$docroot/curl-put.bin"
 drop_caches
