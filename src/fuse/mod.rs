@@ -236,7 +236,7 @@ impl Filesystem for DavFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -249,7 +249,10 @@ impl Filesystem for DavFs {
         match self
             .core
             .setattr(ino.0, mode, uid, gid, size, mtime.map(time))
-        {
+            .and_then(|a| match atime {
+                Some(t) => self.core.set_atime(ino.0, time(t)),
+                None => Ok(a),
+            }) {
             Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
             Err(e) => reply.error(errno("setattr", e)),
         }

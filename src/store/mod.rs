@@ -84,12 +84,20 @@ pub struct Node {
     /// The checksums the server gave for the current remote version (Nextcloud and
     /// ownCloud's `oc:checksums`, like "SHA1:… MD5:…"), checked once it is all cached.
     pub remote_checksum: Option<String>,
+    /// Last access (None: the same as `mtime_ns`), kept with relatime-like rules (see
+    /// `atime_due`).
+    pub atime_ns: Option<i64>,
+    /// Symbolic links: the target, as given to `symlink()`.
+    pub link_target: Option<String>,
+    /// The server holds this node's mode, owner and times (dead properties), or they were
+    /// never changed here; false while a change of them waits in the journal.
+    pub meta_sent: bool,
 }
 
 pub const NODE_COLUMNS: &str =
     "ino, parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, \
      etag, on_remote, dirty, ranges, pinned, last_access, sha256, listed_at, cached_bytes, \
-     content_etag, remote_checksum";
+     content_etag, remote_checksum, atime_ns, link_target, meta_sent";
 
 impl Node {
     pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
@@ -116,6 +124,9 @@ impl Node {
             cached_bytes: r.get::<_, i64>(18)? as u64,
             content_etag: r.get(19)?,
             remote_checksum: r.get(20)?,
+            atime_ns: r.get(21)?,
+            link_target: r.get(22)?,
+            meta_sent: r.get::<_, i64>(23)? != 0,
         })
     }
 
@@ -528,6 +539,38 @@ pub fn touch_access(conn: &Connection, ino: u64, now_s: i64) -> rusqlite::Result
     )?
     .execute(params![ino as i64, now_s])?;
     Ok(())
+}
+
+/// A folder's entries changed (create, remove, rename in or out): its mtime and ctime
+/// move, as on a local disk. Local only: servers keep their own folder times.
+pub fn touch_dir(conn: &Connection, ino: u64, now_ns: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET mtime_ns = ?2, ctime_ns = ?2 WHERE ino = ?1")?
+        .execute(params![ino as i64, now_ns])?;
+    Ok(())
+}
+
+/// Sets the access time of `ino` (`utimensat`, or a read that `atime_due` let through).
+pub fn set_atime(conn: &Connection, ino: u64, atime_ns: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET atime_ns = ?2 WHERE ino = ?1")?
+        .execute(params![ino as i64, atime_ns])?;
+    Ok(())
+}
+
+/// How many folders `dir` holds: a folder's link count is 2 + that, as on a local disk
+/// (its own `.` and its entry in the parent, and each subfolder's `..`).
+pub fn subdir_count(conn: &Connection, dir: u64) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT COUNT(*) FROM nodes WHERE parent = ?1 AND kind = 1")?
+        .query_row([dir as i64], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+}
+
+/// relatime: a read records the access time only when the last recorded access is not
+/// later than the last modification or change, or is a day old. So a file read over and
+/// over costs one write of the state store per change (or per day), not one per read,
+/// and "was it read since it was written" still answers right.
+pub fn atime_due(atime_ns: i64, mtime_ns: i64, ctime_ns: i64, now_ns: i64) -> bool {
+    const DAY_NS: i64 = 24 * 3600 * 1_000_000_000;
+    atime_ns <= mtime_ns || atime_ns <= ctime_ns || now_ns - atime_ns >= DAY_NS
 }
 
 /// Records `new` as the ETag of `ino` where it names the version `old` did (see
