@@ -243,9 +243,16 @@ impl Core {
                     continue;
                 }
                 let kind = if e.is_dir { Kind::Dir } else { Kind::File };
-                let mtime_ns = e
-                    .mtime
-                    .map(store::system_time_to_ns)
+                // Dead properties a davdrive wrote for this very version (a file replaced
+                // by a client that writes none keeps stale ones: those are ignored).
+                let meta = e.meta.as_ref().filter(|m| {
+                    e.is_dir
+                        || m.etag.is_none()
+                        || crate::remote::same_etag(m.etag.as_deref(), e.etag.as_deref())
+                });
+                let mtime_ns = meta
+                    .and_then(|m| m.mtime_ns)
+                    .or_else(|| e.mtime.map(store::system_time_to_ns))
                     .unwrap_or_else(store::now_ns);
                 match existing {
                     Some(n) if n.kind == kind => {
@@ -280,6 +287,21 @@ impl Core {
                             }
                         } else if !n.on_remote {
                             store::versions::mark_on_remote(&tx, n.ino)?;
+                        }
+                        if let Some(m) = meta {
+                            // Another machine's chmod, chown or touch. Folder times stay
+                            // local (they move with every change inside).
+                            let mtime = (kind == Kind::File && !n.dirty && !self.is_open(n.ino))
+                                .then_some(m.mtime_ns)
+                                .flatten();
+                            let differs = m.mode.is_some_and(|v| v != n.mode)
+                                || m.uid.is_some_and(|v| v != n.uid)
+                                || m.gid.is_some_and(|v| v != n.gid)
+                                || mtime.is_some_and(|v| v != n.mtime_ns)
+                                || m.atime_ns.is_some_and(|v| Some(v) > n.atime_ns);
+                            if differs {
+                                store::apply_remote_meta(&tx, n.ino, m, mtime)?;
+                            }
                         }
                     }
                     Some(n) => {
@@ -358,6 +380,14 @@ impl Core {
         )?;
         if e.checksum.is_some() {
             store::set_remote_checksum(c, ino, e.checksum.as_deref())?;
+        }
+        let meta = e.meta.as_ref().filter(|m| {
+            e.is_dir
+                || m.etag.is_none()
+                || crate::remote::same_etag(m.etag.as_deref(), e.etag.as_deref())
+        });
+        if let Some(m) = meta {
+            store::apply_remote_meta(c, ino, m, None)?;
         }
         Ok(ino)
     }

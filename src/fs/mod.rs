@@ -885,7 +885,8 @@ impl Core {
                 st.ctime_ns = store::now_ns();
             }
             let conn = lock(&self.store);
-            conn.execute(
+            let tx = conn.unchecked_transaction()?;
+            tx.execute(
                 "UPDATE nodes SET mode = COALESCE(?2, mode), uid = COALESCE(?3, uid), \
                  gid = COALESCE(?4, gid), mtime_ns = COALESCE(?5, mtime_ns), ctime_ns = ?6 WHERE ino = ?1",
                 rusqlite::params![
@@ -897,6 +898,12 @@ impl Core {
                     store::now_ns()
                 ],
             )?;
+            let recorded = self.record_meta(&tx, ino)?;
+            tx.commit()?;
+            drop(conn);
+            if recorded {
+                self.journal_changed.notify_one();
+            }
         }
         self.getattr(ino)
     }
@@ -1182,14 +1189,42 @@ impl Core {
     pub fn set_atime(&self, ino: u64, atime: SystemTime) -> FsResult<Attr> {
         self.ensure_writable()?;
         let ns = store::system_time_to_ns(atime);
-        {
+        let recorded = {
             let conn = lock(&self.store);
-            store::set_atime(&conn, ino, ns)?;
+            let tx = conn.unchecked_transaction()?;
+            store::set_atime(&tx, ino, ns)?;
+            let recorded = self.record_meta(&tx, ino)?;
+            tx.commit()?;
             if let Some(of) = lock(&self.open_files).get(&ino) {
                 lock(&of.state).atime_ns = Some(ns);
             }
+            recorded
+        };
+        if recorded {
+            self.journal_changed.notify_one();
         }
         self.getattr(ino)
+    }
+
+    /// Records a change of the mode, owner or times of `ino` for the server (dead
+    /// properties), unless the server is known to keep none, or the mount is read-only.
+    /// Reads never come here: an access time recorded by a read goes along with the next
+    /// upload or metadata change.
+    fn record_meta(&self, tx: &Connection, ino: u64) -> FsResult<bool> {
+        if self.cfg.read_only || self.dead_props.get() == Some(&false) {
+            return Ok(false);
+        }
+        let Some(node) = store::get_node(tx, ino)? else {
+            return Ok(false);
+        };
+        if node.parent == 0 {
+            // The root's properties are the server's; an unlinked file has no path.
+            return Ok(false);
+        }
+        let Some(path) = store::path_of(tx, ino)? else {
+            return Ok(false);
+        };
+        Ok(journal::record_meta(tx, &node, &path)?)
     }
 
     /// Commits the writes of `ino` to the journal: size, mtime and an upload entry.

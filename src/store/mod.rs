@@ -89,15 +89,12 @@ pub struct Node {
     pub atime_ns: Option<i64>,
     /// Symbolic links: the target, as given to `symlink()`.
     pub link_target: Option<String>,
-    /// The server holds this node's mode, owner and times (dead properties), or they were
-    /// never changed here; false while a change of them waits in the journal.
-    pub meta_sent: bool,
 }
 
 pub const NODE_COLUMNS: &str =
     "ino, parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, \
      etag, on_remote, dirty, ranges, pinned, last_access, sha256, listed_at, cached_bytes, \
-     content_etag, remote_checksum, atime_ns, link_target, meta_sent";
+     content_etag, remote_checksum, atime_ns, link_target";
 
 impl Node {
     pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
@@ -126,7 +123,6 @@ impl Node {
             remote_checksum: r.get(20)?,
             atime_ns: r.get(21)?,
             link_target: r.get(22)?,
-            meta_sent: r.get::<_, i64>(23)? != 0,
         })
     }
 
@@ -546,6 +542,32 @@ pub fn touch_access(conn: &Connection, ino: u64, now_s: i64) -> rusqlite::Result
 pub fn touch_dir(conn: &Connection, ino: u64, now_ns: i64) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE nodes SET mtime_ns = ?2, ctime_ns = ?2 WHERE ino = ?1")?
         .execute(params![ino as i64, now_ns])?;
+    Ok(())
+}
+
+/// Takes the mode, owner and times a davdrive stored on the server (dead properties)
+/// for node `ino`. Times only where given: `mtime_ns` for files whose version the
+/// properties were written for; the access time never goes back.
+pub fn apply_remote_meta(
+    conn: &Connection,
+    ino: u64,
+    meta: &crate::remote::Meta,
+    mtime_ns: Option<i64>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE nodes SET mode = COALESCE(?2, mode), uid = COALESCE(?3, uid), \
+         gid = COALESCE(?4, gid), mtime_ns = COALESCE(?5, mtime_ns), \
+         atime_ns = CASE WHEN ?6 IS NULL THEN atime_ns ELSE max(COALESCE(atime_ns, ?6), ?6) END \
+         WHERE ino = ?1",
+    )?
+    .execute(params![
+        ino as i64,
+        meta.mode.map(|m| m as i64),
+        meta.uid.map(|v| v as i64),
+        meta.gid.map(|v| v as i64),
+        mtime_ns,
+        meta.atime_ns,
+    ])?;
     Ok(())
 }
 

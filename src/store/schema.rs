@@ -177,12 +177,10 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 9: POSIX metadata kept beside mode and owner. `atime_ns` is the access time (NULL:
     // the same as mtime, as before it was kept); `link_target` the target of a symbolic
-    // link (kind 2); `meta_sent` whether the server holds the node's mode, owner and
-    // times as dead properties (0 while a change of them waits in the journal).
+    // link (kind 2).
     "
     ALTER TABLE nodes ADD COLUMN atime_ns INTEGER;
     ALTER TABLE nodes ADD COLUMN link_target TEXT;
-    ALTER TABLE nodes ADD COLUMN meta_sent INTEGER NOT NULL DEFAULT 1;
     ",
 ];
 

@@ -18,6 +18,7 @@
 
 mod conflict;
 mod delete;
+pub(crate) mod meta;
 mod mkcol;
 mod moves;
 mod parents;
@@ -225,6 +226,7 @@ async fn run_marked(core: &Arc<Core>, e: &Entry) {
     let result = match e.op {
         Op::Put => put::put(core, e).await,
         Op::Mkcol => mkcol::mkcol(core, e).await,
+        Op::Meta => meta::meta(core, e).await,
         Op::Delete => delete::delete(core, e).await,
         Op::Move => moves::rename(core, e).await,
     };

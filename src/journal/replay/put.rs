@@ -109,7 +109,9 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         Err(err) => return Err(err.into()),
     };
     drop_scratch(core, e).await;
-    finish_upload(core, e, etag, sent)
+    finish_upload(core, e, etag, sent)?;
+    super::meta::after(core, e).await;
+    Ok(())
 }
 
 /// The scratch file parts of an upload go to, beside the target.
@@ -203,7 +205,9 @@ pub(super) async fn put_in_parts(
     }
     remote.rename(&scratch, &e.path, false).await?;
     let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
-    finish_upload(core, e, etag, sent)
+    finish_upload(core, e, etag, sent)?;
+    super::meta::after(core, e).await;
+    Ok(())
 }
 
 /// PUTs a whole file and returns the new version's ETag (asking for it when the server
