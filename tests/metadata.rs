@@ -200,3 +200,69 @@ fn a_server_without_dead_properties_keeps_the_old_behaviour() {
     assert_eq!(server.proxy.count("PROPPATCH"), asked);
     wait_server_has(&server, "f.txt", b"changed");
 }
+
+/// A symbolic link is kept as a small file holding its target, marked by a property: it
+/// survives a wiped cache, and davdrive never follows it (a link out of the mount is
+/// only text on the server).
+#[test]
+fn symbolic_links_survive_a_wiped_cache() {
+    let server = Server::start();
+    let base = tempfile::tempdir().unwrap();
+    let mut m = Mount::start(&server.url(), base.path(), &[]);
+    fs::create_dir(m.path("dir")).unwrap();
+    fs::write(m.path("dir/real.txt"), b"real").unwrap();
+    std::os::unix::fs::symlink("real.txt", m.path("dir/rel")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", m.path("out")).unwrap();
+    std::os::unix::fs::symlink("../missing/ünïcode target", m.path("dir/dangling")).unwrap();
+    assert_eq!(
+        fs::read(m.path("dir/rel")).unwrap(),
+        b"real",
+        "the kernel follows it"
+    );
+    let md = fs::symlink_metadata(m.path("out")).unwrap();
+    assert!(md.file_type().is_symlink());
+    assert_eq!(md.len(), "/etc/passwd".len() as u64);
+    drained(&m);
+    // On the server: the target as text, nothing followed or copied.
+    assert_eq!(fs::read(server.path("out")).unwrap(), b"/etc/passwd");
+
+    fresh_cache(&mut m);
+    assert!(fs::symlink_metadata(m.path("out"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        fs::read_link(m.path("out")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert_eq!(
+        fs::read_link(m.path("dir/rel")).unwrap(),
+        Path::new("real.txt")
+    );
+    assert_eq!(
+        fs::read_link(m.path("dir/dangling")).unwrap(),
+        Path::new("../missing/ünïcode target")
+    );
+    assert_eq!(fs::read(m.path("dir/rel")).unwrap(), b"real");
+    // Renamed and removed like any entry.
+    fs::rename(m.path("dir/rel"), m.path("rel2")).unwrap();
+    fs::remove_file(m.path("dir/dangling")).unwrap();
+    drained(&m);
+    fresh_cache(&mut m);
+    assert_eq!(
+        fs::read_link(m.path("rel2")).unwrap(),
+        Path::new("real.txt")
+    );
+    assert!(fs::symlink_metadata(m.path("dir/dangling")).is_err());
+}
+
+/// Without dead properties a link could not be told from a file: refused, as before.
+#[test]
+fn symbolic_links_are_refused_where_the_server_keeps_no_properties() {
+    let server = Server::start_without_props();
+    let base = tempfile::tempdir().unwrap();
+    let m = Mount::start(&server.url(), base.path(), &[]);
+    let e = std::os::unix::fs::symlink("x", m.path("link")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    assert!(fs::symlink_metadata(m.path("link")).is_err());
+}

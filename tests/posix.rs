@@ -294,3 +294,27 @@ fn df_without_a_quota_shows_the_cache_disk() {
     });
     assert_eq!(size(&m.mnt), size(&m.cache));
 }
+
+/// What WebDAV cannot store is refused with the errno the README gives.
+#[test]
+fn hard_links_and_special_files_are_refused() {
+    let (_s, _b, m) = setup();
+    fs::write(m.path("f"), b"x").unwrap();
+    let e = fs::hard_link(m.path("f"), m.path("g")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "link: {e}");
+    for (what, mode) in [
+        ("fifo", libc::S_IFIFO),
+        ("socket", libc::S_IFSOCK),
+        ("char device", libc::S_IFCHR),
+        ("block device", libc::S_IFBLK),
+    ] {
+        let p = std::ffi::CString::new(m.path(what).as_os_str().as_encoded_bytes()).unwrap();
+        let r = unsafe { libc::mknod(p.as_ptr(), mode | 0o644, 0) };
+        assert_eq!(r, -1, "{what} was made");
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EPERM),
+            "{what}"
+        );
+    }
+}

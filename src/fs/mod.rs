@@ -398,7 +398,12 @@ impl Core {
             mtime,
             ctime: store::ns_to_system_time(n.ctime_ns.max(mtime_ns)),
             atime: store::ns_to_system_time(self.atime_ns(n, mtime_ns)),
-            mode: n.mode & 0o7777,
+            // A link's own mode means nothing on Linux: it shows as rwxrwxrwx.
+            mode: if n.kind == Kind::Symlink {
+                0o777
+            } else {
+                n.mode & 0o7777
+            },
             uid: n.uid,
             gid: n.gid,
             nlink,
@@ -714,6 +719,69 @@ impl Core {
         Ok((self.getattr(ino)?, fh))
     }
 
+    /// Creates symbolic link `name` in `parent` pointing at `target`. It is stored as a
+    /// small file holding the target, marked as a link by a dead property (see
+    /// `remote::Meta`), so it needs a server that keeps dead properties: on one known to
+    /// keep none it is refused (`EPERM`), as before. davdrive itself never follows it;
+    /// the kernel resolves it for programs, like any symbolic link.
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.ensure_writable()?;
+        check_name(name)?;
+        if target.is_empty() || target.contains('\0') {
+            return Err(FsError::Invalid("empty symbolic link target"));
+        }
+        if target.len() > 4095 {
+            return Err(FsError::NameTooLong);
+        }
+        if self.dead_props.get().is_none() && self.health.is_online() {
+            // Asked once; offline, the link is kept and the first upload finds out.
+            if let Ok(kept) = self.call("/", self.remote.dead_props_supported()) {
+                crate::journal::replay::meta::note_support(self, kept);
+            }
+        }
+        if self.dead_props.get() == Some(&false) {
+            return Err(FsError::Unsupported(
+                "symbolic links need a server that keeps dead properties",
+            ));
+        }
+        self.ensure_listing(parent)?;
+        let n = {
+            let mut conn = lock(&self.store);
+            let tx = conn.transaction()?;
+            let ino = self.insert_local_child(&tx, parent, name, Kind::Symlink, 0o777, uid, gid)?;
+            let f = self.content.open(ino)?;
+            f.set_len(0)?;
+            f.write_all_at(target.as_bytes(), 0)?;
+            let now = store::now_ns();
+            store::set_local_content(&tx, ino, target.len() as u64, now)?;
+            store::set_link_target(&tx, ino, target)?;
+            let path = store::path_of(&tx, ino)?.ok_or(FsError::NotFound)?;
+            journal::record_put(&tx, ino, &path)?;
+            store::touch_dir(&tx, parent, now)?;
+            let n = store::get_node(&tx, ino)?.ok_or(FsError::NotFound)?;
+            tx.commit()?;
+            n
+        };
+        self.journal_changed.notify_one();
+        Ok(self.node_attr(&n))
+    }
+
+    /// The target of symbolic link `ino` (`EINVAL` for anything else, as on a disk).
+    pub fn readlink(&self, ino: u64) -> FsResult<String> {
+        let n = self.node(ino)?;
+        match (n.kind, n.link_target) {
+            (Kind::Symlink, Some(t)) => Ok(t),
+            _ => Err(FsError::Invalid("not a symbolic link")),
+        }
+    }
+
     pub fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
         self.ensure_writable()?;
         check_name(name)?;
@@ -832,8 +900,8 @@ impl Core {
                     return Err(FsError::Exists);
                 }
                 match (src.kind, dst.kind) {
-                    (Kind::Dir, Kind::File) => return Err(FsError::NotDir),
-                    (Kind::File, Kind::Dir) => return Err(FsError::IsDir),
+                    (Kind::Dir, k) if k != Kind::Dir => return Err(FsError::NotDir),
+                    (k, Kind::Dir) if k != Kind::Dir => return Err(FsError::IsDir),
                     (Kind::Dir, Kind::Dir) if store::has_children(&tx, dst.ino)? => {
                         return Err(FsError::NotEmpty)
                     }

@@ -30,20 +30,24 @@ pub enum StoreError {
 pub enum Kind {
     File,
     Dir,
+    /// A symbolic link: on the server a small file holding the target, which a dead
+    /// property (`remote::Meta::link`) marks as a link.
+    Symlink,
 }
 
 impl Kind {
     pub fn from_i64(v: i64) -> Kind {
-        if v == 1 {
-            Kind::Dir
-        } else {
-            Kind::File
+        match v {
+            1 => Kind::Dir,
+            2 => Kind::Symlink,
+            _ => Kind::File,
         }
     }
     fn as_i64(self) -> i64 {
         match self {
             Kind::File => 0,
             Kind::Dir => 1,
+            Kind::Symlink => 2,
         }
     }
 }
@@ -568,6 +572,13 @@ pub fn apply_remote_meta(
         mtime_ns,
         meta.atime_ns,
     ])?;
+    Ok(())
+}
+
+/// Sets the target of symbolic link `ino`.
+pub fn set_link_target(conn: &Connection, ino: u64, target: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET link_target = ?2 WHERE ino = ?1")?
+        .execute(params![ino as i64, target])?;
     Ok(())
 }
 

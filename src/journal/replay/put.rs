@@ -23,7 +23,8 @@ pub(super) async fn put(core: &Arc<Core>, e: &Entry) -> ReplayResult {
 async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     let node = store::get_node(&core.store(), e.ino)?;
     let node = match node {
-        Some(n) if n.kind == Kind::File => n,
+        // A symbolic link is sent as a small file holding its target.
+        Some(n) if n.kind != Kind::Dir => n,
         // The file is gone; the entry that removed it follows.
         _ => return done(core, &core.store(), e),
     };
