@@ -830,6 +830,89 @@ mod tests {
         v.iter().map(|e| e.path.as_str()).collect()
     }
 
+    fn node(ino: u64, on_remote: bool, kind: crate::store::Kind) -> Node {
+        Node {
+            ino,
+            parent: 1,
+            name: format!("n{ino}"),
+            kind,
+            size: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            etag: on_remote.then(|| "\"e\"".to_string()),
+            on_remote,
+            dirty: false,
+            ranges: Default::default(),
+            pinned: false,
+            last_access: 0,
+            sha256: None,
+            listed_at: None,
+            cached_bytes: 0,
+            content_etag: None,
+            remote_checksum: None,
+            atime_ns: None,
+            link_target: None,
+        }
+    }
+
+    fn ops_of(c: &Connection, ino: u64) -> Vec<String> {
+        c.prepare("SELECT op FROM journal WHERE ino = ?1 ORDER BY id")
+            .unwrap()
+            .query_map([ino as i64], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn metadata_changes_coalesce_and_ride_on_waiting_uploads() {
+        use crate::store::Kind;
+        let c = store_with(&[]);
+        let f = node(2, true, Kind::File);
+        // R5: a second change while the first waits adds nothing.
+        assert!(record_meta(&c, &f, "/n2").unwrap());
+        assert!(!record_meta(&c, &f, "/n2").unwrap());
+        assert_eq!(ops_of(&c, 2), ["meta"]);
+        // After an upload recorded since, the waiting upload sends them (it runs after
+        // the change): nothing is added.
+        record_put(&c, 2, "/n2").unwrap();
+        assert!(!record_meta(&c, &f, "/n2").unwrap());
+        assert_eq!(ops_of(&c, 2), ["meta", "put"]);
+        // A running upload may have sent them already: a new entry follows it.
+        c.execute("UPDATE journal SET running = 1 WHERE op = 'put'", [])
+            .unwrap();
+        assert!(record_meta(&c, &f, "/n2").unwrap());
+        assert_eq!(ops_of(&c, 2), ["meta", "put", "meta"]);
+        // A removal drops the waiting ones: properties of a deleted resource are moot.
+        record_remove(&c, &f, "/n2").unwrap();
+        assert_eq!(ops_of(&c, 2), ["put", "delete"]);
+
+        // A file the server never had gets none: its first upload sends them. R4 (an
+        // upload renamed before it was sent) still applies.
+        let g = node(3, false, Kind::File);
+        assert!(!record_meta(&c, &g, "/n3").unwrap());
+        record_put(&c, 3, "/n3").unwrap();
+        assert!(!record_meta(&c, &g, "/n3").unwrap());
+        record_rename(&c, &g, "/n3", "/m3").unwrap();
+        let rows: Vec<(String, String)> = c
+            .prepare("SELECT op, path FROM journal WHERE ino = 3")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [("put".to_string(), "/m3".to_string())]);
+
+        // A folder waiting for its creation: the creation sends them.
+        let d = node(4, false, Kind::Dir);
+        record_mkcol(&c, 4, "/n4").unwrap();
+        assert!(!record_meta(&c, &d, "/n4").unwrap());
+        assert_eq!(ops_of(&c, 4), ["mkcol"]);
+    }
+
     #[test]
     fn independent_entries_run_together_and_dependent_ones_wait() {
         let c = store_with(&[

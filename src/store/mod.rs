@@ -654,6 +654,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_record_the_access_time_like_relatime() {
+        const DAY: i64 = 24 * 3600 * 1_000_000_000;
+        let (mtime, ctime) = (1_000, 1_000);
+        assert!(atime_due(i64::MIN, mtime, ctime, 5_000), "never read");
+        assert!(
+            atime_due(900, mtime, ctime, 5_000),
+            "read before the last change"
+        );
+        assert!(
+            !atime_due(2_000, mtime, ctime, 5_000),
+            "read since: nothing to write"
+        );
+        assert!(!atime_due(2_000, mtime, ctime, 2_000 + DAY - 1));
+        assert!(atime_due(2_000, mtime, ctime, 2_000 + DAY), "a day old");
+        assert!(
+            atime_due(2_000, mtime, 3_000, 5_000),
+            "changed (ctime) since"
+        );
+    }
+
+    #[test]
     fn range_set_merges_and_reports_missing() {
         let mut r = RangeSet::default();
         r.insert(10, 20);
