@@ -60,23 +60,29 @@ pub fn external_server() -> Option<(url::Url, PathBuf)> {
 
 impl Server {
     pub fn start() -> Server {
-        Server::start_with(true)
+        Server::start_with(true, true)
     }
 
     /// The built-in server without dead properties or quota, like nginx's WebDAV
     /// (ignores `DAVDRIVE_TEST_SERVER_URL`: this is about that kind of server).
     pub fn start_without_props() -> Server {
-        Server::start_with(false)
+        Server::start_with(false, false)
     }
 
-    fn start_with(props: bool) -> Server {
+    /// The built-in server even where `DAVDRIVE_TEST_SERVER_URL` names another: for
+    /// tests that arrange its folder themselves.
+    pub fn start_builtin() -> Server {
+        Server::start_with(true, false)
+    }
+
+    fn start_with(props: bool, external_ok: bool) -> Server {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        if let Some((url, served)) = external_server().filter(|_| props) {
+        if let Some((url, served)) = external_server().filter(|_| external_ok) {
             // The server runs as another user (www-data): what tests make on its side
             // must be writable for it, and what it makes readable for the tests.
             unsafe { libc::umask(0) };
