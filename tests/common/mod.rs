@@ -464,6 +464,12 @@ pub fn ctl_json(m: &Mount, args: &[&str]) -> serde_json::Value {
     v["result"].clone()
 }
 
+/// Apache's `mod_dav_fs` keeps the dead properties davdrive sets (mode, owner, times)
+/// in a `.DAV` folder beside the files; it never lists it over WebDAV.
+pub fn is_property_store(name: &std::ffi::OsStr) -> bool {
+    name == ".DAV"
+}
+
 /// Waits until the server holds exactly `data` at `rel`.
 pub fn wait_server_has(server: &Server, rel: &str, data: &[u8]) {
     let want = sha256(data);
