@@ -515,17 +515,39 @@ impl Remote for WebDav {
     }
 
     async fn dead_props_supported(&self) -> Result<bool, RemoteError> {
+        // A server may answer PROPPATCH with success and keep nothing: the value is read
+        // back before it counts.
+        let token = format!(
+            "davdrive-probe-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
         let set = format!(
-            r#"<?xml version="1.0" encoding="utf-8"?><D:propertyupdate xmlns:D="DAV:" xmlns:dd="{META_NS}"><D:set><D:prop><dd:probe>1</dd:probe></D:prop></D:set></D:propertyupdate>"#
+            r#"<?xml version="1.0" encoding="utf-8"?><D:propertyupdate xmlns:D="DAV:" xmlns:dd="{META_NS}"><D:set><D:prop><dd:probe>{token}</dd:probe></D:prop></D:set></D:propertyupdate>"#
         );
         if !self.proppatch("/", true, set).await? {
             return Ok(false);
         }
+        const READ_BACK: &str = concat!(
+            r#"<?xml version="1.0" encoding="utf-8"?>"#,
+            r#"<D:propfind xmlns:D="DAV:" xmlns:dd="urn:davdrive:meta"><D:prop><dd:probe/></D:prop></D:propfind>"#,
+        );
+        let resp = self.propfind_root(READ_BACK).await?;
+        let kept = resp.status() == StatusCode::MULTI_STATUS
+            && resp
+                .bytes()
+                .await
+                .map_err(transport_error)?
+                .windows(token.len())
+                .any(|w| w == token.as_bytes());
         let remove = format!(
             r#"<?xml version="1.0" encoding="utf-8"?><D:propertyupdate xmlns:D="DAV:" xmlns:dd="{META_NS}"><D:remove><D:prop><dd:probe/></D:prop></D:remove></D:propertyupdate>"#
         );
         self.proppatch("/", true, remove).await?;
-        Ok(true)
+        Ok(kept)
     }
 
     async fn quota(&self) -> Result<(Option<u64>, Option<u64>), RemoteError> {

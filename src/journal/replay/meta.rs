@@ -26,8 +26,8 @@ pub(crate) fn meta_of(node: &Node) -> Meta {
     }
 }
 
-/// Records what the server answered about dead properties; says so once when it keeps
-/// none.
+/// Records what the server answered about dead properties (from the probe, which reads
+/// a property back); says so once when it keeps none.
 pub(crate) fn note_support(core: &Core, kept: bool) {
     if core.dead_props.set(kept).is_ok() && !kept {
         tracing::warn!(
@@ -50,7 +50,11 @@ async fn send(core: &Arc<Core>, ino: u64, path: &str) -> Result<bool, RemoteErro
         .remote()
         .set_meta(path, node.kind == Kind::Dir, &meta_of(&node))
         .await?;
-    note_support(core, kept);
+    // A refusal settles it; a success is taken as such only by the probe (a server may
+    // claim to keep what it drops).
+    if !kept {
+        note_support(core, false);
+    }
     Ok(kept)
 }
 

@@ -1,6 +1,6 @@
 //! The replayer: runs journal entries against the remote while it is healthy, up to
 //! `PARALLEL` at once, each after every earlier entry it depends on (`journal::ready`).
-//! One file per kind of operation (`put`, `delete`, `mkcol`, `moves`), `conflict` for
+//! One file per kind of operation (`put`, `delete`, `mkcol`, `moves`, `meta`), `conflict` for
 //! keeping both versions, `parents` for folders that vanished on the server.
 //!
 //! Every failure has an outcome that ends (`outcome`):
