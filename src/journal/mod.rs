@@ -914,6 +914,25 @@ mod tests {
     }
 
     #[test]
+    fn metadata_entries_are_scheduled_like_any_other() {
+        let c = store_with(&[
+            (Op::Mkcol, 1, "/d", None),
+            (Op::Meta, 2, "/d/f", None),
+            (Op::Put, 3, "/g", None),
+            (Op::Meta, 3, "/g", None),
+            (Op::Meta, 4, "/h", None),
+            (Op::Move, 5, "/h", Some("/i")),
+        ]);
+        let none = HashSet::new();
+        // /d/f waits for its folder, the second entry of /g for its upload, the move over
+        // /h for the properties set there first.
+        assert_eq!(
+            paths(&ready(&c, &none, 10, i64::MAX).unwrap()),
+            ["/d", "/g", "/h"]
+        );
+    }
+
+    #[test]
     fn independent_entries_run_together_and_dependent_ones_wait() {
         let c = store_with(&[
             (Op::Mkcol, 1, "/photos", None),
