@@ -1399,6 +1399,8 @@ impl Core {
 /// writes land first, and `ENOSPC` comes from it.
 fn apply_quota(st: &mut libc::statvfs, quota: (Option<u64>, Option<u64>)) {
     let Some(avail) = quota.0 else { return };
+    // `c_ulong`: 32 bits on 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
     let frsize = (st.f_frsize as u64).max(1);
     let used = quota.1.unwrap_or(0);
     st.f_blocks = (avail.saturating_add(used) / frsize) as _;
