@@ -190,8 +190,10 @@ fn no_hot_statement_scans_a_large_table() {
     let f3 = core.lookup(dir3.ino, "f0").unwrap();
     let (fh, _) = core.open(f3.ino, true).unwrap();
     core.write(fh, 0, b"ours").unwrap();
-    core.release(fh).unwrap();
+    // Theirs lands before ours is committed (at the release): once committed, the
+    // replayer may upload ours first, and theirs would then simply replace it.
     mem.other_put("/dir3/f0", b"theirs".to_vec()).unwrap();
+    core.release(fh).unwrap();
     mem.inject(Rule::on(Method::Put).times(1).outcome(Outcome::Status(503)));
 
     // The replayer sends all of it.
