@@ -9,6 +9,8 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v getfattr >/dev/null 2>&1 || need+=(attr)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# rsync: tests/metadata.rs checks that `rsync -a` from a fresh cache sends nothing.
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

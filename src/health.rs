@@ -15,6 +15,9 @@ pub struct HealthState {
     pub last_check: Option<SystemTime>,
     pub last_latency: Option<Duration>,
     pub last_error: Option<String>,
+    /// RFC 4331 quota of the server (bytes available, bytes used) as last reported; both
+    /// None where the server reports none. `df` on the mount shows it (see `Core::statfs`).
+    pub quota: (Option<u64>, Option<u64>),
 }
 
 #[derive(Clone)]
@@ -30,6 +33,7 @@ impl Health {
             last_check: None,
             last_latency: None,
             last_error: None,
+            quota: (None, None),
         });
         Health { tx: Arc::new(tx) }
     }
@@ -95,6 +99,24 @@ impl Health {
     }
 }
 
+impl Health {
+    /// Asks the server for its quota (one PROPFIND Depth 0) and keeps the answer. A
+    /// failure keeps the last answer: a quota does not vanish when one request fails.
+    pub async fn refresh_quota(&self, remote: &dyn Remote) {
+        if let Ok(q) = remote.quota().await {
+            self.tx.send_if_modified(|s| {
+                let changed = s.quota != q;
+                s.quota = q;
+                changed
+            });
+        }
+    }
+
+    pub fn quota(&self) -> (Option<u64>, Option<u64>) {
+        self.tx.borrow().quota
+    }
+}
+
 /// Probes every `interval` while online; while offline, sooner (1 s doubling up to the
 /// interval), so a returning remote is noticed quickly.
 pub async fn probe_loop(
@@ -105,6 +127,9 @@ pub async fn probe_loop(
 ) {
     let first_retry = Duration::from_secs(1).min(interval);
     let mut offline_wait = first_retry;
+    if health.is_online() {
+        health.refresh_quota(remote.as_ref()).await;
+    }
     loop {
         let wait = if health.is_online() {
             offline_wait = first_retry;
@@ -118,6 +143,8 @@ pub async fn probe_loop(
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
-        health.check(remote.as_ref()).await;
+        if health.check(remote.as_ref()).await {
+            health.refresh_quota(remote.as_ref()).await;
+        }
     }
 }

@@ -17,4 +17,5 @@ pub mod migrate;
 pub mod mount_helper;
 pub mod remote;
 pub mod serve;
+pub mod serve_props;
 pub mod store;

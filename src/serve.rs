@@ -16,17 +16,39 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-fn handler(dir: PathBuf) -> DavHandler {
-    DavHandler::builder()
-        // Files private to the user running the server (mode 600/700).
-        .filesystem(LocalFs::new(dir, false, false, false))
-        .locksystem(FakeLs::new())
-        .build_handler()
+fn handler(dir: PathBuf, props: bool) -> DavHandler {
+    // Files private to the user running the server (mode 600/700).
+    let local = LocalFs::new(dir.clone(), false, false, false);
+    let builder = if props {
+        // Dead properties (mode, owner, times of davdrive clients) kept in an extended
+        // attribute of each file, and the disk's space as the quota: see serve_props.rs.
+        DavHandler::builder().filesystem(crate::serve_props::PropFs::new(dir, local))
+    } else {
+        DavHandler::builder().filesystem(local)
+    };
+    builder.locksystem(FakeLs::new()).build_handler()
 }
 
 /// Binds `addr` (port 0 picks a free port) and serves `dir` on it from a background task.
 /// Returns the address actually bound and the task, which runs until aborted.
 pub async fn bind(dir: PathBuf, addr: SocketAddr) -> io::Result<(SocketAddr, JoinHandle<()>)> {
+    bind_with(dir, addr, true).await
+}
+
+/// Like `bind`, but keeping no dead properties and reporting no quota (PROPPATCH is
+/// refused), as nginx's WebDAV modules do: for tests of servers like that.
+pub async fn bind_without_props(
+    dir: PathBuf,
+    addr: SocketAddr,
+) -> io::Result<(SocketAddr, JoinHandle<()>)> {
+    bind_with(dir, addr, false).await
+}
+
+async fn bind_with(
+    dir: PathBuf,
+    addr: SocketAddr,
+    props: bool,
+) -> io::Result<(SocketAddr, JoinHandle<()>)> {
     if !dir.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -35,7 +57,7 @@ pub async fn bind(dir: PathBuf, addr: SocketAddr) -> io::Result<(SocketAddr, Joi
     }
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let dav = handler(dir);
+    let dav = handler(dir, props);
 
     let task = tokio::spawn(async move {
         loop {

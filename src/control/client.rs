@@ -325,7 +325,14 @@ pub fn render(cmd: &str, r: &Value) -> String {
                 },
                 q("quota_available"),
                 q("quota_used")
-            )
+            ) + match r["dead_properties"].as_bool() {
+                Some(true) => "metadata:      mode, owner and times kept on the server\n",
+                Some(false) => {
+                    "metadata:      the server keeps no dead properties: mode, owner and times \
+                     stay on this machine\n"
+                }
+                None => "",
+            }
         }
         "metrics" => r.as_str().unwrap_or("").to_string(),
         "sync" => {

@@ -81,6 +81,7 @@ pub fn health(ctx: &Context) -> CmdResult {
         let quota = remote.quota().await.ok();
         (probe, quota)
     });
+    let dead_props = dead_properties(&core, ctx.read_only.is_some());
     // Found out (with a scratch file) at the first large upload; not asked here.
     let partial = core.partial_put.get().copied();
     match probe {
@@ -96,6 +97,7 @@ pub fn health(ctx: &Context) -> CmdResult {
                 "partial_put": partial,
                 "quota_available": avail,
                 "quota_used": used,
+                "dead_properties": dead_props,
             }))
         }
         Err(e) => {
@@ -134,4 +136,23 @@ pub fn gauges(core: &crate::fs::Core) -> Result<crate::metrics::Gauges, CmdError
         conflicts: conflicts as u64,
         last_backup_success: last_backup.unwrap_or(0),
     })
+}
+
+/// Whether the server keeps davdrive's dead properties (mode, owner, times): found out at
+/// the first upload, or asked here once (a property set on the mounted folder and
+/// removed again) when nothing was uploaded yet. Not asked of a read-only mount.
+fn dead_properties(core: &std::sync::Arc<crate::fs::Core>, read_only: bool) -> Option<bool> {
+    if let Some(known) = core.dead_props.get() {
+        return Some(*known);
+    }
+    if read_only {
+        return None;
+    }
+    let remote = core.remote().clone();
+    let kept = core
+        .runtime()
+        .block_on(async move { remote.dead_props_supported().await })
+        .ok()?;
+    crate::journal::replay::meta::note_support(core, kept);
+    Some(kept)
 }

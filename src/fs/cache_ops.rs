@@ -567,7 +567,8 @@ impl Core {
             }
             match entry.op {
                 crate::journal::Op::Put => entry,
-                crate::journal::Op::Delete => {
+                // Dropping a metadata change leaves the server's properties as they are.
+                crate::journal::Op::Delete | crate::journal::Op::Meta => {
                     crate::journal::complete(&conn, id)?;
                     return Ok(None);
                 }

@@ -33,6 +33,9 @@ pub enum FsError {
         #[source]
         source: RemoteError,
     },
+    /// Past the largest file the cache's file system holds.
+    #[error("file too large for the cache's file system")]
+    TooBig,
     #[error("bad file handle")]
     BadHandle,
     #[error("cache I/O: {0}")]
@@ -69,8 +72,10 @@ impl FsError {
                 _ => libc::EIO,
             },
             FsError::BadHandle => libc::EBADF,
+            FsError::TooBig => libc::EFBIG,
             FsError::Io(e) => match e.raw_os_error() {
                 Some(libc::ENOSPC) | Some(libc::EDQUOT) => libc::ENOSPC,
+                Some(libc::EFBIG) => libc::EFBIG,
                 _ => libc::EIO,
             },
             FsError::Store(StoreError::Sqlite(e))

@@ -254,21 +254,33 @@ impl Core {
                 if is_pending(&e.name) {
                     continue;
                 }
-                let kind = if e.is_dir { Kind::Dir } else { Kind::File };
-                let mtime_ns = e
-                    .mtime
-                    .map(store::system_time_to_ns)
+                // Dead properties a davdrive wrote for this very version (a file replaced
+                // by a client that writes none keeps stale ones: those are ignored).
+                let meta = e.meta.as_ref().filter(|m| {
+                    e.is_dir
+                        || m.etag.is_none()
+                        || crate::remote::same_etag(m.etag.as_deref(), e.etag.as_deref())
+                });
+                let link = meta.and_then(|m| m.link.as_deref()).filter(|_| !e.is_dir);
+                let kind = match (e.is_dir, link) {
+                    (true, _) => Kind::Dir,
+                    (false, Some(_)) => Kind::Symlink,
+                    (false, None) => Kind::File,
+                };
+                let mtime_ns = meta
+                    .and_then(|m| m.mtime_ns)
+                    .or_else(|| e.mtime.map(store::system_time_to_ns))
                     .unwrap_or_else(store::now_ns);
                 match existing {
                     Some(n) if n.kind == kind => {
                         let same = crate::remote::same_etag(n.etag.as_deref(), e.etag.as_deref());
-                        if kind == Kind::File && same && !n.dirty {
+                        if kind != Kind::Dir && same && !n.dirty {
                             store::refresh_etag(&tx, n.ino, n.etag.as_deref(), e.etag.as_deref())?;
                             if n.remote_checksum != e.checksum {
                                 store::set_remote_checksum(&tx, n.ino, e.checksum.as_deref())?;
                             }
                         }
-                        if kind == Kind::File && !same && !n.dirty {
+                        if kind != Kind::Dir && !same && !n.dirty {
                             // An open file keeps its content until closed; the next
                             // listing after that picks up the new version.
                             if !self.is_open(n.ino) {
@@ -293,7 +305,32 @@ impl Core {
                         } else if !n.on_remote {
                             store::versions::mark_on_remote(&tx, n.ino)?;
                         }
+                        if let (Some(t), false) = (link, n.dirty) {
+                            if n.link_target.as_deref() != Some(t) {
+                                store::set_link_target(&tx, n.ino, t)?;
+                            }
+                        }
+                        if let Some(m) = meta {
+                            // Another machine's chmod, chown or touch. Folder times stay
+                            // local (they move with every change inside).
+                            let mtime = (kind != Kind::Dir && !n.dirty && !self.is_open(n.ino))
+                                .then_some(m.mtime_ns)
+                                .flatten();
+                            let differs = m.mode.is_some_and(|v| v != n.mode)
+                                || m.uid.is_some_and(|v| v != n.uid)
+                                || m.gid.is_some_and(|v| v != n.gid)
+                                || mtime.is_some_and(|v| v != n.mtime_ns)
+                                || m.atime_ns.is_some_and(|v| Some(v) > n.atime_ns);
+                            if differs {
+                                store::apply_remote_meta(&tx, n.ino, m, mtime)?;
+                            }
+                        }
                     }
+                    // Our own link, uploaded, whose properties are still on their way.
+                    Some(n)
+                        if n.kind == Kind::Symlink
+                            && kind == Kind::File
+                            && crate::remote::same_etag(n.etag.as_deref(), e.etag.as_deref()) => {}
                     Some(n) => {
                         // A file became a directory or the other way round on the remote.
                         if n.dirty
@@ -370,6 +407,17 @@ impl Core {
         )?;
         if e.checksum.is_some() {
             store::set_remote_checksum(c, ino, e.checksum.as_deref())?;
+        }
+        let meta = e.meta.as_ref().filter(|m| {
+            e.is_dir
+                || m.etag.is_none()
+                || crate::remote::same_etag(m.etag.as_deref(), e.etag.as_deref())
+        });
+        if let Some(m) = meta {
+            store::apply_remote_meta(c, ino, m, None)?;
+            if let (Kind::Symlink, Some(t)) = (kind, m.link.as_deref()) {
+                store::set_link_target(c, ino, t)?;
+            }
         }
         Ok(ino)
     }

@@ -131,6 +131,10 @@ struct OpenState {
     write_dirty: bool,
     /// Counts writes, so a commit knows whether a write slipped in while it ran.
     write_seq: u64,
+    /// Access time recorded while open (None: not read or set since the open).
+    atime_ns: Option<i64>,
+    /// ctime as the store has it, for the relatime rule.
+    ctime_ns: i64,
 }
 
 struct Handle {
@@ -179,6 +183,10 @@ pub struct Core {
     verifying: Mutex<HashSet<u64>>,
     /// Drops the kernel's cached pages of an inode (set by the FUSE adapter).
     kernel_invalidator: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// The largest file the cache's file system holds, once measured (`max_file_size`).
+    max_file_size: OnceLock<u64>,
+    /// Whether the server keeps dead properties (mode, owner, times), once found out.
+    pub dead_props: OnceLock<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -266,6 +274,8 @@ impl Core {
             verified: Mutex::new(HashSet::new()),
             verifying: Mutex::new(HashSet::new()),
             kernel_invalidator: OnceLock::new(),
+            max_file_size: OnceLock::new(),
+            dead_props: OnceLock::new(),
             journal_progress: tokio::sync::watch::channel(0).0,
         });
         core.recover()?;
@@ -365,6 +375,7 @@ impl Core {
         of.map(|of| lock(&of.state).write_dirty).unwrap_or(false)
     }
 
+    /// Never called with the store locked (it counts a folder's subfolders there).
     fn node_attr(&self, n: &Node) -> Attr {
         let (size, mtime_ns) = match lock(&self.open_files).get(&n.ino) {
             Some(of) if n.kind == Kind::File => {
@@ -374,18 +385,46 @@ impl Core {
             _ => (n.size, n.mtime_ns),
         };
         let mtime = store::ns_to_system_time(mtime_ns);
+        let nlink = match n.kind {
+            // `.`, the entry in its parent, and each subfolder's `..`.
+            Kind::Dir => 2 + self.subdirs(n.ino),
+            // Unlinked while open: still readable through its descriptors, in no folder.
+            _ if n.parent == 0 && n.ino != ROOT_INO => 0,
+            _ => 1,
+        };
         Attr {
             ino: n.ino,
             kind: n.kind,
             size,
             mtime,
             ctime: store::ns_to_system_time(n.ctime_ns.max(mtime_ns)),
-            atime: mtime,
-            mode: n.mode & 0o7777,
+            atime: store::ns_to_system_time(self.atime_ns(n, mtime_ns)),
+            // A link's own mode means nothing on Linux: it shows as rwxrwxrwx.
+            mode: if n.kind == Kind::Symlink {
+                0o777
+            } else {
+                n.mode & 0o7777
+            },
             uid: n.uid,
             gid: n.gid,
-            nlink: if n.kind == Kind::Dir { 2 } else { 1 },
+            nlink,
         }
+    }
+
+    /// The access time of `n` as the kernel sees it: the one recorded (by a read or by
+    /// `utimensat`), or the mtime before any was.
+    fn atime_ns(&self, n: &Node, mtime_ns: i64) -> i64 {
+        let open = lock(&self.open_files)
+            .get(&n.ino)
+            .and_then(|of| lock(&of.state).atime_ns);
+        open.or(n.atime_ns).unwrap_or(mtime_ns)
+    }
+
+    /// Subfolders of `dir` known here (a folder not listed yet counts none).
+    fn subdirs(&self, dir: u64) -> u32 {
+        store::subdir_count(&lock(&self.store), dir)
+            .map(|n| n.min(u32::MAX as u64 - 2) as u32)
+            .unwrap_or(0)
     }
 
     fn node(&self, ino: u64) -> FsResult<Node> {
@@ -636,10 +675,13 @@ impl Core {
             let ino = self.insert_local_child(&tx, parent, name, Kind::Dir, mode, uid, gid)?;
             let path = store::path_of(&tx, ino)?.ok_or(FsError::NotFound)?;
             journal::record_mkcol(&tx, ino, &path)?;
+            store::touch_dir(&tx, parent, store::now_ns())?;
             let n = store::get_node(&tx, ino)?.ok_or(FsError::NotFound)?;
             tx.commit()?;
-            self.node_attr(&n)
+            n
         };
+        // Not under the store lock: the attributes count subfolders in the store.
+        let attr = self.node_attr(&attr);
         self.journal_changed.notify_one();
         Ok(attr)
     }
@@ -662,6 +704,7 @@ impl Core {
             let ino = self.insert_local_child(&tx, parent, name, Kind::File, mode, uid, gid)?;
             let f = self.content.open(ino)?;
             f.set_len(0)?;
+            store::touch_dir(&tx, parent, store::now_ns())?;
             tx.commit()?;
             ino
         };
@@ -675,6 +718,69 @@ impl Core {
         }
         self.kernel_cache_valid(ino);
         Ok((self.getattr(ino)?, fh))
+    }
+
+    /// Creates symbolic link `name` in `parent` pointing at `target`. It is stored as a
+    /// small file holding the target, marked as a link by a dead property (see
+    /// `remote::Meta`), so it needs a server that keeps dead properties: on one known to
+    /// keep none it is refused (`EPERM`), as before. davdrive itself never follows it;
+    /// the kernel resolves it for programs, like any symbolic link.
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.ensure_writable()?;
+        check_name(name)?;
+        if target.is_empty() || target.contains('\0') {
+            return Err(FsError::Invalid("empty symbolic link target"));
+        }
+        if target.len() > 4095 {
+            return Err(FsError::NameTooLong);
+        }
+        if self.dead_props.get().is_none() && self.health.is_online() {
+            // Asked once; offline, the link is kept and the first upload finds out.
+            if let Ok(kept) = self.call("/", self.remote.dead_props_supported()) {
+                crate::journal::replay::meta::note_support(self, kept);
+            }
+        }
+        if self.dead_props.get() == Some(&false) {
+            return Err(FsError::Unsupported(
+                "symbolic links need a server that keeps dead properties",
+            ));
+        }
+        self.ensure_listing(parent)?;
+        let n = {
+            let mut conn = lock(&self.store);
+            let tx = conn.transaction()?;
+            let ino = self.insert_local_child(&tx, parent, name, Kind::Symlink, 0o777, uid, gid)?;
+            let f = self.content.open(ino)?;
+            f.set_len(0)?;
+            f.write_all_at(target.as_bytes(), 0)?;
+            let now = store::now_ns();
+            store::set_local_content(&tx, ino, target.len() as u64, now)?;
+            store::set_link_target(&tx, ino, target)?;
+            let path = store::path_of(&tx, ino)?.ok_or(FsError::NotFound)?;
+            journal::record_put(&tx, ino, &path)?;
+            store::touch_dir(&tx, parent, now)?;
+            let n = store::get_node(&tx, ino)?.ok_or(FsError::NotFound)?;
+            tx.commit()?;
+            n
+        };
+        self.journal_changed.notify_one();
+        Ok(self.node_attr(&n))
+    }
+
+    /// The target of symbolic link `ino` (`EINVAL` for anything else, as on a disk).
+    pub fn readlink(&self, ino: u64) -> FsResult<String> {
+        let n = self.node(ino)?;
+        match (n.kind, n.link_target) {
+            (Kind::Symlink, Some(t)) => Ok(t),
+            _ => Err(FsError::Invalid("not a symbolic link")),
+        }
     }
 
     pub fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
@@ -691,6 +797,7 @@ impl Core {
             let path = store::path_of(&tx, n.ino)?.ok_or(FsError::NotFound)?;
             journal::record_remove(&tx, &n, &path)?;
             let gone = self.detach(&tx, &n)?;
+            store::touch_dir(&tx, parent, store::now_ns())?;
             tx.commit()?;
             gone
         };
@@ -734,6 +841,7 @@ impl Core {
             let path = store::path_of(&tx, n.ino)?.ok_or(FsError::NotFound)?;
             journal::record_remove(&tx, &n, &path)?;
             store::delete_node(&tx, n.ino)?;
+            store::touch_dir(&tx, parent, store::now_ns())?;
             tx.commit()?;
         }
         self.journal_changed.notify_one();
@@ -793,8 +901,8 @@ impl Core {
                     return Err(FsError::Exists);
                 }
                 match (src.kind, dst.kind) {
-                    (Kind::Dir, Kind::File) => return Err(FsError::NotDir),
-                    (Kind::File, Kind::Dir) => return Err(FsError::IsDir),
+                    (Kind::Dir, k) if k != Kind::Dir => return Err(FsError::NotDir),
+                    (k, Kind::Dir) if k != Kind::Dir => return Err(FsError::IsDir),
                     (Kind::Dir, Kind::Dir) if store::has_children(&tx, dst.ino)? => {
                         return Err(FsError::NotEmpty)
                     }
@@ -805,6 +913,9 @@ impl Core {
             }
             journal::record_rename(&tx, &src, &from, &to)?;
             store::move_node(&tx, src.ino, new_parent, new_name)?;
+            let now = store::now_ns();
+            store::touch_dir(&tx, parent, now)?;
+            store::touch_dir(&tx, new_parent, now)?;
             tx.commit()?;
             gone
         };
@@ -835,11 +946,16 @@ impl Core {
                 self.ensure_writable()?;
             }
             let mtime_ns = mtime.map(store::system_time_to_ns);
-            if let (Some(ns), Some(of)) = (mtime_ns, lock(&self.open_files).get(&ino).cloned()) {
-                lock(&of.state).mtime_ns = ns;
+            if let Some(of) = lock(&self.open_files).get(&ino).cloned() {
+                let mut st = lock(&of.state);
+                if let Some(ns) = mtime_ns {
+                    st.mtime_ns = ns;
+                }
+                st.ctime_ns = store::now_ns();
             }
             let conn = lock(&self.store);
-            conn.execute(
+            let tx = conn.unchecked_transaction()?;
+            tx.execute(
                 "UPDATE nodes SET mode = COALESCE(?2, mode), uid = COALESCE(?3, uid), \
                  gid = COALESCE(?4, gid), mtime_ns = COALESCE(?5, mtime_ns), ctime_ns = ?6 WHERE ino = ?1",
                 rusqlite::params![
@@ -851,11 +967,54 @@ impl Core {
                     store::now_ns()
                 ],
             )?;
+            let recorded = self.record_meta(&tx, ino)?;
+            tx.commit()?;
+            drop(conn);
+            if recorded {
+                self.journal_changed.notify_one();
+            }
         }
         self.getattr(ino)
     }
 
+    /// The largest size a content file can have on the cache's file system (ext4 with
+    /// 4 KiB blocks: 16 TiB), found once by growing an unnamed sparse scratch file:
+    /// nothing is allocated. A file may not grow past it here, so `truncate` and `write`
+    /// beyond it fail with `EFBIG` as on that file system, before anything changes.
+    pub fn max_file_size(&self) -> u64 {
+        *self.max_file_size.get_or_init(|| {
+            let f = match tempfile::tempfile_in(&self.cache_dir) {
+                Ok(f) => f,
+                Err(_) => return i64::MAX as u64,
+            };
+            let fits = |len: u64| f.set_len(len).is_ok();
+            if fits(i64::MAX as u64) {
+                return i64::MAX as u64;
+            }
+            // Invariant: `lo` fits, `hi` does not.
+            let (mut lo, mut hi) = (0u64, i64::MAX as u64);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fits(mid) {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
+            }
+            lo
+        })
+    }
+
+    fn check_file_size(&self, end: u64) -> FsResult<()> {
+        if end > self.max_file_size() {
+            Err(FsError::TooBig)
+        } else {
+            Ok(())
+        }
+    }
+
     fn truncate(&self, ino: u64, new_size: u64) -> FsResult<()> {
+        self.check_file_size(new_size)?;
         let node = self.node(ino)?;
         tracing::debug!("truncate inode {ino} from {} to {new_size}", node.size);
         if node.kind == Kind::Dir {
@@ -932,6 +1091,8 @@ impl Core {
                 mtime_ns: node.mtime_ns,
                 write_dirty: false,
                 write_seq: 0,
+                atime_ns: node.atime_ns,
+                ctime_ns: node.ctime_ns,
             }),
         });
         map.insert(ino, of.clone());
@@ -1017,6 +1178,7 @@ impl Core {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (ino, _, of) = self.handle(fh)?;
+        self.note_access(ino, &of)?;
         let file_size = lock(&of.state).size;
         if offset >= file_size {
             return Ok(Vec::new());
@@ -1041,6 +1203,13 @@ impl Core {
         if !writable {
             return Err(FsError::BadHandle);
         }
+        // As on a local disk: a write starting at or past the largest size fails with
+        // EFBIG, one crossing it is cut short there.
+        let max = self.max_file_size();
+        if offset >= max && !data.is_empty() {
+            return Err(FsError::TooBig);
+        }
+        let data = &data[..data.len().min((max - offset.min(max)) as usize)];
         // Writes need the whole file here: the upload sends whole files.
         let size = lock(&of.state).size;
         self.fetch_range(&of, ino, 0, size, false)?;
@@ -1065,6 +1234,66 @@ impl Core {
             store::set_dirty(&lock(&self.store), ino, true)?;
         }
         Ok(data.len() as u32)
+    }
+
+    /// A read: records the access time where the relatime rule asks for it (see
+    /// `store::atime_due`), so repeated reads write nothing.
+    fn note_access(&self, ino: u64, of: &OpenFile) -> FsResult<()> {
+        let now = store::now_ns();
+        let due = {
+            let st = lock(&of.state);
+            let atime = st.atime_ns.unwrap_or(i64::MIN);
+            store::atime_due(atime, st.mtime_ns, st.ctime_ns, now)
+        };
+        if !due {
+            return Ok(());
+        }
+        let conn = lock(&self.store);
+        store::set_atime(&conn, ino, now)?;
+        lock(&of.state).atime_ns = Some(now);
+        Ok(())
+    }
+
+    /// `utimensat` with an access time.
+    pub fn set_atime(&self, ino: u64, atime: SystemTime) -> FsResult<Attr> {
+        self.ensure_writable()?;
+        let ns = store::system_time_to_ns(atime);
+        let recorded = {
+            let conn = lock(&self.store);
+            let tx = conn.unchecked_transaction()?;
+            store::set_atime(&tx, ino, ns)?;
+            let recorded = self.record_meta(&tx, ino)?;
+            tx.commit()?;
+            if let Some(of) = lock(&self.open_files).get(&ino) {
+                lock(&of.state).atime_ns = Some(ns);
+            }
+            recorded
+        };
+        if recorded {
+            self.journal_changed.notify_one();
+        }
+        self.getattr(ino)
+    }
+
+    /// Records a change of the mode, owner or times of `ino` for the server (dead
+    /// properties), unless the server is known to keep none, or the mount is read-only.
+    /// Reads never come here: an access time recorded by a read goes along with the next
+    /// upload or metadata change.
+    fn record_meta(&self, tx: &Connection, ino: u64) -> FsResult<bool> {
+        if self.cfg.read_only || self.dead_props.get() == Some(&false) {
+            return Ok(false);
+        }
+        let Some(node) = store::get_node(tx, ino)? else {
+            return Ok(false);
+        };
+        if node.parent == 0 {
+            // The root's properties are the server's; an unlinked file has no path.
+            return Ok(false);
+        }
+        let Some(path) = store::path_of(tx, ino)? else {
+            return Ok(false);
+        };
+        Ok(journal::record_meta(tx, &node, &path)?)
     }
 
     /// Commits the writes of `ino` to the journal: size, mtime and an upload entry.
@@ -1159,6 +1388,39 @@ impl Core {
         if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
             return Err(FsError::Io(std::io::Error::last_os_error()));
         }
+        apply_quota(&mut st, self.health.quota());
         Ok(st)
+    }
+}
+
+/// `df` shows the server's space where it reports an RFC 4331 quota (refreshed with the
+/// health probe): size = available + used, free = available, counted in the cache
+/// disk's fragment size. Inode counts stay the cache disk's (the server has none).
+/// Without a quota (or with only "used"), the cache disk's numbers stay: that is where
+/// writes land first, and `ENOSPC` comes from it.
+fn apply_quota(st: &mut libc::statvfs, quota: (Option<u64>, Option<u64>)) {
+    let Some(avail) = quota.0 else { return };
+    // `c_ulong`: 32 bits on 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    let frsize = (st.f_frsize as u64).max(1);
+    let used = quota.1.unwrap_or(0);
+    st.f_blocks = (avail.saturating_add(used) / frsize) as _;
+    st.f_bfree = (avail / frsize) as _;
+    st.f_bavail = (avail / frsize) as _;
+}
+
+#[cfg(test)]
+mod quota_tests {
+    #[test]
+    fn a_server_quota_replaces_the_cache_disk_space() {
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        st.f_frsize = 4096;
+        st.f_blocks = 1000;
+        st.f_bfree = 500;
+        st.f_bavail = 400;
+        super::apply_quota(&mut st, (None, Some(7)));
+        assert_eq!((st.f_blocks, st.f_bfree, st.f_bavail), (1000, 500, 400));
+        super::apply_quota(&mut st, (Some(40960), Some(8192)));
+        assert_eq!((st.f_blocks, st.f_bfree, st.f_bavail), (12, 10, 10));
     }
 }

@@ -159,6 +159,7 @@ fn kind(k: Kind) -> FileType {
     match k {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -236,7 +237,7 @@ impl Filesystem for DavFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -249,7 +250,10 @@ impl Filesystem for DavFs {
         match self
             .core
             .setattr(ino.0, mode, uid, gid, size, mtime.map(time))
-        {
+            .and_then(|a| match atime {
+                Some(t) => self.core.set_atime(ino.0, time(t)),
+                None => Ok(a),
+            }) {
             Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
             Err(e) => reply.error(errno("setattr", e)),
         }
@@ -737,20 +741,35 @@ impl Filesystem for DavFs {
         reply.error(Errno::from_i32(e))
     }
 
-    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
-        reply.error(Errno::EINVAL)
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.core.readlink(ino.0) {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(errno("readlink", e)),
+        }
     }
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &std::path::Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        tracing::debug!("symlink: not supported");
-        reply.error(Errno::EPERM)
+        let name = match name_str(link_name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let Some(target) = target.to_str() else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self
+            .core
+            .symlink(parent.0, name, target, req.uid(), req.gid())
+        {
+            Ok(a) => reply.entry(&self.ttl, &self.file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno("symlink", e)),
+        }
     }
 
     fn link(

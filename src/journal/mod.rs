@@ -6,7 +6,7 @@
 //! each waits for every earlier entry it depends on (see `ready`), so a path always means
 //! what it meant then.
 //!
-//! Coalescing keeps the journal short. There are exactly four rewrite rules, and each
+//! Coalescing keeps the journal short. There are exactly five rewrite rules, and each
 //! keeps one invariant: replaying the rewritten journal on the server's tree gives the
 //! same tree as replaying the original.
 //! - R1, upload + upload: a second upload of a file whose upload still waits (not
@@ -25,6 +25,19 @@
 //!   waiting: the uploads are dropped and one upload under the new name goes to the end.
 //!   The file was nowhere on the server in either journal until that upload; the new
 //!   name's parent existed locally at the rename, so its creation is recorded earlier.
+//!
+//! - R5, metadata + metadata: a change of a node's mode, owner or times recorded while
+//!   its last entry is a waiting `meta` adds nothing. A `meta` entry sends the node's
+//!   metadata as it is when it runs, to the path its entry names, so the waiting one
+//!   sends the newer metadata; nothing of the node comes after it that it could pass.
+//!
+//! `meta` entries (PROPPATCH of davdrive's dead properties: mode, owner, times, a
+//! symlink's target) are recorded only where no upload or folder creation of the node
+//! waits: an upload and a folder creation set the properties right after themselves, as
+//! the node is then (`replay::meta`), and a meta entry is recorded only if that fails.
+//! So a file no entry of which was sent never has one, and R2 and R4 stay as they are. A
+//! removal drops the node's waiting `meta` entries: properties set on a resource that is
+//! deleted next leave nothing (the same tree either way).
 //!
 //! Nothing else is rewritten: moves of directories, moves through directories removed
 //! later, moves after uploads are replayed as recorded. An entry that was sent (running,
@@ -45,6 +58,8 @@ pub enum Op {
     Mkcol,
     Delete,
     Move,
+    /// PROPPATCH of the node's mode, owner and times (see R5).
+    Meta,
 }
 
 impl Op {
@@ -54,6 +69,7 @@ impl Op {
             Op::Mkcol => "mkcol",
             Op::Delete => "delete",
             Op::Move => "move",
+            Op::Meta => "meta",
         }
     }
     /// None for a string this davdrive does not know (a newer version's entry, or a
@@ -64,6 +80,7 @@ impl Op {
             "mkcol" => Some(Op::Mkcol),
             "delete" => Some(Op::Delete),
             "move" => Some(Op::Move),
+            "meta" => Some(Op::Meta),
             _ => None,
         }
     }
@@ -158,6 +175,33 @@ pub fn record_put(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<bool
         return Ok(false);
     }
     insert(c, Op::Put, ino, path, None, false)?;
+    Ok(true)
+}
+
+/// Records that the mode, owner or times of `node` (now at `path`) changed and must be
+/// sent as dead properties. Returns whether an entry was added: not when a waiting
+/// upload or folder creation of the node will send them (as they are then), not when
+/// nothing of it is on the server yet (its upload will), and not when its last entry
+/// is a waiting `meta` already (R5).
+pub fn record_meta(c: &Connection, node: &Node, path: &str) -> rusqlite::Result<bool> {
+    retry_failed_of(c, node.ino)?;
+    let carried: bool = c
+        .prepare_cached(
+            "SELECT COUNT(*) > 0 FROM journal WHERE ino = ?1 AND op IN ('put', 'mkcol') \
+             AND running = 0",
+        )?
+        .query_row([node.ino as i64], |r| r.get(0))?;
+    if carried || (!node.on_remote && !any_running(c, node.ino)?) {
+        return Ok(false);
+    }
+    let last: Option<(String, i64)> = c
+        .prepare_cached("SELECT op, running FROM journal WHERE ino = ?1 ORDER BY id DESC LIMIT 1")?
+        .query_row([node.ino as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if matches!(&last, Some((op, 0)) if op == Op::Meta.as_str()) {
+        return Ok(false);
+    }
+    insert(c, Op::Meta, node.ino, path, None, node.is_dir())?;
     Ok(true)
 }
 
@@ -306,8 +350,11 @@ pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Resul
             "SELECT trim(COALESCE(group_concat(sent_sha256, ' '), '') || ' ' || COALESCE(?2, ''))              FROM journal WHERE ino = ?1",
         )?
         .query_row(params![node.ino as i64, node.sha256], |r| r.get(0))?;
-    // Waiting uploads of content that is going away would only be deleted again.
+    // Waiting uploads of content that is going away would only be deleted again, and
+    // properties set on it would go with it.
     drop_waiting_puts(c, node.ino)?;
+    c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND op = 'meta' AND running = 0")?
+        .execute([node.ino as i64])?;
     let id = insert(c, Op::Delete, node.ino, path, None, node.is_dir())?;
     c.prepare_cached("UPDATE journal SET sent_sha256 = ?2 WHERE id = ?1")?
         .execute(params![id, ours])?;
@@ -818,6 +865,108 @@ mod tests {
 
     fn paths(v: &[Entry]) -> Vec<&str> {
         v.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    fn node(ino: u64, on_remote: bool, kind: crate::store::Kind) -> Node {
+        Node {
+            ino,
+            parent: 1,
+            name: format!("n{ino}"),
+            kind,
+            size: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            etag: on_remote.then(|| "\"e\"".to_string()),
+            on_remote,
+            dirty: false,
+            ranges: Default::default(),
+            pinned: false,
+            last_access: 0,
+            sha256: None,
+            listed_at: None,
+            cached_bytes: 0,
+            content_etag: None,
+            remote_checksum: None,
+            atime_ns: None,
+            link_target: None,
+        }
+    }
+
+    fn ops_of(c: &Connection, ino: u64) -> Vec<String> {
+        c.prepare("SELECT op FROM journal WHERE ino = ?1 ORDER BY id")
+            .unwrap()
+            .query_map([ino as i64], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn metadata_changes_coalesce_and_ride_on_waiting_uploads() {
+        use crate::store::Kind;
+        let c = store_with(&[]);
+        let f = node(2, true, Kind::File);
+        // R5: a second change while the first waits adds nothing.
+        assert!(record_meta(&c, &f, "/n2").unwrap());
+        assert!(!record_meta(&c, &f, "/n2").unwrap());
+        assert_eq!(ops_of(&c, 2), ["meta"]);
+        // After an upload recorded since, the waiting upload sends them (it runs after
+        // the change): nothing is added.
+        record_put(&c, 2, "/n2").unwrap();
+        assert!(!record_meta(&c, &f, "/n2").unwrap());
+        assert_eq!(ops_of(&c, 2), ["meta", "put"]);
+        // A running upload may have sent them already: a new entry follows it.
+        c.execute("UPDATE journal SET running = 1 WHERE op = 'put'", [])
+            .unwrap();
+        assert!(record_meta(&c, &f, "/n2").unwrap());
+        assert_eq!(ops_of(&c, 2), ["meta", "put", "meta"]);
+        // A removal drops the waiting ones: properties of a deleted resource are moot.
+        record_remove(&c, &f, "/n2").unwrap();
+        assert_eq!(ops_of(&c, 2), ["put", "delete"]);
+
+        // A file the server never had gets none: its first upload sends them. R4 (an
+        // upload renamed before it was sent) still applies.
+        let g = node(3, false, Kind::File);
+        assert!(!record_meta(&c, &g, "/n3").unwrap());
+        record_put(&c, 3, "/n3").unwrap();
+        assert!(!record_meta(&c, &g, "/n3").unwrap());
+        record_rename(&c, &g, "/n3", "/m3").unwrap();
+        let rows: Vec<(String, String)> = c
+            .prepare("SELECT op, path FROM journal WHERE ino = 3")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [("put".to_string(), "/m3".to_string())]);
+
+        // A folder waiting for its creation: the creation sends them.
+        let d = node(4, false, Kind::Dir);
+        record_mkcol(&c, 4, "/n4").unwrap();
+        assert!(!record_meta(&c, &d, "/n4").unwrap());
+        assert_eq!(ops_of(&c, 4), ["mkcol"]);
+    }
+
+    #[test]
+    fn metadata_entries_are_scheduled_like_any_other() {
+        let c = store_with(&[
+            (Op::Mkcol, 1, "/d", None),
+            (Op::Meta, 2, "/d/f", None),
+            (Op::Put, 3, "/g", None),
+            (Op::Meta, 3, "/g", None),
+            (Op::Meta, 4, "/h", None),
+            (Op::Move, 5, "/h", Some("/i")),
+        ]);
+        let none = HashSet::new();
+        // /d/f waits for its folder, the second entry of /g for its upload, the move over
+        // /h for the properties set there first.
+        assert_eq!(
+            paths(&ready(&c, &none, 10, i64::MAX).unwrap()),
+            ["/d", "/g", "/h"]
+        );
     }
 
     #[test]

@@ -122,6 +122,7 @@ fn dir_entry(name: String) -> Entry {
         mtime: None,
         etag: None,
         checksum: None,
+        meta: None,
     }
 }
 
@@ -205,6 +206,7 @@ impl HttpIndex {
                 .and_then(|v| httpdate::parse_http_date(&v).ok()),
             etag: header_string(headers, ETAG),
             checksum: None,
+            meta: None,
         };
         if size.is_none() {
             let probe = self.http.get_range(path, 0, 1).await?;

@@ -386,6 +386,7 @@ impl State {
             mtime: Some(n.mtime),
             etag: n.file.as_ref().map(|f| f.1.clone()),
             checksum: None,
+            meta: None,
         })
     }
 

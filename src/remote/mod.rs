@@ -25,6 +25,9 @@ pub struct Entry {
     pub etag: Option<String>,
     /// `oc:checksums` (Nextcloud, ownCloud): "SHA1:… MD5:…", when the server offers it.
     pub checksum: Option<String>,
+    /// Mode, owner, times (and a symlink's target) a davdrive stored on the resource as
+    /// dead properties, when the server keeps them.
+    pub meta: Option<Meta>,
 }
 
 /// One entry per name in a listing of `dir`, whatever the server sent. The node table
@@ -64,6 +67,92 @@ pub fn unique_names<T>(dir: &str, items: Vec<T>, entry: impl Fn(&T) -> &Entry) -
     }
     out.into_iter().flatten().collect()
 }
+
+/// The XML namespace of davdrive's dead properties.
+pub const META_NS: &str = "urn:davdrive:meta";
+
+/// POSIX metadata kept on the server as dead properties in `META_NS` (see the README's
+/// semantics section): `mode` (octal permission bits, "0751"), `uid`, `gid` (decimal),
+/// `mtime`, `atime` (decimal nanoseconds since the epoch), `etag` (the version the
+/// properties were written for: a file replaced by a client that does not write them
+/// keeps stale ones, which are then ignored) and, for a symbolic link, `link` (its
+/// target, percent-encoded UTF-8).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mtime_ns: Option<i64>,
+    pub atime_ns: Option<i64>,
+    pub etag: Option<String>,
+    pub link: Option<String>,
+}
+
+impl Meta {
+    /// The properties' (name, value) pairs, values as XML text (escaped).
+    pub fn props(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(m) = self.mode {
+            out.push(("mode", format!("{:04o}", m & 0o7777)));
+        }
+        if let Some(v) = self.uid {
+            out.push(("uid", v.to_string()));
+        }
+        if let Some(v) = self.gid {
+            out.push(("gid", v.to_string()));
+        }
+        if let Some(v) = self.mtime_ns {
+            out.push(("mtime", v.to_string()));
+        }
+        if let Some(v) = self.atime_ns {
+            out.push(("atime", v.to_string()));
+        }
+        if let Some(v) = &self.etag {
+            out.push(("etag", quick_xml::escape::escape(v.as_str()).into_owned()));
+        }
+        if let Some(v) = &self.link {
+            out.push((
+                "link",
+                percent_encoding::utf8_percent_encode(v, META_LINK_SET).to_string(),
+            ));
+        }
+        out
+    }
+
+    /// Reads one property (by local name) of the namespace; unknown names are ignored.
+    pub fn set_prop(&mut self, name: &str, value: &str) {
+        let v = value.trim();
+        match name {
+            "mode" => self.mode = u32::from_str_radix(v, 8).ok().map(|m| m & 0o7777),
+            "uid" => self.uid = v.parse().ok(),
+            "gid" => self.gid = v.parse().ok(),
+            "mtime" => self.mtime_ns = v.parse().ok(),
+            "atime" => self.atime_ns = v.parse().ok(),
+            "etag" if !v.is_empty() => self.etag = Some(v.to_string()),
+            "link" => {
+                self.link = percent_encoding::percent_decode_str(v)
+                    .decode_utf8()
+                    .ok()
+                    .map(|s| s.into_owned())
+                    .filter(|s| !s.is_empty() && !s.contains('\0'))
+            }
+            _ => {}
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Meta::default()
+    }
+}
+
+/// What a symlink target keeps unencoded in its property: printable ASCII but `%`.
+const META_LINK_SET: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'&')
+    .add(b'"')
+    .add(b'\'');
 
 /// What a conditional request demands of the remote's current version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +321,18 @@ pub trait Remote: Send + Sync + 'static {
     ) -> Result<(), RemoteError>;
     /// Cheap health check: PROPFIND Depth 0 on the root, plus the server's DAV classes.
     async fn probe(&self) -> Result<ServerInfo, RemoteError>;
+    /// PROPPATCH: stores `meta` as dead properties of the resource at `path`. `Ok(false)`
+    /// when the server keeps no dead properties (nginx refuses PROPPATCH); the default,
+    /// for backends that cannot.
+    async fn set_meta(&self, path: &str, is_dir: bool, meta: &Meta) -> Result<bool, RemoteError> {
+        let _ = (path, is_dir, meta);
+        Ok(false)
+    }
+    /// Whether the server keeps dead properties: a property set on the mounted
+    /// collection and removed again.
+    async fn dead_props_supported(&self) -> Result<bool, RemoteError> {
+        Ok(false)
+    }
     /// Bytes available and used on the server (RFC 4331), where it says.
     async fn quota(&self) -> Result<(Option<u64>, Option<u64>), RemoteError> {
         Ok((None, None))
@@ -250,6 +351,7 @@ mod tests {
             mtime: None,
             etag: None,
             checksum: None,
+            meta: None,
         }
     }
 

@@ -16,6 +16,7 @@ use super::{Entry, RemoteError};
 
 const DAV_NS: Namespace<'static> = Namespace(b"DAV:");
 const OC_NS: Namespace<'static> = Namespace(b"http://owncloud.org/ns");
+const META_NS: Namespace<'static> = Namespace(super::META_NS.as_bytes());
 
 /// One `<response>` of a multistatus, resolved against the mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +99,7 @@ pub fn parse_multistatus_from(
                     .clone()
                     .or_else(|| stand_in_etag(&resp.props)),
                 checksum: resp.props.checksum.clone(),
+                meta: (!resp.props.meta.is_empty()).then(|| resp.props.meta.clone()),
             },
             quota: (resp.props.quota_available, resp.props.quota_used),
         });
@@ -133,6 +135,8 @@ struct Props {
     checksum: Option<String>,
     quota_available: Option<u64>,
     quota_used: Option<u64>,
+    /// davdrive's dead properties (`super::Meta`).
+    meta: super::Meta,
 }
 
 impl Props {
@@ -149,6 +153,14 @@ impl Props {
         self.checksum = other.checksum.or(self.checksum.take());
         self.quota_available = other.quota_available.or(self.quota_available);
         self.quota_used = other.quota_used.or(self.quota_used);
+        let (m, o) = (&mut self.meta, other.meta);
+        m.mode = o.mode.or(m.mode);
+        m.uid = o.uid.or(m.uid);
+        m.gid = o.gid.or(m.gid);
+        m.mtime_ns = o.mtime_ns.or(m.mtime_ns);
+        m.atime_ns = o.atime_ns.or(m.atime_ns);
+        m.etag = o.etag.or(m.etag.take());
+        m.link = o.link.or(m.link.take());
     }
 }
 
@@ -181,8 +193,13 @@ enum Tag {
     /// `oc:checksums` (Nextcloud, ownCloud) and the `oc:checksum` inside it.
     OcChecksums,
     OcChecksum,
+    /// One of davdrive's dead properties (`META_NS`), by its index in `META_PROPS`.
+    Meta(u8),
     Other,
 }
+
+/// The local names of davdrive's dead properties that are read back.
+const META_PROPS: [&str; 7] = ["mode", "uid", "gid", "mtime", "atime", "etag", "link"];
 
 impl Tag {
     fn classify(parent: Option<Tag>, ns: &ResolveResult, local: &[u8]) -> Tag {
@@ -190,6 +207,15 @@ impl Tag {
             return match (parent, local) {
                 (Some(Tag::Prop), b"checksums") => Tag::OcChecksums,
                 (Some(Tag::OcChecksums), b"checksum") => Tag::OcChecksum,
+                _ => Tag::Other,
+            };
+        }
+        if matches!(ns, ResolveResult::Bound(n) if *n == META_NS) {
+            return match parent {
+                Some(Tag::Prop) => META_PROPS
+                    .iter()
+                    .position(|p| p.as_bytes() == local)
+                    .map_or(Tag::Other, |i| Tag::Meta(i as u8)),
                 _ => Tag::Other,
             };
         }
@@ -227,6 +253,7 @@ impl Tag {
                 | Tag::LastModified
                 | Tag::GetEtag
                 | Tag::OcChecksum
+                | Tag::Meta(_)
         )
     }
 }
@@ -347,6 +374,7 @@ fn read_responses(
             // Negative or unparsable values mean "unknown" (RFC 4331).
             Tag::QuotaAvailable => propstat.1.quota_available = value.trim().parse().ok(),
             Tag::QuotaUsed => propstat.1.quota_used = value.trim().parse().ok(),
+            Tag::Meta(i) => propstat.1.meta.set_prop(META_PROPS[i as usize], value),
             Tag::Propstat => {
                 // Props listed under 404 (or any non-200) status were not found: ignore.
                 let (status, props) = std::mem::take(&mut propstat);

@@ -17,19 +17,23 @@ use url::Url;
 pub use super::client::ConnectionConfig as WebDavConfig;
 use super::client::{
     header_string, normalize, quote_etag, redirects_to_slash, response_error, status_error,
-    HttpClient, Progress,
+    transport_error, HttpClient, Progress,
 };
 use super::multistatus::{parse_multistatus_from, ParsedEntry};
-use super::{Entry, Precondition, PutReply, RangeReply, Remote, RemoteError, ServerInfo};
+use super::{
+    Entry, Meta, Precondition, PutReply, RangeReply, Remote, RemoteError, ServerInfo, META_NS,
+};
 
 /// Asking for named props rather than `<allprop/>` keeps replies small and avoids
 /// expensive live props (quota, checksums) on servers that compute them.
 const PROPFIND_BODY: &str = concat!(
     r#"<?xml version="1.0" encoding="utf-8"?>"#,
-    r#"<D:propfind xmlns:D="DAV:" xmlns:oc="http://owncloud.org/ns"><D:prop>"#,
+    r#"<D:propfind xmlns:D="DAV:" xmlns:oc="http://owncloud.org/ns" xmlns:dd="urn:davdrive:meta"><D:prop>"#,
     r#"<D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/>"#,
     // Nextcloud and ownCloud give the checksums they keep; others list it as not found.
     r#"<oc:checksums/>"#,
+    // davdrive's dead properties (`super::Meta`), where a davdrive stored them.
+    r#"<dd:mode/><dd:uid/><dd:gid/><dd:mtime/><dd:atime/><dd:etag/><dd:link/>"#,
     r#"</D:prop></D:propfind>"#,
 );
 
@@ -661,6 +665,53 @@ impl Remote for WebDav {
         self.move_to(from, to, is_dir, false).await
     }
 
+    async fn set_meta(&self, path: &str, is_dir: bool, meta: &Meta) -> Result<bool, RemoteError> {
+        let mut body = format!(
+            r#"<?xml version="1.0" encoding="utf-8"?><D:propertyupdate xmlns:D="DAV:" xmlns:dd="{META_NS}"><D:set><D:prop>"#
+        );
+        for (name, value) in meta.props() {
+            body.push_str(&format!("<dd:{name}>{value}</dd:{name}>"));
+        }
+        body.push_str("</D:prop></D:set></D:propertyupdate>");
+        self.proppatch(path, is_dir, body).await
+    }
+
+    async fn dead_props_supported(&self) -> Result<bool, RemoteError> {
+        // A server may answer PROPPATCH with success and keep nothing: the value is read
+        // back before it counts.
+        let token = format!(
+            "davdrive-probe-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let set = format!(
+            r#"<?xml version="1.0" encoding="utf-8"?><D:propertyupdate xmlns:D="DAV:" xmlns:dd="{META_NS}"><D:set><D:prop><dd:probe>{token}</dd:probe></D:prop></D:set></D:propertyupdate>"#
+        );
+        if !self.proppatch("/", true, set).await? {
+            return Ok(false);
+        }
+        const READ_BACK: &str = concat!(
+            r#"<?xml version="1.0" encoding="utf-8"?>"#,
+            r#"<D:propfind xmlns:D="DAV:" xmlns:dd="urn:davdrive:meta"><D:prop><dd:probe/></D:prop></D:propfind>"#,
+        );
+        let resp = self.propfind_root(READ_BACK).await?;
+        let kept = resp.status() == StatusCode::MULTI_STATUS
+            && resp
+                .bytes()
+                .await
+                .map_err(transport_error)?
+                .windows(token.len())
+                .any(|w| w == token.as_bytes());
+        let remove = format!(
+            r#"<?xml version="1.0" encoding="utf-8"?><D:propertyupdate xmlns:D="DAV:" xmlns:dd="{META_NS}"><D:remove><D:prop><dd:probe/></D:prop></D:remove></D:propertyupdate>"#
+        );
+        self.proppatch("/", true, remove).await?;
+        Ok(kept)
+    }
+
     async fn quota(&self) -> Result<(Option<u64>, Option<u64>), RemoteError> {
         const QUOTA_BODY: &str = concat!(
             r#"<?xml version="1.0" encoding="utf-8"?>"#,
@@ -773,4 +824,94 @@ fn put_reply(resp: Response) -> Result<PutReply, RemoteError> {
 fn fix_entry(mut e: Entry) -> Entry {
     e.etag = e.etag.map(|t| quote_etag(&t));
     e
+}
+
+impl WebDav {
+    /// Sends a PROPPATCH. True when every property was set; false when the server keeps
+    /// no dead properties: it refuses the method (nginx: 405; others 501 or 403) or
+    /// answers a non-2xx status for the properties (RFC 4918 makes them all-or-nothing).
+    async fn proppatch(&self, path: &str, is_dir: bool, body: String) -> Result<bool, RemoteError> {
+        let (status, reply) = self
+            .http
+            .retrying("PROPPATCH", path, || {
+                let body = body.clone();
+                async move {
+                    let rb = self
+                        .http
+                        .request(method("PROPPATCH"), self.http.url_for(path, is_dir)?)
+                        .header("Content-Type", "application/xml; charset=utf-8")
+                        .body(body);
+                    let resp = self.http.send(rb, path).await?;
+                    let status = resp.status();
+                    // 501: the method is not implemented (no dead properties), not an error
+                    // to retry.
+                    if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
+                        return Err(status_error(status));
+                    }
+                    let reply = resp.bytes().await.map_err(transport_error)?;
+                    Ok((status, reply))
+                }
+            })
+            .await?;
+        match status {
+            StatusCode::MULTI_STATUS => Ok(all_statuses_ok(&reply)),
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Err(RemoteError::NotFound),
+            StatusCode::UNAUTHORIZED => Err(RemoteError::Unauthorized(401)),
+            StatusCode::FORBIDDEN
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::CONFLICT
+            | StatusCode::UNPROCESSABLE_ENTITY
+            | StatusCode::NOT_IMPLEMENTED
+            | StatusCode::BAD_REQUEST
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE => Ok(false),
+            s => Err(status_error(s)),
+        }
+    }
+}
+
+/// Whether every `DAV:status` in a multistatus says 2xx (and there is one at least).
+fn all_statuses_ok(body: &[u8]) -> bool {
+    use quick_xml::events::Event;
+    use quick_xml::name::{Namespace, ResolveResult};
+    let mut reader = quick_xml::NsReader::from_reader(body);
+    let mut in_status = false;
+    let mut seen = 0;
+    loop {
+        match reader.read_resolved_event() {
+            Ok((ns, Event::Start(e))) => {
+                in_status = e.local_name().as_ref() == b"status"
+                    && matches!(ns, ResolveResult::Bound(Namespace(b"DAV:")));
+            }
+            Ok((_, Event::Text(t))) if in_status => {
+                let text = t.decode().map(|c| c.into_owned()).unwrap_or_default();
+                let code = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse::<u16>().ok());
+                match code {
+                    Some(c) if (200..300).contains(&c) => seen += 1,
+                    _ => return false,
+                }
+            }
+            Ok((_, Event::End(_))) => in_status = false,
+            Ok((_, Event::Eof)) => return seen > 0,
+            Err(_) => return false,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod proppatch_tests {
+    #[test]
+    fn a_proppatch_reply_is_ok_only_when_every_status_is_2xx() {
+        let ok = br#"<D:multistatus xmlns:D="DAV:"><D:response><D:href>/a</D:href><D:propstat><D:prop><x:mode xmlns:x="urn:davdrive:meta"/></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response></D:multistatus>"#;
+        assert!(super::all_statuses_ok(ok));
+        let refused = br#"<D:multistatus xmlns:D="DAV:"><D:response><D:href>/a</D:href><D:propstat><D:prop/><D:status>HTTP/1.1 403 Forbidden</D:status></D:propstat></D:response></D:multistatus>"#;
+        assert!(!super::all_statuses_ok(refused));
+        assert!(!super::all_statuses_ok(
+            b"<D:multistatus xmlns:D=\"DAV:\"/>"
+        ));
+    }
 }

@@ -34,20 +34,24 @@ pub enum StoreError {
 pub enum Kind {
     File,
     Dir,
+    /// A symbolic link: on the server a small file holding the target, which a dead
+    /// property (`remote::Meta::link`) marks as a link.
+    Symlink,
 }
 
 impl Kind {
     pub fn from_i64(v: i64) -> Kind {
-        if v == 1 {
-            Kind::Dir
-        } else {
-            Kind::File
+        match v {
+            1 => Kind::Dir,
+            2 => Kind::Symlink,
+            _ => Kind::File,
         }
     }
     fn as_i64(self) -> i64 {
         match self {
             Kind::File => 0,
             Kind::Dir => 1,
+            Kind::Symlink => 2,
         }
     }
 }
@@ -88,12 +92,17 @@ pub struct Node {
     /// The checksums the server gave for the current remote version (Nextcloud and
     /// ownCloud's `oc:checksums`, like "SHA1:… MD5:…"), checked once it is all cached.
     pub remote_checksum: Option<String>,
+    /// Last access (None: the same as `mtime_ns`), kept with relatime-like rules (see
+    /// `atime_due`).
+    pub atime_ns: Option<i64>,
+    /// Symbolic links: the target, as given to `symlink()`.
+    pub link_target: Option<String>,
 }
 
 pub const NODE_COLUMNS: &str =
     "ino, parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, \
      etag, on_remote, dirty, ranges, pinned, last_access, sha256, listed_at, cached_bytes, \
-     content_etag, remote_checksum";
+     content_etag, remote_checksum, atime_ns, link_target";
 
 impl Node {
     pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
@@ -120,6 +129,8 @@ impl Node {
             cached_bytes: r.get::<_, i64>(18)? as u64,
             content_etag: r.get(19)?,
             remote_checksum: r.get(20)?,
+            atime_ns: r.get(21)?,
+            link_target: r.get(22)?,
         })
     }
 
@@ -592,6 +603,71 @@ pub fn touch_access(conn: &Connection, ino: u64, now_s: i64) -> rusqlite::Result
     Ok(())
 }
 
+/// A folder's entries changed (create, remove, rename in or out): its mtime and ctime
+/// move, as on a local disk. Local only: servers keep their own folder times.
+pub fn touch_dir(conn: &Connection, ino: u64, now_ns: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET mtime_ns = ?2, ctime_ns = ?2 WHERE ino = ?1")?
+        .execute(params![ino as i64, now_ns])?;
+    Ok(())
+}
+
+/// Takes the mode, owner and times a davdrive stored on the server (dead properties)
+/// for node `ino`. Times only where given: `mtime_ns` for files whose version the
+/// properties were written for; the access time never goes back.
+pub fn apply_remote_meta(
+    conn: &Connection,
+    ino: u64,
+    meta: &crate::remote::Meta,
+    mtime_ns: Option<i64>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE nodes SET mode = COALESCE(?2, mode), uid = COALESCE(?3, uid), \
+         gid = COALESCE(?4, gid), mtime_ns = COALESCE(?5, mtime_ns), \
+         atime_ns = CASE WHEN ?6 IS NULL THEN atime_ns ELSE max(COALESCE(atime_ns, ?6), ?6) END \
+         WHERE ino = ?1",
+    )?
+    .execute(params![
+        ino as i64,
+        meta.mode.map(|m| m as i64),
+        meta.uid.map(|v| v as i64),
+        meta.gid.map(|v| v as i64),
+        mtime_ns,
+        meta.atime_ns,
+    ])?;
+    Ok(())
+}
+
+/// Sets the target of symbolic link `ino`.
+pub fn set_link_target(conn: &Connection, ino: u64, target: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET link_target = ?2 WHERE ino = ?1")?
+        .execute(params![ino as i64, target])?;
+    Ok(())
+}
+
+/// Sets the access time of `ino` (`utimensat`, or a read that `atime_due` let through).
+pub fn set_atime(conn: &Connection, ino: u64, atime_ns: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET atime_ns = ?2 WHERE ino = ?1")?
+        .execute(params![ino as i64, atime_ns])?;
+    Ok(())
+}
+
+/// How many folders `dir` holds: a folder's link count is 2 + that, as on a local disk
+/// (its own `.` and its entry in the parent, and each subfolder's `..`).
+pub fn subdir_count(conn: &Connection, dir: u64) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT COUNT(*) FROM nodes WHERE parent = ?1 AND kind = 1")?
+        .query_row([dir as i64], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+}
+
+/// relatime: a read records the access time only when the last recorded access is not
+/// later than the last modification or change, or is a day old. So a file read over and
+/// over costs one write of the state store per change (or per day), not one per read,
+/// and "was it read since it was written" still answers right.
+pub fn atime_due(atime_ns: i64, mtime_ns: i64, ctime_ns: i64, now_ns: i64) -> bool {
+    const DAY_NS: i64 = 24 * 3600 * 1_000_000_000;
+    atime_ns <= mtime_ns || atime_ns <= ctime_ns || now_ns - atime_ns >= DAY_NS
+}
+
 /// Records `new` as the ETag of `ino` where it names the version `old` did (see
 /// `remote::same_etag`), keeping cached content bound to it.
 /// Records the server's checksums of the version `ino` has now (none clears them).
@@ -638,6 +714,27 @@ pub fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_record_the_access_time_like_relatime() {
+        const DAY: i64 = 24 * 3600 * 1_000_000_000;
+        let (mtime, ctime) = (1_000, 1_000);
+        assert!(atime_due(i64::MIN, mtime, ctime, 5_000), "never read");
+        assert!(
+            atime_due(900, mtime, ctime, 5_000),
+            "read before the last change"
+        );
+        assert!(
+            !atime_due(2_000, mtime, ctime, 5_000),
+            "read since: nothing to write"
+        );
+        assert!(!atime_due(2_000, mtime, ctime, 2_000 + DAY - 1));
+        assert!(atime_due(2_000, mtime, ctime, 2_000 + DAY), "a day old");
+        assert!(
+            atime_due(2_000, mtime, 3_000, 5_000),
+            "changed (ctime) since"
+        );
+    }
 
     #[test]
     fn range_set_merges_and_reports_missing() {

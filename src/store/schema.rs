@@ -175,6 +175,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE migration_items ADD COLUMN verified_how TEXT;
     ALTER TABLE migration_items ADD COLUMN source_kept TEXT;
     ",
+    // 9: POSIX metadata kept beside mode and owner. `atime_ns` is the access time (NULL:
+    // the same as mtime, as before it was kept); `link_target` the target of a symbolic
+    // link (kind 2). A folder's link count counts its subfolders at every getattr: the
+    // partial index makes that cost the subfolders, not all the entries of the folder.
+    "
+    ALTER TABLE nodes ADD COLUMN atime_ns INTEGER;
+    ALTER TABLE nodes ADD COLUMN link_target TEXT;
+    CREATE INDEX nodes_subdirs ON nodes(parent) WHERE kind = 1;
+    ",
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

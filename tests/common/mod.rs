@@ -60,13 +60,29 @@ pub fn external_server() -> Option<(url::Url, PathBuf)> {
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with(true, true)
+    }
+
+    /// The built-in server without dead properties or quota, like nginx's WebDAV
+    /// (ignores `DAVDRIVE_TEST_SERVER_URL`: this is about that kind of server).
+    pub fn start_without_props() -> Server {
+        Server::start_with(false, false)
+    }
+
+    /// The built-in server even where `DAVDRIVE_TEST_SERVER_URL` names another: for
+    /// tests that arrange its folder themselves.
+    pub fn start_builtin() -> Server {
+        Server::start_with(true, false)
+    }
+
+    fn start_with(props: bool, external_ok: bool) -> Server {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        if let Some((url, served)) = external_server() {
+        if let Some((url, served)) = external_server().filter(|_| external_ok) {
             // The server runs as another user (www-data): what tests make on its side
             // must be writable for it, and what it makes readable for the tests.
             unsafe { libc::umask(0) };
@@ -119,9 +135,13 @@ impl Server {
         let root = tmp.path().join("server");
         std::fs::create_dir_all(&root).unwrap();
         let (upstream, proxy) = rt.block_on(async {
-            let (addr, _task) = davdrive::serve::bind(root.clone(), "127.0.0.1:0".parse().unwrap())
-                .await
-                .unwrap();
+            let addr = "127.0.0.1:0".parse().unwrap();
+            let (addr, _task) = if props {
+                davdrive::serve::bind(root.clone(), addr).await
+            } else {
+                davdrive::serve::bind_without_props(root.clone(), addr).await
+            }
+            .unwrap();
             (addr, Proxy::start(addr).await)
         });
         Server {
@@ -450,6 +470,12 @@ pub fn ctl_json(m: &Mount, args: &[&str]) -> serde_json::Value {
     assert_eq!(v["ok"], true);
     assert_eq!(v["version"], 1);
     v["result"].clone()
+}
+
+/// Apache's `mod_dav_fs` keeps the dead properties davdrive sets (mode, owner, times)
+/// in a `.DAV` folder beside the files; it never lists it over WebDAV.
+pub fn is_property_store(name: &std::ffi::OsStr) -> bool {
+    name == ".DAV"
 }
 
 /// Waits until the server holds exactly `data` at `rel`.

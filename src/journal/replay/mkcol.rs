@@ -32,9 +32,13 @@ pub(super) async fn mkcol(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         }
         Err(err) => return Err(err),
     }
-    let conn = core.store();
-    let tx = conn.unchecked_transaction()?;
-    crate::store::versions::mark_on_remote(&tx, e.ino)?;
-    done(core, &tx, e)?;
-    Ok(tx.commit()?)
+    {
+        let conn = core.store();
+        let tx = conn.unchecked_transaction()?;
+        crate::store::versions::mark_on_remote(&tx, e.ino)?;
+        done(core, &tx, e)?;
+        tx.commit()?;
+    }
+    super::meta::after(core, e).await;
+    Ok(())
 }

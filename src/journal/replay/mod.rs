@@ -1,6 +1,6 @@
 //! The replayer: runs journal entries against the remote while it is healthy, up to
 //! `PARALLEL` at once, each after every earlier entry it depends on (`journal::ready`).
-//! One file per kind of operation (`put`, `delete`, `mkcol`, `moves`), `conflict` for
+//! One file per kind of operation (`put`, `delete`, `mkcol`, `moves`, `meta`), `conflict` for
 //! keeping both versions, `parents` for folders that vanished on the server.
 //!
 //! Every failure has an outcome that ends (`outcome`):
@@ -18,6 +18,7 @@
 
 mod conflict;
 mod delete;
+pub(crate) mod meta;
 mod mkcol;
 mod moves;
 mod parents;
@@ -225,6 +226,7 @@ async fn run_marked(core: &Arc<Core>, e: &Entry) {
     let result = match e.op {
         Op::Put => put::put(core, e).await,
         Op::Mkcol => mkcol::mkcol(core, e).await,
+        Op::Meta => meta::meta(core, e).await,
         Op::Delete => delete::delete(core, e).await,
         Op::Move => moves::rename(core, e).await,
     };

@@ -23,7 +23,8 @@ pub(super) async fn put(core: &Arc<Core>, e: &Entry) -> ReplayResult {
 async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     let node = store::get_node(&core.store(), e.ino)?;
     let node = match node {
-        Some(n) if n.kind == Kind::File => n,
+        // A symbolic link is sent as a small file holding its target.
+        Some(n) if n.kind != Kind::Dir => n,
         // The file is gone; the entry that removed it follows. Parts an earlier attempt
         // sent go now: the removal knows nothing of them.
         _ => {
@@ -113,7 +114,9 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         Err(err) => return Err(err.into()),
     };
     drop_scratch(core, e).await;
-    finish_upload(core, e, etag, sent)
+    finish_upload(core, e, etag, sent)?;
+    super::meta::after(core, e).await;
+    Ok(())
 }
 
 pub(super) use crate::journal::scratch_path;
@@ -216,7 +219,9 @@ pub(super) async fn put_in_parts(
     }
     remote.rename(&scratch, &e.path, false).await?;
     let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
-    finish_upload(core, e, etag, sent)
+    finish_upload(core, e, etag, sent)?;
+    super::meta::after(core, e).await;
+    Ok(())
 }
 
 /// PUTs a whole file and returns the new version's ETag (asking for it when the server

@@ -1,0 +1,90 @@
+//! Mode, owner and times as dead properties (PROPPATCH), so a fresh cache or another
+//! machine sees them: right after each upload and folder creation, and as `meta` entries
+//! for changes of them alone (see R5 in `journal`). Where the server keeps no dead
+//! properties (nginx) this is found out once, said once in the log and by `ctl health`,
+//! and nothing more is sent: those servers keep today's behaviour (metadata on this
+//! machine only).
+
+use std::sync::Arc;
+
+use super::{done, ReplayResult};
+use crate::fs::Core;
+use crate::journal::{self, Entry};
+use crate::remote::{Meta, RemoteError};
+use crate::store::{self, Kind, Node};
+
+/// The dead properties that describe `node` now.
+pub(crate) fn meta_of(node: &Node) -> Meta {
+    Meta {
+        mode: Some(node.mode & 0o7777),
+        uid: Some(node.uid),
+        gid: Some(node.gid),
+        mtime_ns: Some(node.mtime_ns),
+        atime_ns: Some(node.atime_ns.unwrap_or(node.mtime_ns)),
+        etag: node.etag.clone().filter(|_| node.kind != Kind::Dir),
+        link: node.link_target.clone(),
+    }
+}
+
+/// Records what the server answered about dead properties (from the probe, which reads
+/// a property back); says so once when it keeps none.
+pub(crate) fn note_support(core: &Core, kept: bool) {
+    if core.dead_props.set(kept).is_ok() && !kept {
+        tracing::warn!(
+            "the server keeps no dead properties: mode, owner and times stay on this machine \
+             (a fresh cache or another machine sees the defaults)"
+        );
+    }
+}
+
+/// Sends the metadata of `ino` to `path`. Ok(false) when there was nothing to send.
+async fn send(core: &Arc<Core>, ino: u64, path: &str) -> Result<bool, RemoteError> {
+    if core.dead_props.get() == Some(&false) {
+        return Ok(false);
+    }
+    let node = match store::get_node(&core.store(), ino) {
+        Ok(Some(n)) => n,
+        _ => return Ok(false),
+    };
+    let kept = core
+        .remote()
+        .set_meta(path, node.kind == Kind::Dir, &meta_of(&node))
+        .await?;
+    // A refusal settles it; a success is taken as such only by the probe (a server may
+    // claim to keep what it drops).
+    if !kept {
+        note_support(core, false);
+    }
+    Ok(kept)
+}
+
+/// After an upload or folder creation of `e`: its metadata goes along. A failure other
+/// than "the server keeps none" becomes a `meta` entry, retried like any other.
+pub(super) async fn after(core: &Arc<Core>, e: &Entry) {
+    match send(core, e.ino, &e.path).await {
+        Ok(_) => {}
+        Err(err) => {
+            tracing::debug!("{}: metadata not sent yet: {err}", e.path);
+            {
+                let conn = core.store();
+                let node = store::get_node(&conn, e.ino).ok().flatten();
+                let path = store::path_of(&conn, e.ino).ok().flatten();
+                if let (Some(node), Some(path)) = (node, path) {
+                    if let Err(err) = journal::record_meta(&conn, &node, &path) {
+                        tracing::error!("journal: {err}");
+                    }
+                }
+            }
+            core.journal_changed.notify_one();
+        }
+    }
+}
+
+/// A `meta` entry: the node's metadata as it is now, to the path the entry names. A node
+/// gone since, or a resource gone on the server, leaves nothing to do.
+pub(super) async fn meta(core: &Arc<Core>, e: &Entry) -> ReplayResult {
+    match send(core, e.ino, &e.path).await {
+        Ok(_) | Err(RemoteError::NotFound) => done(core, &core.store(), e),
+        Err(err) => Err(err.into()),
+    }
+}
