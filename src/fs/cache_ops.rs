@@ -341,7 +341,13 @@ impl Core {
         }
         let expected = node.sha256.clone();
         if !record && expected.is_none() {
-            return Ok(true);
+            // Not hashed yet: a download whose background check against the server's
+            // checksum has not run is checked here, before it is served.
+            let Some(spec) = &node.remote_checksum else {
+                return Ok(true);
+            };
+            let path = self.content.path(ino);
+            return Ok(crate::cache::checksum_matches(spec, &path, node.size)? != Some(false));
         }
         let path = self.content.path(ino);
         let sha = match sha256_prefix(&path, node.size) {
