@@ -14,8 +14,11 @@ use crate::store;
 
 /// Unit of download and of read-ahead.
 pub const CHUNK: u64 = 4 << 20;
-/// A reader that is not (yet) sequential fetches this much around what it asked for.
+/// A sequential reader fetches at least this much around what it asked for.
 const DEMAND_ROUND: u64 = 1 << 20;
+/// A reader jumping around fetches only this much: a 4 KiB read of a large file must not
+/// cost a megabyte on the wire.
+const RANDOM_ROUND: u64 = 64 << 10;
 /// The read-ahead window grows up to this while reading stays sequential.
 const MAX_WINDOW: u64 = 64 << 20;
 /// Downloads of one file running at once.
@@ -57,6 +60,8 @@ struct ReadAhead {
     /// Where the last read ended.
     next: u64,
     window: u64,
+    /// Reads in a row that went on where the one before ended.
+    streak: u32,
 }
 
 struct FinishDownload {
@@ -110,7 +115,7 @@ impl Core {
             let end = end.min(st.size);
             (st.size, end, start >= end || st.ranges.covers(start, end))
         };
-        let ahead = if reading {
+        let (ahead, round) = if reading {
             let m = &crate::metrics::METRICS;
             crate::metrics::add(
                 if covered {
@@ -122,7 +127,7 @@ impl Core {
             );
             self.advance_readahead(of, start, end, size)
         } else {
-            end
+            (end, DEMAND_ROUND)
         };
         let ahead_missing = ahead > end && !lock(&of.state).ranges.covers(end, ahead);
         if covered && !ahead_missing {
@@ -141,10 +146,7 @@ impl Core {
         let mut waiting = std::collections::VecDeque::new();
         if !covered {
             let (from, to) = if reading {
-                (
-                    round_down(start, DEMAND_ROUND),
-                    round_up(end, DEMAND_ROUND).min(size),
-                )
+                (round_down(start, round), round_up(end, round).min(size))
             } else {
                 (start, end)
             };
@@ -189,24 +191,43 @@ impl Core {
     }
 
     /// Updates the read-ahead of `of` for a read of `[start, end)`; returns how far
-    /// ahead the content should be present.
-    fn advance_readahead(&self, of: &OpenFile, start: u64, end: u64, size: u64) -> u64 {
+    /// ahead the content should be present, and the granule to round a missing read to.
+    fn advance_readahead(&self, of: &OpenFile, start: u64, end: u64, size: u64) -> (u64, u64) {
         let mut ra = lock(&of.downloads.readahead);
-        if start <= ra.next + CHUNK && end > ra.next && start + 2 * CHUNK >= ra.next {
-            // Moving forward from where the last read ended: sequential.
-            ra.window = if ra.next > 0 {
+        let streaming = ra.streak >= 2;
+        // How far a read may land from where the last one ended and still continue it:
+        // once streaming, the kernel reorders its reads a little; before that, only
+        // what follows on almost at once does.
+        let (ahead_slack, behind_slack) = if streaming {
+            (CHUNK, 2 * CHUNK)
+        } else {
+            (RANDOM_ROUND, 0)
+        };
+        let forward =
+            start <= ra.next + ahead_slack && end > ra.next && start + behind_slack >= ra.next;
+        if forward {
+            ra.streak = ra.streak.saturating_add(1);
+            ra.window = if ra.streak >= 2 {
                 (ra.window * 2).clamp(CHUNK, MAX_WINDOW)
             } else {
                 0
             };
             ra.next = end;
-        } else if !(start < ra.next && start + ra.window + 2 * CHUNK >= ra.next) {
-            // Neither forward nor just behind the front (the kernel reorders its reads
-            // a little, and readers re-read): random access, no read-ahead.
+        } else if !(streaming && start < ra.next && start + ra.window + 2 * CHUNK >= ra.next) {
+            // Neither forward nor, while streaming, just behind the front (readers
+            // re-read): random access, no read-ahead.
+            ra.streak = 0;
             ra.window = 0;
             ra.next = end;
         }
-        (end + ra.window).min(size)
+        // The start of a file is read whole-heartedly; a jump elsewhere fetches little
+        // until reading goes on from there.
+        let round = if ra.streak >= 2 || start == 0 {
+            DEMAND_ROUND
+        } else {
+            RANDOM_ROUND
+        };
+        ((end + ra.window).min(size), round)
     }
 
     /// Starts a download of the missing part of `[lo, hi)` (inside chunk `chunk`) unless
