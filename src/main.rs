@@ -101,7 +101,7 @@ struct MountArgs {
     attr_ttl: Duration,
     /// How long an operation waits for a folder listing refresh it started before
     /// answering from the cached listing (the refresh goes on in the background).
-    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     refresh_wait: Duration,
     /// How often to check that the server is reachable.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]

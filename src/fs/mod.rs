@@ -83,7 +83,7 @@ impl Default for CoreConfig {
         CoreConfig {
             dir_ttl: Duration::from_secs(60),
             attr_ttl: Duration::from_secs(10),
-            refresh_wait: Duration::from_millis(300),
+            refresh_wait: Duration::from_millis(50),
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
             read_only: false,

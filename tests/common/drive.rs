@@ -67,6 +67,9 @@ impl Drive {
             CoreConfig {
                 dir_ttl: Duration::from_millis(200),
                 attr_ttl: Duration::from_millis(200),
+                // Tests that look for another client's change wait for the refresh
+                // they start, however busy the machine (the default answers sooner).
+                refresh_wait: Duration::from_secs(5),
                 cache: self.limits.clone(),
                 clock: self.clock.clone(),
                 ..CoreConfig::default()

@@ -251,6 +251,8 @@ impl Mount {
                     ("--dir-ttl", "1s"),
                     ("--attr-ttl", "1s"),
                     ("--health-interval", "1s"),
+                    // See `Drive::start`: a test looking for a change waits for it.
+                    ("--refresh-wait", "5s"),
                     ("--request-timeout", "5s"),
                 ]
                 .into_iter()
