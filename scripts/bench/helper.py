@@ -312,20 +312,25 @@ def migrate_rates(bin_path, mount, src, dest, total, timeout):
     """Starts `ctl migrate` of SRC to DEST and polls its status; prints the files per
     second of the first and of the last quarter of the files, and the total seconds."""
     total, timeout = int(total), float(timeout)
-    r = subprocess.run([bin_path, "ctl", "--mount", mount, "migrate", "start", src, dest],
-                       capture_output=True, text=True)
+    r = subprocess.run([bin_path, "ctl", "--mount", mount, "migrate", "start", "--json", src,
+                        dest], capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"migrate start failed: {r.stdout} {r.stderr}")
+    # Asked by id: without one, status leaves out migrations that have ended.
+    mig_id = str(json.loads(r.stdout)["result"]["id"])
     t0 = time.time()
     marks = {}
     quarter = max(1, total // 4)
     done = 0
     while time.time() - t0 < timeout:
-        r = subprocess.run([bin_path, "ctl", "--mount", mount, "migrate", "status", "--json"],
+        r = subprocess.run([bin_path, "ctl", "--mount", mount, "migrate", "status", "--json",
+                            mig_id],
                            capture_output=True, text=True)
         try:
+            # The reply is {"ok": .., "result": [migration, ..], "version": ..}.
             st = json.loads(r.stdout)
-            items = st if isinstance(st, list) else st.get("migrations", [st])
+            items = st["result"] if isinstance(st, dict) and "result" in st else st
+            items = items if isinstance(items, list) else [items]
             m = items[-1]
             files = m.get("files", {})
             done = int(files.get("done", 0)) + int(files.get("skipped", 0))
