@@ -824,11 +824,14 @@ impl<'a> Worker<'a> {
             before = last.rowid;
             for d in &dirs {
                 let Some(ino) = d.ino else { continue };
+                // Asked before the mtime is set: that change travels as a journal entry
+                // of its own (a dead property), and the folder is on the server already.
+                let landed = core.upload_states(&[ino])?.landed.contains(&ino);
                 let mtime = ns_to_system_time(d.mtime_ns);
                 if let Err(e) = core.setattr(ino, None, None, None, None, Some(mtime)) {
                     tracing::debug!("migration {}: mtime of {}: {e}", self.id, d.rel_path);
                 }
-                if self.opts.delete_source && core.upload_states(&[ino])?.landed.contains(&ino) {
+                if self.opts.delete_source && landed {
                     // Fails (and is left) unless empty.
                     let _ = std::fs::remove_dir(self.src.join(&d.rel_path));
                 }
