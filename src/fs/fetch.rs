@@ -277,8 +277,19 @@ impl Core {
                 .await;
             match result {
                 Ok(reply) => {
-                    if let Err(e) = me.store_fetched_checked(&of, ino, &path, from, to, &reply) {
-                        tracing::warn!("{path}: could not keep downloaded data: {e}");
+                    // Writing megabytes to the content file and the range map to the
+                    // store: not on an async worker, where it would stall the other
+                    // downloads' bodies.
+                    let (core, of, path) = (me.clone(), of.clone(), path.clone());
+                    let stored = tokio::task::spawn_blocking(move || {
+                        core.store_fetched_checked(&of, ino, &path, from, to, &reply)
+                            .map_err(|e| format!("{path}: could not keep downloaded data: {e}"))
+                    })
+                    .await;
+                    match stored {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!("{e}"),
+                        Err(e) => tracing::warn!("storing a download failed: {e}"),
                     }
                 }
                 Err(e) => {

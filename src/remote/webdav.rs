@@ -923,7 +923,6 @@ fn upload_stream(
     file: tokio::fs::File,
     len: u64,
 ) -> tokio_util::io::ReaderStream<tokio::io::Take<tokio::fs::File>> {
-    use tokio::io::AsyncReadExt;
     const PIECE: usize = 1 << 20;
     tokio_util::io::ReaderStream::with_capacity(file.take(len), PIECE)
 }
