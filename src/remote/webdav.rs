@@ -902,6 +902,17 @@ fn all_statuses_ok(body: &[u8]) -> bool {
     }
 }
 
+/// The body of an upload from a local file. Read in large pieces: each read of a tokio
+/// file is a trip to the blocking pool, and the default 4 KiB pieces held uploads to
+/// well under the speed of the wire.
+fn upload_stream(
+    file: tokio::fs::File,
+    len: u64,
+) -> tokio_util::io::ReaderStream<tokio::io::Take<tokio::fs::File>> {
+    const PIECE: usize = 1 << 20;
+    tokio_util::io::ReaderStream::with_capacity(file.take(len), PIECE)
+}
+
 #[cfg(test)]
 mod proppatch_tests {
     #[test]
@@ -914,15 +925,4 @@ mod proppatch_tests {
             b"<D:multistatus xmlns:D=\"DAV:\"/>"
         ));
     }
-}
-
-/// The body of an upload from a local file. Read in large pieces: each read of a tokio
-/// file is a trip to the blocking pool, and the default 4 KiB pieces held uploads to
-/// well under the speed of the wire.
-fn upload_stream(
-    file: tokio::fs::File,
-    len: u64,
-) -> tokio_util::io::ReaderStream<tokio::io::Take<tokio::fs::File>> {
-    const PIECE: usize = 1 << 20;
-    tokio_util::io::ReaderStream::with_capacity(file.take(len), PIECE)
 }

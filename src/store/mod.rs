@@ -711,6 +711,51 @@ pub fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<(
     Ok(())
 }
 
+/// The node at `path` ("/a/b"), following names from the root.
+pub fn node_at_path(conn: &Connection, path: &str) -> rusqlite::Result<Option<Node>> {
+    let mut node = match get_node(conn, ROOT_INO)? {
+        Some(n) => n,
+        None => return Ok(None),
+    };
+    for name in path.split('/').filter(|p| !p.is_empty()) {
+        match get_child(conn, node.ino, name)? {
+            Some(n) => node = n,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(node))
+}
+
+/// Whether `dir` is `ino` or one of the folders above it.
+pub fn is_ancestor(conn: &Connection, dir: u64, ino: u64) -> rusqlite::Result<bool> {
+    let mut cur = ino;
+    for _ in 0..4096 {
+        if cur == dir {
+            return Ok(true);
+        }
+        match get_node(conn, cur)? {
+            Some(n) if n.parent != 0 && n.ino != ROOT_INO => cur = n.parent,
+            _ => return Ok(false),
+        }
+    }
+    Ok(false)
+}
+
+/// A folder moved aside locally to `name` because something else took its place on the
+/// server; the folder at the new name was created there by us.
+pub fn move_dir_aside(conn: &Connection, ino: u64, name: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET name = ?2, on_remote = 1 WHERE ino = ?1")?
+        .execute(params![ino as i64, name])?;
+    Ok(())
+}
+
+/// Keeps directory `ino`'s listing for offline use but makes it due for a refresh.
+pub fn mark_listing_due(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET listed_at = 0 WHERE ino = ?1 AND listed_at IS NOT NULL")?
+        .execute([ino as i64])?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -786,49 +831,4 @@ mod tests {
         move_node(&c, f, 0, "orphan").unwrap();
         assert_eq!(path_of(&c, f).unwrap(), None);
     }
-}
-
-/// The node at `path` ("/a/b"), following names from the root.
-pub fn node_at_path(conn: &Connection, path: &str) -> rusqlite::Result<Option<Node>> {
-    let mut node = match get_node(conn, ROOT_INO)? {
-        Some(n) => n,
-        None => return Ok(None),
-    };
-    for name in path.split('/').filter(|p| !p.is_empty()) {
-        match get_child(conn, node.ino, name)? {
-            Some(n) => node = n,
-            None => return Ok(None),
-        }
-    }
-    Ok(Some(node))
-}
-
-/// Whether `dir` is `ino` or one of the folders above it.
-pub fn is_ancestor(conn: &Connection, dir: u64, ino: u64) -> rusqlite::Result<bool> {
-    let mut cur = ino;
-    for _ in 0..4096 {
-        if cur == dir {
-            return Ok(true);
-        }
-        match get_node(conn, cur)? {
-            Some(n) if n.parent != 0 && n.ino != ROOT_INO => cur = n.parent,
-            _ => return Ok(false),
-        }
-    }
-    Ok(false)
-}
-
-/// A folder moved aside locally to `name` because something else took its place on the
-/// server; the folder at the new name was created there by us.
-pub fn move_dir_aside(conn: &Connection, ino: u64, name: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE nodes SET name = ?2, on_remote = 1 WHERE ino = ?1")?
-        .execute(params![ino as i64, name])?;
-    Ok(())
-}
-
-/// Keeps directory `ino`'s listing for offline use but makes it due for a refresh.
-pub fn mark_listing_due(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE nodes SET listed_at = 0 WHERE ino = ?1 AND listed_at IS NOT NULL")?
-        .execute([ino as i64])?;
-    Ok(())
 }
