@@ -30,7 +30,11 @@ impl Refreshes {
     fn register(&self, dir: u64) -> (Option<watch::Sender<bool>>, watch::Receiver<bool>) {
         let mut running = lock(&self.running);
         if let Some((_, rx)) = running.get(&dir) {
-            return (None, rx.clone());
+            // A refresh that died without ending (a panic drops its sender) must not
+            // keep the folder from ever being refreshed again.
+            if rx.has_changed().is_ok() {
+                return (None, rx.clone());
+            }
         }
         let (tx, rx) = watch::channel(false);
         running.insert(dir, (Instant::now(), rx.clone()));
@@ -38,7 +42,10 @@ impl Refreshes {
     }
 
     fn running(&self, dir: u64) -> Option<watch::Receiver<bool>> {
-        lock(&self.running).get(&dir).map(|(_, rx)| rx.clone())
+        lock(&self.running)
+            .get(&dir)
+            .map(|(_, rx)| rx.clone())
+            .filter(|rx| rx.has_changed().is_ok())
     }
 
     /// Ends the refresh of `dir`; `slow` says whether it took longer than the wait.
@@ -56,7 +63,7 @@ impl Refreshes {
         self.slow.load(Ordering::Relaxed)
             || lock(&self.running)
                 .values()
-                .any(|(started, _)| started.elapsed() > wait)
+                .any(|(started, rx)| started.elapsed() > wait && rx.has_changed().is_ok())
     }
 }
 
@@ -451,5 +458,33 @@ impl Core {
                 .map(|n| n.ino),
         );
         Ok(kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_that_died_without_ending_does_not_block_the_folder() {
+        let r = Refreshes::default();
+        let (tx, _rx) = r.register(7);
+        let tx = tx.expect("the first refresh of a folder registers");
+        assert!(
+            r.register(7).0.is_none(),
+            "one refresh per folder at a time"
+        );
+        assert!(r.running(7).is_some());
+        // Its task panicked: the sender is dropped without `finish`.
+        drop(tx);
+        assert!(r.running(7).is_none());
+        assert!(
+            !r.server_slow(Duration::ZERO),
+            "a dead refresh is not a slow server"
+        );
+        let (tx, _rx) = r.register(7);
+        let tx = tx.expect("the folder can be refreshed again");
+        r.finish(7, tx, Some(false));
+        assert!(r.running(7).is_none());
     }
 }
