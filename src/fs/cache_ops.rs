@@ -405,7 +405,8 @@ impl Core {
     /// bound to another remote version, cut short, or not matching its recorded hash is
     /// a miss and is dropped, never served.
     pub(super) fn check_cached_content(&self, ino: u64) -> FsResult<()> {
-        if lock(&self.verified).contains(&ino) || self.is_open(ino) {
+        let verified = lock(&self.verified).contains(&ino); // a leaf lock: released here
+        if verified || self.is_open(ino) {
             return Ok(());
         }
         let node = self.node(ino)?;

@@ -6,6 +6,11 @@
 //!   `store` → `open_files` map → a file's in-flight downloads → `OpenFile::state`.
 //! Nothing is locked while `OpenFile::state` is held. Downloads run as tasks and are
 //! waited for with nothing locked (see `fetch`).
+//! Leaf locks, taken alone or last and released before anything else is locked:
+//!   `handles`, `dir_handles`, `content_gen`, `dir_digests`, `verified`, `verifying`,
+//!   the listing refreshes' map (`listing::Refreshes`) and `remote_changes`.
+//! The FUSE adapter's own lock (`fuse::Opens`) is taken before any of the core's and
+//! never held across a call into the core that can block on the network.
 
 mod cache_ops;
 mod changes;

@@ -29,6 +29,8 @@ pub struct DavFs {
     passthrough: AtomicBool,
     /// How each open inode is open. The kernel allows either ordinary opens or
     /// passthrough opens of one inode, all with the same backing file, never both.
+    /// Lock order: taken before any lock of the core (`reply_open` asks the core for a
+    /// passthrough file under it), never across a call that can wait for the network.
     opens: Mutex<Opens>,
     /// Owner and modes every file shows (`uid=`, `gid=`, `umask=`, `file_mode=`,
     /// `dir_mode=`).
