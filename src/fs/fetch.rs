@@ -133,6 +133,11 @@ impl Core {
         if covered && !ahead_missing {
             return Ok(());
         }
+        if covered && lock(&of.downloads.inflight).len() >= MAX_PARALLEL {
+            // Read-ahead is as busy as it may be: nothing to start, so no need to look
+            // up where the file is (a query per read of a streaming reader).
+            return Ok(());
+        }
         // Under a rename that still waits, the server has the content at the old path.
         let (path, path_here) = self.remote_path(ino)?;
         if !self.health.is_online() {
