@@ -525,6 +525,9 @@ impl Harness {
             CoreConfig {
                 dir_ttl: self.ttl,
                 attr_ttl: Duration::from_millis(50),
+                // The view is compared with the server once every listing is stale:
+                // each look waits for its refresh, however busy the machine.
+                refresh_wait: Duration::from_secs(10),
                 uploads: UPLOADS,
                 clock: self.clock.clone(),
                 ..CoreConfig::default()

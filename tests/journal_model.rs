@@ -144,6 +144,9 @@ impl Harness {
             health.clone(),
             CoreConfig {
                 dir_ttl: Duration::from_millis(300),
+                // The view is compared with the server after listings expire: each look
+                // waits for its refresh, however busy the machine.
+                refresh_wait: Duration::from_secs(10),
                 ..CoreConfig::default()
             },
         )
