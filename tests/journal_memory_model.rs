@@ -29,9 +29,8 @@
 //! Run:       cargo test --test journal_memory_model
 //! Cases:     DAVDRIVE_MODEL_CASES=N (default 300, about 15 s) for the property test,
 //!            drawn from a fixed seed; DAVDRIVE_MODEL_SEED=<n> or =random draws others.
-//!            2,000 cases from the fixed seed pass in about 110 s; from random seeds a
-//!            run of 2,000 meets now and then the timing-dependent divergence named
-//!            below, so the suite keeps to 300 until it is pinned down.
+//!            The suite keeps to 300 until the timing-dependent divergence named
+//!            below is pinned down (2,000 cases take about 2 minutes here).
 //! Long soak: DAVDRIVE_MODEL_SEED=random DAVDRIVE_MODEL_CASES=100000 \
 //!              cargo test --release --test journal_memory_model \
 //!              -- --nocapture remote_and_local_follow_the_model
@@ -45,24 +44,35 @@
 //!            failures depend on timing, so run it a few times).
 //!
 //! Known issues. The property test found the bugs below; those fixed are pinned down by
-//! the fixed tests at the end of this file. Waived by default (`STILL_OPEN`): "scratch"
-//! (a part-upload scratch file can still stay on the server after some sequences of
-//! part upload, restart and removal) and the fixed ones whose new outcomes the model does
-//! not describe yet: with those generated, 2,000 cases still end now and then with a
-//! local view that differs from the server after a settle (a file renamed while offline
-//! showing an older version; timing-dependent, not pinned down yet).
+//! the fixed tests at the end of this file, and the model describes their outcomes: a
+//! folder removed here while another client put something in it stays, as theirs, with
+//! their files (`revive_parents`); a new folder whose name they took goes beside their
+//! file; a rename of a file they deleted or rewrote ends with theirs in place and ours,
+//! if held whole, under the new name; conflict copies are numbered within a second.
+//! Waived by default (`STILL_OPEN`), with what the fixed seed still meets:
+//!   "scratch": a part-upload scratch file can still stay on the server after some
+//!   sequences of part upload, restart and removal (2,000 cases: `/.b c.davdrive-part-3`
+//!   left; timing-dependent, the shrink did not reproduce it).
+//!   "crash-open": generated, the suite's 300 cases end with a local view that differs
+//!   from the server after the final restart (a file another client deleted and then put
+//!   again at a name ours was renamed to, read back locally with our older bytes and
+//!   size): the timing-dependent divergence, met when a file is held open at a crash.
+//!   "folder-move-etag": generated, 2,000 cases met our own edit of a file in a renamed
+//!   folder put into a conflict copy beside our previous version. One cause is fixed
+//!   (an upload streamed while an open handle wrote recorded a hash of bytes it did not
+//!   send, see `what_went_out` in put.rs); not yet run long enough to un-waive.
 //! DAVDRIVE_MODEL_ALLOW=<comma-separated names> sets the list (empty: none
 //! waived). The waived scenarios are then not generated, or their outcome is accepted:
 //!   scratch            part-upload scratch files left on the server
-//!   mkcol-over-file    a new folder whose name another client took (MKCOL set aside)
-//!   dir-delete         a folder delete replayed as a recursive DELETE of their files
+//!   mkcol-over-file    (fixed) a new folder whose name another client took (MKCOL set aside)
+//!   dir-delete         (fixed) a folder delete replayed as a recursive DELETE of their files
 //!   crash-open         writes to a file still open at a crash cut to an older size
-//!   conflict-name      two conflicts on one path within a second: same copy name (412)
-//!   move-of-deleted    a rename of a file another client deleted is set aside
-//!   move-adopts-etag   a rename takes the other client's version for ours
+//!   conflict-name      (fixed) two conflicts on one path within a second: same copy name
+//!   move-of-deleted    (fixed) a rename of a file another client deleted is set aside
+//!   move-adopts-etag   (fixed) a rename takes the other client's version for ours
 //!   blind-delete       (fixed) a removed file whose upload sent nothing: unconditional DELETE
 //!   fetch-pending-move (fixed) uncached content under a waiting rename fetched under the new name
-//!   delete-takes-folder a file's delete meeting their folder deletes it recursively
+//!   delete-takes-folder (fixed) a file's delete meeting their folder deletes it recursively
 //!   folder-move-etag   files in a renamed folder keep stale ETags: our own edit conflicts
 //!   evict-under-move   (fixed: content is fetched from where the server has it, so
 //!                      eviction below a folder whose rename waits is fine)
@@ -1009,6 +1019,37 @@ fn set_entry(m: &mut Model, p: &str, item: Item, st: St, keep_ino: bool) {
     m.m.insert(p.to_string(), MEntry { item, ino, st });
 }
 
+/// The folders above `target` (a server path) that something else took the place of
+/// locally (a folder removed here, then a file made at its name), with their removal
+/// still waiting. The other client's change below them meets that local change.
+fn ancestors_replaced_here(h: &Harness, m: &Model, target: &str) -> Vec<String> {
+    let entries = h.journal();
+    let mut out = Vec::new();
+    let mut cur = target;
+    while parent_of(cur) != "/" {
+        cur = parent_of(cur);
+        let image = reach(&entries, &[cur.to_string()]).images.remove(0);
+        if m.m.get(&image).is_some_and(|e| e.item != Item::Dir) {
+            out.push(cur.to_string());
+        }
+    }
+    out
+}
+
+/// A folder removed here keeps what another client put in it before the removal reached
+/// the server (a folder goes only while it is empty there): the folders above `q` that
+/// the model no longer has come back as the other client's.
+fn revive_parents(m: &mut Model, q: &str) {
+    let mut cur = q;
+    while parent_of(cur) != "/" {
+        cur = parent_of(cur);
+        if m.m.contains_key(cur) {
+            break;
+        }
+        set_entry(m, cur, Item::Dir, St::Theirs { precise: false }, false);
+    }
+}
+
 fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
     h.freeze();
     let raw = h.remote.snapshot();
@@ -1119,7 +1160,9 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
                 return h.unfreeze();
             }
             let data = their_bytes(*len as usize, *seed);
-            let (images, precise) = touch(h, m, std::slice::from_ref(&target), &[0]);
+            let mut roots = vec![target.clone()];
+            roots.extend(ancestors_replaced_here(h, m, &target));
+            let (images, precise) = touch(h, m, &roots, &[0]);
             h.remote.other_put(&target, data.clone()).unwrap();
             let q = &images[0];
             if precise {
@@ -1128,6 +1171,7 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
                 }
             }
             set_entry(m, q, Item::File(data), St::Theirs { precise }, true);
+            revive_parents(m, q);
         }
         Action::OtherDelete { pick } => {
             let Some(target) = nth(&all, *pick) else {
@@ -1156,7 +1200,9 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
             {
                 return h.unfreeze();
             }
-            let (images, precise) = touch(h, m, std::slice::from_ref(&target), &[0]);
+            let mut roots = vec![target.clone()];
+            roots.extend(ancestors_replaced_here(h, m, &target));
+            let (images, precise) = touch(h, m, &roots, &[0]);
             h.remote.other_mkdir(&target).unwrap();
             if precise {
                 set_entry(
@@ -1169,6 +1215,7 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
             } else if !m.m.contains_key(&images[0]) {
                 set_entry(m, &images[0], Item::Dir, St::Unknown, false);
             }
+            revive_parents(m, &images[0]);
         }
         Action::OtherReplaceDir { pick, len, seed } => {
             let Some(target) = nth(&dirs, *pick) else {
@@ -1183,7 +1230,9 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
                 return h.unfreeze();
             }
             let data = their_bytes(*len as usize, *seed);
-            let (images, precise) = touch(h, m, std::slice::from_ref(&target), &[0]);
+            let mut roots = vec![target.clone()];
+            roots.extend(ancestors_replaced_here(h, m, &target));
+            let (images, precise) = touch(h, m, &roots, &[0]);
             h.remote.other_delete(&target).unwrap();
             h.remote.other_put(&target, data.clone()).unwrap();
             let q = &images[0];
@@ -1193,6 +1242,7 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
                 }
             }
             set_entry(m, q, Item::File(data), St::Theirs { precise }, false);
+            revive_parents(m, q);
         }
         Action::OtherMove { pick, dir, name } => {
             let Some(src) = nth(&all, *pick) else {
@@ -1213,7 +1263,9 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
             {
                 return h.unfreeze();
             }
-            let (images, precise) = touch(h, m, &[src.clone(), dst.clone()], &[1]);
+            let mut roots = vec![src.clone(), dst.clone()];
+            roots.extend(ancestors_replaced_here(h, m, &dst));
+            let (images, precise) = touch(h, m, &roots, &[1]);
             h.remote.other_move(&src, &dst).unwrap();
             let (qs, qd) = (images[0].clone(), images[1].clone());
             if precise {
@@ -1245,6 +1297,7 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
                     set_entry(m, &qs, Item::Gone, St::Unknown, false);
                 }
             }
+            revive_parents(m, &qd);
         }
         _ => unreachable!(),
     }
@@ -1917,9 +1970,7 @@ fn check(actions: Vec<Action>) {
 /// empty to hunt them all).
 /// The scenarios still kept out of the random cases by default (see the header): the
 /// others run in every random case, their fixes also pinned by the fixed tests below.
-const STILL_OPEN: &str = "scratch,mkcol-over-file,dir-delete,crash-open,conflict-name,\
-                          move-of-deleted,move-adopts-etag,delete-takes-folder,\
-                          folder-move-etag";
+const STILL_OPEN: &str = "scratch,crash-open,folder-move-etag";
 
 fn allowed(issue: &str) -> bool {
     let list = std::env::var("DAVDRIVE_MODEL_ALLOW").unwrap_or_else(|_| STILL_OPEN.to_string());

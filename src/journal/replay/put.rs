@@ -91,6 +91,7 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         return put_in_parts(core, e, &node, cond, sent).await;
     }
     let mtime = Some(store::ns_to_system_time(node.mtime_ns));
+    let snapshot_taken = snapshot.is_some();
     let reply = match snapshot {
         Some((data, _)) => core.remote().put_bytes(&e.path, data, cond, mtime).await,
         None => {
@@ -112,6 +113,10 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         Ok(etag) => etag,
         Err(RemoteError::PreconditionFailed) => return resolve_conflict(core, e, &node).await,
         Err(err) => return Err(err.into()),
+    };
+    let sent = match snapshot_taken {
+        true => sent,
+        false => what_went_out(core, &e.path, &local_path, node.size, &etag, sent).await?,
     };
     drop_scratch(core, e).await;
     finish_upload(core, e, etag, sent)?;
@@ -219,9 +224,47 @@ pub(super) async fn put_in_parts(
     }
     remote.rename(&scratch, &e.path, false).await?;
     let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
+    let sent = what_went_out(core, &e.path, &local_path, node.size, &etag, sent).await?;
     finish_upload(core, e, etag, sent)?;
     super::meta::after(core, e).await;
     Ok(())
+}
+
+/// The hash of the version a streamed upload left on the server. `before` was taken from
+/// the local file before sending; a write through a handle still open may land while the
+/// bytes stream out, and the server then holds neither that version nor the one on disk
+/// now. Recorded as ours, a wrong hash later makes our own version look like somebody
+/// else's (once its ETag moves, as a folder rename above it does): a conflict with
+/// nobody. Unchanged on disk afterwards, the hash stands; otherwise the server's version
+/// is read back and hashed, if it is still the one this upload made (same ETag), and
+/// no hash is recorded when it cannot be told.
+async fn what_went_out(
+    core: &Arc<Core>,
+    path: &str,
+    local: &std::path::Path,
+    size: u64,
+    etag: &Option<String>,
+    before: Option<String>,
+) -> ReplayResult<Option<String>> {
+    let Some(before) = before else {
+        return Ok(None);
+    };
+    let local = local.to_path_buf();
+    let after = super::blocking(move || sha256_prefix(&local, size)).await?;
+    if after == before {
+        return Ok(Some(before));
+    }
+    tracing::debug!("{path}: written while it was sent; reading back what the server holds");
+    let Some(etag) = etag else {
+        return Ok(None);
+    };
+    let reply = core.remote().get_range(path, 0, size).await?;
+    if !crate::remote::same_etag(reply.etag.as_deref(), Some(etag))
+        || reply.data.len() as u64 != size
+    {
+        return Ok(None);
+    }
+    Ok(Some(super::sha256_of(reply.data).await?))
 }
 
 /// PUTs a whole file and returns the new version's ETag (asking for it when the server
