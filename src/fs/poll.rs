@@ -324,12 +324,14 @@ impl Core {
         for (ino, _) in recent.into_iter().take(cfg.recent) {
             take(ino, &mut used);
         }
-        // Every folder at or below a pin, and the folder of each pinned file.
+        // Every folder at or below a pin, and the folder of each pinned file. (Both
+        // `pinned` terms: the first lets SQLite use the partial index of the pins, the
+        // second makes it a search of that index, which holds the pins only.)
         let all_pinned: Vec<u64> = conn
             .prepare_cached(
                 "WITH RECURSIVE p(ino) AS ( \
                    SELECT CASE WHEN kind = 1 THEN ino ELSE parent END FROM nodes \
-                   WHERE pinned != 0 AND (parent != 0 OR ino = ?1) \
+                   WHERE pinned != 0 AND pinned > 0 AND (parent != 0 OR ino = ?1) \
                    UNION SELECT n.ino FROM nodes n JOIN p ON n.parent = p.ino WHERE n.kind = 1) \
                  SELECT ino FROM p WHERE ino != 0 ORDER BY ino",
             )?
