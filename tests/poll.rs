@@ -138,7 +138,7 @@ impl Setup {
             .into_iter()
             .filter(|(m, _)| matches!(m, Method::Stat | Method::List))
             .collect();
-        v.sort_by(|a, b| (a.1.clone(), a.0 as u8).cmp(&(b.1.clone(), b.0 as u8)));
+        v.sort_by_key(|(m, p)| (p.clone(), *m as u8));
         v
     }
 

@@ -515,7 +515,8 @@ impl Core {
                 self.kernel_inval_inode(*ino);
             }
         }
-        if !first && !(applied.added.is_empty() && applied.removed.is_empty()) {
+        let names_changed = !applied.added.is_empty() || !applied.removed.is_empty();
+        if names_changed && !first {
             for name in applied
                 .removed
                 .iter()

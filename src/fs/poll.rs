@@ -255,7 +255,7 @@ impl Core {
         let (used, pinned) = self.poll_targets()?;
         let audit = {
             let inner = lock(&self.poll.inner);
-            cfg.audit_every > 0 && (inner.rounds + 1) % cfg.audit_every == 0
+            cfg.audit_every > 0 && (inner.rounds + 1).is_multiple_of(cfg.audit_every)
         };
         let mut audit_left = audit;
         let mut refetch = Vec::new();
