@@ -77,6 +77,9 @@ pub struct MountConfig {
     pub dir_ttl: Duration,
     pub attr_ttl: Duration,
     pub refresh_wait: Duration,
+    /// Time between rounds of the background poll of the folders that matter; zero:
+    /// no poll.
+    pub poll_interval: Duration,
     pub health_interval: Duration,
     pub request_timeout: Duration,
     /// Cap on one PROPFIND reply, in bytes.

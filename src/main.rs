@@ -103,6 +103,10 @@ struct MountArgs {
     /// answering from the cached listing (the refresh goes on in the background).
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     refresh_wait: Duration,
+    /// How often pinned folders, folders of open files and recently used ones are
+    /// checked for changes made on the server by others (0 turns it off).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    poll_interval: Duration,
     /// How often to check that the server is reachable.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     health_interval: Duration,
@@ -885,6 +889,7 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
         dir_ttl: args.dir_ttl,
         attr_ttl: args.attr_ttl,
         refresh_wait: args.refresh_wait,
+        poll_interval: args.poll_interval,
         health_interval: args.health_interval,
         request_timeout: args.request_timeout,
         max_listing_size: args.max_listing_size,

@@ -101,6 +101,10 @@ pub struct Metrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub evictions: Counter,
+    /// Rounds of the background poll, changes it found, requests it sent.
+    pub polls: Counter,
+    pub poll_changes: Counter,
+    pub poll_requests: Counter,
     remote_up: Gauge,
     cache_files: Gauge,
     cache_bytes: Gauge,
@@ -136,6 +140,9 @@ impl Metrics {
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             evictions: Counter::default(),
+            polls: Counter::default(),
+            poll_changes: Counter::default(),
+            poll_requests: Counter::default(),
             remote_up: Gauge::default(),
             cache_files: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -189,6 +196,22 @@ impl Metrics {
             "cache_evictions",
             "Files whose cached content was evicted",
             m.evictions.clone(),
+        );
+        r.register(
+            "polls",
+            "Rounds of the background poll of pinned, open and recently used folders",
+            m.polls.clone(),
+        );
+        r.register(
+            "poll_changes",
+            "Changes the poll found on the server: names added, removed, or with a new \
+             version or metadata",
+            m.poll_changes.clone(),
+        );
+        r.register(
+            "poll_requests",
+            "Requests the poll sent (PROPFIND Depth 0 and Depth 1)",
+            m.poll_requests.clone(),
         );
         r.register(
             "remote_up",

@@ -32,6 +32,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "dir_ttl",
     "attr_ttl",
     "refresh_wait",
+    "poll_interval",
     "health_interval",
     "request_timeout",
     "max_listing_size",

@@ -530,3 +530,24 @@ async fn range_ignored_by_server() {
     let req = fake.seen.lock().unwrap()[0].to_lowercase();
     assert!(req.contains("range: bytes=3-6"), "{req}");
 }
+
+/// A folder's own entry comes with its listing (one PROPFIND Depth 1), and a PROPFIND
+/// Depth 0 of a folder finds it, or nothing once it is gone.
+#[tokio::test]
+async fn a_folders_own_entry_with_its_listing_and_alone() {
+    let s = setup().await;
+    s.dav.mkcol("/d").await.unwrap();
+    put(&s, "/d/a.txt", b"a", Precondition::None).await.unwrap();
+    let (me, children) = s.dav.list_dir("/d").await.unwrap();
+    let me = me.expect("the folder's own entry");
+    assert!(me.is_dir);
+    let names: Vec<&str> = children.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["a.txt"]);
+    let alone = s.dav.stat_dir("/d").await.unwrap().expect("the folder");
+    assert!(alone.is_dir);
+    assert_eq!(alone.etag, me.etag, "the same version, asked twice");
+    let (root, _) = s.dav.list_dir("/").await.unwrap();
+    assert!(root.is_some_and(|r| r.is_dir));
+    s.dav.delete("/d", true).await.unwrap();
+    assert_eq!(s.dav.stat_dir("/d").await.unwrap(), None);
+}

@@ -117,6 +117,46 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
+/// The `poll:` line of `status`: the last round of the background poll.
+fn poll_text(p: &Value) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    if u(p, "interval_s") == 0 && p["last"].is_null() {
+        return "poll:          off\n".into();
+    }
+    let etags = match s(p, "folder_etags") {
+        "propagated" => "folder ETags propagated: unchanged folders cost one PROPFIND Depth 0",
+        "not_propagated" => "folder ETags not propagated: folders are listed",
+        _ => "folder ETags not known yet: folders are listed",
+    };
+    let last = &p["last"];
+    let round = if last.is_null() {
+        "no round yet".to_string()
+    } else if let Some(why) = last["skipped"].as_str() {
+        format!("last round {} skipped ({why})", ago(last["at"].as_i64()))
+    } else {
+        format!(
+            "last round {}: {} folder(s) checked, {} listed, {} request(s), {} change(s){}",
+            ago(last["at"].as_i64()),
+            u(last, "folders"),
+            u(last, "listed"),
+            u(last, "requests"),
+            u(last, "changes"),
+            match u(last, "deferred") {
+                0 => String::new(),
+                n => format!(", {n} folder(s) left for the next rounds"),
+            }
+        )
+    };
+    format!(
+        "poll:          every {}; {round}; {} change(s) in {} round(s)\n               {etags}\n",
+        human_age(u(p, "interval_s") as i64),
+        u(p, "changes_total"),
+        u(p, "rounds"),
+    )
+}
+
 /// The human rendering of a successful reply to `cmd`.
 pub fn render(cmd: &str, r: &Value) -> String {
     match cmd {
@@ -177,6 +217,7 @@ pub fn render(cmd: &str, r: &Value) -> String {
                 human_size(u(c, "disk_free"))
             );
             out += &format!("conflicts:     {}\n", u(r, "conflicts"));
+            out += &poll_text(&r["poll"]);
             let jobs = r["jobs"].as_array().cloned().unwrap_or_default();
             if jobs.is_empty() {
                 out += "jobs:          none\n";

@@ -65,6 +65,7 @@ pub fn status(ctx: &Context) -> CmdResult {
             "min_free": limits.min_free,
         },
         "conflicts": conflicts_open(ctx)?,
+        "poll": core.poll_status(),
         "jobs": ctx.jobs.list(),
         "mountpoint": ctx.mountpoint,
         "metrics_url": ctx.metrics_addr.map(|a| format!("http://{a}/metrics")),

@@ -5,10 +5,11 @@
 //! the old path, where the server still has it.)
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use rusqlite::Connection;
 
-use super::{lock, Core, FsError, FsResult};
+use super::{lock, Core, FsError, FsResult, KernelCache};
 use crate::cache::{self, sha256_prefix};
 use crate::clock::Clock;
 use crate::store::{self, Kind};
@@ -86,9 +87,24 @@ impl Core {
         &self.cfg.clock
     }
 
-    /// Lets the FUSE adapter drop the kernel's pages of an inode whose content changed.
-    pub fn set_kernel_invalidator(&self, f: Box<dyn Fn(u64) + Send + Sync>) {
-        let _ = self.kernel_invalidator.set(f);
+    /// Lets the FUSE adapter hear of what the kernel must forget: attributes, pages and
+    /// names that changed on the remote. Set once; later calls are ignored.
+    pub fn set_kernel_cache(&self, k: Arc<dyn KernelCache>) {
+        let _ = self.kernel.set(k);
+    }
+
+    /// Tells the kernel (when there is one) that what it holds of `ino` is stale.
+    pub(super) fn kernel_inval_inode(&self, ino: u64) {
+        if let Some(k) = self.kernel.get() {
+            k.inval_inode(ino);
+        }
+    }
+
+    /// Tells the kernel (when there is one) that `name` in `parent` changed.
+    pub(super) fn kernel_inval_entry(&self, parent: u64, name: &str) {
+        if let Some(k) = self.kernel.get() {
+            k.inval_entry(parent, name);
+        }
     }
 
     /// Content of `ino` was dropped because the remote has a newer version: the kernel's
@@ -96,9 +112,7 @@ impl Core {
     pub(super) fn content_dropped(&self, ino: u64) {
         self.bump_content_gen(ino);
         lock(&self.verified).remove(&ino);
-        if let Some(f) = self.kernel_invalidator.get() {
-            f(ino);
-        }
+        self.kernel_inval_inode(ino);
     }
 
     /// Whether `ino` or a directory above it is pinned.
@@ -151,7 +165,7 @@ impl Core {
                 break;
             }
             if kind == Kind::Dir {
-                if let Err(e) = self.ensure_listing(ino) {
+                if let Err(e) = self.ensure_listing_unnoted(ino, self.cfg.dir_ttl) {
                     tracing::warn!("pinned directory (inode {ino}) could not be listed: {e}");
                     continue;
                 }

@@ -75,8 +75,10 @@ struct FinishDownload {
 impl Drop for FinishDownload {
     fn drop(&mut self) {
         lock(&self.of.downloads.inflight).remove(&self.chunk);
-        self.done.finish();
+        // The open count first: once a waiter is released, the file is open only as
+        // long as that waiter keeps it.
         self.core.close_open_file(self.ino);
+        self.done.finish();
     }
 }
 
@@ -265,17 +267,17 @@ impl Core {
         lock(&of.state).opens += 1;
         let of = of.clone();
         let path = path.to_string();
-        let done = w.clone();
+        // However the task ends (even dropped with the runtime, polled or not), waiters
+        // are released and the file's open count is given back.
+        let finish = FinishDownload {
+            core: me.clone(),
+            of: of.clone(),
+            ino,
+            chunk,
+            done: w.clone(),
+        };
         self.rt.spawn(async move {
-            // However the task ends (even dropped with the runtime), waiters are released
-            // and the file's open count is given back.
-            let _finish = FinishDownload {
-                core: me.clone(),
-                of: of.clone(),
-                ino,
-                chunk,
-                done,
-            };
+            let _finish = finish;
             let result = me
                 .remote
                 .get_range(&path, from, ask_len(from, to, size))

@@ -118,9 +118,7 @@ impl Core {
     /// The kernel's pages of `ino` are stale, but our content is the new one.
     fn content_dropped_keep(&self, ino: u64) {
         self.content_replaced(ino);
-        if let Some(f) = self.kernel_invalidator.get() {
-            f(ino);
-        }
+        self.kernel_inval_inode(ino);
     }
 
     /// Whether everything the journal holds for `ino` has reached the remote.

@@ -67,6 +67,79 @@ impl Refreshes {
     }
 }
 
+/// What one merged listing changed in the node table.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Applied {
+    /// Files and links that took a newer remote version.
+    pub changed: Vec<u64>,
+    /// Nodes whose mode, owner or times another machine changed.
+    pub meta: Vec<u64>,
+    /// Names that appeared, with their new inode.
+    pub added: Vec<(String, u64)>,
+    /// Names that went (a name whose kind changed went and appeared).
+    pub removed: Vec<String>,
+    /// The folder's first listing: what it added was found, not changed.
+    pub first: bool,
+    /// A file open here has a newer version on the server, not taken yet: a later
+    /// listing takes it, whatever the folder's ETag says then.
+    pub held_open: bool,
+}
+
+impl Applied {
+    /// Changes found: each name that came, went or changed version or metadata.
+    pub fn count(&self) -> usize {
+        if self.first {
+            return 0;
+        }
+        self.changed.len() + self.meta.len() + self.added.len() + self.removed.len()
+    }
+}
+
+/// What a listing saw of a folder on the server, for the poll to compare with the next
+/// one: the folder's own ETag and digests of its entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Seen {
+    pub etag: Option<String>,
+    /// Names and kinds.
+    pub names: u64,
+    /// Names, kinds, each file's version (ETag, size, mtime) and the properties: what a
+    /// listing applies. Subfolders' ETags are left out: a listing applies nothing of them.
+    pub full: u64,
+}
+
+impl Seen {
+    fn of(etag: Option<String>, entries: &[RemoteEntry]) -> Seen {
+        use std::hash::{Hash, Hasher};
+        let mut sorted: Vec<&RemoteEntry> = entries
+            .iter()
+            .filter(|e| !is_internal_name(&e.name))
+            .collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut names = std::collections::hash_map::DefaultHasher::new();
+        let mut full = std::collections::hash_map::DefaultHasher::new();
+        for e in sorted {
+            (&e.name, e.is_dir).hash(&mut names);
+            (&e.name, e.is_dir, &e.meta).hash(&mut full);
+            if !e.is_dir {
+                let etag = e.etag.as_deref().map(|t| t.trim_start_matches("W/"));
+                (etag, e.size, e.mtime, &e.checksum).hash(&mut full);
+            }
+        }
+        Seen {
+            etag,
+            names: names.finish(),
+            full: full.finish(),
+        }
+    }
+}
+
+/// A listing fetched and merged.
+#[derive(Debug, Clone)]
+pub(super) struct Listed {
+    pub seen: Seen,
+    pub applied: Applied,
+}
+
 impl Core {
     /// Makes sure the node table holds a listing of directory `ino` no older than the
     /// listing TTL (see `ensure_listing_within`).
@@ -85,6 +158,14 @@ impl Core {
     ///
     /// Offline, a folder listed before is served as it was; one never listed fails.
     pub(super) fn ensure_listing_within(&self, ino: u64, max_age: Duration) -> FsResult<()> {
+        // A folder in use is one the background poll keeps fresh.
+        self.poll.note_use(ino, &self.cfg);
+        self.ensure_listing_unnoted(ino, max_age)
+    }
+
+    /// `ensure_listing_within` for background work (the sweeper's walk of pinned
+    /// folders), which does not make a folder one of the recently used.
+    pub(super) fn ensure_listing_unnoted(&self, ino: u64, max_age: Duration) -> FsResult<()> {
         let node = self.node(ino)?;
         if node.kind != Kind::Dir {
             return Err(FsError::NotDir);
@@ -132,6 +213,24 @@ impl Core {
         if let Some(tx) = registered {
             self.refreshes.finish(ino, tx, None);
         }
+        result.map(|_| ())
+    }
+
+    /// Lists folder `ino` for the background poll, unless a refresh of it is running
+    /// already (None: that one applies what changed). The same fetch and merge as any
+    /// listing; registered like a refresh, so a caller arriving meanwhile waits for it
+    /// (or answers from the cached listing) instead of sending another.
+    /// The poll counts its requests: `sent` counts this one's, and it does not ask again
+    /// when the replayer changed the folder meanwhile (None: the next round does).
+    pub(super) fn poll_listing(&self, ino: u64, sent: &mut usize) -> FsResult<Option<Listed>> {
+        let (registered, _done) = self.refreshes.register(ino);
+        let Some(tx) = registered else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let result = self.fetch_and_merge_tries(ino, 0, sent);
+        self.refreshes
+            .finish(ino, tx, Some(started.elapsed() > self.cfg.refresh_wait));
         result
     }
 
@@ -156,8 +255,18 @@ impl Core {
 
     /// Asks the remote for folder `ino`'s entries and merges them. The replayer changing
     /// the remote meanwhile makes the listing ask again (three times, then the local
-    /// view stays).
-    fn fetch_and_merge(&self, ino: u64) -> FsResult<()> {
+    /// view stays: None). Returns what the listing saw and what it changed here.
+    fn fetch_and_merge(&self, ino: u64) -> FsResult<Option<Listed>> {
+        self.fetch_and_merge_tries(ino, 3, &mut 0)
+    }
+
+    /// `fetch_and_merge` asking again at most `retries` times; `sent` counts requests.
+    fn fetch_and_merge_tries(
+        &self,
+        ino: u64,
+        retries: usize,
+        sent: &mut usize,
+    ) -> FsResult<Option<Listed>> {
         let mut attempt = 0;
         loop {
             // The epoch first: a rename replayed after it is seen by the merge, whichever
@@ -166,11 +275,13 @@ impl Core {
             // Under a rename that still waits, the server has the folder at the old path.
             let (there, here) = self.remote_path(ino)?;
             let remote = self.remote.clone();
-            let entries = self.call(&there, async { remote.list(&there).await })?;
+            *sent += 1;
+            let (me, entries) = self.call(&there, async { remote.list_dir(&there).await })?;
+            let seen = Seen::of(me.and_then(|e| e.etag), &entries);
             match self.merge_listing(ino, &here, &there, entries, epoch)? {
-                true => return Ok(()),
-                false if attempt < 3 => attempt += 1,
-                false => return Ok(()),
+                Some(applied) => return Ok(Some(Listed { seen, applied })),
+                None if attempt < retries => attempt += 1,
+                None => return Ok(None),
             }
         }
     }
@@ -199,9 +310,10 @@ impl Core {
     /// Merges a fresh remote listing of `dir` into the node table. Names with waiting
     /// journal entries keep their local state; clean files whose remote version changed
     /// lose their cached content; clean nodes gone from the remote go locally too.
-    /// Returns false, merging nothing, when the replayer changed the remote since `epoch`.
+    /// Returns None, merging nothing, when the replayer changed the remote since `epoch`.
     /// `remote_dir_path` is where the server has the folder: its old path while a rename
-    /// of it (or of a folder above) waits in the journal.
+    /// of it (or of a folder above) waits in the journal. What changed is told to the
+    /// kernel (attributes, pages and names it may cache), and returned.
     fn merge_listing(
         &self,
         dir: u64,
@@ -209,9 +321,12 @@ impl Core {
         remote_dir_path: &str,
         entries: Vec<RemoteEntry>,
         epoch: u64,
-    ) -> FsResult<bool> {
+    ) -> FsResult<Option<Applied>> {
         let mut dropped_content = Vec::new();
         let mut removed = Vec::new();
+        let mut applied = Applied::default();
+        // Never listed before: the kernel can hold nothing of its entries.
+        let first;
         {
             let mut conn = lock(&self.store);
             // Checked under the store lock, which the replayer's commits also take.
@@ -220,19 +335,23 @@ impl Core {
                     .remote_changes
                     .touched_since(epoch, remote_dir_path, true)
             {
-                return Ok(false);
+                return Ok(None);
             }
             let tx = conn.transaction()?;
             // Waiting entries name the folder by the name it had when they were recorded:
             // every name from the one it has now back to the one the server has. (Read
             // under the lock: a rename here since the fetch counts too.)
+            let Some(dir_node) = store::get_node(&tx, dir)? else {
+                return Ok(Some(applied)); // removed meanwhile
+            };
+            first = dir_node.listed_at.is_none();
             let Some(here_now) = store::path_of(&tx, dir)? else {
-                return Ok(true); // removed meanwhile
+                return Ok(Some(applied)); // removed meanwhile
             };
             let chain = journal::path_chain(&tx, &here_now)?;
             if chain.last().map(String::as_str) != Some(remote_dir_path) {
                 // Listed at a path that is no longer where the server has it.
-                return Ok(false);
+                return Ok(None);
             }
             let mut pending = Vec::new();
             for name in &chain {
@@ -290,6 +409,7 @@ impl Core {
                         if kind != Kind::Dir && !same && !n.dirty {
                             // An open file keeps its content until closed; the next
                             // listing after that picks up the new version.
+                            applied.held_open |= self.is_open(n.ino);
                             if !self.is_open(n.ino) {
                                 tracing::debug!(
                                     "{dir_path}/{}: remote version changed ({:?} -> {:?})",
@@ -308,6 +428,7 @@ impl Core {
                                 if !n.ranges.is_empty() {
                                     dropped_content.push(n.ino);
                                 }
+                                applied.changed.push(n.ino);
                             }
                         } else if !n.on_remote {
                             store::versions::mark_on_remote(&tx, n.ino)?;
@@ -330,6 +451,7 @@ impl Core {
                                 || m.atime_ns.is_some_and(|v| Some(v) > n.atime_ns);
                             if differs {
                                 store::apply_remote_meta(&tx, n.ino, m, mtime)?;
+                                applied.meta.push(n.ino);
                             }
                         }
                     }
@@ -348,22 +470,31 @@ impl Core {
                         {
                             continue;
                         }
-                        self.insert_remote(&tx, dir, &e, kind, mtime_ns)?;
+                        applied.removed.push(e.name.clone());
+                        let ino = self.insert_remote(&tx, dir, &e, kind, mtime_ns)?;
+                        applied.added.push((e.name.clone(), ino));
                     }
                     None => {
-                        self.insert_remote(&tx, dir, &e, kind, mtime_ns)?;
+                        let ino = self.insert_remote(&tx, dir, &e, kind, mtime_ns)?;
+                        applied.added.push((e.name.clone(), ino));
                     }
                 }
             }
             // What is left exists here but not on the remote.
-            let gone: Vec<u64> = local
+            let gone: Vec<(u64, String)> = local
                 .into_iter()
                 .filter(|(name, n)| {
                     !is_pending(name) && n.on_remote && !n.dirty && !self.is_open(n.ino)
                 })
-                .map(|(_, n)| n.ino)
+                .map(|(name, n)| (n.ino, name))
                 .collect();
-            self.remove_subtrees(&tx, &gone, &mut removed)?;
+            let roots: Vec<u64> = gone.iter().map(|(ino, _)| *ino).collect();
+            let kept = self.remove_subtrees(&tx, &roots, &mut removed)?;
+            applied.removed.extend(
+                gone.into_iter()
+                    .filter(|(ino, _)| !kept.contains(ino))
+                    .map(|(_, name)| name),
+            );
             tx.execute(
                 "UPDATE nodes SET listed_at = ?2 WHERE ino = ?1",
                 rusqlite::params![dir as i64, self.cfg.clock.now_ms()],
@@ -379,10 +510,32 @@ impl Core {
         for ino in removed {
             self.content.remove(ino);
         }
-        for ino in dropped_content {
-            self.content_dropped(ino);
+        // The kernel forgets what changed: pages and attributes of files that took a
+        // newer version (with the content dropped here, or only their size and times),
+        // and names that came or went, so a program sees the change at once instead of
+        // after the attribute TTL.
+        for ino in &dropped_content {
+            self.content_dropped(*ino);
         }
-        Ok(true)
+        for ino in applied.changed.iter().chain(&applied.meta) {
+            if !dropped_content.contains(ino) {
+                self.kernel_inval_inode(*ino);
+            }
+        }
+        let names_changed = !applied.added.is_empty() || !applied.removed.is_empty();
+        if names_changed && !first {
+            for name in applied
+                .removed
+                .iter()
+                .chain(applied.added.iter().map(|(name, _)| name))
+            {
+                self.kernel_inval_entry(dir, name);
+            }
+            // Its entry list, link count and times.
+            self.kernel_inval_inode(dir);
+        }
+        applied.first = first;
+        Ok(Some(applied))
     }
 
     fn insert_remote(

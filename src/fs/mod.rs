@@ -18,8 +18,10 @@ pub mod error;
 mod fetch;
 mod import;
 mod listing;
+pub mod poll;
 
 pub use import::{ImportOwner, UploadStates};
+pub use poll::{PollConfig, PollReport};
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -61,6 +63,8 @@ pub struct CoreConfig {
     pub clock: Clock,
     /// How uploads are cut (tests make them small to reach every path with small files).
     pub uploads: UploadSizes,
+    /// The background poll of the folders that matter (see `poll`).
+    pub poll: PollConfig,
 }
 
 /// Sizes that decide how a file is uploaded.
@@ -95,8 +99,22 @@ impl Default for CoreConfig {
             cache: CacheLimits::default(),
             clock: Clock::default(),
             uploads: UploadSizes::default(),
+            poll: PollConfig::default(),
         }
     }
+}
+
+/// What the kernel may hold about the tree (attributes, pages, names) and must forget
+/// when the remote changed under it. The FUSE adapter implements it with fuser's
+/// `Notifier`; tests record the calls. Called with no lock held, from any thread; an
+/// implementation must not block on the kernel (a notification about an inode whose
+/// request is being served would wait for that very request).
+pub trait KernelCache: Send + Sync {
+    /// The attributes and cached pages of `ino` are stale (for a folder: also the list
+    /// of its entries).
+    fn inval_inode(&self, ino: u64);
+    /// The name `name` in folder `parent` was added, removed or now names another node.
+    fn inval_entry(&self, parent: u64, name: &str);
 }
 
 /// Attributes of a node as the kernel sees them.
@@ -186,8 +204,11 @@ pub struct Core {
     verified: Mutex<HashSet<u64>>,
     /// Large cached files being hashed in the background (one check each at a time).
     verifying: Mutex<HashSet<u64>>,
-    /// Drops the kernel's cached pages of an inode (set by the FUSE adapter).
-    kernel_invalidator: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// What the kernel caches, to be told of remote changes (set by the FUSE adapter).
+    kernel: OnceLock<Arc<dyn KernelCache>>,
+    /// The background poll's memory: what it saw of each folder, what it learnt of
+    /// the server, what folders were used lately, its last round (see `poll`).
+    poll: poll::PollState,
     /// The largest file the cache's file system holds, once measured (`max_file_size`).
     max_file_size: OnceLock<u64>,
     /// Whether the server keeps dead properties (mode, owner, times), once found out.
@@ -278,7 +299,8 @@ impl Core {
             cache_grew: Arc::new(Notify::new()),
             verified: Mutex::new(HashSet::new()),
             verifying: Mutex::new(HashSet::new()),
-            kernel_invalidator: OnceLock::new(),
+            kernel: OnceLock::new(),
+            poll: poll::PollState::default(),
             max_file_size: OnceLock::new(),
             dead_props: OnceLock::new(),
             journal_progress: tokio::sync::watch::channel(0).0,

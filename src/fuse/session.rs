@@ -422,6 +422,10 @@ fn run_inner(
             cache: cfg.cache.clone(),
             uploads: cfg.uploads,
             read_only,
+            poll: crate::fs::PollConfig {
+                interval: cfg.poll_interval,
+                ..Default::default()
+            },
             ..CoreConfig::default()
         },
     )
@@ -514,6 +518,7 @@ fn run_inner(
         shutdown_rx.clone(),
     ));
     let replayer = rt.spawn(journal::replay::run(core.clone(), shutdown_rx.clone()));
+    rt.spawn(crate::fs::poll::run(core.clone(), shutdown_rx.clone()));
     rt.spawn(crate::cache::sweeper::run(
         core.clone(),
         shutdown_rx.clone(),
@@ -556,7 +561,7 @@ fn run_inner(
         ),
         None => tracing::info!("mounted {url} on {}", cfg.mountpoint.display()),
     }
-    core.set_kernel_invalidator(kernel_invalidator(session.notifier()));
+    core.set_kernel_cache(Arc::new(KernelNotifier::new(session.notifier())));
     let pid_path = crate::config::pid_file(&cfg.mountpoint);
     let control_link = crate::config::control_link(&cfg.mountpoint);
     // Only in a folder of ours: in /tmp another user may have made it first.
@@ -644,26 +649,63 @@ fn run_inner(
     })
 }
 
-/// Drops the kernel's cached pages of inodes whose content changed on the remote. The
+/// What the kernel caches, told of remote changes through fuser's `Notifier`. The
 /// notifications go from a thread of their own: sent from inside a request handler for
-/// the same inode, they could wait on that very request.
-fn kernel_invalidator(notifier: fuser::Notifier) -> Box<dyn Fn(u64) + Send + Sync> {
-    let (tx, rx) = std::sync::mpsc::channel::<u64>();
-    std::thread::Builder::new()
-        .name("davdrive-inval".into())
-        .spawn(move || {
-            for ino in rx {
-                // ENOENT: the kernel has nothing cached for it; fine.
-                if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
-                    if e.raw_os_error() != Some(libc::ENOENT) {
-                        tracing::debug!("invalidating kernel cache of inode {ino}: {e}");
+/// the same inode (or from a refresh that request waits for), they could wait on that
+/// very request.
+struct KernelNotifier {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<Inval>>,
+}
+
+enum Inval {
+    Inode(u64),
+    Entry(u64, String),
+}
+
+impl KernelNotifier {
+    fn new(notifier: fuser::Notifier) -> KernelNotifier {
+        let (tx, rx) = std::sync::mpsc::channel::<Inval>();
+        std::thread::Builder::new()
+            .name("davdrive-inval".into())
+            .spawn(move || {
+                for inval in rx {
+                    let (what, result) = match &inval {
+                        // Attributes and every cached page (a folder: its entry list).
+                        Inval::Inode(ino) => (
+                            format!("inode {ino}"),
+                            notifier.inval_inode(fuser::INodeNo(*ino), 0, 0),
+                        ),
+                        Inval::Entry(parent, name) => (
+                            format!("{name:?} in inode {parent}"),
+                            notifier
+                                .inval_entry(fuser::INodeNo(*parent), std::ffi::OsStr::new(name)),
+                        ),
+                    };
+                    // ENOENT: the kernel has nothing cached for it; fine.
+                    if let Err(e) = result {
+                        if e.raw_os_error() != Some(libc::ENOENT) {
+                            tracing::debug!("invalidating the kernel's cache of {what}: {e}");
+                        }
                     }
                 }
-            }
-        })
-        .expect("spawn a thread");
-    let tx = std::sync::Mutex::new(tx);
-    Box::new(move |ino| {
-        let _ = tx.lock().map(|t| t.send(ino));
-    })
+            })
+            .expect("spawn a thread");
+        KernelNotifier {
+            tx: std::sync::Mutex::new(tx),
+        }
+    }
+
+    fn send(&self, inval: Inval) {
+        let _ = self.tx.lock().map(|t| t.send(inval));
+    }
+}
+
+impl crate::fs::KernelCache for KernelNotifier {
+    fn inval_inode(&self, ino: u64) {
+        self.send(Inval::Inode(ino));
+    }
+
+    fn inval_entry(&self, parent: u64, name: &str) {
+        self.send(Inval::Entry(parent, name.to_string()));
+    }
 }

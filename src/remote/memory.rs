@@ -111,17 +111,36 @@ pub enum MemItem {
 
 #[derive(Debug, Clone)]
 struct Node {
-    /// `None` for a collection: content and ETag of a file. Collections carry no ETag
-    /// (Apache's change with every member; nothing here needs them).
+    /// `None` for a collection: content and ETag of a file.
     file: Option<(Bytes, String)>,
     mtime: SystemTime,
+    /// A collection's version, shown as its ETag as `FolderEtags` says.
+    dir_tag: u64,
 }
 
 impl Node {
     fn new(file: Option<(Bytes, String)>) -> Node {
         let mtime = now();
-        Node { file, mtime }
+        Node {
+            file,
+            mtime,
+            dir_tag: 0,
+        }
     }
+}
+
+/// What ETag collections carry, and when it changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FolderEtags {
+    /// None at all (the default; nginx sends none).
+    #[default]
+    None,
+    /// Changes when a member is added, removed or moved, not when a file's content
+    /// changes (a tag made from the folder's mtime, as Apache's and dav-server's are).
+    Members,
+    /// Changes with anything below the folder, at any depth, content included
+    /// (Nextcloud, ownCloud).
+    Propagated,
 }
 
 #[derive(Default)]
@@ -138,6 +157,7 @@ struct State {
     no_partial_put: bool,
     ignore_preconditions: bool,
     quota: (Option<u64>, Option<u64>),
+    folder_etags: FolderEtags,
 }
 
 /// The in-memory remote; share it as `Arc<MemRemote>` between the code under test and
@@ -195,6 +215,10 @@ impl MemRemote {
     /// What `quota` answers: (available, used).
     pub fn set_quota(&self, available: Option<u64>, used: Option<u64>) {
         self.lock().quota = (available, used);
+    }
+    /// Whether and how collections carry an ETag (none by default).
+    pub fn set_folder_etags(&self, mode: FolderEtags) {
+        self.lock().folder_etags = mode;
     }
 
     /// The first matching rule with uses left decides, in insertion order.
@@ -379,12 +403,14 @@ impl State {
 
     fn entry(&self, path: &str) -> Option<Entry> {
         let n = self.tree.get(path)?;
+        let dir_etag =
+            (self.folder_etags != FolderEtags::None).then(|| format!("\"d{}\"", n.dir_tag));
         Some(Entry {
             name: path[path.rfind('/').map_or(0, |i| i + 1)..].to_string(),
             is_dir: n.file.is_none(),
             size: n.file.as_ref().map_or(0, |f| f.0.len() as u64),
             mtime: Some(n.mtime),
-            etag: n.file.as_ref().map(|f| f.1.clone()),
+            etag: n.file.as_ref().map(|f| f.1.clone()).or(dir_etag),
             checksum: None,
             meta: None,
         })
@@ -407,10 +433,32 @@ impl State {
         }
     }
 
-    /// A collection's mtime moves when its members change, as on a file system.
-    fn touch_parent(&mut self, path: &str) {
+    /// A collection's mtime moves when its members change, as on a file system; its
+    /// ETag as `folder_etags` says. `members`: a member was added, removed or moved,
+    /// rather than a file's content changed.
+    fn touch_parent(&mut self, path: &str, members: bool) {
         if let Some(p) = self.tree.get_mut(parent(path)) {
             p.mtime = now();
+        }
+        let mut folders = Vec::new();
+        match self.folder_etags {
+            FolderEtags::None => {}
+            FolderEtags::Members if members => folders.push(parent(path).to_string()),
+            FolderEtags::Members => {}
+            FolderEtags::Propagated => {
+                let mut p = path;
+                while p != "/" {
+                    p = parent(p);
+                    folders.push(p.to_string());
+                }
+            }
+        }
+        for f in folders {
+            self.next_tag += 1;
+            let tag = self.next_tag;
+            if let Some(n) = self.tree.get_mut(&f) {
+                n.dir_tag = tag;
+            }
         }
     }
 
@@ -422,8 +470,8 @@ impl State {
         self.need_parent(path)?;
         let etag = self.tag();
         let node = Node::new(Some((data, etag.clone())));
-        self.tree.insert(path.to_string(), node);
-        self.touch_parent(path);
+        let existed = self.tree.insert(path.to_string(), node).is_some();
+        self.touch_parent(path, !existed);
         Ok(etag)
     }
 
@@ -466,6 +514,9 @@ impl State {
         let etag = self.tag();
         let node = Node::new(Some((data.into(), etag.clone())));
         self.tree.insert(path.to_string(), node);
+        if self.folder_etags == FolderEtags::Propagated {
+            self.touch_parent(path, false);
+        }
         Ok(PutReply { etag: Some(etag) })
     }
 
@@ -475,8 +526,11 @@ impl State {
             Some(_) => Err(refused(405, "a file exists at the MKCOL target")),
             None => {
                 self.need_parent(path)?;
-                self.tree.insert(path.to_string(), Node::new(None));
-                self.touch_parent(path);
+                self.next_tag += 1;
+                let mut node = Node::new(None);
+                node.dir_tag = self.next_tag;
+                self.tree.insert(path.to_string(), node);
+                self.touch_parent(path, true);
                 Ok(())
             }
         }
@@ -519,7 +573,7 @@ impl State {
             return Err(refused(403, "cannot delete the root collection"));
         }
         if !self.remove_subtree(path).is_empty() {
-            self.touch_parent(path);
+            self.touch_parent(path, true);
         }
         Ok(())
     }
@@ -555,8 +609,8 @@ impl State {
             self.tree
                 .insert(format!("{to}{}", &key[from.len()..]), node);
         }
-        self.touch_parent(from);
-        self.touch_parent(to);
+        self.touch_parent(from, true);
+        self.touch_parent(to, true);
         Ok(())
     }
 }
@@ -616,16 +670,27 @@ impl Remote for MemRemote {
 
     /// A file is `Refused{405}` (`WebDav` would list nothing for it).
     async fn list(&self, path: &str) -> Result<Vec<Entry>, RemoteError> {
+        Ok(self.list_dir(path).await?.1)
+    }
+
+    /// One `List` request: the collection's own entry with its children.
+    async fn list_dir(&self, path: &str) -> Result<(Option<Entry>, Vec<Entry>), RemoteError> {
         let path = normalize(path);
         let gate = self.gate(Method::List, &path, None).await?;
-        self.apply(gate, Vec::new(), |s| match s.tree.get(&path) {
+        self.apply(gate, (None, Vec::new()), |s| match s.tree.get(&path) {
             None => Err(RemoteError::NotFound),
             Some(n) if n.file.is_some() => Err(refused(405, "not a collection")),
             Some(_) => {
                 let children = s.below(&path).filter(|(k, _)| parent(k) == path);
-                Ok(children.filter_map(|(k, _)| s.entry(k)).collect())
+                let children = children.filter_map(|(k, _)| s.entry(k)).collect();
+                Ok((s.entry(&path), children))
             }
         })
+    }
+
+    /// A `Stat` request, as `stat`.
+    async fn stat_dir(&self, path: &str) -> Result<Option<Entry>, RemoteError> {
+        self.stat(path).await
     }
 
     /// Clamped to the file; past its end, empty data with `total_size` and `etag` set.

@@ -77,7 +77,7 @@ pub const META_NS: &str = "urn:davdrive:meta";
 /// properties were written for: a file replaced by a client that does not write them
 /// keeps stale ones, which are then ignored) and, for a symbolic link, `link` (its
 /// target, percent-encoded UTF-8).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Meta {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
@@ -263,6 +263,15 @@ pub trait Remote: Send + Sync + 'static {
     async fn stat(&self, path: &str) -> Result<Option<Entry>, RemoteError>;
     /// PROPFIND Depth 1: the children of a collection (not the collection itself).
     async fn list(&self, path: &str) -> Result<Vec<Entry>, RemoteError>;
+    /// `list` with the collection's own entry, from the same request, where the backend
+    /// has it (its ETag tells, on some servers, whether anything inside changed since).
+    async fn list_dir(&self, path: &str) -> Result<(Option<Entry>, Vec<Entry>), RemoteError> {
+        Ok((None, self.list(path).await?))
+    }
+    /// PROPFIND Depth 0 of a collection (one request: asked with the trailing slash).
+    async fn stat_dir(&self, path: &str) -> Result<Option<Entry>, RemoteError> {
+        self.stat(path).await
+    }
     /// GET with `Range: bytes=offset-(offset+len-1)`.
     async fn get_range(&self, path: &str, offset: u64, len: u64)
         -> Result<RangeReply, RemoteError>;

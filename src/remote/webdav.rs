@@ -362,16 +362,34 @@ impl Remote for WebDav {
     }
 
     async fn list(&self, path: &str) -> Result<Vec<Entry>, RemoteError> {
+        Ok(self.list_dir(path).await?.1)
+    }
+
+    async fn list_dir(&self, path: &str) -> Result<(Option<Entry>, Vec<Entry>), RemoteError> {
         let path = normalize(path);
         match self.propfind(&path, "1", true).await? {
             Found::Missing => Err(RemoteError::NotFound),
             Found::AddSlash => Err(RemoteError::BadReply("unexpected redirect".into())),
-            // Depth 1 includes the collection itself: keep only the children.
+            // Depth 1 includes the collection itself, apart from its children.
             Found::Entries(entries) => {
-                let children = entries.into_iter().filter(|e| e.rel_path != path).collect();
+                let (me, children): (Vec<_>, Vec<_>) =
+                    entries.into_iter().partition(|e| e.rel_path == path);
+                let me = me.into_iter().next().map(|p| fix_entry(p.entry));
                 let children = super::unique_names(&path, children, |p: &ParsedEntry| &p.entry);
-                self.with_sizes(children).await
+                Ok((me, self.with_sizes(children).await?))
             }
+        }
+    }
+
+    async fn stat_dir(&self, path: &str) -> Result<Option<Entry>, RemoteError> {
+        let path = normalize(path);
+        match self.propfind(&path, "0", true).await? {
+            Found::Missing => Ok(None),
+            Found::AddSlash => Err(RemoteError::BadReply("unexpected redirect".into())),
+            Found::Entries(entries) => Ok(entries
+                .into_iter()
+                .find(|e| e.rel_path == path)
+                .map(|p| fix_entry(p.entry))),
         }
     }
 
