@@ -86,6 +86,12 @@ fn a_pinned_folder_follows_the_server_without_being_opened() {
     assert_eq!(server.proxy.count("GET"), gets, "reads went to the server");
 
     // `ctl status` tells of the poll, in text and JSON; so do the metrics.
+    // The round is recorded once it ends, which can be after its re-fetches landed.
+    wait_until(30, "the poll round to be recorded", || {
+        ctl_json(&m, &["status"])["poll"]["changes_total"]
+            .as_u64()
+            .is_some_and(|n| n >= 2)
+    });
     let st = ctl_json(&m, &["status"]);
     let poll = &st["poll"];
     assert_eq!(poll["interval_s"], 1, "{poll}");
