@@ -116,6 +116,10 @@ fn changes_behind_a_refused_entry_wait_while_an_unrelated_file_lands() {
             .as_deref()
             == Some(&b"unrelated"[..])
     });
+    // On the server a moment before its entry is marked done.
+    common::wait_until(10, "the unrelated file's entry to end", || {
+        journal::stats(&d.core().store()).unwrap().0 == 1000
+    });
     let conn = d.core().store();
     let failed = journal::list(&conn, true).unwrap();
     assert_eq!(failed.len(), 1);
