@@ -15,8 +15,9 @@ use super::client::{normalize, quote_etag, status_error};
 use super::{Entry, Precondition, PutReply, RangeReply, Remote, RemoteError, ServerInfo};
 
 /// The request a call makes on the wire: what rules match and the log records.
-/// `quota` is a `Stat` of "/" (PROPFIND Depth 0), `partial_put_supported` and
-/// `preconditions_honored` are `Probe`s of "/", `delete_if_match` is a `Delete`.
+/// `quota` is a `Stat` of "/" (PROPFIND Depth 0), `partial_put_supported`,
+/// `partial_support` and `preconditions_honored` are `Probe`s of "/", `delete_if_match`
+/// is a `Delete`, `move_file_if` a `Move`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     Stat,
@@ -27,6 +28,8 @@ pub enum Method {
     Mkcol,
     Delete,
     Move,
+    /// `copy_file` (a `Move` rule does not match it).
+    Copy,
     Probe,
 }
 
@@ -183,7 +186,8 @@ impl MemRemote {
     pub fn set_latency(&self, latency: Duration) {
         self.lock().latency = latency;
     }
-    /// What `partial_put_supported` answers; when false, `put_range` is `Refused{400}`.
+    /// What `partial_put_supported` and `partial_support` answer; when false, `put_range`
+    /// is `Refused{400}`.
     pub fn set_partial_put(&self, supported: bool) {
         self.lock().no_partial_put = !supported;
     }
@@ -715,6 +719,52 @@ impl Remote for MemRemote {
     async fn partial_put_supported(&self) -> Result<bool, RemoteError> {
         let gate = self.gate(Method::Probe, "/", None).await?;
         self.apply(gate, false, |s| Ok(!s.no_partial_put))
+    }
+
+    async fn partial_support(&self) -> Result<super::PartialSupport, RemoteError> {
+        let gate = self.gate(Method::Probe, "/", None).await?;
+        self.apply(gate, super::PartialSupport::default(), |s| {
+            Ok(super::PartialSupport {
+                range_write: (!s.no_partial_put).then_some(super::RangeWrite::ContentRange),
+                guarded_copy_move: !s.ignore_preconditions,
+            })
+        })
+    }
+
+    /// A missing source is `NotFound`; `Refused{409}` without the destination's parent.
+    async fn copy_file(
+        &self,
+        from: &str,
+        to: &str,
+        if_etag: Option<&str>,
+        _size_hint: u64,
+    ) -> Result<(), RemoteError> {
+        let (from, to) = (normalize(from), normalize(to));
+        let gate = self.gate(Method::Copy, &from, Some(&to)).await?;
+        self.apply(gate, (), |s| {
+            let (data, tag) = s.file(&from).cloned().ok_or(RemoteError::NotFound)?;
+            if let Some(want) = if_etag {
+                if !s.ignore_preconditions && tag != quote_etag(want) {
+                    return Err(RemoteError::PreconditionFailed);
+                }
+            }
+            s.write(&to, data).map(|_| ())
+        })
+    }
+
+    /// Held to the destination's version: 412 when it is another (or gone).
+    async fn move_file_if(&self, from: &str, to: &str, dest_etag: &str) -> Result<(), RemoteError> {
+        let (from, to, want) = (normalize(from), normalize(to), quote_etag(dest_etag));
+        let gate = self.gate(Method::Move, &from, Some(&to)).await?;
+        self.apply(gate, (), |s| {
+            if !s.tree.contains_key(&from) {
+                return Err(RemoteError::NotFound);
+            }
+            if !s.ignore_preconditions && s.file(&to).is_none_or(|f| f.1 != want) {
+                return Err(RemoteError::PreconditionFailed);
+            }
+            s.mv(&from, &to, true)
+        })
     }
 
     async fn preconditions_honored(&self) -> Result<bool, RemoteError> {
