@@ -844,6 +844,7 @@ fn a_stalled_part_upload_is_cut_and_retried() {
                     snapshot_limit: 64 << 10,
                     parts_from: 1 << 20,
                     part: 128 << 10,
+                    partial_from: davdrive::journal::replay::PARTIAL_FROM,
                 },
                 ..CoreConfig::default()
             },

@@ -95,6 +95,7 @@ const UPLOADS: UploadSizes = UploadSizes {
     snapshot_limit: 2000,
     parts_from: 6000,
     part: 2048,
+    partial_from: davdrive::journal::replay::PARTIAL_FROM,
 };
 /// The health probe's period (and first retry while offline): short, so the replay goes
 /// on soon after an outage or a freeze ends.

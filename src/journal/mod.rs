@@ -311,6 +311,60 @@ pub fn scratch_path(path: &str, ino: u64) -> String {
     format!("{dir}/.{name}.davdrive-part-{ino}")
 }
 
+/// A server-side copy of the base version of node `ino` (at `path`), beside it: the
+/// ranges of a partial update are written into it before it replaces the file. Each
+/// copy has a name of its own (`nonce`): the queued removal of an earlier one must not
+/// take a newer one.
+pub fn base_copy_path(path: &str, ino: u64, nonce: u64) -> String {
+    format!("{}.base{nonce}", scratch_path(path, ino))
+}
+
+/// Takes the ranges written in `ino` into upload entry `id`, which sends them (with
+/// those an earlier attempt took); the node starts a new set, so writes landing while
+/// the upload runs are sent by the next one. `None` when what was written is not known:
+/// the file is sent whole (and its writes are tracked from now on).
+pub fn take_written(
+    c: &Connection,
+    id: i64,
+    ino: u64,
+) -> rusqlite::Result<Option<crate::store::RangeSet>> {
+    use crate::store::RangeSet;
+    let tx = c.unchecked_transaction()?;
+    let written: Option<Option<Vec<u8>>> = tx
+        .prepare_cached("SELECT written FROM nodes WHERE ino = ?1")?
+        .query_row([ino as i64], |r| r.get(0))
+        .optional()?;
+    let sending: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT sending FROM journal WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let taken = match written.flatten() {
+        Some(w) => {
+            let mut all = sending.map(|b| RangeSet::decode(&b)).unwrap_or_default();
+            all.union(&RangeSet::decode(&w));
+            Some(all)
+        }
+        None => None,
+    };
+    tx.prepare_cached("UPDATE journal SET sending = ?2 WHERE id = ?1")?
+        .execute(params![id, taken.as_ref().map(|t| t.encode())])?;
+    tx.prepare_cached("UPDATE nodes SET written = X'' WHERE ino = ?1")?
+        .execute([ino as i64])?;
+    tx.commit()?;
+    Ok(taken)
+}
+
+/// The written ranges upload entry `id` took (see `take_written`), if any.
+pub fn sending(c: &Connection, id: i64) -> rusqlite::Result<Option<crate::store::RangeSet>> {
+    let blob: Option<Vec<u8>> = c
+        .prepare_cached("SELECT sending FROM journal WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    Ok(blob.map(|b| crate::store::RangeSet::decode(&b)))
+}
+
 /// Queues the removal of an upload's scratch file. The name is ours alone (hidden, with
 /// the inode number), so whatever file is there goes: the empty base says so.
 pub fn record_scratch_removal(c: &Connection, ino: u64, scratch: &str) -> rusqlite::Result<()> {
@@ -892,6 +946,9 @@ mod tests {
             remote_checksum: None,
             atime_ns: None,
             link_target: None,
+            written: None,
+            base_size: None,
+            base_copy: None,
         }
     }
 

@@ -97,12 +97,21 @@ pub struct Node {
     pub atime_ns: Option<i64>,
     /// Symbolic links: the target, as given to `symlink()`.
     pub link_target: Option<String>,
+    /// Byte ranges written here since the base version (`etag`); `None` when they are
+    /// not known (a file created here), and the file can only be sent whole.
+    pub written: Option<RangeSet>,
+    /// Size of the base version on the server (`None` with `written`).
+    pub base_size: Option<u64>,
+    /// Remote path of the server-side copy of the base version, while there is one: the
+    /// unchanged parts of a file written without them here are read from it, and the
+    /// written ranges are sent into it before it replaces the file (see `journal::replay::partial`).
+    pub base_copy: Option<String>,
 }
 
 pub const NODE_COLUMNS: &str =
     "ino, parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, \
      etag, on_remote, dirty, ranges, pinned, last_access, sha256, listed_at, cached_bytes, \
-     content_etag, remote_checksum, atime_ns, link_target";
+     content_etag, remote_checksum, atime_ns, link_target, written, base_size, base_copy";
 
 impl Node {
     pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
@@ -131,6 +140,11 @@ impl Node {
             remote_checksum: r.get(20)?,
             atime_ns: r.get(21)?,
             link_target: r.get(22)?,
+            written: r
+                .get::<_, Option<Vec<u8>>>(23)?
+                .map(|b| RangeSet::decode(&b)),
+            base_size: r.get::<_, Option<i64>>(24)?.map(|v| v as u64),
+            base_copy: r.get(25)?,
         })
     }
 
@@ -226,6 +240,18 @@ impl RangeSet {
             out.push((pos, end));
         }
         out
+    }
+
+    /// The ranges, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().copied()
+    }
+
+    /// Adds every range of `other`.
+    pub fn union(&mut self, other: &RangeSet) {
+        for (a, b) in other.iter() {
+            self.insert(a, b);
+        }
     }
 
     /// Where the last range ends (0 when empty).
@@ -455,12 +481,16 @@ pub struct NewNode<'a> {
     pub last_access: i64,
 }
 
+/// A file that is on the server starts with no written ranges, its size as the base's;
+/// one created here has neither (it is sent whole).
 pub fn insert_node(conn: &Connection, n: &NewNode<'_>) -> rusqlite::Result<u64> {
     conn.prepare_cached(
         "INSERT INTO nodes (parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, etag, \
-         on_remote, dirty, ranges, pinned, last_access, listed_at, cached_bytes, content_etag) \
+         on_remote, dirty, ranges, pinned, last_access, listed_at, cached_bytes, content_etag, \
+         written, base_size) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?15, \
-         CASE WHEN ?15 > 0 THEN ?9 END)",
+         CASE WHEN ?15 > 0 THEN ?9 END, CASE WHEN ?10 AND ?3 != 1 THEN X'' END, \
+         CASE WHEN ?10 AND ?3 != 1 THEN ?4 END)",
     )?
     .execute(params![
         n.parent as i64,
@@ -572,17 +602,83 @@ pub fn set_local_content(
     size: u64,
     mtime_ns: i64,
 ) -> rusqlite::Result<()> {
+    set_written_content(conn, ino, size, mtime_ns, &RangeSet::full(size))
+}
+
+/// Records the state of local content after writes: size, mtime and the ranges present
+/// (a file written without being all here has holes where the server's bytes are). The
+/// content is bound to the version it was written over.
+pub fn set_written_content(
+    conn: &Connection,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ranges: &RangeSet,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE nodes SET size = ?2, mtime_ns = ?3, ctime_ns = ?4, ranges = ?5, dirty = 1, \
-         cached_bytes = ?2 WHERE ino = ?1",
+         cached_bytes = ?6, content_etag = COALESCE(content_etag, etag) WHERE ino = ?1",
     )?
     .execute(params![
         ino as i64,
         size as i64,
         mtime_ns,
         now_ns(),
-        RangeSet::full(size).encode()
+        ranges.encode(),
+        ranges.bytes() as i64
     ])?;
+    Ok(())
+}
+
+/// Adds `more` to the ranges written in `ino` since its base version, and forgets what
+/// lies at or past `size` (a truncate): only while they are tracked (see `Node::written`).
+pub fn note_written(
+    conn: &Connection,
+    ino: u64,
+    more: &RangeSet,
+    size: u64,
+) -> rusqlite::Result<()> {
+    let cur: Option<Option<Vec<u8>>> = conn
+        .prepare_cached("SELECT written FROM nodes WHERE ino = ?1")?
+        .query_row([ino as i64], |r| r.get(0))
+        .optional()?;
+    let Some(Some(blob)) = cur else {
+        return Ok(());
+    };
+    let mut w = RangeSet::decode(&blob);
+    let before = w.clone();
+    w.union(more);
+    w.truncate(size);
+    if w != before {
+        conn.prepare_cached("UPDATE nodes SET written = ?2 WHERE ino = ?1")?
+            .execute(params![ino as i64, w.encode()])?;
+    }
+    Ok(())
+}
+
+/// The written ranges of `ino` are no longer known (writes a crash cut off): it is sent
+/// whole next time.
+pub fn forget_written(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET written = NULL WHERE ino = ?1")?
+        .execute([ino as i64])?;
+    Ok(())
+}
+
+/// Records (or clears) the server-side copy of the base version of `ino`.
+pub fn set_base_copy(conn: &Connection, ino: u64, copy: Option<&str>) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET base_copy = ?2 WHERE ino = ?1")?
+        .execute(params![ino as i64, copy])?;
+    Ok(())
+}
+
+/// A folder moved on the server from `from` to `to`: the base copies inside it went along.
+pub fn move_base_copies(conn: &Connection, from: &str, to: &str) -> rusqlite::Result<()> {
+    let (below, end) = (format!("{from}/"), format!("{from}0"));
+    conn.prepare_cached(
+        "UPDATE nodes SET base_copy = ?2 || substr(base_copy, length(?1) + 1) \
+         WHERE base_copy >= ?3 AND base_copy < ?4",
+    )?
+    .execute(params![from, to, below, end])?;
     Ok(())
 }
 

@@ -22,6 +22,7 @@ pub(crate) mod meta;
 mod mkcol;
 mod moves;
 mod parents;
+mod partial;
 mod put;
 
 pub use conflict::{conflict_name, host_name};
@@ -50,6 +51,11 @@ pub const PARTS_FROM: u64 = 256 << 20;
 /// Size of those parts: a cut connection costs at most this much, and the request
 /// overhead stays small against the bytes (8 MiB parts ran at a third of wire speed).
 pub const PART_SIZE: u64 = 64 << 20;
+
+/// Files from this size on send only the ranges written, where the server takes partial
+/// updates (the default of `UploadSizes::partial_from`). Below it a whole upload costs
+/// little more than the requests a partial update makes.
+pub const PARTIAL_FROM: u64 = 8 << 20;
 
 /// Entries replayed at once (uploads of many small files gain most).
 const PARALLEL: usize = 6;
@@ -349,6 +355,13 @@ async fn sha256_of(data: bytes::Bytes) -> ReplayResult<String> {
 async fn preconditions_honored(core: &Arc<Core>) -> Result<bool, RemoteError> {
     core.preconditions
         .get_or_try_init(|| core.remote().preconditions_honored())
+        .await
+        .copied()
+}
+
+async fn partial_updates_supported(core: &Arc<Core>) -> Result<bool, RemoteError> {
+    core.partial_updates
+        .get_or_try_init(|| async { Ok(core.remote().partial_support().await?.updates()) })
         .await
         .copied()
 }

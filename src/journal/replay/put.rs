@@ -33,6 +33,18 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         }
     };
     let local_path = core.content().path(e.ino);
+    // What was written since the base version goes with this upload (writes landing
+    // meanwhile are left for the next); where the server takes them, as ranges only.
+    let sending = journal::take_written(&core.store(), e.id, e.ino)?;
+    if super::partial::wanted(core, &node, &sending).await? {
+        let ranges = sending.unwrap_or_default();
+        return super::partial::put_partial(core, e, &node, ranges).await;
+    }
+    // Sent whole: a file changed here without all of it gets the rest first.
+    let node = match super::partial::whole_from_here(core, e, node).await? {
+        Ok(node) => node,
+        Err(()) => return Ok(()),
+    };
     let strict = preconditions_honored(core).await?;
     let cond = if !node.on_remote {
         // A server that ignores If-None-Match is asked first (see below).
@@ -114,7 +126,7 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         Err(err) => return Err(err.into()),
     };
     drop_scratch(core, e).await;
-    finish_upload(core, e, etag, sent)?;
+    finish_upload(core, e, etag, sent, node.size)?;
     super::meta::after(core, e).await;
     Ok(())
 }
@@ -219,7 +231,7 @@ pub(super) async fn put_in_parts(
     }
     remote.rename(&scratch, &e.path, false).await?;
     let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
-    finish_upload(core, e, etag, sent)?;
+    finish_upload(core, e, etag, sent, node.size)?;
     super::meta::after(core, e).await;
     Ok(())
 }
@@ -265,15 +277,17 @@ pub(super) fn snapshot(
     Ok((data.into(), sha))
 }
 
+/// The upload of `size` bytes landed as version `etag`: it is the base of the file now.
 pub(super) fn finish_upload(
     core: &Arc<Core>,
     e: &Entry,
     etag: Option<String>,
     sha256: Option<String>,
+    size: u64,
 ) -> ReplayResult {
     let conn = core.store();
     let tx = conn.unchecked_transaction()?;
-    store::versions::mark_uploaded(&tx, e.ino, etag.as_deref(), sha256.as_deref())?;
+    store::versions::mark_uploaded(&tx, e.ino, etag.as_deref(), sha256.as_deref(), size)?;
     journal::rebase_deletes(&tx, e.ino, etag.as_deref())?;
     let more = journal::has_pending_put(&tx, e.ino, e.id)?;
     if !more && !core.is_write_dirty(e.ino) {
