@@ -115,7 +115,17 @@ impl Core {
         {
             Ok(()) => {
                 tracing::debug!("{there}: base version copied to {copy}");
-                Ok(true)
+                // Removed (or given up) meanwhile: the copy goes too.
+                let conn = lock(&self.store);
+                let kept = store::get_node(&conn, ino)
+                    .map_err(store_err)?
+                    .is_some_and(|n| n.base_copy.as_deref() == Some(copy.as_str()));
+                if !kept {
+                    journal::record_scratch_removal(&conn, ino, &copy).map_err(store_err)?;
+                    drop(conn);
+                    self.journal_changed.notify_one();
+                }
+                Ok(kept)
             }
             Err(e) => {
                 let conn = lock(&self.store);

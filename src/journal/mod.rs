@@ -319,10 +319,15 @@ pub fn base_copy_path(path: &str, ino: u64, nonce: u64) -> String {
     format!("{}.base{nonce}", scratch_path(path, ino))
 }
 
+/// `journal.sending` of an upload that sends the whole file (what was written is not
+/// known): not a range map (those are multiples of 16 bytes).
+const SENDING_WHOLE: &[u8] = b"whole";
+
 /// Takes the ranges written in `ino` into upload entry `id`, which sends them (with
 /// those an earlier attempt took); the node starts a new set, so writes landing while
 /// the upload runs are sent by the next one. `None` when what was written is not known:
-/// the file is sent whole (and its writes are tracked from now on).
+/// the file is sent whole, by this attempt and every later one of this entry (the
+/// node's writes are tracked from now on, for the next upload).
 pub fn take_written(
     c: &Connection,
     id: i64,
@@ -339,16 +344,21 @@ pub fn take_written(
         .query_row([id], |r| r.get(0))
         .optional()?
         .flatten();
-    let taken = match written.flatten() {
-        Some(w) => {
+    let taken = match (written.flatten(), sending) {
+        (_, Some(s)) if s == SENDING_WHOLE => None,
+        (Some(w), sending) => {
             let mut all = sending.map(|b| RangeSet::decode(&b)).unwrap_or_default();
             all.union(&RangeSet::decode(&w));
             Some(all)
         }
-        None => None,
+        (None, _) => None,
+    };
+    let stored = match &taken {
+        Some(t) => t.encode(),
+        None => SENDING_WHOLE.to_vec(),
     };
     tx.prepare_cached("UPDATE journal SET sending = ?2 WHERE id = ?1")?
-        .execute(params![id, taken.as_ref().map(|t| t.encode())])?;
+        .execute(params![id, stored])?;
     tx.prepare_cached("UPDATE nodes SET written = X'' WHERE ino = ?1")?
         .execute([ino as i64])?;
     tx.commit()?;
@@ -362,7 +372,9 @@ pub fn sending(c: &Connection, id: i64) -> rusqlite::Result<Option<crate::store:
         .query_row([id], |r| r.get(0))
         .optional()?
         .flatten();
-    Ok(blob.map(|b| crate::store::RangeSet::decode(&b)))
+    Ok(blob
+        .filter(|b| b != SENDING_WHOLE)
+        .map(|b| crate::store::RangeSet::decode(&b)))
 }
 
 /// Queues the removal of an upload's scratch file. The name is ours alone (hidden, with

@@ -74,6 +74,9 @@ pub enum ReplayError {
     /// ever being set aside for it.
     #[error("{0}")]
     Later(String),
+    /// Went wrong in a way worth another try (counted, like a 5xx).
+    #[error("{0}")]
+    Retry(String),
 }
 
 pub type ReplayResult<T = ()> = Result<T, ReplayError>;
@@ -279,6 +282,7 @@ async fn outcome(core: &Arc<Core>, e: &Entry, err: ReplayError) {
             retry_later(core, e, &err.to_string(), None, true)
         }
         ReplayError::Later(why) => retry_later(core, e, &why, None, false),
+        ReplayError::Retry(why) => retry_later(core, e, &why, None, true),
         ReplayError::Store(db) => {
             tracing::error!("{what}: the state store failed: {db}");
             retry_later(core, e, &format!("state store: {db}"), None, true)

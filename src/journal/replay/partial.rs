@@ -68,11 +68,26 @@ pub(super) async fn put_partial(
     node: &Node,
     mut sending: RangeSet,
 ) -> ReplayResult {
+    if node.parent == 0 {
+        // Unlinked while open: never sent; its removal follows.
+        return done(core, &core.store(), e);
+    }
     let remote = core.remote().clone();
     let base = node.etag.clone().unwrap_or_default();
     let size = node.size;
     sending.truncate(size);
     let (done_version, done_bytes) = journal::part_progress(&core.store(), e.id)?;
+    // The hash of the version sent, where it is all here and small enough to hash: a
+    // later delete (or conflict check) then knows it for ours, whatever ETag the server
+    // gives it after a move (as whole uploads do).
+    let sha = if node.fully_cached() && size <= super::COMPARE_LIMIT {
+        let path = core.content().path(e.ino);
+        let sha = super::blocking(move || crate::cache::sha256_prefix(&path, size)).await?;
+        journal::add_sent_hash(&core.store(), e.id, &sha)?;
+        Some(sha)
+    } else {
+        None
+    };
     // A crash (or a lost reply) after the MOVE but before its success was recorded: the
     // copy is gone and the file holds our version.
     if let (Some(v), Some(copy)) = (done_version.as_deref(), node.base_copy.as_deref()) {
@@ -82,14 +97,14 @@ pub(super) async fn put_partial(
         {
             tracing::info!("{}: an earlier attempt's update had landed", e.path);
             let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
-            return finish(core, e, etag, size).await;
+            return finish(core, e, etag, size, sha).await;
         }
     }
     if sending.is_empty() && Some(size) == node.base_size && node.base_copy.is_none() {
         // Nothing written since the base version (a truncate to the same size, say):
         // the server has this content.
         let etag = node.etag.clone();
-        return finish(core, e, etag, size).await;
+        return finish(core, e, etag, size, sha).await;
     }
     let mut attempt = 0;
     let (copy, moving, sent) = loop {
@@ -99,14 +114,26 @@ pub(super) async fn put_partial(
         let copy = match recorded {
             Some(c) => c,
             None => {
-                if !core.ensure_base_copy(e.ino).await? {
+                let made = core.ensure_base_copy(e.ino).await?;
+                let now = store::get_node(&core.store(), e.ino)?;
+                match (made, now) {
+                    // Removed here meanwhile: its removal follows (and takes the copy).
+                    (_, None) => return done(core, &core.store(), e),
+                    (
+                        true,
+                        Some(Node {
+                            base_copy: Some(c), ..
+                        }),
+                    ) => c,
                     // The file on the server is no longer the base version.
-                    return base_gone(core, e, node).await;
+                    (false, Some(_)) => return base_gone(core, e, node).await,
+                    (true, Some(_)) => {
+                        return Err(ReplayError::Retry(format!(
+                            "{}: its base copy was given up meanwhile",
+                            e.path
+                        )))
+                    }
                 }
-                let n = store::get_node(&core.store(), e.ino)?;
-                n.and_then(|n| n.base_copy).ok_or_else(|| {
-                    ReplayError::Remote(RemoteError::BadReply("no base copy recorded".into()))
-                })?
             }
         };
         // 2. The ranges, going on from what an earlier attempt had sent to this copy of
@@ -154,16 +181,17 @@ pub(super) async fn put_partial(
                     e.path
                 );
                 fetch_rest(core, e).await?;
-                return Err(ReplayError::Later(format!(
+                return Err(ReplayError::Retry(format!(
                     "{}: partial update started over",
                     e.path
                 )));
             }
             other => {
+                // Sent again from the start next time.
                 journal::set_part_progress(&core.store(), e.id, "", 0)?;
-                return Err(ReplayError::Remote(RemoteError::BadReply(format!(
+                return Err(ReplayError::Retry(format!(
                     "{copy}: the server holds {other:?} bytes after the update, not {size}"
-                ))));
+                )));
             }
         }
     };
@@ -197,7 +225,7 @@ pub(super) async fn put_partial(
         Err(err) => return Err(err.into()),
     }
     let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
-    finish(core, e, etag, size).await
+    finish(core, e, etag, size, sha).await
 }
 
 /// Writes `sending` into `copy` in parts, recording after each how many bytes the server
@@ -276,8 +304,14 @@ async fn our_version(
     Ok(true)
 }
 
-async fn finish(core: &Arc<Core>, e: &Entry, etag: Option<String>, size: u64) -> ReplayResult {
-    super::put::finish_upload(core, e, etag, None, size)?;
+async fn finish(
+    core: &Arc<Core>,
+    e: &Entry,
+    etag: Option<String>,
+    size: u64,
+    sha: Option<String>,
+) -> ReplayResult {
+    super::put::finish_upload(core, e, etag, sha, size)?;
     super::meta::after(core, e).await;
     Ok(())
 }

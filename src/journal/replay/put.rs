@@ -21,7 +21,20 @@ pub(super) async fn put(core: &Arc<Core>, e: &Entry) -> ReplayResult {
 }
 
 async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
-    let node = store::get_node(&core.store(), e.ino)?;
+    // What was written since the base version goes with this upload (writes committed
+    // later are left for the next); where the server takes them, as ranges only. Taken
+    // with the node in one hold of the store, so the size read covers every range
+    // taken (a commit lands before both or after both).
+    let (node, sending) = {
+        let conn = core.store();
+        match store::get_node(&conn, e.ino)? {
+            Some(n) if n.kind != Kind::Dir => {
+                let sending = journal::take_written(&conn, e.id, e.ino)?;
+                (Some(n), sending)
+            }
+            other => (other, None),
+        }
+    };
     let node = match node {
         // A symbolic link is sent as a small file holding its target.
         Some(n) if n.kind != Kind::Dir => n,
@@ -33,9 +46,6 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         }
     };
     let local_path = core.content().path(e.ino);
-    // What was written since the base version goes with this upload (writes landing
-    // meanwhile are left for the next); where the server takes them, as ranges only.
-    let sending = journal::take_written(&core.store(), e.id, e.ino)?;
     if super::partial::wanted(core, &node, &sending).await? {
         let ranges = sending.unwrap_or_default();
         return super::partial::put_partial(core, e, &node, ranges).await;
