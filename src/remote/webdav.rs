@@ -89,6 +89,13 @@ impl WebDav {
         }
         let found = result?;
         tracing::info!(
+            "server {} PUT with Content-Range",
+            match found.range_write {
+                Some(RangeWrite::ContentRange) => "accepts",
+                _ => "does not accept",
+            }
+        );
+        tracing::info!(
             "partial updates: {}",
             match (found.range_write, found.guarded_copy_move) {
                 (Some(how), true) => format!("the server takes them ({})", how.as_str()),
