@@ -44,6 +44,8 @@ impl Drive {
     }
 
     fn build(limits: CacheLimits, state: tempfile::TempDir, uploads: UploadSizes) -> Drive {
+        // Against an external server the tests run with umask 0 (see `Server::start`).
+        super::private(state.path());
         if let Ok(filter) = std::env::var("DAVDRIVE_LOG") {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
