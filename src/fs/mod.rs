@@ -1096,10 +1096,9 @@ impl Core {
                     store::note_written(conn, ino, &grown, new_size)?;
                 }
                 of.file.set_len(new_size)?;
-                st.size = new_size;
+                let old_size = std::mem::replace(&mut st.size, new_size);
                 st.ranges = ranges;
-                st.written.truncate(new_size);
-                st.written.union(&grown);
+                store::truncate_written(&mut st.written, old_size, new_size);
                 st.mtime_ns = store::now_ns();
                 st.write_dirty = true;
                 st.write_seq += 1;
@@ -1301,7 +1300,8 @@ impl Core {
             let mut st = lock(&of.state);
             let mut now = RangeSet::default();
             // Growing past the end: the gap reads as zeros, which are ours too.
-            now.insert(offset.min(st.size), end);
+            let (from, to) = store::write_span(st.size, offset, end);
+            now.insert(from, to);
             let new_size = st.size.max(end);
             if let Some(conn) = &conn {
                 let mut ranges = st.ranges.clone();

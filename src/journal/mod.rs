@@ -1019,6 +1019,70 @@ mod tests {
         assert_eq!(ops_of(&c, 4), ["mkcol"]);
     }
 
+    /// An upload takes the written ranges (its own and earlier attempts'), the node
+    /// starts a new set; an upload that found them unknown stays whole for good.
+    #[test]
+    fn uploads_take_the_written_ranges_and_a_whole_upload_stays_whole() {
+        use crate::store::{self, RangeSet};
+        let c = store_with(&[]);
+        let new = |on_remote: bool| {
+            store::insert_node(
+                &c,
+                &store::NewNode {
+                    parent: 1,
+                    name: if on_remote { "theirs" } else { "ours" },
+                    kind: crate::store::Kind::File,
+                    size: 100,
+                    mtime_ns: 0,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    etag: Some("\"e\""),
+                    on_remote,
+                    dirty: true,
+                    ranges: RangeSet::full(100),
+                    listed_at: None,
+                    last_access: 0,
+                },
+            )
+            .unwrap()
+        };
+        let span = |a, b| {
+            let mut r = RangeSet::default();
+            r.insert(a, b);
+            r
+        };
+        let tracked = new(true);
+        record_put(&c, tracked, "/theirs").unwrap();
+        let id = c.last_insert_rowid();
+        store::note_written(&c, tracked, &span(0, 10), 100).unwrap();
+        assert_eq!(take_written(&c, id, tracked).unwrap(), Some(span(0, 10)));
+        assert_eq!(
+            store::get_node(&c, tracked).unwrap().unwrap().written,
+            Some(RangeSet::default())
+        );
+        // A second attempt sends what the first took, and what was written since.
+        store::note_written(&c, tracked, &span(50, 60), 100).unwrap();
+        let mut both = span(0, 10);
+        both.insert(50, 60);
+        assert_eq!(take_written(&c, id, tracked).unwrap(), Some(both.clone()));
+        assert_eq!(sending(&c, id).unwrap(), Some(both));
+
+        // Unknown (a crash, or a file made here): whole, on every attempt, even once
+        // writes made since are tracked again.
+        let unknown = new(false);
+        record_put(&c, unknown, "/ours").unwrap();
+        let id = c.last_insert_rowid();
+        assert_eq!(take_written(&c, id, unknown).unwrap(), None);
+        store::note_written(&c, unknown, &span(0, 5), 100).unwrap();
+        assert_eq!(take_written(&c, id, unknown).unwrap(), None);
+        assert_eq!(sending(&c, id).unwrap(), None);
+        assert_eq!(
+            store::get_node(&c, unknown).unwrap().unwrap().written,
+            Some(RangeSet::default())
+        );
+    }
+
     #[test]
     fn metadata_entries_are_scheduled_like_any_other() {
         let c = store_with(&[

@@ -957,6 +957,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn copy_and_move_held_to_a_version() {
+        let m = MemRemote::new();
+        let tag = m.other_put("/f", "base").unwrap();
+        assert_eq!(k(m.copy_file("/f", "/c", Some("\"nope\""), 4).await), "412");
+        assert!(m.read("/c").is_none());
+        m.copy_file("/f", "/c", Some(&tag), 4).await.unwrap();
+        assert_eq!(m.read("/c").unwrap(), b"base");
+        assert_eq!(k(m.copy_file("/g", "/c2", None, 0).await), "404");
+        // Onto a destination that is no longer the version named: refused, untouched.
+        let theirs = m.other_put("/f", "theirs").unwrap();
+        assert_eq!(k(m.move_file_if("/c", "/f", &tag).await), "412");
+        assert_eq!(m.read("/c").unwrap(), b"base");
+        m.move_file_if("/c", "/f", &theirs).await.unwrap();
+        assert_eq!(
+            (m.read("/f").unwrap(), m.read("/c")),
+            (b"base".to_vec(), None)
+        );
+        assert_eq!(k(m.move_file_if("/c", "/f", "\"x\"").await), "404");
+        assert_eq!(m.count(Method::Copy), 3);
+        let support = m.partial_support().await.unwrap();
+        assert!(support.updates());
+        m.set_partial_put(false);
+        assert!(!m.partial_support().await.unwrap().updates());
+    }
+
+    #[tokio::test]
     async fn move_semantics() {
         let m = MemRemote::new();
         assert_eq!(k(m.rename("/x", "/y", false).await), "404");

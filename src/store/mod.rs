@@ -289,6 +289,20 @@ impl RangeSet {
     }
 }
 
+/// The bytes a write of `[offset, end)` to a file of `size` bytes changes: its own, and
+/// when it starts past the end, the gap before it (which reads as zeros). What the
+/// file's written ranges gain (see `Node::written`).
+pub fn write_span(size: u64, offset: u64, end: u64) -> (u64, u64) {
+    (offset.min(size), end)
+}
+
+/// A truncate of a file of `size` bytes to `new`: its written ranges lose what lies past
+/// `new` and gain the zeros it grows by, if it grows.
+pub fn truncate_written(written: &mut RangeSet, size: u64, new: u64) {
+    written.truncate(new);
+    written.insert(size.min(new), new);
+}
+
 pub fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -846,6 +860,128 @@ mod tests {
         assert_eq!(r.missing(0, 12), vec![(5, 10)]);
         assert_eq!(RangeSet::decode(&r.encode()), r);
         assert!(RangeSet::full(0).covers(0, 0));
+    }
+
+    /// The rule partial updates stand on: a file's bytes differ from its base version's
+    /// only inside its written ranges, so the base with those ranges written over it
+    /// (and extended, as `PUT` with `Content-Range` does) is the file, whenever the file
+    /// is not shorter than the base. Random writes, writes past the end and truncates.
+    #[test]
+    fn the_base_and_the_written_ranges_make_the_file() {
+        use proptest::prelude::*;
+        #[derive(Debug, Clone)]
+        enum Op {
+            Write(u64, u64, u8),
+            Truncate(u64),
+        }
+        let op = prop_oneof![
+            (0u64..300, 1u64..60, any::<u8>()).prop_map(|(o, l, b)| Op::Write(o, l, b)),
+            (0u64..300).prop_map(Op::Truncate),
+        ];
+        proptest!(|(base_len in 0usize..200, ops in proptest::collection::vec(op, 0..12))| {
+            let base: Vec<u8> = (0..base_len).map(|i| (i % 251) as u8 + 1).collect();
+            let mut file = base.clone();
+            let mut written = RangeSet::default();
+            for op in &ops {
+                let size = file.len() as u64;
+                match *op {
+                    Op::Write(offset, len, byte) => {
+                        let end = offset + len;
+                        let (a, b) = write_span(size, offset, end);
+                        written.insert(a, b);
+                        if file.len() < end as usize {
+                            file.resize(end as usize, 0);
+                        }
+                        file[offset as usize..end as usize].fill(byte);
+                    }
+                    Op::Truncate(new) => {
+                        truncate_written(&mut written, size, new);
+                        file.resize(new as usize, 0);
+                    }
+                }
+                // Never a range past the end, and none is lost by decoding.
+                prop_assert!(written.end() <= file.len() as u64);
+                prop_assert_eq!(RangeSet::decode(&written.encode()), written.clone());
+            }
+            if file.len() >= base.len() {
+                let mut server = base.clone();
+                for (a, b) in written.iter() {
+                    if server.len() < b as usize {
+                        server.resize(b as usize, 0);
+                    }
+                    server[a as usize..b as usize].copy_from_slice(&file[a as usize..b as usize]);
+                }
+                prop_assert_eq!(server, file);
+            }
+        });
+    }
+
+    /// Written ranges are tracked in the store only for files that have a base version,
+    /// grow with each commit, are cut by a truncate, and are forgotten after a crash of
+    /// writes whose ranges were not recorded.
+    #[test]
+    fn written_ranges_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(&dir.path().join("s.db")).unwrap();
+        let mk = |name: &str, on_remote: bool| {
+            insert_node(
+                &c,
+                &NewNode {
+                    parent: ROOT_INO,
+                    name,
+                    kind: Kind::File,
+                    size: 100,
+                    mtime_ns: 0,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    etag: on_remote.then_some("\"e1\""),
+                    on_remote,
+                    dirty: false,
+                    ranges: RangeSet::default(),
+                    listed_at: None,
+                    last_access: 0,
+                },
+            )
+            .unwrap()
+        };
+        let theirs = mk("from the server", true);
+        let ours = mk("made here", false);
+        let n = get_node(&c, theirs).unwrap().unwrap();
+        assert_eq!(
+            (n.written, n.base_size),
+            (Some(RangeSet::default()), Some(100))
+        );
+        let n = get_node(&c, ours).unwrap().unwrap();
+        assert_eq!((n.written, n.base_size), (None, None));
+
+        let span = |a, b| {
+            let mut r = RangeSet::default();
+            r.insert(a, b);
+            r
+        };
+        note_written(&c, theirs, &span(10, 20), 100).unwrap();
+        note_written(&c, theirs, &span(90, 150), 150).unwrap();
+        note_written(&c, ours, &span(0, 50), 100).unwrap();
+        let n = get_node(&c, theirs).unwrap().unwrap();
+        let mut want = span(10, 20);
+        want.insert(90, 150);
+        assert_eq!(n.written, Some(want));
+        assert_eq!(get_node(&c, ours).unwrap().unwrap().written, None);
+        // Cut to 95: what lay past it is no longer the file's.
+        note_written(&c, theirs, &RangeSet::default(), 95).unwrap();
+        let mut want = span(10, 20);
+        want.insert(90, 95);
+        assert_eq!(get_node(&c, theirs).unwrap().unwrap().written, Some(want));
+        forget_written(&c, theirs).unwrap();
+        assert_eq!(get_node(&c, theirs).unwrap().unwrap().written, None);
+        // Landing an upload starts tracking again, against the version sent.
+        versions::mark_uploaded(&c, theirs, Some("\"e2\""), None, 95).unwrap();
+        let n = get_node(&c, theirs).unwrap().unwrap();
+        assert_eq!(
+            (n.written, n.base_size),
+            (Some(RangeSet::default()), Some(95))
+        );
     }
 
     #[test]
