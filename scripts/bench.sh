@@ -8,8 +8,10 @@
 #
 # Measurements: cold / disk-cache / hot sequential read of a 256 MiB file, `ls -l` of a
 # 5,000-entry directory (cold, warm), a 256 MiB sequential write and a `tar -x` of 2,000
-# small files (time until the writer finishes and until the server has every byte), and
-# the daemons' peak RSS.
+# small files (time until the writer finishes and until the server has every byte), the
+# daemons' peak RSS, and 1 MiB appended to a 1 GiB file on the server not cached
+# (BENCH_APPEND_MIB sets its size): time, and bytes on the wire counted by a relay.
+# BENCH_ONLY=append runs only that last case.
 #
 # --scale: the cases at the sizes users have (100,000 files, a 4 GiB file, a folder
 # shrinking on the server, a server slowed to a byte a second, ...), side by side with
@@ -68,6 +70,7 @@ work=""
 apache_pid=""
 dav_pid=""
 rclone_pid=""
+relay_pid=""
 cleanup() {
   local rc=$?
   set +e
@@ -87,6 +90,10 @@ cleanup() {
   if [ -n "$rclone_pid" ] && kill -0 "$rclone_pid" 2>/dev/null; then
     kill "$rclone_pid" 2>/dev/null
     wait "$rclone_pid" 2>/dev/null
+  fi
+  if [ -n "$relay_pid" ] && kill -0 "$relay_pid" 2>/dev/null; then
+    kill "$relay_pid" 2>/dev/null
+    wait "$relay_pid" 2>/dev/null
   fi
   if [ -n "$apache_pid" ] && kill -0 "$apache_pid" 2>/dev/null; then
     kill "$apache_pid" 2>/dev/null
@@ -139,7 +146,9 @@ drop_caches() { sync; [ $can_drop -eq 0 ] || echo 3 >/proc/sys/vm/drop_caches; }
 
 # ---------------------------------------------------------------- test data
 big_mib=256
-if [ "$mode" = small ]; then
+# BENCH_ONLY=append: only the append case (quick; no other test data).
+only=${BENCH_ONLY:-}
+if [ "$mode" = small ] && [ "$only" != append ]; then
 list_count=5000
 small_count=2000
 echo "bench: generating test data in $work"
@@ -362,6 +371,7 @@ measure() {
   fi
 }
 
+if [ "$only" != append ]; then
 # -- davdrive
 echo "bench: === davdrive ==="
 reset_server
@@ -407,6 +417,80 @@ measure local "$local_dir"
 record rss "$L_RSS" MiB local ""
 
 note "local 'complete on server' rows are writer + sync (data on the local disk)"
+fi
+
+# -- append 1 MiB to a large file on the server that no tool has cached, through a
+# relay that counts the bytes on the wire both ways (headers included). davdrive sends
+# the new bytes only where the server takes partial updates (Apache does); a tool
+# without them fetches the whole file and sends it back.
+append_mib=${BENCH_APPEND_MIB:-1024}
+append_timeout=600
+L_APP_DONE="append 1 MiB to a ${append_mib} MiB file: writer finished"
+L_APP_SRV="append 1 MiB to a ${append_mib} MiB file: complete on server"
+L_APP_SENT="append 1 MiB to a ${append_mib} MiB file: bytes sent"
+L_APP_RECV="append 1 MiB to a ${append_mib} MiB file: bytes received"
+head -c $((1024 * 1024)) /dev/urandom >"$data/append.tail"
+head -c 65536 /dev/urandom >"$data/append.head"
+# Sparse on the server's disk (nothing to wait for), with bytes that are not zeros at
+# its start and in its middle.
+make_append_base() {
+  rm -f "$1"
+  truncate -s "${append_mib}M" "$1"
+  dd if="$data/append.head" of="$1" conv=notrunc status=none
+  dd if="$data/append.head" of="$1" conv=notrunc bs=65536 seek=$((append_mib * 8)) status=none
+}
+mib_of() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+measure_append() {
+  local tool=$1 mnt="$work/mnt/$1" cache="$work/cache/append-$1" counts="$work/counts-$1"
+  local want size relay up0 down0 up1 down1 t0 t1 v
+  make_append_base "$docroot/append.log"
+  chown www-data:www-data "$docroot/append.log"
+  want=$(cat "$docroot/append.log" "$data/append.tail" | sha256sum | cut -d' ' -f1)
+  size=$(((append_mib + 1) * 1024 * 1024))
+  relay=$(python3 "$helper" free-port)
+  python3 "$helper" count-proxy "$relay" "$port" "$counts" &
+  relay_pid=$!
+  for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$relay") 2>/dev/null && break; sleep 0.1; done
+  rm -rf "$cache"; mkdir -p "$cache"
+  if [ "$tool" = davdrive ]; then
+    DAV_URL="http://127.0.0.1:$relay/" mount_davdrive "$mnt" "$cache"
+  else
+    RCLONE_URL="http://127.0.0.1:$relay/" mount_rclone "$mnt" "$cache"
+  fi
+  ls -l "$mnt" >/dev/null
+  read -r up0 down0 < <(python3 "$helper" counted "$counts")
+  echo "bench: [$tool] append 1 MiB to a ${append_mib} MiB file not cached"
+  t0=$(now)
+  cat "$data/append.tail" >>"$mnt/append.log"
+  t1=$(now)
+  record append_done "$L_APP_DONE" s "$tool" "$(elapsed "$t0" "$t1")"
+  v=$(python3 "$helper" wait-content "$docroot/append.log" "$size" "$want" "$t0" $append_timeout)
+  [ "$v" != timeout ] || note "$tool: the appended file was not right on the server after ${append_timeout}s"
+  record append_server "$L_APP_SRV" s "$tool" "$v"
+  sleep 1 # the last replies pass the relay
+  read -r up1 down1 < <(python3 "$helper" counted "$counts")
+  record append_sent "$L_APP_SENT" MiB "$tool" "$(mib_of $((up1 - up0)))"
+  record append_recv "$L_APP_RECV" MiB "$tool" "$(mib_of $((down1 - down0)))"
+  if [ "$tool" = davdrive ]; then
+    unmount_davdrive "$mnt"
+    cp "$cache/davdrive.log" "$logs/davdrive-append.log" 2>/dev/null || true
+  else
+    unmount_rclone "$mnt"
+  fi
+  kill "$relay_pid" 2>/dev/null; wait "$relay_pid" 2>/dev/null || true
+  relay_pid=""
+  rm -rf "$cache" "$docroot/append.log"
+}
+echo "bench: === append to a large file ==="
+measure_append davdrive
+measure_append rclone
+make_append_base "$local_dir/append.log"
+t0=$(now); cat "$data/append.tail" >>"$local_dir/append.log"; t1=$(now); sync; t2=$(now)
+record append_done "$L_APP_DONE" s local "$(elapsed "$t0" "$t1")"
+record append_server "$L_APP_SRV" s local "$(elapsed "$t0" "$t2")"
+record append_sent "$L_APP_SENT" MiB local ""
+record append_recv "$L_APP_RECV" MiB local ""
+note "append: bytes on the wire counted by a relay in front of Apache, headers included, from the append until the file was right on the server (+1 s)"
 fi
 
 # ---------------------------------------------------------------- report

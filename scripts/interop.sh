@@ -264,6 +264,7 @@ apache_checks() {
 declare -A result
 checks=()
 meta_checks=$(grep -A1 '^#\[test\]' tests/metadata.rs | sed -n 's/^fn \([a-z0-9_]*\).*/\1/p' | tr '\n' ' ')
+partial_checks=$(grep -A1 '^#\[test\]' tests/partial.rs | sed -n 's/^fn \([a-z0-9_]*\).*/\1/p' | tr '\n' ' ')
 failed=0
 for server in $servers; do
   url=""
@@ -285,7 +286,9 @@ for server in $servers; do
   # Metadata as dead properties (tests/metadata.rs) on the servers that keep them; the
   # file's own tests of a server without them run against the built-in one.
   suites="--test drive --test offline"
-  case $server in dav-server|apache) suites="$suites --test metadata" ;; esac
+  # Metadata, and partial updates (tests/partial.rs: a change to a large file sends only
+  # its ranges), on the servers that take them.
+  case $server in dav-server|apache) suites="$suites --test metadata --test partial" ;; esac
   env ${url:+DAVDRIVE_TEST_SERVER_URL=$url} ${root:+DAVDRIVE_TEST_SERVER_ROOT=$root} \
     ${cache_ms:+DAVDRIVE_TEST_SERVER_DIR_CACHE_MS=$cache_ms} \
     cargo test --locked --no-fail-fast $suites -- --test-threads=2 $filter \
@@ -314,10 +317,11 @@ for c in "${checks[@]}"; do
   printf '%-72s' "$c"
   for s in $servers; do
     v=${result[$c,$s]:-missing}
-    # The auth and TLS checks are made against Apache only; the metadata checks against
-    # the servers that keep dead properties.
+    # The auth and TLS checks are made against Apache only; the metadata and partial
+    # update checks against the servers that keep dead properties and take partial
+    # updates.
     case $c in auth_*|tls_*) [ "$s" = apache ] || v=n/a ;; esac
-    case " $meta_checks " in *" $c "*) [ "$s" = apache ] || [ "$s" = dav-server ] || v=n/a ;; esac
+    case " $meta_checks $partial_checks " in *" $c "*) [ "$s" = apache ] || [ "$s" = dav-server ] || v=n/a ;; esac
     [ "$v" = ok ] && v=pass
     [ "$v" = FAILED ] && v=FAIL
     [ "$v" = pass ] || [ "$v" = n/a ] || failed=1

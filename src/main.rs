@@ -138,6 +138,10 @@ struct MountArgs {
     /// Size of those parts: at most this much is sent again after a cut connection.
     #[arg(long, default_value = "64M", value_parser = config::parse_size)]
     upload_part_size: u64,
+    /// Files from this size on send only the byte ranges written where the server takes
+    /// partial updates, and a write to one needs none of its other bytes here.
+    #[arg(long, default_value = "8M", value_parser = config::parse_size)]
+    partial_updates_from: u64,
     /// The largest folder listing (PROPFIND reply) read from the server; a larger one is
     /// refused and the listing held before is kept.
     #[arg(long, default_value = "64M", value_parser = config::parse_size)]
@@ -904,6 +908,7 @@ fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
         uploads: davdrive::fs::UploadSizes {
             parts_from: args.upload_parts_from.max(1),
             part: args.upload_part_size.max(1 << 20),
+            partial_from: args.partial_updates_from,
             ..Default::default()
         },
         passthrough: args.passthrough,

@@ -42,6 +42,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "cache_min_free",
     "upload_parts_from",
     "upload_part_size",
+    "partial_updates_from",
     "control_socket",
     "config",
     "backup_source",

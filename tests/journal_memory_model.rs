@@ -106,11 +106,14 @@ use tokio::sync::watch;
 
 /// Listings go stale quickly, so merges of remote listings run all the time.
 const DIR_TTL: Duration = Duration::from_millis(30);
-/// Small cut sizes: files of a few KB reach the snapshot, streamed and part uploads.
+/// Small cut sizes: files of a few KB reach the snapshot, streamed and part uploads, and
+/// partial updates (files from 3000 bytes send the ranges written; written while evicted,
+/// they are written without their other bytes, which stay on the server's base copy).
 const UPLOADS: UploadSizes = UploadSizes {
     snapshot_limit: 2000,
     parts_from: 6000,
     part: 2048,
+    partial_from: 3000,
 };
 /// The health probe's period (and first retry while offline): short, so the replay goes
 /// on soon after an outage or a freeze ends.

@@ -308,6 +308,98 @@ def slow_proxy(listen_port, upstream_port, switch_file):
         threading.Thread(target=pump, args=(up, client, True), daemon=True).start()
 
 
+def count_proxy(listen_port, upstream_port, counts_file):
+    """A TCP relay from 127.0.0.1:LISTEN_PORT to 127.0.0.1:UPSTREAM_PORT that counts the
+    bytes passing each way (headers included: bytes on the wire) and keeps the totals
+    in COUNTS_FILE as `to_server from_server`, rewritten every 0.1 s. Runs until
+    killed."""
+    import threading
+
+    listen_port, upstream_port = int(listen_port), int(upstream_port)
+    totals = [0, 0]
+    lock = threading.Lock()
+
+    def pump(src, dst, way):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                with lock:
+                    totals[way] += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def keep():
+        last = None
+        while True:
+            with lock:
+                now = f"{totals[0]} {totals[1]}\n"
+            if now != last:
+                tmp = counts_file + ".tmp"
+                with open(tmp, "w") as f:
+                    f.write(now)
+                os.replace(tmp, counts_file)
+                last = now
+            time.sleep(0.1)
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", listen_port))
+    srv.listen(256)
+    threading.Thread(target=keep, daemon=True).start()
+    while True:
+        client, _ = srv.accept()
+        up = socket.create_connection(("127.0.0.1", upstream_port))
+        threading.Thread(target=pump, args=(client, up, 0), daemon=True).start()
+        threading.Thread(target=pump, args=(up, client, 1), daemon=True).start()
+
+
+def counted(counts_file):
+    """Prints what a count-proxy has passed so far: `to_server from_server` (0 0 before
+    its first count)."""
+    try:
+        with open(counts_file) as f:
+            print(f.read().strip() or "0 0")
+    except OSError:
+        print("0 0")
+
+
+def wait_content(path, size, sha256, start, timeout):
+    """Poll until PATH has SIZE bytes and the SHA-256 SHA256. Prints seconds since START,
+    or 'timeout'."""
+    import hashlib
+
+    size, start, timeout = int(size), float(start), float(timeout)
+    checked = None
+    while True:
+        try:
+            st = os.stat(path)
+            if st.st_size == size and (st.st_mtime_ns, st.st_ino) != checked:
+                done = time.time() - start
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                if h.hexdigest() == sha256:
+                    print(f"{done:.3f}")
+                    return
+                checked = (st.st_mtime_ns, st.st_ino)
+        except OSError:
+            pass
+        if time.time() - start > timeout:
+            print("timeout")
+            return
+        time.sleep(0.1)
+
+
 def migrate_rates(bin_path, mount, src, dest, total, timeout):
     """Starts `ctl migrate` of SRC to DEST and polls its status; prints the files per
     second of the first and of the last quarter of the files, and the total seconds."""
@@ -369,6 +461,9 @@ def main():
         "random-reads": random_reads,
         "time-cmd": time_cmd,
         "slow-proxy": slow_proxy,
+        "count-proxy": count_proxy,
+        "counted": counted,
+        "wait-content": wait_content,
         "migrate-rates": migrate_rates,
     }[cmd](*args)
 

@@ -353,7 +353,7 @@ pub fn render(cmd: &str, r: &Value) -> String {
                 None => "mode:          read-write\n".into(),
             };
             mode + &format!(
-                "remote:        online, {:.1} ms\nDAV classes:   {}\npartial PUT:   {}\nquota:         {} available, {} used\n",
+                "remote:        online, {:.1} ms\nDAV classes:   {}\npartial PUT:   {}\npartial updates: {}\nquota:         {} available, {} used\n",
                 r["latency_ms"].as_f64().unwrap_or(0.0),
                 r["dav_classes"]
                     .as_array()
@@ -363,6 +363,11 @@ pub fn render(cmd: &str, r: &Value) -> String {
                     Some(true) => "yes",
                     Some(false) => "no",
                     None => "not asked yet (found out at the first large upload)",
+                },
+                match r["partial_updates"].as_bool() {
+                    Some(true) => "yes: changed files send only the ranges written",
+                    Some(false) => "no: changed files are sent whole",
+                    None => "not asked yet (found out at the first change of a large file)",
                 },
                 q("quota_available"),
                 q("quota_used")

@@ -85,6 +85,7 @@ pub fn health(ctx: &Context) -> CmdResult {
     let dead_props = dead_properties(&core, ctx.read_only.is_some());
     // Found out (with a scratch file) at the first large upload; not asked here.
     let partial = core.partial_put.get().copied();
+    let partial_updates = core.partial_updates.get().copied();
     match probe {
         Ok(info) => {
             core.health.mark_online(Some(info.latency));
@@ -96,6 +97,7 @@ pub fn health(ctx: &Context) -> CmdResult {
                 "latency_ms": info.latency.as_secs_f64() * 1000.0,
                 "dav_classes": info.dav_classes,
                 "partial_put": partial,
+                "partial_updates": partial_updates,
                 "quota_available": avail,
                 "quota_used": used,
                 "dead_properties": dead_props,

@@ -606,6 +606,18 @@ impl Core {
         if self.is_open(ino) {
             return Err(FsError::Invalid("the file is open; close it first"));
         }
+        // A file changed here without all of it: the rest (its base version's bytes) is
+        // fetched first, so what is saved is the whole of the version given up.
+        if let Ok(n) = self.node(ino) {
+            if n.kind == Kind::File && !n.fully_cached() && n.dirty {
+                self.fetch_all(ino).map_err(|e| {
+                    tracing::warn!("{}: cannot fetch the rest of it to save it: {e}", entry.path);
+                    FsError::Invalid(
+                        "the parts of this file that are not here cannot be fetched now                          (is the server reachable?); try again",
+                    )
+                })?;
+            }
+        }
         // The copy is made before the store is locked (it may be large); the entry is
         // checked again after.
         let node = self.node(ino).ok();
@@ -652,6 +664,10 @@ impl Core {
             .query_row([ino as i64], |r| r.get(0))?;
         let mut remove_content = false;
         if let Some(n) = &node {
+            if let (false, Some(copy)) = (more_puts, &n.base_copy) {
+                crate::journal::record_scratch_removal(&tx, ino, copy)?;
+                store::set_base_copy(&tx, ino, None)?;
+            }
             if !more_puts && n.on_remote {
                 // Back to the remote's version: the next listing or open fetches it.
                 store::versions::forget_local_changes(&tx, ino)?;

@@ -64,6 +64,23 @@ struct ReadAhead {
     streak: u32,
 }
 
+/// Where the missing bytes of a file are read from, and what a reply must match.
+#[derive(Clone, Debug)]
+pub(super) struct Source {
+    /// The remote path read.
+    path: String,
+    /// For a file not changed here: its path here, where it is read again once a waiting
+    /// rename was replayed (the content moved there).
+    here: Option<String>,
+    /// The size of the file read.
+    size: u64,
+    /// A file changed here is read from its base version only (the server-side copy of
+    /// it, or the file itself while it is still that version: `etag`), never from a
+    /// newer one; its size is the base's.
+    base: bool,
+    etag: Option<String>,
+}
+
 struct FinishDownload {
     core: Arc<Core>,
     of: Arc<OpenFile>,
@@ -104,6 +121,40 @@ impl Core {
     /// Makes `[start, end)` of the file present, downloading what is missing, several
     /// chunks at a time. `reading` marks a read by a program: it rounds the fetch up,
     /// drives the read-ahead and counts a cache hit or miss.
+    /// Where the bytes of `ino` that are not here come from now (see `Source`).
+    pub(super) fn fetch_source(&self, ino: u64, of: &OpenFile) -> FsResult<Source> {
+        let node = self.node(ino)?;
+        let (there, here) = self.remote_path(ino)?;
+        let (size, write_dirty) = {
+            let st = lock(&of.state);
+            (st.size, st.write_dirty)
+        };
+        let base_size = node.base_size.unwrap_or(node.size);
+        Ok(match &node.base_copy {
+            Some(copy) => Source {
+                path: copy.clone(),
+                here: None,
+                size: base_size,
+                base: true,
+                etag: None,
+            },
+            None if (node.dirty || write_dirty) && node.written.is_some() => Source {
+                path: there,
+                here: None,
+                size: base_size,
+                base: true,
+                etag: node.etag.clone(),
+            },
+            None => Source {
+                path: there,
+                here: Some(here),
+                size,
+                base: false,
+                etag: None,
+            },
+        })
+    }
+
     pub(super) fn fetch_range(
         &self,
         of: &Arc<OpenFile>,
@@ -141,7 +192,8 @@ impl Core {
             return Ok(());
         }
         // Under a rename that still waits, the server has the content at the old path.
-        let (path, path_here) = self.remote_path(ino)?;
+        let src = self.fetch_source(ino, of)?;
+        let path = src.path.clone();
         if !self.health.is_online() {
             if covered {
                 return Ok(());
@@ -161,7 +213,7 @@ impl Core {
             while chunk * CHUNK < to {
                 let lo = (chunk * CHUNK).max(from);
                 let hi = ((chunk + 1) * CHUNK).min(to);
-                if let Some(w) = self.start_chunk(of, ino, &path, chunk, lo, hi) {
+                if let Some(w) = self.start_chunk(of, ino, &src, chunk, lo, hi) {
                     waiting.push_back(w);
                 }
                 while waiting.len() >= MAX_PARALLEL {
@@ -175,7 +227,7 @@ impl Core {
             while chunk * CHUNK < ahead && lock(&of.downloads.inflight).len() < MAX_PARALLEL {
                 let lo = (chunk * CHUNK).max(end);
                 let hi = ((chunk + 1) * CHUNK).min(size);
-                self.start_chunk(of, ino, &path, chunk, lo, hi);
+                self.start_chunk(of, ino, &src, chunk, lo, hi);
                 chunk += 1;
             }
         }
@@ -187,12 +239,33 @@ impl Core {
         }
         // A chunk download failed (or raced with a truncate): fetch what is still missing
         // here, where the error reaches the caller.
-        match self.fetch_missing_now(of, ino, &path, start, end) {
+        match self.fetch_missing_now(of, ino, &src, start, end) {
             // The rename was replayed meanwhile: the content is at the new path now.
             Err(FsError::Remote {
                 source: RemoteError::NotFound,
                 ..
-            }) if path != path_here => self.fetch_missing_now(of, ino, &path_here, start, end),
+            }) if src.here.as_ref().is_some_and(|h| *h != src.path) => {
+                let here = Source {
+                    path: src.here.clone().unwrap_or_default(),
+                    ..src
+                };
+                self.fetch_missing_now(of, ino, &here, start, end)
+            }
+            // An upload just moved the base copy over the file (or one was made): the
+            // bytes are where the source says now.
+            Err(FsError::Remote {
+                source: RemoteError::NotFound,
+                ..
+            }) if src.base => {
+                let again = self.fetch_source(ino, of)?;
+                if again.path == src.path {
+                    return Err(FsError::Remote {
+                        path: src.path,
+                        source: RemoteError::NotFound,
+                    });
+                }
+                self.fetch_missing_now(of, ino, &again, start, end)
+            }
             other => other,
         }
     }
@@ -244,7 +317,7 @@ impl Core {
         &self,
         of: &Arc<OpenFile>,
         ino: u64,
-        path: &str,
+        src: &Source,
         chunk: u64,
         lo: u64,
         hi: u64,
@@ -253,11 +326,12 @@ impl Core {
         if let Some(w) = inflight.get(&chunk) {
             return Some(w.clone());
         }
-        let (from, to, size) = {
+        let (from, to) = {
             let st = lock(&of.state);
             let missing = st.ranges.missing(lo, hi.min(st.size));
-            (missing.first()?.0, missing.last()?.1, st.size)
+            (missing.first()?.0, missing.last()?.1)
         };
+        let size = src.size;
         let me = self.me.upgrade()?;
         let w = Arc::new(Inflight::default());
         inflight.insert(chunk, w.clone());
@@ -266,7 +340,8 @@ impl Core {
         // until the data is recorded, and a new open finds this download running.
         lock(&of.state).opens += 1;
         let of = of.clone();
-        let path = path.to_string();
+        let src = src.clone();
+        let path = src.path.clone();
         // However the task ends (even dropped with the runtime, polled or not), waiters
         // are released and the file's open count is given back.
         let finish = FinishDownload {
@@ -289,7 +364,7 @@ impl Core {
                     // downloads' bodies.
                     let (core, of, path) = (me.clone(), of.clone(), path.clone());
                     let stored = tokio::task::spawn_blocking(move || {
-                        core.store_fetched_checked(&of, ino, &path, from, to, &reply)
+                        core.store_fetched_checked(&of, ino, &src, from, to, &reply)
                             .map_err(|e| format!("{path}: could not keep downloaded data: {e}"))
                     })
                     .await;
@@ -315,13 +390,14 @@ impl Core {
         &self,
         of: &Arc<OpenFile>,
         ino: u64,
-        path: &str,
+        src: &Source,
         start: u64,
         end: u64,
     ) -> FsResult<()> {
-        let (missing, size) = {
+        let (path, size) = (src.path.as_str(), src.size);
+        let missing = {
             let st = lock(&of.state);
-            (st.ranges.missing(start, end.min(st.size)), st.size)
+            st.ranges.missing(start, end.min(st.size))
         };
         for (a, b) in missing {
             let mut pos = a;
@@ -331,7 +407,7 @@ impl Core {
                 let p = path.to_string();
                 let ask = ask_len(pos, pos + len, size);
                 let reply = self.call(path, async move { remote.get_range(&p, pos, ask).await })?;
-                self.store_fetched_checked(of, ino, path, pos, pos + len, &reply)?;
+                self.store_fetched_checked(of, ino, src, pos, pos + len, &reply)?;
                 if reply.data.is_empty() {
                     // Nothing, and no size said: shorter than listed all the same.
                     return Err(self.size_changed(
@@ -356,11 +432,38 @@ impl Core {
         &self,
         of: &OpenFile,
         ino: u64,
-        path: &str,
+        src: &Source,
         from: u64,
         to: u64,
         reply: &RangeReply,
     ) -> FsResult<()> {
+        let path = src.path.as_str();
+        if src.base {
+            // A file changed here: its missing bytes are the base version's, of the
+            // base's size; a newer version on the server is not mixed in (that is a
+            // conflict, which its upload meets).
+            let newer = match (src.etag.as_deref(), reply.etag.as_deref()) {
+                (Some(ours), Some(theirs)) => !crate::remote::same_etag(Some(ours), Some(theirs)),
+                _ => false,
+            };
+            let got_end = reply.offset + reply.data.len() as u64;
+            let size = src.size;
+            let short = !reply.data.is_empty() && got_end < to.min(size) && reply.offset <= from;
+            if newer || reply.total_size.is_some_and(|t| t != size) || got_end > size || short {
+                tracing::warn!(
+                    "{path}: the version this file's changes here were made to is no longer \
+                     on the server; its parts not here cannot be read (its upload will \
+                     keep both versions)"
+                );
+                return Err(FsError::Remote {
+                    path: path.to_string(),
+                    source: RemoteError::BadReply(
+                        "the file changed on the server since it was changed here".into(),
+                    ),
+                });
+            }
+            return self.store_fetched(of, ino, reply);
+        }
         let size = lock(&of.state).size;
         if lock(&of.state).write_dirty {
             // Written here meanwhile: the local size is ours, not the server's.

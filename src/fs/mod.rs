@@ -18,6 +18,7 @@ pub mod error;
 mod fetch;
 mod import;
 mod listing;
+mod partial;
 pub mod poll;
 
 pub use import::{ImportOwner, UploadStates};
@@ -75,6 +76,9 @@ pub struct UploadSizes {
     /// From this size on a file goes in resumable parts where the server allows.
     pub parts_from: u64,
     pub part: u64,
+    /// From this size on a changed file sends only the byte ranges written, and a write
+    /// to it needs none of its other bytes here, where the server takes partial updates.
+    pub partial_from: u64,
 }
 
 impl Default for UploadSizes {
@@ -83,6 +87,7 @@ impl Default for UploadSizes {
             snapshot_limit: 4 << 20,
             parts_from: crate::journal::replay::PARTS_FROM,
             part: crate::journal::replay::PART_SIZE,
+            partial_from: crate::journal::replay::PARTIAL_FROM,
         }
     }
 }
@@ -152,6 +157,8 @@ struct OpenState {
     mtime_ns: i64,
     /// Written since the last commit to the journal.
     write_dirty: bool,
+    /// The byte ranges written since the last commit (what `Node::written` gains then).
+    written: RangeSet,
     /// Counts writes, so a commit knows whether a write slipped in while it ran.
     write_seq: u64,
     /// Access time recorded while open (None: not read or set since the open).
@@ -192,6 +199,12 @@ pub struct Core {
     remote_changes: changes::RemoteChanges,
     /// Whether the server takes `PUT` with `Content-Range`, once asked.
     pub partial_put: tokio::sync::OnceCell<bool>,
+    /// Whether the server takes partial updates (ranges written into a file, and COPY and
+    /// MOVE held to a version), once asked (see `remote::PartialSupport`).
+    pub partial_updates: tokio::sync::OnceCell<bool>,
+    /// One per file while its base copy is made (see `partial.rs`): a write and an
+    /// upload never make two.
+    copy_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether the server honours If-Match / If-None-Match, once asked.
     pub preconditions: tokio::sync::OnceCell<bool>,
     /// Per directory, a digest of the entries the kernel was last given.
@@ -254,6 +267,16 @@ pub fn is_internal_name(name: &str) -> bool {
     name.contains(".davdrive-part-") || name.starts_with(".davdrive-range-probe-")
 }
 
+/// A file being removed takes its base copy on the server with it (queued like any
+/// change: the server may be away).
+fn forget_base_copy(tx: &Connection, n: &Node) -> rusqlite::Result<()> {
+    if let Some(copy) = &n.base_copy {
+        journal::record_scratch_removal(tx, n.ino, copy)?;
+        store::set_base_copy(tx, n.ino, None)?;
+    }
+    Ok(())
+}
+
 fn join(dir: &str, name: &str) -> String {
     if dir == "/" {
         format!("/{name}")
@@ -293,6 +316,8 @@ impl Core {
             cache_dir: cache_dir.to_path_buf(),
             remote_changes: changes::RemoteChanges::default(),
             partial_put: tokio::sync::OnceCell::new(),
+            partial_updates: tokio::sync::OnceCell::new(),
+            copy_locks: Mutex::new(HashMap::new()),
             preconditions: tokio::sync::OnceCell::new(),
             me: me.clone(),
             dir_digests: Mutex::new(HashMap::new()),
@@ -361,9 +386,26 @@ impl Core {
             dirty
         };
         for ino in &dirty {
-            let size = self.content.len(*ino)?;
             let node = store::get_node(&tx, *ino)?.expect("selected above");
-            store::set_local_content(&tx, *ino, size, node.mtime_ns)?;
+            let size = if node.fully_cached() {
+                // Writes to a file all here are recorded at close: what reached the
+                // content file is the file, and which bytes changed is not known.
+                let size = self.content.len(*ino)?;
+                store::set_local_content(&tx, *ino, size, node.mtime_ns)?;
+                store::forget_written(&tx, *ino)?;
+                size
+            } else {
+                // Written without the rest of it here (partial updates): each write was
+                // recorded (size, ranges present and written) before its bytes went
+                // into the content file. A write cut off by the crash may leave zeros
+                // in its range, as on a local disk; the bytes not here stay the
+                // server's.
+                let f = self.content.open(*ino)?;
+                if f.metadata()?.len() < node.size {
+                    f.set_len(node.size)?;
+                }
+                node.size
+            };
             if let Some(path) = store::path_of(&tx, *ino)? {
                 tracing::info!("recovering unfinished write of {path} ({size} bytes)");
                 journal::record_put(&tx, *ino, &path)?;
@@ -823,6 +865,7 @@ impl Core {
             }
             let path = store::path_of(&tx, n.ino)?.ok_or(FsError::NotFound)?;
             journal::record_remove(&tx, &n, &path)?;
+            forget_base_copy(&tx, &n)?;
             let gone = self.detach(&tx, &n)?;
             store::touch_dir(&tx, parent, store::now_ns())?;
             tx.commit()?;
@@ -936,6 +979,7 @@ impl Core {
                     _ => {}
                 }
                 journal::record_remove(&tx, &dst, &to)?;
+                forget_base_copy(&tx, &dst)?;
                 gone = self.detach(&tx, &dst)?;
             }
             journal::record_rename(&tx, &src, &from, &to)?;
@@ -1050,23 +1094,44 @@ impl Core {
         let of = self.open_file(ino)?;
         let result = (|| {
             let keep = node.size.min(new_size);
-            self.fetch_range(&of, ino, 0, keep, false)?;
+            let all_here = lock(&of.state).ranges.covers(0, keep);
+            // As for writes: where the server takes partial updates, what is kept need
+            // not be here (a file cut below its size on the server is sent whole, its
+            // missing parts read from the base copy then).
+            let partial = !all_here && self.partial_write_ready(ino, &of)?;
+            if !partial {
+                self.fetch_range(&of, ino, 0, keep, false)?;
+            }
+            let conn = partial.then(|| lock(&self.store));
             let others_open = {
                 let mut st = lock(&of.state);
-                if !st.ranges.covers(0, st.size.min(new_size)) {
+                if !partial && !st.ranges.covers(0, st.size.min(new_size)) {
                     drop(st);
+                    drop(conn);
                     return Err(FsError::Offline {
                         path: self.path(ino)?,
                     });
                 }
+                let (mut ranges, mut grown) = (st.ranges.clone(), RangeSet::default());
+                ranges.truncate(new_size);
+                // Growing: the new bytes are zeros, written here.
+                grown.insert(st.size.min(new_size), new_size);
+                ranges.union(&grown);
+                if let Some(conn) = &conn {
+                    // Recorded before the content file changes (see `write`).
+                    store::set_written_content(conn, ino, new_size, st.mtime_ns, &ranges)?;
+                    store::note_written(conn, ino, &grown, new_size)?;
+                }
                 of.file.set_len(new_size)?;
-                st.size = new_size;
-                st.ranges = RangeSet::full(new_size);
+                let old_size = std::mem::replace(&mut st.size, new_size);
+                st.ranges = ranges;
+                store::truncate_written(&mut st.written, old_size, new_size);
                 st.mtime_ns = store::now_ns();
                 st.write_dirty = true;
                 st.write_seq += 1;
                 st.opens > 1
             };
+            drop(conn);
             if others_open {
                 // Somebody has it open: their close commits the change.
                 store::set_dirty(&lock(&self.store), ino, true)?;
@@ -1117,6 +1182,7 @@ impl Core {
                 ranges,
                 mtime_ns: node.mtime_ns,
                 write_dirty: false,
+                written: RangeSet::default(),
                 write_seq: 0,
                 atime_ns: node.atime_ns,
                 ctime_ns: node.ctime_ns,
@@ -1237,25 +1303,50 @@ impl Core {
             return Err(FsError::TooBig);
         }
         let data = &data[..data.len().min((max - offset.min(max)) as usize)];
-        // Writes need the whole file here: the upload sends whole files.
-        let size = lock(&of.state).size;
-        self.fetch_range(&of, ino, 0, size, false)?;
+        let (size, all_here) = {
+            let st = lock(&of.state);
+            (st.size, st.ranges.covers(0, st.size))
+        };
+        // A file not all here is written where the server takes partial updates (only
+        // the ranges written are sent); elsewhere the rest is fetched first, since the
+        // upload sends the whole file.
+        let partial = !all_here && self.partial_write_ready(ino, &of)?;
+        if !all_here && !partial {
+            self.fetch_range(&of, ino, 0, size, false)?;
+        }
         let end = offset + data.len() as u64;
         if end > size || !lock(&of.state).write_dirty {
             // Growing the file (or a first write, which makes it unevictable).
             self.ensure_space(end.saturating_sub(size).max(data.len() as u64))?;
         }
+        // Written ranges of a file not all here are recorded before its bytes go into
+        // the content file, all in the store: after a crash they tell the bytes written
+        // here from holes where the server's bytes are (see `recover`).
+        let conn = partial.then(|| lock(&self.store));
         let first = {
             let mut st = lock(&of.state);
+            let mut now = RangeSet::default();
+            // Growing past the end: the gap reads as zeros, which are ours too.
+            let (from, to) = store::write_span(st.size, offset, end);
+            now.insert(from, to);
+            let new_size = st.size.max(end);
+            if let Some(conn) = &conn {
+                let mut ranges = st.ranges.clone();
+                ranges.union(&now);
+                store::set_written_content(conn, ino, new_size, st.mtime_ns, &ranges)?;
+                store::note_written(conn, ino, &now, new_size)?;
+            }
             // Under the state lock, so a download finishing now cannot write over it.
             of.file.write_all_at(data, offset)?;
-            st.size = st.size.max(offset + data.len() as u64);
-            st.ranges = RangeSet::full(st.size);
+            st.size = new_size;
+            st.ranges.union(&now);
+            st.written.union(&now);
             st.mtime_ns = store::now_ns();
             st.write_seq += 1;
             !std::mem::replace(&mut st.write_dirty, true)
         };
-        if first {
+        drop(conn);
+        if first && !partial {
             // Persist "this file has unsent changes" before the first write returns, so
             // a crash with the file still open is recovered at the next start.
             store::set_dirty(&lock(&self.store), ino, true)?;
@@ -1331,7 +1422,7 @@ impl Core {
         // The store lock first, then the state (the lock order): two commits of the same
         // file cannot pass each other and record an older size last.
         let conn = lock(&self.store);
-        let (size, mtime_ns, seq) = {
+        let (size, mtime_ns, seq, ranges, written) = {
             let st = lock(&of.state);
             if !st.write_dirty {
                 drop(st);
@@ -1342,11 +1433,13 @@ impl Core {
                 }
                 return Ok(());
             }
-            (st.size, st.mtime_ns, st.write_seq)
+            let (ranges, written) = (st.ranges.clone(), st.written.clone());
+            (st.size, st.mtime_ns, st.write_seq, ranges, written)
         };
         let work = |c: &Connection| -> rusqlite::Result<()> {
             let tx = c.unchecked_transaction()?;
-            store::set_local_content(&tx, ino, size, mtime_ns)?;
+            store::set_written_content(&tx, ino, size, mtime_ns, &ranges)?;
+            store::note_written(&tx, ino, &written, size)?;
             if let Some(path) = store::path_of(&tx, ino)? {
                 journal::record_put(&tx, ino, &path)?;
             }
@@ -1361,6 +1454,7 @@ impl Core {
             let mut st = lock(&of.state);
             if st.write_seq == seq {
                 st.write_dirty = false;
+                st.written.clear();
             }
         }
         drop(conn);

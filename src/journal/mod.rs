@@ -311,6 +311,72 @@ pub fn scratch_path(path: &str, ino: u64) -> String {
     format!("{dir}/.{name}.davdrive-part-{ino}")
 }
 
+/// A server-side copy of the base version of node `ino` (at `path`), beside it: the
+/// ranges of a partial update are written into it before it replaces the file. Each
+/// copy has a name of its own (`nonce`): the queued removal of an earlier one must not
+/// take a newer one.
+pub fn base_copy_path(path: &str, ino: u64, nonce: u64) -> String {
+    format!("{}.base{nonce}", scratch_path(path, ino))
+}
+
+/// `journal.sending` of an upload that sends the whole file (what was written is not
+/// known): not a range map (those are multiples of 16 bytes).
+const SENDING_WHOLE: &[u8] = b"whole";
+
+/// Takes the ranges written in `ino` into upload entry `id`, which sends them (with
+/// those an earlier attempt took); the node starts a new set, so writes landing while
+/// the upload runs are sent by the next one. `None` when what was written is not known:
+/// the file is sent whole, by this attempt and every later one of this entry (the
+/// node's writes are tracked from now on, for the next upload).
+pub fn take_written(
+    c: &Connection,
+    id: i64,
+    ino: u64,
+) -> rusqlite::Result<Option<crate::store::RangeSet>> {
+    use crate::store::RangeSet;
+    let tx = c.unchecked_transaction()?;
+    let written: Option<Option<Vec<u8>>> = tx
+        .prepare_cached("SELECT written FROM nodes WHERE ino = ?1")?
+        .query_row([ino as i64], |r| r.get(0))
+        .optional()?;
+    let sending: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT sending FROM journal WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let taken = match (written.flatten(), sending) {
+        (_, Some(s)) if s == SENDING_WHOLE => None,
+        (Some(w), sending) => {
+            let mut all = sending.map(|b| RangeSet::decode(&b)).unwrap_or_default();
+            all.union(&RangeSet::decode(&w));
+            Some(all)
+        }
+        (None, _) => None,
+    };
+    let stored = match &taken {
+        Some(t) => t.encode(),
+        None => SENDING_WHOLE.to_vec(),
+    };
+    tx.prepare_cached("UPDATE journal SET sending = ?2 WHERE id = ?1")?
+        .execute(params![id, stored])?;
+    tx.prepare_cached("UPDATE nodes SET written = X'' WHERE ino = ?1")?
+        .execute([ino as i64])?;
+    tx.commit()?;
+    Ok(taken)
+}
+
+/// The written ranges upload entry `id` took (see `take_written`), if any.
+pub fn sending(c: &Connection, id: i64) -> rusqlite::Result<Option<crate::store::RangeSet>> {
+    let blob: Option<Vec<u8>> = c
+        .prepare_cached("SELECT sending FROM journal WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    Ok(blob
+        .filter(|b| b != SENDING_WHOLE)
+        .map(|b| crate::store::RangeSet::decode(&b)))
+}
+
 /// Queues the removal of an upload's scratch file. The name is ours alone (hidden, with
 /// the inode number), so whatever file is there goes: the empty base says so.
 pub fn record_scratch_removal(c: &Connection, ino: u64, scratch: &str) -> rusqlite::Result<()> {
@@ -892,6 +958,9 @@ mod tests {
             remote_checksum: None,
             atime_ns: None,
             link_target: None,
+            written: None,
+            base_size: None,
+            base_copy: None,
         }
     }
 
@@ -948,6 +1017,70 @@ mod tests {
         record_mkcol(&c, 4, "/n4").unwrap();
         assert!(!record_meta(&c, &d, "/n4").unwrap());
         assert_eq!(ops_of(&c, 4), ["mkcol"]);
+    }
+
+    /// An upload takes the written ranges (its own and earlier attempts'), the node
+    /// starts a new set; an upload that found them unknown stays whole for good.
+    #[test]
+    fn uploads_take_the_written_ranges_and_a_whole_upload_stays_whole() {
+        use crate::store::{self, RangeSet};
+        let c = store_with(&[]);
+        let new = |on_remote: bool| {
+            store::insert_node(
+                &c,
+                &store::NewNode {
+                    parent: 1,
+                    name: if on_remote { "theirs" } else { "ours" },
+                    kind: crate::store::Kind::File,
+                    size: 100,
+                    mtime_ns: 0,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    etag: Some("\"e\""),
+                    on_remote,
+                    dirty: true,
+                    ranges: RangeSet::full(100),
+                    listed_at: None,
+                    last_access: 0,
+                },
+            )
+            .unwrap()
+        };
+        let span = |a, b| {
+            let mut r = RangeSet::default();
+            r.insert(a, b);
+            r
+        };
+        let tracked = new(true);
+        record_put(&c, tracked, "/theirs").unwrap();
+        let id = c.last_insert_rowid();
+        store::note_written(&c, tracked, &span(0, 10), 100).unwrap();
+        assert_eq!(take_written(&c, id, tracked).unwrap(), Some(span(0, 10)));
+        assert_eq!(
+            store::get_node(&c, tracked).unwrap().unwrap().written,
+            Some(RangeSet::default())
+        );
+        // A second attempt sends what the first took, and what was written since.
+        store::note_written(&c, tracked, &span(50, 60), 100).unwrap();
+        let mut both = span(0, 10);
+        both.insert(50, 60);
+        assert_eq!(take_written(&c, id, tracked).unwrap(), Some(both.clone()));
+        assert_eq!(sending(&c, id).unwrap(), Some(both));
+
+        // Unknown (a crash, or a file made here): whole, on every attempt, even once
+        // writes made since are tracked again.
+        let unknown = new(false);
+        record_put(&c, unknown, "/ours").unwrap();
+        let id = c.last_insert_rowid();
+        assert_eq!(take_written(&c, id, unknown).unwrap(), None);
+        store::note_written(&c, unknown, &span(0, 5), 100).unwrap();
+        assert_eq!(take_written(&c, id, unknown).unwrap(), None);
+        assert_eq!(sending(&c, id).unwrap(), None);
+        assert_eq!(
+            store::get_node(&c, unknown).unwrap().unwrap().written,
+            Some(RangeSet::default())
+        );
     }
 
     #[test]

@@ -517,6 +517,17 @@ impl HttpClient {
         self.watched(progress, self.send_inner(rb, path)).await
     }
 
+    /// `send` for a request the server works on a while before it answers, moving no
+    /// byte meanwhile (a COPY of a large file on the server's disk): bounded by the
+    /// request's own timeout, not cut as stalled.
+    pub async fn send_waiting(
+        &self,
+        rb: RequestBuilder,
+        path: &str,
+    ) -> Result<Response, RemoteError> {
+        self.send_inner(rb, path).await
+    }
+
     async fn send_inner(&self, rb: RequestBuilder, path: &str) -> Result<Response, RemoteError> {
         let (client, req) = rb.build_split();
         let req = req.map_err(transport_error)?;

@@ -15,8 +15,9 @@ use super::client::{normalize, quote_etag, status_error};
 use super::{Entry, Precondition, PutReply, RangeReply, Remote, RemoteError, ServerInfo};
 
 /// The request a call makes on the wire: what rules match and the log records.
-/// `quota` is a `Stat` of "/" (PROPFIND Depth 0), `partial_put_supported` and
-/// `preconditions_honored` are `Probe`s of "/", `delete_if_match` is a `Delete`.
+/// `quota` is a `Stat` of "/" (PROPFIND Depth 0), `partial_put_supported`,
+/// `partial_support` and `preconditions_honored` are `Probe`s of "/", `delete_if_match`
+/// is a `Delete`, `move_file_if` a `Move`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     Stat,
@@ -27,6 +28,8 @@ pub enum Method {
     Mkcol,
     Delete,
     Move,
+    /// `copy_file` (a `Move` rule does not match it).
+    Copy,
     Probe,
 }
 
@@ -203,7 +206,8 @@ impl MemRemote {
     pub fn set_latency(&self, latency: Duration) {
         self.lock().latency = latency;
     }
-    /// What `partial_put_supported` answers; when false, `put_range` is `Refused{400}`.
+    /// What `partial_put_supported` and `partial_support` answer; when false, `put_range`
+    /// is `Refused{400}`.
     pub fn set_partial_put(&self, supported: bool) {
         self.lock().no_partial_put = !supported;
     }
@@ -782,6 +786,52 @@ impl Remote for MemRemote {
         self.apply(gate, false, |s| Ok(!s.no_partial_put))
     }
 
+    async fn partial_support(&self) -> Result<super::PartialSupport, RemoteError> {
+        let gate = self.gate(Method::Probe, "/", None).await?;
+        self.apply(gate, super::PartialSupport::default(), |s| {
+            Ok(super::PartialSupport {
+                range_write: (!s.no_partial_put).then_some(super::RangeWrite::ContentRange),
+                guarded_copy_move: !s.ignore_preconditions,
+            })
+        })
+    }
+
+    /// A missing source is `NotFound`; `Refused{409}` without the destination's parent.
+    async fn copy_file(
+        &self,
+        from: &str,
+        to: &str,
+        if_etag: Option<&str>,
+        _size_hint: u64,
+    ) -> Result<(), RemoteError> {
+        let (from, to) = (normalize(from), normalize(to));
+        let gate = self.gate(Method::Copy, &from, Some(&to)).await?;
+        self.apply(gate, (), |s| {
+            let (data, tag) = s.file(&from).cloned().ok_or(RemoteError::NotFound)?;
+            if let Some(want) = if_etag {
+                if !s.ignore_preconditions && tag != quote_etag(want) {
+                    return Err(RemoteError::PreconditionFailed);
+                }
+            }
+            s.write(&to, data).map(|_| ())
+        })
+    }
+
+    /// Held to the destination's version: 412 when it is another (or gone).
+    async fn move_file_if(&self, from: &str, to: &str, dest_etag: &str) -> Result<(), RemoteError> {
+        let (from, to, want) = (normalize(from), normalize(to), quote_etag(dest_etag));
+        let gate = self.gate(Method::Move, &from, Some(&to)).await?;
+        self.apply(gate, (), |s| {
+            if !s.tree.contains_key(&from) {
+                return Err(RemoteError::NotFound);
+            }
+            if !s.ignore_preconditions && s.file(&to).is_none_or(|f| f.1 != want) {
+                return Err(RemoteError::PreconditionFailed);
+            }
+            s.mv(&from, &to, true)
+        })
+    }
+
     async fn preconditions_honored(&self) -> Result<bool, RemoteError> {
         let gate = self.gate(Method::Probe, "/", None).await?;
         self.apply(gate, false, |s| Ok(!s.ignore_preconditions))
@@ -969,6 +1019,32 @@ mod tests {
         m.set_partial_put(false);
         assert!(!m.partial_put_supported().await.unwrap());
         assert_eq!(k(m.put_range("/f", &local, 0, 1).await), "400");
+    }
+
+    #[tokio::test]
+    async fn copy_and_move_held_to_a_version() {
+        let m = MemRemote::new();
+        let tag = m.other_put("/f", "base").unwrap();
+        assert_eq!(k(m.copy_file("/f", "/c", Some("\"nope\""), 4).await), "412");
+        assert!(m.read("/c").is_none());
+        m.copy_file("/f", "/c", Some(&tag), 4).await.unwrap();
+        assert_eq!(m.read("/c").unwrap(), b"base");
+        assert_eq!(k(m.copy_file("/g", "/c2", None, 0).await), "404");
+        // Onto a destination that is no longer the version named: refused, untouched.
+        let theirs = m.other_put("/f", "theirs").unwrap();
+        assert_eq!(k(m.move_file_if("/c", "/f", &tag).await), "412");
+        assert_eq!(m.read("/c").unwrap(), b"base");
+        m.move_file_if("/c", "/f", &theirs).await.unwrap();
+        assert_eq!(
+            (m.read("/f").unwrap(), m.read("/c")),
+            (b"base".to_vec(), None)
+        );
+        assert_eq!(k(m.move_file_if("/c", "/f", "\"x\"").await), "404");
+        assert_eq!(m.count(Method::Copy), 3);
+        let support = m.partial_support().await.unwrap();
+        assert!(support.updates());
+        m.set_partial_put(false);
+        assert!(!m.partial_support().await.unwrap().updates());
     }
 
     #[tokio::test]

@@ -192,6 +192,46 @@ pub fn same_etag(a: Option<&str>, b: Option<&str>) -> bool {
     }
 }
 
+/// How a server takes bytes written into the middle of an existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeWrite {
+    /// `PUT` with `Content-Range: bytes a-b/*` (Apache mod_dav, the `dav-server` crate).
+    ContentRange,
+    /// `PATCH` with `X-Update-Range: bytes=a-b` and `Content-Type:
+    /// application/x-sabredav-partialupdate` (SabreDAV's partial update plugin: Nextcloud,
+    /// ownCloud where it is on).
+    SabrePatch,
+}
+
+impl RangeWrite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RangeWrite::ContentRange => "PUT with Content-Range",
+            RangeWrite::SabrePatch => "PATCH with X-Update-Range",
+        }
+    }
+}
+
+/// What a server was seen to do with partial updates (tried on scratch files, never
+/// assumed; see `Remote::partial_support`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartialSupport {
+    /// How bytes are written into an existing file, if the server takes that: it wrote
+    /// two bytes in the middle of a file and kept the bytes after them.
+    pub range_write: Option<RangeWrite>,
+    /// COPY and MOVE held to a version by an `If` header naming it (RFC 4918 10.4, a
+    /// tagged list): a COPY of a source that is not that version and a MOVE onto a
+    /// destination that is not, both answered 412 and did nothing.
+    pub guarded_copy_move: bool,
+}
+
+impl PartialSupport {
+    /// Partial updates of files (`journal::replay::partial`) need both.
+    pub fn updates(&self) -> bool {
+        self.range_write.is_some() && self.guarded_copy_move
+    }
+}
+
 /// What the server said about itself on the health probe.
 #[derive(Debug, Clone, Default)]
 pub struct ServerInfo {
@@ -293,8 +333,9 @@ pub trait Remote: Send + Sync + 'static {
         mtime: Option<SystemTime>,
     ) -> Result<PutReply, RemoteError>;
     /// Writes `len` bytes of `local`, from `offset` on, into the existing file at `path`
-    /// at the same offset (`PUT` with `Content-Range: bytes a-b/*`). Only for servers
-    /// where `partial_put_supported` said yes.
+    /// at the same offset (`PUT` with `Content-Range: bytes a-b/*`, or SabreDAV's
+    /// `PATCH` where the server takes only that). Only for servers where
+    /// `partial_put_supported` said yes.
     async fn put_range(
         &self,
         path: &str,
@@ -306,6 +347,39 @@ pub trait Remote: Send + Sync + 'static {
     /// dav-server do; many servers refuse or replace the file). Found out by trying it on
     /// a scratch file, never assumed.
     async fn partial_put_supported(&self) -> Result<bool, RemoteError>;
+    /// Whether the server takes partial updates: writes of bytes into an existing file
+    /// (`put_range`, by `PUT` with `Content-Range` or SabreDAV's `PATCH`), and COPY and
+    /// MOVE held to a version (`copy_file`, `move_file_if`). Found out once on scratch
+    /// files, never assumed.
+    async fn partial_support(&self) -> Result<PartialSupport, RemoteError> {
+        Ok(PartialSupport::default())
+    }
+    /// COPY of the file `from` to `to` (`Overwrite: T`), only while `from` is still the
+    /// version `if_etag` names (`PreconditionFailed` otherwise), when one is given. A
+    /// server-side copy of `size_hint` bytes may take a while: it is given time by size.
+    async fn copy_file(
+        &self,
+        from: &str,
+        to: &str,
+        if_etag: Option<&str>,
+        size_hint: u64,
+    ) -> Result<(), RemoteError> {
+        let _ = (from, to, if_etag, size_hint);
+        Err(RemoteError::Refused {
+            status: 501,
+            message: "COPY not supported".into(),
+        })
+    }
+    /// MOVE of the file `from` over `to` (`Overwrite: T`), only while `to` is still the
+    /// version `dest_etag` names: `PreconditionFailed` when somebody changed (or removed)
+    /// it, `NotFound` when `from` is gone.
+    async fn move_file_if(&self, from: &str, to: &str, dest_etag: &str) -> Result<(), RemoteError> {
+        let _ = (from, to, dest_etag);
+        Err(RemoteError::Refused {
+            status: 501,
+            message: "MOVE not supported".into(),
+        })
+    }
     /// Whether the server honours `If-Match` and `If-None-Match` on PUT and DELETE
     /// (`rclone serve webdav` ignores them and writes anyway). Found out on a scratch
     /// file. Where they are ignored, the replayer compares versions before each change.

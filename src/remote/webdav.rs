@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH};
@@ -21,7 +21,8 @@ use super::client::{
 };
 use super::multistatus::{parse_multistatus_from, ParsedEntry};
 use super::{
-    Entry, Meta, Precondition, PutReply, RangeReply, Remote, RemoteError, ServerInfo, META_NS,
+    Entry, Meta, PartialSupport, Precondition, PutReply, RangeReply, RangeWrite, Remote,
+    RemoteError, ServerInfo, META_NS,
 };
 
 /// Asking for named props rather than `<allprop/>` keeps replies small and avoids
@@ -39,6 +40,8 @@ const PROPFIND_BODY: &str = concat!(
 
 pub struct WebDav {
     http: HttpClient,
+    /// What the server does with partial updates, once found out.
+    partial: tokio::sync::OnceCell<PartialSupport>,
 }
 
 impl fmt::Debug for WebDav {
@@ -62,6 +65,167 @@ fn method(name: &'static str) -> Method {
 }
 
 impl WebDav {
+    /// Tries partial updates on two scratch files in the mounted folder (removed after):
+    /// a range written into the middle of a file must keep the bytes after it (a server
+    /// that ignores `Content-Range` would replace the file with the range, one that
+    /// truncates at it would cut it), first by `PUT` with `Content-Range`, else by
+    /// SabreDAV's `PATCH`; a COPY and a MOVE held to a version that is not the current
+    /// one must be refused (412) and change nothing, and go through with the right one.
+    /// A 4xx anywhere means no; a transport error or 5xx is an error (asked again later).
+    async fn probe_partial(&self) -> Result<PartialSupport, RemoteError> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let a = format!("/.davdrive-range-probe-{}-{nanos}", std::process::id());
+        let b = format!("{a}-copy");
+        let result = self.probe_partial_on(&a, &b).await;
+        for p in [&a, &b] {
+            if let Ok(url) = self.http.url_for(p, false) {
+                let _ = self
+                    .http
+                    .send(self.http.request(Method::DELETE, url), p)
+                    .await;
+            }
+        }
+        let found = result?;
+        tracing::info!(
+            "server {} PUT with Content-Range",
+            match found.range_write {
+                Some(RangeWrite::ContentRange) => "accepts",
+                _ => "does not accept",
+            }
+        );
+        tracing::info!(
+            "partial updates: {}",
+            match (found.range_write, found.guarded_copy_move) {
+                (Some(how), true) => format!("the server takes them ({})", how.as_str()),
+                (Some(how), false) => format!(
+                    "the server takes {} but does not hold COPY and MOVE to a version: \
+                     changed files are sent whole",
+                    how.as_str()
+                ),
+                (None, _) =>
+                    "the server does not take them: changed files are sent whole".to_string(),
+            }
+        );
+        Ok(found)
+    }
+
+    async fn probe_partial_on(&self, a: &str, b: &str) -> Result<PartialSupport, RemoteError> {
+        const WANT: &[u8] = b"abXYef";
+        let mut found = PartialSupport::default();
+        let (url_a, url_b) = (self.http.url_for(a, false)?, self.http.url_for(b, false)?);
+        // A refusal (4xx, 501) means "no"; another 5xx or a transport error is not an
+        // answer.
+        let answered = |status: StatusCode| -> Result<bool, RemoteError> {
+            if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
+                Err(status_error(status))
+            } else {
+                Ok(status.is_success())
+            }
+        };
+        let put_whole = || {
+            self.http
+                .request(Method::PUT, url_a.clone())
+                .header(CONTENT_LENGTH, 6)
+                .body("abcdef")
+        };
+        let read = |url: Url, path: String| async move {
+            let resp = self
+                .http
+                .send(self.http.request(Method::GET, url), &path)
+                .await?;
+            if !resp.status().is_success() {
+                return Ok(None);
+            }
+            Ok::<_, RemoteError>(Some(
+                self.http.body_capped(resp, &Progress::new(), 1024).await?,
+            ))
+        };
+        if !answered(self.http.send(put_whole(), a).await?.status())? {
+            return Ok(found);
+        }
+        let ranged = self
+            .http
+            .request(Method::PUT, url_a.clone())
+            .header(CONTENT_LENGTH, 2)
+            .header(CONTENT_RANGE, "bytes 2-3/*")
+            .body("XY");
+        if answered(self.http.send(ranged, a).await?.status())?
+            && read(url_a.clone(), a.to_string()).await?.as_deref() == Some(WANT)
+        {
+            found.range_write = Some(RangeWrite::ContentRange);
+        } else {
+            // What the PUT did (perhaps replaced the file with "XY") is undone first.
+            if !answered(self.http.send(put_whole(), a).await?.status())? {
+                return Ok(found);
+            }
+            let patch = self
+                .http
+                .request(Method::PATCH, url_a.clone())
+                .header(CONTENT_LENGTH, 2)
+                .header(CONTENT_TYPE, "application/x-sabredav-partialupdate")
+                .header("X-Update-Range", "bytes=2-3")
+                .body("XY");
+            if answered(self.http.send(patch, a).await?.status())?
+                && read(url_a.clone(), a.to_string()).await?.as_deref() == Some(WANT)
+            {
+                found.range_write = Some(RangeWrite::SabrePatch);
+            }
+        }
+        if found.range_write.is_none() {
+            return Ok(found);
+        }
+        let Some(tag) = self.stat(a).await?.and_then(|e| e.etag) else {
+            return Ok(found);
+        };
+        let wrong = "\"davdrive-no-such-version\"";
+        // COPY held to a version the source is not: refused, nothing copied.
+        let copy = |tag: &str| {
+            self.http
+                .request(method("COPY"), url_a.clone())
+                .header("Destination", url_b.as_str())
+                .header("Overwrite", "T")
+                .header("Depth", "0")
+                .header("If", tagged_if(&url_a, tag))
+        };
+        let refused = self.http.send(copy(wrong), a).await?.status();
+        if refused.is_server_error() && refused != StatusCode::NOT_IMPLEMENTED {
+            return Err(status_error(refused));
+        }
+        if refused != StatusCode::PRECONDITION_FAILED || self.stat(b).await?.is_some() {
+            return Ok(found);
+        }
+        if !answered(self.http.send(copy(&tag), a).await?.status())?
+            || read(url_b.clone(), b.to_string()).await?.as_deref() != Some(WANT)
+        {
+            return Ok(found);
+        }
+        // MOVE onto a destination held to a version it is not: refused, nothing moved.
+        let mv = |tag: &str| {
+            self.http
+                .request(method("MOVE"), url_b.clone())
+                .header("Destination", url_a.as_str())
+                .header("Overwrite", "T")
+                .header("If", tagged_if(&url_a, tag))
+        };
+        let refused = self.http.send(mv(wrong), b).await?.status();
+        if refused.is_server_error() && refused != StatusCode::NOT_IMPLEMENTED {
+            return Err(status_error(refused));
+        }
+        if refused != StatusCode::PRECONDITION_FAILED || self.stat(b).await?.is_none() {
+            return Ok(found);
+        }
+        let tag = self.stat(a).await?.and_then(|e| e.etag).unwrap_or(tag);
+        if answered(self.http.send(mv(&tag), b).await?.status())?
+            && self.stat(b).await?.is_none()
+            && read(url_a.clone(), a.to_string()).await?.as_deref() == Some(WANT)
+        {
+            found.guarded_copy_move = true;
+        }
+        Ok(found)
+    }
+
     /// One PROPFIND Depth 0 of the mounted collection, without retries.
     async fn propfind_root(&self, body: &'static str) -> Result<Response, RemoteError> {
         let rb = self
@@ -104,6 +268,7 @@ impl WebDav {
     pub fn new(cfg: WebDavConfig) -> Result<WebDav, RemoteError> {
         Ok(WebDav {
             http: HttpClient::new(cfg)?,
+            partial: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -465,71 +630,72 @@ impl Remote for WebDav {
             .map_err(local_err)?;
         let progress = Progress::new();
         let body = progress.track_body(upload_stream(file, len));
-        let rb = self
-            .http
-            .request(Method::PUT, self.http.url_for(path, false)?)
+        let (first, last) = (offset, offset + len - 1);
+        let url = self.http.url_for(path, false)?;
+        let rb = match self.partial.get().and_then(|p| p.range_write) {
+            Some(RangeWrite::SabrePatch) => self
+                .http
+                .request(Method::PATCH, url)
+                .header(CONTENT_TYPE, "application/x-sabredav-partialupdate")
+                .header("X-Update-Range", format!("bytes={first}-{last}")),
+            _ => self
+                .http
+                .request(Method::PUT, url)
+                .header(CONTENT_RANGE, format!("bytes {first}-{last}/*")),
+        };
+        let rb = rb
             .timeout(self.http.transfer_timeout(len))
             .header(CONTENT_LENGTH, len)
-            .header(
-                CONTENT_RANGE,
-                format!("bytes {}-{}/*", offset, offset + len - 1),
-            )
             .body(body);
         put_reply(self.http.send_tracked(rb, path, &progress).await?)
     }
 
     async fn partial_put_supported(&self) -> Result<bool, RemoteError> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path = format!("/.davdrive-range-probe-{}-{nanos}", std::process::id());
-        let url = self.http.url_for(&path, false)?;
-        let put = |body: &'static str, range: Option<&'static str>| {
-            let mut rb = self
-                .http
-                .request(Method::PUT, url.clone())
-                .header(CONTENT_LENGTH, body.len())
-                .body(body);
-            if let Some(r) = range {
-                rb = rb.header(CONTENT_RANGE, r);
-            }
-            rb
-        };
-        let first = self.http.send(put("ab", None), &path).await?.status();
-        if !first.is_success() {
-            return Ok(false);
+        Ok(self.partial_support().await?.range_write.is_some())
+    }
+
+    async fn partial_support(&self) -> Result<PartialSupport, RemoteError> {
+        self.partial
+            .get_or_try_init(|| self.probe_partial())
+            .await
+            .copied()
+    }
+
+    async fn copy_file(
+        &self,
+        from: &str,
+        to: &str,
+        if_etag: Option<&str>,
+        size_hint: u64,
+    ) -> Result<(), RemoteError> {
+        let src = self.http.url_for(from, false)?;
+        let dest = self.http.url_for(to, false)?;
+        let mut rb = self
+            .http
+            .request(method("COPY"), src.clone())
+            // The server copies on its own disk before it answers: time by size (at
+            // 10 MiB/s at least), and no byte moves meanwhile.
+            .timeout(self.http.transfer_timeout(0) + Duration::from_secs(size_hint >> 23))
+            .header("Destination", dest.as_str())
+            .header("Overwrite", "T")
+            .header("Depth", "0");
+        if let Some(tag) = if_etag {
+            rb = rb.header("If", tagged_if(&src, tag));
         }
-        let second = self
+        let status = self.http.send_waiting(rb, from).await?.status();
+        copy_move_status(status)
+    }
+
+    async fn move_file_if(&self, from: &str, to: &str, dest_etag: &str) -> Result<(), RemoteError> {
+        let dest = self.http.url_for(to, false)?;
+        let rb = self
             .http
-            .send(put("cd", Some("bytes 2-3/*")), &path)
-            .await?
-            .status();
-        let supported = if second.is_success() {
-            let got = self
-                .http
-                .send(self.http.request(Method::GET, url.clone()), &path)
-                .await?;
-            self.http
-                .body_capped(got, &Progress::new(), 1024)
-                .await?
-                .as_ref()
-                == b"abcd"
-        } else {
-            false
-        };
-        let _ = self
-            .http
-            .send(self.http.request(Method::DELETE, url), &path)
-            .await;
-        tracing::info!(
-            "server {} PUT with Content-Range",
-            if supported {
-                "accepts"
-            } else {
-                "does not accept"
-            }
-        );
-        Ok(supported)
+            .request(method("MOVE"), self.http.url_for(from, false)?)
+            .header("Destination", dest.as_str())
+            .header("Overwrite", "T")
+            .header("If", tagged_if(&dest, dest_etag));
+        let status = self.http.send(rb, from).await?.status();
+        copy_move_status(status)
     }
 
     async fn preconditions_honored(&self) -> Result<bool, RemoteError> {
@@ -826,6 +992,28 @@ impl std::io::Read for ChunkReader {
 }
 
 /// The outcome of a PUT: its status, and the new version's ETag when sent.
+/// An `If` header holding `url` to the version `etag` names (a tagged list, RFC 4918
+/// 10.4): `<http://host/dir/file> (["tag"])`. The URL is absolute (the `dav-server` crate
+/// takes no other); servers compare its path.
+fn tagged_if(url: &Url, etag: &str) -> String {
+    format!("<{}> ([{}])", url.as_str(), quote_etag(etag))
+}
+
+fn copy_move_status(status: StatusCode) -> Result<(), RemoteError> {
+    if status == StatusCode::MULTI_STATUS {
+        // A COPY or MOVE of one file answered with a multistatus failed.
+        return Err(RemoteError::Refused {
+            status: 207,
+            message: "the server reported a failure in a multistatus".into(),
+        });
+    }
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(status_error(status))
+    }
+}
+
 fn put_reply(resp: Response) -> Result<PutReply, RemoteError> {
     if !resp.status().is_success() {
         return Err(response_error(&resp));

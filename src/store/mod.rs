@@ -97,12 +97,21 @@ pub struct Node {
     pub atime_ns: Option<i64>,
     /// Symbolic links: the target, as given to `symlink()`.
     pub link_target: Option<String>,
+    /// Byte ranges written here since the base version (`etag`); `None` when they are
+    /// not known (a file created here), and the file can only be sent whole.
+    pub written: Option<RangeSet>,
+    /// Size of the base version on the server (`None` with `written`).
+    pub base_size: Option<u64>,
+    /// Remote path of the server-side copy of the base version, while there is one: the
+    /// unchanged parts of a file written without them here are read from it, and the
+    /// written ranges are sent into it before it replaces the file (see `journal::replay::partial`).
+    pub base_copy: Option<String>,
 }
 
 pub const NODE_COLUMNS: &str =
     "ino, parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, \
      etag, on_remote, dirty, ranges, pinned, last_access, sha256, listed_at, cached_bytes, \
-     content_etag, remote_checksum, atime_ns, link_target";
+     content_etag, remote_checksum, atime_ns, link_target, written, base_size, base_copy";
 
 impl Node {
     pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
@@ -131,6 +140,11 @@ impl Node {
             remote_checksum: r.get(20)?,
             atime_ns: r.get(21)?,
             link_target: r.get(22)?,
+            written: r
+                .get::<_, Option<Vec<u8>>>(23)?
+                .map(|b| RangeSet::decode(&b)),
+            base_size: r.get::<_, Option<i64>>(24)?.map(|v| v as u64),
+            base_copy: r.get(25)?,
         })
     }
 
@@ -228,6 +242,18 @@ impl RangeSet {
         out
     }
 
+    /// The ranges, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().copied()
+    }
+
+    /// Adds every range of `other`.
+    pub fn union(&mut self, other: &RangeSet) {
+        for (a, b) in other.iter() {
+            self.insert(a, b);
+        }
+    }
+
     /// Where the last range ends (0 when empty).
     pub fn end(&self) -> u64 {
         self.ranges.last().map(|r| r.1).unwrap_or(0)
@@ -261,6 +287,20 @@ impl RangeSet {
         }
         r
     }
+}
+
+/// The bytes a write of `[offset, end)` to a file of `size` bytes changes: its own, and
+/// when it starts past the end, the gap before it (which reads as zeros). What the
+/// file's written ranges gain (see `Node::written`).
+pub fn write_span(size: u64, offset: u64, end: u64) -> (u64, u64) {
+    (offset.min(size), end)
+}
+
+/// A truncate of a file of `size` bytes to `new`: its written ranges lose what lies past
+/// `new` and gain the zeros it grows by, if it grows.
+pub fn truncate_written(written: &mut RangeSet, size: u64, new: u64) {
+    written.truncate(new);
+    written.insert(size.min(new), new);
 }
 
 pub fn now_ns() -> i64 {
@@ -455,12 +495,16 @@ pub struct NewNode<'a> {
     pub last_access: i64,
 }
 
+/// A file that is on the server starts with no written ranges, its size as the base's;
+/// one created here has neither (it is sent whole).
 pub fn insert_node(conn: &Connection, n: &NewNode<'_>) -> rusqlite::Result<u64> {
     conn.prepare_cached(
         "INSERT INTO nodes (parent, name, kind, size, mtime_ns, ctime_ns, mode, uid, gid, etag, \
-         on_remote, dirty, ranges, pinned, last_access, listed_at, cached_bytes, content_etag) \
+         on_remote, dirty, ranges, pinned, last_access, listed_at, cached_bytes, content_etag, \
+         written, base_size) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?15, \
-         CASE WHEN ?15 > 0 THEN ?9 END)",
+         CASE WHEN ?15 > 0 THEN ?9 END, CASE WHEN ?10 AND ?3 != 1 THEN X'' END, \
+         CASE WHEN ?10 AND ?3 != 1 THEN ?4 END)",
     )?
     .execute(params![
         n.parent as i64,
@@ -572,17 +616,83 @@ pub fn set_local_content(
     size: u64,
     mtime_ns: i64,
 ) -> rusqlite::Result<()> {
+    set_written_content(conn, ino, size, mtime_ns, &RangeSet::full(size))
+}
+
+/// Records the state of local content after writes: size, mtime and the ranges present
+/// (a file written without being all here has holes where the server's bytes are). The
+/// content is bound to the version it was written over.
+pub fn set_written_content(
+    conn: &Connection,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ranges: &RangeSet,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE nodes SET size = ?2, mtime_ns = ?3, ctime_ns = ?4, ranges = ?5, dirty = 1, \
-         cached_bytes = ?2 WHERE ino = ?1",
+         cached_bytes = ?6, content_etag = COALESCE(content_etag, etag) WHERE ino = ?1",
     )?
     .execute(params![
         ino as i64,
         size as i64,
         mtime_ns,
         now_ns(),
-        RangeSet::full(size).encode()
+        ranges.encode(),
+        ranges.bytes() as i64
     ])?;
+    Ok(())
+}
+
+/// Adds `more` to the ranges written in `ino` since its base version, and forgets what
+/// lies at or past `size` (a truncate): only while they are tracked (see `Node::written`).
+pub fn note_written(
+    conn: &Connection,
+    ino: u64,
+    more: &RangeSet,
+    size: u64,
+) -> rusqlite::Result<()> {
+    let cur: Option<Option<Vec<u8>>> = conn
+        .prepare_cached("SELECT written FROM nodes WHERE ino = ?1")?
+        .query_row([ino as i64], |r| r.get(0))
+        .optional()?;
+    let Some(Some(blob)) = cur else {
+        return Ok(());
+    };
+    let mut w = RangeSet::decode(&blob);
+    let before = w.clone();
+    w.union(more);
+    w.truncate(size);
+    if w != before {
+        conn.prepare_cached("UPDATE nodes SET written = ?2 WHERE ino = ?1")?
+            .execute(params![ino as i64, w.encode()])?;
+    }
+    Ok(())
+}
+
+/// The written ranges of `ino` are no longer known (writes a crash cut off): it is sent
+/// whole next time.
+pub fn forget_written(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET written = NULL WHERE ino = ?1")?
+        .execute([ino as i64])?;
+    Ok(())
+}
+
+/// Records (or clears) the server-side copy of the base version of `ino`.
+pub fn set_base_copy(conn: &Connection, ino: u64, copy: Option<&str>) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET base_copy = ?2 WHERE ino = ?1")?
+        .execute(params![ino as i64, copy])?;
+    Ok(())
+}
+
+/// A folder moved on the server from `from` to `to`: the base copies inside it went along.
+pub fn move_base_copies(conn: &Connection, from: &str, to: &str) -> rusqlite::Result<()> {
+    let (below, end) = (format!("{from}/"), format!("{from}0"));
+    conn.prepare_cached(
+        "UPDATE nodes SET base_copy = ?2 || substr(base_copy, length(?1) + 1) \
+         WHERE base_copy >= ?3 AND base_copy < ?4",
+    )?
+    .execute(params![from, to, below, end])?;
     Ok(())
 }
 
@@ -795,6 +905,128 @@ mod tests {
         assert_eq!(r.missing(0, 12), vec![(5, 10)]);
         assert_eq!(RangeSet::decode(&r.encode()), r);
         assert!(RangeSet::full(0).covers(0, 0));
+    }
+
+    /// The rule partial updates stand on: a file's bytes differ from its base version's
+    /// only inside its written ranges, so the base with those ranges written over it
+    /// (and extended, as `PUT` with `Content-Range` does) is the file, whenever the file
+    /// is not shorter than the base. Random writes, writes past the end and truncates.
+    #[test]
+    fn the_base_and_the_written_ranges_make_the_file() {
+        use proptest::prelude::*;
+        #[derive(Debug, Clone)]
+        enum Op {
+            Write(u64, u64, u8),
+            Truncate(u64),
+        }
+        let op = prop_oneof![
+            (0u64..300, 1u64..60, any::<u8>()).prop_map(|(o, l, b)| Op::Write(o, l, b)),
+            (0u64..300).prop_map(Op::Truncate),
+        ];
+        proptest!(|(base_len in 0usize..200, ops in proptest::collection::vec(op, 0..12))| {
+            let base: Vec<u8> = (0..base_len).map(|i| (i % 251) as u8 + 1).collect();
+            let mut file = base.clone();
+            let mut written = RangeSet::default();
+            for op in &ops {
+                let size = file.len() as u64;
+                match *op {
+                    Op::Write(offset, len, byte) => {
+                        let end = offset + len;
+                        let (a, b) = write_span(size, offset, end);
+                        written.insert(a, b);
+                        if file.len() < end as usize {
+                            file.resize(end as usize, 0);
+                        }
+                        file[offset as usize..end as usize].fill(byte);
+                    }
+                    Op::Truncate(new) => {
+                        truncate_written(&mut written, size, new);
+                        file.resize(new as usize, 0);
+                    }
+                }
+                // Never a range past the end, and none is lost by decoding.
+                prop_assert!(written.end() <= file.len() as u64);
+                prop_assert_eq!(RangeSet::decode(&written.encode()), written.clone());
+            }
+            if file.len() >= base.len() {
+                let mut server = base.clone();
+                for (a, b) in written.iter() {
+                    if server.len() < b as usize {
+                        server.resize(b as usize, 0);
+                    }
+                    server[a as usize..b as usize].copy_from_slice(&file[a as usize..b as usize]);
+                }
+                prop_assert_eq!(server, file);
+            }
+        });
+    }
+
+    /// Written ranges are tracked in the store only for files that have a base version,
+    /// grow with each commit, are cut by a truncate, and are forgotten after a crash of
+    /// writes whose ranges were not recorded.
+    #[test]
+    fn written_ranges_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(&dir.path().join("s.db")).unwrap();
+        let mk = |name: &str, on_remote: bool| {
+            insert_node(
+                &c,
+                &NewNode {
+                    parent: ROOT_INO,
+                    name,
+                    kind: Kind::File,
+                    size: 100,
+                    mtime_ns: 0,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    etag: on_remote.then_some("\"e1\""),
+                    on_remote,
+                    dirty: false,
+                    ranges: RangeSet::default(),
+                    listed_at: None,
+                    last_access: 0,
+                },
+            )
+            .unwrap()
+        };
+        let theirs = mk("from the server", true);
+        let ours = mk("made here", false);
+        let n = get_node(&c, theirs).unwrap().unwrap();
+        assert_eq!(
+            (n.written, n.base_size),
+            (Some(RangeSet::default()), Some(100))
+        );
+        let n = get_node(&c, ours).unwrap().unwrap();
+        assert_eq!((n.written, n.base_size), (None, None));
+
+        let span = |a, b| {
+            let mut r = RangeSet::default();
+            r.insert(a, b);
+            r
+        };
+        note_written(&c, theirs, &span(10, 20), 100).unwrap();
+        note_written(&c, theirs, &span(90, 150), 150).unwrap();
+        note_written(&c, ours, &span(0, 50), 100).unwrap();
+        let n = get_node(&c, theirs).unwrap().unwrap();
+        let mut want = span(10, 20);
+        want.insert(90, 150);
+        assert_eq!(n.written, Some(want));
+        assert_eq!(get_node(&c, ours).unwrap().unwrap().written, None);
+        // Cut to 95: what lay past it is no longer the file's.
+        note_written(&c, theirs, &RangeSet::default(), 95).unwrap();
+        let mut want = span(10, 20);
+        want.insert(90, 95);
+        assert_eq!(get_node(&c, theirs).unwrap().unwrap().written, Some(want));
+        forget_written(&c, theirs).unwrap();
+        assert_eq!(get_node(&c, theirs).unwrap().unwrap().written, None);
+        // Landing an upload starts tracking again, against the version sent.
+        versions::mark_uploaded(&c, theirs, Some("\"e2\""), None, 95).unwrap();
+        let n = get_node(&c, theirs).unwrap().unwrap();
+        assert_eq!(
+            (n.written, n.base_size),
+            (Some(RangeSet::default()), Some(95))
+        );
     }
 
     #[test]

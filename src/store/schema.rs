@@ -184,6 +184,24 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN link_target TEXT;
     CREATE INDEX nodes_subdirs ON nodes(parent) WHERE kind = 1;
     ",
+    // 10: partial updates. `written` holds the byte ranges written here since the base
+    // version (`etag`), encoded like `ranges`; NULL when they are not known (a file
+    // created here, or written by an earlier version): such a file is sent whole.
+    // `base_size` is the size of the base version on the server: a file cut below it
+    // cannot be sent as ranges. `base_copy` is the server-side copy of the base version
+    // (a hidden scratch file beside the file) that unchanged parts are read from and
+    // that the ranges are written into before it replaces the file. An upload takes the
+    // written ranges it sends into its journal entry (`sending`), so writes landing
+    // meanwhile start a new set.
+    "
+    ALTER TABLE nodes ADD COLUMN written BLOB;
+    ALTER TABLE nodes ADD COLUMN base_size INTEGER;
+    ALTER TABLE nodes ADD COLUMN base_copy TEXT;
+    UPDATE nodes SET written = X'', base_size = size WHERE on_remote = 1 AND dirty = 0 \
+        AND kind != 1;
+    CREATE INDEX nodes_base_copy ON nodes(base_copy) WHERE base_copy IS NOT NULL;
+    ALTER TABLE journal ADD COLUMN sending BLOB;
+    ",
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -6,18 +6,22 @@
 
 use rusqlite::{params, Connection};
 
-/// Our upload became the remote version `etag`: the content present is that version.
+/// Our upload became the remote version `etag`, of `size` bytes: the content present
+/// is that version, and the base of what is written from now on (ranges written while
+/// the upload ran stay recorded: the upload took those it sent).
 pub fn mark_uploaded(
     conn: &Connection,
     ino: u64,
     etag: Option<&str>,
     sha256: Option<&str>,
+    size: u64,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE nodes SET etag = ?2, on_remote = 1, sha256 = ?3, content_etag = ?2, \
-         remote_checksum = NULL WHERE ino = ?1",
+         remote_checksum = NULL, written = COALESCE(written, X''), base_size = ?4, \
+         base_copy = NULL WHERE ino = ?1",
     )?
-    .execute(params![ino as i64, etag, sha256])?;
+    .execute(params![ino as i64, etag, sha256, size as i64])?;
     Ok(())
 }
 
@@ -51,7 +55,8 @@ pub fn adopt_remote_version(
     conn.prepare_cached(
         "UPDATE nodes SET etag = ?2, size = ?3, mtime_ns = ?4, ranges = NULL, dirty = 0, \
          on_remote = 1, sha256 = NULL, cached_bytes = 0, content_etag = NULL, \
-         remote_checksum = NULL WHERE ino = ?1",
+         remote_checksum = NULL, written = X'', base_size = ?3, base_copy = NULL \
+         WHERE ino = ?1",
     )?
     .execute(params![ino as i64, etag, size as i64, mtime_ns])?;
     Ok(())
@@ -70,7 +75,7 @@ pub fn note_remote_version(
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE nodes SET size = ?2, mtime_ns = ?3, etag = ?4, sha256 = NULL, \
-         remote_checksum = ?5 WHERE ino = ?1",
+         remote_checksum = ?5, base_size = ?2 WHERE ino = ?1",
     )?
     .execute(params![ino as i64, size as i64, mtime_ns, etag, checksum])?;
     Ok(())
@@ -103,22 +108,23 @@ pub fn record_content_hash(
 }
 
 /// Local changes given up (their upload dropped): back to the remote's version, which
-/// the next listing or open fetches.
+/// the next listing or open fetches. (The caller removes a base copy on the server.)
 pub fn forget_local_changes(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE nodes SET dirty = 0, etag = NULL, ranges = NULL, cached_bytes = 0, \
-         content_etag = NULL, sha256 = NULL WHERE ino = ?1",
+         content_etag = NULL, sha256 = NULL, written = NULL, base_copy = NULL WHERE ino = ?1",
     )?
     .execute([ino as i64])?;
     Ok(())
 }
 
 /// The remote lost this file (another client deleted it) but the local copy is to be
-/// kept: it is ours alone now, to be uploaded as new, and never evicted before that.
+/// kept: it is ours alone now, to be uploaded as new (whole: parts not here come from
+/// its base copy), and never evicted before that.
 pub fn keep_local_copy(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE nodes SET on_remote = 0, etag = NULL, content_etag = NULL, sha256 = NULL, \
-         dirty = 1 WHERE ino = ?1",
+         dirty = 1, written = NULL WHERE ino = ?1",
     )?
     .execute([ino as i64])?;
     Ok(())

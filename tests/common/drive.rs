@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use davdrive::cache::CacheLimits;
 use davdrive::clock::Clock;
-use davdrive::fs::{Core, CoreConfig};
+use davdrive::fs::{Core, CoreConfig, UploadSizes};
 use davdrive::health::{self, Health};
 use davdrive::journal;
 use davdrive::remote::webdav::{WebDav, WebDavConfig};
@@ -25,6 +25,7 @@ pub struct Drive {
     core: Option<Arc<Core>>,
     pub clock: Clock,
     pub limits: CacheLimits,
+    pub uploads: UploadSizes,
     shutdown: Option<watch::Sender<bool>>,
 }
 
@@ -33,7 +34,18 @@ impl Drive {
         Drive::with_state(limits, tempfile::tempdir().unwrap())
     }
 
+    /// A drive whose uploads are cut as `uploads` says.
+    pub fn with_uploads(limits: CacheLimits, uploads: UploadSizes) -> Drive {
+        Drive::build(limits, tempfile::tempdir().unwrap(), uploads)
+    }
+
     pub fn with_state(limits: CacheLimits, state: tempfile::TempDir) -> Drive {
+        Drive::build(limits, state, UploadSizes::default())
+    }
+
+    fn build(limits: CacheLimits, state: tempfile::TempDir, uploads: UploadSizes) -> Drive {
+        // Against an external server the tests run with umask 0 (see `Server::start`).
+        super::private(state.path());
         if let Ok(filter) = std::env::var("DAVDRIVE_LOG") {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -46,6 +58,7 @@ impl Drive {
             core: None,
             clock: Clock::default(),
             limits,
+            uploads,
             shutdown: None,
         };
         d.start();
@@ -72,6 +85,7 @@ impl Drive {
                 refresh_wait: Duration::from_secs(5),
                 cache: self.limits.clone(),
                 clock: self.clock.clone(),
+                uploads: self.uploads,
                 ..CoreConfig::default()
             },
         )

@@ -34,6 +34,19 @@ pub enum Fault {
     CutRequest(usize),
 }
 
+/// What the proxy does with writes of byte ranges (`PUT` with `Content-Range`, `PATCH`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Ranges {
+    /// Forwarded.
+    #[default]
+    Forward,
+    /// Answered 501 Not Implemented: a server without partial updates.
+    Refuse,
+    /// `Content-Range` is dropped and the PUT forwarded: a server that ignores it and
+    /// replaces the file with the range's bytes (PATCH is refused).
+    Strip,
+}
+
 /// A canned reply for requests whose method and path match.
 #[derive(Clone, Debug)]
 pub struct Canned {
@@ -59,6 +72,13 @@ pub struct ProxyState {
     pub reply_bytes: HashMap<String, usize>,
     /// Requests being handled now (until the upstream reply is done or abandoned).
     pub in_flight: usize,
+    /// Writes of byte ranges: forwarded, refused or stripped.
+    pub ranges: Ranges,
+    /// Writes of byte ranges seen (PUT with Content-Range, PATCH).
+    pub range_writes: usize,
+    /// The range writes (counted as in `range_writes`, from 1) answered with a status
+    /// instead of being forwarded, each once.
+    pub fail_range_writes: Vec<(usize, u16)>,
 }
 
 /// Counts a request as in flight for as long as its handler lives.
@@ -186,6 +206,16 @@ impl Proxy {
     pub fn count(&self, method: &str) -> usize {
         *self.state.lock().unwrap().counts.get(method).unwrap_or(&0)
     }
+
+    /// Bytes of every request and reply body so far, all methods.
+    pub fn wire_bytes(&self) -> (usize, usize) {
+        let s = self.state.lock().unwrap();
+        (s.body_bytes.values().sum(), s.reply_bytes.values().sum())
+    }
+
+    pub fn set_ranges(&self, r: Ranges) {
+        self.state.lock().unwrap().ranges = r;
+    }
 }
 
 async fn handle(
@@ -195,11 +225,28 @@ async fn handle(
     me: SocketAddr,
     upstream: SocketAddr,
 ) -> Result<Response<Body>, std::io::Error> {
+    let range_write = req.method() == "PATCH"
+        || (req.method() == "PUT" && req.headers().contains_key("content-range"));
+    let mut strip_range = false;
     let (fault, canned, auth) = {
         let mut s = st.lock().unwrap();
         *s.counts.entry(req.method().to_string()).or_default() += 1;
         s.requests
             .push((req.method().to_string(), req.uri().path().to_string()));
+        if range_write {
+            s.range_writes += 1;
+            let n = s.range_writes;
+            if let Some(i) = s.fail_range_writes.iter().position(|(at, _)| *at == n) {
+                let (_, status) = s.fail_range_writes.remove(i);
+                return Ok(full(status, "injected"));
+            }
+            match s.ranges {
+                Ranges::Forward => {}
+                Ranges::Refuse => return Ok(full(501, "no partial updates here")),
+                Ranges::Strip if req.method() == "PATCH" => return Ok(full(405, "no PATCH here")),
+                Ranges::Strip => strip_range = true,
+            }
+        }
         let canned = s
             .canned
             .iter()
@@ -260,7 +307,7 @@ async fn handle(
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
     let mut out = client.request(method, url);
     for (k, v) in req.headers() {
-        if k == "host" {
+        if k == "host" || (strip_range && k == "content-range") {
             continue;
         }
         let mut v = v.clone();

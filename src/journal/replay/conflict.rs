@@ -55,7 +55,7 @@ pub(super) async fn resolve_conflict(
             let ours = &ours[..];
             if theirs_sha == ours_sha {
                 tracing::info!("{}: remote already holds this version", e.path);
-                return finish_upload(core, e, cur.etag.clone(), Some(ours_sha));
+                return finish_upload(core, e, cur.etag.clone(), Some(ours_sha), node.size);
             }
             // An earlier attempt of this upload reached the server whole (its success
             // was not recorded), or, on a server that writes in place, in part.
@@ -74,7 +74,7 @@ pub(super) async fn resolve_conflict(
                     _ => Precondition::None,
                 };
                 let etag = upload_whole(&remote, &e.path, &local_path, node, cond).await?;
-                return finish_upload(core, e, etag, Some(ours_sha));
+                return finish_upload(core, e, etag, Some(ours_sha), node.size);
             }
         }
     }
@@ -93,7 +93,7 @@ pub(super) async fn resolve_conflict(
             Precondition::IfNoneMatch,
         )
         .await?;
-        return finish_upload(core, e, etag, None);
+        return finish_upload(core, e, etag, None, node.size);
     };
     let _ = cur;
     if core.is_open(e.ino) {
@@ -152,6 +152,9 @@ pub(super) async fn resolve_conflict(
                     last_access: core.clock().now_s(),
                 },
             )?;
+            // What was uploaded is the content as it was then: the uploads moved to the
+            // copy below send it whole, whatever was written since.
+            store::forget_written(&tx, ino)?;
             Some(ino)
         } else {
             None
@@ -214,7 +217,7 @@ pub fn host_name() -> String {
 /// `report.txt` → `report (conflict host 2026-11-23 181500).txt`.
 /// `report (conflict host 2026-11-23 181500).txt` as the `n`th of that name:
 /// `report (conflict host 2026-11-23 181500 2).txt` for the second.
-fn numbered(conflict_name: &str, n: u32) -> String {
+pub(super) fn numbered(conflict_name: &str, n: u32) -> String {
     if n == 1 {
         return conflict_name.to_string();
     }

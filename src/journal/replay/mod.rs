@@ -22,6 +22,7 @@ pub(crate) mod meta;
 mod mkcol;
 mod moves;
 mod parents;
+mod partial;
 mod put;
 
 pub use conflict::{conflict_name, host_name};
@@ -51,6 +52,11 @@ pub const PARTS_FROM: u64 = 256 << 20;
 /// overhead stays small against the bytes (8 MiB parts ran at a third of wire speed).
 pub const PART_SIZE: u64 = 64 << 20;
 
+/// Files from this size on send only the ranges written, where the server takes partial
+/// updates (the default of `UploadSizes::partial_from`). Below it a whole upload costs
+/// little more than the requests a partial update makes.
+pub const PARTIAL_FROM: u64 = 8 << 20;
+
 /// Entries replayed at once (uploads of many small files gain most).
 const PARALLEL: usize = 6;
 
@@ -68,6 +74,9 @@ pub enum ReplayError {
     /// ever being set aside for it.
     #[error("{0}")]
     Later(String),
+    /// Went wrong in a way worth another try (counted, like a 5xx).
+    #[error("{0}")]
+    Retry(String),
 }
 
 pub type ReplayResult<T = ()> = Result<T, ReplayError>;
@@ -273,6 +282,7 @@ async fn outcome(core: &Arc<Core>, e: &Entry, err: ReplayError) {
             retry_later(core, e, &err.to_string(), None, true)
         }
         ReplayError::Later(why) => retry_later(core, e, &why, None, false),
+        ReplayError::Retry(why) => retry_later(core, e, &why, None, true),
         ReplayError::Store(db) => {
             tracing::error!("{what}: the state store failed: {db}");
             retry_later(core, e, &format!("state store: {db}"), None, true)
@@ -349,6 +359,13 @@ async fn sha256_of(data: bytes::Bytes) -> ReplayResult<String> {
 async fn preconditions_honored(core: &Arc<Core>) -> Result<bool, RemoteError> {
     core.preconditions
         .get_or_try_init(|| core.remote().preconditions_honored())
+        .await
+        .copied()
+}
+
+async fn partial_updates_supported(core: &Arc<Core>) -> Result<bool, RemoteError> {
+    core.partial_updates
+        .get_or_try_init(|| async { Ok(core.remote().partial_support().await?.updates()) })
         .await
         .copied()
 }

@@ -83,6 +83,7 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
                 // it, and the local folder if it still has that name, follow it there,
                 // so none of them lands in the other client's folder.
                 journal::rewrite_prefix(&tx, dest, &aside)?;
+                store::move_base_copies(&tx, &e.path, &aside)?;
                 let aside_name = aside.rsplit('/').next().unwrap_or(&aside);
                 if let Some(node) = store::node_at_path(&tx, dest)? {
                     if node.ino == e.ino
@@ -157,6 +158,10 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     if let Some(etag) = new_etag {
         store::versions::retag_after_move(&tx, e.ino, &etag)?;
         journal::rebase_deletes(&tx, e.ino, Some(&etag))?;
+    }
+    if e.is_dir {
+        // The base copies of files changed inside went along (see `replay::partial`).
+        store::move_base_copies(&tx, &e.path, dest)?;
     }
     done(core, &tx, e)?;
     Ok(tx.commit()?)

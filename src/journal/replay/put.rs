@@ -21,7 +21,20 @@ pub(super) async fn put(core: &Arc<Core>, e: &Entry) -> ReplayResult {
 }
 
 async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
-    let node = store::get_node(&core.store(), e.ino)?;
+    // What was written since the base version goes with this upload (writes committed
+    // later are left for the next); where the server takes them, as ranges only. Taken
+    // with the node in one hold of the store, so the size read covers every range
+    // taken (a commit lands before both or after both).
+    let (node, sending) = {
+        let conn = core.store();
+        match store::get_node(&conn, e.ino)? {
+            Some(n) if n.kind != Kind::Dir => {
+                let sending = journal::take_written(&conn, e.id, e.ino)?;
+                (Some(n), sending)
+            }
+            other => (other, None),
+        }
+    };
     let node = match node {
         // A symbolic link is sent as a small file holding its target.
         Some(n) if n.kind != Kind::Dir => n,
@@ -33,6 +46,15 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         }
     };
     let local_path = core.content().path(e.ino);
+    if super::partial::wanted(core, &node, &sending).await? {
+        let ranges = sending.unwrap_or_default();
+        return super::partial::put_partial(core, e, &node, ranges).await;
+    }
+    // Sent whole: a file changed here without all of it gets the rest first.
+    let node = match super::partial::whole_from_here(core, e, node).await? {
+        Ok(node) => node,
+        Err(()) => return Ok(()),
+    };
     let strict = preconditions_honored(core).await?;
     let cond = if !node.on_remote {
         // A server that ignores If-None-Match is asked first (see below).
@@ -119,7 +141,7 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         false => what_went_out(core, &e.path, &local_path, node.size, &etag, sent).await?,
     };
     drop_scratch(core, e).await;
-    finish_upload(core, e, etag, sent)?;
+    finish_upload(core, e, etag, sent, node.size)?;
     super::meta::after(core, e).await;
     Ok(())
 }
@@ -225,7 +247,7 @@ pub(super) async fn put_in_parts(
     remote.rename(&scratch, &e.path, false).await?;
     let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
     let sent = what_went_out(core, &e.path, &local_path, node.size, &etag, sent).await?;
-    finish_upload(core, e, etag, sent)?;
+    finish_upload(core, e, etag, sent, node.size)?;
     super::meta::after(core, e).await;
     Ok(())
 }
@@ -308,15 +330,17 @@ pub(super) fn snapshot(
     Ok((data.into(), sha))
 }
 
+/// The upload of `size` bytes landed as version `etag`: it is the base of the file now.
 pub(super) fn finish_upload(
     core: &Arc<Core>,
     e: &Entry,
     etag: Option<String>,
     sha256: Option<String>,
+    size: u64,
 ) -> ReplayResult {
     let conn = core.store();
     let tx = conn.unchecked_transaction()?;
-    store::versions::mark_uploaded(&tx, e.ino, etag.as_deref(), sha256.as_deref())?;
+    store::versions::mark_uploaded(&tx, e.ino, etag.as_deref(), sha256.as_deref(), size)?;
     journal::rebase_deletes(&tx, e.ino, etag.as_deref())?;
     let more = journal::has_pending_put(&tx, e.ino, e.id)?;
     if !more && !core.is_write_dirty(e.ino) {
