@@ -148,9 +148,9 @@ drop_caches() { sync; [ $can_drop -eq 0 ] || echo 3 >/proc/sys/vm/drop_caches; }
 big_mib=256
 # BENCH_ONLY=append: only the append case (quick; no other test data).
 only=${BENCH_ONLY:-}
-if [ "$mode" = small ] && [ "$only" != append ]; then
 list_count=5000
 small_count=2000
+if [ "$mode" = small ] && [ "$only" != append ]; then
 echo "bench: generating test data in $work"
 head -c $((big_mib * 1024 * 1024)) /dev/urandom >"$data/read.bin"
 head -c $((big_mib * 1024 * 1024)) /dev/urandom >"$data/write.bin"
@@ -511,7 +511,11 @@ echo
 if [ "$mode" = scale ]; then
   echo "=== davdrive benchmark at scale (sizes in the row names) ==="
 else
-  echo "=== davdrive benchmark: $big_mib MiB file, $list_count-entry listing, $small_count small files ==="
+  if [ "$only" = append ]; then
+    echo "=== davdrive benchmark: 1 MiB appended to a ${append_mib} MiB file ==="
+  else
+    echo "=== davdrive benchmark: $big_mib MiB file, $list_count-entry listing, $small_count small files, 1 MiB appended to a ${append_mib} MiB file ==="
+  fi
 fi
 echo "kernel:   $kernel"
 echo "davdrive: $davdrive_version, commit $git_rev"

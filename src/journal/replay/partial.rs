@@ -548,6 +548,12 @@ pub(super) async fn fetch_rest(core: &Arc<Core>, e: &Entry) -> ReplayResult<bool
         }
         Err(other) => return Err(ReplayError::Io(std::io::Error::other(other.to_string()))),
     }
+    drop_base_copy(core, e).await?;
+    Ok(true)
+}
+
+/// Removes the base copy of a file that is sent whole (or its removal is queued).
+async fn drop_base_copy(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     let copy = store::get_node(&core.store(), e.ino)?.and_then(|n| n.base_copy);
     if let Some(copy) = copy {
         let gone = core.remote().delete(&copy, false).await.is_ok();
@@ -559,7 +565,7 @@ pub(super) async fn fetch_rest(core: &Arc<Core>, e: &Entry) -> ReplayResult<bool
         }
         tx.commit()?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// A file changed here without all of it, to be sent whole: fetches the rest first (see
@@ -571,6 +577,9 @@ pub(super) async fn whole_from_here(
     node: Node,
 ) -> ReplayResult<Result<Node, ()>> {
     if node.fully_cached() {
+        if node.base_copy.is_some() {
+            drop_base_copy(core, e).await?;
+        }
         return Ok(Ok(node));
     }
     tracing::info!(
