@@ -194,6 +194,8 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     while let Some(done) = tasks.join_next().await {
         finished(&mut running, done);
     }
+    // A burst that ended just as the mount stopped still gets its line.
+    summary.finish(&core);
 }
 
 /// A line in the log for each burst of replay: "sent 50 changes in 0.2 s".
