@@ -966,16 +966,20 @@ fn touch(h: &Harness, m: &mut Model, roots: &[String], destroys: &[usize]) -> (V
     let precise = r.inos.is_empty() && !open_met && !under_touched;
     // A survivor this change meets while its version is on the server (nothing waits)
     // may now legitimately go: their change wins over a version that was synced.
-    // So may one whose bytes sit, with nothing of it waiting, where the change strikes.
+    // So may one whose very bytes sit where the change strikes, even with an upload of
+    // the node still waiting: that version reached the server before their change did
+    // (the waiting upload may find nothing left to send).
     let server = h.server();
+    let on_server_here = |data: &[u8]| {
+        let want = MemItem::File(data.to_vec());
+        server
+            .iter()
+            .any(|(k, v)| *v == want && r.roots.iter().any(|root| at_or_under(k, root)))
+    };
     m.survivors.retain(|s| {
         let idle = !r.pending_puts.contains(&s.ino) && open_ino != Some(s.ino);
-        let want = MemItem::File(s.data.clone());
-        let struck = area_inos.contains(&s.ino)
-            || server
-                .iter()
-                .any(|(k, v)| *v == want && r.roots.iter().any(|root| at_or_under(k, root)));
-        !(idle && struck)
+        let here = on_server_here(&s.data);
+        !(here || (idle && area_inos.contains(&s.ino)))
     });
     if precise {
         return (r.images, true);
@@ -992,7 +996,8 @@ fn touch(h: &Harness, m: &mut Model, roots: &[String], destroys: &[usize]) -> (V
     for k in &area {
         let e = m.m.get_mut(k).unwrap();
         if let (St::Ours, Item::File(data)) = (e.st, &e.item) {
-            if r.pending_puts.contains(&e.ino) || open_ino == Some(e.ino) {
+            let waiting = r.pending_puts.contains(&e.ino) || open_ino == Some(e.ino);
+            if waiting && !on_server_here(data) {
                 m.survivors.push(Survivor {
                     ino: e.ino,
                     data: data.clone(),
@@ -1882,6 +1887,9 @@ fn check_server(h: &Harness, m: &Model, ctx: &str, end: bool) {
                 ));
             }
         }
+    }
+    if !problems.is_empty() && std::env::var("DAVDRIVE_MODEL_TRACE").is_ok() {
+        eprintln!("requests: {:?}", h.remote.requests());
     }
     assert!(
         problems.is_empty(),

@@ -101,8 +101,12 @@ pub(super) async fn put_partial(
         }
     }
     if sending.is_empty() && Some(size) == node.base_size && node.base_copy.is_none() {
-        // Nothing written since the base version (a truncate to the same size, say):
-        // the server has this content.
+        // Nothing written since the base version (a truncate to the same size, say): the
+        // base version is ours and the server had it. If another client has replaced or
+        // deleted it since, theirs came after ours, so theirs wins: the next listing sees
+        // the ETag move on a clean file and takes their version (or their delete), as
+        // for any file whose change had landed. Asking here and meeting it as a conflict
+        // would revive a file they deleted after our version was on the server.
         let etag = node.etag.clone();
         return finish(core, e, etag, size, sha).await;
     }
