@@ -981,6 +981,21 @@ fn touch(h: &Harness, m: &mut Model, roots: &[String], destroys: &[usize]) -> (V
         let here = on_server_here(&s.data);
         !(here || (idle && area_inos.contains(&s.ino)))
     });
+    // Their own earlier bytes that this change overwrites or deletes on the server are
+    // theirs to lose: wherever the model expected them (a waiting rename may have been
+    // thought to carry them elsewhere), they are owed no more.
+    let struck_bytes: Vec<&MemItem> = server
+        .iter()
+        .filter(|(k, _)| destroys.iter().any(|i| at_or_under(k, &roots[*i])))
+        .map(|(_, v)| v)
+        .collect();
+    for e in m.m.values_mut() {
+        if let (St::Theirs { precise: false }, Item::File(b)) = (e.st, &e.item) {
+            if struck_bytes.contains(&&MemItem::File(b.clone())) {
+                e.st = St::Unknown;
+            }
+        }
+    }
     if precise {
         return (r.images, true);
     }
@@ -2194,6 +2209,13 @@ impl Harness {
             .unwrap_or_else(|e| panic!("mv {from} {to}: {e}"));
     }
 
+    fn unlink(&self, path: &str) {
+        let (p, n) = self.split(path);
+        self.core()
+            .unlink(p, &n)
+            .unwrap_or_else(|e| panic!("unlink {path}: {e}"));
+    }
+
     fn rmdir(&self, path: &str) {
         let (p, n) = self.split(path);
         self.core()
@@ -2844,5 +2866,25 @@ fn a_rename_does_not_take_another_clients_version_for_ours() {
         "{:?}",
         h.conflicts()
     );
+    h.stop(false);
+}
+
+/// A rename of a file that is then removed here, while another client rewrote it at the
+/// old name: the MOVE would carry their version to our name, where our delete would take
+/// it. Theirs stays where it is.
+#[test]
+fn a_renamed_then_removed_file_spares_their_version_at_the_old_name() {
+    let mut h = Harness::new();
+    h.create("/a", &ours_bytes(1000, 2));
+    h.drain("setup");
+    h.set_outage(true);
+    h.mv("/a", "/b");
+    h.unlink("/b");
+    let theirs = their_bytes(1500, 2);
+    h.remote.other_put("/a", theirs.clone()).unwrap();
+    h.set_outage(false);
+    h.drain("rename and removal of a file rewritten there");
+    assert_eq!(h.remote.read("/a"), Some(theirs));
+    assert_eq!(h.remote.read("/b"), None);
     h.stop(false);
 }

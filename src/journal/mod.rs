@@ -680,6 +680,17 @@ pub fn get(c: &Connection, id: i64) -> rusqlite::Result<Option<Entry>> {
         .optional()
 }
 
+/// The first delete of node `ino` recorded after entry `after`: for a file removed here
+/// after a waiting rename, it names the version of ours the rename would move.
+pub fn later_delete_of(c: &Connection, ino: u64, after: i64) -> rusqlite::Result<Option<Entry>> {
+    c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM journal WHERE ino = ?1 AND id > ?2 AND op = 'delete' \
+         ORDER BY id LIMIT 1"
+    ))?
+    .query_row(params![ino as i64, after], entry_from_row)
+    .optional()
+}
+
 pub fn list(c: &Connection, failed_only: bool) -> rusqlite::Result<Vec<Entry>> {
     let mut st = c.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM journal WHERE (?1 = 0 OR failed = 1) ORDER BY id"

@@ -197,7 +197,7 @@ async fn folder_gone(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult {
 /// and the conflict is recorded. Returns true when that was done.
 async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult<bool> {
     let Some(node) = store::get_node(&core.store(), e.ino)? else {
-        return Ok(false);
+        return removed_here_and_theirs_there(core, e, dest).await;
     };
     let Some(base) = node.etag.as_deref().filter(|_| node.on_remote) else {
         return Ok(false);
@@ -238,6 +238,54 @@ async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> Rep
         dest,
         "file changed on the server before its rename here; both kept",
     )?;
+    Ok(true)
+}
+
+/// Before the MOVE of a file removed here since (its delete waits further on): whether
+/// the source on the server still holds our version, as that delete knows it (its base
+/// ETag, or the hash of a version our uploads sent). If another client replaced it,
+/// moving it would carry their version to our name, where our delete would then remove
+/// it: instead theirs stays where it is and the move ends (the delete finds nothing of
+/// ours at the new name). Returns true when the move was ended so.
+async fn removed_here_and_theirs_there(
+    core: &Arc<Core>,
+    e: &Entry,
+    dest: &str,
+) -> ReplayResult<bool> {
+    let Some(del) = journal::later_delete_of(&core.store(), e.ino, e.id)? else {
+        return Ok(false);
+    };
+    let cur = match core.remote().stat(&e.path).await? {
+        Some(cur) if !cur.is_dir => cur,
+        _ => return Ok(false),
+    };
+    let base = del.base_etag.as_deref();
+    if base.is_some_and(|tag| {
+        tag.is_empty() || crate::remote::same_etag(cur.etag.as_deref(), Some(tag))
+    }) {
+        // Ours (or a server without ETags, where nothing tells).
+        return Ok(false);
+    }
+    let sent = journal::sent_hashes(&core.store(), del.id)?;
+    if !sent.is_empty() && cur.size <= super::COMPARE_LIMIT {
+        let data = if cur.size == 0 {
+            bytes::Bytes::new()
+        } else {
+            core.remote().get_range(&e.path, 0, cur.size).await?.data
+        };
+        if sent.contains(&super::sha256_of(data).await?) {
+            return Ok(false);
+        }
+    } else if base.is_none() {
+        // Nothing known to tell ours from theirs by.
+        return Ok(false);
+    }
+    tracing::warn!(
+        "{} was changed on the server before its move to {dest}, and removed here since; \
+         theirs stays",
+        e.path
+    );
+    done(core, &core.store(), e)?;
     Ok(true)
 }
 
