@@ -1,13 +1,17 @@
+//! The `davdrive` command line: the clap definitions of every command and their
+//! conversion into calls of the library (settings in `config`, the mount in
+//! `fuse::session`, the background process and unmounting in `daemon::process`, the
+//! control client in `control::client`). Nothing else lives here.
+
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use davdrive::config::{self, parse_duration, MountArgs};
+use davdrive::daemon::process;
 
 /// Mount a WebDAV share as a local folder. Writes land on the local disk first and reach
 /// the server through a durable journal, also across outages and crashes.
@@ -503,7 +507,10 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Cmd::Unmount { mountpoint } => unmount(&mountpoint),
+        Cmd::Unmount { mountpoint } => match process::unmount(&mountpoint) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
         Cmd::Ctl(args) => ctl(args),
         Cmd::Serve { dir, addr } => {
             init_logging();
@@ -541,8 +548,6 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("davdrive: {msg}");
     ExitCode::FAILURE
 }
-
-const DAEMON_CHILD_ENV: &str = "DAVDRIVE_DAEMON_CHILD";
 
 /// `mount.davdrive SPEC DIR [-sfnv] [-o OPTIONS]`, as mount(8) runs it: the options
 /// become `davdrive mount` flags and the mount runs as with `--daemon`.
@@ -599,178 +604,26 @@ fn mount(args: MountArgs, argv: Vec<OsString>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    if args.daemon && std::env::var_os(DAEMON_CHILD_ENV).is_none() {
-        return spawn_daemon(&cfg.cache_dir, argv);
+    if args.daemon && !process::is_child() {
+        return match process::start_in_background(&cfg.cache_dir, argv) {
+            Ok(d) => {
+                let mode = d.mode.map(|m| format!(" {m}")).unwrap_or_default();
+                eprintln!("davdrive: mounted{mode}; log in {}", d.log.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
     }
     init_logging();
-    let is_child = std::env::var_os(DAEMON_CHILD_ENV).is_some();
+    let is_child = process::is_child();
     let log_path = cfg.cache_dir.join("davdrive.log");
     let result = davdrive::fuse::session::run(cfg, |r| {
         if is_child {
-            match r {
-                Ok(ready) => {
-                    match ready.read_only {
-                        Some(why) => println!("READY read-only: {why}"),
-                        None => println!("READY"),
-                    }
-                    // From here on the parent is gone: log to the file.
-                    redirect_output(&log_path);
-                }
-                Err(e) => println!("ERROR {e}"),
-            }
+            process::report_to_parent(r, &log_path);
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
-    }
-}
-
-fn redirect_output(log: &Path) {
-    use std::os::fd::AsRawFd;
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        unsafe {
-            libc::dup2(f.as_raw_fd(), 1);
-            libc::dup2(f.as_raw_fd(), 2);
-        }
-    }
-}
-
-/// Starts this same program again with `argv` (a `davdrive mount … --daemon` command
-/// line, whatever name this one was called by) in its own session and waits until it
-/// reports the mount ready (exit 0) or failed (its error, exit 1).
-fn spawn_daemon(cache_dir: &Path, argv: Vec<OsString>) -> ExitCode {
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return fail(format!("cannot find my own executable: {e}")),
-    };
-    let mut cmd = Command::new(exe);
-    // Named davdrive even when this is mount.davdrive, so it mounts instead of parsing
-    // helper arguments again.
-    cmd.arg0("davdrive")
-        .args(argv)
-        .env(DAEMON_CHILD_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return fail(format!("cannot start the daemon: {e}")),
-    };
-    let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    // Read beside stdout: a daemon logging much before it is ready would otherwise
-    // fill the pipe and wait on it while we wait for READY.
-    let stderr_text = std::thread::spawn(move || {
-        let mut err = String::new();
-        let _ = stderr.read_to_string(&mut err);
-        err
-    });
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
-        if let Some(rest) = line.strip_prefix("READY") {
-            let mode = match rest.trim() {
-                "" => String::new(),
-                ro => format!(" {ro}"),
-            };
-            eprintln!(
-                "davdrive: mounted{mode}; log in {}",
-                cache_dir.join("davdrive.log").display()
-            );
-            return ExitCode::SUCCESS;
-        }
-        if let Some(msg) = line.strip_prefix("ERROR ") {
-            let _ = child.wait();
-            return fail(msg);
-        }
-    }
-    let _ = child.wait();
-    let err = stderr_text.join().unwrap_or_default();
-    fail(format!(
-        "the daemon stopped before the mount was ready: {}",
-        err.lines().last().unwrap_or("no message")
-    ))
-}
-
-fn unmount(mountpoint: &Path) -> ExitCode {
-    let mp = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    let mp = std::fs::canonicalize(&mp).unwrap_or(mp);
-    match davdrive::fuse::session::mounted_fstype(&mp) {
-        None => return fail(format!("{} is not mounted", mp.display())),
-        Some(t) if t != "fuse.davdrive" => {
-            return fail(format!("{} is not a davdrive mount ({t})", mp.display()))
-        }
-        Some(_) => {}
-    }
-    let pid = std::fs::read_to_string(config::pid_file(&mp))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok());
-    // fusermount3's own message becomes part of ours: one line, from one program.
-    let out = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&mp)
-        .stdin(Stdio::null())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            let why = String::from_utf8_lossy(&o.stderr);
-            let why = why
-                .lines()
-                .last()
-                .unwrap_or("")
-                .rsplit(": ")
-                .next()
-                .unwrap_or("")
-                .trim();
-            let hint = if why.contains("busy") {
-                " (a program has a file or folder in it open)"
-            } else {
-                ""
-            };
-            return fail(format!(
-                "could not unmount {}: {}{hint}",
-                mp.display(),
-                if why.is_empty() {
-                    "fusermount3 failed"
-                } else {
-                    why
-                }
-            ));
-        }
-        Err(e) => {
-            return fail(format!(
-                "cannot run fusermount3 (install the fuse3 package): {e}"
-            ))
-        }
-    }
-    // Wait for the daemon to hand everything to the journal and exit.
-    if let Some(pid) = pid {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while process_running(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    ExitCode::SUCCESS
-}
-
-/// Alive and not a zombie (an exited daemon whose parent has not reaped it yet).
-fn process_running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
     }
 }

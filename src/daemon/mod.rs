@@ -1,0 +1,3 @@
+//! The daemon: the process that serves a mount (`process`).
+
+pub mod process;
