@@ -57,3 +57,53 @@ fn a_second_daemon_on_a_socket_in_use_is_refused() {
     let reply = client::request(d.daemon().control_socket(), "status", json!({}), TIMEOUT).unwrap();
     assert_eq!(reply["ok"], true, "{reply}");
 }
+
+/// Over the in-memory remote, on a runtime of the test's own, as the memory model test
+/// runs it: a file closed while the remote is down survives a crash of the daemon and
+/// reaches the remote after the next start.
+#[test]
+fn a_file_closed_offline_survives_a_crash_over_the_in_memory_remote() {
+    use davdrive::remote::memory::MemRemote;
+    use davdrive::store::ROOT_INO;
+    use std::sync::Arc;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    common::private(state.path());
+    let mem = Arc::new(MemRemote::new());
+    let start = |online: bool| {
+        let _guard = rt.enter();
+        let mut cfg = DaemonConfig::new(state.path());
+        cfg.online = online;
+        cfg.health_interval = Duration::from_millis(50);
+        // As mounting does: a root never listed could not be created in offline.
+        cfg.list_root = true;
+        Daemon::start(cfg, mem.clone(), Clock::default()).unwrap()
+    };
+
+    let daemon = start(true);
+    mem.set_offline(true);
+    let core = daemon.core().clone();
+    let (_, fh) = core.create(ROOT_INO, "kept.txt", 0o644, 0, 0).unwrap();
+    core.write(fh, 0, b"closed while offline").unwrap();
+    core.flush(fh).unwrap();
+    core.release(fh).unwrap();
+    drop(core);
+    let gone = Arc::downgrade(daemon.core());
+    daemon.abort();
+    common::wait_until(30, "the crashed daemon's tasks to end", || {
+        gone.strong_count() == 0
+    });
+    assert_eq!(mem.read("/kept.txt"), None);
+
+    mem.set_offline(false);
+    let daemon = start(false);
+    common::wait_until(30, "the file to reach the remote", || {
+        mem.read("/kept.txt").as_deref() == Some(&b"closed while offline"[..])
+    });
+    daemon.shutdown();
+}
