@@ -7,6 +7,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod health;

@@ -1,13 +1,17 @@
+//! The `davdrive` command line: the clap definitions of every command and their
+//! conversion into calls of the library (settings in `config`, the mount in
+//! `fuse::session`, the background process and unmounting in `daemon::process`, the
+//! control client in `control::client`). Nothing else lives here.
+
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use davdrive::config::{self, parse_duration, MountConfig};
+use davdrive::config::{self, parse_duration, MountArgs};
+use davdrive::daemon::process;
 
 /// Mount a WebDAV share as a local folder. Writes land on the local disk first and reach
 /// the server through a durable journal, also across outages and crashes.
@@ -53,158 +57,6 @@ enum Cmd {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-}
-
-#[derive(Args)]
-struct MountArgs {
-    /// http(s) URL of the WebDAV collection to mount (no password in it).
-    url: String,
-    /// An existing empty folder to mount it on (not already a mount point).
-    mountpoint: PathBuf,
-    /// Mount even if the folder holds files (they are hidden while mounted).
-    #[arg(long)]
-    allow_non_empty: bool,
-    /// Mount read-only: writes fail with EROFS and nothing is sent to the server.
-    #[arg(long)]
-    read_only: bool,
-    /// Mount a plain web server read-only: directories are read from its HTML index
-    /// pages (Apache, nginx), files with ranged GETs; writes fail with EROFS. Without
-    /// it, a server that does not speak WebDAV but serves index pages is mounted so too.
-    #[arg(long)]
-    http: bool,
-    /// Where cached content, the state store and the journal live.
-    /// Default: $XDG_CACHE_HOME/davdrive/<id from URL and mountpoint>.
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
-    /// User name for the server.
-    #[arg(long)]
-    user: Option<String>,
-    /// File holding the password (one line). The DAVDRIVE_PASSWORD environment variable
-    /// works too; the password is never taken from the command line.
-    #[arg(long)]
-    password_file: Option<PathBuf>,
-    /// File holding a bearer token (one line), sent instead of a user and password.
-    #[arg(long, conflicts_with_all = ["user", "password_file"])]
-    bearer_token_file: Option<PathBuf>,
-    /// PEM file with a CA certificate to trust (for a server with a private CA).
-    #[arg(long)]
-    ca_cert: Option<PathBuf>,
-    /// Return once the mount is ready and keep serving in the background
-    /// (log in <cache dir>/davdrive.log).
-    #[arg(long)]
-    daemon: bool,
-    /// How long a directory listing is trusted before asking the server again.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    dir_ttl: Duration,
-    /// How long the kernel may cache file attributes.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    attr_ttl: Duration,
-    /// How long an operation waits for a folder listing refresh it started before
-    /// answering from the cached listing (the refresh goes on in the background).
-    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
-    refresh_wait: Duration,
-    /// How often pinned folders, folders of open files and recently used ones are
-    /// checked for changes made on the server by others (0 turns it off).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    poll_interval: Duration,
-    /// How often to check that the server is reachable.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
-    health_interval: Duration,
-    /// Timeout of one request to the server.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    request_timeout: Duration,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 4)]
-    threads: usize,
-    /// Let other users than the one mounting see the files (needs user_allow_other in
-    /// /etc/fuse.conf when not root).
-    #[arg(long)]
-    allow_other: bool,
-    /// Cached content not used for this long is removed (pinned and unsent content
-    /// never is): 30m, 12h, 7d.
-    #[arg(long, default_value = "7d", value_parser = parse_duration)]
-    cache_max_age: Duration,
-    /// Size cap of the cache (like 5G). Default: 10 GiB or 20% of the cache's
-    /// filesystem, whichever is smaller.
-    #[arg(long, value_parser = config::parse_size)]
-    cache_max_size: Option<u64>,
-    /// Keep at least this much free on the cache's filesystem, evicting if needed.
-    #[arg(long, default_value = "1G", value_parser = config::parse_size)]
-    cache_min_free: u64,
-    /// Files from this size on are uploaded in resumable parts where the server takes
-    /// PUT with Content-Range; smaller ones go as one streaming PUT.
-    #[arg(long, default_value = "256M", value_parser = config::parse_size)]
-    upload_parts_from: u64,
-    /// Size of those parts: at most this much is sent again after a cut connection.
-    #[arg(long, default_value = "64M", value_parser = config::parse_size)]
-    upload_part_size: u64,
-    /// Files from this size on send only the byte ranges written where the server takes
-    /// partial updates, and a write to one needs none of its other bytes here.
-    #[arg(long, default_value = "8M", value_parser = config::parse_size)]
-    partial_updates_from: u64,
-    /// The largest folder listing (PROPFIND reply) read from the server; a larger one is
-    /// refused and the listing held before is kept.
-    #[arg(long, default_value = "64M", value_parser = config::parse_size)]
-    max_listing_size: u64,
-    /// Let the kernel read fully cached files opened read-only straight from the cache
-    /// (FUSE passthrough; Linux 6.9 or later, as root). The kernel then refuses, with
-    /// EIO, to open such a file for writing until its readers have closed it.
-    #[arg(long)]
-    passthrough: bool,
-    /// Where the control socket for `davdrive ctl` listens. Default:
-    /// <cache dir>/control.sock.
-    #[arg(long)]
-    control_socket: Option<PathBuf>,
-    /// Settings file (TOML): any option of this command by name, `dir_ttl = "5s"`.
-    /// Default: $DAVDRIVE_CONFIG, else ~/.config/davdrive/config.toml if it exists.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Print the settings in effect, and where each came from, and exit.
-    #[arg(long)]
-    print_config: bool,
-    /// Every file and folder is owned by this user id (default: the mounting user).
-    #[arg(long)]
-    uid: Option<u32>,
-    /// Every file and folder has this group id (default: the mounting user's group).
-    #[arg(long)]
-    gid: Option<u32>,
-    /// Permission bits removed from every file and folder (octal, like 022 or 077).
-    #[arg(long, value_parser = config::parse_mode)]
-    umask: Option<u32>,
-    /// Permission bits of every file (octal, like 0644); wins over --umask.
-    #[arg(long, value_parser = config::parse_mode)]
-    file_mode: Option<u32>,
-    /// Permission bits of every folder (octal, like 0755); wins over --umask.
-    #[arg(long, value_parser = config::parse_mode)]
-    dir_mode: Option<u32>,
-
-    /// Serve the metrics (Prometheus text format) over HTTP on this address, like
-    /// 127.0.0.1:9184. Loopback only, unless --metrics-allow-remote: the endpoint has
-    /// no authentication.
-    #[arg(long, value_name = "ADDR:PORT")]
-    metrics_addr: Option<std::net::SocketAddr>,
-    /// Let --metrics-addr listen on an address other machines can reach.
-    #[arg(long)]
-    metrics_allow_remote: bool,
-
-    /// A local file or folder to back up daily to the remote (repeatable). SQLite
-    /// databases are copied consistently while in use; davdrive's own state goes with
-    /// them. Without sources or --backup-at, no backup is scheduled.
-    #[arg(long)]
-    backup_source: Vec<PathBuf>,
-    /// Daily backup at this local time (HH:MM), or `off`. Default: 00:00 once sources
-    /// are named; given alone, backs up davdrive's own state.
-    #[arg(long)]
-    backup_at: Option<String>,
-    /// Keep backups this many days (the newest successful one is always kept). Default 30.
-    #[arg(long)]
-    backup_keep_days: Option<u32>,
-    /// gzip level of backup archives, 0 (none) to 9 (smallest). Default 6.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=9))]
-    backup_compression: Option<u32>,
-    /// Folder in the drive for the archives. Default /.davdrive/backups/<host>.
-    #[arg(long)]
-    backup_dir: Option<String>,
 }
 
 #[derive(Args)]
@@ -625,7 +477,7 @@ fn main() -> ExitCode {
     let all: Vec<OsString> = std::env::args_os().collect();
     if all.get(1).is_some_and(|a| a == "mount") {
         let user = &all[2..];
-        let (argv, sources) = match layered_mount_args(user) {
+        let (argv, sources) = match config::layered_mount_args(user) {
             Ok(x) => x,
             Err(e) => return fail(e),
         };
@@ -638,7 +490,7 @@ fn main() -> ExitCode {
             unreachable!("parsed a mount command")
         };
         if args.print_config {
-            print_config(&argv, &sources);
+            print!("{}", config::render_config(&argv, &sources));
             return ExitCode::SUCCESS;
         }
         return mount(*args, all[1..].to_vec());
@@ -655,7 +507,10 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Cmd::Unmount { mountpoint } => unmount(&mountpoint),
+        Cmd::Unmount { mountpoint } => match process::unmount(&mountpoint) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
         Cmd::Ctl(args) => ctl(args),
         Cmd::Serve { dir, addr } => {
             init_logging();
@@ -689,304 +544,10 @@ above by its name, cache_dir=/var/cache/d, plus):
   _netdev, nofail     for mount(8) and systemd: needs the network; do not fail boot
   password_file=FILE  never password=: a password in options shows in ps and fstab";
 
-/// The options of `davdrive mount` that the settings file and the environment can set:
-/// all but the positional arguments, help, --config, --print-config and --daemon.
-fn mount_specs() -> Vec<config::OptSpec> {
-    let cmd = Cli::command();
-    let mount = cmd.find_subcommand("mount").expect("the mount command");
-    mount
-        .get_arguments()
-        .filter_map(|a| {
-            let long = a.get_long()?;
-            if matches!(long, "help" | "config" | "print-config" | "daemon") {
-                return None;
-            }
-            Some(config::OptSpec {
-                key: long.replace('-', "_"),
-                long: long.to_string(),
-                takes_value: a.get_action().takes_values(),
-                repeats: matches!(a.get_action(), clap::ArgAction::Append),
-            })
-        })
-        .collect()
-}
-
-/// `davdrive mount` arguments with the settings file's first, then the environment's,
-/// then `user`'s: later ones win. Returns them with the source of each.
-fn layered_mount_args(user: &[OsString]) -> Result<(Vec<OsString>, Vec<config::Source>), String> {
-    let specs = mount_specs();
-    let mut argv: Vec<OsString> = Vec::new();
-    let mut sources = Vec::new();
-    if let Some((path, _)) = config::config_file_path(user) {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("settings file {}: {e}", path.display()))?;
-        for f in config::file_flags(&path, &text, &specs)? {
-            argv.push(f.into());
-            sources.push(config::Source::File(path.clone()));
-        }
-    }
-    for (var, flags) in config::env_flags(&specs, |v| std::env::var(v).ok())? {
-        for f in flags {
-            argv.push(f.into());
-            sources.push(config::Source::Env(var.clone()));
-        }
-    }
-    for a in user {
-        argv.push(a.clone());
-        sources.push(config::Source::Flag);
-    }
-    Ok((argv, sources))
-}
-
-/// `--print-config`: every option with the value in effect and where it came from, in
-/// the settings file's syntax.
-fn print_config(argv: &[OsString], sources: &[config::Source]) {
-    let cmd = Cli::command();
-    let mount = cmd.find_subcommand("mount").expect("the mount command");
-    let positional: Vec<String> = argv
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    // Positional arguments: tokens not starting with `--` that are not a flag's value.
-    let mut values: Vec<(String, Vec<(String, String)>)> = Vec::new();
-    let mut plain = Vec::new();
-    let mut i = 0;
-    while i < positional.len() {
-        let t = &positional[i];
-        let src = sources[i].to_string();
-        if let Some(flag) = t.strip_prefix("--") {
-            let (name, inline) = match flag.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (flag, None),
-            };
-            let takes = mount
-                .get_arguments()
-                .find(|a| a.get_long() == Some(name))
-                .is_some_and(|a| a.get_action().takes_values());
-            let value = match (inline, takes) {
-                (Some(v), _) => v,
-                (None, true) => {
-                    i += 1;
-                    positional.get(i).cloned().unwrap_or_default()
-                }
-                (None, false) => "true".into(),
-            };
-            let key = name.replace('-', "_");
-            match values.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, v)) => v.push((value, src)),
-                None => values.push((key, vec![(value, src)])),
-            }
-        } else {
-            plain.push((t.clone(), src));
-        }
-        i += 1;
-    }
-    let quote = |v: &str| {
-        // TOML integers have no leading zero: a mode stays a string.
-        if v.parse::<i64>().is_ok() && (v == "0" || !v.starts_with('0')) {
-            v.to_string()
-        } else {
-            format!("{v:?}")
-        }
-    };
-    for (name, (v, src)) in ["url", "mountpoint"].iter().zip(plain.iter()) {
-        println!("# {name} = {}    # {src}", quote(v));
-    }
-    for spec in mount_specs() {
-        let set = values.iter().find(|(k, _)| *k == spec.key).map(|(_, v)| v);
-        let line = match set {
-            Some(v) if spec.repeats => {
-                let items: Vec<String> = v.iter().map(|(x, _)| quote(x)).collect();
-                let mut srcs: Vec<&str> = v.iter().map(|(_, s)| s.as_str()).collect();
-                srcs.dedup();
-                format!(
-                    "{} = [{}]    # {}",
-                    spec.key,
-                    items.join(", "),
-                    srcs.join(", ")
-                )
-            }
-            Some(v) => {
-                let (x, src) = v.last().expect("a value");
-                let shown = if spec.takes_value {
-                    quote(x)
-                } else {
-                    x.clone()
-                };
-                format!("{} = {shown}    # {src}", spec.key)
-            }
-            None => {
-                let arg = mount
-                    .get_arguments()
-                    .find(|a| a.get_long() == Some(spec.long.as_str()));
-                let default: Vec<String> = arg
-                    .map(|a| {
-                        a.get_default_values()
-                            .iter()
-                            .map(|d| d.to_string_lossy().into_owned())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                match (default.first(), spec.takes_value) {
-                    (Some(d), true) => format!("{} = {}    # default", spec.key, quote(d)),
-                    (_, false) => format!("{} = false    # default", spec.key),
-                    (None, true) => format!("# {} not set", spec.key),
-                }
-            }
-        };
-        println!("{line}");
-    }
-    if std::env::var_os("DAVDRIVE_PASSWORD").is_some() {
-        println!("# password: from the environment DAVDRIVE_PASSWORD (not shown)");
-    }
-}
-
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("davdrive: {msg}");
     ExitCode::FAILURE
 }
-
-fn build_config(args: &MountArgs) -> Result<MountConfig, String> {
-    let url = config::parse_url(&args.url).map_err(|e| e.to_string())?;
-    let mountpoint = std::fs::canonicalize(&args.mountpoint)
-        .or_else(|e| {
-            // A dead mount left by a crashed daemon cannot be canonicalised; use it as given.
-            if e.raw_os_error() == Some(libc::ENOTCONN) {
-                std::path::absolute(&args.mountpoint)
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(|e| format!("mountpoint {}: {e}", args.mountpoint.display()))?;
-    let cache_dir = match &args.cache_dir {
-        Some(d) => std::path::absolute(d).map_err(|e| format!("cache dir {}: {e}", d.display()))?,
-        None => config::default_cache_dir(&url, &mountpoint),
-    };
-    let password = match (&args.password_file, std::env::var("DAVDRIVE_PASSWORD")) {
-        (Some(f), _) => Some(config::read_password_file(f).map_err(|e| e.to_string())?),
-        (None, Ok(p)) => Some(p),
-        (None, Err(_)) => None,
-    };
-    let user = args
-        .user
-        .clone()
-        .or_else(|| (!url.username().is_empty()).then(|| url.username().to_string()));
-    let ca_cert_pem = match &args.ca_cert {
-        Some(p) => Some(std::fs::read(p).map_err(|e| format!("--ca-cert {}: {e}", p.display()))?),
-        None => None,
-    };
-    Ok(MountConfig {
-        url,
-        mountpoint,
-        user,
-        password,
-        bearer_token: match &args.bearer_token_file {
-            Some(f) => Some(
-                config::read_password_file(f)
-                    .map_err(|e| format!("--bearer-token-file: {e}"))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        },
-        ca_cert_pem,
-        dir_ttl: args.dir_ttl,
-        attr_ttl: args.attr_ttl,
-        refresh_wait: args.refresh_wait,
-        poll_interval: args.poll_interval,
-        health_interval: args.health_interval,
-        request_timeout: args.request_timeout,
-        max_listing_size: args.max_listing_size,
-        threads: args.threads,
-        allow_other: args.allow_other,
-        cache: davdrive::cache::CacheLimits {
-            max_age: args.cache_max_age,
-            max_size: args.cache_max_size,
-            min_free: args.cache_min_free,
-            ..Default::default()
-        },
-        uploads: davdrive::fs::UploadSizes {
-            parts_from: args.upload_parts_from.max(1),
-            part: args.upload_part_size.max(1 << 20),
-            partial_from: args.partial_updates_from,
-            ..Default::default()
-        },
-        passthrough: args.passthrough,
-        control_socket: match &args.control_socket {
-            Some(p) => std::path::absolute(p)
-                .map_err(|e| format!("--control-socket {}: {e}", p.display()))?,
-            None => cache_dir.join("control.sock"),
-        },
-        backup: backup_config(args)?,
-        http: args.http,
-        read_only: args.read_only,
-        allow_non_empty: args.allow_non_empty,
-        attrs: config::AttrPolicy {
-            uid: args.uid,
-            gid: args.gid,
-            umask: args.umask,
-            file_mode: args.file_mode,
-            dir_mode: args.dir_mode,
-        },
-        metrics_addr: match args.metrics_addr {
-            Some(addr) => {
-                davdrive::metrics::check_addr(addr, args.metrics_allow_remote)?;
-                Some(addr)
-            }
-            None => None,
-        },
-        metrics_allow_remote: args.metrics_allow_remote,
-        cache_dir,
-    })
-}
-
-/// Backup settings: flags over the settings file over the defaults.
-fn backup_config(args: &MountArgs) -> Result<davdrive::backup::BackupConfig, String> {
-    use davdrive::backup;
-    let host = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".into())
-        .replace('/', "_");
-    let mut cfg = backup::BackupConfig::new(&host);
-    for s in &args.backup_source {
-        let abs =
-            std::path::absolute(s).map_err(|e| format!("backup source {}: {e}", s.display()))?;
-        if !cfg.sources.contains(&abs) {
-            cfg.sources.push(abs);
-        }
-    }
-    // Backups upload the state store (the whole file listing) and the named sources:
-    // only when asked for, by naming sources or a time.
-    match args.backup_at.as_ref() {
-        Some(at) => cfg.at = backup::parse_at(at).map_err(|e| format!("--backup-at: {e}"))?,
-        None if cfg.sources.is_empty() => cfg.at = None,
-        None => {}
-    }
-    if let Some(d) = args.backup_keep_days {
-        if d == 0 {
-            return Err("--backup-keep-days: keep at least 1 day".into());
-        }
-        cfg.keep_days = d;
-    }
-    if let Some(level) = args.backup_compression {
-        if level > 9 {
-            return Err(format!("backup compression {level}: use 0 to 9"));
-        }
-        cfg.compression = level;
-    }
-    if let Some(dir) = args.backup_dir.as_ref() {
-        let dir = format!("/{}", dir.trim_matches('/'));
-        if dir == "/" || dir.split('/').any(|p| p == "..") {
-            return Err(format!(
-                "--backup-dir {dir}: give a folder inside the drive"
-            ));
-        }
-        cfg.dir = dir;
-    }
-    Ok(cfg)
-}
-
-const DAEMON_CHILD_ENV: &str = "DAVDRIVE_DAEMON_CHILD";
 
 /// `mount.davdrive SPEC DIR [-sfnv] [-o OPTIONS]`, as mount(8) runs it: the options
 /// become `davdrive mount` flags and the mount runs as with `--daemon`.
@@ -1002,7 +563,7 @@ fn mount_helper(args: Vec<OsString>) -> ExitCode {
         let shown: Vec<_> = argv.iter().map(|a| a.to_string_lossy()).collect();
         eprintln!("mount.davdrive: davdrive {}", shown.join(" "));
     }
-    let (layered, _) = match layered_mount_args(&argv[1..]) {
+    let (layered, _) = match config::layered_mount_args(&argv[1..]) {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
@@ -1025,7 +586,7 @@ fn mount_helper(args: Vec<OsString>) -> ExitCode {
     if call.fake {
         // -f: check everything that can be checked without mounting, the server and
         // the credentials included.
-        return match build_config(&args) {
+        return match config::build_config(&args) {
             Ok(cfg) => match davdrive::fuse::session::check(&cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
@@ -1039,182 +600,30 @@ fn mount_helper(args: Vec<OsString>) -> ExitCode {
 /// `argv`: the arguments (without the program name) that run this mount again as the
 /// daemon.
 fn mount(args: MountArgs, argv: Vec<OsString>) -> ExitCode {
-    let cfg = match build_config(&args) {
+    let cfg = match config::build_config(&args) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    if args.daemon && std::env::var_os(DAEMON_CHILD_ENV).is_none() {
-        return spawn_daemon(&cfg.cache_dir, argv);
+    if args.daemon && !process::is_child() {
+        return match process::start_in_background(&cfg.cache_dir, argv) {
+            Ok(d) => {
+                let mode = d.mode.map(|m| format!(" {m}")).unwrap_or_default();
+                eprintln!("davdrive: mounted{mode}; log in {}", d.log.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
     }
     init_logging();
-    let is_child = std::env::var_os(DAEMON_CHILD_ENV).is_some();
+    let is_child = process::is_child();
     let log_path = cfg.cache_dir.join("davdrive.log");
     let result = davdrive::fuse::session::run(cfg, |r| {
         if is_child {
-            match r {
-                Ok(ready) => {
-                    match ready.read_only {
-                        Some(why) => println!("READY read-only: {why}"),
-                        None => println!("READY"),
-                    }
-                    // From here on the parent is gone: log to the file.
-                    redirect_output(&log_path);
-                }
-                Err(e) => println!("ERROR {e}"),
-            }
+            process::report_to_parent(r, &log_path);
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
-    }
-}
-
-fn redirect_output(log: &Path) {
-    use std::os::fd::AsRawFd;
-    if let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    {
-        unsafe {
-            libc::dup2(f.as_raw_fd(), 1);
-            libc::dup2(f.as_raw_fd(), 2);
-        }
-    }
-}
-
-/// Starts this same program again with `argv` (a `davdrive mount … --daemon` command
-/// line, whatever name this one was called by) in its own session and waits until it
-/// reports the mount ready (exit 0) or failed (its error, exit 1).
-fn spawn_daemon(cache_dir: &Path, argv: Vec<OsString>) -> ExitCode {
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return fail(format!("cannot find my own executable: {e}")),
-    };
-    let mut cmd = Command::new(exe);
-    // Named davdrive even when this is mount.davdrive, so it mounts instead of parsing
-    // helper arguments again.
-    cmd.arg0("davdrive")
-        .args(argv)
-        .env(DAEMON_CHILD_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return fail(format!("cannot start the daemon: {e}")),
-    };
-    let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    // Read beside stdout: a daemon logging much before it is ready would otherwise
-    // fill the pipe and wait on it while we wait for READY.
-    let stderr_text = std::thread::spawn(move || {
-        let mut err = String::new();
-        let _ = stderr.read_to_string(&mut err);
-        err
-    });
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
-        if let Some(rest) = line.strip_prefix("READY") {
-            let mode = match rest.trim() {
-                "" => String::new(),
-                ro => format!(" {ro}"),
-            };
-            eprintln!(
-                "davdrive: mounted{mode}; log in {}",
-                cache_dir.join("davdrive.log").display()
-            );
-            return ExitCode::SUCCESS;
-        }
-        if let Some(msg) = line.strip_prefix("ERROR ") {
-            let _ = child.wait();
-            return fail(msg);
-        }
-    }
-    let _ = child.wait();
-    let err = stderr_text.join().unwrap_or_default();
-    fail(format!(
-        "the daemon stopped before the mount was ready: {}",
-        err.lines().last().unwrap_or("no message")
-    ))
-}
-
-fn unmount(mountpoint: &Path) -> ExitCode {
-    let mp = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    let mp = std::fs::canonicalize(&mp).unwrap_or(mp);
-    match davdrive::fuse::session::mounted_fstype(&mp) {
-        None => return fail(format!("{} is not mounted", mp.display())),
-        Some(t) if t != "fuse.davdrive" => {
-            return fail(format!("{} is not a davdrive mount ({t})", mp.display()))
-        }
-        Some(_) => {}
-    }
-    let pid = std::fs::read_to_string(config::pid_file(&mp))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok());
-    // fusermount3's own message becomes part of ours: one line, from one program.
-    let out = Command::new("fusermount3")
-        .arg("-u")
-        .arg(&mp)
-        .stdin(Stdio::null())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            let why = String::from_utf8_lossy(&o.stderr);
-            let why = why
-                .lines()
-                .last()
-                .unwrap_or("")
-                .rsplit(": ")
-                .next()
-                .unwrap_or("")
-                .trim();
-            let hint = if why.contains("busy") {
-                " (a program has a file or folder in it open)"
-            } else {
-                ""
-            };
-            return fail(format!(
-                "could not unmount {}: {}{hint}",
-                mp.display(),
-                if why.is_empty() {
-                    "fusermount3 failed"
-                } else {
-                    why
-                }
-            ));
-        }
-        Err(e) => {
-            return fail(format!(
-                "cannot run fusermount3 (install the fuse3 package): {e}"
-            ))
-        }
-    }
-    // Wait for the daemon to hand everything to the journal and exit.
-    if let Some(pid) = pid {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while process_running(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    ExitCode::SUCCESS
-}
-
-/// Alive and not a zombie (an exited daemon whose parent has not reaped it yet).
-fn process_running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
     }
 }

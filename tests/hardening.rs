@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::drive::Drive;
 use davdrive::cache::CacheLimits;
+use davdrive::clock::Clock;
+use davdrive::daemon::{Daemon, DaemonConfig};
 use davdrive::fs::{Core, CoreConfig};
 use davdrive::health::Health;
 use davdrive::remote::webdav::{WebDav, WebDavConfig};
@@ -830,38 +832,20 @@ fn a_stalled_part_upload_is_cut_and_retried() {
     cfg.request_timeout = Duration::from_secs(60);
     cfg.idle_timeout = Duration::from_secs(2);
     cfg.retries = 1;
-    let (core, _stop) = {
+    let daemon = {
         let _guard = server.rt.enter();
         let remote: Arc<dyn Remote> = Arc::new(WebDav::new(cfg).unwrap());
-        let health = Health::new(true);
-        let core = Core::load(
-            state.path(),
-            remote.clone(),
-            server.rt.handle().clone(),
-            health.clone(),
-            CoreConfig {
-                uploads: davdrive::fs::UploadSizes {
-                    snapshot_limit: 64 << 10,
-                    parts_from: 1 << 20,
-                    part: 128 << 10,
-                    partial_from: davdrive::journal::replay::PARTIAL_FROM,
-                },
-                ..CoreConfig::default()
-            },
-        )
-        .unwrap();
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        server.rt.spawn(davdrive::health::probe_loop(
-            health,
-            remote,
-            Duration::from_millis(200),
-            rx.clone(),
-        ));
-        server
-            .rt
-            .spawn(davdrive::journal::replay::run(core.clone(), rx));
-        (core, tx)
+        let mut daemon_cfg = DaemonConfig::new(state.path());
+        daemon_cfg.core.uploads = davdrive::fs::UploadSizes {
+            snapshot_limit: 64 << 10,
+            parts_from: 1 << 20,
+            part: 128 << 10,
+            partial_from: davdrive::journal::replay::PARTIAL_FROM,
+        };
+        daemon_cfg.health_interval = Duration::from_millis(200);
+        Daemon::start(daemon_cfg, remote, Clock::default()).unwrap()
     };
+    let core = daemon.core();
     let data = common::pattern(48 << 20, 9);
     let (_, fh) = core.create(ROOT_INO, "big.bin", 0o644, 0, 0).unwrap();
     for (i, part) in data.chunks(1 << 20).enumerate() {

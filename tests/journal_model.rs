@@ -12,15 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use davdrive::fs::{Core, CoreConfig};
-use davdrive::health::{self, Health};
 use davdrive::journal;
-use davdrive::remote::webdav::{WebDav, WebDavConfig};
-use davdrive::remote::Remote;
 use davdrive::store::{Kind, ROOT_INO};
 use proptest::prelude::*;
-use tokio::sync::watch;
 
-use common::{Fault, Server};
+use common::drive::Drive;
+use common::Fault;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Item {
@@ -97,111 +94,41 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-struct Live {
-    core: Arc<Core>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
+/// The shared drive (`common::drive`), with the listing times this test needs.
 struct Harness {
-    server: Server,
-    state: tempfile::TempDir,
-    remote: Arc<dyn Remote>,
-    live: Option<Live>,
+    drive: Drive,
 }
 
 impl Harness {
     fn new() -> Harness {
-        if let Ok(filter) = std::env::var("DAVDRIVE_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_test_writer()
-                .try_init();
-        }
-        let server = Server::start();
-        let mut cfg = WebDavConfig::new(url::Url::parse(&server.url()).unwrap());
-        cfg.request_timeout = Duration::from_secs(5);
-        cfg.retries = 1;
-        let remote: Arc<dyn Remote> = Arc::new(WebDav::new(cfg).unwrap());
-        let mut h = Harness {
-            server,
-            state: tempfile::tempdir().unwrap(),
-            remote,
-            live: None,
-        };
-        h.start();
-        h
-    }
-
-    fn start(&mut self) {
-        let _guard = self.server.rt.enter();
-        let online = self.server.proxy.state.lock().unwrap().fault.is_none();
-        let health = Health::new(online);
-        let core = Core::load(
-            self.state.path(),
-            self.remote.clone(),
-            self.server.rt.handle().clone(),
-            health.clone(),
-            CoreConfig {
+        let drive = Drive::configured(tempfile::tempdir().unwrap(), |c| {
+            c.core = CoreConfig {
                 dir_ttl: Duration::from_millis(300),
                 // The view is compared with the server after listings expire: each look
                 // waits for its refresh, however busy the machine.
                 refresh_wait: Duration::from_secs(10),
                 ..CoreConfig::default()
-            },
-        )
-        .unwrap();
-        let (tx, rx) = watch::channel(false);
-        let tasks = vec![
-            self.server.rt.spawn(health::probe_loop(
-                health,
-                self.remote.clone(),
-                Duration::from_millis(100),
-                rx.clone(),
-            )),
-            self.server.rt.spawn(journal::replay::run(core.clone(), rx)),
-        ];
-        self.live = Some(Live {
-            core,
-            shutdown: tx,
-            tasks,
+            };
         });
+        Harness { drive }
+    }
+
+    fn start(&mut self) {
+        self.drive.start();
     }
 
     fn core(&self) -> &Arc<Core> {
-        &self.live.as_ref().unwrap().core
+        self.drive.core()
     }
 
     fn stop(&mut self, crash: bool) {
-        let live = self.live.take().unwrap();
         if crash {
-            // Killed mid-flight: tasks die wherever they are, nothing is flushed.
-            for t in &live.tasks {
-                t.abort();
-            }
-        } else {
-            live.core.commit_all();
-            let _ = live.shutdown.send(true);
-        }
-        for t in live.tasks {
-            let _ = self.server.rt.block_on(t);
-        }
-        // Everything of the old core is gone before a new one starts, as with a process
-        // that exited: tasks it spawned (downloads, replays, hashing) end or are cancelled.
-        let old = Arc::downgrade(&live.core);
-        drop(live.core);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while old.strong_count() > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the old core's tasks did not end"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if crash {
+            self.drive.crash();
             // A request the dead daemon had sent may still be finishing on the server;
             // a real restart takes longer than that.
-            self.server.proxy.wait_idle(Duration::from_secs(10));
+            self.drive.server.proxy.wait_idle(Duration::from_secs(10));
+        } else {
+            self.drive.stop();
         }
     }
 
@@ -248,7 +175,7 @@ impl Harness {
     }
 
     fn set_fault(&self, f: Option<Fault>) {
-        self.server.proxy.state.lock().unwrap().fault = f;
+        self.drive.server.proxy.state.lock().unwrap().fault = f;
     }
 
     fn wait_drained(&self, what: &str) {
@@ -492,9 +419,9 @@ fn check(actions: Vec<Action>) {
     }
     h.set_fault(None);
     h.wait_drained(&format!("{actions:?}"));
-    h.server.proxy.wait_idle(Duration::from_secs(10));
+    h.drive.server.proxy.wait_idle(Duration::from_secs(10));
     assert_eq!(
-        digest(&server_tree(&h.server.root)),
+        digest(&server_tree(&h.drive.server.root)),
         digest(&model),
         "server tree after {actions:?}"
     );
@@ -590,7 +517,7 @@ fn upload_on_the_wire(delay: Duration) -> (Harness, Model) {
         },
     );
     common::wait_until(10, "the upload to reach the server", || {
-        h.server.proxy.body_bytes("PUT") >= 700
+        h.drive.server.proxy.body_bytes("PUT") >= 700
     });
     (h, model)
 }
@@ -602,8 +529,8 @@ fn upload_in_flight_at_a_crash_then_deleted() {
     h.set_fault(None);
     apply(&mut h, &mut model, &Action::Unlink { file: 0 });
     h.wait_drained("unlink after a crash");
-    h.server.proxy.wait_idle(Duration::from_secs(10));
-    assert_eq!(digest(&server_tree(&h.server.root)), digest(&model));
+    h.drive.server.proxy.wait_idle(Duration::from_secs(10));
+    assert_eq!(digest(&server_tree(&h.drive.server.root)), digest(&model));
     h.stop(false);
 }
 
@@ -614,13 +541,13 @@ fn cleanup_after_a_crash_leaves_a_stranger_file_alone() {
     let (mut h, mut model) = upload_on_the_wire(Duration::from_millis(200));
     apply(&mut h, &mut model, &Action::Outage(true));
     apply(&mut h, &mut model, &Action::Crash);
-    std::fs::write(h.server.path("a"), b"somebody else's").unwrap();
+    std::fs::write(h.drive.server.path("a"), b"somebody else's").unwrap();
     apply(&mut h, &mut model, &Action::Unlink { file: 0 });
     apply(&mut h, &mut model, &Action::Outage(false));
     h.wait_drained("unlink after a crash");
-    h.server.proxy.wait_idle(Duration::from_secs(10));
+    h.drive.server.proxy.wait_idle(Duration::from_secs(10));
     assert_eq!(
-        std::fs::read(h.server.path("a")).unwrap(),
+        std::fs::read(h.drive.server.path("a")).unwrap(),
         b"somebody else's"
     );
     h.stop(false);

@@ -1,5 +1,9 @@
 //! The FUSE adapter: converts kernel requests into calls of the core and replies exactly
 //! once. No logic of its own; errors become errnos through `FsError::errno`.
+//!
+//! Every callback has one shape: enter a span naming the operation, the request id and
+//! the inode (`span`), call the core, reply once. Calls davdrive does not support answer
+//! their errno with at most a debug line.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -176,6 +180,13 @@ fn errno(op: &str, e: FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// The span every callback runs in: the operation, the kernel's request id and the
+/// inode, on every line logged while the request is served (by the core too). At warn
+/// level, so that the lines shown at the default level carry it.
+fn span(op: &'static str, req: &Request, ino: INodeNo) -> tracing::span::EnteredSpan {
+    tracing::warn_span!("fuse", op, req = req.unique().0, ino = ino.0).entered()
+}
+
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
     // WebDAV names are UTF-8; a name that is not cannot be stored on the remote.
     name.to_str().ok_or(Errno::EINVAL)
@@ -208,11 +219,13 @@ impl Filesystem for DavFs {
         Ok(())
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+    fn forget(&self, req: &Request, ino: INodeNo, _nlookup: u64) {
+        let _span = span("forget", req, ino);
         self.core.forget(ino.0);
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _span = span("lookup", req, parent);
         let name = match name_str(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -224,7 +237,8 @@ impl Filesystem for DavFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _span = span("getattr", req, ino);
         match self.core.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
@@ -233,7 +247,7 @@ impl Filesystem for DavFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -249,6 +263,7 @@ impl Filesystem for DavFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _span = span("setattr", req, ino);
         match self
             .core
             .setattr(ino.0, mode, uid, gid, size, mtime.map(time))
@@ -271,6 +286,7 @@ impl Filesystem for DavFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _span = span("mknod", req, parent);
         // Only regular files have a WebDAV representation.
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
@@ -298,6 +314,7 @@ impl Filesystem for DavFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _span = span("mkdir", req, parent);
         let name = match name_str(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -308,7 +325,8 @@ impl Filesystem for DavFs {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = span("unlink", req, parent);
         let name = match name_str(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -319,7 +337,8 @@ impl Filesystem for DavFs {
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = span("rmdir", req, parent);
         let name = match name_str(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -332,7 +351,7 @@ impl Filesystem for DavFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -340,6 +359,7 @@ impl Filesystem for DavFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _span = span("rename", req, parent);
         let (name, newname) = match (name_str(name), name_str(newname)) {
             (Ok(a), Ok(b)) => (a, b),
             _ => return reply.error(Errno::EINVAL),
@@ -359,7 +379,8 @@ impl Filesystem for DavFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _span = span("open", req, ino);
         let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.core.open(ino.0, writable) {
             Ok((fh, keep_cache)) => {
@@ -376,8 +397,8 @@ impl Filesystem for DavFs {
 
     fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -385,6 +406,7 @@ impl Filesystem for DavFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _span = span("read", req, ino);
         match self.core.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno("read", e)),
@@ -393,8 +415,8 @@ impl Filesystem for DavFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -403,6 +425,7 @@ impl Filesystem for DavFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _span = span("write", req, ino);
         match self.core.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", e)),
@@ -411,12 +434,13 @@ impl Filesystem for DavFs {
 
     fn flush(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _span = span("flush", req, ino);
         match self.core.flush(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("flush", e)),
@@ -425,14 +449,15 @@ impl Filesystem for DavFs {
 
     fn release(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _span = span("release", req, ino);
         self.forget_open(fh.0);
         match self.core.release(fh.0) {
             Ok(()) => reply.ok(),
@@ -442,19 +467,21 @@ impl Filesystem for DavFs {
 
     fn fsync(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _span = span("fsync", req, ino);
         match self.core.fsync(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsync", e)),
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _span = span("opendir", req, ino);
         match self.core.opendir_cached(ino.0) {
             Ok((fh, unchanged)) => {
                 let keep = if unchanged {
@@ -470,12 +497,13 @@ impl Filesystem for DavFs {
 
     fn readdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _span = span("readdir", req, ino);
         let entries = match self.core.readdir(fh.0) {
             Ok(e) => e,
             Err(e) => return reply.error(errno("readdir", e)),
@@ -495,12 +523,13 @@ impl Filesystem for DavFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _span = span("readdirplus", req, ino);
         let entries = match self.core.readdir(fh.0) {
             Ok(e) => e,
             Err(e) => return reply.error(errno("readdirplus", e)),
@@ -522,31 +551,34 @@ impl Filesystem for DavFs {
 
     fn releasedir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _span = span("releasedir", req, ino);
         self.core.releasedir(fh.0);
         reply.ok()
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _span = span("fsyncdir", req, ino);
         match self.core.sync_journal() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsyncdir", e)),
         }
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _span = span("statfs", req, ino);
         match self.core.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -572,6 +604,7 @@ impl Filesystem for DavFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _span = span("create", req, parent);
         let name = match name_str(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -597,7 +630,8 @@ impl Filesystem for DavFs {
 
     /// `user.davdrive.state` (read-only) tells a file's cache state, for `getfattr -n`.
     /// It is not listed, so `cp -a` and `rsync -X` do not copy it onto other files.
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _span = span("getxattr", req, ino);
         if name != STATE_XATTR {
             return reply.error(Errno::from_i32(libc::ENODATA));
         }
@@ -616,14 +650,15 @@ impl Filesystem for DavFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         name: &OsStr,
         _value: &[u8],
         _flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _span = span("setxattr", req, ino);
         // Extended attributes are not stored (WebDAV has no place for them).
         let e = if name == STATE_XATTR {
             libc::EPERM
@@ -633,7 +668,8 @@ impl Filesystem for DavFs {
         reply.error(Errno::from_i32(e))
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _span = span("listxattr", req, ino);
         if size == 0 {
             reply.size(0)
         } else {
@@ -647,7 +683,7 @@ impl Filesystem for DavFs {
 
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
@@ -656,32 +692,35 @@ impl Filesystem for DavFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        let _span = span("ioctl", req, ino);
         tracing::debug!("ioctl {cmd:#x} on inode {}: not supported", ino.0);
         reply.error(Errno::ENOTTY)
     }
 
     fn bmap(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _blocksize: u32,
         _idx: u64,
         reply: fuser::ReplyBmap,
     ) {
+        let _span = span("bmap", req, ino);
         tracing::debug!("bmap: not supported");
         reply.error(Errno::ENOSYS)
     }
 
     fn poll(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _fh: FileHandle,
         _ph: fuser::PollNotifier,
         _events: fuser::PollEvents,
         _flags: fuser::PollFlags,
         reply: fuser::ReplyPoll,
     ) {
+        let _span = span("poll", req, ino);
         // ENOSYS: the kernel stops asking and treats files as always ready.
         tracing::debug!("poll: not supported");
         reply.error(Errno::ENOSYS)
@@ -689,27 +728,29 @@ impl Filesystem for DavFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _fh: FileHandle,
         _offset: u64,
         _length: u64,
         _mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _span = span("fallocate", req, ino);
         tracing::debug!("fallocate: not supported");
         reply.error(Errno::from_i32(libc::EOPNOTSUPP))
     }
 
     fn lseek(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _fh: FileHandle,
         _offset: i64,
         _whence: i32,
         reply: fuser::ReplyLseek,
     ) {
+        let _span = span("lseek", req, ino);
         // ENOSYS: the kernel then handles SEEK_DATA/SEEK_HOLE itself.
         tracing::debug!("lseek: answered by the kernel");
         reply.error(Errno::ENOSYS)
@@ -717,8 +758,8 @@ impl Filesystem for DavFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
-        _ino_in: INodeNo,
+        req: &Request,
+        ino_in: INodeNo,
         _fh_in: FileHandle,
         _offset_in: u64,
         _ino_out: INodeNo,
@@ -728,12 +769,14 @@ impl Filesystem for DavFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _span = span("copy_file_range", req, ino_in);
         // ENOSYS: the kernel falls back to reads and writes.
         tracing::debug!("copy_file_range: done by reads and writes");
         reply.error(Errno::ENOSYS)
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = span("removexattr", req, ino);
         // None are stored; the computed one cannot be removed.
         let e = if name == STATE_XATTR {
             libc::EPERM
@@ -743,7 +786,8 @@ impl Filesystem for DavFs {
         reply.error(Errno::from_i32(e))
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _span = span("readlink", req, ino);
         match self.core.readlink(ino.0) {
             Ok(target) => reply.data(target.as_bytes()),
             Err(e) => reply.error(errno("readlink", e)),
@@ -758,6 +802,7 @@ impl Filesystem for DavFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        let _span = span("symlink", req, parent);
         let name = match name_str(link_name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -776,12 +821,13 @@ impl Filesystem for DavFs {
 
     fn link(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _newparent: INodeNo,
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _span = span("link", req, ino);
         tracing::debug!("link: hard links are not supported");
         reply.error(Errno::EPERM)
     }

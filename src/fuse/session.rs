@@ -1,5 +1,6 @@
-//! One mount from start to end: open the state, reach the remote, mount, run the
-//! background tasks, and on unmount or a signal stop them in order.
+//! One mount from start to end: reach the remote, start the daemon on the state (every
+//! background task, see `crate::daemon`), mount, and on unmount or a signal stop the
+//! daemon.
 
 use std::fs::File;
 use std::io::Write;
@@ -7,19 +8,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{Config, MountOption, Session};
-use tokio::sync::watch;
-
 use super::DavFs;
+use crate::clock::Clock;
 use crate::config::MountConfig;
-use crate::fs::{Core, CoreConfig};
-use crate::health::{self, Health};
-use crate::journal;
+use crate::daemon::{Daemon, DaemonConfig};
+use crate::fs::CoreConfig;
 use crate::remote::client::ConnectionConfig;
 use crate::remote::http::HttpIndex;
 use crate::remote::webdav::WebDav;
 use crate::remote::{Remote, RemoteError, ServerInfo};
 use crate::store;
+use fuser::{Config, MountOption, Session};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -405,124 +404,48 @@ fn run_inner(
         names_a_folder(&cfg, &remote, &rt)?;
     }
 
-    let health = Health::new(online);
-    if first_latency.is_some() {
-        // The check just made is the first one status reports.
-        health.mark_online(first_latency);
-    }
-    let core = Core::load(
-        &cfg.cache_dir,
-        remote.clone(),
-        rt.handle().clone(),
-        health.clone(),
-        CoreConfig {
-            dir_ttl: cfg.dir_ttl,
-            attr_ttl: cfg.attr_ttl,
-            refresh_wait: cfg.refresh_wait,
-            cache: cfg.cache.clone(),
-            uploads: cfg.uploads,
-            read_only,
-            poll: crate::fs::PollConfig {
-                interval: cfg.poll_interval,
-                ..Default::default()
-            },
-            ..CoreConfig::default()
-        },
-    )
-    .map_err(|e| {
-        MountError::Setup(format!(
-            "cannot open the cache in {}: {e}",
-            cfg.cache_dir.display()
-        ))
-    })?;
-
-    // Before mounting: a socket a live daemon answers on means this mount must not start.
-    let control = {
+    let daemon = {
         let _guard = rt.enter();
-        crate::control::bind(&cfg.control_socket).map_err(MountError::Setup)?
+        Daemon::start(
+            DaemonConfig {
+                core: CoreConfig {
+                    dir_ttl: cfg.dir_ttl,
+                    attr_ttl: cfg.attr_ttl,
+                    refresh_wait: cfg.refresh_wait,
+                    cache: cfg.cache.clone(),
+                    uploads: cfg.uploads,
+                    poll: crate::fs::PollConfig {
+                        interval: cfg.poll_interval,
+                        ..Default::default()
+                    },
+                    ..CoreConfig::default()
+                },
+                online,
+                first_latency,
+                health_interval: cfg.health_interval,
+                control_socket: cfg.control_socket.clone(),
+                mountpoint: cfg.mountpoint.clone(),
+                backup: cfg.backup.clone(),
+                read_only: read_only_reason.clone(),
+                metrics_addr: cfg.metrics_addr,
+                metrics_allow_remote: cfg.metrics_allow_remote,
+                sweeper: true,
+                list_root: true,
+                remote_name: url.clone(),
+                ..DaemonConfig::new(&cfg.cache_dir)
+            },
+            remote,
+            Clock::default(),
+        )
+        .map_err(|e| MountError::Setup(e.0))?
     };
-    // Also before mounting: an address in use or refused fails the mount.
-    let metrics_listener = match cfg.metrics_addr {
-        Some(addr) => {
-            crate::metrics::check_addr(addr, cfg.metrics_allow_remote)
-                .map_err(MountError::Setup)?;
-            let listener = rt
-                .block_on(tokio::net::TcpListener::bind(addr))
-                .map_err(|e| MountError::Setup(format!("--metrics-addr {addr}: {e}")))?;
-            Some(listener)
-        }
-        None => None,
-    };
-    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-
+    let core = daemon.core().clone();
     if online {
-        // The root is listed as part of mounting: a server that goes away a moment
-        // later leaves a mount that can still create in its root and list it.
-        if let Err(e) = core.list_root_for_mount() {
-            tracing::warn!("cannot list the root of {url} yet: {e}");
-        }
         let kind = if http { KIND_HTTP } else { KIND_WEBDAV };
         if let Err(e) = store::set_meta(&core.store(), REMOTE_KIND, kind) {
             tracing::warn!("cannot record the kind of remote: {e}");
         }
     }
-
-    // Before the replayer: migrations cut off by a crash undo their partial copies
-    // before those could be sent.
-    let jobs = Arc::new(crate::jobs::Jobs::default());
-    let migrations =
-        crate::migrate::Migrations::start(core.clone(), jobs.clone(), Some(cfg.mountpoint.clone()))
-            .map_err(|e| MountError::Setup(format!("cannot resume migrations: {e}")))?;
-    let mut backup_cfg = cfg.backup.clone();
-    if read_only {
-        // Backups are uploads: nothing to schedule on a remote that cannot take them.
-        backup_cfg.at = None;
-    }
-    let backups = crate::backup::Backups::start(core.clone(), backup_cfg, jobs.clone())
-        .map_err(|e| MountError::Setup(format!("backups: {e}")))?;
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    rt.spawn(backups.clone().schedule(shutdown_rx.clone()));
-    rt.spawn(crate::control::serve(
-        control,
-        Arc::new(crate::control::Context {
-            core: core.clone(),
-            mountpoint: cfg.mountpoint.clone(),
-            started: std::time::SystemTime::now(),
-            jobs,
-            backups: backups.clone(),
-            migrations: migrations.clone(),
-            read_only: read_only_reason.clone(),
-            metrics_addr,
-        }),
-        shutdown_rx.clone(),
-    ));
-    if let (Some(listener), Some(addr)) = (metrics_listener, metrics_addr) {
-        tracing::info!("metrics: http://{addr}/metrics");
-        let core = core.clone();
-        rt.spawn(crate::metrics::serve(
-            listener,
-            Arc::new(move || {
-                crate::control::status::gauges(&core).unwrap_or_else(|e| {
-                    tracing::warn!("metrics: cannot read the gauges: {}", e.0);
-                    Default::default()
-                })
-            }),
-            shutdown_rx.clone(),
-        ));
-    }
-    rt.spawn(health::probe_loop(
-        health.clone(),
-        remote.clone(),
-        cfg.health_interval,
-        shutdown_rx.clone(),
-    ));
-    let replayer = rt.spawn(journal::replay::run(core.clone(), shutdown_rx.clone()));
-    rt.spawn(crate::fs::poll::run(core.clone(), shutdown_rx.clone()));
-    rt.spawn(crate::cache::sweeper::run(
-        core.clone(),
-        shutdown_rx.clone(),
-    ));
 
     let mut options = vec![
         // Shown in /proc/mounts and by mount(8), readable by every user: no credentials.
@@ -628,20 +551,9 @@ fn run_inner(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("unmounted {}", cfg.mountpoint.display());
 
-    // Migrations stop after their current file (and resume at the next mount).
-    migrations.shutdown();
-    // Everything written is handed to the journal; the network is not waited for.
-    core.commit_all();
-    backups.stop();
-    let _ = shutdown_tx.send(true);
-    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), replayer).await });
-    let waiting = journal::stats(&core.store()).map(|s| s.0).unwrap_or(0);
-    if waiting > 0 {
-        tracing::info!("{waiting} change(s) wait in the journal; they are sent at the next mount");
-    }
+    daemon.shutdown();
     let _ = std::fs::remove_file(&pid_path);
     let _ = std::fs::remove_file(&control_link);
-    let _ = std::fs::remove_file(&cfg.control_socket);
     rt.shutdown_timeout(Duration::from_secs(1));
     run_result.map_err(|source| MountError::Fuse {
         path: cfg.mountpoint.display().to_string(),

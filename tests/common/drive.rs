@@ -1,19 +1,18 @@
-//! A drive driven through the core, without a kernel: a real WebDAV server, the
-//! replayer and health probe running, a clock tests can move, and restarts over the same
-//! state.
+//! A drive driven through the core, without a kernel: a real WebDAV server, the daemon
+//! `davdrive mount` runs (every background task but the cache sweeper), a clock tests
+//! can move, and clean restarts and crashes over the same state.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use davdrive::cache::CacheLimits;
 use davdrive::clock::Clock;
+use davdrive::daemon::{Daemon, DaemonConfig};
 use davdrive::fs::{Core, CoreConfig, UploadSizes};
-use davdrive::health::{self, Health};
 use davdrive::journal;
 use davdrive::remote::webdav::{WebDav, WebDavConfig};
 use davdrive::remote::Remote;
 use davdrive::store::ROOT_INO;
-use tokio::sync::watch;
 
 use super::Server;
 
@@ -22,11 +21,11 @@ const MIB: usize = 1 << 20;
 pub struct Drive {
     pub server: Server,
     pub state: tempfile::TempDir,
-    core: Option<Arc<Core>>,
     pub clock: Clock,
-    pub limits: CacheLimits,
-    pub uploads: UploadSizes,
-    shutdown: Option<watch::Sender<bool>>,
+    /// What each start of the daemon is given; a test may change it between a stop and
+    /// a start.
+    pub config: DaemonConfig,
+    daemon: Option<Daemon>,
 }
 
 impl Drive {
@@ -36,14 +35,19 @@ impl Drive {
 
     /// A drive whose uploads are cut as `uploads` says.
     pub fn with_uploads(limits: CacheLimits, uploads: UploadSizes) -> Drive {
-        Drive::build(limits, tempfile::tempdir().unwrap(), uploads)
+        Drive::configured(tempfile::tempdir().unwrap(), |c| {
+            c.core.cache = limits;
+            c.core.uploads = uploads;
+        })
     }
 
     pub fn with_state(limits: CacheLimits, state: tempfile::TempDir) -> Drive {
-        Drive::build(limits, state, UploadSizes::default())
+        Drive::configured(state, |c| c.core.cache = limits)
     }
 
-    fn build(limits: CacheLimits, state: tempfile::TempDir, uploads: UploadSizes) -> Drive {
+    /// A drive on `state` whose daemon is started with the defaults below as `adjust`
+    /// leaves them.
+    pub fn configured(state: tempfile::TempDir, adjust: impl FnOnce(&mut DaemonConfig)) -> Drive {
         // Against an external server the tests run with umask 0 (see `Server::start`).
         super::private(state.path());
         if let Ok(filter) = std::env::var("DAVDRIVE_LOG") {
@@ -52,68 +56,74 @@ impl Drive {
                 .with_test_writer()
                 .try_init();
         }
+        let mut config = DaemonConfig::new(state.path());
+        config.core = CoreConfig {
+            dir_ttl: Duration::from_millis(200),
+            attr_ttl: Duration::from_millis(200),
+            // Tests that look for another client's change wait for the refresh they
+            // start, however busy the machine (the default answers sooner).
+            refresh_wait: Duration::from_secs(5),
+            ..CoreConfig::default()
+        };
+        config.health_interval = Duration::from_millis(100);
+        // The cache tests sweep by hand, to see what one sweep does.
+        config.sweeper = false;
+        adjust(&mut config);
         let mut d = Drive {
             server: Server::start(),
             state,
-            core: None,
             clock: Clock::default(),
-            limits,
-            uploads,
-            shutdown: None,
+            config,
+            daemon: None,
         };
         d.start();
         d
     }
 
+    /// Starts the daemon, as a mount does: online if the server answers.
     pub fn start(&mut self) {
         let _guard = self.server.rt.enter();
         let mut cfg = WebDavConfig::new(url::Url::parse(&self.server.url()).unwrap());
         cfg.request_timeout = Duration::from_secs(5);
         cfg.retries = 1;
         let remote: Arc<dyn Remote> = Arc::new(WebDav::new(cfg).unwrap());
-        let health = Health::new(true);
-        let core = Core::load(
-            self.state.path(),
-            remote.clone(),
-            self.server.rt.handle().clone(),
-            health.clone(),
-            CoreConfig {
-                dir_ttl: Duration::from_millis(200),
-                attr_ttl: Duration::from_millis(200),
-                // Tests that look for another client's change wait for the refresh
-                // they start, however busy the machine (the default answers sooner).
-                refresh_wait: Duration::from_secs(5),
-                cache: self.limits.clone(),
-                clock: self.clock.clone(),
-                uploads: self.uploads,
-                ..CoreConfig::default()
-            },
-        )
-        .unwrap();
-        let (tx, rx) = watch::channel(false);
-        self.server.rt.spawn(health::probe_loop(
-            health,
-            remote,
-            Duration::from_millis(100),
-            rx.clone(),
-        ));
-        self.server.rt.spawn(journal::replay::run(core.clone(), rx));
-        self.core = Some(core);
-        self.shutdown = Some(tx);
+        let mut config = self.config.clone();
+        config.online = self.server.proxy.state.lock().unwrap().fault.is_none();
+        let daemon = Daemon::start(config, remote, self.clock.clone()).unwrap();
+        self.daemon = Some(daemon);
     }
 
+    /// A clean stop, as at unmount; returns once nothing of the old daemon runs.
     pub fn stop(&mut self) {
-        let core = self.core.take().unwrap();
-        core.commit_all();
-        let _ = self.shutdown.take().unwrap().send(true);
-        // The tasks hold the core until they see the shutdown.
-        let weak = Arc::downgrade(&core);
-        drop(core);
-        super::wait_until(10, "the core to be dropped", || weak.strong_count() == 0);
+        let daemon = self.daemon.take().unwrap();
+        let core = Arc::downgrade(daemon.core());
+        daemon.shutdown();
+        Drive::wait_gone(core);
+    }
+
+    /// A stop as by `kill -9`: the tasks die wherever they are, nothing is committed.
+    /// Returns once nothing of the old daemon runs.
+    pub fn crash(&mut self) {
+        let daemon = self.daemon.take().unwrap();
+        let core = Arc::downgrade(daemon.core());
+        daemon.abort();
+        Drive::wait_gone(core);
+    }
+
+    /// Everything of the old core is gone before a new one starts, as with a process
+    /// that exited: tasks it spawned (downloads, replays, hashing) end or are cancelled.
+    fn wait_gone(core: std::sync::Weak<Core>) {
+        super::wait_until(30, "the old core's tasks to end", || {
+            core.strong_count() == 0
+        });
     }
 
     pub fn core(&self) -> &Arc<Core> {
-        self.core.as_ref().unwrap()
+        self.daemon.as_ref().unwrap().core()
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().unwrap()
     }
 
     pub fn ino(&self, name: &str) -> u64 {
@@ -190,8 +200,7 @@ impl Drive {
 
 impl Drop for Drive {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(true);
-        }
+        // Before the server's runtime goes: the tasks are told to stop.
+        self.daemon.take();
     }
 }
