@@ -96,13 +96,12 @@ use std::time::{Duration, Instant};
 
 use davdrive::clock::Clock;
 use davdrive::fs::{is_internal_name, Core, CoreConfig, Evicted, FsError, UploadSizes};
-use davdrive::health::{self, Health};
+use davdrive::daemon::{Daemon, DaemonConfig};
 use davdrive::journal::{self, Op};
 use davdrive::remote::memory::{MemItem, MemRemote, Method, Outcome, Rule, RuleId};
 use davdrive::remote::Remote;
 use davdrive::store::{Kind, ROOT_INO};
 use proptest::prelude::*;
-use tokio::sync::watch;
 
 /// Listings go stale quickly, so merges of remote listings run all the time.
 const DIR_TTL: Duration = Duration::from_millis(30);
@@ -450,9 +449,7 @@ fn action() -> impl Strategy<Value = Action> {
 // ----- harness -------------------------------------------------------------------------
 
 struct Live {
-    core: Arc<Core>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    daemon: Daemon,
 }
 
 struct Harness {
@@ -497,10 +494,7 @@ impl Drop for Harness {
     fn drop(&mut self) {
         // Also on a failed assertion: stop the tasks without waiting or asserting.
         if let Some(live) = self.live.take() {
-            let _ = live.shutdown.send(true);
-            for t in &live.tasks {
-                t.abort();
-            }
+            live.daemon.abort();
         }
     }
 }
@@ -532,64 +526,49 @@ impl Harness {
         h
     }
 
+    /// Starts the daemon a mount runs (replayer, health probe, control socket and the
+    /// rest) on the state dir, without a kernel.
     fn start(&mut self) {
         let _guard = self.rt.enter();
-        let health = Health::new(!self.outage && self.storm.is_none());
         let remote: Arc<dyn Remote> = self.remote.clone();
-        let core = Core::load(
-            self.state.path(),
-            remote.clone(),
-            self.rt.handle().clone(),
-            health.clone(),
-            CoreConfig {
-                dir_ttl: self.ttl,
-                attr_ttl: Duration::from_millis(50),
-                // The view is compared with the server once every listing is stale:
-                // each look waits for its refresh, however busy the machine.
-                refresh_wait: Duration::from_secs(10),
-                uploads: UPLOADS,
-                clock: self.clock.clone(),
-                ..CoreConfig::default()
+        let daemon = Daemon::start(
+            DaemonConfig {
+                core: CoreConfig {
+                    dir_ttl: self.ttl,
+                    attr_ttl: Duration::from_millis(50),
+                    // The view is compared with the server once every listing is stale:
+                    // each look waits for its refresh, however busy the machine.
+                    refresh_wait: Duration::from_secs(10),
+                    uploads: UPLOADS,
+                    ..CoreConfig::default()
+                },
+                online: !self.outage && self.storm.is_none(),
+                health_interval: PROBE_INTERVAL,
+                // Eviction is one of the actions, at chosen moments.
+                sweeper: false,
+                list_root: false,
+                ..DaemonConfig::new(self.state.path())
             },
+            remote,
+            self.clock.clone(),
         )
         .unwrap();
-        let (tx, rx) = watch::channel(false);
-        let tasks = vec![
-            self.rt.spawn(health::probe_loop(
-                health,
-                remote,
-                PROBE_INTERVAL,
-                rx.clone(),
-            )),
-            self.rt.spawn(journal::replay::run(core.clone(), rx)),
-        ];
-        self.live = Some(Live {
-            core,
-            shutdown: tx,
-            tasks,
-        });
+        self.live = Some(Live { daemon });
     }
 
     fn core(&self) -> &Arc<Core> {
-        &self.live.as_ref().unwrap().core
+        self.live.as_ref().unwrap().daemon.core()
     }
 
     /// Clean stop (unmount) or crash (killed: tasks die wherever they are).
     fn stop(&mut self, crash: bool) {
-        let live = self.live.take().unwrap();
+        let daemon = self.live.take().unwrap().daemon;
+        let old = Arc::downgrade(daemon.core());
         if crash {
-            for t in &live.tasks {
-                t.abort();
-            }
+            daemon.abort();
         } else {
-            live.core.commit_all();
-            let _ = live.shutdown.send(true);
+            daemon.shutdown();
         }
-        for t in live.tasks {
-            let _ = self.rt.block_on(t);
-        }
-        let old = Arc::downgrade(&live.core);
-        drop(live.core);
         let deadline = Instant::now() + Duration::from_secs(30);
         while old.strong_count() > 0 {
             assert!(
