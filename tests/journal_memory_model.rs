@@ -50,11 +50,19 @@
 //! file; a rename of a file they deleted or rewrote ends with theirs in place and ours,
 //! if held whole, under the new name; conflict copies are numbered within a second.
 //! Six of those (mkcol-over-file, dir-delete, conflict-name, move-of-deleted,
-//! move-adopts-etag, delete-takes-folder) each pass 300 cases generated alone, but
-//! generated together the suite's 300 cases still end, one run in three, with a local
-//! view that differs from the server after the final restart (the divergence below):
-//! so they stay waived by default until that is found. Run them with
-//! DAVDRIVE_MODEL_ALLOW=scratch,crash-open,folder-move-etag.
+//! move-adopts-etag, delete-takes-folder) each pass 300 cases generated alone.
+//! Generated together they found one more engine bug (a rename of a file removed here
+//! since carried another client's rewrite to our name, where our delete took it; fixed,
+//! pinned by `a_renamed_then_removed_file_spares_their_version_at_the_old_name`), and
+//! 1,000 cases still end now and then with a local view that differs from the server
+//! after the final restart (the divergence below): so they stay waived by default until
+//! that is found. Run them with DAVDRIVE_MODEL_ALLOW=scratch,crash-open,folder-move-etag.
+//! With the default waivers, 2,000 cases end about one run in two in a failure whose
+//! shrunk replay passes hundreds of times (a local entry missing from the model, an
+//! open file's content after a crash, a file the model expected removed): timing, not
+//! yet pinned down. One such class was the model's own: it owed a local version to the
+//! server while an upload of the file waited, even when the server held exactly those
+//! bytes where the other client struck.
 //! Waived by default (`STILL_OPEN`), with what the fixed seed still meets:
 //!   "scratch": a part-upload scratch file can still stay on the server after some
 //!   sequences of part upload, restart and removal (2,000 cases: `/.b c.davdrive-part-3`
