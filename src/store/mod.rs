@@ -11,6 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+pub mod conflicts;
+pub mod journal;
 pub mod schema;
 pub mod versions;
 
@@ -674,6 +676,22 @@ pub fn note_written(
 /// whole next time.
 pub fn forget_written(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE nodes SET written = NULL WHERE ino = ?1")?
+        .execute([ino as i64])?;
+    Ok(())
+}
+
+/// The stored `written` range map of `ino` (None: not known, or no such node).
+pub fn written_blob(conn: &Connection, ino: u64) -> rusqlite::Result<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT written FROM nodes WHERE ino = ?1")?
+        .query_row([ino as i64], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
+/// `ino` starts a new, empty set of written ranges (an upload took the old ones).
+pub fn restart_written(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE nodes SET written = X'' WHERE ino = ?1")?
         .execute([ino as i64])?;
     Ok(())
 }
