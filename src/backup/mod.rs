@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::fs::{Core, FsError};
 use crate::jobs::{JobReport, Jobs};
-use crate::store;
+use crate::store::{self, backups};
 
 const DAY_S: i64 = 86400;
 
@@ -127,20 +127,6 @@ pub struct Backups {
     stopping: AtomicBool,
 }
 
-/// A row of the backup log.
-fn row_json(r: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
-    Ok(json!({
-        "id": r.get::<_, i64>("id")?,
-        "name": r.get::<_, String>("name")?,
-        "started_at": r.get::<_, i64>("started_at")?,
-        "ended_at": r.get::<_, Option<i64>>("ended_at")?,
-        "size": r.get::<_, Option<i64>>("size")?,
-        "sha256": r.get::<_, Option<String>>("sha256")?,
-        "state": r.get::<_, String>("state")?,
-        "error": r.get::<_, Option<String>>("error")?,
-    }))
-}
-
 impl Backups {
     /// The backup service of `core`. Runs cut off by a stop are marked failed; archives
     /// waiting to be uploaded are picked up again.
@@ -154,18 +140,8 @@ impl Backups {
         });
         let waiting: Vec<(i64, String)> = {
             let conn = me.core.store();
-            conn.execute(
-                "UPDATE backups SET state = 'failed', ended_at = ?1, \
-                 error = 'cut off: davdrive stopped while making the archive' \
-                 WHERE state = 'running'",
-                [me.now_s()],
-            )?;
-            let mut stmt =
-                conn.prepare("SELECT id, name FROM backups WHERE state = 'uploading' ORDER BY id")?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            rows
+            backups::fail_cut_off(&conn, me.now_s())?;
+            backups::uploading(&conn)?
         };
         // One at a time: the newest last, so `current` ends on it.
         for (id, name) in waiting {
@@ -237,25 +213,14 @@ impl Backups {
         // Names are to the second: never two runs under one name.
         loop {
             let name = self.archive_name(started);
-            let taken: bool = self.core.store().query_row(
-                "SELECT EXISTS(SELECT 1 FROM backups WHERE name = ?1)",
-                [&name],
-                |r| r.get(0),
-            )?;
+            let taken = backups::name_taken(&self.core.store(), &name)?;
             if !taken {
                 break;
             }
             started += 1;
         }
         let name = self.archive_name(started);
-        let id = {
-            let conn = self.core.store();
-            conn.execute(
-                "INSERT INTO backups (name, remote_dir, started_at, state) VALUES (?1, ?2, ?3, 'running')",
-                rusqlite::params![name, self.cfg.dir, self.now_s()],
-            )?;
-            conn.last_insert_rowid()
-        };
+        let id = backups::insert_running(&self.core.store(), &name, &self.cfg.dir, self.now_s())?;
         let progress = self.register(id, &name, "making the archive");
         let this = self.clone();
         std::thread::Builder::new()
@@ -282,9 +247,12 @@ impl Backups {
         } else {
             tracing::info!("backup {}: {state}", p.name);
         }
-        let r = self.core.store().execute(
-            "UPDATE backups SET state = ?2, ended_at = ?3, error = COALESCE(?4, error) WHERE id = ?1",
-            rusqlite::params![p.id, state, self.now_s(), error],
+        let r = backups::record_end(
+            &self.core.store(),
+            p.id,
+            state,
+            self.now_s(),
+            error.as_deref(),
         );
         if let Err(e) = r {
             tracing::error!("backup {}: cannot record the result: {e}", p.name);
@@ -318,9 +286,12 @@ impl Backups {
             }
         };
         let problems = (!built.problems.is_empty()).then(|| built.problems.join("; "));
-        let r = self.core.store().execute(
-            "UPDATE backups SET state = 'uploading', size = ?2, sha256 = ?3, error = ?4 WHERE id = ?1",
-            rusqlite::params![p.id, built.size as i64, built.sha256, problems],
+        let r = backups::set_uploading(
+            &self.core.store(),
+            p.id,
+            built.size,
+            &built.sha256,
+            problems.as_deref(),
         );
         if let Err(e) = r {
             return self.end(p, "failed", Some(e.to_string()));
@@ -341,11 +312,7 @@ impl Backups {
     /// landed, then records the result and applies the retention.
     fn finish_upload(&self, p: &Progress) {
         let (queued, sha256, problems): (bool, Option<String>, Option<String>) =
-            match self.core.store().query_row(
-                "SELECT queued, sha256, error FROM backups WHERE id = ?1",
-                [p.id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            ) {
+            match backups::upload_state(&self.core.store(), p.id) {
                 Ok(v) => v,
                 Err(e) => return self.end(p, "failed", Some(e.to_string())),
             };
@@ -452,9 +419,7 @@ impl Backups {
         let line = format!("{sha256}  {}\n", p.name);
         self.core
             .import_file(sum_path, &mut line.as_bytes(), None, owner, &mut |_| {})?;
-        self.core
-            .store()
-            .execute("UPDATE backups SET queued = 1 WHERE id = ?1", [p.id])?;
+        backups::set_queued(&self.core.store(), p.id)?;
         Ok(())
     }
 
@@ -466,15 +431,7 @@ impl Backups {
                 Err(FsError::Offline { .. }) | Err(FsError::Remote { .. }) => return Ok(false),
                 Err(e) => return Err(format!("{path}: {e}")),
             };
-            let failed: Option<String> = self
-                .core
-                .store()
-                .query_row(
-                    "SELECT COALESCE(last_error, 'failed') FROM journal WHERE ino = ?1 AND failed = 1",
-                    [ino as i64],
-                    |r| r.get(0),
-                )
-                .ok();
+            let failed = store::journal::failure_of(&self.core.store(), ino).ok();
             if let Some(e) = failed {
                 return Err(format!("the upload of {path} failed: {e}"));
             }
@@ -508,16 +465,7 @@ impl Backups {
     /// successful one. Returns the names deleted.
     pub fn prune(&self) -> Result<Vec<String>> {
         let archives = self.remote_archives()?;
-        let successes: Vec<String> = {
-            let conn = self.core.store();
-            let mut stmt = conn.prepare(
-                "SELECT name FROM backups WHERE state = 'success' ORDER BY started_at DESC, id DESC",
-            )?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            rows
-        };
+        let successes = backups::successes_newest_first(&self.core.store())?;
         // The newest success still on the remote; without one in the log (a rebuilt
         // cache dir), the newest archive stands in for it.
         let keep = successes
@@ -545,10 +493,7 @@ impl Backups {
 
     /// The run with id `id`, from the log, with its progress while it runs.
     pub fn job(&self, id: i64) -> Result<Value> {
-        let mut row =
-            self.core
-                .store()
-                .query_row("SELECT * FROM backups WHERE id = ?1", [id], row_json)?;
+        let mut row = backups::get_json(&self.core.store(), id)?;
         let cur = self
             .current
             .lock()
@@ -563,20 +508,8 @@ impl Backups {
     pub fn status(&self) -> Result<Value> {
         let (last, last_success) = {
             let conn = self.core.store();
-            let last = conn
-                .query_row(
-                    "SELECT * FROM backups ORDER BY id DESC LIMIT 1",
-                    [],
-                    row_json,
-                )
-                .ok();
-            let ok = conn
-                .query_row(
-                    "SELECT * FROM backups WHERE state = 'success' ORDER BY id DESC LIMIT 1",
-                    [],
-                    row_json,
-                )
-                .ok();
+            let last = backups::last_json(&conn).ok();
+            let ok = backups::last_success_json(&conn).ok();
             (last, ok)
         };
         let remote = match self.remote_archives() {
@@ -609,13 +542,7 @@ impl Backups {
         let conn = self.core.store();
         let mut out = Vec::new();
         for (name, size, made) in archives.into_iter().rev() {
-            let logged = conn
-                .query_row(
-                    "SELECT * FROM backups WHERE name = ?1 ORDER BY id DESC LIMIT 1",
-                    [&name],
-                    row_json,
-                )
-                .ok();
+            let logged = backups::latest_named_json(&conn, &name).ok();
             out.push(json!({
                 "name": name,
                 "size": size,
@@ -657,15 +584,7 @@ impl Backups {
                 "{name}: SHA-256 mismatch: {name}.sha256 says {expected}, the archive on the remote has {got}"
             )));
         }
-        let logged: Option<String> = self
-            .core
-            .store()
-            .query_row(
-                "SELECT sha256 FROM backups WHERE name = ?1 AND sha256 IS NOT NULL",
-                [&name],
-                |r| r.get(0),
-            )
-            .ok();
+        let logged = backups::logged_sha256(&self.core.store(), &name).ok();
         if let Some(l) = logged.filter(|l| *l != got) {
             return Err(BackupError::Failed(format!(
                 "{name}: SHA-256 mismatch: the backup log says {l}, the remote has {got}"
@@ -801,10 +720,7 @@ impl Backups {
             return false;
         };
         let now = self.now_s();
-        let last: Option<i64> = conn
-            .query_row("SELECT MAX(started_at) FROM backups", [], |r| r.get(0))
-            .ok()
-            .flatten();
+        let last = backups::last_started_at(&conn).ok().flatten();
         next_at <= now && last.is_none_or(|l| now - l > DAY_S)
     }
 }

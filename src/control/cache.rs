@@ -82,22 +82,10 @@ fn evict_folder(ctx: &Context, path: &str, ino: u64) -> Result<Value, CmdError> 
 pub fn summary(ctx: &Context) -> CmdResult {
     let core = &ctx.core;
     let usage = core.cache_usage()?;
-    let rows = |order: &str| -> Result<Vec<Value>, CmdError> {
+    type Ranked = fn(&rusqlite::Connection) -> rusqlite::Result<Vec<(u64, u64, i64)>>;
+    let rows = |ranked: Ranked| -> Result<Vec<Value>, CmdError> {
         let conn = core.store();
-        let mut st = conn.prepare(&format!(
-            "SELECT ino, cached_bytes, last_access FROM nodes WHERE cached_bytes > 0 AND kind = 0 \
-             ORDER BY {order} LIMIT 10"
-        ))?;
-        let found: Vec<(u64, u64, i64)> = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get(2)?,
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(found
+        Ok(ranked(&conn)?
             .into_iter()
             .map(|(ino, bytes, at)| {
                 let path = store::path_of(&conn, ino)
@@ -110,8 +98,8 @@ pub fn summary(ctx: &Context) -> CmdResult {
     };
     Ok(json!({
         "usage": usage,
-        "largest": rows("cached_bytes DESC")?,
-        "oldest": rows("last_access ASC")?,
+        "largest": rows(store::nodes::largest_cached)?,
+        "oldest": rows(store::nodes::oldest_cached)?,
     }))
 }
 

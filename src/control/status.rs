@@ -7,22 +7,12 @@ use crate::cache;
 use crate::journal;
 
 fn conflicts_open(ctx: &Context) -> rusqlite::Result<u64> {
-    ctx.core.store().query_row(
-        "SELECT COUNT(*) FROM conflicts WHERE resolved = 0",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n as u64),
-    )
+    crate::store::conflicts::open_count(&ctx.core.store())
 }
 
 /// Bytes of content the waiting uploads carry, and entries running now.
 pub(super) fn journal_load(ctx: &Context) -> rusqlite::Result<(u64, u64)> {
-    ctx.core.store().query_row(
-        "SELECT COALESCE(SUM(CASE WHEN j.op = 'put' THEN n.size END), 0), \
-         COALESCE(SUM(j.running), 0) \
-         FROM journal j LEFT JOIN nodes n ON n.ino = j.ino WHERE j.failed = 0",
-        [],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-    )
+    crate::store::journal::load(&ctx.core.store())
 }
 
 pub fn status(ctx: &Context) -> CmdResult {
@@ -122,12 +112,8 @@ pub fn gauges(core: &crate::fs::Core) -> Result<crate::metrics::Gauges, CmdError
     let (waiting, failed, oldest) = journal::stats(&core.store())?;
     let usage = core.cache_usage()?;
     let now_ms = crate::store::now_ms();
-    let (conflicts, last_backup): (i64, Option<i64>) = core.store().query_row(
-        "SELECT (SELECT COUNT(*) FROM conflicts WHERE resolved = 0), \
-         (SELECT MAX(ended_at) FROM backups WHERE state = 'success')",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (conflicts, last_backup) =
+        crate::store::conflicts::open_count_and_last_backup(&core.store())?;
     Ok(crate::metrics::Gauges {
         remote_up: core.health.is_online(),
         cache_files: usage.files,

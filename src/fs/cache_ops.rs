@@ -4,15 +4,13 @@
 //! evicted. (Below a folder whose rename waits, evicted content is fetched again from
 //! the old path, where the server still has it.)
 
-use std::collections::HashSet;
 use std::sync::Arc;
-
-use rusqlite::Connection;
 
 use super::{lock, Core, FsError, FsResult, KernelCache};
 use crate::cache::{self, sha256_prefix};
 use crate::clock::Clock;
-use crate::store::{self, Kind};
+use crate::store::{self, nodes, Kind};
+use nodes::{has_unsent_changes, pinned_set};
 
 /// Clean cached files up to this size are hashed before their first read in a run;
 /// larger ones in the background, so that no open waits for more than a small file's
@@ -56,26 +54,6 @@ pub struct Candidate {
     pub ino: u64,
     pub bytes: u64,
     pub last_access: i64,
-}
-
-/// Inodes that are pinned, or below a pinned directory.
-fn pinned_set(c: &Connection) -> rusqlite::Result<HashSet<u64>> {
-    c.prepare_cached(
-        "WITH RECURSIVE p(ino) AS (SELECT ino FROM nodes WHERE pinned != 0 \
-         UNION SELECT nodes.ino FROM nodes JOIN p ON nodes.parent = p.ino) SELECT ino FROM p",
-    )?
-    .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?
-    .collect()
-}
-
-/// Files with changes not yet on the remote: dirty, or with any journal entry waiting
-/// (after a waiting rename, the remote has the content under another name).
-fn has_unsent_changes(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
-    c.prepare_cached(
-        "SELECT EXISTS(SELECT 1 FROM nodes WHERE ino = ?1 AND dirty != 0) \
-         OR EXISTS(SELECT 1 FROM journal WHERE ino = ?1)",
-    )?
-    .query_row([ino as i64], |r| r.get(0))
 }
 
 impl Core {
@@ -134,9 +112,7 @@ impl Core {
     /// Pins or unpins `ino` (a directory pins everything below it). Pins persist; the
     /// content of newly pinned files is fetched by `fetch_pinned`.
     pub fn set_pinned(&self, ino: u64, pinned: bool) -> FsResult<()> {
-        let n = lock(&self.store)
-            .prepare_cached("UPDATE nodes SET pinned = ?2 WHERE ino = ?1")?
-            .execute(rusqlite::params![ino as i64, pinned as i64])?;
+        let n = nodes::set_pinned(&lock(&self.store), ino, pinned)?;
         if n == 0 {
             return Err(FsError::NotFound);
         }
@@ -150,14 +126,7 @@ impl Core {
     /// Fetches whatever pinned files (and files below pinned directories) miss. Returns
     /// how many files were completed; stops quietly while the remote is unreachable.
     pub fn fetch_pinned(&self) -> FsResult<usize> {
-        let roots: Vec<(u64, Kind)> = lock(&self.store)
-            .prepare_cached(
-                "SELECT ino, kind FROM nodes WHERE pinned != 0 AND (parent != 0 OR ino = ?1)",
-            )?
-            .query_map([store::ROOT_INO as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, Kind::from_i64(r.get(1)?)))
-            })?
-            .collect::<Result<_, _>>()?;
+        let roots = nodes::pinned_roots(&lock(&self.store))?;
         let mut done = 0;
         let mut stack = roots;
         while let Some((ino, kind)) = stack.pop() {
@@ -228,21 +197,14 @@ impl Core {
     pub fn eviction_candidates(&self) -> FsResult<Vec<Candidate>> {
         let conn = lock(&self.store);
         let pinned = pinned_set(&conn)?;
-        let rows: Vec<Candidate> = conn
-            .prepare_cached(
-                "SELECT ino, cached_bytes, last_access FROM nodes \
-                 WHERE cached_bytes > 0 AND kind = 0 AND dirty = 0 \
-                 AND ino NOT IN (SELECT ino FROM journal) \
-                 ORDER BY last_access, ino",
-            )?
-            .query_map([], |r| {
-                Ok(Candidate {
-                    ino: r.get::<_, i64>(0)? as u64,
-                    bytes: r.get::<_, i64>(1)? as u64,
-                    last_access: r.get(2)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        let rows: Vec<Candidate> = nodes::clean_cached_by_age(&conn)?
+            .into_iter()
+            .map(|(ino, bytes, last_access)| Candidate {
+                ino,
+                bytes,
+                last_access,
+            })
+            .collect();
         drop(conn);
         Ok(rows
             .into_iter()
@@ -255,19 +217,7 @@ impl Core {
         let conn = lock(&self.store);
         let pinned = pinned_set(&conn)?;
         let mut u = CacheUsage::default();
-        let mut st = conn.prepare_cached(
-            "SELECT ino, cached_bytes, dirty != 0 OR ino IN (SELECT ino FROM journal) \
-             FROM nodes WHERE cached_bytes > 0 AND kind = 0",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, bool>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (ino, bytes, dirty) = row?;
+        for (ino, bytes, dirty) in nodes::cached_files(&conn)? {
             u.files += 1;
             u.bytes += bytes;
             if dirty {
@@ -552,13 +502,7 @@ impl Core {
             return Ok("dirty");
         }
         let path = store::path_of(&conn, ino)?.unwrap_or_default();
-        let in_conflict: bool = conn
-            .prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM conflicts WHERE resolved = 0 \
-                 AND (path = ?1 OR conflict_path = ?1))",
-            )?
-            .query_row([&path], |r| r.get(0))?;
-        if in_conflict {
+        if store::conflicts::in_open_conflict(&conn, &path)? {
             return Ok("conflict");
         }
         if pinned {
@@ -659,9 +603,7 @@ impl Core {
         let node = store::get_node(&conn, ino)?;
         let tx = conn.transaction()?;
         crate::journal::complete(&tx, id)?;
-        let more_puts: bool = tx
-            .prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE ino = ?1 AND op = 'put')")?
-            .query_row([ino as i64], |r| r.get(0))?;
+        let more_puts = store::journal::any_put_of(&tx, ino)?;
         let mut remove_content = false;
         if let Some(n) = &node {
             if let (false, Some(copy)) = (more_puts, &n.base_copy) {
@@ -675,7 +617,7 @@ impl Core {
                 remove_content = true;
             } else if !more_puts {
                 // The remote never had it: without its upload it is gone.
-                tx.execute("DELETE FROM journal WHERE ino = ?1", [ino as i64])?;
+                store::journal::delete_all_of(&tx, ino)?;
                 store::delete_node(&tx, ino)?;
                 remove_content = true;
             }

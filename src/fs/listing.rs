@@ -495,10 +495,7 @@ impl Core {
                     .filter(|(ino, _)| !kept.contains(ino))
                     .map(|(_, name)| name),
             );
-            tx.execute(
-                "UPDATE nodes SET listed_at = ?2 WHERE ino = ?1",
-                rusqlite::params![dir as i64, self.cfg.clock.now_ms()],
-            )?;
+            store::nodes::set_listed_at(&tx, dir, self.cfg.clock.now_ms())?;
             tx.commit()?;
             // Still under the store lock: nobody can open these files in between.
             for ino in &dropped_content {

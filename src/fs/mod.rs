@@ -363,10 +363,7 @@ impl Core {
         }
         journal::reset_running(&tx)?;
         // Files unlinked while open die with the process that held them.
-        let orphans: Vec<u64> = tx
-            .prepare("SELECT ino FROM nodes WHERE parent = 0 AND ino != ?1")?
-            .query_map([ROOT_INO as i64], |r| r.get::<_, i64>(0).map(|v| v as u64))?
-            .collect::<Result<_, _>>()?;
+        let orphans = store::nodes::orphans(&tx)?;
         for ino in &orphans {
             store::delete_node(&tx, *ino)?;
         }
@@ -375,10 +372,7 @@ impl Core {
         // already waiting covers it). This holds for files with a waiting upload too: a
         // file reopened and written (grown or cut) after its last close has a node that
         // still says the size of that close.
-        let dirty: Vec<u64> = tx
-            .prepare("SELECT ino FROM nodes WHERE dirty = 1 AND parent != 0 AND kind = 0")?
-            .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?
-            .collect::<Result<_, _>>()?;
+        let dirty = store::nodes::dirty_files(&tx)?;
         // A read-only mount queues nothing: they wait for the next read-write mount.
         let dirty = if self.cfg.read_only {
             Vec::new()
@@ -1026,18 +1020,7 @@ impl Core {
             }
             let conn = lock(&self.store);
             let tx = conn.unchecked_transaction()?;
-            tx.execute(
-                "UPDATE nodes SET mode = COALESCE(?2, mode), uid = COALESCE(?3, uid), \
-                 gid = COALESCE(?4, gid), mtime_ns = COALESCE(?5, mtime_ns), ctime_ns = ?6 WHERE ino = ?1",
-                rusqlite::params![
-                    ino as i64,
-                    mode.map(|m| (m & 0o7777) as i64),
-                    uid.map(|v| v as i64),
-                    gid.map(|v| v as i64),
-                    mtime_ns,
-                    store::now_ns()
-                ],
-            )?;
+            store::nodes::set_attrs(&tx, ino, mode, uid, gid, mtime_ns, store::now_ns())?;
             let recorded = self.record_meta(&tx, ino)?;
             tx.commit()?;
             drop(conn);

@@ -10,7 +10,7 @@
 //! restart, even after `kill -9`, goes on from where it was without sending again what
 //! had landed.
 
-pub mod db;
+pub use crate::store::migrations as db;
 mod walk;
 mod worker;
 

@@ -484,3 +484,57 @@ pub fn paths_in_range(
     })?;
     rows.collect()
 }
+
+/// The error of the entry of `ino` set aside as failed ("failed" when none was kept);
+/// `QueryReturnedNoRows` when none is.
+pub fn failure_of(c: &Connection, ino: u64) -> rusqlite::Result<String> {
+    c.query_row(
+        "SELECT COALESCE(last_error, 'failed') FROM journal WHERE ino = ?1 AND failed = 1",
+        [ino as i64],
+        |r| r.get(0),
+    )
+}
+
+/// Whether an entry after `id` of another node than `ino` brings a file to `path`: a
+/// move there, or an upload to it.
+pub fn later_arrival_at(c: &Connection, path: &str, id: i64, ino: u64) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM journal WHERE id > ?2 AND ino != ?3 \
+         AND ((op = 'move' AND dest = ?1) OR (op = 'put' AND path = ?1)))",
+    )?
+    .query_row(params![path, id, ino as i64], |r| r.get(0))
+}
+
+/// Whether an upload of `ino` waits or runs.
+pub fn any_put_of(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE ino = ?1 AND op = 'put')")?
+        .query_row([ino as i64], |r| r.get(0))
+}
+
+/// Deletes every entry of `ino`.
+pub fn delete_all_of(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
+    c.execute("DELETE FROM journal WHERE ino = ?1", [ino as i64])
+}
+
+/// The entries set aside as failed: (ino, the path they change, the reason).
+pub fn refused(c: &Connection) -> rusqlite::Result<Vec<(u64, String, String)>> {
+    c.prepare_cached(
+        "SELECT ino, COALESCE(dest, path), COALESCE(last_error, 'refused') \
+         FROM journal WHERE failed != 0",
+    )?
+    .query_map([], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+    })?
+    .collect()
+}
+
+/// Bytes of content the waiting uploads carry, and entries running now.
+pub fn load(c: &Connection) -> rusqlite::Result<(u64, u64)> {
+    c.query_row(
+        "SELECT COALESCE(SUM(CASE WHEN j.op = 'put' THEN n.size END), 0), \
+         COALESCE(SUM(j.running), 0) \
+         FROM journal j LEFT JOIN nodes n ON n.ino = j.ino WHERE j.failed = 0",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )
+}

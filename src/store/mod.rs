@@ -11,8 +11,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+pub mod backups;
 pub mod conflicts;
 pub mod journal;
+pub mod migrations;
+pub mod nodes;
 pub mod schema;
 pub mod versions;
 
@@ -416,6 +419,11 @@ pub fn with_full_sync<T>(
     Ok(v)
 }
 
+/// Reads the schema of `conn`'s database: fails when the file is not a usable database.
+pub fn check_readable(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(()))
+}
+
 /// Makes every commit so far durable across a power loss: a checkpoint syncs the WAL
 /// first. PASSIVE never waits for readers; the sync happens either way.
 pub fn sync_to_disk(conn: &Connection) -> rusqlite::Result<()> {
@@ -693,6 +701,20 @@ pub fn written_blob(conn: &Connection, ino: u64) -> rusqlite::Result<Option<Vec<
 pub fn restart_written(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE nodes SET written = X'' WHERE ino = ?1")?
         .execute([ino as i64])?;
+    Ok(())
+}
+
+/// Sets the size of the base version of `ino` on the server, and whether it is dirty.
+pub fn set_base_size_and_dirty(
+    conn: &Connection,
+    ino: u64,
+    base_size: u64,
+    dirty: bool,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE nodes SET base_size = ?2, dirty = ?3 WHERE ino = ?1",
+        params![ino as i64, base_size as i64, dirty],
+    )?;
     Ok(())
 }
 

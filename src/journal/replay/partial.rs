@@ -375,10 +375,7 @@ async fn conflict(core: &Arc<Core>, e: &Entry, node: &Node, copy: &str) -> Repla
             // as ranges of it.
             let since = now.written.clone().unwrap_or_default();
             store::note_written(&tx, ino, &since, now.size)?;
-            tx.execute(
-                "UPDATE nodes SET base_size = ?2, dirty = ?3 WHERE ino = ?1",
-                params![ino as i64, node.size as i64, !since.is_empty()],
-            )?;
+            store::set_base_size_and_dirty(&tx, ino, node.size, !since.is_empty())?;
             Some(ino)
         } else {
             None
