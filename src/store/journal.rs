@@ -538,3 +538,26 @@ pub fn load(c: &Connection) -> rusqlite::Result<(u64, u64)> {
         |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
     )
 }
+
+/// Our uploads of `ino` that wait (all but entry `except`, the one being replayed) go
+/// to the node `to` names, at its path, or are dropped when it names none: hands a
+/// file's pending changes to its conflict copy. Ranges an earlier attempt took
+/// (`sending`) describe `ino`'s base, not the copy's, so they are forgotten.
+pub fn hand_puts_to(
+    c: &Connection,
+    ino: u64,
+    except: i64,
+    to: Option<(u64, &str)>,
+) -> rusqlite::Result<usize> {
+    match to {
+        Some((copy, path)) => c.execute(
+            "UPDATE journal SET ino = ?3, path = ?4, sending = NULL \
+             WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
+            params![ino as i64, except, copy as i64, path],
+        ),
+        None => c.execute(
+            "DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
+            params![ino as i64, except],
+        ),
+    }
+}
