@@ -84,17 +84,15 @@ pub fn summary(ctx: &Context) -> CmdResult {
     let usage = core.cache_usage()?;
     type Ranked = fn(&rusqlite::Connection) -> rusqlite::Result<Vec<(u64, u64, i64)>>;
     let rows = |ranked: Ranked| -> Result<Vec<Value>, CmdError> {
-        let conn = core.store();
-        Ok(ranked(&conn)?
-            .into_iter()
-            .map(|(ino, bytes, at)| {
-                let path = store::path_of(&conn, ino)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                json!({"path": path, "bytes": bytes, "last_access": at})
-            })
-            .collect())
+        core.db().read(|conn| {
+            Ok(ranked(conn)?
+                .into_iter()
+                .map(|(ino, bytes, at)| {
+                    let path = store::path_of(conn, ino).ok().flatten().unwrap_or_default();
+                    json!({"path": path, "bytes": bytes, "last_access": at})
+                })
+                .collect())
+        })
     };
     Ok(json!({
         "usage": usage,
@@ -107,11 +105,14 @@ pub fn ls(ctx: &Context, args: &Value) -> CmdResult {
     let given = args.get("path").and_then(Value::as_str).unwrap_or("");
     let (path, ino) = resolve(ctx, given)?;
     let core = &ctx.core;
-    let node =
-        store::get_node(&core.store(), ino)?.ok_or_else(|| CmdError(format!("{path}: gone")))?;
+    let node = core
+        .db()
+        .read(|c| store::get_node(c, ino))?
+        .ok_or_else(|| CmdError(format!("{path}: gone")))?;
     let targets: Vec<(String, u64)> = if node.kind == Kind::Dir {
         core.ensure_listing(ino)?;
-        store::children(&core.store(), ino)?
+        core.db()
+            .read(|c| store::children(c, ino))?
             .into_iter()
             .map(|c| (c.name, c.ino))
             .collect()
@@ -120,7 +121,7 @@ pub fn ls(ctx: &Context, args: &Value) -> CmdResult {
     };
     let mut out = Vec::new();
     for (name, ino) in targets {
-        let n = match store::get_node(&core.store(), ino)? {
+        let n = match core.db().read(|c| store::get_node(c, ino))? {
             Some(n) => n,
             None => continue,
         };

@@ -7,18 +7,18 @@ use crate::cache;
 use crate::journal;
 
 fn conflicts_open(ctx: &Context) -> rusqlite::Result<u64> {
-    crate::store::conflicts::open_count(&ctx.core.store())
+    ctx.core.db().read(crate::store::conflicts::open_count)
 }
 
 /// Bytes of content the waiting uploads carry, and entries running now.
 pub(super) fn journal_load(ctx: &Context) -> rusqlite::Result<(u64, u64)> {
-    crate::store::journal::load(&ctx.core.store())
+    ctx.core.db().read(crate::store::journal::load)
 }
 
 pub fn status(ctx: &Context) -> CmdResult {
     let core = &ctx.core;
     let h = core.health.state();
-    let (waiting, failed, oldest) = journal::stats(&core.store())?;
+    let (waiting, failed, oldest) = core.db().read(journal::stats)?;
     let (bytes, running) = journal_load(ctx)?;
     let usage = core.cache_usage()?;
     let limits = &core.cfg.cache;
@@ -109,11 +109,12 @@ pub fn metrics(ctx: &Context) -> CmdResult {
 
 /// The metrics' gauges, read now (for `ctl metrics` and the HTTP endpoint).
 pub fn gauges(core: &crate::fs::Core) -> Result<crate::metrics::Gauges, CmdError> {
-    let (waiting, failed, oldest) = journal::stats(&core.store())?;
+    let (waiting, failed, oldest) = core.db().read(journal::stats)?;
     let usage = core.cache_usage()?;
     let now_ms = crate::store::now_ms();
-    let (conflicts, last_backup) =
-        crate::store::conflicts::open_count_and_last_backup(&core.store())?;
+    let (conflicts, last_backup) = core
+        .db()
+        .read(crate::store::conflicts::open_count_and_last_backup)?;
     Ok(crate::metrics::Gauges {
         remote_up: core.health.is_online(),
         cache_files: usage.files,

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use super::{lock, Core, FsError, FsResult, KernelCache};
 use crate::cache::{self, sha256_prefix};
 use crate::clock::Clock;
+use rusqlite::Connection;
+
 use crate::store::{self, nodes, Kind};
 use nodes::{has_unsent_changes, pinned_set};
 
@@ -56,6 +58,21 @@ pub struct Candidate {
     pub last_access: i64,
 }
 
+/// Whether `ino` is pinned, or lies below a pinned directory.
+fn pinned_at(conn: &Connection, ino: u64) -> rusqlite::Result<bool> {
+    let mut cur = ino;
+    while let Some(n) = store::get_node(conn, cur)? {
+        if n.pinned {
+            return Ok(true);
+        }
+        if n.parent == 0 || n.ino == store::ROOT_INO {
+            break;
+        }
+        cur = n.parent;
+    }
+    Ok(false)
+}
+
 impl Core {
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.rt
@@ -95,24 +112,13 @@ impl Core {
 
     /// Whether `ino` or a directory above it is pinned.
     pub fn is_pinned(&self, ino: u64) -> FsResult<bool> {
-        let conn = lock(&self.store);
-        let mut cur = ino;
-        while let Some(n) = store::get_node(&conn, cur)? {
-            if n.pinned {
-                return Ok(true);
-            }
-            if n.parent == 0 || n.ino == store::ROOT_INO {
-                break;
-            }
-            cur = n.parent;
-        }
-        Ok(false)
+        Ok(pinned_at(&self.store.lock(), ino)?)
     }
 
     /// Pins or unpins `ino` (a directory pins everything below it). Pins persist; the
     /// content of newly pinned files is fetched by `fetch_pinned`.
     pub fn set_pinned(&self, ino: u64, pinned: bool) -> FsResult<()> {
-        let n = nodes::set_pinned(&lock(&self.store), ino, pinned)?;
+        let n = nodes::set_pinned(&self.store.lock(), ino, pinned)?;
         if n == 0 {
             return Err(FsError::NotFound);
         }
@@ -126,7 +132,7 @@ impl Core {
     /// Fetches whatever pinned files (and files below pinned directories) miss. Returns
     /// how many files were completed; stops quietly while the remote is unreachable.
     pub fn fetch_pinned(&self) -> FsResult<usize> {
-        let roots = nodes::pinned_roots(&lock(&self.store))?;
+        let roots = nodes::pinned_roots(&self.store.lock())?;
         let mut done = 0;
         let mut stack = roots;
         while let Some((ino, kind)) = stack.pop() {
@@ -138,7 +144,7 @@ impl Core {
                     tracing::warn!("pinned directory (inode {ino}) could not be listed: {e}");
                     continue;
                 }
-                for c in store::children(&lock(&self.store), ino)? {
+                for c in store::children(&self.store.lock(), ino)? {
                     stack.push((c.ino, c.kind));
                 }
                 continue;
@@ -168,7 +174,7 @@ impl Core {
     /// file still lists and is fetched again when read.
     pub fn evict(&self, ino: u64) -> FsResult<Evicted> {
         let pinned = self.is_pinned(ino)?;
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         let node = store::get_node(&conn, ino)?.ok_or(FsError::NotFound)?;
         if node.kind != Kind::File {
             return Err(FsError::IsDir);
@@ -195,7 +201,7 @@ impl Core {
 
     /// Clean, unpinned, closed cached files, least recently used first.
     pub fn eviction_candidates(&self) -> FsResult<Vec<Candidate>> {
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         let pinned = pinned_set(&conn)?;
         let rows: Vec<Candidate> = nodes::clean_cached_by_age(&conn)?
             .into_iter()
@@ -213,11 +219,13 @@ impl Core {
     }
 
     /// Cached files and bytes, by state.
+    /// Read on the store's read-only connection: never waits for the writer.
     pub fn cache_usage(&self) -> FsResult<CacheUsage> {
-        let conn = lock(&self.store);
-        let pinned = pinned_set(&conn)?;
+        let (pinned, files) = self
+            .store
+            .read(|c| Ok::<_, rusqlite::Error>((pinned_set(c)?, nodes::cached_files(c)?)))?;
         let mut u = CacheUsage::default();
-        for (ino, bytes, dirty) in nodes::cached_files(&conn)? {
+        for (ino, bytes, dirty) in files {
             u.files += 1;
             u.bytes += bytes;
             if dirty {
@@ -328,7 +336,7 @@ impl Core {
                         "{name}: the downloaded content does not match the server's checksum \
                          ({spec}); dropping it, it is fetched again at the next read"
                     );
-                    let conn = lock(&self.store);
+                    let conn = self.store.lock();
                     if has_unsent_changes(&conn, ino)? {
                         return Ok(false);
                     }
@@ -347,7 +355,7 @@ impl Core {
                 }
             }
             let recorded = store::versions::record_content_hash(
-                &lock(&self.store),
+                &self.store.lock(),
                 ino,
                 &sha,
                 node.etag.as_deref(),
@@ -395,7 +403,7 @@ impl Core {
                         tracing::warn!(
                             "{path}: cached content is damaged (hash mismatch); dropping it"
                         );
-                        let conn = lock(&me.store);
+                        let conn = me.store.lock();
                         if !me.is_open(ino) && !has_unsent_changes(&conn, ino).unwrap_or(true) {
                             let _ = store::drop_content(&conn, ino);
                             me.content.remove(ino);
@@ -425,7 +433,7 @@ impl Core {
                 "damaged (hash mismatch)"
             }
         );
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         if self.is_open(ino) || has_unsent_changes(&conn, ino)? {
             return Ok(());
         }
@@ -468,7 +476,7 @@ impl Core {
                 return None;
             }
         }
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         if has_unsent_changes(&conn, ino).ok()? {
             return None;
         }
@@ -491,18 +499,22 @@ impl Core {
     /// A file's cache state in one word: `dirty` (changes not yet uploaded), `conflict`
     /// (a conflict copy, or a file with one, not yet resolved), `pinned`, `cached`,
     /// `partial`, `remote-only`; directories are `dir` or `pinned`.
+    /// Read on the store's read-only connection: never waits for the writer.
     pub fn file_state(&self, ino: u64) -> FsResult<&'static str> {
-        let pinned = self.is_pinned(ino)?;
-        let conn = lock(&self.store);
-        let node = store::get_node(&conn, ino)?.ok_or(FsError::NotFound)?;
+        self.store.read(|conn| self.file_state_in(conn, ino))
+    }
+
+    fn file_state_in(&self, conn: &Connection, ino: u64) -> FsResult<&'static str> {
+        let pinned = pinned_at(conn, ino)?;
+        let node = store::get_node(conn, ino)?.ok_or(FsError::NotFound)?;
         if node.kind == Kind::Dir {
             return Ok(if pinned { "pinned" } else { "dir" });
         }
-        if has_unsent_changes(&conn, ino)? || self.is_write_dirty(ino) {
+        if has_unsent_changes(conn, ino)? || self.is_write_dirty(ino) {
             return Ok("dirty");
         }
-        let path = store::path_of(&conn, ino)?.unwrap_or_default();
-        if store::conflicts::in_open_conflict(&conn, &path)? {
+        let path = store::path_of(conn, ino)?.unwrap_or_default();
+        if store::conflicts::in_open_conflict(conn, &path)? {
             return Ok("conflict");
         }
         if pinned {
@@ -523,7 +535,7 @@ impl Core {
     /// was saved.
     pub fn drop_journal_entry(&self, id: i64) -> FsResult<Option<std::path::PathBuf>> {
         let entry = {
-            let conn = lock(&self.store);
+            let conn = self.store.lock();
             let entry = crate::journal::get(&conn, id)?.ok_or(FsError::NotFound)?;
             if crate::journal::is_running(&conn, id)? {
                 return Err(FsError::Invalid(
@@ -591,7 +603,7 @@ impl Core {
             }
             None => None,
         };
-        let mut conn = lock(&self.store);
+        let mut conn = self.store.lock();
         if crate::journal::get(&conn, id)?.is_none()
             || crate::journal::is_running(&conn, id)?
             || self.is_open(ino)

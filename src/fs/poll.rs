@@ -305,7 +305,7 @@ impl Core {
                 .collect()
         };
         recent.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         let mut used = Vec::new();
         let mut taken = HashSet::new();
         let mut take = |ino: u64, used: &mut Vec<u64>| {

@@ -13,11 +13,14 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 pub mod backups;
 pub mod conflicts;
+mod handle;
 pub mod journal;
 pub mod migrations;
 pub mod nodes;
 pub mod schema;
 pub mod versions;
+
+pub use handle::Store;
 
 pub const ROOT_INO: u64 = 1;
 
