@@ -96,3 +96,94 @@ fn the_reader_sees_commits_and_cannot_write() {
     let refused = core.db().read(journal::reset_running);
     assert!(refused.is_err(), "the reader is read-only");
 }
+
+/// Where SQL is found in one source file: (line number, line) of every statement text
+/// (a string starting with an SQL verb) and every call of rusqlite's statement API.
+fn sql_in(text: &str) -> Vec<(usize, String)> {
+    const VERBS: [&str; 10] = [
+        "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "CREATE", "PRAGMA", "REPLACE", "ALTER",
+        "DROP",
+    ];
+    const CALLS: [&str; 6] = [
+        ".prepare(",
+        ".prepare_cached(",
+        ".query_row(",
+        ".query_map(",
+        ".execute_batch(",
+        "params![",
+    ];
+    let mut found = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let statement = line.split('"').skip(1).step_by(2).any(|lit| {
+            let lit = lit.trim_start();
+            VERBS.iter().any(|v| {
+                lit.strip_prefix(v)
+                    .is_some_and(|rest| rest.starts_with([' ', '\\']))
+            })
+        });
+        // `.execute(` is reqwest's too: it counts when SQL text or parameters go in.
+        let call = CALLS.iter().any(|c| line.contains(c));
+        if statement || call {
+            found.push((i + 1, line.trim().to_string()));
+        }
+    }
+    found
+}
+
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// Every SQL statement of davdrive is written in `src/store/`, behind a named
+/// operation: nobody else reads or writes the tables by hand.
+#[test]
+fn sql_lives_in_the_store() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let store = src.join("store");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    assert!(files.len() > 20, "the walk found the sources: {files:?}");
+    let mut outside = Vec::new();
+    let mut inside = 0;
+    for f in &files {
+        let found = sql_in(&std::fs::read_to_string(f).unwrap());
+        if f.starts_with(&store) {
+            inside += found.len();
+            continue;
+        }
+        for (n, line) in found {
+            outside.push(format!("{}:{n}: {line}", f.display()));
+        }
+    }
+    // The scan sees SQL where it is.
+    assert!(inside > 100, "only {inside} statements found in src/store/");
+    assert!(
+        outside.is_empty(),
+        "SQL outside src/store/ (give it a named operation there):\n{}",
+        outside.join("\n")
+    );
+}
+
+#[test]
+fn the_sql_scan_sees_statements_and_ignores_other_strings() {
+    let found = sql_in(concat!(
+        "let n = c.execute(\"DELETE FROM journal WHERE id = ?1\", [id])?;\n",
+        "let v: i64 = conn.query_row(q, [], |r| r.get(0))?;\n",
+        "let st = format!(\"  SELECT {COLUMNS} FROM nodes\");\n",
+        "tx.execute(\n",
+        "    \"UPDATE nodes SET x = 1 \\\n",
+        "let first = client.execute(req).await;\n",
+        ".retrying(\"DELETE\", path, || async {\n",
+        "tracing::info!(\"Selected {n} files\");\n",
+    ));
+    let lines: Vec<usize> = found.iter().map(|(n, _)| *n).collect();
+    assert_eq!(lines, [1, 2, 3, 5], "{found:?}");
+}

@@ -489,9 +489,8 @@ mod tests {
 
     fn state_db(dir: &Path) -> PathBuf {
         let p = dir.join("state.db");
-        let c = rusqlite::Connection::open(&p).unwrap();
-        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
-            .unwrap();
+        // A state store as davdrive makes it, with its schema.
+        crate::store::open(&p).unwrap();
         p
     }
 

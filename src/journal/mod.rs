@@ -555,12 +555,12 @@ mod tests {
     }
 
     fn ops_of(c: &Connection, ino: u64) -> Vec<String> {
-        c.prepare("SELECT op FROM journal WHERE ino = ?1 ORDER BY id")
+        list(c, false)
             .unwrap()
-            .query_map([ino as i64], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+            .into_iter()
+            .filter(|e| e.ino == ino)
+            .map(|e| e.op.as_str().to_string())
+            .collect()
     }
 
     #[test]
@@ -578,8 +578,11 @@ mod tests {
         assert!(!record_meta(&c, &f, "/n2").unwrap());
         assert_eq!(ops_of(&c, 2), ["meta", "put"]);
         // A running upload may have sent them already: a new entry follows it.
-        c.execute("UPDATE journal SET running = 1 WHERE op = 'put'", [])
-            .unwrap();
+        for e in list(&c, false).unwrap() {
+            if e.op == Op::Put {
+                set_running(&c, e.id, true).unwrap();
+            }
+        }
         assert!(record_meta(&c, &f, "/n2").unwrap());
         assert_eq!(ops_of(&c, 2), ["meta", "put", "meta"]);
         // A removal drops the waiting ones: properties of a deleted resource are moot.
@@ -593,13 +596,12 @@ mod tests {
         record_put(&c, 3, "/n3").unwrap();
         assert!(!record_meta(&c, &g, "/n3").unwrap());
         record_rename(&c, &g, "/n3", "/m3").unwrap();
-        let rows: Vec<(String, String)> = c
-            .prepare("SELECT op, path FROM journal WHERE ino = 3")
+        let rows: Vec<(String, String)> = list(&c, false)
             .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+            .into_iter()
+            .filter(|e| e.ino == 3)
+            .map(|e| (e.op.as_str().to_string(), e.path))
+            .collect();
         assert_eq!(rows, [("put".to_string(), "/m3".to_string())]);
 
         // A folder waiting for its creation: the creation sends them.
