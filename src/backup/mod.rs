@@ -138,11 +138,11 @@ impl Backups {
             current: Mutex::new(None),
             stopping: AtomicBool::new(false),
         });
-        let waiting: Vec<(i64, String)> = {
-            let conn = me.core.store();
-            backups::fail_cut_off(&conn, me.now_s())?;
-            backups::uploading(&conn)?
-        };
+        let now = me.now_s();
+        let waiting: Vec<(i64, String)> = me.core.db().write(|tx| {
+            backups::fail_cut_off(tx, now)?;
+            backups::uploading(tx)
+        })?;
         // One at a time: the newest last, so `current` ends on it.
         for (id, name) in waiting {
             let progress = me.register(id, &name, "uploading");
@@ -213,14 +213,16 @@ impl Backups {
         // Names are to the second: never two runs under one name.
         loop {
             let name = self.archive_name(started);
-            let taken = backups::name_taken(&self.core.store(), &name)?;
+            let taken = self.core.db().read(|c| backups::name_taken(c, &name))?;
             if !taken {
                 break;
             }
             started += 1;
         }
         let name = self.archive_name(started);
-        let id = backups::insert_running(&self.core.store(), &name, &self.cfg.dir, self.now_s())?;
+        let now = self.now_s();
+        let id =
+            (self.core.db()).write(|tx| backups::insert_running(tx, &name, &self.cfg.dir, now))?;
         let progress = self.register(id, &name, "making the archive");
         let this = self.clone();
         std::thread::Builder::new()
@@ -247,13 +249,9 @@ impl Backups {
         } else {
             tracing::info!("backup {}: {state}", p.name);
         }
-        let r = backups::record_end(
-            &self.core.store(),
-            p.id,
-            state,
-            self.now_s(),
-            error.as_deref(),
-        );
+        let now = self.now_s();
+        let r = (self.core.db())
+            .write(|tx| backups::record_end(tx, p.id, state, now, error.as_deref()));
         if let Err(e) = r {
             tracing::error!("backup {}: cannot record the result: {e}", p.name);
         }
@@ -286,13 +284,9 @@ impl Backups {
             }
         };
         let problems = (!built.problems.is_empty()).then(|| built.problems.join("; "));
-        let r = backups::set_uploading(
-            &self.core.store(),
-            p.id,
-            built.size,
-            &built.sha256,
-            problems.as_deref(),
-        );
+        let r = self.core.db().write(|tx| {
+            backups::set_uploading(tx, p.id, built.size, &built.sha256, problems.as_deref())
+        });
         if let Err(e) = r {
             return self.end(p, "failed", Some(e.to_string()));
         }
@@ -312,7 +306,7 @@ impl Backups {
     /// landed, then records the result and applies the retention.
     fn finish_upload(&self, p: &Progress) {
         let (queued, sha256, problems): (bool, Option<String>, Option<String>) =
-            match backups::upload_state(&self.core.store(), p.id) {
+            match self.core.db().read(|c| backups::upload_state(c, p.id)) {
                 Ok(v) => v,
                 Err(e) => return self.end(p, "failed", Some(e.to_string())),
             };
@@ -419,7 +413,7 @@ impl Backups {
         let line = format!("{sha256}  {}\n", p.name);
         self.core
             .import_file(sum_path, &mut line.as_bytes(), None, owner, &mut |_| {})?;
-        backups::set_queued(&self.core.store(), p.id)?;
+        self.core.db().write(|tx| backups::set_queued(tx, p.id))?;
         Ok(())
     }
 
@@ -431,7 +425,9 @@ impl Backups {
                 Err(FsError::Offline { .. }) | Err(FsError::Remote { .. }) => return Ok(false),
                 Err(e) => return Err(format!("{path}: {e}")),
             };
-            let failed = store::journal::failure_of(&self.core.store(), ino).ok();
+            let failed = (self.core.db())
+                .read(|c| store::journal::failure_of(c, ino))
+                .ok();
             if let Some(e) = failed {
                 return Err(format!("the upload of {path} failed: {e}"));
             }
@@ -465,7 +461,7 @@ impl Backups {
     /// successful one. Returns the names deleted.
     pub fn prune(&self) -> Result<Vec<String>> {
         let archives = self.remote_archives()?;
-        let successes = backups::successes_newest_first(&self.core.store())?;
+        let successes = self.core.db().read(backups::successes_newest_first)?;
         // The newest success still on the remote; without one in the log (a rebuilt
         // cache dir), the newest archive stands in for it.
         let keep = successes
@@ -493,7 +489,7 @@ impl Backups {
 
     /// The run with id `id`, from the log, with its progress while it runs.
     pub fn job(&self, id: i64) -> Result<Value> {
-        let mut row = backups::get_json(&self.core.store(), id)?;
+        let mut row = self.core.db().read(|c| backups::get_json(c, id))?;
         let cur = self
             .current
             .lock()
@@ -506,12 +502,8 @@ impl Backups {
     }
 
     pub fn status(&self) -> Result<Value> {
-        let (last, last_success) = {
-            let conn = self.core.store();
-            let last = backups::last_json(&conn).ok();
-            let ok = backups::last_success_json(&conn).ok();
-            (last, ok)
-        };
+        let last = self.core.db().read(backups::last_json).ok();
+        let last_success = self.core.db().read(backups::last_success_json).ok();
         let remote = match self.remote_archives() {
             Ok(a) => json!({"count": a.len(), "bytes": a.iter().map(|x| x.1).sum::<u64>()}),
             Err(e) => json!({"error": e.to_string()}),
@@ -539,10 +531,11 @@ impl Backups {
     /// The archives on the remote, marked with what the log knows of each.
     pub fn list(&self) -> Result<Vec<Value>> {
         let archives = self.remote_archives()?;
-        let conn = self.core.store();
         let mut out = Vec::new();
         for (name, size, made) in archives.into_iter().rev() {
-            let logged = backups::latest_named_json(&conn, &name).ok();
+            let logged = (self.core.db())
+                .read(|c| backups::latest_named_json(c, &name))
+                .ok();
             out.push(json!({
                 "name": name,
                 "size": size,
@@ -584,7 +577,9 @@ impl Backups {
                 "{name}: SHA-256 mismatch: {name}.sha256 says {expected}, the archive on the remote has {got}"
             )));
         }
-        let logged = backups::logged_sha256(&self.core.store(), &name).ok();
+        let logged = (self.core.db())
+            .read(|c| backups::logged_sha256(c, &name))
+            .ok();
         if let Some(l) = logged.filter(|l| *l != got) {
             return Err(BackupError::Failed(format!(
                 "{name}: SHA-256 mismatch: the backup log says {l}, the remote has {got}"
@@ -684,7 +679,9 @@ impl Backups {
         loop {
             let now = self.now_s();
             let next = next_run(now, at);
-            if let Err(e) = store::set_meta(&self.core.store(), "backup.next_at", &next.to_string())
+            let next_s = next.to_string();
+            if let Err(e) =
+                (self.core.db()).write(|tx| store::set_meta(tx, "backup.next_at", &next_s))
             {
                 tracing::warn!("backup: cannot record the next run: {e}");
             }
@@ -711,8 +708,9 @@ impl Backups {
     /// A scheduled time passed while the daemon was not running, and the last backup is
     /// more than a day old.
     fn missed_run(&self) -> bool {
-        let conn = self.core.store();
-        let Some(next_at) = store::get_meta(&conn, "backup.next_at")
+        let db = self.core.db();
+        let Some(next_at) = db
+            .read(|c| store::get_meta(c, "backup.next_at"))
             .ok()
             .flatten()
             .and_then(|s| s.parse::<i64>().ok())
@@ -720,7 +718,7 @@ impl Backups {
             return false;
         };
         let now = self.now_s();
-        let last = backups::last_started_at(&conn).ok().flatten();
+        let last = db.read(backups::last_started_at).ok().flatten();
         next_at <= now && last.is_none_or(|l| now - l > DAY_S)
     }
 }

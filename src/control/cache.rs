@@ -56,7 +56,10 @@ pub fn evict(ctx: &Context, args: &Value) -> CmdResult {
 }
 
 fn evict_folder(ctx: &Context, path: &str, ino: u64) -> Result<Value, CmdError> {
-    let files: Vec<u64> = crate::store::subtrees(&ctx.core.store(), &[ino])?
+    let files: Vec<u64> = ctx
+        .core
+        .db()
+        .read(|c| crate::store::subtrees(c, &[ino]))?
         .into_iter()
         .filter(|n| n.is_file)
         .map(|n| n.ino)

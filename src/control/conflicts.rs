@@ -15,7 +15,7 @@ struct Conflict {
 }
 
 pub fn list(ctx: &Context) -> CmdResult {
-    let rows = conflicts::list_json(&ctx.core.store())?;
+    let rows = ctx.core.db().read(conflicts::list_json)?;
     Ok(Value::Array(rows))
 }
 
@@ -34,7 +34,10 @@ pub fn resolve(ctx: &Context, args: &Value) -> CmdResult {
         return Err(CmdError("--keep must be local, remote or both".into()));
     }
     let path = mount_path(ctx, given)?;
-    let c = conflicts::latest_open_at(&ctx.core.store(), &path)
+    let c = ctx
+        .core
+        .db()
+        .write(|c| conflicts::latest_open_at(c, &path))
         .map(|(id, path, conflict_path)| Conflict {
             id,
             path,
@@ -81,6 +84,6 @@ pub fn resolve(ctx: &Context, args: &Value) -> CmdResult {
         }
         _ => {}
     }
-    conflicts::mark_resolved(&core.store(), c.id)?;
+    core.db().write(|tx| conflicts::mark_resolved(tx, c.id))?;
     Ok(json!({"resolved": c.path, "kept": keep, "conflict_copy": c.conflict_path}))
 }

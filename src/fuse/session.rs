@@ -462,7 +462,7 @@ fn run_inner(
             tracing::warn!("cannot list the root of {url} yet: {e}");
         }
         let kind = if http { KIND_HTTP } else { KIND_WEBDAV };
-        if let Err(e) = store::set_meta(&core.store(), REMOTE_KIND, kind) {
+        if let Err(e) = core.db().write(|tx| store::set_meta(tx, REMOTE_KIND, kind)) {
             tracing::warn!("cannot record the kind of remote: {e}");
         }
     }
@@ -635,7 +635,7 @@ fn run_inner(
     backups.stop();
     let _ = shutdown_tx.send(true);
     let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), replayer).await });
-    let waiting = journal::stats(&core.store()).map(|s| s.0).unwrap_or(0);
+    let waiting = core.db().read(journal::stats).map(|s| s.0).unwrap_or(0);
     if waiting > 0 {
         tracing::info!("{waiting} change(s) wait in the journal; they are sent at the next mount");
     }

@@ -82,5 +82,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
             | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // `rarray(?)`, as on the writer (see `subtrees`).
+    rusqlite::vtab::array::load_module(&conn)?;
     Ok(conn)
 }
