@@ -103,8 +103,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use davdrive::clock::Clock;
-use davdrive::fs::{is_internal_name, Core, CoreConfig, Evicted, FsError, UploadSizes};
 use davdrive::daemon::{Daemon, DaemonConfig};
+use davdrive::fs::{is_internal_name, Core, CoreConfig, Evicted, FsError, UploadSizes};
 use davdrive::journal::{self, Op};
 use davdrive::remote::memory::{MemItem, MemRemote, Method, Outcome, Rule, RuleId};
 use davdrive::remote::Remote;

@@ -45,6 +45,16 @@ const WHOLE_TABLE_BY_DESIGN: &[(&str, &str)] = &[
     ("FROM journal ORDER BY id", "replay scheduling pass"),
     // The status counts: once per `ctl status`, and by `sync --wait` between progress.
     ("MIN(created_at) FROM journal", "status counts"),
+    // Cache usage (`ctl status`, `cache`, metrics, a sweep) walks the partial index of
+    // cached files and the one of pins: rows with content or a pin, never all nodes.
+    (
+        "dirty != 0 OR ino IN (SELECT ino FROM journal) FROM nodes",
+        "cache usage, over cached files",
+    ),
+    (
+        "(SELECT ino FROM nodes WHERE pinned != 0 UNION",
+        "pinned set, from the pins",
+    ),
 ];
 
 fn by_design(sql: &str) -> bool {
@@ -140,6 +150,13 @@ fn no_hot_statement_scans_a_large_table() {
     ];
     core.store()
         .trace_v2(TraceEventCodes::SQLITE_TRACE_STMT, Some(record));
+    // The read-only connection too (cache usage, file states, status counts).
+    core.db()
+        .read(|c| {
+            c.trace_v2(TraceEventCodes::SQLITE_TRACE_STMT, Some(record));
+            Ok::<_, rusqlite::Error>(())
+        })
+        .unwrap();
 
     // A walk: every folder listed, every file looked up and its attributes read.
     let fh = core.opendir(ROOT_INO).unwrap();
@@ -232,8 +249,17 @@ fn no_hot_statement_scans_a_large_table() {
     assert!(round.listed > 0, "{round:?}");
     core.set_pinned(dir2.ino, false).unwrap();
     core.evict(f0.ino).unwrap();
+    // What `ctl status` and `ls --state` read, on the read-only connection.
+    core.cache_usage().unwrap();
+    core.file_state(f0.ino).unwrap();
 
     core.store().trace_v2(TraceEventCodes::empty(), None);
+    core.db()
+        .read(|c| {
+            c.trace_v2(TraceEventCodes::empty(), None);
+            Ok::<_, rusqlite::Error>(())
+        })
+        .unwrap();
     let _ = stop.send(true);
     for t in tasks {
         let _ = rt.block_on(t);

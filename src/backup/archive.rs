@@ -94,7 +94,7 @@ pub fn sqlite_snapshot(src: &Path, dst: &Path) -> Result<(), String> {
         let c = Connection::open_with_flags(src, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         c.busy_timeout(Duration::from_secs(10))?;
         // Fails here, not halfway, when the file is not a usable database.
-        c.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(()))?;
+        crate::store::check_readable(&c)?;
         Ok::<_, rusqlite::Error>(c)
     };
     let from = open(OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -489,9 +489,8 @@ mod tests {
 
     fn state_db(dir: &Path) -> PathBuf {
         let p = dir.join("state.db");
-        let c = rusqlite::Connection::open(&p).unwrap();
-        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
-            .unwrap();
+        // A state store as davdrive makes it, with its schema.
+        crate::store::open(&p).unwrap();
         p
     }
 

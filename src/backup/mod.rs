@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::fs::{Core, FsError};
 use crate::jobs::{JobReport, Jobs};
-use crate::store;
+use crate::store::{self, backups};
 
 const DAY_S: i64 = 86400;
 
@@ -127,20 +127,6 @@ pub struct Backups {
     stopping: AtomicBool,
 }
 
-/// A row of the backup log.
-fn row_json(r: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
-    Ok(json!({
-        "id": r.get::<_, i64>("id")?,
-        "name": r.get::<_, String>("name")?,
-        "started_at": r.get::<_, i64>("started_at")?,
-        "ended_at": r.get::<_, Option<i64>>("ended_at")?,
-        "size": r.get::<_, Option<i64>>("size")?,
-        "sha256": r.get::<_, Option<String>>("sha256")?,
-        "state": r.get::<_, String>("state")?,
-        "error": r.get::<_, Option<String>>("error")?,
-    }))
-}
-
 impl Backups {
     /// The backup service of `core`. Runs cut off by a stop are marked failed; archives
     /// waiting to be uploaded are picked up again.
@@ -152,21 +138,11 @@ impl Backups {
             current: Mutex::new(None),
             stopping: AtomicBool::new(false),
         });
-        let waiting: Vec<(i64, String)> = {
-            let conn = me.core.store();
-            conn.execute(
-                "UPDATE backups SET state = 'failed', ended_at = ?1, \
-                 error = 'cut off: davdrive stopped while making the archive' \
-                 WHERE state = 'running'",
-                [me.now_s()],
-            )?;
-            let mut stmt =
-                conn.prepare("SELECT id, name FROM backups WHERE state = 'uploading' ORDER BY id")?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            rows
-        };
+        let now = me.now_s();
+        let waiting: Vec<(i64, String)> = me.core.db().write(|tx| {
+            backups::fail_cut_off(tx, now)?;
+            backups::uploading(tx)
+        })?;
         // One at a time: the newest last, so `current` ends on it.
         for (id, name) in waiting {
             let progress = me.register(id, &name, "uploading");
@@ -237,25 +213,16 @@ impl Backups {
         // Names are to the second: never two runs under one name.
         loop {
             let name = self.archive_name(started);
-            let taken: bool = self.core.store().query_row(
-                "SELECT EXISTS(SELECT 1 FROM backups WHERE name = ?1)",
-                [&name],
-                |r| r.get(0),
-            )?;
+            let taken = self.core.db().read(|c| backups::name_taken(c, &name))?;
             if !taken {
                 break;
             }
             started += 1;
         }
         let name = self.archive_name(started);
-        let id = {
-            let conn = self.core.store();
-            conn.execute(
-                "INSERT INTO backups (name, remote_dir, started_at, state) VALUES (?1, ?2, ?3, 'running')",
-                rusqlite::params![name, self.cfg.dir, self.now_s()],
-            )?;
-            conn.last_insert_rowid()
-        };
+        let now = self.now_s();
+        let id =
+            (self.core.db()).write(|tx| backups::insert_running(tx, &name, &self.cfg.dir, now))?;
         let progress = self.register(id, &name, "making the archive");
         let this = self.clone();
         std::thread::Builder::new()
@@ -282,10 +249,9 @@ impl Backups {
         } else {
             tracing::info!("backup {}: {state}", p.name);
         }
-        let r = self.core.store().execute(
-            "UPDATE backups SET state = ?2, ended_at = ?3, error = COALESCE(?4, error) WHERE id = ?1",
-            rusqlite::params![p.id, state, self.now_s(), error],
-        );
+        let now = self.now_s();
+        let r = (self.core.db())
+            .write(|tx| backups::record_end(tx, p.id, state, now, error.as_deref()));
         if let Err(e) = r {
             tracing::error!("backup {}: cannot record the result: {e}", p.name);
         }
@@ -318,10 +284,9 @@ impl Backups {
             }
         };
         let problems = (!built.problems.is_empty()).then(|| built.problems.join("; "));
-        let r = self.core.store().execute(
-            "UPDATE backups SET state = 'uploading', size = ?2, sha256 = ?3, error = ?4 WHERE id = ?1",
-            rusqlite::params![p.id, built.size as i64, built.sha256, problems],
-        );
+        let r = self.core.db().write(|tx| {
+            backups::set_uploading(tx, p.id, built.size, &built.sha256, problems.as_deref())
+        });
         if let Err(e) = r {
             return self.end(p, "failed", Some(e.to_string()));
         }
@@ -341,11 +306,7 @@ impl Backups {
     /// landed, then records the result and applies the retention.
     fn finish_upload(&self, p: &Progress) {
         let (queued, sha256, problems): (bool, Option<String>, Option<String>) =
-            match self.core.store().query_row(
-                "SELECT queued, sha256, error FROM backups WHERE id = ?1",
-                [p.id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            ) {
+            match self.core.db().read(|c| backups::upload_state(c, p.id)) {
                 Ok(v) => v,
                 Err(e) => return self.end(p, "failed", Some(e.to_string())),
             };
@@ -452,9 +413,7 @@ impl Backups {
         let line = format!("{sha256}  {}\n", p.name);
         self.core
             .import_file(sum_path, &mut line.as_bytes(), None, owner, &mut |_| {})?;
-        self.core
-            .store()
-            .execute("UPDATE backups SET queued = 1 WHERE id = ?1", [p.id])?;
+        self.core.db().write(|tx| backups::set_queued(tx, p.id))?;
         Ok(())
     }
 
@@ -466,14 +425,8 @@ impl Backups {
                 Err(FsError::Offline { .. }) | Err(FsError::Remote { .. }) => return Ok(false),
                 Err(e) => return Err(format!("{path}: {e}")),
             };
-            let failed: Option<String> = self
-                .core
-                .store()
-                .query_row(
-                    "SELECT COALESCE(last_error, 'failed') FROM journal WHERE ino = ?1 AND failed = 1",
-                    [ino as i64],
-                    |r| r.get(0),
-                )
+            let failed = (self.core.db())
+                .read(|c| store::journal::failure_of(c, ino))
                 .ok();
             if let Some(e) = failed {
                 return Err(format!("the upload of {path} failed: {e}"));
@@ -508,16 +461,7 @@ impl Backups {
     /// successful one. Returns the names deleted.
     pub fn prune(&self) -> Result<Vec<String>> {
         let archives = self.remote_archives()?;
-        let successes: Vec<String> = {
-            let conn = self.core.store();
-            let mut stmt = conn.prepare(
-                "SELECT name FROM backups WHERE state = 'success' ORDER BY started_at DESC, id DESC",
-            )?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            rows
-        };
+        let successes = self.core.db().read(backups::successes_newest_first)?;
         // The newest success still on the remote; without one in the log (a rebuilt
         // cache dir), the newest archive stands in for it.
         let keep = successes
@@ -545,10 +489,7 @@ impl Backups {
 
     /// The run with id `id`, from the log, with its progress while it runs.
     pub fn job(&self, id: i64) -> Result<Value> {
-        let mut row =
-            self.core
-                .store()
-                .query_row("SELECT * FROM backups WHERE id = ?1", [id], row_json)?;
+        let mut row = self.core.db().read(|c| backups::get_json(c, id))?;
         let cur = self
             .current
             .lock()
@@ -561,24 +502,8 @@ impl Backups {
     }
 
     pub fn status(&self) -> Result<Value> {
-        let (last, last_success) = {
-            let conn = self.core.store();
-            let last = conn
-                .query_row(
-                    "SELECT * FROM backups ORDER BY id DESC LIMIT 1",
-                    [],
-                    row_json,
-                )
-                .ok();
-            let ok = conn
-                .query_row(
-                    "SELECT * FROM backups WHERE state = 'success' ORDER BY id DESC LIMIT 1",
-                    [],
-                    row_json,
-                )
-                .ok();
-            (last, ok)
-        };
+        let last = self.core.db().read(backups::last_json).ok();
+        let last_success = self.core.db().read(backups::last_success_json).ok();
         let remote = match self.remote_archives() {
             Ok(a) => json!({"count": a.len(), "bytes": a.iter().map(|x| x.1).sum::<u64>()}),
             Err(e) => json!({"error": e.to_string()}),
@@ -606,15 +531,10 @@ impl Backups {
     /// The archives on the remote, marked with what the log knows of each.
     pub fn list(&self) -> Result<Vec<Value>> {
         let archives = self.remote_archives()?;
-        let conn = self.core.store();
         let mut out = Vec::new();
         for (name, size, made) in archives.into_iter().rev() {
-            let logged = conn
-                .query_row(
-                    "SELECT * FROM backups WHERE name = ?1 ORDER BY id DESC LIMIT 1",
-                    [&name],
-                    row_json,
-                )
+            let logged = (self.core.db())
+                .read(|c| backups::latest_named_json(c, &name))
                 .ok();
             out.push(json!({
                 "name": name,
@@ -657,14 +577,8 @@ impl Backups {
                 "{name}: SHA-256 mismatch: {name}.sha256 says {expected}, the archive on the remote has {got}"
             )));
         }
-        let logged: Option<String> = self
-            .core
-            .store()
-            .query_row(
-                "SELECT sha256 FROM backups WHERE name = ?1 AND sha256 IS NOT NULL",
-                [&name],
-                |r| r.get(0),
-            )
+        let logged = (self.core.db())
+            .read(|c| backups::logged_sha256(c, &name))
             .ok();
         if let Some(l) = logged.filter(|l| *l != got) {
             return Err(BackupError::Failed(format!(
@@ -765,7 +679,9 @@ impl Backups {
         loop {
             let now = self.now_s();
             let next = next_run(now, at);
-            if let Err(e) = store::set_meta(&self.core.store(), "backup.next_at", &next.to_string())
+            let next_s = next.to_string();
+            if let Err(e) =
+                (self.core.db()).write(|tx| store::set_meta(tx, "backup.next_at", &next_s))
             {
                 tracing::warn!("backup: cannot record the next run: {e}");
             }
@@ -792,8 +708,9 @@ impl Backups {
     /// A scheduled time passed while the daemon was not running, and the last backup is
     /// more than a day old.
     fn missed_run(&self) -> bool {
-        let conn = self.core.store();
-        let Some(next_at) = store::get_meta(&conn, "backup.next_at")
+        let db = self.core.db();
+        let Some(next_at) = db
+            .read(|c| store::get_meta(c, "backup.next_at"))
             .ok()
             .flatten()
             .and_then(|s| s.parse::<i64>().ok())
@@ -801,10 +718,7 @@ impl Backups {
             return false;
         };
         let now = self.now_s();
-        let last: Option<i64> = conn
-            .query_row("SELECT MAX(started_at) FROM backups", [], |r| r.get(0))
-            .ok()
-            .flatten();
+        let last = db.read(backups::last_started_at).ok().flatten();
         next_at <= now && last.is_none_or(|l| now - l > DAY_S)
     }
 }

@@ -56,7 +56,10 @@ pub fn evict(ctx: &Context, args: &Value) -> CmdResult {
 }
 
 fn evict_folder(ctx: &Context, path: &str, ino: u64) -> Result<Value, CmdError> {
-    let files: Vec<u64> = crate::store::subtrees(&ctx.core.store(), &[ino])?
+    let files: Vec<u64> = ctx
+        .core
+        .db()
+        .read(|c| crate::store::subtrees(c, &[ino]))?
         .into_iter()
         .filter(|n| n.is_file)
         .map(|n| n.ino)
@@ -82,36 +85,22 @@ fn evict_folder(ctx: &Context, path: &str, ino: u64) -> Result<Value, CmdError> 
 pub fn summary(ctx: &Context) -> CmdResult {
     let core = &ctx.core;
     let usage = core.cache_usage()?;
-    let rows = |order: &str| -> Result<Vec<Value>, CmdError> {
-        let conn = core.store();
-        let mut st = conn.prepare(&format!(
-            "SELECT ino, cached_bytes, last_access FROM nodes WHERE cached_bytes > 0 AND kind = 0 \
-             ORDER BY {order} LIMIT 10"
-        ))?;
-        let found: Vec<(u64, u64, i64)> = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get(2)?,
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(found
-            .into_iter()
-            .map(|(ino, bytes, at)| {
-                let path = store::path_of(&conn, ino)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                json!({"path": path, "bytes": bytes, "last_access": at})
-            })
-            .collect())
+    type Ranked = fn(&rusqlite::Connection) -> rusqlite::Result<Vec<(u64, u64, i64)>>;
+    let rows = |ranked: Ranked| -> Result<Vec<Value>, CmdError> {
+        core.db().read(|conn| {
+            Ok(ranked(conn)?
+                .into_iter()
+                .map(|(ino, bytes, at)| {
+                    let path = store::path_of(conn, ino).ok().flatten().unwrap_or_default();
+                    json!({"path": path, "bytes": bytes, "last_access": at})
+                })
+                .collect())
+        })
     };
     Ok(json!({
         "usage": usage,
-        "largest": rows("cached_bytes DESC")?,
-        "oldest": rows("last_access ASC")?,
+        "largest": rows(store::nodes::largest_cached)?,
+        "oldest": rows(store::nodes::oldest_cached)?,
     }))
 }
 
@@ -119,11 +108,14 @@ pub fn ls(ctx: &Context, args: &Value) -> CmdResult {
     let given = args.get("path").and_then(Value::as_str).unwrap_or("");
     let (path, ino) = resolve(ctx, given)?;
     let core = &ctx.core;
-    let node =
-        store::get_node(&core.store(), ino)?.ok_or_else(|| CmdError(format!("{path}: gone")))?;
+    let node = core
+        .db()
+        .read(|c| store::get_node(c, ino))?
+        .ok_or_else(|| CmdError(format!("{path}: gone")))?;
     let targets: Vec<(String, u64)> = if node.kind == Kind::Dir {
         core.ensure_listing(ino)?;
-        store::children(&core.store(), ino)?
+        core.db()
+            .read(|c| store::children(c, ino))?
             .into_iter()
             .map(|c| (c.name, c.ino))
             .collect()
@@ -132,7 +124,7 @@ pub fn ls(ctx: &Context, args: &Value) -> CmdResult {
     };
     let mut out = Vec::new();
     for (name, ino) in targets {
-        let n = match store::get_node(&core.store(), ino)? {
+        let n = match core.db().read(|c| store::get_node(c, ino))? {
             Some(n) => n,
             None => continue,
         };

@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use super::{mount_path, CmdError, CmdResult, Context};
-use crate::store::ROOT_INO;
+use crate::store::{conflicts, ROOT_INO};
 
 struct Conflict {
     id: i64,
@@ -15,24 +15,7 @@ struct Conflict {
 }
 
 pub fn list(ctx: &Context) -> CmdResult {
-    let conn = ctx.core.store();
-    let mut st = conn.prepare(
-        "SELECT id, path, conflict_path, local_etag, remote_etag, created_at, resolved \
-         FROM conflicts ORDER BY id",
-    )?;
-    let rows = st
-        .query_map([], |r| {
-            Ok(json!({
-                "id": r.get::<_, i64>(0)?,
-                "path": r.get::<_, String>(1)?,
-                "conflict_path": r.get::<_, String>(2)?,
-                "local_etag": r.get::<_, Option<String>>(3)?,
-                "remote_etag": r.get::<_, Option<String>>(4)?,
-                "time": r.get::<_, i64>(5)? / 1000,
-                "resolved": r.get::<_, bool>(6)?,
-            }))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = ctx.core.db().read(conflicts::list_json)?;
     Ok(Value::Array(rows))
 }
 
@@ -53,19 +36,13 @@ pub fn resolve(ctx: &Context, args: &Value) -> CmdResult {
     let path = mount_path(ctx, given)?;
     let c = ctx
         .core
-        .store()
-        .query_row(
-            "SELECT id, path, conflict_path FROM conflicts WHERE resolved = 0 \
-             AND (path = ?1 OR conflict_path = ?1) ORDER BY id DESC LIMIT 1",
-            [&path],
-            |r| {
-                Ok(Conflict {
-                    id: r.get(0)?,
-                    path: r.get(1)?,
-                    conflict_path: r.get(2)?,
-                })
-            },
-        )
+        .db()
+        .write(|c| conflicts::latest_open_at(c, &path))
+        .map(|(id, path, conflict_path)| Conflict {
+            id,
+            path,
+            conflict_path,
+        })
         .map_err(|_| CmdError(format!("{given}: no unresolved conflict")))?;
     let core = &ctx.core;
     let has_copy = c.conflict_path != c.path && core.resolve_path(&c.conflict_path).is_ok();
@@ -107,7 +84,6 @@ pub fn resolve(ctx: &Context, args: &Value) -> CmdResult {
         }
         _ => {}
     }
-    core.store()
-        .execute("UPDATE conflicts SET resolved = 1 WHERE id = ?1", [c.id])?;
+    core.db().write(|tx| conflicts::mark_resolved(tx, c.id))?;
     Ok(json!({"resolved": c.path, "kept": keep, "conflict_copy": c.conflict_path}))
 }

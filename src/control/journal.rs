@@ -22,7 +22,7 @@ pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
     if kick {
         let remote = core.remote().clone();
         online = core.runtime().block_on(core.health.check(remote.as_ref()));
-        journal::retry_waiting_now(&core.store())?;
+        core.db().write(|tx| journal::retry_waiting_now(tx))?;
         core.journal_changed.notify_one();
     }
     let wait = args.get("wait").and_then(Value::as_bool).unwrap_or(false);
@@ -51,12 +51,14 @@ pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
     let deadline = Instant::now() + timeout;
     let mut progress = core.journal_progress();
     loop {
-        let (waiting, failed, _) = journal::stats(&core.store())?;
+        // On the writer, as `stuck` below: a read that does not wait for a commit in
+        // progress could count an entry that `stuck` then finds gone.
+        let (waiting, failed, _) = core.db().write(|c| journal::stats(c))?;
         if waiting == 0 && failed == 0 {
             return Ok(json!({"drained": true, "failed": 0}));
         }
         if core.health.is_online() && stuck(core)? {
-            let entries = journal::list(&core.store(), true)?;
+            let entries = core.db().read(|c| journal::list(c, true))?;
             let lines: Vec<String> = entries
                 .iter()
                 .map(|e| {
@@ -108,7 +110,7 @@ pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
 /// How much waits: entries, bytes of the uploads among them, entries set aside, and the
 /// bytes uploaded since the process started (which move during a large upload).
 fn snapshot(ctx: &Context) -> CmdResult {
-    let (waiting, failed, _) = journal::stats(&ctx.core.store())?;
+    let (waiting, failed, _) = ctx.core.db().read(journal::stats)?;
     let (bytes, running) = super::status::journal_load(ctx)?;
     Ok(json!({
         "waiting": waiting,
@@ -122,16 +124,20 @@ fn snapshot(ctx: &Context) -> CmdResult {
 /// Nothing is running, nothing may start, and nothing waits out a backoff: every
 /// change left is set aside or held back by one that is.
 fn stuck(core: &crate::fs::Core) -> Result<bool, CmdError> {
-    let conn = core.store();
+    // On the writer: what the replayer decides is what counts here.
     let now = core.clock().now_ms();
-    Ok(!journal::anything_running(&conn)?
-        && journal::ready(&conn, &Default::default(), 1, now)?.is_empty()
-        && journal::next_retry_at(&conn, now)?.is_none())
+    Ok(core.db().write(|c| {
+        Ok::<_, rusqlite::Error>(
+            !journal::anything_running(c)?
+                && journal::ready(c, &Default::default(), 1, now)?.is_empty()
+                && journal::next_retry_at(c, now)?.is_none(),
+        )
+    })?)
 }
 
 pub fn list(ctx: &Context, args: &Value) -> CmdResult {
     let failed_only = args.get("failed").and_then(Value::as_bool).unwrap_or(false);
-    let entries = journal::list(&ctx.core.store(), failed_only)?;
+    let entries = ctx.core.db().read(|c| journal::list(c, failed_only))?;
     let now = now_ms();
     Ok(Value::Array(
         entries
@@ -158,7 +164,7 @@ pub fn retry(ctx: &Context, args: &Value) -> CmdResult {
     if id.is_none() && !all {
         return Err(CmdError("give an entry id, or all".into()));
     }
-    let n = journal::retry(&ctx.core.store(), id)?;
+    let n = ctx.core.db().write(|tx| journal::retry(tx, id))?;
     if let (0, Some(id)) = (n, id) {
         return Err(CmdError(format!("no journal entry {id}")));
     }

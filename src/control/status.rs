@@ -7,28 +7,18 @@ use crate::cache;
 use crate::journal;
 
 fn conflicts_open(ctx: &Context) -> rusqlite::Result<u64> {
-    ctx.core.store().query_row(
-        "SELECT COUNT(*) FROM conflicts WHERE resolved = 0",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n as u64),
-    )
+    ctx.core.db().read(crate::store::conflicts::open_count)
 }
 
 /// Bytes of content the waiting uploads carry, and entries running now.
 pub(super) fn journal_load(ctx: &Context) -> rusqlite::Result<(u64, u64)> {
-    ctx.core.store().query_row(
-        "SELECT COALESCE(SUM(CASE WHEN j.op = 'put' THEN n.size END), 0), \
-         COALESCE(SUM(j.running), 0) \
-         FROM journal j LEFT JOIN nodes n ON n.ino = j.ino WHERE j.failed = 0",
-        [],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-    )
+    ctx.core.db().read(crate::store::journal::load)
 }
 
 pub fn status(ctx: &Context) -> CmdResult {
     let core = &ctx.core;
     let h = core.health.state();
-    let (waiting, failed, oldest) = journal::stats(&core.store())?;
+    let (waiting, failed, oldest) = core.db().read(journal::stats)?;
     let (bytes, running) = journal_load(ctx)?;
     let usage = core.cache_usage()?;
     let limits = &core.cfg.cache;
@@ -119,15 +109,12 @@ pub fn metrics(ctx: &Context) -> CmdResult {
 
 /// The metrics' gauges, read now (for `ctl metrics` and the HTTP endpoint).
 pub fn gauges(core: &crate::fs::Core) -> Result<crate::metrics::Gauges, CmdError> {
-    let (waiting, failed, oldest) = journal::stats(&core.store())?;
+    let (waiting, failed, oldest) = core.db().read(journal::stats)?;
     let usage = core.cache_usage()?;
     let now_ms = crate::store::now_ms();
-    let (conflicts, last_backup): (i64, Option<i64>) = core.store().query_row(
-        "SELECT (SELECT COUNT(*) FROM conflicts WHERE resolved = 0), \
-         (SELECT MAX(ended_at) FROM backups WHERE state = 'success')",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (conflicts, last_backup) = core
+        .db()
+        .read(crate::store::conflicts::open_count_and_last_backup)?;
     Ok(crate::metrics::Gauges {
         remote_up: core.health.is_online(),
         cache_files: usage.files,

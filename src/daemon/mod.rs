@@ -284,7 +284,12 @@ impl Daemon {
                 .rt
                 .block_on(async { tokio::time::timeout(Duration::from_secs(3), replayer).await });
         }
-        let waiting = journal::stats(&self.core.store()).map(|s| s.0).unwrap_or(0);
+        let waiting = self
+            .core
+            .db()
+            .read(journal::stats)
+            .map(|s| s.0)
+            .unwrap_or(0);
         if waiting > 0 {
             tracing::info!(
                 "{waiting} change(s) wait in the journal; they are sent at the next mount"

@@ -4,15 +4,15 @@
 //! evicted. (Below a folder whose rename waits, evicted content is fetched again from
 //! the old path, where the server still has it.)
 
-use std::collections::HashSet;
 use std::sync::Arc;
-
-use rusqlite::Connection;
 
 use super::{lock, Core, FsError, FsResult, KernelCache};
 use crate::cache::{self, sha256_prefix};
 use crate::clock::Clock;
-use crate::store::{self, Kind};
+use rusqlite::Connection;
+
+use crate::store::{self, nodes, Kind};
+use nodes::{has_unsent_changes, pinned_set};
 
 /// Clean cached files up to this size are hashed before their first read in a run;
 /// larger ones in the background, so that no open waits for more than a small file's
@@ -58,24 +58,19 @@ pub struct Candidate {
     pub last_access: i64,
 }
 
-/// Inodes that are pinned, or below a pinned directory.
-fn pinned_set(c: &Connection) -> rusqlite::Result<HashSet<u64>> {
-    c.prepare_cached(
-        "WITH RECURSIVE p(ino) AS (SELECT ino FROM nodes WHERE pinned != 0 \
-         UNION SELECT nodes.ino FROM nodes JOIN p ON nodes.parent = p.ino) SELECT ino FROM p",
-    )?
-    .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?
-    .collect()
-}
-
-/// Files with changes not yet on the remote: dirty, or with any journal entry waiting
-/// (after a waiting rename, the remote has the content under another name).
-fn has_unsent_changes(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
-    c.prepare_cached(
-        "SELECT EXISTS(SELECT 1 FROM nodes WHERE ino = ?1 AND dirty != 0) \
-         OR EXISTS(SELECT 1 FROM journal WHERE ino = ?1)",
-    )?
-    .query_row([ino as i64], |r| r.get(0))
+/// Whether `ino` is pinned, or lies below a pinned directory.
+fn pinned_at(conn: &Connection, ino: u64) -> rusqlite::Result<bool> {
+    let mut cur = ino;
+    while let Some(n) = store::get_node(conn, cur)? {
+        if n.pinned {
+            return Ok(true);
+        }
+        if n.parent == 0 || n.ino == store::ROOT_INO {
+            break;
+        }
+        cur = n.parent;
+    }
+    Ok(false)
 }
 
 impl Core {
@@ -117,26 +112,13 @@ impl Core {
 
     /// Whether `ino` or a directory above it is pinned.
     pub fn is_pinned(&self, ino: u64) -> FsResult<bool> {
-        let conn = lock(&self.store);
-        let mut cur = ino;
-        while let Some(n) = store::get_node(&conn, cur)? {
-            if n.pinned {
-                return Ok(true);
-            }
-            if n.parent == 0 || n.ino == store::ROOT_INO {
-                break;
-            }
-            cur = n.parent;
-        }
-        Ok(false)
+        Ok(pinned_at(&self.store.lock(), ino)?)
     }
 
     /// Pins or unpins `ino` (a directory pins everything below it). Pins persist; the
     /// content of newly pinned files is fetched by `fetch_pinned`.
     pub fn set_pinned(&self, ino: u64, pinned: bool) -> FsResult<()> {
-        let n = lock(&self.store)
-            .prepare_cached("UPDATE nodes SET pinned = ?2 WHERE ino = ?1")?
-            .execute(rusqlite::params![ino as i64, pinned as i64])?;
+        let n = nodes::set_pinned(&self.store.lock(), ino, pinned)?;
         if n == 0 {
             return Err(FsError::NotFound);
         }
@@ -150,14 +132,7 @@ impl Core {
     /// Fetches whatever pinned files (and files below pinned directories) miss. Returns
     /// how many files were completed; stops quietly while the remote is unreachable.
     pub fn fetch_pinned(&self) -> FsResult<usize> {
-        let roots: Vec<(u64, Kind)> = lock(&self.store)
-            .prepare_cached(
-                "SELECT ino, kind FROM nodes WHERE pinned != 0 AND (parent != 0 OR ino = ?1)",
-            )?
-            .query_map([store::ROOT_INO as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, Kind::from_i64(r.get(1)?)))
-            })?
-            .collect::<Result<_, _>>()?;
+        let roots = nodes::pinned_roots(&self.store.lock())?;
         let mut done = 0;
         let mut stack = roots;
         while let Some((ino, kind)) = stack.pop() {
@@ -169,7 +144,7 @@ impl Core {
                     tracing::warn!("pinned directory (inode {ino}) could not be listed: {e}");
                     continue;
                 }
-                for c in store::children(&lock(&self.store), ino)? {
+                for c in store::children(&self.store.lock(), ino)? {
                     stack.push((c.ino, c.kind));
                 }
                 continue;
@@ -199,7 +174,7 @@ impl Core {
     /// file still lists and is fetched again when read.
     pub fn evict(&self, ino: u64) -> FsResult<Evicted> {
         let pinned = self.is_pinned(ino)?;
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         let node = store::get_node(&conn, ino)?.ok_or(FsError::NotFound)?;
         if node.kind != Kind::File {
             return Err(FsError::IsDir);
@@ -226,23 +201,16 @@ impl Core {
 
     /// Clean, unpinned, closed cached files, least recently used first.
     pub fn eviction_candidates(&self) -> FsResult<Vec<Candidate>> {
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         let pinned = pinned_set(&conn)?;
-        let rows: Vec<Candidate> = conn
-            .prepare_cached(
-                "SELECT ino, cached_bytes, last_access FROM nodes \
-                 WHERE cached_bytes > 0 AND kind = 0 AND dirty = 0 \
-                 AND ino NOT IN (SELECT ino FROM journal) \
-                 ORDER BY last_access, ino",
-            )?
-            .query_map([], |r| {
-                Ok(Candidate {
-                    ino: r.get::<_, i64>(0)? as u64,
-                    bytes: r.get::<_, i64>(1)? as u64,
-                    last_access: r.get(2)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        let rows: Vec<Candidate> = nodes::clean_cached_by_age(&conn)?
+            .into_iter()
+            .map(|(ino, bytes, last_access)| Candidate {
+                ino,
+                bytes,
+                last_access,
+            })
+            .collect();
         drop(conn);
         Ok(rows
             .into_iter()
@@ -251,23 +219,13 @@ impl Core {
     }
 
     /// Cached files and bytes, by state.
+    /// Read on the store's read-only connection: never waits for the writer.
     pub fn cache_usage(&self) -> FsResult<CacheUsage> {
-        let conn = lock(&self.store);
-        let pinned = pinned_set(&conn)?;
+        let (pinned, files) = self
+            .store
+            .read(|c| Ok::<_, rusqlite::Error>((pinned_set(c)?, nodes::cached_files(c)?)))?;
         let mut u = CacheUsage::default();
-        let mut st = conn.prepare_cached(
-            "SELECT ino, cached_bytes, dirty != 0 OR ino IN (SELECT ino FROM journal) \
-             FROM nodes WHERE cached_bytes > 0 AND kind = 0",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, bool>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (ino, bytes, dirty) = row?;
+        for (ino, bytes, dirty) in files {
             u.files += 1;
             u.bytes += bytes;
             if dirty {
@@ -378,7 +336,7 @@ impl Core {
                         "{name}: the downloaded content does not match the server's checksum \
                          ({spec}); dropping it, it is fetched again at the next read"
                     );
-                    let conn = lock(&self.store);
+                    let conn = self.store.lock();
                     if has_unsent_changes(&conn, ino)? {
                         return Ok(false);
                     }
@@ -397,7 +355,7 @@ impl Core {
                 }
             }
             let recorded = store::versions::record_content_hash(
-                &lock(&self.store),
+                &self.store.lock(),
                 ino,
                 &sha,
                 node.etag.as_deref(),
@@ -445,7 +403,7 @@ impl Core {
                         tracing::warn!(
                             "{path}: cached content is damaged (hash mismatch); dropping it"
                         );
-                        let conn = lock(&me.store);
+                        let conn = me.store.lock();
                         if !me.is_open(ino) && !has_unsent_changes(&conn, ino).unwrap_or(true) {
                             let _ = store::drop_content(&conn, ino);
                             me.content.remove(ino);
@@ -475,7 +433,7 @@ impl Core {
                 "damaged (hash mismatch)"
             }
         );
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         if self.is_open(ino) || has_unsent_changes(&conn, ino)? {
             return Ok(());
         }
@@ -518,7 +476,7 @@ impl Core {
                 return None;
             }
         }
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         if has_unsent_changes(&conn, ino).ok()? {
             return None;
         }
@@ -541,24 +499,22 @@ impl Core {
     /// A file's cache state in one word: `dirty` (changes not yet uploaded), `conflict`
     /// (a conflict copy, or a file with one, not yet resolved), `pinned`, `cached`,
     /// `partial`, `remote-only`; directories are `dir` or `pinned`.
+    /// Read on the store's read-only connection: never waits for the writer.
     pub fn file_state(&self, ino: u64) -> FsResult<&'static str> {
-        let pinned = self.is_pinned(ino)?;
-        let conn = lock(&self.store);
-        let node = store::get_node(&conn, ino)?.ok_or(FsError::NotFound)?;
+        self.store.read(|conn| self.file_state_in(conn, ino))
+    }
+
+    fn file_state_in(&self, conn: &Connection, ino: u64) -> FsResult<&'static str> {
+        let pinned = pinned_at(conn, ino)?;
+        let node = store::get_node(conn, ino)?.ok_or(FsError::NotFound)?;
         if node.kind == Kind::Dir {
             return Ok(if pinned { "pinned" } else { "dir" });
         }
-        if has_unsent_changes(&conn, ino)? || self.is_write_dirty(ino) {
+        if has_unsent_changes(conn, ino)? || self.is_write_dirty(ino) {
             return Ok("dirty");
         }
-        let path = store::path_of(&conn, ino)?.unwrap_or_default();
-        let in_conflict: bool = conn
-            .prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM conflicts WHERE resolved = 0 \
-                 AND (path = ?1 OR conflict_path = ?1))",
-            )?
-            .query_row([&path], |r| r.get(0))?;
-        if in_conflict {
+        let path = store::path_of(conn, ino)?.unwrap_or_default();
+        if store::conflicts::in_open_conflict(conn, &path)? {
             return Ok("conflict");
         }
         if pinned {
@@ -579,7 +535,7 @@ impl Core {
     /// was saved.
     pub fn drop_journal_entry(&self, id: i64) -> FsResult<Option<std::path::PathBuf>> {
         let entry = {
-            let conn = lock(&self.store);
+            let conn = self.store.lock();
             let entry = crate::journal::get(&conn, id)?.ok_or(FsError::NotFound)?;
             if crate::journal::is_running(&conn, id)? {
                 return Err(FsError::Invalid(
@@ -647,7 +603,7 @@ impl Core {
             }
             None => None,
         };
-        let mut conn = lock(&self.store);
+        let mut conn = self.store.lock();
         if crate::journal::get(&conn, id)?.is_none()
             || crate::journal::is_running(&conn, id)?
             || self.is_open(ino)
@@ -659,9 +615,7 @@ impl Core {
         let node = store::get_node(&conn, ino)?;
         let tx = conn.transaction()?;
         crate::journal::complete(&tx, id)?;
-        let more_puts: bool = tx
-            .prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE ino = ?1 AND op = 'put')")?
-            .query_row([ino as i64], |r| r.get(0))?;
+        let more_puts = store::journal::any_put_of(&tx, ino)?;
         let mut remove_content = false;
         if let Some(n) = &node {
             if let (false, Some(copy)) = (more_puts, &n.base_copy) {
@@ -675,7 +629,7 @@ impl Core {
                 remove_content = true;
             } else if !more_puts {
                 // The remote never had it: without its upload it is gone.
-                tx.execute("DELETE FROM journal WHERE ino = ?1", [ino as i64])?;
+                store::journal::delete_all_of(&tx, ino)?;
                 store::delete_node(&tx, ino)?;
                 remove_content = true;
             }

@@ -506,7 +506,7 @@ impl Core {
             "{path}: the server's file is not the {size} bytes listed ({why}); it changed:              its folder is listed again and this read fails"
         );
         if let Ok(node) = self.node(ino) {
-            let _ = store::mark_listing_due(&lock(&self.store), node.parent);
+            let _ = store::mark_listing_due(&self.store.lock(), node.parent);
         }
         FsError::Remote {
             path: path.to_string(),
@@ -551,7 +551,7 @@ impl Core {
         };
         // The map as it is now, read under the store lock: downloads finishing in another
         // order cannot store an older map over a newer one.
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         let ranges = lock(&of.state).ranges.clone();
         store::set_ranges(&conn, ino, &ranges)?;
         drop(conn);

@@ -124,9 +124,7 @@ impl Core {
     /// Whether everything the journal holds for `ino` has reached the remote.
     pub fn landed(&self, ino: u64) -> FsResult<bool> {
         let conn = self.store();
-        let waiting: bool = conn
-            .prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE ino = ?1)")?
-            .query_row([ino as i64], |r| r.get(0))?;
+        let waiting = store::journal::any_of(&conn, ino)?;
         if waiting || self.is_write_dirty(ino) {
             return Ok(false);
         }
@@ -136,11 +134,7 @@ impl Core {
     /// Marks the cached content of `ino` as the first to go when room is needed (content
     /// the user did not read, such as an import, once it has landed).
     pub fn evict_first(&self, ino: u64) -> FsResult<()> {
-        self.store().execute(
-            "UPDATE nodes SET last_access = 0 WHERE ino = ?1",
-            [ino as i64],
-        )?;
-        Ok(())
+        Ok(store::nodes::evict_first(&self.store(), ino)?)
     }
 }
 
@@ -161,29 +155,9 @@ impl Core {
         let mut out = UploadStates::default();
         let conn = self.store();
         for chunk in inos.chunks(500) {
-            // Integers only: safe to inline.
-            let list = chunk
-                .iter()
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            let mut st = conn.prepare(&format!(
-                "SELECT ino FROM nodes WHERE ino IN ({list}) AND on_remote = 1 AND dirty = 0 \
-                 AND NOT EXISTS (SELECT 1 FROM journal j WHERE j.ino = nodes.ino)"
-            ))?;
-            for ino in st.query_map([], |r| r.get::<_, i64>(0))? {
-                out.landed.insert(ino? as u64);
-            }
+            out.landed.extend(store::nodes::landed_of(&conn, chunk)?);
         }
-        out.refused = conn
-            .prepare_cached(
-                "SELECT ino, COALESCE(dest, path), COALESCE(last_error, 'refused') \
-                 FROM journal WHERE failed != 0",
-            )?
-            .query_map([], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<Result<_, _>>()?;
+        out.refused = store::journal::refused(&conn)?;
         drop(conn);
         out.landed.retain(|ino| !self.is_write_dirty(*ino));
         Ok(out)

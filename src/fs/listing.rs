@@ -292,7 +292,7 @@ impl Core {
     /// client adds in between show up as if the mount had not listed it yet.
     pub fn list_root_for_mount(&self) -> FsResult<()> {
         self.ensure_listing(ROOT_INO)?;
-        store::mark_listing_due(&lock(&self.store), ROOT_INO)?;
+        store::mark_listing_due(&self.store.lock(), ROOT_INO)?;
         Ok(())
     }
 
@@ -328,7 +328,7 @@ impl Core {
         // Never listed before: the kernel can hold nothing of its entries.
         let first;
         {
-            let mut conn = lock(&self.store);
+            let mut conn = self.store.lock();
             // Checked under the store lock, which the replayer's commits also take.
             if self.remote_changes.touched_since(epoch, dir_path, true)
                 || self
@@ -495,10 +495,7 @@ impl Core {
                     .filter(|(ino, _)| !kept.contains(ino))
                     .map(|(_, name)| name),
             );
-            tx.execute(
-                "UPDATE nodes SET listed_at = ?2 WHERE ino = ?1",
-                rusqlite::params![dir as i64, self.cfg.clock.now_ms()],
-            )?;
+            store::nodes::set_listed_at(&tx, dir, self.cfg.clock.now_ms())?;
             tx.commit()?;
             // Still under the store lock: nobody can open these files in between.
             for ino in &dropped_content {

@@ -3,7 +3,13 @@
 //! it directly, without a kernel.
 //!
 //! Lock order (never the other way round, never across a network call):
-//!   `store` → `open_files` map → a file's in-flight downloads → `OpenFile::state`.
+//!   `store` (the state store's writer, `Store::lock`) → `open_files` map → a file's
+//!   in-flight downloads → `OpenFile::state`.
+//! The state store's reader (`Store::read`: a second, read-only connection, its own
+//! lock) is taken with no other lock held; while it is held only `open_files` →
+//! `OpenFile::state` may be taken (`file_state` asks `is_write_dirty`). It never waits
+//! for the writer (WAL), so `ctl status`, `ls`, `metrics` and `cache` answer while FUSE
+//! work holds `store`.
 //! Nothing is locked while `OpenFile::state` is held. Downloads run as tasks and are
 //! waited for with nothing locked (see `fetch`).
 //! Leaf locks, taken alone or last and released before anything else is locked:
@@ -174,7 +180,7 @@ struct Handle {
 
 pub struct Core {
     pub cfg: CoreConfig,
-    store: Mutex<Connection>,
+    store: store::Store,
     content: ContentFiles,
     remote: Arc<dyn Remote>,
     rt: tokio::runtime::Handle,
@@ -297,11 +303,11 @@ impl Core {
     ) -> FsResult<Arc<Core>> {
         crate::cache::secure_cache_dir(cache_dir)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
-        let conn = store::open(&cache_dir.join("state.db"))?;
+        let state = store::Store::open(&cache_dir.join("state.db"))?;
         let content = ContentFiles::new(cache_dir)?;
         let core = Arc::new_cyclic(|me| Core {
             cfg,
-            store: Mutex::new(conn),
+            store: state,
             content,
             remote,
             rt,
@@ -335,7 +341,7 @@ impl Core {
     }
 
     fn recover(&self) -> FsResult<()> {
-        let mut conn = lock(&self.store);
+        let mut conn = self.store.lock();
         // IMMEDIATE: it writes, and a deferred transaction that must upgrade while another
         // connection writes fails at once instead of waiting (busy_timeout).
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -363,10 +369,7 @@ impl Core {
         }
         journal::reset_running(&tx)?;
         // Files unlinked while open die with the process that held them.
-        let orphans: Vec<u64> = tx
-            .prepare("SELECT ino FROM nodes WHERE parent = 0 AND ino != ?1")?
-            .query_map([ROOT_INO as i64], |r| r.get::<_, i64>(0).map(|v| v as u64))?
-            .collect::<Result<_, _>>()?;
+        let orphans = store::nodes::orphans(&tx)?;
         for ino in &orphans {
             store::delete_node(&tx, *ino)?;
         }
@@ -375,10 +378,7 @@ impl Core {
         // already waiting covers it). This holds for files with a waiting upload too: a
         // file reopened and written (grown or cut) after its last close has a node that
         // still says the size of that close.
-        let dirty: Vec<u64> = tx
-            .prepare("SELECT ino FROM nodes WHERE dirty = 1 AND parent != 0 AND kind = 0")?
-            .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?
-            .collect::<Result<_, _>>()?;
+        let dirty = store::nodes::dirty_files(&tx)?;
         // A read-only mount queues nothing: they wait for the next read-write mount.
         let dirty = if self.cfg.read_only {
             Vec::new()
@@ -433,9 +433,16 @@ impl Core {
         &self.content
     }
 
-    /// The state store, for the replayer and the control socket. Keep the guard short.
+    /// The state store's writer, for the replayer and the control socket. Keep the
+    /// guard short.
     pub fn store(&self) -> MutexGuard<'_, Connection> {
-        lock(&self.store)
+        self.store.lock()
+    }
+
+    /// The state store: `read` on its read-only connection answers while the writer is
+    /// busy (see `store::Store`).
+    pub fn db(&self) -> &store::Store {
+        &self.store
     }
 
     /// Whether file `ino` has writes not yet committed to the journal.
@@ -491,23 +498,23 @@ impl Core {
 
     /// Subfolders of `dir` known here (a folder not listed yet counts none).
     fn subdirs(&self, dir: u64) -> u32 {
-        store::subdir_count(&lock(&self.store), dir)
+        store::subdir_count(&self.store.lock(), dir)
             .map(|n| n.min(u32::MAX as u64 - 2) as u32)
             .unwrap_or(0)
     }
 
     fn node(&self, ino: u64) -> FsResult<Node> {
-        store::get_node(&lock(&self.store), ino)?.ok_or(FsError::NotFound)
+        store::get_node(&self.store.lock(), ino)?.ok_or(FsError::NotFound)
     }
 
     fn path(&self, ino: u64) -> FsResult<String> {
-        store::path_of(&lock(&self.store), ino)?.ok_or(FsError::NotFound)
+        store::path_of(&self.store.lock(), ino)?.ok_or(FsError::NotFound)
     }
 
     /// Where the server holds node `ino` now: its path here with the renames that still
     /// wait undone (see `journal::remote_path_of`), and its path here.
     fn remote_path(&self, ino: u64) -> FsResult<(String, String)> {
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         let here = store::path_of(&conn, ino)?.ok_or(FsError::NotFound)?;
         let there = crate::journal::remote_path_of(&conn, &here)?;
         Ok((there, here))
@@ -616,7 +623,7 @@ impl Core {
     pub fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         check_name(name)?;
         self.ensure_listing(parent)?;
-        let n = store::get_child(&lock(&self.store), parent, name)?.ok_or(FsError::NotFound)?;
+        let n = store::get_child(&self.store.lock(), parent, name)?.ok_or(FsError::NotFound)?;
         Ok(self.node_attr(&n))
     }
 
@@ -636,7 +643,7 @@ impl Core {
     pub fn opendir_cached(&self, ino: u64) -> FsResult<(u64, bool)> {
         self.ensure_listing(ino)?;
         let node = self.node(ino)?;
-        let children = store::children(&lock(&self.store), ino)?;
+        let children = store::children(&self.store.lock(), ino)?;
         let mut entries = Vec::with_capacity(children.len() + 2);
         let self_attr = self.node_attr(&node);
         entries.push(DirEntry {
@@ -739,7 +746,7 @@ impl Core {
         check_name(name)?;
         self.ensure_listing(parent)?;
         let attr = {
-            let mut conn = lock(&self.store);
+            let mut conn = self.store.lock();
             let tx = conn.transaction()?;
             let ino = self.insert_local_child(&tx, parent, name, Kind::Dir, mode, uid, gid)?;
             let path = store::path_of(&tx, ino)?.ok_or(FsError::NotFound)?;
@@ -768,7 +775,7 @@ impl Core {
         check_name(name)?;
         self.ensure_listing(parent)?;
         let ino = {
-            let mut conn = lock(&self.store);
+            let mut conn = self.store.lock();
             let tx = conn.transaction()?;
             let ino = self.insert_local_child(&tx, parent, name, Kind::File, mode, uid, gid)?;
             let f = self.content.open(ino)?;
@@ -823,7 +830,7 @@ impl Core {
         }
         self.ensure_listing(parent)?;
         let n = {
-            let mut conn = lock(&self.store);
+            let mut conn = self.store.lock();
             let tx = conn.transaction()?;
             let ino = self.insert_local_child(&tx, parent, name, Kind::Symlink, 0o777, uid, gid)?;
             let f = self.content.open(ino)?;
@@ -857,7 +864,7 @@ impl Core {
         check_name(name)?;
         self.ensure_listing(parent)?;
         let gone = {
-            let mut conn = lock(&self.store);
+            let mut conn = self.store.lock();
             let tx = conn.transaction()?;
             let n = store::get_child(&tx, parent, name)?.ok_or(FsError::NotFound)?;
             if n.kind == Kind::Dir {
@@ -895,14 +902,14 @@ impl Core {
         self.ensure_writable()?;
         check_name(name)?;
         self.ensure_listing(parent)?;
-        let n = store::get_child(&lock(&self.store), parent, name)?.ok_or(FsError::NotFound)?;
+        let n = store::get_child(&self.store.lock(), parent, name)?.ok_or(FsError::NotFound)?;
         if n.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
         // Its remote children count too, so it must be listed.
         self.ensure_listing(n.ino)?;
         {
-            let mut conn = lock(&self.store);
+            let mut conn = self.store.lock();
             let tx = conn.transaction()?;
             let n = store::get_child(&tx, parent, name)?.ok_or(FsError::NotFound)?;
             if store::has_children(&tx, n.ino)? {
@@ -932,12 +939,12 @@ impl Core {
         self.ensure_listing(parent)?;
         self.ensure_listing(new_parent)?;
         // A directory being replaced must be known to be empty, remote children included.
-        let target = store::get_child(&lock(&self.store), new_parent, new_name)?;
+        let target = store::get_child(&self.store.lock(), new_parent, new_name)?;
         if let Some(t) = target.filter(|t| t.kind == Kind::Dir) {
             self.ensure_listing(t.ino)?;
         }
         let gone = {
-            let mut conn = lock(&self.store);
+            let mut conn = self.store.lock();
             let tx = conn.transaction()?;
             let src = store::get_child(&tx, parent, name)?.ok_or(FsError::NotFound)?;
             let np = store::get_node(&tx, new_parent)?.ok_or(FsError::NotFound)?;
@@ -1024,20 +1031,9 @@ impl Core {
                 }
                 st.ctime_ns = store::now_ns();
             }
-            let conn = lock(&self.store);
+            let conn = self.store.lock();
             let tx = conn.unchecked_transaction()?;
-            tx.execute(
-                "UPDATE nodes SET mode = COALESCE(?2, mode), uid = COALESCE(?3, uid), \
-                 gid = COALESCE(?4, gid), mtime_ns = COALESCE(?5, mtime_ns), ctime_ns = ?6 WHERE ino = ?1",
-                rusqlite::params![
-                    ino as i64,
-                    mode.map(|m| (m & 0o7777) as i64),
-                    uid.map(|v| v as i64),
-                    gid.map(|v| v as i64),
-                    mtime_ns,
-                    store::now_ns()
-                ],
-            )?;
+            store::nodes::set_attrs(&tx, ino, mode, uid, gid, mtime_ns, store::now_ns())?;
             let recorded = self.record_meta(&tx, ino)?;
             tx.commit()?;
             drop(conn);
@@ -1102,7 +1098,7 @@ impl Core {
             if !partial {
                 self.fetch_range(&of, ino, 0, keep, false)?;
             }
-            let conn = partial.then(|| lock(&self.store));
+            let conn = partial.then(|| self.store.lock());
             let others_open = {
                 let mut st = lock(&of.state);
                 if !partial && !st.ranges.covers(0, st.size.min(new_size)) {
@@ -1134,7 +1130,7 @@ impl Core {
             drop(conn);
             if others_open {
                 // Somebody has it open: their close commits the change.
-                store::set_dirty(&lock(&self.store), ino, true)?;
+                store::set_dirty(&self.store.lock(), ino, true)?;
                 Ok(())
             } else {
                 self.commit_writes(&of, ino, false)
@@ -1154,7 +1150,7 @@ impl Core {
         }
         // The store stays locked until the file is in the map, so a listing merge (which
         // decides under the store lock whether a file is open) cannot slip in between.
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         let node = store::get_node(&conn, ino)?.ok_or(FsError::NotFound)?;
         let mut map = lock(&self.open_files);
         if let Some(of) = map.get(&ino) {
@@ -1214,7 +1210,7 @@ impl Core {
                 tracing::error!("could not commit writes of inode {ino}: {e}");
             }
             {
-                let _conn = lock(&self.store);
+                let _conn = self.store.lock();
                 let mut map = lock(&self.open_files);
                 let still_unused = map.get(&ino).is_some_and(|of| lock(&of.state).opens == 0);
                 if !still_unused {
@@ -1223,13 +1219,13 @@ impl Core {
                 map.remove(&ino);
             }
             // An orphan (unlinked while open) disappears with its last handle.
-            let orphan = store::get_node(&lock(&self.store), ino)
+            let orphan = store::get_node(&self.store.lock(), ino)
                 .ok()
                 .flatten()
                 .map(|n| n.parent == 0 && n.ino != ROOT_INO)
                 .unwrap_or(false);
             if orphan {
-                let _ = store::delete_node(&lock(&self.store), ino);
+                let _ = store::delete_node(&self.store.lock(), ino);
                 self.content.remove(ino);
             }
         }
@@ -1252,7 +1248,7 @@ impl Core {
             self.check_cached_content(ino)?;
         }
         let fh = self.open_handle(ino, writable)?;
-        store::touch_access(&lock(&self.store), ino, self.cfg.clock.now_s())?;
+        store::touch_access(&self.store.lock(), ino, self.cfg.clock.now_s())?;
         Ok((fh, self.kernel_cache_valid(ino)))
     }
 
@@ -1322,7 +1318,7 @@ impl Core {
         // Written ranges of a file not all here are recorded before its bytes go into
         // the content file, all in the store: after a crash they tell the bytes written
         // here from holes where the server's bytes are (see `recover`).
-        let conn = partial.then(|| lock(&self.store));
+        let conn = partial.then(|| self.store.lock());
         let first = {
             let mut st = lock(&of.state);
             let mut now = RangeSet::default();
@@ -1349,7 +1345,7 @@ impl Core {
         if first && !partial {
             // Persist "this file has unsent changes" before the first write returns, so
             // a crash with the file still open is recovered at the next start.
-            store::set_dirty(&lock(&self.store), ino, true)?;
+            store::set_dirty(&self.store.lock(), ino, true)?;
         }
         Ok(data.len() as u32)
     }
@@ -1366,7 +1362,7 @@ impl Core {
         if !due {
             return Ok(());
         }
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         store::set_atime(&conn, ino, now)?;
         lock(&of.state).atime_ns = Some(now);
         Ok(())
@@ -1377,7 +1373,7 @@ impl Core {
         self.ensure_writable()?;
         let ns = store::system_time_to_ns(atime);
         let recorded = {
-            let conn = lock(&self.store);
+            let conn = self.store.lock();
             let tx = conn.unchecked_transaction()?;
             store::set_atime(&tx, ino, ns)?;
             let recorded = self.record_meta(&tx, ino)?;
@@ -1421,7 +1417,7 @@ impl Core {
         }
         // The store lock first, then the state (the lock order): two commits of the same
         // file cannot pass each other and record an older size last.
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         let (size, mtime_ns, seq, ranges, written) = {
             let st = lock(&of.state);
             if !st.write_dirty {
@@ -1499,7 +1495,7 @@ impl Core {
     /// `fsyncdir()`: namespace changes are committed as they return; this puts them (and
     /// every earlier commit) on the disk.
     pub fn sync_journal(&self) -> FsResult<()> {
-        Ok(store::sync_to_disk(&lock(&self.store))?)
+        Ok(store::sync_to_disk(&self.store.lock())?)
     }
 
     pub fn statfs(&self) -> FsResult<libc::statvfs> {

@@ -88,7 +88,7 @@ impl Core {
         let _held = lock_of.lock().await;
         let store_err = |e: rusqlite::Error| RemoteError::Local(format!("state store: {e}"));
         let (node, there) = {
-            let conn = lock(&self.store);
+            let conn = self.store.lock();
             let node = store::get_node(&conn, ino)
                 .map_err(store_err)?
                 .ok_or(RemoteError::NotFound)?;
@@ -106,7 +106,7 @@ impl Core {
         };
         let nonce = store::now_ns() as u64 % 1_000_000_000;
         let copy = journal::base_copy_path(&there, ino, nonce);
-        store::set_base_copy(&lock(&self.store), ino, Some(&copy)).map_err(store_err)?;
+        store::set_base_copy(&self.store.lock(), ino, Some(&copy)).map_err(store_err)?;
         let size = node.base_size.unwrap_or(node.size);
         match self
             .remote
@@ -116,7 +116,7 @@ impl Core {
             Ok(()) => {
                 tracing::debug!("{there}: base version copied to {copy}");
                 // Removed (or given up) meanwhile: the copy goes too.
-                let conn = lock(&self.store);
+                let conn = self.store.lock();
                 let kept = store::get_node(&conn, ino)
                     .map_err(store_err)?
                     .is_some_and(|n| n.base_copy.as_deref() == Some(copy.as_str()));
@@ -128,7 +128,7 @@ impl Core {
                 Ok(kept)
             }
             Err(e) => {
-                let conn = lock(&self.store);
+                let conn = self.store.lock();
                 let _ = store::set_base_copy(&conn, ino, None);
                 if e.is_transport() {
                     // The server may make it all the same: its removal is queued.

@@ -305,7 +305,7 @@ impl Core {
                 .collect()
         };
         recent.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let conn = lock(&self.store);
+        let conn = self.store.lock();
         let mut used = Vec::new();
         let mut taken = HashSet::new();
         let mut take = |ino: u64, used: &mut Vec<u64>| {
@@ -324,21 +324,8 @@ impl Core {
         for (ino, _) in recent.into_iter().take(cfg.recent) {
             take(ino, &mut used);
         }
-        // Every folder at or below a pin, and the folder of each pinned file. (Both
-        // `pinned` terms: the first lets SQLite use the partial index of the pins, the
-        // second makes it a search of that index, which holds the pins only.)
-        let all_pinned: Vec<u64> = conn
-            .prepare_cached(
-                "WITH RECURSIVE p(ino) AS ( \
-                   SELECT CASE WHEN kind = 1 THEN ino ELSE parent END FROM nodes \
-                   WHERE pinned != 0 AND pinned > 0 AND (parent != 0 OR ino = ?1) \
-                   UNION SELECT n.ino FROM nodes n JOIN p ON n.parent = p.ino WHERE n.kind = 1) \
-                 SELECT ino FROM p WHERE ino != 0 ORDER BY ino",
-            )?
-            .query_map([store::ROOT_INO as i64], |r| {
-                r.get::<_, i64>(0).map(|v| v as u64)
-            })?
-            .collect::<Result<_, _>>()?;
+        // Every folder at or below a pin, and the folder of each pinned file.
+        let all_pinned = store::nodes::pinned_folders(&conn)?;
         drop(conn);
         // What was seen of folders no longer polled is forgotten.
         {

@@ -442,7 +442,7 @@ fn run_inner(
     let core = daemon.core().clone();
     if online {
         let kind = if http { KIND_HTTP } else { KIND_WEBDAV };
-        if let Err(e) = store::set_meta(&core.store(), REMOTE_KIND, kind) {
+        if let Err(e) = core.db().write(|tx| store::set_meta(tx, REMOTE_KIND, kind)) {
             tracing::warn!("cannot record the kind of remote: {e}");
         }
     }

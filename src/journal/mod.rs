@@ -48,9 +48,19 @@
 
 pub mod replay;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::Connection;
 
-use crate::store::{now_ms, Node};
+use crate::store::journal as rows;
+use crate::store::Node;
+
+pub use crate::store::conflicts::{record_conflict, record_conflict_because};
+pub use crate::store::journal::{
+    add_sent_hash, anything_running, complete, get, has_pending_put, head, is_running,
+    later_delete_of, list, next_retry_at, part_progress, rebase_deletes, record_failure,
+    reset_running, retry, retry_waiting_now, rewrite_prefix, sent_hashes, set_part_progress,
+    set_running, stats,
+};
+use crate::store::journal::{any_running, any_sent, drop_entries_of, insert, retry_failed_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -115,63 +125,11 @@ impl Entry {
     }
 }
 
-const COLUMNS: &str =
-    "id, op, ino, path, dest, is_dir, created_at, attempts, next_try_at, last_error, failed, attempted, \
-     base_etag";
-
-fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
-    Ok(Entry {
-        id: r.get(0)?,
-        op: {
-            let op: String = r.get(1)?;
-            Op::parse(&op).ok_or_else(|| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    1,
-                    rusqlite::types::Type::Text,
-                    format!("unknown journal operation {op:?}").into(),
-                )
-            })?
-        },
-        ino: r.get::<_, i64>(2)? as u64,
-        path: r.get(3)?,
-        dest: r.get(4)?,
-        is_dir: r.get::<_, i64>(5)? != 0,
-        created_at: r.get(6)?,
-        attempts: r.get::<_, i64>(7)? as u32,
-        next_try_at: r.get(8)?,
-        last_error: r.get(9)?,
-        failed: r.get::<_, i64>(10)? != 0,
-        attempted: r.get::<_, i64>(11)? != 0,
-        base_etag: r.get(12)?,
-    })
-}
-
-fn insert(
-    c: &Connection,
-    op: Op,
-    ino: u64,
-    path: &str,
-    dest: Option<&str>,
-    is_dir: bool,
-) -> rusqlite::Result<i64> {
-    c.prepare_cached(
-        "INSERT INTO journal (op, ino, path, dest, is_dir, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![op.as_str(), ino as i64, path, dest, is_dir as i64, now_ms()])?;
-    Ok(c.last_insert_rowid())
-}
-
 /// Records that the content of file `ino` (now at `path`) must be uploaded.
 /// Returns false when a waiting upload of the same file already covers it.
 pub fn record_put(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<bool> {
     retry_failed_of(c, ino)?;
-    let waiting: Option<i64> = c
-        .prepare_cached(
-            "SELECT id FROM journal WHERE op = 'put' AND ino = ?1 AND failed = 0 AND running = 0",
-        )?
-        .query_row([ino as i64], |r| r.get(0))
-        .optional()?;
-    if waiting.is_some() {
+    if rows::waiting_put(c, ino)?.is_some() {
         return Ok(false);
     }
     insert(c, Op::Put, ino, path, None, false)?;
@@ -185,19 +143,11 @@ pub fn record_put(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<bool
 /// is a waiting `meta` already (R5).
 pub fn record_meta(c: &Connection, node: &Node, path: &str) -> rusqlite::Result<bool> {
     retry_failed_of(c, node.ino)?;
-    let carried: bool = c
-        .prepare_cached(
-            "SELECT COUNT(*) > 0 FROM journal WHERE ino = ?1 AND op IN ('put', 'mkcol') \
-             AND running = 0",
-        )?
-        .query_row([node.ino as i64], |r| r.get(0))?;
+    let carried = rows::put_or_mkcol_waits(c, node.ino)?;
     if carried || (!node.on_remote && !any_running(c, node.ino)?) {
         return Ok(false);
     }
-    let last: Option<(String, i64)> = c
-        .prepare_cached("SELECT op, running FROM journal WHERE ino = ?1 ORDER BY id DESC LIMIT 1")?
-        .query_row([node.ino as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let last = rows::last_of(c, node.ino)?;
     if matches!(&last, Some((op, 0)) if op == Op::Meta.as_str()) {
         return Ok(false);
     }
@@ -207,24 +157,6 @@ pub fn record_meta(c: &Connection, node: &Node, path: &str) -> rusqlite::Result<
 
 pub fn record_mkcol(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<()> {
     insert(c, Op::Mkcol, ino, path, None, true).map(|_| ())
-}
-
-fn any_running(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT 1 FROM journal WHERE ino = ?1 AND running = 1 LIMIT 1")?
-        .query_row([ino as i64], |_| Ok(()))
-        .optional()
-        .map(|o| o.is_some())
-}
-
-/// Whether an entry of `ino` is being sent, or was sent before: then the remote may
-/// already hold something of it, and its entries cannot simply be forgotten.
-fn any_sent(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
-    c.prepare_cached(
-        "SELECT 1 FROM journal WHERE ino = ?1 AND (running = 1 OR attempted = 1) LIMIT 1",
-    )?
-    .query_row([ino as i64], |_| Ok(()))
-    .optional()
-    .map(|o| o.is_some())
 }
 
 /// Whether `p` is `dir` or lies below it.
@@ -238,28 +170,19 @@ pub fn at_or_under(p: &str, dir: &str) -> bool {
 /// while its entries wait. Follows the directory's path from its first waiting entry
 /// as replay would move it: by its own moves, and by moves of a directory above it.
 fn dir_held_others(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
-    let first: Option<(i64, String)> = c
-        .prepare_cached("SELECT id, path FROM journal WHERE ino = ?1 ORDER BY id LIMIT 1")?
-        .query_row([ino as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((first_id, mut cur)) = first else {
+    let Some((first_id, mut cur)) = rows::first_of(c, ino)? else {
         return Ok(false);
     };
-    let mut st =
-        c.prepare_cached("SELECT ino, op, path, dest FROM journal WHERE id >= ?1 ORDER BY id")?;
-    let mut rows = st.query([first_id])?;
-    while let Some(r) = rows.next()? {
-        let (other, op, path, dest): (i64, String, String, Option<String>) =
-            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+    rows::scan_from(c, first_id, |other, op, path, dest| {
         let is_move = op == Op::Move.as_str();
-        if other as u64 == ino {
+        if other == ino {
             if let (true, Some(d)) = (is_move, dest) {
                 cur = d;
             }
-            continue;
+            return false;
         }
         if at_or_under(&path, &cur) || dest.as_deref().is_some_and(|d| at_or_under(d, &cur)) {
-            return Ok(true);
+            return true;
         }
         // A directory above it moved: so did it.
         if let (true, Some(d)) = (is_move, dest) {
@@ -267,42 +190,17 @@ fn dir_held_others(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
                 cur = format!("{d}{}", &cur[path.len()..]);
             }
         }
-    }
-    Ok(false)
-}
-
-/// A new change of node `ino` is the signal to try its set-aside entries again: the
-/// next upload of a file stuck behind a refusal should not wait for an administrator.
-fn retry_failed_of(c: &Connection, ino: u64) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "UPDATE journal SET failed = 0, attempts = 0, next_try_at = 0 \
-         WHERE ino = ?1 AND failed = 1",
-    )?
-    .execute([ino as i64])?;
-    Ok(())
-}
-
-fn drop_entries_of(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
-    // Only called when nothing of `ino` was ever sent.
-    c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND running = 0")?
-        .execute([ino as i64])
+        false
+    })
 }
 
 fn drop_waiting_puts(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
     // Parts an earlier attempt sent sit in a scratch file on the server: its removal
     // takes the upload's place, so nothing of it stays there.
-    let scratches: Vec<String> = c
-        .prepare_cached(
-            "SELECT path FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 \
-             AND part_bytes > 0",
-        )?
-        .query_map([ino as i64], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for path in scratches {
+    for path in rows::waiting_put_paths_with_parts(c, ino)? {
         record_scratch_removal(c, ino, &scratch_path(&path, ino))?;
     }
-    c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0")?
-        .execute([ino as i64])
+    rows::delete_waiting_puts(c, ino)
 }
 
 /// The scratch file parts of an upload of `path` (node `ino`) go to, beside the target.
@@ -335,16 +233,9 @@ pub fn take_written(
 ) -> rusqlite::Result<Option<crate::store::RangeSet>> {
     use crate::store::RangeSet;
     let tx = c.unchecked_transaction()?;
-    let written: Option<Option<Vec<u8>>> = tx
-        .prepare_cached("SELECT written FROM nodes WHERE ino = ?1")?
-        .query_row([ino as i64], |r| r.get(0))
-        .optional()?;
-    let sending: Option<Vec<u8>> = tx
-        .prepare_cached("SELECT sending FROM journal WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?
-        .flatten();
-    let taken = match (written.flatten(), sending) {
+    let written = crate::store::written_blob(&tx, ino)?;
+    let sending = rows::sending_blob(&tx, id)?;
+    let taken = match (written, sending) {
         (_, Some(s)) if s == SENDING_WHOLE => None,
         (Some(w), sending) => {
             let mut all = sending.map(|b| RangeSet::decode(&b)).unwrap_or_default();
@@ -357,22 +248,15 @@ pub fn take_written(
         Some(t) => t.encode(),
         None => SENDING_WHOLE.to_vec(),
     };
-    tx.prepare_cached("UPDATE journal SET sending = ?2 WHERE id = ?1")?
-        .execute(params![id, stored])?;
-    tx.prepare_cached("UPDATE nodes SET written = X'' WHERE ino = ?1")?
-        .execute([ino as i64])?;
+    rows::set_sending(&tx, id, &stored)?;
+    crate::store::restart_written(&tx, ino)?;
     tx.commit()?;
     Ok(taken)
 }
 
 /// The written ranges upload entry `id` took (see `take_written`), if any.
 pub fn sending(c: &Connection, id: i64) -> rusqlite::Result<Option<crate::store::RangeSet>> {
-    let blob: Option<Vec<u8>> = c
-        .prepare_cached("SELECT sending FROM journal WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?
-        .flatten();
-    Ok(blob
+    Ok(rows::sending_blob(c, id)?
         .filter(|b| b != SENDING_WHOLE)
         .map(|b| crate::store::RangeSet::decode(&b)))
 }
@@ -381,9 +265,7 @@ pub fn sending(c: &Connection, id: i64) -> rusqlite::Result<Option<crate::store:
 /// the inode number), so whatever file is there goes: the empty base says so.
 pub fn record_scratch_removal(c: &Connection, ino: u64, scratch: &str) -> rusqlite::Result<()> {
     let id = insert(c, Op::Delete, ino, scratch, None, false)?;
-    c.prepare_cached("UPDATE journal SET base_etag = '' WHERE id = ?1")?
-        .execute([id])?;
-    Ok(())
+    rows::set_base_etag(c, id, "")
 }
 
 /// Records the removal of `node` (unlink or rmdir) from `path`.
@@ -398,32 +280,19 @@ pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Resul
         // died before recording its success) may have left something; it becomes a
         // delete of what it could have left, in its place in the order. It keeps the
         // hashes of what was sent, so it deletes only a version of ours.
-        c.prepare_cached(
-            "UPDATE journal SET op = 'delete', path = COALESCE(dest, path), dest = NULL, \
-             attempted = 0, failed = 0, attempts = 0, next_try_at = 0, last_error = NULL \
-             WHERE ino = ?1 AND attempted = 1 AND op IN ('put', 'move', 'mkcol')",
-        )?
-        .execute([node.ino as i64])?;
-        c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND op != 'delete'")?
-            .execute([node.ino as i64])?;
-        return Ok(());
+        rows::sent_entries_become_deletes(c, node.ino)?;
+        return rows::delete_all_but_deletes(c, node.ino);
     }
     // Versions of ours the remote may hold: the base and whatever uploads sent. A delete
     // finding one of them on the remote (under an ETag we never learned, because the
     // daemon died first) is deleting our own version, not somebody else's.
-    let ours: String = c
-        .prepare_cached(
-            "SELECT trim(COALESCE(group_concat(sent_sha256, ' '), '') || ' ' || COALESCE(?2, ''))              FROM journal WHERE ino = ?1",
-        )?
-        .query_row(params![node.ino as i64, node.sha256], |r| r.get(0))?;
+    let ours = rows::our_versions(c, node.ino, node.sha256.as_deref())?;
     // Waiting uploads of content that is going away would only be deleted again, and
     // properties set on it would go with it.
     drop_waiting_puts(c, node.ino)?;
-    c.prepare_cached("DELETE FROM journal WHERE ino = ?1 AND op = 'meta' AND running = 0")?
-        .execute([node.ino as i64])?;
+    rows::delete_waiting_meta(c, node.ino)?;
     let id = insert(c, Op::Delete, node.ino, path, None, node.is_dir())?;
-    c.prepare_cached("UPDATE journal SET sent_sha256 = ?2 WHERE id = ?1")?
-        .execute(params![id, ours])?;
+    rows::set_sent_hashes(c, id, &ours)?;
     // A file is deleted on the remote only if it is still the version we knew (a weak
     // ETag is checked by asking first: it never passes If-Match). A file on the remote
     // without any ETag (a server that gives none) has the empty base: whatever file is
@@ -431,8 +300,7 @@ pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Resul
     // there, so only one an upload sent may be deleted (see `replay::delete`).
     let base = (!node.is_dir() && node.on_remote).then(|| node.etag.as_deref().unwrap_or(""));
     if let Some(tag) = base {
-        c.prepare_cached("UPDATE journal SET base_etag = ?2 WHERE id = ?1")?
-            .execute(params![id, tag])?;
+        rows::set_base_etag(c, id, tag)?;
     }
     Ok(())
 }
@@ -441,19 +309,15 @@ pub fn record_remove(c: &Connection, node: &Node, path: &str) -> rusqlite::Resul
 /// removed with `record_remove` first.
 pub fn record_rename(c: &Connection, node: &Node, from: &str, to: &str) -> rusqlite::Result<()> {
     retry_failed_of(c, node.ino)?;
-    if !node.is_dir() && !node.on_remote && !any_sent(c, node.ino)? {
-        let only_puts: bool = c
-            .prepare_cached("SELECT COUNT(*) = 0 FROM journal WHERE ino = ?1 AND op != 'put'")?
-            .query_row([node.ino as i64], |r| r.get(0))?;
-        if only_puts {
-            // Nothing was sent yet: upload it once, under its new name, after whatever
-            // the new name depends on (its parent's creation may come later than the old
-            // upload's place in the journal).
-            if drop_entries_of(c, node.ino)? > 0 {
-                insert(c, Op::Put, node.ino, to, None, false)?;
-            }
-            return Ok(());
+    if !node.is_dir() && !node.on_remote && !any_sent(c, node.ino)? && rows::only_puts(c, node.ino)?
+    {
+        // Nothing was sent yet: upload it once, under its new name, after whatever
+        // the new name depends on (its parent's creation may come later than the old
+        // upload's place in the journal).
+        if drop_entries_of(c, node.ino)? > 0 {
+            insert(c, Op::Put, node.ino, to, None, false)?;
         }
+        return Ok(());
     }
     insert(c, Op::Move, node.ino, from, Some(to), node.is_dir()).map(|_| ())
 }
@@ -476,19 +340,17 @@ pub fn ready(
 ) -> rusqlite::Result<Vec<Entry>> {
     let mut held = Held::default();
     let mut out = Vec::new();
-    let mut st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM journal ORDER BY id"))?;
-    let mut rows = st.query([])?;
-    while let Some(row) = rows.next()? {
+    rows::scan_entries(c, |e| {
         if out.len() >= limit {
-            break;
+            return false;
         }
-        let e = entry_from_row(row)?;
         let startable = !e.failed && !running.contains(&e.id) && e.next_try_at <= now_ms;
         if startable && !held.holds(&e) {
             out.push(e.clone());
         }
         held.add(&e);
-    }
+        true
+    })?;
     Ok(out)
 }
 
@@ -568,17 +430,12 @@ pub fn start_ready(
 /// Whether the remote's view of `path` (or of node `ino`) is still to change by waiting
 /// entries: one of the node, or naming the path or a directory above it.
 pub fn path_pending(c: &Connection, path: &str, ino: u64) -> rusqlite::Result<bool> {
-    let of_node: bool = c
-        .prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE ino = ?1)")?
-        .query_row([ino as i64], |r| r.get(0))?;
-    if of_node {
+    if rows::any_of(c, ino)? {
         return Ok(true);
     }
     // The path and each folder above it, each an index lookup on `path` and `dest`.
-    let mut st =
-        c.prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE path = ?1 OR dest = ?1)")?;
     for p in std::iter::once(path).chain(ancestors(path)) {
-        if p != "/" && st.query_row([p], |r| r.get::<_, bool>(0))? {
+        if p != "/" && rows::names_path(c, p)? {
             return Ok(true);
         }
     }
@@ -599,10 +456,6 @@ pub fn remote_path_of(c: &Connection, path: &str) -> rusqlite::Result<String> {
 /// where the server has it (`remote_path_of`): waiting entries name it by any of them.
 pub fn path_chain(c: &Connection, path: &str) -> rusqlite::Result<Vec<String>> {
     let mut chain = vec![path.to_string()];
-    let mut st = c.prepare_cached(
-        "SELECT id, path FROM journal WHERE dest = ?1 AND op = 'move' AND id < ?2 \
-         ORDER BY id DESC LIMIT 1",
-    )?;
     let mut current = path.to_string();
     let mut before = i64::MAX;
     loop {
@@ -610,12 +463,7 @@ pub fn path_chain(c: &Connection, path: &str) -> rusqlite::Result<Vec<String>> {
         // folder above it as its destination.
         let mut latest: Option<(i64, String, usize)> = None;
         for p in std::iter::once(current.as_str()).chain(ancestors(&current)) {
-            if let Some((id, from)) = st
-                .query_row(params![p, before], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })
-                .optional()?
-            {
+            if let Some((id, from)) = rows::latest_move_to(c, p, before)? {
                 if latest.as_ref().is_none_or(|l| id > l.0) {
                     latest = Some((id, from, p.len()));
                 }
@@ -630,257 +478,6 @@ pub fn path_chain(c: &Connection, path: &str) -> rusqlite::Result<Vec<String>> {
     }
 }
 
-/// When the next entry waiting out a backoff becomes due (unix ms, after `now_ms`).
-/// Entries that are due but held back need no timer: what holds them wakes the replayer
-/// when it ends.
-pub fn next_retry_at(c: &Connection, now_ms: i64) -> rusqlite::Result<Option<i64>> {
-    c.prepare_cached(
-        "SELECT MIN(next_try_at) FROM journal WHERE failed = 0 AND running = 0 \
-         AND next_try_at > ?1",
-    )?
-    .query_row([now_ms], |r| r.get(0))
-}
-
-/// Makes failed entries (one, or all with `id` None) wait to be tried again from the
-/// start; returns how many.
-pub fn retry(c: &Connection, id: Option<i64>) -> rusqlite::Result<usize> {
-    c.prepare_cached(
-        "UPDATE journal SET failed = 0, attempts = 0, next_try_at = 0 \
-         WHERE (?1 IS NULL AND failed = 1) OR id = ?1",
-    )?
-    .execute([id])
-}
-
-/// Whether any entry is being replayed right now.
-pub fn anything_running(c: &Connection) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE running != 0)")?
-        .query_row([], |r| r.get(0))
-}
-
-/// Whether entry `id` is being replayed right now.
-pub fn is_running(c: &Connection, id: i64) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT running != 0 FROM journal WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()
-        .map(|o| o.unwrap_or(false))
-}
-
-/// The first entry in order that is not failed for good.
-pub fn head(c: &Connection) -> rusqlite::Result<Option<Entry>> {
-    c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM journal WHERE failed = 0 ORDER BY id LIMIT 1"
-    ))?
-    .query_row([], entry_from_row)
-    .optional()
-}
-
-pub fn get(c: &Connection, id: i64) -> rusqlite::Result<Option<Entry>> {
-    c.prepare_cached(&format!("SELECT {COLUMNS} FROM journal WHERE id = ?1"))?
-        .query_row([id], entry_from_row)
-        .optional()
-}
-
-/// The first delete of node `ino` recorded after entry `after`: for a file removed here
-/// after a waiting rename, it names the version of ours the rename would move.
-pub fn later_delete_of(c: &Connection, ino: u64, after: i64) -> rusqlite::Result<Option<Entry>> {
-    c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM journal WHERE ino = ?1 AND id > ?2 AND op = 'delete' \
-         ORDER BY id LIMIT 1"
-    ))?
-    .query_row(params![ino as i64, after], entry_from_row)
-    .optional()
-}
-
-pub fn list(c: &Connection, failed_only: bool) -> rusqlite::Result<Vec<Entry>> {
-    let mut st = c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM journal WHERE (?1 = 0 OR failed = 1) ORDER BY id"
-    ))?;
-    let rows = st.query_map([failed_only as i64], entry_from_row)?;
-    rows.collect()
-}
-
-pub fn set_running(c: &Connection, id: i64, running: bool) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "UPDATE journal SET running = ?2, attempted = MAX(attempted, ?2) WHERE id = ?1",
-    )?
-    .execute(params![id, running as i64])?;
-    Ok(())
-}
-
-/// After a crash nothing is running any more.
-pub fn reset_running(c: &Connection) -> rusqlite::Result<()> {
-    c.execute("UPDATE journal SET running = 0 WHERE running != 0", [])?;
-    Ok(())
-}
-
-/// Entries waiting out a backoff become due now (the remote just came back).
-pub fn retry_waiting_now(c: &Connection) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE journal SET next_try_at = 0 WHERE failed = 0 AND next_try_at > 0",
-        [],
-    )?;
-    Ok(())
-}
-
-/// Remembers the hash of a version an upload is about to send: on the upload, and on
-/// deletes of the same file recorded after it (the file may have been removed while the
-/// upload was starting; whatever the upload leaves on the remote is then ours to delete).
-pub fn add_sent_hash(c: &Connection, id: i64, sha256: &str) -> rusqlite::Result<()> {
-    // Two statements, each on an index (an OR of both scanned the whole journal for
-    // every upload: quadratic in a long backlog).
-    let ino: Option<i64> = c
-        .prepare_cached("SELECT ino FROM journal WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?;
-    c.prepare_cached(
-        "UPDATE journal SET sent_sha256 = trim(sent_sha256 || ' ' || ?2) WHERE id = ?1",
-    )?
-    .execute(params![id, sha256])?;
-    if let Some(ino) = ino {
-        c.prepare_cached(
-            "UPDATE journal SET sent_sha256 = trim(sent_sha256 || ' ' || ?3) \
-             WHERE ino = ?1 AND op = 'delete' AND id > ?2",
-        )?
-        .execute(params![ino, id, sha256])?;
-    }
-    Ok(())
-}
-
-pub fn sent_hashes(c: &Connection, id: i64) -> rusqlite::Result<Vec<String>> {
-    let s: Option<String> = c
-        .prepare_cached("SELECT sent_sha256 FROM journal WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?;
-    Ok(s.unwrap_or_default()
-        .split_whitespace()
-        .map(String::from)
-        .collect())
-}
-
-/// A waiting delete of `ino` is about the version our own upload or move just made
-/// (the empty base when the server gave it no ETag: it is ours all the same).
-pub fn rebase_deletes(c: &Connection, ino: u64, etag: Option<&str>) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "UPDATE journal SET base_etag = COALESCE(?2, '') \
-         WHERE ino = ?1 AND op = 'delete' AND running = 0",
-    )?
-    .execute(params![ino as i64, etag])?;
-    Ok(())
-}
-
-/// Records a conflict with its reason in words (a folder removed on the server...),
-/// once: changes racing to find the same folder gone record it once.
-pub fn record_conflict_because(
-    c: &Connection,
-    path: &str,
-    conflict_path: &str,
-    reason: &str,
-) -> rusqlite::Result<()> {
-    let known: bool = c
-        .prepare_cached(
-            "SELECT EXISTS(SELECT 1 FROM conflicts WHERE path = ?1 AND conflict_path = ?2 \
-             AND reason = ?3 AND resolved = 0)",
-        )?
-        .query_row(params![path, conflict_path, reason], |r| r.get(0))?;
-    if known {
-        return Ok(());
-    }
-    c.prepare_cached(
-        "INSERT INTO conflicts (path, conflict_path, created_at, reason) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![path, conflict_path, now_ms(), reason])?;
-    Ok(())
-}
-
-/// Points waiting entries at or below `from` to the same places below `to` (a folder
-/// moved aside on the server because something else took its name there).
-pub fn rewrite_prefix(c: &Connection, from: &str, to: &str) -> rusqlite::Result<usize> {
-    // Below `from`: the range [from + '/', from + '0'), answered by the path indexes.
-    let (below, end) = (format!("{from}/"), format!("{from}0"));
-    let n = c
-        .prepare_cached(
-            "UPDATE journal SET path = ?2 || substr(path, length(?1) + 1) \
-             WHERE path = ?1 OR (path >= ?3 AND path < ?4)",
-        )?
-        .execute(params![from, to, below, end])?;
-    c.prepare_cached(
-        "UPDATE journal SET dest = ?2 || substr(dest, length(?1) + 1) \
-         WHERE dest = ?1 OR (dest >= ?3 AND dest < ?4)",
-    )?
-    .execute(params![from, to, below, end])?;
-    Ok(n)
-}
-
-/// Records a conflict for the status and `ctl conflicts`.
-pub fn record_conflict(
-    c: &Connection,
-    path: &str,
-    conflict_path: &str,
-    local_etag: Option<&str>,
-    remote_etag: Option<&str>,
-) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "INSERT INTO conflicts (path, conflict_path, local_etag, remote_etag, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        path,
-        conflict_path,
-        local_etag,
-        remote_etag,
-        now_ms()
-    ])?;
-    Ok(())
-}
-
-pub fn part_progress(c: &Connection, id: i64) -> rusqlite::Result<(Option<String>, u64)> {
-    c.prepare_cached("SELECT part_version, part_bytes FROM journal WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
-        .optional()
-        .map(|o| o.unwrap_or((None, 0)))
-}
-
-pub fn set_part_progress(
-    c: &Connection,
-    id: i64,
-    version: &str,
-    bytes: u64,
-) -> rusqlite::Result<()> {
-    c.prepare_cached("UPDATE journal SET part_version = ?2, part_bytes = ?3 WHERE id = ?1")?
-        .execute(params![id, version, bytes as i64])?;
-    Ok(())
-}
-
-pub fn complete(c: &Connection, id: i64) -> rusqlite::Result<()> {
-    c.prepare_cached("DELETE FROM journal WHERE id = ?1")?
-        .execute([id])?;
-    Ok(())
-}
-
-/// Records a failed attempt; the entry is tried again at `next_try_at` (unix ms), or, when
-/// `give_up`, kept aside as failed until an administrator retries or drops it.
-pub fn record_failure(
-    c: &Connection,
-    id: i64,
-    error: &str,
-    next_try_at: i64,
-    give_up: bool,
-) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "UPDATE journal SET attempts = attempts + 1, last_error = ?2, next_try_at = ?3, \
-         failed = ?4, running = 0 WHERE id = ?1",
-    )?
-    .execute(params![id, error, next_try_at, give_up as i64])?;
-    Ok(())
-}
-
-pub fn has_pending_put(c: &Connection, ino: u64, except: i64) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT 1 FROM journal WHERE ino = ?1 AND op = 'put' AND id != ?2 LIMIT 1")?
-        .query_row(params![ino as i64, except], |_| Ok(()))
-        .optional()
-        .map(|o| o.is_some())
-}
-
 /// Names (first path segment below `dir_path`) that waiting entries are about to change on
 /// the remote; a listing of `dir_path` must not overrule the local view of those.
 pub fn names_pending_under(c: &Connection, dir_path: &str) -> rusqlite::Result<Vec<String>> {
@@ -892,16 +489,8 @@ pub fn names_pending_under(c: &Connection, dir_path: &str) -> rusqlite::Result<V
     // Every path starting with `base`: the range [base, base with its '/' raised to '0'),
     // which an index on `path` and one on `dest` answer.
     let end = format!("{}0", &base[..base.len() - 1]);
-    let mut st = c.prepare_cached(
-        "SELECT path, dest FROM journal WHERE (path >= ?1 AND path < ?2) \
-         OR (dest >= ?1 AND dest < ?2)",
-    )?;
-    let rows = st.query_map([&base, &end], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-    })?;
     let mut names = Vec::new();
-    for row in rows {
-        let (p, d) = row?;
+    for (p, d) in rows::paths_in_range(c, &base, &end)? {
         for full in std::iter::once(p).chain(d) {
             if let Some(rest) = full.strip_prefix(&base) {
                 if let Some(first) = rest.split('/').next() {
@@ -915,15 +504,6 @@ pub fn names_pending_under(c: &Connection, dir_path: &str) -> rusqlite::Result<V
     names.sort();
     names.dedup();
     Ok(names)
-}
-
-/// Counts for the status: waiting entries, failed ones, and the oldest's creation time.
-pub fn stats(c: &Connection) -> rusqlite::Result<(u64, u64, Option<i64>)> {
-    c.query_row(
-        "SELECT COALESCE(SUM(failed = 0), 0), COALESCE(SUM(failed = 1), 0), MIN(created_at) FROM journal",
-        [],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?)),
-    )
 }
 
 #[cfg(test)]
@@ -976,12 +556,12 @@ mod tests {
     }
 
     fn ops_of(c: &Connection, ino: u64) -> Vec<String> {
-        c.prepare("SELECT op FROM journal WHERE ino = ?1 ORDER BY id")
+        list(c, false)
             .unwrap()
-            .query_map([ino as i64], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+            .into_iter()
+            .filter(|e| e.ino == ino)
+            .map(|e| e.op.as_str().to_string())
+            .collect()
     }
 
     #[test]
@@ -999,8 +579,11 @@ mod tests {
         assert!(!record_meta(&c, &f, "/n2").unwrap());
         assert_eq!(ops_of(&c, 2), ["meta", "put"]);
         // A running upload may have sent them already: a new entry follows it.
-        c.execute("UPDATE journal SET running = 1 WHERE op = 'put'", [])
-            .unwrap();
+        for e in list(&c, false).unwrap() {
+            if e.op == Op::Put {
+                set_running(&c, e.id, true).unwrap();
+            }
+        }
         assert!(record_meta(&c, &f, "/n2").unwrap());
         assert_eq!(ops_of(&c, 2), ["meta", "put", "meta"]);
         // A removal drops the waiting ones: properties of a deleted resource are moot.
@@ -1014,13 +597,12 @@ mod tests {
         record_put(&c, 3, "/n3").unwrap();
         assert!(!record_meta(&c, &g, "/n3").unwrap());
         record_rename(&c, &g, "/n3", "/m3").unwrap();
-        let rows: Vec<(String, String)> = c
-            .prepare("SELECT op, path FROM journal WHERE ino = 3")
+        let rows: Vec<(String, String)> = list(&c, false)
             .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+            .into_iter()
+            .filter(|e| e.ino == 3)
+            .map(|e| (e.op.as_str().to_string(), e.path))
+            .collect();
         assert_eq!(rows, [("put".to_string(), "/m3".to_string())]);
 
         // A folder waiting for its creation: the creation sends them.

@@ -10,7 +10,7 @@
 //! restart, even after `kill -9`, goes on from where it was without sending again what
 //! had landed.
 
-pub mod db;
+pub use crate::store::migrations as db;
 mod walk;
 mod worker;
 
@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
-use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -220,10 +219,9 @@ impl Migrations {
             workers: Mutex::new(HashMap::new()),
             me: me.clone(),
         });
-        let (running, paused) = {
-            let db = m.db();
-            (db::in_state(&db, "running")?, db::in_state(&db, "paused")?)
-        };
+        let (running, paused) = m.db().write(|c| {
+            Ok::<_, rusqlite::Error>((db::in_state(c, "running")?, db::in_state(c, "paused")?))
+        })?;
         for id in running.iter().chain(&paused) {
             m.undo_interrupted_copies(*id)?;
             m.register_job(*id);
@@ -235,11 +233,11 @@ impl Migrations {
         Ok(m)
     }
 
-    /// The core's own connection: a second one would make the core's transactions
-    /// fail with "database is locked" when they meet our writes. Never held across a
-    /// call into the core (it takes the same lock).
-    fn db(&self) -> MutexGuard<'_, Connection> {
-        self.core.store()
+    /// The core's state store: its writer, never a second one (that would make the
+    /// core's transactions fail with "database is locked" when they meet our writes).
+    /// Each call is one transaction, never held across a call into the core.
+    fn db(&self) -> &store::Store {
+        self.core.db()
     }
 
     fn workers(&self) -> MutexGuard<'_, HashMap<i64, Arc<Control>>> {
@@ -250,10 +248,10 @@ impl Migrations {
     /// queues for upload. Where the file is new (never on the remote), removing it drops
     /// that upload, so no torn copy is sent; the item is copied again.
     fn undo_interrupted_copies(&self, id: i64) -> MigrateResult<()> {
-        let Some(row) = db::get(&self.db(), id)? else {
+        let Some(row) = self.db().write(|c| db::get(c, id))? else {
             return Ok(());
         };
-        let items = db::interrupted(&self.db(), id)?;
+        let items = self.db().write(|c| db::interrupted(c, id))?;
         for it in items {
             let path = dest_path(&row.dest, &it.rel_path);
             if let Some(node) = self.core.node_at(&path)? {
@@ -265,7 +263,8 @@ impl Migrations {
                     }
                 }
             }
-            db::set_item_state(&self.db(), it.rowid, "pending", None)?;
+            self.db()
+                .write(|c| db::set_item_state(c, it.rowid, "pending", None))?;
         }
         Ok(())
     }
@@ -350,15 +349,18 @@ impl Migrations {
             Err(e) => tracing::debug!("migrate: DEST {dest} not checked: {e}"),
         }
         let options_json = serde_json::to_string(&opts).expect("options serialize");
-        let id = {
-            let db = self.db();
-            if let Some(other) = db::active_for_pair(&db, &src_s, dest)? {
-                return Err(MigrateError::BadInput(format!(
+        // One transaction: the check and the insert see the same journal of migrations.
+        let id = self
+            .db()
+            .write(|c| match db::active_for_pair(c, &src_s, dest)? {
+                Some(other) => Ok(Err(other)),
+                None => db::insert_migration(c, &src_s, dest, &options_json, now_s()).map(Ok),
+            })?
+            .map_err(|other| {
+                MigrateError::BadInput(format!(
                     "migration {other} of {src_s} to {dest} is not finished: resume or cancel it"
-                )));
-            }
-            db::insert_migration(&db, &src_s, dest, &options_json, now_s())?
-        };
+                ))
+            })?;
         tracing::info!("migration {id}: {src_s} -> {dest} started");
         self.register_job(id);
         self.spawn_worker(id);
@@ -366,7 +368,9 @@ impl Migrations {
     }
 
     fn row(&self, id: i64) -> MigrateResult<db::MigrationRow> {
-        db::get(&self.db(), id)?.ok_or(MigrateError::UnknownId(id))
+        self.db()
+            .write(|c| db::get(c, id))?
+            .ok_or(MigrateError::UnknownId(id))
     }
 
     /// Stops taking new files after the one being copied; what is staged still lands.
@@ -379,7 +383,8 @@ impl Migrations {
                 what: "only a running migration can be paused",
             });
         }
-        db::set_state(&self.db(), id, "paused", None, None)?;
+        self.db()
+            .write(|c| db::set_state(c, id, "paused", None, None))?;
         if let Some(c) = self.workers().get(&id) {
             c.request(Stop::Pause);
         }
@@ -396,7 +401,8 @@ impl Migrations {
                 what: "only a paused migration can be resumed",
             });
         }
-        db::set_state(&self.db(), id, "running", None, None)?;
+        self.db()
+            .write(|c| db::set_state(c, id, "running", None, None))?;
         let live = self.workers().get(&id).cloned();
         let revived = live.is_some_and(|c| {
             let mut st = c.lock();
@@ -426,7 +432,8 @@ impl Migrations {
                 what: "it has ended already",
             });
         }
-        db::set_state(&self.db(), id, "cancelled", None, Some(now_s()))?;
+        self.db()
+            .write(|c| db::set_state(c, id, "cancelled", None, Some(now_s())))?;
         let control = self.workers().get(&id).cloned();
         if let Some(c) = control {
             c.request(Stop::Cancel);
@@ -435,7 +442,7 @@ impl Migrations {
                 let _ = h.join();
             }
         }
-        let counts = db::counts(&self.db(), id)?;
+        let counts = self.db().write(|c| db::counts(c, id))?;
         let (landed, landed_bytes) = counts.files(&["landed", "verified", "source_deleted"]);
         let (staged, staged_bytes) = counts.files(&["staged", "importing"]);
         let (left, left_bytes) = counts.files(&["pending"]);
@@ -468,7 +475,7 @@ impl Migrations {
     /// Progress of one migration.
     pub fn status(&self, id: i64) -> MigrateResult<Value> {
         let row = self.row(id)?;
-        let counts = db::counts(&self.db(), id)?;
+        let counts = self.db().write(|c| db::counts(c, id))?;
         let (total, total_bytes) = counts.files(&[
             "pending",
             "importing",
@@ -549,7 +556,7 @@ impl Migrations {
             "percent": (percent * 10.0).round() / 10.0,
             "rate_bytes_per_s": rate.map(|r| r.round() as u64),
             "eta_s": eta,
-            "errors": db::error_count(&self.db(), id)?,
+            "errors": self.db().write(|c| db::error_count(c, id))?,
             "source": source,
         }))
     }
@@ -564,7 +571,7 @@ impl Migrations {
         counts: &db::Counts,
     ) -> MigrateResult<Value> {
         let (removed, _) = counts.files(&["source_deleted"]);
-        let kept_counts = db::kept_counts(&self.db(), id)?;
+        let kept_counts = self.db().write(|c| db::kept_counts(c, id))?;
         let mut because = serde_json::Map::new();
         for why in db::SourceKept::ALL {
             let n = kept_counts
@@ -599,7 +606,12 @@ impl Migrations {
 
     /// Every migration, oldest first, with its progress.
     pub fn list(&self) -> MigrateResult<Value> {
-        let ids: Vec<i64> = db::list(&self.db())?.iter().map(|r| r.id).collect();
+        let ids: Vec<i64> = self
+            .db()
+            .write(|c| db::list(c))?
+            .iter()
+            .map(|r| r.id)
+            .collect();
         let mut out = Vec::new();
         for id in ids {
             out.push(self.status(id)?);
@@ -609,7 +621,7 @@ impl Migrations {
 
     /// Migrations not ended yet, or the latest one if all have.
     pub fn current(&self) -> MigrateResult<Value> {
-        let rows = db::list(&self.db())?;
+        let rows = self.db().write(|c| db::list(c))?;
         let mut ids: Vec<i64> = rows
             .iter()
             .filter(|r| !FINAL_STATES.contains(&r.state.as_str()))
@@ -628,9 +640,10 @@ impl Migrations {
     /// Items that failed, and those skipped for a reason (symlinks), with the reason.
     pub fn errors(&self, id: i64, limit: usize) -> MigrateResult<Value> {
         self.row(id)?;
-        let db = self.db();
-        let total = db::error_count(&db, id)?;
-        let items: Vec<Value> = db::errors(&db, id, limit)?
+        let (total, errors) = self.db().write(|c| {
+            Ok::<_, rusqlite::Error>((db::error_count(c, id)?, db::errors(c, id, limit)?))
+        })?;
+        let items: Vec<Value> = errors
             .into_iter()
             .map(|(path, kind, state, error)| {
                 json!({"path": path, "kind": kind, "state": state, "error": error})
@@ -667,7 +680,7 @@ impl JobReport for JobView {
         let Some(m) = self.migrations.upgrade() else {
             return true;
         };
-        let row = db::get(&m.db(), self.id);
+        let row = m.db().write(|c| db::get(c, self.id));
         match row {
             Ok(Some(row)) => FINAL_STATES.contains(&row.state.as_str()),
             _ => true,

@@ -173,14 +173,14 @@ pub fn walk(
         };
         batch.push(item);
         if batch.len() >= INSERT_BATCH {
-            db::insert_items(&m.db(), id, &batch)?;
+            m.db().write(|c| db::insert_items(c, id, &batch))?;
             batch.clear();
             if control.take_stop().is_some() {
                 return Ok(Walked::Stopped);
             }
         }
     }
-    db::insert_items(&m.db(), id, &batch)?;
-    db::set_walk_done(&m.db(), id, excluded)?;
+    m.db().write(|c| db::insert_items(c, id, &batch))?;
+    m.db().write(|c| db::set_walk_done(c, id, excluded))?;
     Ok(Walked::Done)
 }

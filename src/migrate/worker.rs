@@ -41,17 +41,18 @@ pub(super) enum Outcome {
 pub(super) fn run(m: Arc<Migrations>, id: i64, control: Arc<Control>) {
     let result = Worker::new(&m, id, &control).and_then(|mut w| w.run());
     control.lock().exited = true;
-    let db = m.db();
     let end = match result {
         Ok(Outcome::Stopped) => return,
-        Ok(Outcome::Finished) => match db::any_failed(&db, id) {
-            Ok(true) => db::finish(&db, id, "completed_with_errors", None, now_s()),
-            Ok(false) => db::finish(&db, id, "completed", None, now_s()),
+        Ok(Outcome::Finished) => m.db().write(|c| match db::any_failed(c, id) {
+            Ok(true) => db::finish(c, id, "completed_with_errors", None, now_s()),
+            Ok(false) => db::finish(c, id, "completed", None, now_s()),
             Err(e) => Err(e),
-        },
+        }),
         Err(e) => {
             tracing::error!("migration {id} failed: {e}");
-            db::finish(&db, id, "failed", Some(&e.to_string()), now_s())
+            let why = e.to_string();
+            m.db()
+                .write(|c| db::finish(c, id, "failed", Some(&why), now_s()))
         }
     };
     match end {
@@ -93,7 +94,10 @@ struct Worker<'a> {
 
 impl<'a> Worker<'a> {
     fn new(m: &'a Migrations, id: i64, control: &'a Control) -> MigrateResult<Worker<'a>> {
-        let row = db::get(&m.db(), id)?.ok_or(super::MigrateError::UnknownId(id))?;
+        let row = m
+            .db()
+            .write(|c| db::get(c, id))?
+            .ok_or(super::MigrateError::UnknownId(id))?;
         let opts: Options = serde_json::from_str(&row.options_json).unwrap_or_default();
         let core = &m.core;
         let fs_total = crate::cache::fs_space(core.cache_dir())
@@ -135,7 +139,10 @@ impl<'a> Worker<'a> {
                 return Ok(Outcome::Stopped);
             }
         }
-        let done = db::counts(&self.m.db(), self.id)?
+        let done = self
+            .m
+            .db()
+            .write(|c| db::counts(c, self.id))?
             .files(&["verified", "source_deleted"])
             .1;
         *self
@@ -144,7 +151,10 @@ impl<'a> Worker<'a> {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(done);
         // After a restart: what was copied before is followed, not copied again.
-        self.in_flight = db::in_flight(&self.m.db(), self.id, self.opts.delete_source)?;
+        self.in_flight = self
+            .m
+            .db()
+            .write(|c| db::in_flight(c, self.id, self.opts.delete_source))?;
         let mut no_room_since: Option<Instant> = None;
         loop {
             if self.control.take_stop().is_some() {
@@ -209,7 +219,10 @@ impl<'a> Worker<'a> {
 
     fn next_item(&mut self) -> MigrateResult<Option<ItemRow>> {
         if self.queue.is_empty() {
-            let batch = db::next_pending(&self.m.db(), self.id, self.last_rowid, BATCH)?;
+            let batch = self
+                .m
+                .db()
+                .write(|c| db::next_pending(c, self.id, self.last_rowid, BATCH))?;
             if let Some(last) = batch.last() {
                 self.last_rowid = last.rowid;
             }
@@ -235,9 +248,13 @@ impl<'a> Worker<'a> {
             self.src.join(&item.rel_path).display()
         );
         if self.opts.delete_source {
-            db::set_item_kept(&self.m.db(), item.rowid, "failed", reason, kept)?;
+            self.m
+                .db()
+                .write(|c| db::set_item_kept(c, item.rowid, "failed", reason, kept))?;
         } else {
-            db::set_item_state(&self.m.db(), item.rowid, "failed", Some(reason))?;
+            self.m
+                .db()
+                .write(|c| db::set_item_state(c, item.rowid, "failed", Some(reason)))?;
         }
         Ok(Copied::Done)
     }
@@ -248,19 +265,23 @@ impl<'a> Worker<'a> {
             let owner = self.owner(&self.src.join(&item.rel_path), true);
             return match self.m.core.mkdir_all(&dest, owner) {
                 Ok(ino) => {
-                    db::set_item_copied(
-                        &self.m.db(),
-                        item.rowid,
-                        "created",
-                        0,
-                        item.mtime_ns,
-                        "",
-                        Some(ino),
-                    )?;
+                    self.m.db().write(|c| {
+                        db::set_item_copied(
+                            c,
+                            item.rowid,
+                            "created",
+                            0,
+                            item.mtime_ns,
+                            "",
+                            Some(ino),
+                        )
+                    })?;
                     Ok(Copied::Done)
                 }
                 Err(e) if is_transient(&e) => {
-                    db::set_item_state(&self.m.db(), item.rowid, "pending", None)?;
+                    self.m
+                        .db()
+                        .write(|c| db::set_item_state(c, item.rowid, "pending", None))?;
                     Ok(Copied::Offline)
                 }
                 Err(e) => self.fail(item, &format!("cannot make the folder in the drive: {e}")),
@@ -303,20 +324,18 @@ impl<'a> Worker<'a> {
             return self.fail(item, "no longer a regular file");
         }
         let (size, mtime) = (meta.len(), source_mtime_ns(&meta));
-        db::set_item_source(&self.m.db(), item.rowid, size, mtime)?;
+        self.m
+            .db()
+            .write(|c| db::set_item_source(c, item.rowid, size, mtime))?;
         let existing = core.node_at(dest)?;
         if let Some(node) = existing
             .as_ref()
             .filter(|n| n.kind == crate::store::Kind::File && !n.dirty)
         {
             let landed = core.upload_states(&[node.ino])?.landed.contains(&node.ino);
-            let earlier = db::previously_migrated(
-                &self.m.db(),
-                &self.row.src,
-                &self.row.dest,
-                self.id,
-                &item.rel_path,
-            )?;
+            let earlier = self.m.db().write(|c| {
+                db::previously_migrated(c, &self.row.src, &self.row.dest, self.id, &item.rel_path)
+            })?;
             let unchanged_since = earlier.filter(|e| e.size == size && e.mtime_ns == mtime);
             let same_size = node.size == size;
             // With --delete-source, a file migrated before is checked on the server even
@@ -326,7 +345,9 @@ impl<'a> Worker<'a> {
                 unchanged_since.is_some() && (same_size || self.opts.delete_source);
             if migrated_before && self.opts.delete_source && !core.health.is_online() {
                 // It will be checked on the server: wait for it before reading the source.
-                db::set_item_state(&self.m.db(), item.rowid, "pending", None)?;
+                self.m
+                    .db()
+                    .write(|c| db::set_item_state(c, item.rowid, "pending", None))?;
                 return Ok(Copied::Offline);
             }
             if landed && (migrated_before || (same_size && node.sha256.is_some())) {
@@ -346,36 +367,42 @@ impl<'a> Worker<'a> {
                         self.id,
                         e.migration_id
                     );
-                    db::set_item_copied(
-                        &self.m.db(),
-                        item.rowid,
-                        "skipped",
-                        size,
-                        mtime,
-                        &sha,
-                        Some(node.ino),
-                    )?;
+                    self.m.db().write(|c| {
+                        db::set_item_copied(
+                            c,
+                            item.rowid,
+                            "skipped",
+                            size,
+                            mtime,
+                            &sha,
+                            Some(node.ino),
+                        )
+                    })?;
                     return Ok(Copied::Done);
                 }
                 if same_size && node.sha256.as_deref() == Some(sha.as_str()) {
                     // The remote has this very content already (a copy that landed just
                     // before a crash, or a file put there earlier): verify, don't resend.
-                    db::set_item_copied(
-                        &self.m.db(),
-                        item.rowid,
-                        "landed",
-                        size,
-                        mtime,
-                        &sha,
-                        Some(node.ino),
-                    )?;
+                    self.m.db().write(|c| {
+                        db::set_item_copied(
+                            c,
+                            item.rowid,
+                            "landed",
+                            size,
+                            mtime,
+                            &sha,
+                            Some(node.ino),
+                        )
+                    })?;
                     self.track(item, "landed", size, mtime, sha, node.ino);
                     return Ok(Copied::Done);
                 }
             }
         }
         let new_in_drive = existing.is_none();
-        db::set_item_state(&self.m.db(), item.rowid, "importing", None)?;
+        self.m
+            .db()
+            .write(|c| db::set_item_state(c, item.rowid, "importing", None))?;
         let owner = self.owner(&src_path, false);
         for _ in 0..COPY_TRIES {
             let file = match File::open(&src_path) {
@@ -422,21 +449,17 @@ impl<'a> Worker<'a> {
                     }
                     let sha = hex(&reader.hash.finalize());
                     let (size, mtime) = (before.len(), source_mtime_ns(&before));
-                    db::set_item_copied(
-                        &self.m.db(),
-                        item.rowid,
-                        "staged",
-                        size,
-                        mtime,
-                        &sha,
-                        Some(ino),
-                    )?;
+                    self.m.db().write(|c| {
+                        db::set_item_copied(c, item.rowid, "staged", size, mtime, &sha, Some(ino))
+                    })?;
                     self.track(item, "staged", size, mtime, sha, ino);
                     return Ok(Copied::Done);
                 }
                 Err(_) if reader.aborted => {
                     undo("stopped");
-                    db::set_item_state(&self.m.db(), item.rowid, "pending", None)?;
+                    self.m
+                        .db()
+                        .write(|c| db::set_item_state(c, item.rowid, "pending", None))?;
                     return Ok(Copied::Aborted);
                 }
                 Err(_) if reader.error.is_some() => {
@@ -449,12 +472,16 @@ impl<'a> Worker<'a> {
                 }
                 Err(FsError::NoSpace(_)) => {
                     undo("no room");
-                    db::set_item_state(&self.m.db(), item.rowid, "pending", None)?;
+                    self.m
+                        .db()
+                        .write(|c| db::set_item_state(c, item.rowid, "pending", None))?;
                     return Ok(Copied::NoRoom);
                 }
                 Err(e) if is_transient(&e) => {
                     undo("offline");
-                    db::set_item_state(&self.m.db(), item.rowid, "pending", None)?;
+                    self.m
+                        .db()
+                        .write(|c| db::set_item_state(c, item.rowid, "pending", None))?;
                     return Ok(Copied::Offline);
                 }
                 Err(e) => {
@@ -507,7 +534,9 @@ impl<'a> Worker<'a> {
             let ino = item.ino.unwrap_or(0);
             if item.state == "staged" {
                 if uploads.landed.contains(&ino) {
-                    db::set_item_state(&self.m.db(), item.rowid, "landed", None)?;
+                    self.m
+                        .db()
+                        .write(|c| db::set_item_state(c, item.rowid, "landed", None))?;
                     item.state = "landed".into();
                 } else if let Some((_, path, why)) = uploads
                     .refused
@@ -526,12 +555,14 @@ impl<'a> Worker<'a> {
             if item.state == "landed" && remote_ok {
                 match self.verify(&item, &dest) {
                     Ok(Ok(etag)) => {
-                        db::set_item_verified(
-                            &self.m.db(),
-                            item.rowid,
-                            etag.as_deref(),
-                            self.opts.verify.name(),
-                        )?;
+                        self.m.db().write(|c| {
+                            db::set_item_verified(
+                                c,
+                                item.rowid,
+                                etag.as_deref(),
+                                self.opts.verify.name(),
+                            )
+                        })?;
                         item.state = "verified".into();
                         // Nobody asked for this content locally: it goes first.
                         if let Err(e) = core.evict_first(ino) {
@@ -681,22 +712,26 @@ impl<'a> Worker<'a> {
         mtime: i64,
         sha: String,
     ) -> MigrateResult<Copied> {
-        let recorded = db::recorded_verification(
-            &self.m.db(),
-            &self.row.src,
-            &self.row.dest,
-            self.id,
-            &item.rel_path,
-            size,
-            mtime,
-            &sha,
-            self.opts.verify == Verify::Full,
-        )?;
+        let recorded = self.m.db().write(|c| {
+            db::recorded_verification(
+                c,
+                &self.row.src,
+                &self.row.dest,
+                self.id,
+                &item.rel_path,
+                size,
+                mtime,
+                &sha,
+                self.opts.verify == Verify::Full,
+            )
+        })?;
         let checked = self.check_against_server(dest, node, size, &sha, recorded.as_deref());
         match checked {
             Err(e) => {
                 tracing::debug!("migration {}: checking {dest}: {e}", self.id);
-                db::set_item_state(&self.m.db(), item.rowid, "pending", None)?;
+                self.m
+                    .db()
+                    .write(|c| db::set_item_state(c, item.rowid, "pending", None))?;
                 Ok(Copied::Offline)
             }
             Ok(Err(why)) => self.fail_verification(
@@ -704,10 +739,9 @@ impl<'a> Worker<'a> {
                 &format!("already on the server, but not as in the source: {why}"),
             ),
             Ok(Ok(etag)) => {
-                {
-                    let db = self.m.db();
+                self.m.db().write(|c| {
                     db::set_item_copied(
-                        &db,
+                        c,
                         item.rowid,
                         "landed",
                         size,
@@ -715,13 +749,8 @@ impl<'a> Worker<'a> {
                         &sha,
                         Some(node.ino),
                     )?;
-                    db::set_item_verified(
-                        &db,
-                        item.rowid,
-                        etag.as_deref(),
-                        self.opts.verify.name(),
-                    )?;
-                }
+                    db::set_item_verified(c, item.rowid, etag.as_deref(), self.opts.verify.name())
+                })?;
                 tracing::debug!(
                     "migration {}: {dest} on the server as in the source",
                     self.id
@@ -803,10 +832,15 @@ impl<'a> Worker<'a> {
             },
         };
         match note {
-            None => db::set_source_removed(&self.m.db(), item.rowid)?,
+            None => self
+                .m
+                .db()
+                .write(|c| db::set_source_removed(c, item.rowid))?,
             Some((n, kept)) => {
                 tracing::warn!("migration {}: {}: {n}", self.id, path.display());
-                db::set_item_kept(&self.m.db(), item.rowid, "verified", &n, kept)?
+                self.m
+                    .db()
+                    .write(|c| db::set_item_kept(c, item.rowid, "verified", &n, kept))?
             }
         }
         Ok(())
@@ -819,7 +853,10 @@ impl<'a> Worker<'a> {
         let core = &self.m.core;
         let mut before = i64::MAX;
         loop {
-            let dirs = db::created_dirs_before(&self.m.db(), self.id, before, BATCH)?;
+            let dirs = self
+                .m
+                .db()
+                .write(|c| db::created_dirs_before(c, self.id, before, BATCH))?;
             let Some(last) = dirs.last() else { break };
             before = last.rowid;
             for d in &dirs {

@@ -5,8 +5,6 @@ use std::time::SystemTime;
 
 use std::sync::Arc;
 
-use rusqlite::params;
-
 use super::{done, ReplayError, ReplayResult};
 use crate::fs::Core;
 use crate::journal::{self, Entry};
@@ -159,51 +157,57 @@ pub(super) async fn resolve_conflict(
         } else {
             None
         };
-    match &current {
-        Some(cur) => {
-            store::versions::adopt_remote_version(
-                &tx,
-                e.ino,
-                cur.etag.as_deref(),
-                cur.size,
-                cur.mtime
-                    .map(store::system_time_to_ns)
-                    .unwrap_or(node.mtime_ns),
-            )?;
-        }
-        None => {
-            // Deleted on the remote: the original name goes, the conflict copy stays.
-            store::delete_node(&tx, e.ino)?;
-        }
-    }
-    match copy_ino {
-        Some(copy) => tx.execute(
-            "UPDATE journal SET ino = ?3, path = ?4 \
-             WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
-            params![e.ino as i64, e.id, copy as i64, conflict_path],
-        ),
-        None => tx.execute(
-            "DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
-            params![e.ino as i64, e.id],
-        ),
-    }?;
-    journal::record_conflict(
-        &tx,
-        &e.path,
-        &conflict_path,
-        node.etag.as_deref(),
-        current.as_ref().and_then(|c| c.etag.as_deref()),
-    )?;
-    done(core, &tx, e)?;
-    tx.commit()?;
-    // After the commit: a crash in between leaves the copy without content, which its
-    // next open notices (the file is shorter than the node) and fetches from the remote.
-    match copy_ino {
-        Some(ino) => core.content().rename(e.ino, ino)?,
-        None => core.content().remove(e.ino),
-    }
+    let ours = copy_ino.map(|ino| (ino, conflict_path.as_str()));
+    take_theirs(core, tx, e, current.as_ref(), node.mtime_ns, ours, |tx| {
+        journal::record_conflict(
+            tx,
+            &e.path,
+            &conflict_path,
+            node.etag.as_deref(),
+            current.as_ref().and_then(|c| c.etag.as_deref()),
+        )
+    })?;
     drop(conn);
     core.content_replaced(e.ino);
+    Ok(())
+}
+
+/// The end every conflict of an upload shares, in transaction `tx` (under the store
+/// lock, which the caller holds until its content is replaced): file `e.ino` takes
+/// the server's version `theirs` here (`mtime_ns` when the server gives no time), or
+/// goes when the server has none; our waiting uploads of it go to the conflict copy
+/// `ours` (its node and path) or, without one, are dropped; `record` records the
+/// conflict; the entry is done. After the commit the content file becomes the copy's
+/// or goes: a crash in between leaves the copy without content, which its next open
+/// notices (the file is shorter than the node) and fetches from the remote.
+pub(super) fn take_theirs(
+    core: &Core,
+    tx: rusqlite::Transaction<'_>,
+    e: &Entry,
+    theirs: Option<&crate::remote::Entry>,
+    mtime_ns: i64,
+    ours: Option<(u64, &str)>,
+    record: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()>,
+) -> ReplayResult {
+    match theirs {
+        Some(cur) => store::versions::adopt_remote_version(
+            &tx,
+            e.ino,
+            cur.etag.as_deref(),
+            cur.size,
+            cur.mtime.map(store::system_time_to_ns).unwrap_or(mtime_ns),
+        )?,
+        // Deleted on the remote: the original name goes, the conflict copy stays.
+        None => store::delete_node(&tx, e.ino)?,
+    }
+    store::journal::hand_puts_to(&tx, e.ino, e.id, ours)?;
+    record(&tx)?;
+    done(core, &tx, e)?;
+    tx.commit()?;
+    match ours {
+        Some((ino, _)) => core.content().rename(e.ino, ino)?,
+        None => core.content().remove(e.ino),
+    }
     Ok(())
 }
 

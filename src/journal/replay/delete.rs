@@ -93,11 +93,7 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
 /// renamed file was never sent, its upload rewritten to the path). That entry meets
 /// the same newer version and keeps both.
 fn replaced_by_a_later_move(c: &rusqlite::Connection, e: &Entry) -> rusqlite::Result<bool> {
-    c.prepare_cached(
-        "SELECT EXISTS(SELECT 1 FROM journal WHERE id > ?2 AND ino != ?3 \
-         AND ((op = 'move' AND dest = ?1) OR (op = 'put' AND path = ?1)))",
-    )?
-    .query_row(rusqlite::params![e.path, e.id, e.ino as i64], |r| r.get(0))
+    crate::store::journal::later_arrival_at(c, &e.path, e.id, e.ino)
 }
 
 /// Whether the file at `e.path` holds a version this journal entry knows as ours.

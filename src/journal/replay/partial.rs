@@ -27,9 +27,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rusqlite::params;
-
-use super::conflict::{conflict_name, host_name, numbered};
+use super::conflict::{conflict_name, host_name, numbered, take_theirs};
 use super::{done, ReplayError, ReplayResult};
 use crate::fs::{Core, FsError};
 use crate::journal::{self, Entry};
@@ -379,50 +377,21 @@ async fn conflict(core: &Arc<Core>, e: &Entry, node: &Node, copy: &str) -> Repla
             // as ranges of it.
             let since = now.written.clone().unwrap_or_default();
             store::note_written(&tx, ino, &since, now.size)?;
-            tx.execute(
-                "UPDATE nodes SET base_size = ?2, dirty = ?3 WHERE ino = ?1",
-                params![ino as i64, node.size as i64, !since.is_empty()],
-            )?;
+            store::set_base_size_and_dirty(&tx, ino, node.size, !since.is_empty())?;
             Some(ino)
         } else {
             None
         };
-    match &current {
-        Some(cur) => store::versions::adopt_remote_version(
-            &tx,
-            e.ino,
-            cur.etag.as_deref(),
-            cur.size,
-            cur.mtime
-                .map(store::system_time_to_ns)
-                .unwrap_or(now.mtime_ns),
-        )?,
-        None => store::delete_node(&tx, e.ino)?,
-    }
-    match copy_ino {
-        Some(copy) => tx.execute(
-            "UPDATE journal SET ino = ?3, path = ?4, sending = NULL \
-             WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
-            params![e.ino as i64, e.id, copy as i64, conflict_path],
-        ),
-        None => tx.execute(
-            "DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
-            params![e.ino as i64, e.id],
-        ),
-    }?;
-    journal::record_conflict(
-        &tx,
-        &e.path,
-        &conflict_path,
-        node.etag.as_deref(),
-        current.as_ref().and_then(|c| c.etag.as_deref()),
-    )?;
-    done(core, &tx, e)?;
-    tx.commit()?;
-    match copy_ino {
-        Some(ino) => core.content().rename(e.ino, ino)?,
-        None => core.content().remove(e.ino),
-    }
+    let ours = copy_ino.map(|ino| (ino, conflict_path.as_str()));
+    take_theirs(core, tx, e, current.as_ref(), now.mtime_ns, ours, |tx| {
+        journal::record_conflict(
+            tx,
+            &e.path,
+            &conflict_path,
+            node.etag.as_deref(),
+            current.as_ref().and_then(|c| c.etag.as_deref()),
+        )
+    })?;
     drop(conn);
     core.content_replaced(e.ino);
     Ok(())
@@ -498,32 +467,15 @@ async fn base_gone(core: &Arc<Core>, e: &Entry, node: &Node) -> ReplayResult {
     );
     let conn = core.store();
     let tx = conn.unchecked_transaction()?;
-    match &current {
-        Some(cur) => store::versions::adopt_remote_version(
-            &tx,
-            e.ino,
-            cur.etag.as_deref(),
-            cur.size,
-            cur.mtime
-                .map(store::system_time_to_ns)
-                .unwrap_or(node.mtime_ns),
-        )?,
-        None => store::delete_node(&tx, e.ino)?,
-    }
-    tx.execute(
-        "DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
-        params![e.ino as i64, e.id],
-    )?;
-    journal::record_conflict_because(
-        &tx,
-        &e.path,
-        &dest.to_string_lossy(),
-        "changed on the server before the parts not cached here were read; the bytes \
-         written here are kept in the cache's recovered folder",
-    )?;
-    done(core, &tx, e)?;
-    tx.commit()?;
-    core.content().remove(e.ino);
+    take_theirs(core, tx, e, current.as_ref(), node.mtime_ns, None, |tx| {
+        journal::record_conflict_because(
+            tx,
+            &e.path,
+            &dest.to_string_lossy(),
+            "changed on the server before the parts not cached here were read; the bytes \
+             written here are kept in the cache's recovered folder",
+        )
+    })?;
     drop(conn);
     core.content_replaced(e.ino);
     Ok(())

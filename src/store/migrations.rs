@@ -2,7 +2,7 @@
 //! migration, one per item its walk found. Every state change of an item is one small
 //! commit, so a crash at any point leaves a state the worker resumes from.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 /// Rows inserted per transaction by the walk.
 pub const INSERT_BATCH: usize = 500;
@@ -155,29 +155,27 @@ pub fn set_walk_done(c: &Connection, id: i64, excluded: u64) -> rusqlite::Result
     Ok(())
 }
 
-/// Records a batch of walked items in one transaction. An item already recorded (a walk
-/// started again after a restart) keeps its row and state.
-pub fn insert_items(c: &Connection, id: i64, items: &[NewItem]) -> rusqlite::Result<()> {
-    let tx = c.unchecked_transaction()?;
-    {
-        let mut st = tx.prepare_cached(
-            "INSERT OR IGNORE INTO migration_items \
-             (migration_id, rel_path, kind, size, mtime_ns, state, error) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        for it in items {
-            st.execute(params![
-                id,
-                it.rel_path,
-                it.kind,
-                it.size as i64,
-                it.mtime_ns,
-                it.state,
-                it.error
-            ])?;
-        }
+/// Records a batch of walked items, in the caller's transaction (`Store::write`): one
+/// per batch. An item already recorded (a walk started again after a restart) keeps its
+/// row and state.
+pub fn insert_items(tx: &Transaction<'_>, id: i64, items: &[NewItem]) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(
+        "INSERT OR IGNORE INTO migration_items \
+         (migration_id, rel_path, kind, size, mtime_ns, state, error) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for it in items {
+        st.execute(params![
+            id,
+            it.rel_path,
+            it.kind,
+            it.size as i64,
+            it.mtime_ns,
+            it.state,
+            it.error
+        ])?;
     }
-    tx.commit()
+    Ok(())
 }
 
 /// Up to `limit` pending items after `after_rowid`, in walk order.

@@ -1,0 +1,88 @@
+//! `Store`: the two connections to the state store the core holds, each behind its own
+//! lock.
+//!
+//! - The writer (`lock`, `write`): every change, and every read that must see the
+//!   changes of the same unit of work. FUSE operations, the replayer and the sweeper
+//!   take turns on it.
+//! - The reader (`read`): a second connection opened read-only on the same file. In
+//!   WAL mode a reader never waits for a writer: it sees the last commit as of its
+//!   statement. `ctl status`, `ls`, `metrics` and `cache` read through it, so they
+//!   answer at once even while a long unit of work holds the writer. It never sees
+//!   uncommitted changes, so nothing that must read its own writes uses it.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OpenFlags, Transaction};
+
+use super::StoreError;
+
+pub struct Store {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take the whole mount down with poisoned locks.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Store {
+    /// Opens (creating and migrating) the store at `path` with its writer, then a
+    /// read-only connection beside it.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let writer = super::open(path)?;
+        let reader = open_reader(path)?;
+        Ok(Store {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    /// The writer, for a unit of work of the core. Keep the guard short, and never
+    /// across a network call.
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        lock(&self.writer)
+    }
+
+    /// Runs `f` in one transaction on the writer, committed when `f` succeeds.
+    pub fn write<T, E: From<rusqlite::Error>>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction()?;
+        let v = f(&tx)?;
+        tx.commit()?;
+        Ok(v)
+    }
+
+    /// Runs `f` on the read-only connection, in one read transaction: every statement
+    /// of `f` sees the same commit (the last one when it started), and none waits for
+    /// the writer.
+    pub fn read<T, E: From<rusqlite::Error>>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let conn = lock(&self.reader);
+        let tx = conn.unchecked_transaction()?;
+        let v = f(&tx)?;
+        tx.commit()?;
+        Ok(v)
+    }
+}
+
+/// A read-only connection to the store at `path`, which `open` made and migrated.
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // `rarray(?)`, as on the writer (see `subtrees`).
+    rusqlite::vtab::array::load_module(&conn)?;
+    Ok(conn)
+}
