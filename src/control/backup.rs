@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::client::{human_size, table};
+use super::protocol::{BackupNameArgs, BackupRestoreArgs, IdArgs, Request};
 use super::{CmdError, CmdResult, Context};
 
-fn name_arg(a: &Value) -> Result<&str, CmdError> {
-    a["name"]
-        .as_str()
+fn name_arg(name: &str) -> Result<&str, CmdError> {
+    Some(name)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| CmdError("say which backup: NAME (see `backup list`)".into()))
 }
@@ -21,11 +21,8 @@ pub fn run(ctx: &Context) -> CmdResult {
     Ok(json!({"id": id, "name": name}))
 }
 
-pub fn job(ctx: &Context, a: &Value) -> CmdResult {
-    let id = a["id"]
-        .as_i64()
-        .ok_or_else(|| CmdError("missing backup id".into()))?;
-    let mut v = ctx.backups.job(id)?;
+pub fn job(ctx: &Context, a: &IdArgs) -> CmdResult {
+    let mut v = ctx.backups.job(a.id)?;
     v["online"] = ctx.core.health.is_online().into();
     Ok(v)
 }
@@ -38,19 +35,12 @@ pub fn list(ctx: &Context) -> CmdResult {
     Ok(Value::Array(ctx.backups.list()?))
 }
 
-pub fn verify(ctx: &Context, a: &Value) -> CmdResult {
-    Ok(ctx.backups.verify(name_arg(a)?)?)
+pub fn verify(ctx: &Context, a: &BackupNameArgs) -> CmdResult {
+    Ok(ctx.backups.verify(name_arg(&a.name)?)?)
 }
 
-pub fn restore(ctx: &Context, a: &Value) -> CmdResult {
-    let to = a["to"]
-        .as_str()
-        .ok_or_else(|| CmdError("say where to restore to: --to DIR".into()))?;
-    Ok(ctx.backups.restore(
-        name_arg(a)?,
-        Path::new(to),
-        a["force"].as_bool().unwrap_or(false),
-    )?)
+pub fn restore(ctx: &Context, a: &BackupRestoreArgs) -> CmdResult {
+    Ok(ctx.backups.restore(name_arg(&a.name)?, &a.to, a.force)?)
 }
 
 // ----- the client's side ---------------------------------------------------------------
@@ -164,15 +154,15 @@ pub struct Waited {
 /// `backup run --wait`: starts a run and follows it (a progress bar on a terminal) until
 /// it has landed on the remote or failed. Err only when the daemon cannot be asked.
 pub fn run_and_wait(socket: &Path, timeout: Duration, json_out: bool) -> Result<Waited, String> {
-    let request = |cmd: &str, args: Value| -> Result<Value, String> {
-        let reply = super::client::request(socket, cmd, args, Duration::from_secs(120))?;
+    let request = |req: Request| -> Result<Value, String> {
+        let reply = super::client::request(socket, &req, Duration::from_secs(120))?;
         if reply["ok"].as_bool() == Some(true) {
             Ok(reply["result"].clone())
         } else {
             Err(reply["error"].as_str().unwrap_or("error").to_string())
         }
     };
-    let started = request("backup-run", json!({}))?;
+    let started = request(Request::BackupRun {})?;
     let id = started["id"].as_i64().ok_or("no backup id in the reply")?;
     let name = started["name"].as_str().unwrap_or("?").to_string();
     let bar = if json_out {
@@ -190,7 +180,7 @@ pub fn run_and_wait(socket: &Path, timeout: Duration, json_out: bool) -> Result<
     let deadline = Instant::now() + timeout;
     let mut said_offline = false;
     loop {
-        let job = request("backup-job", json!({"id": id}))?;
+        let job = request(Request::BackupJob(IdArgs { id }))?;
         let state = job["state"].as_str().unwrap_or("?").to_string();
         if let Some(p) = job.get("progress") {
             bar.set_length(p["total_bytes"].as_u64().unwrap_or(0));

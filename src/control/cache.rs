@@ -2,14 +2,15 @@
 
 use serde_json::{json, Value};
 
+use super::protocol::{LsArgs, PathsArgs};
 use super::{paths_arg, resolve, CmdError, CmdResult, Context};
 use crate::fs::Evicted;
 use crate::store::{self, Kind};
 
-pub fn pin(ctx: &Context, args: &Value, pinned: bool) -> CmdResult {
+pub fn pin(ctx: &Context, args: &PathsArgs, pinned: bool) -> CmdResult {
     let mut done = Vec::new();
     for given in paths_arg(args)? {
-        let (path, ino) = resolve(ctx, &given)?;
+        let (path, ino) = resolve(ctx, given)?;
         ctx.core.set_pinned(ino, pinned)?;
         done.push(path);
     }
@@ -22,11 +23,11 @@ pub fn pin(ctx: &Context, args: &Value, pinned: bool) -> CmdResult {
     Ok(json!({"paths": done, "pinned": pinned, "files_fetched": fetched}))
 }
 
-pub fn evict(ctx: &Context, args: &Value) -> CmdResult {
+pub fn evict(ctx: &Context, args: &PathsArgs) -> CmdResult {
     let mut results = Vec::new();
     let mut refused = Vec::new();
     for given in paths_arg(args)? {
-        let (path, ino) = resolve(ctx, &given)?;
+        let (path, ino) = resolve(ctx, given)?;
         let outcome = match ctx.core.evict(ino) {
             Ok(Evicted::Freed(n)) => json!({"path": path, "evicted": true, "bytes": n}),
             Ok(Evicted::NotCached) => {
@@ -115,8 +116,8 @@ pub fn summary(ctx: &Context) -> CmdResult {
     }))
 }
 
-pub fn ls(ctx: &Context, args: &Value) -> CmdResult {
-    let given = args.get("path").and_then(Value::as_str).unwrap_or("");
+pub fn ls(ctx: &Context, args: &LsArgs) -> CmdResult {
+    let given = args.path.as_str();
     let (path, ino) = resolve(ctx, given)?;
     let core = &ctx.core;
     let node =

@@ -7,12 +7,12 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::PROTOCOL_VERSION;
+use super::protocol::{MigrateStatusArgs, Request, SyncArgs};
 
-/// Sends `cmd` with `args`; returns the reply's `ok` and the whole reply.
-pub fn request(socket: &Path, cmd: &str, args: Value, timeout: Duration) -> Result<Value, String> {
+/// Sends one request; returns the whole reply (its `ok` says whether it succeeded).
+pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, String> {
     let stream = UnixStream::connect(socket).map_err(|e| {
         format!(
             "cannot reach the control socket {}: {e} (is the mount running?)",
@@ -22,7 +22,7 @@ pub fn request(socket: &Path, cmd: &str, args: Value, timeout: Duration) -> Resu
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    let mut line = json!({"version": PROTOCOL_VERSION, "cmd": cmd, "args": args}).to_string();
+    let mut line = req.to_line();
     line.push('\n');
     // A daemon refusing this client answers and hangs up before reading: the reply may
     // be waiting even if the write fails.
@@ -157,9 +157,9 @@ fn poll_text(p: &Value) -> String {
     )
 }
 
-/// The human rendering of a successful reply to `cmd`.
-pub fn render(cmd: &str, r: &Value) -> String {
-    match cmd {
+/// The human rendering of a successful reply to `req`.
+pub fn render(req: &Request, r: &Value) -> String {
+    match req.name().as_str() {
         "status" => {
             let j = &r["journal"];
             let c = &r["cache"];
@@ -246,7 +246,7 @@ pub fn render(cmd: &str, r: &Value) -> String {
             );
             out
         }
-        "journal" => journal_text(r, false),
+        "journal" => journal_text(r, matches!(req, Request::Journal(a) if a.failed)),
         "ls" => {
             let rows = r["entries"]
                 .as_array()
@@ -659,8 +659,14 @@ pub fn sync_wait(socket: &Path, timeout: Duration, json_out: bool) -> Result<Val
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     use std::io::IsTerminal;
     const SLICE: Duration = Duration::from_secs(1);
-    let ask = |args: Value| request(socket, "sync", args, SLICE + Duration::from_secs(60));
-    let first = ask(json!({"wait": false}))?;
+    let ask = |args: SyncArgs| {
+        request(
+            socket,
+            &Request::Sync(args),
+            SLICE + Duration::from_secs(60),
+        )
+    };
+    let first = ask(SyncArgs::default())?;
     if first["ok"].as_bool() != Some(true) {
         return Ok(first);
     }
@@ -702,13 +708,13 @@ pub fn sync_wait(socket: &Path, timeout: Duration, json_out: bool) -> Result<Val
     }
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let reply = ask(json!({
-            "wait": true,
-            "kick": false,
-            "timeout_ms": left.as_millis() as u64,
-            "timeout_s": timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0),
-            "slice_ms": SLICE.as_millis() as u64,
-        }))?;
+        let reply = ask(SyncArgs {
+            wait: true,
+            kick: false,
+            timeout_ms: Some(left.as_millis() as u64),
+            timeout_s: Some(timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0)),
+            slice_ms: Some(SLICE.as_millis() as u64),
+        })?;
         let r = &reply["result"];
         if reply["ok"].as_bool() != Some(true) || r["drained"] != false {
             if r["drained"] == true {
@@ -816,8 +822,7 @@ pub fn watch_migration(socket: &Path, id: Option<i64>, json_out: bool) -> Result
     loop {
         let reply = request(
             socket,
-            "migrate-status",
-            json!({"id": id}),
+            &Request::MigrateStatus(MigrateStatusArgs { id }),
             Duration::from_secs(60),
         )?;
         if reply["ok"].as_bool() != Some(true) {

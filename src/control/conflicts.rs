@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 
+use super::protocol::ConflictsResolveArgs;
 use super::{mount_path, CmdError, CmdResult, Context};
 use crate::store::ROOT_INO;
 
@@ -41,15 +42,9 @@ fn split(path: &str) -> (&str, &str) {
     (if dir.is_empty() { "/" } else { dir }, name)
 }
 
-pub fn resolve(ctx: &Context, args: &Value) -> CmdResult {
-    let given = args
-        .get("path")
-        .and_then(Value::as_str)
-        .ok_or_else(|| CmdError("missing argument: path".into()))?;
-    let keep = args.get("keep").and_then(Value::as_str).unwrap_or("");
-    if !matches!(keep, "local" | "remote" | "both") {
-        return Err(CmdError("--keep must be local, remote or both".into()));
-    }
+pub fn resolve(ctx: &Context, args: &ConflictsResolveArgs) -> CmdResult {
+    let given = args.path.as_str();
+    let keep = args.keep.as_str();
     let path = mount_path(ctx, given)?;
     let c = ctx
         .core

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::protocol::{JournalArgs, JournalDropArgs, JournalRetryArgs, SyncArgs};
 use super::{CmdError, CmdResult, Context};
 use crate::journal;
 use crate::store::now_ms;
@@ -13,11 +14,11 @@ use crate::store::now_ms;
 /// journal is empty; or, when every change left is set aside or held back by one that
 /// is, saying which need attention; or at the timeout, which also bounds waiting for an
 /// offline server to come back. Anything but "drained" is an error (non-zero exit).
-pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
+pub fn sync(ctx: &Context, args: &SyncArgs) -> CmdResult {
     let core = &ctx.core;
     // `kick: false`: a follow-up of a wait already started (`ctl sync --wait` asks again
     // every `slice_ms` to show progress); the check and the retry were done then.
-    let kick = args.get("kick").and_then(Value::as_bool).unwrap_or(true);
+    let kick = args.kick;
     let mut online = core.health.is_online();
     if kick {
         let remote = core.remote().clone();
@@ -25,7 +26,7 @@ pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
         journal::retry_waiting_now(&core.store())?;
         core.journal_changed.notify_one();
     }
-    let wait = args.get("wait").and_then(Value::as_bool).unwrap_or(false);
+    let wait = args.wait;
     if !wait {
         let mut v = snapshot(ctx)?;
         v["online"] = json!(online);
@@ -33,20 +34,14 @@ pub fn sync(ctx: &Context, args: &Value) -> CmdResult {
     }
     // The timeout the user gave (and the message names); `timeout_ms`, when given, is
     // what is left of it for this request.
-    let given = Duration::from_secs(
-        args.get("timeout_s")
-            .and_then(Value::as_u64)
-            .unwrap_or(600)
-            .min(7 * 86400),
-    );
-    let timeout = match args.get("timeout_ms").and_then(Value::as_u64) {
+    let given = Duration::from_secs(args.timeout_s.unwrap_or(600).min(7 * 86400));
+    let timeout = match args.timeout_ms {
         Some(ms) => Duration::from_millis(ms).min(given),
         None => given,
     };
     // With a slice, an answer comes back after at most this long, drained or not.
     let slice_end = args
-        .get("slice_ms")
-        .and_then(Value::as_u64)
+        .slice_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
     let deadline = Instant::now() + timeout;
     let mut progress = core.journal_progress();
@@ -129,8 +124,8 @@ fn stuck(core: &crate::fs::Core) -> Result<bool, CmdError> {
         && journal::next_retry_at(&conn, now)?.is_none())
 }
 
-pub fn list(ctx: &Context, args: &Value) -> CmdResult {
-    let failed_only = args.get("failed").and_then(Value::as_bool).unwrap_or(false);
+pub fn list(ctx: &Context, args: &JournalArgs) -> CmdResult {
+    let failed_only = args.failed;
     let entries = journal::list(&ctx.core.store(), failed_only)?;
     let now = now_ms();
     Ok(Value::Array(
@@ -152,9 +147,9 @@ pub fn list(ctx: &Context, args: &Value) -> CmdResult {
     ))
 }
 
-pub fn retry(ctx: &Context, args: &Value) -> CmdResult {
-    let id = args.get("id").and_then(Value::as_i64);
-    let all = args.get("all").and_then(Value::as_bool).unwrap_or(false);
+pub fn retry(ctx: &Context, args: &JournalRetryArgs) -> CmdResult {
+    let id = args.id;
+    let all = args.all;
     if id.is_none() && !all {
         return Err(CmdError("give an entry id, or all".into()));
     }
@@ -166,12 +161,9 @@ pub fn retry(ctx: &Context, args: &Value) -> CmdResult {
     Ok(json!({"retried": n}))
 }
 
-pub fn drop_entry(ctx: &Context, args: &Value) -> CmdResult {
-    let id = args
-        .get("id")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| CmdError("give the id of the entry to drop".into()))?;
-    if !args.get("yes").and_then(Value::as_bool).unwrap_or(false) {
+pub fn drop_entry(ctx: &Context, args: &JournalDropArgs) -> CmdResult {
+    let id = args.id;
+    if !args.yes {
         return Err(CmdError(
             "dropping an entry gives up on sending that change; confirm with --yes".into(),
         ));
