@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use davdrive::config::{self, parse_duration, MountArgs};
+use davdrive::control::cmd;
 use davdrive::control::protocol::{Keep, Request};
 use davdrive::daemon::process;
 use davdrive::migrate::Verify;
@@ -272,14 +273,14 @@ fn ctl(args: CtlArgs) -> ExitCode {
     let req = match args.command.into_request(&p) {
         Ok(Ctl::Send(req)) => req,
         Ok(Ctl::SyncWait(t)) => {
-            return match client::sync_wait(&socket, t, args.json) {
+            return match cmd::sync::sync_wait(&socket, t, args.json) {
                 Ok(reply) => print_reply(&Request::Sync(Default::default()), &reply, args.json),
                 Err(e) => fail(e),
             }
         }
         Ok(Ctl::BackupRunWait(t)) => return backup_run_wait(&socket, t, args.json),
         Ok(Ctl::WatchMigration(id)) => {
-            return match client::watch_migration(&socket, id, args.json) {
+            return match cmd::migrate_status::watch_migration(&socket, id, args.json) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(format!("davdrive ctl migrate status: {e}")),
             };
@@ -358,7 +359,7 @@ impl CtlCmd {
                 BackupCmd::Restore { name, to, force } => {
                     Request::BackupRestore(BackupRestoreArgs {
                         name,
-                        to: davdrive::control::backup::absolute_target(&to)?,
+                        to: cmd::backup_verify::absolute_target(&to)?,
                         force,
                     })
                 }
@@ -396,12 +397,11 @@ impl CtlCmd {
 
 /// Prints a reply as JSON or for a person; the exit status says whether it is ok.
 fn print_reply(req: &Request, reply: &serde_json::Value, json: bool) -> ExitCode {
-    use davdrive::control::client;
     let ok = reply["ok"].as_bool() == Some(true);
     if json {
         println!("{reply}");
     } else if ok {
-        print!("{}", client::render(req, &reply["result"]));
+        print!("{}", cmd::render(req, &reply["result"]));
     } else {
         eprintln!(
             "davdrive ctl {}: {}",
@@ -453,7 +453,7 @@ fn in_mount(mountpoint: Option<&Path>, given: String) -> String {
 }
 
 fn backup_run_wait(socket: &Path, timeout: Duration, json_out: bool) -> ExitCode {
-    match davdrive::control::backup::run_and_wait(socket, timeout, json_out) {
+    match cmd::backup_run::run_and_wait(socket, timeout, json_out) {
         Ok(w) => {
             if json_out {
                 println!("{}", serde_json::json!({"ok": w.ok, "result": w.job}));

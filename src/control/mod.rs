@@ -7,17 +7,13 @@
 //! ```
 //!
 //! Only the mounting user and root are served (checked with SO_PEERCRED). Bad input gets
-//! an error reply; a line over 1 MiB gets one and the connection is closed. One file per
-//! group of commands.
+//! an error reply; a line over 1 MiB gets one and the connection is closed. The requests
+//! are typed in `protocol`; each command's handler and the rendering of its reply are in
+//! `cmd/<name>.rs`.
 
-pub mod backup;
-pub mod cache;
 pub mod client;
-pub mod conflicts;
-pub mod journal;
-pub mod migrate;
+pub mod cmd;
 pub mod protocol;
-pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,38 +59,7 @@ impl<E: std::fmt::Display> From<E> for CmdError {
 
 pub type CmdResult = Result<Value, CmdError>;
 
-/// Runs one request (blocking: commands call into the core).
-pub fn dispatch(ctx: &Context, req: &Request) -> CmdResult {
-    match req {
-        Request::Status {} => status::status(ctx),
-        Request::Health {} => status::health(ctx),
-        Request::Metrics {} => status::metrics(ctx),
-        Request::Sync(a) => journal::sync(ctx, a),
-        Request::Journal(a) => journal::list(ctx, a),
-        Request::JournalRetry(a) => journal::retry(ctx, a),
-        Request::JournalDrop(a) => journal::drop_entry(ctx, a),
-        Request::Pin(a) => cache::pin(ctx, a, true),
-        Request::Unpin(a) => cache::pin(ctx, a, false),
-        Request::Evict(a) => cache::evict(ctx, a),
-        Request::Cache {} => cache::summary(ctx),
-        Request::Ls(a) => cache::ls(ctx, a),
-        Request::Conflicts {} => conflicts::list(ctx),
-        Request::ConflictsResolve(a) => conflicts::resolve(ctx, a),
-        Request::BackupRun {} => backup::run(ctx),
-        Request::BackupJob(a) => backup::job(ctx, a),
-        Request::BackupStatus {} => backup::status(ctx),
-        Request::BackupList {} => backup::list(ctx),
-        Request::BackupVerify(a) => backup::verify(ctx, a),
-        Request::BackupRestore(a) => backup::restore(ctx, a),
-        Request::MigrateStart(a) => migrate::start(ctx, a),
-        Request::MigrateStatus(a) => migrate::status(ctx, a),
-        Request::MigrateList {} => migrate::list(ctx),
-        Request::MigratePause(a) => migrate::pause(ctx, a),
-        Request::MigrateResume(a) => migrate::resume(ctx, a),
-        Request::MigrateCancel(a) => migrate::cancel(ctx, a),
-        Request::MigrateErrors(a) => migrate::errors(ctx, a),
-    }
-}
+pub use cmd::dispatch;
 
 fn reply_line(result: CmdResult) -> String {
     let v = match result {

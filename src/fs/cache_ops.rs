@@ -20,7 +20,7 @@ use crate::store::{self, Kind};
 const VERIFY_AT_OPEN_LIMIT: u64 = 8 << 20;
 
 /// Cached files and bytes, by state.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct CacheUsage {
     pub files: u64,
     pub bytes: u64,

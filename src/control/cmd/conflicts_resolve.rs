@@ -1,13 +1,19 @@
-//! `conflicts` and `conflicts resolve`: versions changed on both sides.
-//!
-//! A conflict leaves the remote's version under the original name and ours beside it
-//! under a conflict name. Resolving keeps one side (or both) and marks it resolved.
+//! `ctl conflicts resolve PATH --keep local|remote|both`: keeps one side of a conflict
+//! (or both) and marks it resolved.
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-use super::protocol::ConflictsResolveArgs;
-use super::{mount_path, CmdError, CmdResult, Context};
+use crate::control::protocol::{ConflictsResolveArgs, Keep};
+use crate::control::{mount_path, CmdError, Context};
 use crate::store::ROOT_INO;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResolveReply {
+    /// The original name.
+    pub resolved: String,
+    pub kept: Keep,
+    pub conflict_copy: String,
+}
 
 struct Conflict {
     id: i64,
@@ -15,34 +21,12 @@ struct Conflict {
     conflict_path: String,
 }
 
-pub fn list(ctx: &Context) -> CmdResult {
-    let conn = ctx.core.store();
-    let mut st = conn.prepare(
-        "SELECT id, path, conflict_path, local_etag, remote_etag, created_at, resolved \
-         FROM conflicts ORDER BY id",
-    )?;
-    let rows = st
-        .query_map([], |r| {
-            Ok(json!({
-                "id": r.get::<_, i64>(0)?,
-                "path": r.get::<_, String>(1)?,
-                "conflict_path": r.get::<_, String>(2)?,
-                "local_etag": r.get::<_, Option<String>>(3)?,
-                "remote_etag": r.get::<_, Option<String>>(4)?,
-                "time": r.get::<_, i64>(5)? / 1000,
-                "resolved": r.get::<_, bool>(6)?,
-            }))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Value::Array(rows))
-}
-
 fn split(path: &str) -> (&str, &str) {
     let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
     (if dir.is_empty() { "/" } else { dir }, name)
 }
 
-pub fn resolve(ctx: &Context, args: &ConflictsResolveArgs) -> CmdResult {
+pub fn run(ctx: &Context, args: &ConflictsResolveArgs) -> Result<ResolveReply, CmdError> {
     let given = args.path.as_str();
     let keep = args.keep.as_str();
     let path = mount_path(ctx, given)?;
@@ -104,5 +88,13 @@ pub fn resolve(ctx: &Context, args: &ConflictsResolveArgs) -> CmdResult {
     }
     core.store()
         .execute("UPDATE conflicts SET resolved = 1 WHERE id = ?1", [c.id])?;
-    Ok(json!({"resolved": c.path, "kept": keep, "conflict_copy": c.conflict_path}))
+    Ok(ResolveReply {
+        resolved: c.path,
+        kept: args.keep,
+        conflict_copy: c.conflict_path,
+    })
+}
+
+pub fn render(r: &ResolveReply) -> String {
+    format!("resolved {} (kept {})\n", r.resolved, r.kept.as_str())
 }
