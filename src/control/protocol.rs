@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::CmdError;
+pub use crate::fs::Keep;
 use crate::migrate::Verify;
 
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -127,28 +128,6 @@ pub struct PathsArgs {
 pub struct LsArgs {
     #[serde(default)]
     pub path: String,
-}
-
-/// Which side of a conflict to keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Keep {
-    /// Ours, under the original name; theirs goes.
-    Local,
-    /// Theirs, under the original name; our copy goes.
-    Remote,
-    /// Both, as they are.
-    Both,
-}
-
-impl Keep {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Keep::Local => "local",
-            Keep::Remote => "remote",
-            Keep::Both => "both",
-        }
-    }
 }
 
 /// `conflicts-resolve`: the conflict at `path` (the original name or the copy's).

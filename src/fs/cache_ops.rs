@@ -573,6 +573,18 @@ impl Core {
         })
     }
 
+    /// Makes failed journal entries (entry `id`, or all with None) wait to be tried again
+    /// from the start, and wakes the replayer; returns how many. `NotFound` if there is
+    /// no entry `id`.
+    pub fn retry_journal(&self, id: Option<i64>) -> FsResult<usize> {
+        let n = crate::journal::retry(&lock(&self.store), id)?;
+        if let (0, Some(_)) = (n, id) {
+            return Err(FsError::NotFound);
+        }
+        self.journal_changed.notify_one();
+        Ok(n)
+    }
+
     /// Drops journal entry `id` (an administrator gave up on it). The content of a dropped
     /// upload is copied to `<cache dir>/recovered/` first, and the file goes back to the
     /// remote's version (or away, if the remote never had it). Returns where the content

@@ -14,6 +14,7 @@
 
 mod cache_ops;
 mod changes;
+pub mod conflicts;
 pub mod error;
 mod fetch;
 mod import;
@@ -36,6 +37,7 @@ use rusqlite::Connection;
 use tokio::sync::Notify;
 
 pub use cache_ops::{CacheUsage, Candidate, Evicted};
+pub use conflicts::{Keep, ResolveError};
 pub use error::{FsError, FsResult};
 
 use crate::cache::{CacheLimits, ContentFiles};

@@ -1,10 +1,9 @@
-//! `ctl journal retry ID|--all`: failed entries are tried again.
+//! `ctl journal retry ID|--all`: failed entries are tried again (`Core::retry_journal`).
 
 use serde::{Deserialize, Serialize};
 
 use crate::control::protocol::JournalRetryArgs;
 use crate::control::{CmdError, Context};
-use crate::journal;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RetryReply {
@@ -17,12 +16,14 @@ pub fn run(ctx: &Context, args: &JournalRetryArgs) -> Result<RetryReply, CmdErro
     if id.is_none() && !all {
         return Err(CmdError("give an entry id, or all".into()));
     }
-    let n = journal::retry(&ctx.core.store(), id)?;
-    if let (0, Some(id)) = (n, id) {
-        return Err(CmdError(format!("no journal entry {id}")));
+    match ctx.core.retry_journal(id) {
+        Ok(n) => Ok(RetryReply { retried: n as u64 }),
+        Err(crate::fs::FsError::NotFound) => Err(CmdError(format!(
+            "no journal entry {}",
+            id.unwrap_or_default()
+        ))),
+        Err(e) => Err(e.into()),
     }
-    ctx.core.journal_changed.notify_one();
-    Ok(RetryReply { retried: n as u64 })
 }
 
 pub fn render(r: &RetryReply) -> String {
