@@ -50,6 +50,16 @@ pub enum Evicted {
     Open,
 }
 
+/// What evicting a folder did: its clean files went; changed, pinned and open ones
+/// stayed (that is what evicting a folder means, not a refusal).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FolderEvicted {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files kept: changed, pinned or open.
+    pub kept: u64,
+}
+
 /// A clean, unpinned cached file, in least-recently-used order.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -193,6 +203,27 @@ impl Core {
         let result = self.fetch_range(&of, ino, 0, size, false);
         self.close_open_file(ino);
         result
+    }
+
+    /// Evicts the cached content of every clean file below folder `ino`.
+    pub fn evict_folder(&self, ino: u64) -> FsResult<FolderEvicted> {
+        let files: Vec<u64> = store::subtrees(&lock(&self.store), &[ino])?
+            .into_iter()
+            .filter(|n| n.is_file)
+            .map(|n| n.ino)
+            .collect();
+        let mut done = FolderEvicted::default();
+        for f in files {
+            match self.evict(f)? {
+                Evicted::Freed(n) => {
+                    done.files += 1;
+                    done.bytes += n;
+                }
+                Evicted::NotCached => {}
+                _ => done.kept += 1,
+            }
+        }
+        Ok(done)
     }
 
     /// Removes the cached content of `ino`, if that loses nothing. The node stays, so the

@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::Connection;
 use tokio::sync::Notify;
 
-pub use cache_ops::{CacheUsage, Candidate, Evicted};
+pub use cache_ops::{CacheUsage, Candidate, Evicted, FolderEvicted};
 pub use conflicts::{Keep, ResolveError};
 pub use error::{FsError, FsResult};
 

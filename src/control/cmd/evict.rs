@@ -1,5 +1,5 @@
 //! `ctl evict`: the cached content of files goes (refused for changes not yet
-//! uploaded); of a folder, its clean files.
+//! uploaded); of a folder, its clean files (`Core::evict`, `Core::evict_folder`).
 
 use serde::{Deserialize, Serialize};
 
@@ -84,30 +84,17 @@ pub fn run(ctx: &Context, args: &PathsArgs) -> Result<Vec<EvictReply>, CmdError>
 }
 
 fn evict_folder(ctx: &Context, path: &str, ino: u64) -> Result<FolderEvicted, CmdError> {
-    let files: Vec<u64> = crate::store::subtrees(&ctx.core.store(), &[ino])?
-        .into_iter()
-        .filter(|n| n.is_file)
-        .map(|n| n.ino)
-        .collect();
-    let (mut evicted, mut bytes, mut kept) = (0u64, 0u64, 0u64);
-    for f in files {
-        match ctx.core.evict(f) {
-            Ok(Evicted::Freed(n)) => {
-                evicted += 1;
-                bytes += n;
-            }
-            Ok(Evicted::NotCached) => {}
-            Ok(_) => kept += 1,
-            Err(e) => return Err(CmdError(format!("{path}: {e}"))),
-        }
-    }
+    let done = ctx
+        .core
+        .evict_folder(ino)
+        .map_err(|e| CmdError(format!("{path}: {e}")))?;
     Ok(FolderEvicted {
         path: path.to_string(),
-        evicted: evicted > 0,
-        files: evicted,
-        bytes,
-        kept,
-        reason: (kept > 0).then(|| "changed, pinned or open files are kept".into()),
+        evicted: done.files > 0,
+        files: done.files,
+        bytes: done.bytes,
+        kept: done.kept,
+        reason: (done.kept > 0).then(|| "changed, pinned or open files are kept".into()),
     })
 }
 
