@@ -276,6 +276,24 @@ fn bad_requests_get_error_replies_and_the_daemon_stays_up() {
     assert!(r["error"].as_str().unwrap().contains("version"));
     let r = raw(&conn, b"{\"cmd\":\"pin\",\"args\":{\"paths\":[1,2]}}\n").unwrap();
     assert_eq!(r["ok"], false);
+    // An argument of the wrong type: an error reply naming the command.
+    let r = raw(
+        &conn,
+        b"{\"cmd\":\"journal-drop\",\"args\":{\"id\":\"42\"}}\n",
+    )
+    .unwrap();
+    assert_eq!(r["ok"], false);
+    let e = r["error"].as_str().unwrap();
+    assert!(e.starts_with("journal-drop: bad arguments"), "{e}");
+    // Arguments null or left out, as older clients send them, are taken for none.
+    let r = raw(
+        &conn,
+        b"{\"version\":1,\"cmd\":\"journal\",\"args\":null}\n",
+    )
+    .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    let r = raw(&conn, b"{\"cmd\":\"ls\"}\n").unwrap();
+    assert_eq!(r["ok"], true, "{r}");
     let r = raw(&conn, &[0xff, 0xfe, b'\n']).unwrap();
     assert_eq!(r["ok"], false);
     // Still usable after all that.
