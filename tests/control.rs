@@ -198,6 +198,16 @@ fn failed_entries_are_listed_retried_and_dropped_with_their_content_kept() {
     let (ok, text, _) = ctl(&m, &["journal", "--failed"]);
     assert!(ok);
     assert!(text.contains("FAILED"), "{text}");
+    // Waiting cannot drain a journal whose changes are all set aside: `sync --wait`
+    // says so at once, naming them, instead of waiting out its timeout.
+    let started = std::time::Instant::now();
+    let (ok, _, err) = ctl(&m, &["sync", "--wait", "--timeout", "60s"]);
+    assert!(!ok);
+    assert!(
+        err.contains("2 change(s) need attention") && err.contains("refused-1.txt"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{err}");
 
     // Dropping asks for confirmation, then keeps the content where it says.
     let (ok, _, err) = ctl(&m, &["journal", "drop", &first.to_string()]);

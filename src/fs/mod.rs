@@ -577,6 +577,17 @@ impl Core {
         });
     }
 
+    /// Nothing is running, nothing may start, and nothing waits out a backoff: every
+    /// change left in the journal is set aside or held back by one that is, and waiting
+    /// longer will not drain it.
+    pub fn journal_stuck(&self) -> FsResult<bool> {
+        let conn = lock(&self.store);
+        let now = self.clock().now_ms();
+        Ok(!journal::anything_running(&conn)?
+            && journal::ready(&conn, &Default::default(), 1, now)?.is_empty()
+            && journal::next_retry_at(&conn, now)?.is_none())
+    }
+
     /// The replayer starts or finishes changing these remote paths (see `changes`).
     pub fn remote_changing(&self, paths: &[&str]) {
         self.remote_changes.changed(paths);

@@ -77,7 +77,7 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<SyncReply, CmdError> {
                 ..Default::default()
             });
         }
-        if core.health.is_online() && stuck(core)? {
+        if core.health.is_online() && core.journal_stuck()? {
             let entries = journal::list(&core.store(), true)?;
             let lines: Vec<String> = entries
                 .iter()
@@ -141,16 +141,6 @@ fn snapshot(ctx: &Context) -> Result<SyncReply, CmdError> {
         uploaded_bytes: Some(crate::metrics::METRICS.uploaded_bytes()),
         ..Default::default()
     })
-}
-
-/// Nothing is running, nothing may start, and nothing waits out a backoff: every
-/// change left is set aside or held back by one that is.
-fn stuck(core: &crate::fs::Core) -> Result<bool, CmdError> {
-    let conn = core.store();
-    let now = core.clock().now_ms();
-    Ok(!journal::anything_running(&conn)?
-        && journal::ready(&conn, &Default::default(), 1, now)?.is_empty()
-        && journal::next_retry_at(&conn, now)?.is_none())
 }
 
 pub fn render(r: &SyncReply) -> String {
