@@ -183,8 +183,7 @@ enum MigrateCmd {
         src_dir: PathBuf,
         /// A path inside the mount (absolute) or relative to its root; made if missing.
         dest: String,
-        /// full: read each landed file back from the server and compare SHA-256;
-        /// size: compare size and ETag.
+        /// How each landed file is checked against the server.
         #[arg(long, value_enum, default_value_t = Verify::Full)]
         verify: Verify,
         /// Remove each source file once its copy on the server is verified.
