@@ -11,7 +11,10 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use davdrive::config::{self, parse_duration, MountArgs};
+use davdrive::control::cmd;
+use davdrive::control::protocol::{Keep, Request};
 use davdrive::daemon::process;
+use davdrive::migrate::Verify;
 
 /// Mount a WebDAV share as a local folder. Writes land on the local disk first and reach
 /// the server through a durable journal, also across outages and crashes.
@@ -180,10 +183,9 @@ enum MigrateCmd {
         src_dir: PathBuf,
         /// A path inside the mount (absolute) or relative to its root; made if missing.
         dest: String,
-        /// full: read each landed file back from the server and compare SHA-256;
-        /// size: compare size and ETag.
-        #[arg(long, default_value = "full", value_parser = ["full", "size"])]
-        verify: String,
+        /// How each landed file is checked against the server.
+        #[arg(long, value_enum, default_value_t = Verify::Full)]
+        verify: Verify,
         /// Remove each source file once its copy on the server is verified.
         #[arg(long)]
         delete_source: bool,
@@ -237,14 +239,13 @@ enum ConflictsCmd {
     /// Keep one side (or both) of a conflict.
     Resolve {
         path: String,
-        #[arg(long, value_parser = ["local", "remote", "both"])]
-        keep: String,
+        #[arg(long, value_enum)]
+        keep: Keep,
     },
 }
 
 fn ctl(args: CtlArgs) -> ExitCode {
     use davdrive::control::client;
-    use serde_json::json;
     let (socket, mountpoint) = match (&args.socket, &args.mount) {
         (Some(s), _) => (s.clone(), None),
         (None, Some(m)) => match std::fs::canonicalize(m) {
@@ -268,128 +269,142 @@ fn ctl(args: CtlArgs) -> ExitCode {
     // Paths relative to the current folder, when that lies in the mount; otherwise
     // from the mount's root, as before.
     let p = |given: String| in_mount(mountpoint.as_deref(), given);
-    let ps = |given: Vec<String>| given.into_iter().map(p).collect::<Vec<_>>();
-    let timeout = Duration::from_secs(600);
-    let (cmd, req_args) = match args.command {
-        CtlCmd::Status => ("status", json!({})),
-        CtlCmd::Sync {
-            wait: true,
-            timeout: t,
-        } => {
-            return match client::sync_wait(&socket, t, args.json) {
-                Ok(reply) => print_reply("sync", &reply, args.json, false),
+    let req = match args.command.into_request(&p) {
+        Ok(Ctl::Send(req)) => req,
+        Ok(Ctl::SyncWait(t)) => {
+            return match cmd::sync::sync_wait(&socket, t, args.json) {
+                Ok(reply) => print_reply(&Request::Sync(Default::default()), &reply, args.json),
                 Err(e) => fail(e),
             }
         }
-        CtlCmd::Sync { wait: false, .. } => ("sync", json!({"wait": false})),
-        CtlCmd::Journal {
-            failed,
-            action: None,
-        } => ("journal", json!({"failed": failed})),
-        CtlCmd::Journal {
-            action: Some(JournalCmd::Retry { id, all }),
-            ..
-        } => ("journal-retry", json!({"id": id, "all": all})),
-        CtlCmd::Journal {
-            action: Some(JournalCmd::Drop { id, yes }),
-            ..
-        } => ("journal-drop", json!({"id": id, "yes": yes})),
-        CtlCmd::Pin { paths } => ("pin", json!({"paths": ps(paths)})),
-        CtlCmd::Unpin { paths } => ("unpin", json!({"paths": ps(paths)})),
-        CtlCmd::Evict { paths } => ("evict", json!({"paths": ps(paths)})),
-        CtlCmd::Cache => ("cache", json!({})),
-        CtlCmd::Ls { path, .. } => ("ls", json!({"path": p(path)})),
-        CtlCmd::Conflicts { action: None } => ("conflicts", json!({})),
-        CtlCmd::Conflicts {
-            action: Some(ConflictsCmd::Resolve { path, keep }),
-        } => ("conflicts-resolve", json!({"path": p(path), "keep": keep})),
-        CtlCmd::Health => ("health", json!({})),
-        CtlCmd::Metrics => ("metrics", json!({})),
-        CtlCmd::Backup {
-            action:
-                BackupCmd::Run {
-                    wait: true,
-                    timeout,
-                },
-        } => return backup_run_wait(&socket, timeout, args.json),
-        CtlCmd::Backup {
-            action: BackupCmd::Run { wait: false, .. },
-        } => ("backup-run", json!({})),
-        CtlCmd::Backup {
-            action: BackupCmd::Status,
-        } => ("backup-status", json!({})),
-        CtlCmd::Backup {
-            action: BackupCmd::List,
-        } => ("backup-list", json!({})),
-        CtlCmd::Backup {
-            action: BackupCmd::Verify { name },
-        } => ("backup-verify", json!({"name": name})),
-        CtlCmd::Backup {
-            action: BackupCmd::Restore { name, to, force },
-        } => {
-            let to = match davdrive::control::backup::absolute_target(&to) {
-                Ok(t) => t,
-                Err(e) => return fail(e),
+        Ok(Ctl::BackupRunWait(t)) => return backup_run_wait(&socket, t, args.json),
+        Ok(Ctl::WatchMigration(id)) => {
+            return match cmd::migrate_status::watch_migration(&socket, id, args.json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("davdrive ctl migrate status: {e}")),
             };
-            (
-                "backup-restore",
-                json!({"name": name, "to": to, "force": force}),
-            )
         }
-        CtlCmd::Migrate { action } => match action {
-            MigrateCmd::Start {
-                src_dir,
-                dest,
-                verify,
-                delete_source,
-                exclude,
-                follow_symlinks,
-            } => {
-                // The daemon has another working directory.
-                let src = std::path::absolute(&src_dir).unwrap_or(src_dir);
-                (
-                    "migrate-start",
-                    json!({"src": src, "dest": p(dest), "verify": verify,
-                        "delete_source": delete_source, "exclude": exclude,
-                        "follow_symlinks": follow_symlinks}),
-                )
-            }
-            MigrateCmd::Status { id, watch: true } => {
-                return match client::watch_migration(&socket, id, args.json) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => fail(format!("davdrive ctl migrate status: {e}")),
-                };
-            }
-            MigrateCmd::Status { id, .. } => ("migrate-status", json!({"id": id})),
-            MigrateCmd::List => ("migrate-list", json!({})),
-            MigrateCmd::Pause { id } => ("migrate-pause", json!({"id": id})),
-            MigrateCmd::Resume { id } => ("migrate-resume", json!({"id": id})),
-            MigrateCmd::Cancel { id } => ("migrate-cancel", json!({"id": id})),
-            MigrateCmd::Errors { id } => ("migrate-errors", json!({"id": id})),
-        },
+        Err(e) => return fail(e),
     };
-    let failed_only = req_args["failed"] == true;
-    let reply = match client::request(&socket, cmd, req_args, timeout) {
+    let reply = match client::request(&socket, &req, Duration::from_secs(600)) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    print_reply(cmd, &reply, args.json, failed_only)
+    print_reply(&req, &reply, args.json)
+}
+
+/// What a `ctl` command line asks for: one request, or one of the commands that follow
+/// the daemon with a series of them.
+enum Ctl {
+    Send(Request),
+    /// `sync --wait`
+    SyncWait(Duration),
+    /// `backup run --wait`
+    BackupRunWait(Duration),
+    /// `migrate status --watch`
+    WatchMigration(Option<i64>),
+}
+
+impl CtlCmd {
+    /// The request a command line makes; `p` turns a path given into one the daemon
+    /// reads (see `in_mount`).
+    fn into_request(self, p: &dyn Fn(String) -> String) -> Result<Ctl, String> {
+        use davdrive::control::protocol::*;
+        let ps = |given: Vec<String>| PathsArgs {
+            paths: given.into_iter().map(p).collect(),
+        };
+        Ok(Ctl::Send(match self {
+            CtlCmd::Status => Request::Status {},
+            CtlCmd::Sync {
+                wait: true,
+                timeout,
+            } => return Ok(Ctl::SyncWait(timeout)),
+            CtlCmd::Sync { wait: false, .. } => Request::Sync(SyncArgs::default()),
+            CtlCmd::Journal {
+                failed,
+                action: None,
+            } => Request::Journal(JournalArgs { failed }),
+            CtlCmd::Journal {
+                action: Some(JournalCmd::Retry { id, all }),
+                ..
+            } => Request::JournalRetry(JournalRetryArgs { id, all }),
+            CtlCmd::Journal {
+                action: Some(JournalCmd::Drop { id, yes }),
+                ..
+            } => Request::JournalDrop(JournalDropArgs { id, yes }),
+            CtlCmd::Pin { paths } => Request::Pin(ps(paths)),
+            CtlCmd::Unpin { paths } => Request::Unpin(ps(paths)),
+            CtlCmd::Evict { paths } => Request::Evict(ps(paths)),
+            CtlCmd::Cache => Request::Cache {},
+            CtlCmd::Ls { path, .. } => Request::Ls(LsArgs { path: p(path) }),
+            CtlCmd::Conflicts { action: None } => Request::Conflicts {},
+            CtlCmd::Conflicts {
+                action: Some(ConflictsCmd::Resolve { path, keep }),
+            } => Request::ConflictsResolve(ConflictsResolveArgs {
+                path: p(path),
+                keep,
+            }),
+            CtlCmd::Health => Request::Health {},
+            CtlCmd::Metrics => Request::Metrics {},
+            CtlCmd::Backup { action } => match action {
+                BackupCmd::Run {
+                    wait: true,
+                    timeout,
+                } => return Ok(Ctl::BackupRunWait(timeout)),
+                BackupCmd::Run { wait: false, .. } => Request::BackupRun {},
+                BackupCmd::Status => Request::BackupStatus {},
+                BackupCmd::List => Request::BackupList {},
+                BackupCmd::Verify { name } => Request::BackupVerify(BackupNameArgs { name }),
+                BackupCmd::Restore { name, to, force } => {
+                    Request::BackupRestore(BackupRestoreArgs {
+                        name,
+                        to: cmd::backup_verify::absolute_target(&to)?,
+                        force,
+                    })
+                }
+            },
+            CtlCmd::Migrate { action } => match action {
+                MigrateCmd::Start {
+                    src_dir,
+                    dest,
+                    verify,
+                    delete_source,
+                    exclude,
+                    follow_symlinks,
+                } => Request::MigrateStart(MigrateStartArgs {
+                    // The daemon has another working directory.
+                    src: std::path::absolute(&src_dir).unwrap_or(src_dir),
+                    dest: p(dest),
+                    verify,
+                    delete_source,
+                    exclude: Some(exclude),
+                    follow_symlinks,
+                }),
+                MigrateCmd::Status { id, watch: true } => return Ok(Ctl::WatchMigration(id)),
+                MigrateCmd::Status { id, .. } => Request::MigrateStatus(MigrateStatusArgs { id }),
+                MigrateCmd::List => Request::MigrateList {},
+                MigrateCmd::Pause { id } => Request::MigratePause(IdArgs { id }),
+                MigrateCmd::Resume { id } => Request::MigrateResume(IdArgs { id }),
+                MigrateCmd::Cancel { id } => Request::MigrateCancel(IdArgs { id }),
+                MigrateCmd::Errors { id } => {
+                    Request::MigrateErrors(MigrateErrorsArgs { id, limit: None })
+                }
+            },
+        }))
+    }
 }
 
 /// Prints a reply as JSON or for a person; the exit status says whether it is ok.
-/// `failed_only`: `journal --failed` was asked.
-fn print_reply(cmd: &str, reply: &serde_json::Value, json: bool, failed_only: bool) -> ExitCode {
-    use davdrive::control::client;
+fn print_reply(req: &Request, reply: &serde_json::Value, json: bool) -> ExitCode {
     let ok = reply["ok"].as_bool() == Some(true);
     if json {
         println!("{reply}");
-    } else if ok && cmd == "journal" {
-        print!("{}", client::journal_text(&reply["result"], failed_only));
     } else if ok {
-        print!("{}", client::render(cmd, &reply["result"]));
+        print!("{}", cmd::render(req, &reply["result"]));
     } else {
         eprintln!(
-            "davdrive ctl {cmd}: {}",
+            "davdrive ctl {}: {}",
+            req.name(),
             reply["error"].as_str().unwrap_or("error")
         );
     }
@@ -437,7 +452,7 @@ fn in_mount(mountpoint: Option<&Path>, given: String) -> String {
 }
 
 fn backup_run_wait(socket: &Path, timeout: Duration, json_out: bool) -> ExitCode {
-    match davdrive::control::backup::run_and_wait(socket, timeout, json_out) {
+    match cmd::backup_run::run_and_wait(socket, timeout, json_out) {
         Ok(w) => {
             if json_out {
                 println!("{}", serde_json::json!({"ok": w.ok, "result": w.job}));

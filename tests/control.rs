@@ -198,6 +198,16 @@ fn failed_entries_are_listed_retried_and_dropped_with_their_content_kept() {
     let (ok, text, _) = ctl(&m, &["journal", "--failed"]);
     assert!(ok);
     assert!(text.contains("FAILED"), "{text}");
+    // Waiting cannot drain a journal whose changes are all set aside: `sync --wait`
+    // says so at once, naming them, instead of waiting out its timeout.
+    let started = std::time::Instant::now();
+    let (ok, _, err) = ctl(&m, &["sync", "--wait", "--timeout", "60s"]);
+    assert!(!ok);
+    assert!(
+        err.contains("2 change(s) need attention") && err.contains("refused-1.txt"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{err}");
 
     // Dropping asks for confirmation, then keeps the content where it says.
     let (ok, _, err) = ctl(&m, &["journal", "drop", &first.to_string()]);
@@ -276,6 +286,24 @@ fn bad_requests_get_error_replies_and_the_daemon_stays_up() {
     assert!(r["error"].as_str().unwrap().contains("version"));
     let r = raw(&conn, b"{\"cmd\":\"pin\",\"args\":{\"paths\":[1,2]}}\n").unwrap();
     assert_eq!(r["ok"], false);
+    // An argument of the wrong type: an error reply naming the command.
+    let r = raw(
+        &conn,
+        b"{\"cmd\":\"journal-drop\",\"args\":{\"id\":\"42\"}}\n",
+    )
+    .unwrap();
+    assert_eq!(r["ok"], false);
+    let e = r["error"].as_str().unwrap();
+    assert!(e.starts_with("journal-drop: bad arguments"), "{e}");
+    // Arguments null or left out, as older clients send them, are taken for none.
+    let r = raw(
+        &conn,
+        b"{\"version\":1,\"cmd\":\"journal\",\"args\":null}\n",
+    )
+    .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    let r = raw(&conn, b"{\"cmd\":\"ls\"}\n").unwrap();
+    assert_eq!(r["ok"], true, "{r}");
     let r = raw(&conn, &[0xff, 0xfe, b'\n']).unwrap();
     assert_eq!(r["ok"], false);
     // Still usable after all that.

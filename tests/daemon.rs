@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use davdrive::cache::CacheLimits;
 use davdrive::clock::Clock;
-use davdrive::control::client;
+use davdrive::control::{client, Request};
 use davdrive::daemon::{Daemon, DaemonConfig};
 use davdrive::remote::webdav::{WebDav, WebDavConfig};
-use serde_json::json;
 
 use common::drive::Drive;
 
@@ -23,20 +22,20 @@ fn the_control_socket_answers_while_the_daemon_runs_and_goes_with_it() {
     let socket = d.daemon().control_socket().to_path_buf();
     d.write_new("a.txt", b"hello").unwrap();
 
-    let reply = client::request(&socket, "sync", json!({"wait": false}), TIMEOUT).unwrap();
+    let reply = client::request(&socket, &Request::Sync(Default::default()), TIMEOUT).unwrap();
     assert_eq!(reply["ok"], true, "{reply}");
     common::wait_server_has(&d.server, "a.txt", b"hello");
-    let status = client::request(&socket, "status", json!({}), TIMEOUT).unwrap();
+    let status = client::request(&socket, &Request::Status {}, TIMEOUT).unwrap();
     assert_eq!(status["ok"], true, "{status}");
     assert_eq!(status["result"]["online"], true, "{status}");
     common::wait_until(30, "status to show an empty journal", || {
-        let s = client::request(&socket, "status", json!({}), TIMEOUT).unwrap();
+        let s = client::request(&socket, &Request::Status {}, TIMEOUT).unwrap();
         s["result"]["journal"]["waiting"] == 0
     });
 
     d.stop();
     assert!(!socket.exists(), "the control socket outlives the daemon");
-    assert!(client::request(&socket, "status", json!({}), TIMEOUT).is_err());
+    assert!(client::request(&socket, &Request::Status {}, TIMEOUT).is_err());
 }
 
 #[test]
@@ -54,7 +53,7 @@ fn a_second_daemon_on_a_socket_in_use_is_refused() {
     };
     assert!(e.contains("in use by a running davdrive"), "{e}");
     // The first one goes on answering.
-    let reply = client::request(d.daemon().control_socket(), "status", json!({}), TIMEOUT).unwrap();
+    let reply = client::request(d.daemon().control_socket(), &Request::Status {}, TIMEOUT).unwrap();
     assert_eq!(reply["ok"], true, "{reply}");
 }
 

@@ -46,7 +46,7 @@ fn status_reads_answer_while_the_writer_is_held() {
     let (tx, rx) = mpsc::sync_channel(1);
     let reader = core.clone();
     std::thread::spawn(move || {
-        let gauges = davdrive::control::status::gauges(&reader).map_err(|e| e.0);
+        let gauges = davdrive::control::cmd::metrics::gauges(&reader).map_err(|e| e.0);
         let state = reader.file_state(dir).map_err(|e| e.to_string());
         let listed = reader
             .db()

@@ -7,22 +7,18 @@
 //! ```
 //!
 //! Only the mounting user and root are served (checked with SO_PEERCRED). Bad input gets
-//! an error reply; a line over 1 MiB gets one and the connection is closed. One file per
-//! group of commands.
+//! an error reply; a line over 1 MiB gets one and the connection is closed. The requests
+//! are typed in `protocol`; each command's handler and the rendering of its reply are in
+//! `cmd/<name>.rs`.
 
-pub mod backup;
-pub mod cache;
 pub mod client;
-pub mod conflicts;
-pub mod journal;
-pub mod migrate;
-pub mod status;
+pub mod cmd;
+pub mod protocol;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -30,22 +26,10 @@ use tokio::sync::watch;
 
 use crate::fs::{Core, FsError};
 
-pub const PROTOCOL_VERSION: u64 = 1;
+pub use protocol::{Request, PROTOCOL_VERSION};
+
 /// Longest request line accepted.
 pub const MAX_LINE: usize = 1 << 20;
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Request {
-    #[serde(default = "default_version")]
-    pub version: u64,
-    pub cmd: String,
-    #[serde(default)]
-    pub args: Value,
-}
-
-fn default_version() -> u64 {
-    PROTOCOL_VERSION
-}
 
 /// What every command handler gets.
 pub struct Context {
@@ -75,46 +59,7 @@ impl<E: std::fmt::Display> From<E> for CmdError {
 
 pub type CmdResult = Result<Value, CmdError>;
 
-/// Runs one request (blocking: commands call into the core).
-pub fn dispatch(ctx: &Context, req: &Request) -> CmdResult {
-    if req.version != PROTOCOL_VERSION {
-        return Err(CmdError(format!(
-            "protocol version {} is not supported (this daemon speaks {PROTOCOL_VERSION})",
-            req.version
-        )));
-    }
-    let a = &req.args;
-    match req.cmd.as_str() {
-        "status" => status::status(ctx),
-        "health" => status::health(ctx),
-        "metrics" => status::metrics(ctx),
-        "sync" => journal::sync(ctx, a),
-        "journal" => journal::list(ctx, a),
-        "journal-retry" => journal::retry(ctx, a),
-        "journal-drop" => journal::drop_entry(ctx, a),
-        "pin" => cache::pin(ctx, a, true),
-        "unpin" => cache::pin(ctx, a, false),
-        "evict" => cache::evict(ctx, a),
-        "cache" => cache::summary(ctx),
-        "ls" => cache::ls(ctx, a),
-        "conflicts" => conflicts::list(ctx),
-        "conflicts-resolve" => conflicts::resolve(ctx, a),
-        "backup-run" => backup::run(ctx),
-        "backup-job" => backup::job(ctx, a),
-        "backup-status" => backup::status(ctx),
-        "backup-list" => backup::list(ctx),
-        "backup-verify" => backup::verify(ctx, a),
-        "backup-restore" => backup::restore(ctx, a),
-        "migrate-start" => migrate::start(ctx, a),
-        "migrate-status" => migrate::status(ctx, a),
-        "migrate-list" => migrate::list(ctx),
-        "migrate-pause" => migrate::pause(ctx, a),
-        "migrate-resume" => migrate::resume(ctx, a),
-        "migrate-cancel" => migrate::cancel(ctx, a),
-        "migrate-errors" => migrate::errors(ctx, a),
-        other => Err(CmdError(format!("unknown command {other:?}"))),
-    }
-}
+pub use cmd::dispatch;
 
 fn reply_line(result: CmdResult) -> String {
     let v = match result {
@@ -224,7 +169,7 @@ async fn connection(stream: UnixStream, ctx: Arc<Context>, owner: u32) -> std::i
         if text.trim().is_empty() {
             continue;
         }
-        let result = match serde_json::from_str::<Request>(&text) {
+        let result = match Request::parse(&text) {
             Ok(req) => {
                 let ctx = ctx.clone();
                 match tokio::task::spawn_blocking(move || dispatch(&ctx, &req)).await {
@@ -232,7 +177,7 @@ async fn connection(stream: UnixStream, ctx: Arc<Context>, owner: u32) -> std::i
                     Err(e) => Err(CmdError(format!("the command failed inside davdrive: {e}"))),
                 }
             }
-            Err(e) => Err(CmdError(format!("malformed request: {e}"))),
+            Err(e) => Err(e),
         };
         write.write_all(reply_line(result).as_bytes()).await?;
     }
@@ -304,21 +249,12 @@ pub fn resolve(ctx: &Context, given: &str) -> Result<(String, u64), CmdError> {
     Ok((path, ino))
 }
 
-/// The `paths` argument of a command.
-pub fn paths_arg(args: &Value) -> Result<Vec<String>, CmdError> {
-    let list = args
-        .get("paths")
-        .and_then(Value::as_array)
-        .ok_or_else(|| CmdError("missing argument: paths".into()))?;
-    let out: Vec<String> = list
-        .iter()
-        .map(|v| v.as_str().map(String::from))
-        .collect::<Option<_>>()
-        .ok_or_else(|| CmdError("paths must be strings".into()))?;
-    if out.is_empty() {
+/// The paths a command was given: at least one.
+pub fn paths_arg(a: &protocol::PathsArgs) -> Result<&[String], CmdError> {
+    if a.paths.is_empty() {
         return Err(CmdError("no path given".into()));
     }
-    Ok(out)
+    Ok(&a.paths)
 }
 
 pub fn unix_secs(t: SystemTime) -> i64 {

@@ -205,7 +205,7 @@ impl Daemon {
             tasks.push(rt.spawn(crate::metrics::serve(
                 listener,
                 Arc::new(move || {
-                    crate::control::status::gauges(&core).unwrap_or_else(|e| {
+                    crate::control::cmd::metrics::gauges(&core).unwrap_or_else(|e| {
                         tracing::warn!("metrics: cannot read the gauges: {}", e.0);
                         Default::default()
                     })

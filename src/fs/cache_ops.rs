@@ -20,7 +20,7 @@ use nodes::{has_unsent_changes, pinned_set};
 const VERIFY_AT_OPEN_LIMIT: u64 = 8 << 20;
 
 /// Cached files and bytes, by state.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct CacheUsage {
     pub files: u64,
     pub bytes: u64,
@@ -48,6 +48,16 @@ pub enum Evicted {
     Pinned,
     /// Open right now.
     Open,
+}
+
+/// What evicting a folder did: its clean files went; changed, pinned and open ones
+/// stayed (that is what evicting a folder means, not a refusal).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FolderEvicted {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files kept: changed, pinned or open.
+    pub kept: u64,
 }
 
 /// A clean, unpinned cached file, in least-recently-used order.
@@ -168,6 +178,29 @@ impl Core {
         let result = self.fetch_range(&of, ino, 0, size, false);
         self.close_open_file(ino);
         result
+    }
+
+    /// Evicts the cached content of every clean file below folder `ino`.
+    pub fn evict_folder(&self, ino: u64) -> FsResult<FolderEvicted> {
+        let files: Vec<u64> = self
+            .store
+            .read(|c| store::subtrees(c, &[ino]))?
+            .into_iter()
+            .filter(|n| n.is_file)
+            .map(|n| n.ino)
+            .collect();
+        let mut done = FolderEvicted::default();
+        for f in files {
+            match self.evict(f)? {
+                Evicted::Freed(n) => {
+                    done.files += 1;
+                    done.bytes += n;
+                }
+                Evicted::NotCached => {}
+                _ => done.kept += 1,
+            }
+        }
+        Ok(done)
     }
 
     /// Removes the cached content of `ino`, if that loses nothing. The node stays, so the
@@ -527,6 +560,18 @@ impl Core {
         } else {
             "remote-only"
         })
+    }
+
+    /// Makes failed journal entries (entry `id`, or all with None) wait to be tried again
+    /// from the start, and wakes the replayer; returns how many. `NotFound` if there is
+    /// no entry `id`.
+    pub fn retry_journal(&self, id: Option<i64>) -> FsResult<usize> {
+        let n = self.store.write(|tx| crate::journal::retry(tx, id))?;
+        if let (0, Some(_)) = (n, id) {
+            return Err(FsError::NotFound);
+        }
+        self.journal_changed.notify_one();
+        Ok(n)
     }
 
     /// Drops journal entry `id` (an administrator gave up on it). The content of a dropped

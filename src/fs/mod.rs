@@ -20,6 +20,7 @@
 
 mod cache_ops;
 mod changes;
+pub mod conflicts;
 pub mod error;
 mod fetch;
 mod import;
@@ -41,7 +42,8 @@ use std::time::{Duration, SystemTime};
 use rusqlite::Connection;
 use tokio::sync::Notify;
 
-pub use cache_ops::{CacheUsage, Candidate, Evicted};
+pub use cache_ops::{CacheUsage, Candidate, Evicted, FolderEvicted};
+pub use conflicts::{Keep, ResolveError};
 pub use error::{FsError, FsResult};
 
 use crate::cache::{CacheLimits, ContentFiles};
@@ -580,6 +582,21 @@ impl Core {
                 _ = tokio::time::sleep(at_most) => {}
             }
         });
+    }
+
+    /// Nothing is running, nothing may start, and nothing waits out a backoff: every
+    /// change left in the journal is set aside or held back by one that is, and waiting
+    /// longer will not drain it.
+    pub fn journal_stuck(&self) -> FsResult<bool> {
+        let now = self.clock().now_ms();
+        // On the writer: what the replayer decides is what counts here.
+        Ok(self.store.write(|c| {
+            Ok::<_, rusqlite::Error>(
+                !journal::anything_running(c)?
+                    && journal::ready(c, &Default::default(), 1, now)?.is_empty()
+                    && journal::next_retry_at(c, now)?.is_none(),
+            )
+        })?)
     }
 
     /// The replayer starts or finishes changing these remote paths (see `changes`).

@@ -27,7 +27,7 @@ use crate::jobs::{JobReport, Jobs};
 use crate::store::{self, Kind, StoreError};
 
 /// How a landed file is checked against the remote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Verify {
     /// Read it back from the remote and compare SHA-256 with the source's.

@@ -60,23 +60,36 @@ pub fn in_open_conflict(c: &Connection, path: &str) -> rusqlite::Result<bool> {
 }
 
 /// Every conflict, resolved or not, as the control socket lists them.
-pub fn list_json(c: &Connection) -> rusqlite::Result<Vec<serde_json::Value>> {
+pub fn list(c: &Connection) -> rusqlite::Result<Vec<ConflictRow>> {
     let mut st = c.prepare(
         "SELECT id, path, conflict_path, local_etag, remote_etag, created_at, resolved \
          FROM conflicts ORDER BY id",
     )?;
     let rows = st.query_map([], |r| {
-        Ok(serde_json::json!({
-            "id": r.get::<_, i64>(0)?,
-            "path": r.get::<_, String>(1)?,
-            "conflict_path": r.get::<_, String>(2)?,
-            "local_etag": r.get::<_, Option<String>>(3)?,
-            "remote_etag": r.get::<_, Option<String>>(4)?,
-            "time": r.get::<_, i64>(5)? / 1000,
-            "resolved": r.get::<_, bool>(6)?,
-        }))
+        Ok(ConflictRow {
+            id: r.get(0)?,
+            path: r.get(1)?,
+            conflict_path: r.get(2)?,
+            local_etag: r.get(3)?,
+            remote_etag: r.get(4)?,
+            time: r.get::<_, i64>(5)? / 1000,
+            resolved: r.get(6)?,
+        })
     })?;
     rows.collect()
+}
+
+/// One conflict as `ctl conflicts` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ConflictRow {
+    pub id: i64,
+    pub path: String,
+    pub conflict_path: String,
+    pub local_etag: Option<String>,
+    pub remote_etag: Option<String>,
+    /// Unix seconds.
+    pub time: i64,
+    pub resolved: bool,
 }
 
 /// The latest unresolved conflict naming `path` (as the original or the copy):
