@@ -305,7 +305,16 @@ impl Daemon {
         for t in self.tasks.iter().chain(&self.replayer) {
             t.abort();
         }
-        self.replayer = None;
+        // A killed process holds no socket: the aborted tasks are waited for (they end
+        // at once), so the control socket's listener is closed when this returns and
+        // the next start finds it stale, as after a real crash. Outside the runtime's
+        // threads, like `shutdown`.
+        let tasks: Vec<_> = self.tasks.drain(..).chain(self.replayer.take()).collect();
+        let _ = self.rt.block_on(async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
         self.migrations.shutdown();
         self.backups.stop();
     }
