@@ -16,6 +16,7 @@ mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
@@ -126,9 +127,22 @@ struct ControlState {
     exited: bool,
 }
 
+/// What the workers of one migration did since the daemon started, for `status`: a
+/// pause or a stop is seen to hold when these stand still while the worker would have
+/// moved them.
+#[derive(Default)]
+struct WorkerCounters {
+    /// Copies of a file into the drive begun (each try counts).
+    copies: AtomicU64,
+    /// Passes over the copied files: landed yet? verified? source to remove?
+    checks: AtomicU64,
+}
+
 /// What a running worker and the commands share.
 struct Control {
     state: Mutex<ControlState>,
+    /// Shared by the successive workers of the migration.
+    counters: Arc<WorkerCounters>,
     wake: Condvar,
     /// When this run of the worker started, and the bytes done then (for the rate).
     started: Instant,
@@ -137,9 +151,10 @@ struct Control {
 }
 
 impl Control {
-    fn new() -> Arc<Control> {
+    fn new(counters: Arc<WorkerCounters>) -> Arc<Control> {
         Arc::new(Control {
             state: Mutex::new(ControlState::default()),
+            counters,
             wake: Condvar::new(),
             started: Instant::now(),
             done_at_start: Mutex::new(None),
@@ -280,7 +295,12 @@ impl Migrations {
     }
 
     fn spawn_worker(&self, id: i64) {
-        let control = Control::new();
+        let counters = self
+            .workers()
+            .get(&id)
+            .map(|c| c.counters.clone())
+            .unwrap_or_default();
+        let control = Control::new(counters);
         self.workers().insert(id, control.clone());
         let Some(me) = self.me.upgrade() else { return };
         let c = control.clone();
@@ -515,6 +535,16 @@ impl Migrations {
                 }
             }
         }
+        // A worker that took its stop (or ended) copies nothing more: `running` false.
+        let control = self.workers().get(&id).cloned();
+        let worker = match control {
+            Some(c) => json!({
+                "running": !c.lock().exited,
+                "copies": c.counters.copies.load(Ordering::Relaxed),
+                "checks": c.counters.checks.load(Ordering::Relaxed),
+            }),
+            None => json!({"running": false, "copies": 0, "checks": 0}),
+        };
         let remaining = total_bytes.saturating_sub(finished_bytes);
         let eta = rate
             .filter(|r| *r > 0.0 && row.walk_done)
@@ -558,6 +588,7 @@ impl Migrations {
             "eta_s": eta,
             "errors": self.db().write(|c| db::error_count(c, id))?,
             "source": source,
+            "worker": worker,
         }))
     }
 
