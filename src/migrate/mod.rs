@@ -181,6 +181,15 @@ impl Control {
         st.stop
     }
 
+    /// Whether the worker's thread is alive: once it has ended, nothing copies. (Its
+    /// handle is there from just after the spawn until a cancel or shutdown joins it.)
+    fn running(&self) -> bool {
+        let alive = (self.thread.lock().unwrap_or_else(|p| p.into_inner()))
+            .as_ref()
+            .map(|h| !h.is_finished());
+        alive.unwrap_or_else(|| !self.lock().exited)
+    }
+
     fn request(&self, stop: Stop) {
         self.lock().stop = Some(stop);
         self.wake.notify_all();
@@ -458,7 +467,9 @@ impl Migrations {
         if let Some(c) = control {
             c.request(Stop::Cancel);
             // Wait for the file being copied, so the reply tells what was left.
-            if let Some(h) = c.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // Taken out first: `status` reads the handle meanwhile.
+            let handle = c.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(h) = handle {
                 let _ = h.join();
             }
         }
@@ -486,7 +497,9 @@ impl Migrations {
             c.request(Stop::Shutdown);
         }
         for c in controls {
-            if let Some(h) = c.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // Taken out first: `status` reads the handle meanwhile.
+            let handle = c.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(h) = handle {
                 let _ = h.join();
             }
         }
@@ -535,11 +548,10 @@ impl Migrations {
                 }
             }
         }
-        // A worker that took its stop (or ended) copies nothing more: `running` false.
         let control = self.workers().get(&id).cloned();
         let worker = match control {
             Some(c) => json!({
-                "running": !c.lock().exited,
+                "running": c.running(),
                 "copies": c.counters.copies.load(Ordering::Relaxed),
                 "checks": c.counters.checks.load(Ordering::Relaxed),
             }),
