@@ -150,7 +150,8 @@ fn a_database_written_during_the_backup_is_restored_consistent() {
         c.query_row("SELECT COUNT(*) FROM orders", [], |r| r.get(0))
             .unwrap()
     };
-    std::thread::sleep(Duration::from_millis(200));
+    // The writer is writing: it has committed a batch since it started.
+    wait_until(30, "the writer's first batch", || count(&db_path) > 20_000);
     let before = count(&db_path);
     let b = start(&d, config(&[src.path()]));
     let job = backup_now(&b);
@@ -351,7 +352,8 @@ fn verify_catches_a_corrupted_archive_and_restore_needs_force_to_overwrite() {
 #[test]
 fn a_run_missed_while_stopped_is_made_up_at_the_next_start() {
     let d = drive();
-    let at = Some(chrono::NaiveTime::from_hms_opt(3, 0, 0).unwrap());
+    let three = chrono::NaiveTime::from_hms_opt(3, 0, 0).unwrap();
+    let at = Some(three);
     let runs = |d: &Drive| -> i64 {
         d.core()
             .store()
@@ -364,13 +366,22 @@ fn a_run_missed_while_stopped_is_made_up_at_the_next_start() {
         d.server.rt.spawn(b.clone().schedule(rx));
         (b, tx)
     };
+    // What the schedule decided at start, once it has: a run it started then is in the
+    // log by the time it says so, and its next wake is hours of real time away.
+    let decided = |b: &Arc<Backups>| -> Value {
+        let mut v = Value::Null;
+        wait_until(10, "the schedule's decision at start", || {
+            v = b.scheduler();
+            !v.is_null()
+        });
+        v
+    };
+    let next = |d: &Drive| davdrive::backup::next_run(d.clock.now_s(), three);
     let (b, tx) = spawn(&d);
     // The first start only plans the next run.
-    wait_until(10, "the next run to be planned", || {
-        davdrive::store::get_meta(&d.core().store(), "backup.next_at")
-            .unwrap()
-            .is_some()
-    });
+    let first = decided(&b);
+    assert_eq!(first["ran"], Value::Null, "{first}");
+    assert_eq!(first["next_at"], next(&d), "{first}");
     assert_eq!(runs(&d), 0);
     backup_now(&b);
     b.stop();
@@ -378,7 +389,9 @@ fn a_run_missed_while_stopped_is_made_up_at_the_next_start() {
 
     // Restarted within the day: nothing to make up.
     let (b, tx) = spawn(&d);
-    std::thread::sleep(Duration::from_millis(500));
+    let again = decided(&b);
+    assert_eq!(again["ran"], Value::Null, "made up a run: {again}");
+    assert_eq!(again["next_at"], next(&d), "{again}");
     assert_eq!(runs(&d), 1);
     b.stop();
     tx.send(true).unwrap();
@@ -386,12 +399,19 @@ fn a_run_missed_while_stopped_is_made_up_at_the_next_start() {
     // Two days later: the missed run happens at start.
     d.clock.advance(2 * DAY);
     let (b, tx) = spawn(&d);
-    wait_until(10, "the missed run to be made up", || runs(&d) == 2);
+    let late = decided(&b);
+    assert_eq!(runs(&d), 2);
     let id: i64 = d
         .core()
         .store()
         .query_row("SELECT MAX(id) FROM backups", [], |r| r.get(0))
         .unwrap();
+    assert_eq!(late["ran"], id, "{late}");
+    assert_eq!(
+        late["why"], "missed while davdrive was not running",
+        "{late}"
+    );
+    assert_eq!(late["next_at"], next(&d), "{late}");
     assert_eq!(wait_for_end(&b, id)["state"], "success");
     b.stop();
     tx.send(true).unwrap();

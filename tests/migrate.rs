@@ -80,6 +80,11 @@ fn wait_status(m: &Mount, id: i64, secs: u64, what: &str, cond: impl Fn(&Value) 
     }
 }
 
+/// A counter of the migration's worker (`copies` begun, `checks` of copied files made).
+fn worker(st: &Value, key: &str) -> u64 {
+    st["worker"][key].as_u64().unwrap()
+}
+
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -350,16 +355,13 @@ fn pause_resume_and_the_remote_down_during_the_run() {
     // Pausing twice is refused; `ctl status` shows it paused.
     let e = ctl_error(&m, &["migrate", "pause", &id.to_string()]);
     assert!(e.contains("only a running migration"), "{e}");
-    std::thread::sleep(Duration::from_millis(1500));
-    let pending = files(&status(&m, id), "pending");
-    std::thread::sleep(Duration::from_secs(2));
-    let st = status(&m, id);
-    assert_eq!(
-        files(&st, "pending"),
-        pending,
-        "files copied while paused: {st}"
-    );
-    assert!(pending > 0, "it had finished before the pause: {st}");
+    // The worker takes the pause: it ends once the file it had is copied.
+    let paused = wait_status(&m, id, 30, "the worker to stop", |s| {
+        s["worker"]["running"] == false
+    });
+    let pending = files(&paused, "pending");
+    let copies = worker(&paused, "copies");
+    assert!(pending > 0, "it had finished before the pause: {paused}");
     let jobs = ctl_json(&m, &["status"])["jobs"].clone();
     assert!(
         jobs.as_array()
@@ -369,11 +371,24 @@ fn pause_resume_and_the_remote_down_during_the_run() {
         "{jobs}"
     );
 
-    // What was staged before the pause still uploads.
+    // What was staged before the pause still uploads. Each upload that lands would wake
+    // a worker waiting for room in the cache (600 files of 64 KiB do not fit in half of
+    // 16 MiB): a worker still running would copy more meanwhile.
     wait_until(60, "the journal to drain while paused", || {
         ctl_json(&m, &["status"])["journal"]["waiting"] == 0
     });
-    assert_eq!(files(&status(&m, id), "pending"), pending);
+    let st = status(&m, id);
+    assert_eq!(
+        worker(&st, "copies"),
+        copies,
+        "copies made while paused: {st}"
+    );
+    assert_eq!(
+        files(&st, "pending"),
+        pending,
+        "files copied while paused: {st}"
+    );
+    assert_eq!(st["worker"]["running"], false, "{st}");
 
     // Resumed with the remote down: copies go on being staged in the drive meanwhile.
     server.proxy.set_fault(Fault::Refuse);
@@ -383,6 +398,8 @@ fn pause_resume_and_the_remote_down_during_the_run() {
         files(s, "pending") + 30 <= files(&down, "pending")
     });
     let st = status(&m, id);
+    // The counter that stood still while paused moves once resumed.
+    assert!(worker(&st, "copies") >= copies + 30, "{st}");
     assert!(
         files(&st, "done") <= files(&down, "done") + 4,
         "verified while the server was down? {down} {st}"
@@ -422,10 +439,15 @@ fn delete_source_removes_only_verified_files() {
         m.path("moved").to_str().unwrap(),
         &["--delete-source", "--exclude", "*.tmp", "--verify", "full"],
     );
-    wait_status(&m, id, 60, "all staged", |s| {
+    let staged = wait_status(&m, id, 60, "all staged", |s| {
         s["walk_done"] == true && files(s, "pending") == 0
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // The worker goes over every copied file on each check (landed? verified? source to
+    // remove?): two more checks since all were staged, and none may have gone.
+    let checks = worker(&staged, "checks");
+    wait_status(&m, id, 30, "two more checks of the staged files", |s| {
+        worker(s, "checks") >= checks + 2
+    });
     for (rel, _) in &tree {
         assert!(
             src.join(rel).exists(),
@@ -524,11 +546,20 @@ fn a_rerun_sends_only_the_changed_file_and_bad_input_is_refused() {
     assert_on_server(&server, "docs", &tree);
     let before = puts(&server);
 
-    // One file changes; the run again sends it and nothing else.
+    // One file changes (size and mtime); the run again sends it and nothing else.
     let changed = tree[7].0.clone();
     let data = pattern(3 * KIB, 999);
-    std::thread::sleep(Duration::from_millis(20));
+    let was = fs::metadata(src.join(&changed))
+        .unwrap()
+        .modified()
+        .unwrap();
     fs::write(src.join(&changed), &data).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(src.join(&changed))
+        .unwrap()
+        .set_modified(was + Duration::from_secs(2))
+        .unwrap();
     tree[7].1 = sha256(&data);
     let second = start(&m, &src, m.path("docs").to_str().unwrap(), &[]);
     assert_ne!(first, second);
@@ -633,14 +664,27 @@ fn a_rerun_sends_only_the_changed_file_and_bad_input_is_refused() {
         + r["staged_files"].as_u64().unwrap()
         + r["not_copied_files"].as_u64().unwrap();
     assert!(left <= 200, "{r}");
+    // The reply came once the worker had stopped: what it says is final.
     let st = status(&m, third);
     assert_eq!(st["state"], "cancelled");
+    assert_eq!(st["worker"]["running"], false, "{st}");
     let pending = files(&st, "pending");
-    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pending, r["not_copied_files"].as_u64().unwrap(), "{r} {st}");
+    let copies = worker(&st, "copies");
+    // What was staged still uploads, waking any worker that waits on uploads; none copies.
+    wait_until(60, "the journal to drain after the cancel", || {
+        ctl_json(&m, &["status"])["journal"]["waiting"] == 0
+    });
+    let st = status(&m, third);
     assert_eq!(
-        files(&status(&m, third), "pending"),
+        worker(&st, "copies"),
+        copies,
+        "copies went on after cancel: {st}"
+    );
+    assert_eq!(
+        files(&st, "pending"),
         pending,
-        "copies went on after cancel"
+        "copies went on after cancel: {st}"
     );
 }
 

@@ -125,6 +125,8 @@ pub struct Backups {
     jobs: Arc<Jobs>,
     current: Mutex<Option<Arc<Progress>>>,
     stopping: AtomicBool,
+    /// The schedule's latest decision (see `scheduler`); null until it made one.
+    decision: Mutex<Value>,
 }
 
 impl Backups {
@@ -137,6 +139,7 @@ impl Backups {
             jobs,
             current: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            decision: Mutex::new(Value::Null),
         });
         let now = me.now_s();
         let waiting: Vec<(i64, String)> = me.core.db().write(|tx| {
@@ -521,6 +524,7 @@ impl Backups {
             "running": running,
             "schedule": self.cfg.at.map(|t| t.format("%H:%M:%S").to_string()),
             "next_at": self.cfg.at.map(|at| next_run(self.now_s(), at)),
+            "scheduler": self.scheduler(),
             "keep_days": self.cfg.keep_days,
             "dir": self.cfg.dir,
             "sources": self.cfg.sources,
@@ -672,9 +676,12 @@ impl Backups {
         let missed = tokio::task::spawn_blocking(move || this.missed_run())
             .await
             .unwrap_or(false);
+        let mut ran = None;
         if missed {
             tracing::info!("backup: making up the run missed while davdrive was not running");
-            self.start_logged();
+            ran = self
+                .start_logged()
+                .map(|id| (id, "missed while davdrive was not running"));
         }
         loop {
             let now = self.now_s();
@@ -685,6 +692,14 @@ impl Backups {
             {
                 tracing::warn!("backup: cannot record the next run: {e}");
             }
+            // Said once the run it started (if any) is in the log: what the decision
+            // shows is all it did.
+            *self.decision.lock().unwrap_or_else(|e| e.into_inner()) = json!({
+                "decided_at": now,
+                "ran": ran.map(|(id, _)| id),
+                "why": ran.map(|(_, why)| why),
+                "next_at": next,
+            });
             let wait = Duration::from_secs((next - now).max(0) as u64);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -694,14 +709,31 @@ impl Backups {
                 return;
             }
             tracing::info!("backup: scheduled run");
-            self.start_logged();
+            ran = self.start_logged().map(|id| (id, "scheduled"));
         }
     }
 
-    fn start_logged(self: &Arc<Self>) {
+    /// The schedule's latest decision: when it decided (unix s, the drive's clock), the
+    /// run it started then (`ran`, a backup id, with `why`; null: none) and when it runs
+    /// next (`next_at`). Null before the schedule has decided anything, or when it is off.
+    pub fn scheduler(&self) -> Value {
+        self.decision
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Starts a run; its id, None if it could not start (logged).
+    fn start_logged(self: &Arc<Self>) -> Option<i64> {
         match self.run_now() {
-            Ok((_, name)) => tracing::info!("backup {name} started"),
-            Err(e) => tracing::warn!("backup not started: {e}"),
+            Ok((id, name)) => {
+                tracing::info!("backup {name} started");
+                Some(id)
+            }
+            Err(e) => {
+                tracing::warn!("backup not started: {e}");
+                None
+            }
         }
     }
 

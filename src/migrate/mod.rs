@@ -16,6 +16,7 @@ mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
@@ -126,9 +127,22 @@ struct ControlState {
     exited: bool,
 }
 
+/// What the workers of one migration did since the daemon started, for `status`: a
+/// pause or a stop is seen to hold when these stand still while the worker would have
+/// moved them.
+#[derive(Default)]
+struct WorkerCounters {
+    /// Copies of a file into the drive begun (each try counts).
+    copies: AtomicU64,
+    /// Passes over the copied files: landed yet? verified? source to remove?
+    checks: AtomicU64,
+}
+
 /// What a running worker and the commands share.
 struct Control {
     state: Mutex<ControlState>,
+    /// Shared by the successive workers of the migration.
+    counters: Arc<WorkerCounters>,
     wake: Condvar,
     /// When this run of the worker started, and the bytes done then (for the rate).
     started: Instant,
@@ -137,9 +151,10 @@ struct Control {
 }
 
 impl Control {
-    fn new() -> Arc<Control> {
+    fn new(counters: Arc<WorkerCounters>) -> Arc<Control> {
         Arc::new(Control {
             state: Mutex::new(ControlState::default()),
+            counters,
             wake: Condvar::new(),
             started: Instant::now(),
             done_at_start: Mutex::new(None),
@@ -164,6 +179,15 @@ impl Control {
             st.exited = true;
         }
         st.stop
+    }
+
+    /// Whether the worker's thread is alive: once it has ended, nothing copies. (Its
+    /// handle is there from just after the spawn until a cancel or shutdown joins it.)
+    fn running(&self) -> bool {
+        let alive = (self.thread.lock().unwrap_or_else(|p| p.into_inner()))
+            .as_ref()
+            .map(|h| !h.is_finished());
+        alive.unwrap_or_else(|| !self.lock().exited)
     }
 
     fn request(&self, stop: Stop) {
@@ -280,7 +304,12 @@ impl Migrations {
     }
 
     fn spawn_worker(&self, id: i64) {
-        let control = Control::new();
+        let counters = self
+            .workers()
+            .get(&id)
+            .map(|c| c.counters.clone())
+            .unwrap_or_default();
+        let control = Control::new(counters);
         self.workers().insert(id, control.clone());
         let Some(me) = self.me.upgrade() else { return };
         let c = control.clone();
@@ -438,7 +467,9 @@ impl Migrations {
         if let Some(c) = control {
             c.request(Stop::Cancel);
             // Wait for the file being copied, so the reply tells what was left.
-            if let Some(h) = c.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // Taken out first: `status` reads the handle meanwhile.
+            let handle = c.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(h) = handle {
                 let _ = h.join();
             }
         }
@@ -466,7 +497,9 @@ impl Migrations {
             c.request(Stop::Shutdown);
         }
         for c in controls {
-            if let Some(h) = c.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // Taken out first: `status` reads the handle meanwhile.
+            let handle = c.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(h) = handle {
                 let _ = h.join();
             }
         }
@@ -515,6 +548,15 @@ impl Migrations {
                 }
             }
         }
+        let control = self.workers().get(&id).cloned();
+        let worker = match control {
+            Some(c) => json!({
+                "running": c.running(),
+                "copies": c.counters.copies.load(Ordering::Relaxed),
+                "checks": c.counters.checks.load(Ordering::Relaxed),
+            }),
+            None => json!({"running": false, "copies": 0, "checks": 0}),
+        };
         let remaining = total_bytes.saturating_sub(finished_bytes);
         let eta = rate
             .filter(|r| *r > 0.0 && row.walk_done)
@@ -558,6 +600,7 @@ impl Migrations {
             "eta_s": eta,
             "errors": self.db().write(|c| db::error_count(c, id))?,
             "source": source,
+            "worker": worker,
         }))
     }
 

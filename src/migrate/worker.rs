@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -423,6 +424,7 @@ impl<'a> Worker<'a> {
                 abortable: new_in_drive,
             };
             let mtime_t = before.modified().ok();
+            self.control.counters.copies.fetch_add(1, Ordering::Relaxed);
             let result = core.import_file(dest, &mut reader, mtime_t, owner, &mut |_| {});
             let undo = |why: &str| {
                 if new_in_drive {
@@ -591,6 +593,7 @@ impl<'a> Worker<'a> {
             keep.push(item);
         }
         self.in_flight = keep;
+        self.control.counters.checks.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
