@@ -1,0 +1,40 @@
+//! What the kernel holds of the tree and when it must forget it: content generations
+//! (whether its page cache of a file may be kept), `forget`, and the notifications sent
+//! through `KernelCache` when the remote changed.
+
+use super::{lock, Core};
+
+impl Core {
+    /// The cached content of `ino` was replaced behind the kernel's back.
+    pub fn content_replaced(&self, ino: u64) {
+        self.bump_content_gen(ino);
+        lock(&self.verified).remove(&ino);
+    }
+
+    /// The kernel forgot inode `ino` (FUSE `forget`): its pages and entries of it are
+    /// gone, so what is kept here about them goes too, unless the file is open. Keeps
+    /// the per-inode maps as small as the kernel's inode cache, however many inodes a
+    /// walk has seen. Everything dropped here is worked out again when needed.
+    pub fn forget(&self, ino: u64) {
+        if self.is_open(ino) {
+            return;
+        }
+        lock(&self.content_gen).remove(&ino);
+        lock(&self.dir_digests).remove(&ino);
+        lock(&self.verified).remove(&ino);
+    }
+
+    pub(super) fn bump_content_gen(&self, ino: u64) {
+        lock(&self.content_gen).entry(ino).or_insert((0, 0)).0 += 1;
+    }
+
+    /// True when the kernel's cached pages of `ino` still match our content; records
+    /// that the kernel now holds the current generation.
+    pub(super) fn kernel_cache_valid(&self, ino: u64) -> bool {
+        let mut gens = lock(&self.content_gen);
+        let e = gens.entry(ino).or_insert((0, u64::MAX));
+        let valid = e.1 == e.0;
+        e.1 = e.0;
+        valid
+    }
+}
