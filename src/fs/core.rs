@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use super::open_files::{Handle, OpenFile};
 use super::{changes, listing, poll, CoreConfig, DirEntry, FsError, FsResult, KernelCache};
 use crate::cache::ContentFiles;
+use crate::clock::Clock;
 use crate::health::Health;
 use crate::remote::{Remote, RemoteError};
 use crate::store::{self, Node};
@@ -223,5 +224,13 @@ impl Core {
     /// The replayer starts or finishes changing these remote paths (see `changes`).
     pub fn remote_changing(&self, paths: &[&str]) {
         self.remote_changes.changed(paths);
+    }
+
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.cfg.clock
     }
 }

@@ -2,7 +2,9 @@
 //! (whether its page cache of a file may be kept), `forget`, and the notifications sent
 //! through `KernelCache` when the remote changed.
 
-use super::{lock, Core};
+use std::sync::Arc;
+
+use super::{lock, Core, KernelCache};
 
 impl Core {
     /// The cached content of `ino` was replaced behind the kernel's back.
@@ -36,5 +38,33 @@ impl Core {
         let valid = e.1 == e.0;
         e.1 = e.0;
         valid
+    }
+
+    /// Lets the FUSE adapter hear of what the kernel must forget: attributes, pages and
+    /// names that changed on the remote. Set once; later calls are ignored.
+    pub fn set_kernel_cache(&self, k: Arc<dyn KernelCache>) {
+        let _ = self.kernel.set(k);
+    }
+
+    /// Tells the kernel (when there is one) that what it holds of `ino` is stale.
+    pub(super) fn kernel_inval_inode(&self, ino: u64) {
+        if let Some(k) = self.kernel.get() {
+            k.inval_inode(ino);
+        }
+    }
+
+    /// Tells the kernel (when there is one) that `name` in `parent` changed.
+    pub(super) fn kernel_inval_entry(&self, parent: u64, name: &str) {
+        if let Some(k) = self.kernel.get() {
+            k.inval_entry(parent, name);
+        }
+    }
+
+    /// Content of `ino` was dropped because the remote has a newer version: the kernel's
+    /// pages and our record of them are stale.
+    pub(super) fn content_dropped(&self, ino: u64) {
+        self.bump_content_gen(ino);
+        lock(&self.verified).remove(&ino);
+        self.kernel_inval_inode(ino);
     }
 }

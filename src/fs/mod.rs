@@ -6,9 +6,11 @@
 //! at start; `namespace.rs` lookup, attributes, directory handles and the namespace
 //! changes; `open_files.rs` open and release; `io.rs` read, write, flush, fsync, truncate;
 //! `fetch.rs` downloads; `partial.rs` writes to files not all here; `listing.rs` folder
-//! listings; `poll.rs` the background poll; `kernel.rs` what the kernel is told;
-//! `cache_ops.rs` eviction, pins, verification; `import.rs` backups and migrations writing
-//! in; `changes.rs` what the replayer is changing; `error.rs` the errors and their errno.
+//! listings; `poll.rs` the background poll; `revalidate.rs` whether cached content is
+//! fresh and whole; `pin.rs` and `evict.rs` what the cache keeps; `kernel.rs` what the
+//! kernel is told; `drop_entry.rs` giving up a journal entry; `import.rs` backups and
+//! migrations writing in; `changes.rs` what the replayer is changing; `error.rs` the
+//! errors and their errno.
 //!
 //! This is the one list of the core's locks; the other files point here.
 //!
@@ -28,10 +30,11 @@
 //! The FUSE adapter's own lock (`fuse::Opens`) is taken before any of the core's and
 //! never held across a call into the core that can block on the network.
 
-mod cache_ops;
 mod changes;
 mod core;
+mod drop_entry;
 pub mod error;
+mod evict;
 mod fetch;
 mod import;
 mod io;
@@ -40,8 +43,10 @@ mod listing;
 mod namespace;
 mod open_files;
 mod partial;
+mod pin;
 pub mod poll;
 mod recover;
+mod revalidate;
 
 pub use self::core::Core;
 pub use import::{ImportOwner, UploadStates};
@@ -51,8 +56,8 @@ pub use poll::{PollConfig, PollReport};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-pub use cache_ops::{CacheUsage, Candidate, Evicted};
 pub use error::{FsError, FsResult};
+pub use evict::{CacheUsage, Candidate, Evicted};
 
 use crate::cache::CacheLimits;
 use crate::clock::Clock;

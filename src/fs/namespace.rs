@@ -539,4 +539,13 @@ impl Core {
         };
         Ok(journal::record_meta(tx, &node, &path)?)
     }
+
+    /// The inode at mount-relative `path` ("/a/b"), looking names up as the kernel would.
+    pub fn resolve_path(&self, path: &str) -> FsResult<u64> {
+        let mut ino = store::ROOT_INO;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            ino = self.lookup(ino, part)?.ino;
+        }
+        Ok(ino)
+    }
 }

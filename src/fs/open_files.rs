@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::{fetch, lock, Core, FsError, FsResult};
-use crate::store::{self, Kind, RangeSet, ROOT_INO};
+use crate::store::{self, nodes::has_unsent_changes, Kind, RangeSet, ROOT_INO};
 
 /// Per-file state shared by all open handles of one inode.
 pub(super) struct OpenFile {
@@ -189,5 +189,34 @@ impl Core {
                 tracing::error!("could not commit writes of inode {ino}: {e}");
             }
         }
+    }
+
+    /// For FUSE passthrough: the content file of a read-only handle `fh`, opened
+    /// read-only, when the kernel may read it directly: the file is clean, every byte is
+    /// here and verified, and nobody has it open for writing.
+    pub fn passthrough_file(&self, fh: u64) -> Option<std::fs::File> {
+        let (ino, writable, of) = self.handle(fh).ok()?;
+        if writable
+            || lock(&self.handles)
+                .values()
+                .any(|h| h.ino == ino && h.writable)
+        {
+            return None;
+        }
+        {
+            let st = lock(&of.state);
+            if st.write_dirty || !st.ranges.covers(0, st.size) {
+                return None;
+            }
+        }
+        let conn = self.store.lock();
+        if has_unsent_changes(&conn, ino).ok()? {
+            return None;
+        }
+        drop(conn);
+        if !lock(&self.verified).contains(&ino) {
+            return None;
+        }
+        self.content.open_read(ino).ok().flatten()
     }
 }
