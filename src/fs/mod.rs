@@ -6,7 +6,7 @@
 //! at start; `namespace.rs` lookup, attributes, directory handles and the namespace
 //! changes; `open_files.rs` open and release; `io.rs` read, write, flush, fsync, truncate;
 //! `fetch.rs` downloads; `partial.rs` writes to files not all here; `listing.rs` folder
-//! listings; `poll.rs` the background poll; `revalidate.rs` whether cached content is
+//! listings (`listing_merge.rs` merges one into the node table); `poll.rs` the background poll; `revalidate.rs` whether cached content is
 //! fresh and whole; `pin.rs` and `evict.rs` what the cache keeps; `kernel.rs` what the
 //! kernel is told; `drop_entry.rs` giving up a journal entry; `import.rs` backups and
 //! migrations writing in; `changes.rs` what the replayer is changing; `error.rs` the
@@ -40,6 +40,7 @@ mod import;
 mod io;
 mod kernel;
 mod listing;
+mod listing_merge;
 mod namespace;
 mod open_files;
 mod partial;
