@@ -1,8 +1,6 @@
-//! What the cache holds and what may go. Eviction removes clean content only: dirty
-//! content, content of files with any change waiting in the journal, pinned content and
-//! files open right now are never evicted. (Below a folder whose rename waits, evicted
-//! content is fetched again from the old path, where the server still has it.) Also the
-//! cache's usage and a file's state in one word, for the control socket.
+//! What may leave the cache: eviction takes clean content only, never dirty, waiting,
+//! pinned or open files (below a folder whose rename waits, it is fetched again from the
+//! old path). Also room on a full disk, the cache's usage and a file's state in one word.
 
 use rusqlite::Connection;
 

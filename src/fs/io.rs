@@ -1,6 +1,6 @@
-//! File content I/O: read (missing ranges fetched by `fetch.rs`), write (into the content
-//! file and its range map), flush/close and fsync committing the journal entry, truncate,
-//! the largest file size, and statfs.
+//! File content I/O: read (missing ranges fetched by `fetch.rs`), write into the content
+//! file and its range map, flush/close and fsync committing the journal entry, truncate,
+//! the largest file size, statfs. Locks are taken in the order listed in `fs/mod.rs`.
 
 use std::os::unix::fs::FileExt;
 

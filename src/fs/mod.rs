@@ -2,17 +2,21 @@
 //! sync journal and the remote. The FUSE adapter is a thin shell around this; tests drive
 //! it directly, without a kernel.
 //!
-//! Where things are: `core.rs` the `Core` struct and `load`; `recover.rs` crash recovery
-//! at start; `namespace.rs` lookup, attributes, directory handles and the namespace
-//! changes; `open_files.rs` open and release; `io.rs` read, write, flush, fsync, truncate;
-//! `fetch.rs` downloads; `partial.rs` writes to files not all here; `listing.rs` folder
-//! listings (`listing_merge.rs` merges one into the node table); `poll.rs` the background poll; `revalidate.rs` whether cached content is
-//! fresh and whole; `pin.rs` and `evict.rs` what the cache keeps; `kernel.rs` what the
-//! kernel is told; `drop_entry.rs` giving up a journal entry; `import.rs` backups and
-//! migrations writing in; `changes.rs` what the replayer is changing; `error.rs` the
-//! errors and their errno.
+//! Where things are (each file opens with what it owns):
+//! - `core.rs`: the `Core` struct, `load`, the look-ups and remote calls the others use;
+//!   `recover.rs`: crash recovery at start.
+//! - `namespace.rs`: lookup, attributes, directory handles, mkdir, create, symlink,
+//!   unlink, rmdir, rename, setattr.
+//! - `open_files.rs`: open and release; `io.rs`: read, write, flush, fsync, truncate;
+//!   `fetch.rs`: downloads; `partial.rs`: writes to files not all here.
+//! - `listing.rs`, `listing_merge.rs`: folder listings; `poll.rs`: the background poll;
+//!   `changes.rs`: what the replayer is changing, which a listing must not overrule.
+//! - `revalidate.rs`: whether cached content is fresh and whole; `pin.rs`, `evict.rs`:
+//!   what the cache keeps; `drop_entry.rs`: giving up a journal entry.
+//! - `kernel.rs`: what the kernel is told; `import.rs`: backups and migrations writing
+//!   in; `error.rs`: the errors and their errno.
 //!
-//! This is the one list of the core's locks; the other files point here.
+//! Every lock of the core is listed here, in order; the other files point here.
 //!
 //! Lock order (never the other way round, never across a network call):
 //!   `store` (the state store's writer, `Store::lock`) → `open_files` map → a file's

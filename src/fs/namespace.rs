@@ -1,6 +1,6 @@
 //! The namespace: lookup, attributes, directory handles, and the changes that record
 //! their journal entry in the same transaction: mkdir, create, symlink, unlink, rmdir,
-//! rename, setattr and access times (truncation is in `io.rs`).
+//! rename, setattr, access times (truncation: `io.rs`). Lock order: see `fs/mod.rs`.
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;

@@ -1,6 +1,6 @@
 //! Open files: the state every handle of one file shares (`OpenFile`), the handle table,
-//! open and release. The last release of a file commits what was written to the journal
-//! (see `io.rs`).
+//! open and release; the last release commits what was written (see `io.rs`). Locks are
+//! taken in the order listed in `fs/mod.rs`.
 
 use std::fs::File;
 use std::sync::atomic::Ordering;

@@ -1,7 +1,6 @@
-//! Whether cached content may be served. Fresh: at open, a file whose folder listing is
-//! older than the attribute TTL is checked against the server (`revalidate`). Whole: a
-//! clean cached file is checked (bound version, length, SHA-256) before its first serve
-//! in a run, and a completed download gets its hash recorded.
+//! Whether cached content may be served: fresh (at open, once the folder's listing is
+//! older than the attribute TTL, it is asked for again) and whole (bound version, length
+//! and SHA-256 checked before the first serve in a run; hashes recorded after download).
 
 use super::{lock, Core, FsResult};
 use crate::cache::sha256_prefix;
