@@ -310,7 +310,7 @@ impl Daemon {
         // the next start finds it stale, as after a real crash. Outside the runtime's
         // threads, like `shutdown`.
         let tasks: Vec<_> = self.tasks.drain(..).chain(self.replayer.take()).collect();
-        let _ = self.rt.block_on(async {
+        self.rt.block_on(async {
             for t in tasks {
                 let _ = t.await;
             }

@@ -1,7 +1,6 @@
 //! `ctl conflicts`: versions changed on both sides. A conflict leaves the remote's version
 //! under the original name and ours beside it under a conflict name.
 
-
 use crate::control::client::{ago, table};
 use crate::control::{CmdError, Context};
 

@@ -1,0 +1,222 @@
+//! Open files: the state every handle of one file shares (`OpenFile`), the handle table,
+//! open and release; the last release commits what was written (see `io.rs`). Locks are
+//! taken in the order listed in `fs/mod.rs`.
+
+use std::fs::File;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use super::{fetch, lock, Core, FsError, FsResult};
+use crate::store::{self, nodes::has_unsent_changes, Kind, RangeSet, ROOT_INO};
+
+/// Per-file state shared by all open handles of one inode.
+pub(super) struct OpenFile {
+    pub(super) file: File,
+    pub(super) downloads: fetch::Downloads,
+    pub(super) state: Mutex<OpenState>,
+}
+
+pub(super) struct OpenState {
+    pub(super) opens: u32,
+    pub(super) size: u64,
+    pub(super) ranges: RangeSet,
+    pub(super) mtime_ns: i64,
+    /// Written since the last commit to the journal.
+    pub(super) write_dirty: bool,
+    /// The byte ranges written since the last commit (what `Node::written` gains then).
+    pub(super) written: RangeSet,
+    /// Counts writes, so a commit knows whether a write slipped in while it ran.
+    pub(super) write_seq: u64,
+    /// Access time recorded while open (None: not read or set since the open).
+    pub(super) atime_ns: Option<i64>,
+    /// ctime as the store has it, for the relatime rule.
+    pub(super) ctime_ns: i64,
+}
+
+pub(super) struct Handle {
+    pub(super) ino: u64,
+    pub(super) writable: bool,
+}
+
+impl Core {
+    /// Whether file `ino` has writes not yet committed to the journal.
+    pub fn is_write_dirty(&self, ino: u64) -> bool {
+        let of = lock(&self.open_files).get(&ino).cloned();
+        of.map(|of| lock(&of.state).write_dirty).unwrap_or(false)
+    }
+
+    pub fn is_open(&self, ino: u64) -> bool {
+        lock(&self.open_files).contains_key(&ino)
+    }
+
+    /// Per-inode open state, created on first open; `opens` counts the references.
+    pub(super) fn open_file(&self, ino: u64) -> FsResult<Arc<OpenFile>> {
+        if let Some(of) = lock(&self.open_files).get(&ino) {
+            lock(&of.state).opens += 1;
+            return Ok(of.clone());
+        }
+        // The store stays locked until the file is in the map, so a listing merge (which
+        // decides under the store lock whether a file is open) cannot slip in between.
+        let conn = self.store.lock();
+        let node = store::get_node(&conn, ino)?.ok_or(FsError::NotFound)?;
+        let mut map = lock(&self.open_files);
+        if let Some(of) = map.get(&ino) {
+            // Opened by another thread meanwhile.
+            lock(&of.state).opens += 1;
+            return Ok(of.clone());
+        }
+        if node.kind != Kind::File {
+            return Err(FsError::IsDir);
+        }
+        let file = self.content.open(ino)?;
+        let mut ranges = node.ranges.clone();
+        // Never trust a range map beyond what the content file holds (a crash may have
+        // lost the tail of a write the map already counted).
+        let on_disk = file.metadata()?.len();
+        if on_disk < node.size {
+            ranges.truncate(on_disk);
+        }
+        let of = Arc::new(OpenFile {
+            file,
+            downloads: fetch::Downloads::default(),
+            state: Mutex::new(OpenState {
+                opens: 1,
+                size: node.size,
+                ranges,
+                mtime_ns: node.mtime_ns,
+                write_dirty: false,
+                written: RangeSet::default(),
+                write_seq: 0,
+                atime_ns: node.atime_ns,
+                ctime_ns: node.ctime_ns,
+            }),
+        });
+        map.insert(ino, of.clone());
+        drop(map);
+        drop(conn);
+        Ok(of)
+    }
+
+    /// Drops one reference; the last one commits pending writes and forgets the state.
+    pub(super) fn close_open_file(&self, ino: u64) {
+        let map = lock(&self.open_files);
+        let last = match map.get(&ino) {
+            Some(of) => {
+                let mut st = lock(&of.state);
+                st.opens = st.opens.saturating_sub(1);
+                st.opens == 0
+            }
+            None => false,
+        };
+        if last {
+            let of = map.get(&ino).cloned().unwrap();
+            drop(map);
+            // Commit while the state is still shared, so an open racing with this close
+            // finds it (with the current size) instead of the store's older row.
+            if let Err(e) = self.commit_writes(&of, ino, false) {
+                tracing::error!("could not commit writes of inode {ino}: {e}");
+            }
+            {
+                let _conn = self.store.lock();
+                let mut map = lock(&self.open_files);
+                let still_unused = map.get(&ino).is_some_and(|of| lock(&of.state).opens == 0);
+                if !still_unused {
+                    return;
+                }
+                map.remove(&ino);
+            }
+            // An orphan (unlinked while open) disappears with its last handle.
+            let orphan = store::get_node(&self.store.lock(), ino)
+                .ok()
+                .flatten()
+                .map(|n| n.parent == 0 && n.ino != ROOT_INO)
+                .unwrap_or(false);
+            if orphan {
+                let _ = store::delete_node(&self.store.lock(), ino);
+                self.content.remove(ino);
+            }
+        }
+    }
+
+    pub(super) fn open_handle(&self, ino: u64, writable: bool) -> FsResult<u64> {
+        let _of = self.open_file(ino)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Handle { ino, writable });
+        Ok(fh)
+    }
+
+    /// Opens a file. Returns the handle and whether the kernel may keep its page cache.
+    pub fn open(&self, ino: u64, writable: bool) -> FsResult<(u64, bool)> {
+        if writable {
+            self.ensure_writable()?;
+        }
+        if !self.is_open(ino) {
+            self.revalidate(ino)?;
+            self.check_cached_content(ino)?;
+        }
+        let fh = self.open_handle(ino, writable)?;
+        store::touch_access(&self.store.lock(), ino, self.cfg.clock.now_s())?;
+        Ok((fh, self.kernel_cache_valid(ino)))
+    }
+
+    pub(super) fn handle(&self, fh: u64) -> FsResult<(u64, bool, Arc<OpenFile>)> {
+        let (ino, writable) = {
+            let h = lock(&self.handles);
+            let h = h.get(&fh).ok_or(FsError::BadHandle)?;
+            (h.ino, h.writable)
+        };
+        let of = lock(&self.open_files)
+            .get(&ino)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        Ok((ino, writable, of))
+    }
+
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let h = lock(&self.handles).remove(&fh).ok_or(FsError::BadHandle)?;
+        self.close_open_file(h.ino);
+        Ok(())
+    }
+
+    /// Commits every file still open with unsent writes (at unmount).
+    pub fn commit_all(&self) {
+        let open: Vec<(u64, Arc<OpenFile>)> = lock(&self.open_files)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (ino, of) in open {
+            if let Err(e) = self.commit_writes(&of, ino, true) {
+                tracing::error!("could not commit writes of inode {ino}: {e}");
+            }
+        }
+    }
+
+    /// For FUSE passthrough: the content file of a read-only handle `fh`, opened
+    /// read-only, when the kernel may read it directly: the file is clean, every byte is
+    /// here and verified, and nobody has it open for writing.
+    pub fn passthrough_file(&self, fh: u64) -> Option<std::fs::File> {
+        let (ino, writable, of) = self.handle(fh).ok()?;
+        if writable
+            || lock(&self.handles)
+                .values()
+                .any(|h| h.ino == ino && h.writable)
+        {
+            return None;
+        }
+        {
+            let st = lock(&of.state);
+            if st.write_dirty || !st.ranges.covers(0, st.size) {
+                return None;
+            }
+        }
+        let conn = self.store.lock();
+        if has_unsent_changes(&conn, ino).ok()? {
+            return None;
+        }
+        drop(conn);
+        if !lock(&self.verified).contains(&ino) {
+            return None;
+        }
+        self.content.open_read(ino).ok().flatten()
+    }
+}
