@@ -2,6 +2,9 @@
 //! conversion into calls of the library (settings in `config`, the mount in
 //! `fuse::session`, the background process and unmounting in `daemon::process`, the
 //! control client in `control::client`). Nothing else lives here.
+//!
+//! Over 600 lines: the clap definitions of every command and flag, with their help
+//! texts.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

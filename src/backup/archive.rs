@@ -7,6 +7,8 @@
 //! API: the copy is one consistent snapshot even while another process writes. Other
 //! files are copied to a scratch file first; one that changes while being read is read
 //! again once, then kept as read and named in the manifest's problems.
+//!
+//! Over 600 lines with its unit tests (the code is under 500).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};

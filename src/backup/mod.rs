@@ -9,6 +9,9 @@
 //! of this host older than the retention are deleted, never the newest successful one.
 //! A daily schedule runs it at a local time; a run missed while the daemon was not
 //! running is made up at the next start once a day has passed.
+//!
+//! Over 600 lines: one backup's life (schedule, archive, upload, landing, verify,
+//! restore, keep), one state machine whose steps share its log.
 
 pub mod archive;
 

@@ -1,6 +1,9 @@
 //! One mount from start to end: reach the remote, start the daemon on the state (every
 //! background task, see `crate::daemon`), mount, and on unmount or a signal stop the
 //! daemon.
+//!
+//! Over 600 lines: the checks a mount makes before the kernel sees it (mount point,
+//! remote, options, the fallbacks), each with its own message, read as one sequence.
 
 use std::fs::File;
 use std::io::Write;

@@ -45,6 +45,9 @@
 //! it may have left, in its place (R2 and R3 do this instead of dropping it).
 //!
 //! Scheduling is by dependency, over the whole journal (see `ready`).
+//!
+//! Over 600 lines with its unit tests (the code is about 500): the coalescing rules and
+//! the scheduling (`ready`) read against each other, so they stay together.
 
 pub mod replay;
 

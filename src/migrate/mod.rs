@@ -9,6 +9,10 @@
 //! the item (`importing` → `staged` → `landed` → `verified` → `source_deleted`), so a
 //! restart, even after `kill -9`, goes on from where it was without sending again what
 //! had landed.
+//!
+//! Over 600 lines: one migration's life (start, resume after a crash, pause, cancel,
+//! status) is one state machine; the walk and the copying are in `walk.rs` and
+//! `worker.rs`.
 
 pub use crate::store::migrations as db;
 mod walk;

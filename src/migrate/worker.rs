@@ -2,6 +2,9 @@
 //! it has landed, verifies it against the remote, and removes its source if asked.
 //! One std thread: core calls block (and may wait on the runtime), so they must not run
 //! on a tokio worker.
+//!
+//! Over 600 lines: the copy, landing, verification and source removal of a file are
+//! steps of one loop over the same pending items.
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -1,6 +1,10 @@
 //! An in-memory `Remote` for hermetic tests: a tree that answers as Apache mod_dav does
 //! (seen through the WebDAV client's status mapping), plus fault hooks (offline, latency,
 //! injected statuses, lost replies), another client's direct changes and a request log.
+//!
+//! Over 600 lines with its tests: a whole WebDAV tree with Apache's answers, fault
+//! hooks and another client, for tests; kept in one file so its behaviour reads as one
+//! server.
 
 use std::collections::BTreeMap;
 use std::path::Path;

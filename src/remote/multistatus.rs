@@ -4,6 +4,9 @@
 //! namespace, whatever prefix the server chose (`D:`, `d:`, `lp1:`, a default namespace).
 //! Hrefs are untrusted input: anything that does not lie under the mounted collection, or
 //! that could smuggle a path component (`..`, `.`, an encoded `/`, NUL), is dropped.
+//!
+//! Over 600 lines with its tests of hostile and real servers' bodies (the parser is
+//! about 460).
 
 use std::time::SystemTime;
 

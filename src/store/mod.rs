@@ -12,6 +12,9 @@
 //! commit survive a crash of the process (kill -9) but not of the machine. `fsync()` on a
 //! file asks for more, so `commit_durable` switches to `FULL` for that one commit, which
 //! syncs the WAL and with it every earlier commit.
+//!
+//! Over 600 lines with its unit tests (the code is under 460): the row types and their
+//! encodings, opening and upgrading the file, the meta table.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
