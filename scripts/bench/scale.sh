@@ -138,8 +138,11 @@ for tool in davdrive rclone; do
   tar --no-same-owner -xf "$data/tarfiles.tar" -C "$m" || note "$tool: tar -x failed"
   t1=$(now)
   record tar_done "$L_TAR_DONE" s "$tool" "$(elapsed "$t0" "$t1")"
-  record tar_server "$L_TAR_SRV" s "$tool" \
-    "$(python3 "$helper" wait-tree "$data/tarfiles" "$docroot/tarfiles" "$t0" "$S_TIMEOUT" 2>/dev/null)"
+  v=$(python3 "$helper" wait-tree "$data/tarfiles" "$docroot/tarfiles" "$t0" "$S_TIMEOUT" \
+    2>"$logs/wait-tree-scale-$tool.err")
+  [ "$v" = mismatch ] && note "$tool: the files on the server differ from the tar's: $(head -c 300 "$logs/wait-tree-scale-$tool.err")"
+  [ "$v" = timeout ] && note "$tool: the tar's files were not all on the server after ${S_TIMEOUT}s ($(cat "$logs/wait-tree-scale-$tool.err"))"
+  record tar_server "$L_TAR_SRV" s "$tool" "$v"
   scale_unmount "$tool"
 
   # A folder that shrinks on the server, then a server that slows to a byte a second.
