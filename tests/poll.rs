@@ -558,3 +558,37 @@ fn a_dirty_file_changed_on_the_server_becomes_a_conflict() {
         "{snap:?}"
     );
 }
+
+/// What this machine uploaded, with its mode and times as dead properties, is no change
+/// to the next poll: nothing is counted, and the kernel is told nothing about it.
+#[test]
+fn files_uploaded_from_here_are_no_change_to_the_poll() {
+    let mem = MemRemote::new();
+    mem.other_mkdir("/w").unwrap();
+    let s = setup(
+        mem,
+        PollConfig {
+            recent: 8,
+            ..poll_config()
+        },
+    );
+    let w = s.ino("/w");
+    for i in 0..5 {
+        let (_, fh) = s.core.create(w, &format!("f{i}"), 0o644, 0, 0).unwrap();
+        s.core.write(fh, 0, b"data").unwrap();
+        s.core.release(fh).unwrap();
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    s.rt.spawn(davdrive::journal::replay::run(s.core.clone(), rx));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while davdrive::journal::stats(&s.core.store()).unwrap().0 > 0 {
+        assert!(Instant::now() < deadline, "the uploads did not land");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = tx.send(true);
+    s.kernel.take();
+    let r = s.poll();
+    assert!(r.listed >= 1, "{r:?}");
+    assert_eq!(r.changes, 0, "{r:?}");
+    assert!(s.kernel.take().is_empty());
+}
