@@ -7,56 +7,19 @@
 //!   known folder still lists, while the refresh waits on the server.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use davdrive::clock::Clock;
 use davdrive::fs::{Core, CoreConfig};
-use davdrive::health::Health;
 use davdrive::remote::memory::{MemRemote, Method};
-use davdrive::remote::Remote;
 use davdrive::store::ROOT_INO;
 use rusqlite::trace::{TraceEvent, TraceEventCodes};
 
-struct Setup {
-    rt: tokio::runtime::Runtime,
-    _state: tempfile::TempDir,
-    mem: Arc<MemRemote>,
-    clock: Clock,
-    core: Arc<Core>,
-}
+mod common;
+
+use common::bare::{bare_core, BareCore as Setup};
 
 fn setup(mem: MemRemote, cfg: CoreConfig) -> Setup {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let mem = Arc::new(mem);
-    let remote: Arc<dyn Remote> = mem.clone();
-    let clock = Clock::default();
-    let core = {
-        let _guard = rt.enter();
-        Core::load(
-            state.path(),
-            remote,
-            rt.handle().clone(),
-            Health::new(true),
-            CoreConfig {
-                clock: clock.clone(),
-                ..cfg
-            },
-        )
-        .unwrap()
-    };
-    Setup {
-        rt,
-        _state: state,
-        mem,
-        clock,
-        core,
-    }
+    bare_core(mem, cfg)
 }
 
 fn names(core: &Core, dir: u64) -> Vec<String> {

@@ -14,11 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use davdrive::clock::Clock;
-use davdrive::fs::{Core, CoreConfig, KernelCache, PollConfig, PollReport};
-use davdrive::health::Health;
+use davdrive::fs::{CoreConfig, KernelCache, PollConfig, PollReport};
 use davdrive::remote::memory::{FolderEtags, MemItem, MemRemote, Method};
-use davdrive::remote::Remote;
 
 /// A kernel that only records what it is told to forget.
 #[derive(Default)]
@@ -50,13 +47,22 @@ impl RecordingKernel {
     }
 }
 
+mod common;
+
+use common::bare::{bare_core, BareCore};
+
+/// A core with no background task (each poll round is run by the test), telling a
+/// recording kernel what changed.
 struct Setup {
-    rt: tokio::runtime::Runtime,
-    _state: tempfile::TempDir,
-    mem: Arc<MemRemote>,
-    clock: Clock,
-    core: Arc<Core>,
+    base: BareCore,
     kernel: Arc<RecordingKernel>,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = BareCore;
+    fn deref(&self) -> &BareCore {
+        &self.base
+    }
 }
 
 /// Folders are polled only where a test says: no recent folders unless asked for, no
@@ -72,43 +78,19 @@ fn poll_config() -> PollConfig {
 }
 
 fn setup(mem: MemRemote, poll: PollConfig) -> Setup {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let mem = Arc::new(mem);
-    let remote: Arc<dyn Remote> = mem.clone();
-    let clock = Clock::default();
-    let core = {
-        let _guard = rt.enter();
-        Core::load(
-            state.path(),
-            remote,
-            rt.handle().clone(),
-            Health::new(true),
-            CoreConfig {
-                clock: clock.clone(),
-                // Nothing here lists a folder again on its own: what changes is the poll's.
-                dir_ttl: Duration::from_secs(3600),
-                attr_ttl: Duration::from_secs(3600),
-                poll,
-                ..CoreConfig::default()
-            },
-        )
-        .unwrap()
-    };
-    let kernel = Arc::new(RecordingKernel::default());
-    core.set_kernel_cache(kernel.clone());
-    Setup {
-        rt,
-        _state: state,
+    let base = bare_core(
         mem,
-        clock,
-        core,
-        kernel,
-    }
+        CoreConfig {
+            // Nothing here lists a folder again on its own: what changes is the poll's.
+            dir_ttl: Duration::from_secs(3600),
+            attr_ttl: Duration::from_secs(3600),
+            poll,
+            ..CoreConfig::default()
+        },
+    );
+    let kernel = Arc::new(RecordingKernel::default());
+    base.core.set_kernel_cache(kernel.clone());
+    Setup { base, kernel }
 }
 
 impl Setup {

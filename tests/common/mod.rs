@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod bare;
 pub mod drive;
 pub mod proxy;
 
