@@ -100,7 +100,13 @@ pub fn secure_cache_dir(dir: &Path) -> Result<(), String> {
     for entry in entries {
         let entry = entry.map_err(|e| format!("cache dir {shown}: {e}"))?;
         let p = entry.path();
-        let m = std::fs::symlink_metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let m = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            // Gone since it was listed (SQLite removes its -wal and -shm files when the
+            // last connection of a previous run closes): nothing left to check.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{}: {e}", p.display())),
+        };
         if m.file_type().is_symlink() {
             return Err(format!(
                 "cache dir {shown} refused: {} is a symbolic link (davdrive follows none \
@@ -119,8 +125,12 @@ pub fn secure_cache_dir(dir: &Path) -> Result<(), String> {
         }
         if m.mode() & 0o077 != 0 {
             let mode = if m.is_dir() { 0o700 } else { m.mode() & 0o700 };
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| format!("{}: chmod: {e}", p.display()))?;
+            match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("{}: chmod: {e}", p.display()))
+                }
+                _ => {}
+            }
         }
     }
     Ok(())
