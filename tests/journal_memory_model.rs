@@ -35,6 +35,9 @@
 //!              cargo test --release --test journal_memory_model \
 //!              -- --nocapture remote_and_local_follow_the_model
 //! Logs:      DAVDRIVE_LOG=davdrive=debug (with --nocapture).
+//! History:   DAVDRIVE_MODEL_HISTORY=file writes, for the first failing case of a run
+//!            (before shrinking, which may not reproduce it), every step, request and
+//!            change of the server's tree in order.
 //! Failures shrink to a minimal action sequence, persisted (with its seed) in
 //! tests/journal_memory_model.proptest-regressions and replayed first on the next run.
 //! Replay:    put the printed `[Create { .. }, ..]` list in a file, then
@@ -504,6 +507,16 @@ impl Drop for Harness {
         if let Some(live) = self.live.take() {
             live.daemon.abort();
         }
+        // The first failure of a run (before any shrinking) leaves what the server saw.
+        static WRITTEN: std::sync::Once = std::sync::Once::new();
+        if let (true, Ok(file)) = (
+            std::thread::panicking(),
+            std::env::var("DAVDRIVE_MODEL_HISTORY"),
+        ) {
+            WRITTEN.call_once(|| {
+                let _ = std::fs::write(&file, self.remote.history().join("\n"));
+            });
+        }
     }
 }
 
@@ -517,7 +530,11 @@ impl Harness {
             .unwrap();
         let mut h = Harness {
             live: None,
-            remote: Arc::new(MemRemote::new()),
+            remote: {
+                let remote = MemRemote::new();
+                remote.keep_history();
+                Arc::new(remote)
+            },
             clock: Clock::default(),
             state: state_dir(),
             outage: false,
@@ -570,6 +587,32 @@ impl Harness {
 
     /// Clean stop (unmount) or crash (killed: tasks die wherever they are).
     fn stop(&mut self, crash: bool) {
+        let entries: Vec<String> = self
+            .journal()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}#{} {} {}{}{} base {:?} sent {:?}",
+                    e.id,
+                    e.ino,
+                    e.op.as_str(),
+                    e.path,
+                    e.dest
+                        .as_deref()
+                        .map(|d| format!(" -> {d}"))
+                        .unwrap_or_default(),
+                    if e.attempted { " attempted" } else { "" },
+                    e.base_etag,
+                    journal::sent_hashes(&self.core().store(), e.id)
+                        .unwrap()
+                        .iter()
+                        .map(|h| &h[..8])
+                        .collect::<Vec<_>>()
+                )
+            })
+            .collect();
+        self.remote
+            .note(format!("  journal at the stop: {}", entries.join("; ")));
         let daemon = self.live.take().unwrap().daemon;
         let old = Arc::downgrade(daemon.core());
         if crash {
@@ -1903,12 +1946,41 @@ fn check_server(h: &Harness, m: &Model, ctx: &str, end: bool) {
     );
 }
 
+/// The model in one line (path, node, length or "dir", state), for the history.
+fn model_brief(m: &Model) -> String {
+    let entries: Vec<String> =
+        m.m.iter()
+            .map(|(p, e)| {
+                let what = match &e.item {
+                    Item::Dir => "dir".to_string(),
+                    Item::File(b) => format!("{} {}", b.len(), &common::sha256(b)[..8]),
+                    Item::Gone => "gone".to_string(),
+                };
+                let st = match e.st {
+                    St::Ours => "",
+                    St::Theirs { precise: true } => " theirs",
+                    St::Theirs { precise: false } => " theirs?",
+                    St::Unknown => " unknown",
+                };
+                format!("{p}#{} {what}{st}", e.ino)
+            })
+            .collect();
+    let open = m
+        .open
+        .as_ref()
+        .map(|o| format!(" | open #{}", o.ino))
+        .unwrap_or_default();
+    format!("{}{open}", entries.join(", "))
+}
+
 fn check(actions: Vec<Action>) {
     let mut h = Harness::new();
     let mut m = Model::default();
     let trace = std::env::var("DAVDRIVE_MODEL_TRACE").is_ok();
     for (i, a) in actions.iter().enumerate() {
+        h.remote.note(format!("step {i} {a:?}"));
         apply(&mut h, &mut m, a);
+        h.remote.note(format!("  model: {}", model_brief(&m)));
         if trace {
             eprintln!(
                 "step {i} {a:?}\n  server {:?}\n  model {:?}\n  journal {:?}",

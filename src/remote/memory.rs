@@ -159,6 +159,9 @@ struct State {
     rules: Vec<(RuleId, Rule)>,
     next_rule: RuleId,
     log: Vec<(Method, String)>,
+    /// When kept (`keep_history`): every request, what the gate made of it, and every
+    /// change of the tree, ours and the other client's, in order.
+    history: Option<Vec<String>>,
     offline: bool,
     latency: Duration,
     no_partial_put: bool,
@@ -251,15 +254,20 @@ impl MemRemote {
     /// Another client writes a file: no rules, log or preconditions. The parent must be a
     /// collection (`Refused{409}` otherwise). Returns the new ETag.
     pub fn other_put(&self, path: &str, data: impl Into<Bytes>) -> Result<String, RemoteError> {
-        self.lock().write(&normalize(path), data.into())
+        let mut s = self.lock();
+        s.remember(|_| format!("other client: PUT {path}"));
+        s.write(&normalize(path), data.into())
     }
     /// Another client's MKCOL, with `mkcol`'s answers.
     pub fn other_mkdir(&self, path: &str) -> Result<(), RemoteError> {
-        self.lock().mkcol(&normalize(path))
+        let mut s = self.lock();
+        s.remember(|_| format!("other client: MKCOL {path}"));
+        s.mkcol(&normalize(path))
     }
     /// Another client's recursive DELETE; `NotFound` when missing, so typos show.
     pub fn other_delete(&self, path: &str) -> Result<(), RemoteError> {
         let (path, mut s) = (normalize(path), self.lock());
+        s.remember(|_| format!("other client: DELETE {path}"));
         match s.tree.contains_key(&path) {
             true => s.delete(&path),
             false => Err(RemoteError::NotFound),
@@ -267,7 +275,9 @@ impl MemRemote {
     }
     /// Another client's MOVE with `Overwrite: T`, with `rename`'s answers.
     pub fn other_move(&self, from: &str, to: &str) -> Result<(), RemoteError> {
-        self.lock().mv(&normalize(from), &normalize(to), true)
+        let mut s = self.lock();
+        s.remember(|_| format!("other client: MOVE {from} -> {to}"));
+        s.mv(&normalize(from), &normalize(to), true)
     }
 
     /// Every resource but the root.
@@ -306,6 +316,21 @@ impl MemRemote {
             .filter(|(m, p)| *m == method && *p == path)
             .count()
     }
+    /// Starts keeping a history of requests and tree changes, for a failing test to
+    /// print (`history`).
+    pub fn keep_history(&self) {
+        self.lock().history.get_or_insert_with(Vec::new);
+    }
+    /// The history kept since `keep_history`, with the test's own `note`s between.
+    pub fn history(&self) -> Vec<String> {
+        self.lock().history.clone().unwrap_or_default()
+    }
+    /// Adds a line of the test's own to the history (a step, say).
+    pub fn note(&self, line: impl Into<String>) {
+        let line = line.into();
+        self.lock().remember(|_| line);
+    }
+
     /// Every call so far, in order, with its (normalized) path.
     pub fn requests(&self) -> Vec<(Method, String)> {
         self.lock().log.clone()
@@ -320,12 +345,27 @@ impl MemRemote {
         let latency = {
             let mut s = self.lock();
             s.log.push((m, path.to_string()));
+            s.remember(|_| {
+                format!(
+                    "{m:?} {path}{}",
+                    to.map(|t| format!(" -> {t}")).unwrap_or_default()
+                )
+            });
             s.latency
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        let outcome = self.lock().admit(m, path, to)?;
+        let outcome = {
+            let mut s = self.lock();
+            let outcome = s.admit(m, path, to);
+            s.remember(|_| match &outcome {
+                Ok(None) => String::new(),
+                Ok(Some(o)) => format!("  gate: {o:?}"),
+                Err(e) => format!("  gate: {e}"),
+            });
+            outcome?
+        };
         match outcome {
             None => Ok(Gate::Go),
             Some(Outcome::Delay(d)) => {
@@ -346,11 +386,18 @@ impl MemRemote {
         empty: T,
         op: impl FnOnce(&mut State) -> Result<T, RemoteError>,
     ) -> Result<T, RemoteError> {
+        let run = |s: &mut State| {
+            let r = op(s);
+            if let Err(e) = &r {
+                s.remember(|_| format!("  error: {e}"));
+            }
+            r
+        };
         match gate {
-            Gate::Go => op(&mut self.lock()),
+            Gate::Go => run(&mut self.lock()),
             Gate::Empty => Ok(empty),
             Gate::Lost => {
-                let _ = op(&mut self.lock());
+                let _ = run(&mut self.lock());
                 Err(RemoteError::Transport(
                     "injected: reply lost after the request was applied".into(),
                 ))
@@ -376,6 +423,16 @@ fn injected(m: Method, code: u16) -> Result<(), RemoteError> {
 }
 
 impl State {
+    /// Adds a line to the history when one is kept (empty lines are not kept).
+    fn remember(&mut self, line: impl FnOnce(&State) -> String) {
+        if self.history.is_some() {
+            let line = line(self);
+            if let (false, Some(h)) = (line.is_empty(), self.history.as_mut()) {
+                h.push(line);
+            }
+        }
+    }
+
     /// Offline mode, then the first matching rule with uses left (which uses one up).
     fn admit(
         &mut self,
@@ -480,6 +537,7 @@ impl State {
         let node = Node::new(Some((data, etag.clone())));
         let existed = self.tree.insert(path.to_string(), node).is_some();
         self.touch_parent(path, !existed);
+        self.remember(|s| format!("  = file {path} {etag} {}", brief(path_data(&s.tree, path))));
         Ok(etag)
     }
 
@@ -522,6 +580,13 @@ impl State {
         let etag = self.tag();
         let node = Node::new(Some((data.into(), etag.clone())));
         self.tree.insert(path.to_string(), node);
+        self.remember(|s| {
+            format!(
+                "  = range {offset}+{} of {path} {etag}: {}",
+                part.len(),
+                brief(path_data(&s.tree, path))
+            )
+        });
         if self.folder_etags == FolderEtags::Propagated {
             self.touch_parent(path, false);
         }
@@ -539,6 +604,7 @@ impl State {
                 node.dir_tag = self.next_tag;
                 self.tree.insert(path.to_string(), node);
                 self.touch_parent(path, true);
+                self.remember(|_| format!("  = folder {path}"));
                 Ok(())
             }
         }
@@ -582,6 +648,7 @@ impl State {
         }
         if !self.remove_subtree(path).is_empty() {
             self.touch_parent(path, true);
+            self.remember(|_| format!("  = removed {path}"));
         }
         Ok(())
     }
@@ -619,8 +686,30 @@ impl State {
         }
         self.touch_parent(from, true);
         self.touch_parent(to, true);
+        self.remember(|_| format!("  = moved {from} -> {to}"));
         Ok(())
     }
+}
+
+/// A file's bytes at `path`, for the history.
+fn path_data<'a>(tree: &'a BTreeMap<String, Node>, path: &str) -> &'a [u8] {
+    tree.get(path)
+        .and_then(|n| n.file.as_ref())
+        .map_or(&[][..], |f| &f.0[..])
+}
+
+/// Length and the start of the SHA-256 of `data`, for the history.
+fn brief(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let sha = Sha256::digest(data);
+    format!(
+        "{} bytes {:02x}{:02x}{:02x}{:02x}",
+        data.len(),
+        sha[0],
+        sha[1],
+        sha[2],
+        sha[3]
+    )
 }
 
 fn refused(status: u16, message: &str) -> RemoteError {
