@@ -39,8 +39,22 @@ fn status_reads_answer_while_the_writer_is_held() {
     let state = tempfile::tempdir().unwrap();
     let (core, dir) = core_with_one_waiting_entry(&rt, state.path());
 
-    // The writer is held, as a long FUSE operation or replay step holds it.
-    let writer = core.store();
+    // The writer is held, as a long FUSE operation or replay step holds it: a unit of
+    // work on another thread that waits inside its closure until let go.
+    let (held_tx, held_rx) = mpsc::sync_channel(0);
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let holder = core.clone();
+    let writer = std::thread::spawn(move || {
+        holder
+            .db()
+            .write(|_| {
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+                Ok::<_, rusqlite::Error>(())
+            })
+            .unwrap();
+    });
+    held_rx.recv().unwrap();
 
     // What `ctl status`, `metrics`, `cache` and `ls` read, from another thread.
     let (tx, rx) = mpsc::sync_channel(1);
@@ -68,13 +82,14 @@ fn status_reads_answer_while_the_writer_is_held() {
     let (tx, rx) = mpsc::sync_channel(1);
     let blocked = core.clone();
     std::thread::spawn(move || {
-        let _ = tx.send(journal::stats(&blocked.store()).map(|s| s.0));
+        let _ = tx.send(blocked.db().write(|tx| journal::stats(tx)).map(|s| s.0));
     });
     assert!(
         rx.recv_timeout(Duration::from_millis(200)).is_err(),
         "a read on the writer answered while the writer was held"
     );
-    drop(writer);
+    release_tx.send(()).unwrap();
+    writer.join().unwrap();
     assert_eq!(
         rx.recv_timeout(Duration::from_secs(60)).unwrap().unwrap(),
         1
@@ -187,3 +202,4 @@ fn the_sql_scan_sees_statements_and_ignores_other_strings() {
     let lines: Vec<usize> = found.iter().map(|(n, _)| *n).collect();
     assert_eq!(lines, [1, 2, 3, 5], "{found:?}");
 }
+

@@ -51,12 +51,6 @@ impl Store {
         })
     }
 
-    /// The writer, for a unit of work of the core. Keep the guard short, and never
-    /// across a network call.
-    pub fn lock(&self) -> MutexGuard<'_, Connection> {
-        lock(&self.writer)
-    }
-
     /// Runs `f` in one transaction on the writer, committed when `f` succeeds (rolled
     /// back when it fails). The normal way to use the store: one unit of work, atomic.
     pub fn write<T, E: From<rusqlite::Error>>(
