@@ -203,3 +203,37 @@ fn the_sql_scan_sees_statements_and_ignores_other_strings() {
     assert_eq!(lines, [1, 2, 3, 5], "{found:?}");
 }
 
+/// Nobody outside `src/store/` holds a connection of the store: every use is a closure
+/// (`Store::write`, `Store::read`), and the writer without a transaction
+/// (`Store::with_writer`) only where a comment right above says why a `write` will not do.
+#[test]
+fn the_writer_without_a_transaction_is_used_only_with_a_reason() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let store = src.join("store");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut uses = 0;
+    let mut unexplained = Vec::new();
+    for f in files.iter().filter(|f| !f.starts_with(&store)) {
+        let text = std::fs::read_to_string(f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !(line.contains("store.with_writer(") || line.contains("db().with_writer(")) {
+                continue;
+            }
+            uses += 1;
+            let reason = lines[i.saturating_sub(4)..i]
+                .iter()
+                .any(|l| l.trim_start().starts_with("// Not a `write`"));
+            if !reason {
+                unexplained.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(uses > 0, "the scan sees the uses");
+    assert!(
+        unexplained.is_empty(),
+        "with_writer without a \"// Not a `write`: ...\" comment above it:\n{}",
+        unexplained.join("\n")
+    );
+}
