@@ -356,8 +356,8 @@ fn a_run_missed_while_stopped_is_made_up_at_the_next_start() {
     let at = Some(three);
     let runs = |d: &Drive| -> i64 {
         d.core()
-            .store()
-            .query_row("SELECT COUNT(*) FROM backups", [], |r| r.get(0))
+            .db()
+            .write(|c| c.query_row("SELECT COUNT(*) FROM backups", [], |r| r.get(0)))
             .unwrap()
     };
     let spawn = |d: &Drive| {
@@ -403,8 +403,8 @@ fn a_run_missed_while_stopped_is_made_up_at_the_next_start() {
     assert_eq!(runs(&d), 2);
     let id: i64 = d
         .core()
-        .store()
-        .query_row("SELECT MAX(id) FROM backups", [], |r| r.get(0))
+        .db()
+        .write(|c| c.query_row("SELECT MAX(id) FROM backups", [], |r| r.get(0)))
         .unwrap();
     assert_eq!(late["ran"], id, "{late}");
     assert_eq!(

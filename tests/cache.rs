@@ -525,7 +525,8 @@ fn downloads_are_checked_against_the_checksums_a_server_offers() {
     let ino_of = |name: &str| core.resolve_path(&format!("/nc/{name}")).unwrap();
     let node = |name: &str| {
         let ino = ino_of(name);
-        davdrive::store::get_node(&core.store(), ino)
+        core.db()
+            .write(|tx| davdrive::store::get_node(tx, ino))
             .unwrap()
             .unwrap()
     };

@@ -52,12 +52,12 @@ fn a_backlog_of_small_changes_drains_when_the_server_returns() {
             .unwrap();
         d.core().release(fh).unwrap();
     }
-    let (waiting, _, _) = journal::stats(&d.core().store()).unwrap();
+    let (waiting, _, _) = d.core().db().write(|tx| journal::stats(tx)).unwrap();
     assert_eq!(waiting as usize, n + dirs.len());
     let back = Instant::now();
     d.server.proxy.clear_fault();
     common::wait_until(600, "the backlog to drain", || {
-        journal::stats(&d.core().store()).unwrap().0 == 0
+        d.core().db().write(|tx| journal::stats(tx)).unwrap().0 == 0
     });
     println!(
         "{} queued changes drained in {:.2} s after the server came back",
@@ -107,7 +107,7 @@ fn changes_behind_a_refused_entry_wait_while_an_unrelated_file_lands() {
     }
     d.server.proxy.clear_fault();
     common::wait_until(30, "the mkcol to be set aside", || {
-        journal::stats(&d.core().store()).unwrap().1 == 1
+        d.core().db().write(|tx| journal::stats(tx)).unwrap().1 == 1
     });
     d.write_new("elsewhere.txt", b"unrelated").unwrap();
     common::wait_until(10, "the unrelated file to land", || {
@@ -118,17 +118,19 @@ fn changes_behind_a_refused_entry_wait_while_an_unrelated_file_lands() {
     });
     // On the server a moment before its entry is marked done.
     common::wait_until(10, "the unrelated file's entry to end", || {
-        journal::stats(&d.core().store()).unwrap().0 == 1000
+        d.core().db().write(|tx| journal::stats(tx)).unwrap().0 == 1000
     });
-    let conn = d.core().store();
-    let failed = journal::list(&conn, true).unwrap();
+    let (failed, (waiting, _, _)) = d
+        .core()
+        .db()
+        .write(|tx| Ok::<_, rusqlite::Error>((journal::list(tx, true)?, journal::stats(tx)?)))
+        .unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].path, "/stuck");
     assert!(
         failed[0].last_error.as_deref().unwrap().contains("403"),
         "{failed:?}"
     );
-    let (waiting, _, _) = journal::stats(&conn).unwrap();
     assert_eq!(waiting, 1000, "the files inside wait for their folder");
     assert!(!d.server.path("stuck").exists());
 }
@@ -222,7 +224,7 @@ fn a_burst_of_directory_renames_made_offline_replays_exactly() {
     }
     d.server.proxy.clear_fault();
     common::wait_until(30, "the journal to drain", || {
-        journal::stats(&d.core().store()).unwrap() == (0, 0, None)
+        d.core().db().write(|tx| journal::stats(tx)).unwrap() == (0, 0, None)
     });
     assert_eq!(
         server_tree(&d.server.root),
@@ -264,7 +266,7 @@ fn changes_inside_a_folder_removed_on_the_server_are_kept() {
     std::fs::remove_dir_all(d.server.path("offd")).unwrap();
     d.server.proxy.clear_fault();
     common::wait_until(30, "the journal to drain", || {
-        journal::stats(&d.core().store()).unwrap() == (0, 0, None)
+        d.core().db().write(|tx| journal::stats(tx)).unwrap() == (0, 0, None)
     });
     assert_eq!(
         std::fs::read(d.server.path("offd/doc.txt")).unwrap(),
@@ -276,12 +278,12 @@ fn changes_inside_a_folder_removed_on_the_server_are_kept() {
     );
     let reasons: Vec<String> = d
         .core()
-        .store()
-        .prepare("SELECT path || ': ' || reason FROM conflicts WHERE reason IS NOT NULL")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
+        .db()
+        .write(|c| {
+            c.prepare("SELECT path || ': ' || reason FROM conflicts WHERE reason IS NOT NULL")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()
+        })
         .unwrap();
     assert!(
         reasons
@@ -314,7 +316,7 @@ fn changes_inside_a_folder_replaced_by_a_file_go_beside_it() {
     std::fs::write(d.server.path("offd"), b"their file").unwrap();
     d.server.proxy.clear_fault();
     common::wait_until(30, "the journal to drain", || {
-        journal::stats(&d.core().store()).unwrap() == (0, 0, None)
+        d.core().db().write(|tx| journal::stats(tx)).unwrap() == (0, 0, None)
     });
     assert_eq!(std::fs::read(d.server.path("offd")).unwrap(), b"their file");
     let aside = common::server_entry_starting(&d.server, "offd (conflict ")

@@ -669,7 +669,8 @@ fn a_body_longer_or_shorter_than_listed_is_a_changed_file() {
     assert_eq!(read_all(&core, long_ino), Err(libc::EIO));
     assert_eq!(read_all(&core, short_ino), Err(libc::EIO));
     let node = |ino| {
-        davdrive::store::get_node(&core.store(), ino)
+        core.db()
+            .write(|tx| davdrive::store::get_node(tx, ino))
             .unwrap()
             .unwrap()
     };

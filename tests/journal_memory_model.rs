@@ -742,12 +742,15 @@ impl Harness {
     }
 
     fn stats(&self) -> (u64, u64) {
-        let (w, f, _) = journal::stats(&self.core().store()).unwrap();
+        let (w, f, _) = self.core().db().write(|tx| journal::stats(tx)).unwrap();
         (w, f)
     }
 
     fn journal(&self) -> Vec<journal::Entry> {
-        journal::list(&self.core().store(), false).unwrap()
+        self.core()
+            .db()
+            .write(|tx| journal::list(tx, false))
+            .unwrap()
     }
 
     /// Waits until nothing waits in the journal, skipping backoffs by moving the clock.
@@ -762,7 +765,7 @@ impl Harness {
                 return false;
             }
             self.clock.advance(Duration::from_secs(600));
-            let _ = journal::retry_waiting_now(&self.core().store());
+            let _ = self.core().db().write(|tx| journal::retry_waiting_now(tx));
             self.core().journal_changed.notify_one();
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -782,7 +785,11 @@ impl Harness {
                 (last, since) = (now, Instant::now());
             } else if now.1 > 0
                 && since.elapsed() > Duration::from_millis(300)
-                && !journal::anything_running(&self.core().store()).unwrap()
+                && !self
+                    .core()
+                    .db()
+                    .write(|tx| journal::anything_running(tx))
+                    .unwrap()
             {
                 return;
             }
@@ -792,7 +799,7 @@ impl Harness {
                 self.journal()
             );
             self.clock.advance(Duration::from_secs(600));
-            let _ = journal::retry_waiting_now(&self.core().store());
+            let _ = self.core().db().write(|tx| journal::retry_waiting_now(tx));
             self.core().journal_changed.notify_one();
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -809,7 +816,12 @@ impl Harness {
     fn freeze(&self) {
         self.remote.set_offline(true);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while journal::anything_running(&self.core().store()).unwrap() {
+        while self
+            .core()
+            .db()
+            .write(|tx| journal::anything_running(tx))
+            .unwrap()
+        {
             assert!(Instant::now() < deadline, "replay did not stop");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -978,7 +990,12 @@ fn touch(h: &Harness, m: &mut Model, roots: &[String], destroys: &[usize]) -> (V
         .filter(|i| *i != 0)
         .collect();
     // The open file, wherever it is now (the model may have lost track of its inode).
-    let open_path = open_ino.and_then(|i| davdrive::store::path_of(&h.core().store(), i).unwrap());
+    let open_path = open_ino.and_then(|i| {
+        h.core()
+            .db()
+            .write(|tx| davdrive::store::path_of(tx, i))
+            .unwrap()
+    });
     let open_met = open_ino.is_some_and(|i| area_inos.contains(&i))
         || open_path.is_some_and(|p| r.roots.iter().any(|root| at_or_under(&p, root)));
     // Below a folder already touched by the other client, the folder itself may still
@@ -1182,7 +1199,9 @@ fn apply_other(h: &mut Harness, m: &mut Model, a: &Action) {
                 e.op == Op::Delete
                     && !e.is_dir
                     && e.base_etag.is_none()
-                    && journal::sent_hashes(&h.core().store(), e.id)
+                    && h.core()
+                        .db()
+                        .write(|tx| journal::sent_hashes(tx, e.id))
                         .unwrap()
                         .is_empty()
                     && r.roots.iter().any(|r| at_or_under(&e.path, r))
@@ -1906,16 +1925,16 @@ fn check_server(h: &Harness, m: &Model, ctx: &str, end: bool) {
         }
     }
     if end {
-        let rows: Vec<(String, String, String)> = {
-            let conn = h.core().store();
-            let mut st = conn
-                .prepare("SELECT path, conflict_path, COALESCE(reason, '') FROM conflicts")
-                .unwrap();
-            let rows = st
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .unwrap();
-            rows.collect::<Result<_, _>>().unwrap()
-        };
+        let rows: Vec<(String, String, String)> = h
+            .core()
+            .db()
+            .write(|conn| {
+                let mut st = conn
+                    .prepare("SELECT path, conflict_path, COALESCE(reason, '') FROM conflicts")?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<Result<_, _>>()
+            })
+            .unwrap();
         for (path, copy, reason) in rows {
             // Only copies of files: a recreated folder (same path), a folder created at
             // the destination of its move, or our folder moved beside theirs is an
@@ -2020,11 +2039,11 @@ fn check(actions: Vec<Action>) {
             break;
         }
         std::thread::sleep(Duration::from_millis(1100));
-        journal::retry(&h.core().store(), None).unwrap();
+        h.core().db().write(|tx| journal::retry(tx, None)).unwrap();
         h.core().journal_changed.notify_one();
     }
     h.drain_or_stuck(&ctx);
-    let failed = journal::list(&h.core().store(), true).unwrap();
+    let failed = h.core().db().write(|tx| journal::list(tx, true)).unwrap();
     assert!(
         failed.is_empty() || h.refusal,
         "{ctx}: entries set aside: {failed:#?}\nconflicts: {:#?}\nserver: {:#?}",
@@ -2288,16 +2307,22 @@ impl Harness {
     }
 
     fn failed(&self) -> Vec<journal::Entry> {
-        journal::list(&self.core().store(), true).unwrap()
+        self.core()
+            .db()
+            .write(|tx| journal::list(tx, true))
+            .unwrap()
     }
 
     fn conflicts(&self) -> Vec<(String, String)> {
-        let conn = self.core().store();
-        let mut st = conn
-            .prepare("SELECT path, conflict_path FROM conflicts ORDER BY id")
-            .unwrap();
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
-        rows.collect::<Result<_, _>>().unwrap()
+        self.core()
+            .db()
+            .write(|conn| {
+                let mut st =
+                    conn.prepare("SELECT path, conflict_path FROM conflicts ORDER BY id")?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<Result<_, _>>()
+            })
+            .unwrap()
     }
 
     /// Drains (online), with nothing set aside, and checks that the local view walked
@@ -2670,11 +2695,13 @@ fn a_removed_file_whose_upload_sent_nothing_deletes_nothing_of_theirs() {
     let ino = h.create("/x", b"ours, never sent");
     // The replayer claimed the upload and died before sending a byte.
     h.core()
-        .store()
-        .execute(
-            "UPDATE journal SET attempted = 1 WHERE ino = ?1",
-            [ino as i64],
-        )
+        .db()
+        .write(|c| {
+            c.execute(
+                "UPDATE journal SET attempted = 1 WHERE ino = ?1",
+                [ino as i64],
+            )
+        })
         .unwrap();
     h.remote.other_put("/x", b"theirs".to_vec()).unwrap();
     h.core().unlink(ROOT_INO, "x").unwrap();

@@ -180,16 +180,22 @@ impl Harness {
 
     fn wait_drained(&self, what: &str) {
         // As `ctl sync` does: entries waiting out a backoff from the storms go now.
-        journal::retry_waiting_now(&self.core().store()).unwrap();
+        self.core()
+            .db()
+            .write(|tx| journal::retry_waiting_now(tx))
+            .unwrap();
         self.core().journal_changed.notify_one();
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let (waiting, failed, _) = journal::stats(&self.core().store()).unwrap();
+            let (waiting, failed, _) = self.core().db().write(|tx| journal::stats(tx)).unwrap();
             assert_eq!(
                 failed,
                 0,
                 "entries failed for good: {:?} after {what}",
-                journal::list(&self.core().store(), true).unwrap()
+                self.core()
+                    .db()
+                    .write(|tx| journal::list(tx, true))
+                    .unwrap()
             );
             if waiting == 0 {
                 return;
@@ -197,7 +203,10 @@ impl Harness {
             assert!(
                 Instant::now() < deadline,
                 "journal did not drain: {:?}",
-                journal::list(&self.core().store(), false).unwrap()
+                self.core()
+                    .db()
+                    .write(|tx| journal::list(tx, false))
+                    .unwrap()
             );
             std::thread::sleep(Duration::from_millis(50));
         }

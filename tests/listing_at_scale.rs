@@ -96,10 +96,19 @@ fn a_folder_shrunk_by_40000_entries_is_applied_in_one_pass() {
 
     s.clock.advance(Duration::from_secs(61));
     STATEMENTS.store(0, Ordering::Relaxed);
-    core.store()
-        .trace_v2(TraceEventCodes::SQLITE_TRACE_STMT, Some(count_statement));
+    core.db()
+        .write(|c| {
+            c.trace_v2(TraceEventCodes::SQLITE_TRACE_STMT, Some(count_statement));
+            Ok::<_, rusqlite::Error>(())
+        })
+        .unwrap();
     let left = names(core, big.ino);
-    core.store().trace_v2(TraceEventCodes::empty(), None);
+    core.db()
+        .write(|c| {
+            c.trace_v2(TraceEventCodes::empty(), None);
+            Ok::<_, rusqlite::Error>(())
+        })
+        .unwrap();
     let statements = STATEMENTS.load(Ordering::Relaxed);
 
     assert_eq!(

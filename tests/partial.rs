@@ -233,8 +233,8 @@ fn a_change_on_the_server_during_an_offline_append_gives_a_conflict_copy() {
     assert!(d.read(&copy) == ours);
     let conflicts: i64 = d
         .core()
-        .store()
-        .query_row("SELECT COUNT(*) FROM conflicts", [], |r| r.get(0))
+        .db()
+        .write(|c| c.query_row("SELECT COUNT(*) FROM conflicts", [], |r| r.get(0)))
         .unwrap();
     assert_eq!(conflicts, 1);
 }

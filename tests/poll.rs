@@ -519,8 +519,8 @@ fn a_dirty_file_changed_on_the_server_becomes_a_conflict() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let conflicts = || -> i64 {
         s.core
-            .store()
-            .query_row("SELECT COUNT(*) FROM conflicts", [], |r| r.get(0))
+            .db()
+            .write(|c| c.query_row("SELECT COUNT(*) FROM conflicts", [], |r| r.get(0)))
             .unwrap()
     };
     while conflicts() == 0 {
@@ -563,7 +563,14 @@ fn files_uploaded_from_here_are_no_change_to_the_poll() {
     let (tx, rx) = tokio::sync::watch::channel(false);
     s.rt.spawn(davdrive::journal::replay::run(s.core.clone(), rx));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while davdrive::journal::stats(&s.core.store()).unwrap().0 > 0 {
+    while s
+        .core
+        .db()
+        .write(|tx| davdrive::journal::stats(tx))
+        .unwrap()
+        .0
+        > 0
+    {
         assert!(Instant::now() < deadline, "the uploads did not land");
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -92,14 +92,14 @@ fn full_scans(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
 fn drain(core: &Core, clock: &Clock) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (waiting, failed, _) = journal::stats(&core.store()).unwrap();
+        let (waiting, failed, _) = core.db().write(|tx| journal::stats(tx)).unwrap();
         assert_eq!(failed, 0, "nothing may be set aside");
         if waiting == 0 {
             return;
         }
         assert!(Instant::now() < deadline, "the journal did not drain");
         clock.advance(Duration::from_secs(600));
-        let _ = journal::retry_waiting_now(&core.store());
+        let _ = core.db().write(|tx| journal::retry_waiting_now(tx));
         core.journal_changed.notify_one();
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -148,8 +148,12 @@ fn no_hot_statement_scans_a_large_table() {
         )),
         rt.spawn(journal::replay::run(core.clone(), stopped)),
     ];
-    core.store()
-        .trace_v2(TraceEventCodes::SQLITE_TRACE_STMT, Some(record));
+    core.db()
+        .write(|c| {
+            c.trace_v2(TraceEventCodes::SQLITE_TRACE_STMT, Some(record));
+            Ok::<_, rusqlite::Error>(())
+        })
+        .unwrap();
     // The read-only connection too (cache usage, file states, status counts).
     core.db()
         .read(|c| {
@@ -253,7 +257,12 @@ fn no_hot_statement_scans_a_large_table() {
     core.cache_usage().unwrap();
     core.file_state(f0.ino).unwrap();
 
-    core.store().trace_v2(TraceEventCodes::empty(), None);
+    core.db()
+        .write(|c| {
+            c.trace_v2(TraceEventCodes::empty(), None);
+            Ok::<_, rusqlite::Error>(())
+        })
+        .unwrap();
     core.db()
         .read(|c| {
             c.trace_v2(TraceEventCodes::empty(), None);
@@ -271,17 +280,21 @@ fn no_hot_statement_scans_a_large_table() {
         "the trace saw only {} statements: {seen:#?}",
         seen.len()
     );
-    let conn = core.store();
     let mut scanning = Vec::new();
-    for sql in &seen {
-        if by_design(sql) {
-            continue;
-        }
-        let scans = full_scans(&conn, sql);
-        if !scans.is_empty() {
-            scanning.push(format!("{sql}\n    -> {}", scans.join("; ")));
-        }
-    }
+    core.db()
+        .write(|conn| {
+            for sql in &seen {
+                if by_design(sql) {
+                    continue;
+                }
+                let scans = full_scans(conn, sql);
+                if !scans.is_empty() {
+                    scanning.push(format!("{sql}\n    -> {}", scans.join("; ")));
+                }
+            }
+            Ok::<_, rusqlite::Error>(())
+        })
+        .unwrap();
     assert!(
         scanning.is_empty(),
         "{} statements scan a large table:\n{}",

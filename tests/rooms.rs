@@ -39,8 +39,22 @@ fn status_reads_answer_while_the_writer_is_held() {
     let state = tempfile::tempdir().unwrap();
     let (core, dir) = core_with_one_waiting_entry(&rt, state.path());
 
-    // The writer is held, as a long FUSE operation or replay step holds it.
-    let writer = core.store();
+    // The writer is held, as a long FUSE operation or replay step holds it: a unit of
+    // work on another thread that waits inside its closure until let go.
+    let (held_tx, held_rx) = mpsc::sync_channel(0);
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let holder = core.clone();
+    let writer = std::thread::spawn(move || {
+        holder
+            .db()
+            .write(|_| {
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+                Ok::<_, rusqlite::Error>(())
+            })
+            .unwrap();
+    });
+    held_rx.recv().unwrap();
 
     // What `ctl status`, `metrics`, `cache` and `ls` read, from another thread.
     let (tx, rx) = mpsc::sync_channel(1);
@@ -68,13 +82,14 @@ fn status_reads_answer_while_the_writer_is_held() {
     let (tx, rx) = mpsc::sync_channel(1);
     let blocked = core.clone();
     std::thread::spawn(move || {
-        let _ = tx.send(journal::stats(&blocked.store()).map(|s| s.0));
+        let _ = tx.send(blocked.db().write(|tx| journal::stats(tx)).map(|s| s.0));
     });
     assert!(
         rx.recv_timeout(Duration::from_millis(200)).is_err(),
         "a read on the writer answered while the writer was held"
     );
-    drop(writer);
+    release_tx.send(()).unwrap();
+    writer.join().unwrap();
     assert_eq!(
         rx.recv_timeout(Duration::from_secs(60)).unwrap().unwrap(),
         1
@@ -186,4 +201,39 @@ fn the_sql_scan_sees_statements_and_ignores_other_strings() {
     ));
     let lines: Vec<usize> = found.iter().map(|(n, _)| *n).collect();
     assert_eq!(lines, [1, 2, 3, 5], "{found:?}");
+}
+
+/// Nobody outside `src/store/` holds a connection of the store: every use is a closure
+/// (`Store::write`, `Store::read`), and the writer without a transaction
+/// (`Store::with_writer`) only where a comment right above says why a `write` will not do.
+#[test]
+fn the_writer_without_a_transaction_is_used_only_with_a_reason() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let store = src.join("store");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut uses = 0;
+    let mut unexplained = Vec::new();
+    for f in files.iter().filter(|f| !f.starts_with(&store)) {
+        let text = std::fs::read_to_string(f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !(line.contains("store.with_writer(") || line.contains("db().with_writer(")) {
+                continue;
+            }
+            uses += 1;
+            let reason = lines[i.saturating_sub(4)..i]
+                .iter()
+                .any(|l| l.trim_start().starts_with("// Not a `write`"));
+            if !reason {
+                unexplained.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(uses > 0, "the scan sees the uses");
+    assert!(
+        unexplained.is_empty(),
+        "with_writer without a \"// Not a `write`: ...\" comment above it:\n{}",
+        unexplained.join("\n")
+    );
 }

@@ -5,10 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use rusqlite::Connection;
 use tokio::sync::Notify;
 
 use super::open_files::{Handle, OpenFile};
@@ -136,33 +135,33 @@ impl Core {
         &self.content
     }
 
-    /// The state store's writer, for the replayer and the control socket. Keep the
-    /// guard short.
-    pub fn store(&self) -> MutexGuard<'_, Connection> {
-        self.store.lock()
-    }
-
-    /// The state store: `read` on its read-only connection answers while the writer is
-    /// busy (see `store::Store`).
+    /// The state store: `write` on its writer for a unit of work (the replayer, the
+    /// control socket), `read` on its read-only connection, which answers while the
+    /// writer is busy (see `store::Store`).
     pub fn db(&self) -> &store::Store {
         &self.store
     }
 
     pub(super) fn node(&self, ino: u64) -> FsResult<Node> {
-        store::get_node(&self.store.lock(), ino)?.ok_or(FsError::NotFound)
+        self.store
+            .write(|tx| store::get_node(tx, ino))?
+            .ok_or(FsError::NotFound)
     }
 
     pub(super) fn path(&self, ino: u64) -> FsResult<String> {
-        store::path_of(&self.store.lock(), ino)?.ok_or(FsError::NotFound)
+        self.store
+            .write(|tx| store::path_of(tx, ino))?
+            .ok_or(FsError::NotFound)
     }
 
     /// Where the server holds node `ino` now: its path here with the renames that still
     /// wait undone (see `journal::remote_path_of`), and its path here.
     pub(super) fn remote_path(&self, ino: u64) -> FsResult<(String, String)> {
-        let conn = self.store.lock();
-        let here = store::path_of(&conn, ino)?.ok_or(FsError::NotFound)?;
-        let there = crate::journal::remote_path_of(&conn, &here)?;
-        Ok((there, here))
+        self.store.write(|tx| {
+            let here = store::path_of(tx, ino)?.ok_or(FsError::NotFound)?;
+            let there = crate::journal::remote_path_of(tx, &here)?;
+            Ok((there, here))
+        })
     }
 
     pub(super) fn ensure_writable(&self) -> FsResult<()> {

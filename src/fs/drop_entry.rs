@@ -23,29 +23,30 @@ impl Core {
     /// remote's version (or away, if the remote never had it). Returns where the content
     /// was saved.
     pub fn drop_journal_entry(&self, id: i64) -> FsResult<Option<std::path::PathBuf>> {
-        let entry = {
-            let conn = self.store.lock();
-            let entry = crate::journal::get(&conn, id)?.ok_or(FsError::NotFound)?;
-            if crate::journal::is_running(&conn, id)? {
+        // None: dropped already, nothing to save.
+        let entry = self.store.write(|tx| {
+            let entry = crate::journal::get(tx, id)?.ok_or(FsError::NotFound)?;
+            if crate::journal::is_running(tx, id)? {
                 return Err(FsError::Invalid(
                     "the entry is being replayed right now; try again",
                 ));
             }
             match entry.op {
-                crate::journal::Op::Put => entry,
+                crate::journal::Op::Put => Ok(Some(entry)),
                 // Dropping a metadata change leaves the server's properties as they are.
                 crate::journal::Op::Delete | crate::journal::Op::Meta => {
-                    crate::journal::complete(&conn, id)?;
-                    return Ok(None);
+                    crate::journal::complete(tx, id)?;
+                    Ok(None)
                 }
                 // Without them the tree here and on the server would part for good.
-                crate::journal::Op::Mkcol | crate::journal::Op::Move => {
-                    return Err(FsError::Invalid(
-                        "a directory creation or a rename cannot be dropped (what follows \
-                         depends on it); retry it, or undo it in the mount",
-                    ))
-                }
+                crate::journal::Op::Mkcol | crate::journal::Op::Move => Err(FsError::Invalid(
+                    "a directory creation or a rename cannot be dropped (what follows \
+                     depends on it); retry it, or undo it in the mount",
+                )),
             }
+        })?;
+        let Some(entry) = entry else {
+            return Ok(None);
         };
         let ino = entry.ino;
         if self.is_open(ino) {
@@ -92,39 +93,38 @@ impl Core {
             }
             None => None,
         };
-        let mut conn = self.store.lock();
-        if crate::journal::get(&conn, id)?.is_none()
-            || crate::journal::is_running(&conn, id)?
-            || self.is_open(ino)
-        {
-            return Err(FsError::Invalid(
-                "the entry or its file changed meanwhile; look again",
-            ));
-        }
-        let node = store::get_node(&conn, ino)?;
-        let tx = conn.transaction()?;
-        crate::journal::complete(&tx, id)?;
-        let more_puts = store::journal::any_put_of(&tx, ino)?;
-        let mut remove_content = false;
-        if let Some(n) = &node {
-            if let (false, Some(copy)) = (more_puts, &n.base_copy) {
-                crate::journal::record_scratch_removal(&tx, ino, copy)?;
-                store::set_base_copy(&tx, ino, None)?;
+        let remove_content = self.store.write(|tx| {
+            if crate::journal::get(tx, id)?.is_none()
+                || crate::journal::is_running(tx, id)?
+                || self.is_open(ino)
+            {
+                return Err(FsError::Invalid(
+                    "the entry or its file changed meanwhile; look again",
+                ));
             }
-            if !more_puts && n.on_remote {
-                // Back to the remote's version: the next listing or open fetches it.
-                store::versions::forget_local_changes(&tx, ino)?;
-                store::mark_listing_due(&tx, n.parent)?;
-                remove_content = true;
-            } else if !more_puts {
-                // The remote never had it: without its upload it is gone.
-                store::journal::delete_all_of(&tx, ino)?;
-                store::delete_node(&tx, ino)?;
-                remove_content = true;
+            let node = store::get_node(tx, ino)?;
+            crate::journal::complete(tx, id)?;
+            let more_puts = store::journal::any_put_of(tx, ino)?;
+            let mut remove_content = false;
+            if let Some(n) = &node {
+                if let (false, Some(copy)) = (more_puts, &n.base_copy) {
+                    crate::journal::record_scratch_removal(tx, ino, copy)?;
+                    store::set_base_copy(tx, ino, None)?;
+                }
+                if !more_puts && n.on_remote {
+                    // Back to the remote's version: the next listing or open fetches it.
+                    store::versions::forget_local_changes(tx, ino)?;
+                    store::mark_listing_due(tx, n.parent)?;
+                    remove_content = true;
+                } else if !more_puts {
+                    // The remote never had it: without its upload it is gone.
+                    store::journal::delete_all_of(tx, ino)?;
+                    store::delete_node(tx, ino)?;
+                    remove_content = true;
+                }
             }
-        }
-        tx.commit()?;
-        drop(conn);
+            Ok(remove_content)
+        })?;
         if remove_content {
             self.content.remove(ino);
             self.content_dropped(ino);

@@ -87,36 +87,40 @@ impl Core {
     /// file still lists and is fetched again when read.
     pub fn evict(&self, ino: u64) -> FsResult<Evicted> {
         let pinned = self.is_pinned(ino)?;
-        let conn = self.store.lock();
-        let node = store::get_node(&conn, ino)?.ok_or(FsError::NotFound)?;
-        if node.kind != Kind::File {
-            return Err(FsError::IsDir);
-        }
-        if node.cached_bytes == 0 && node.ranges.is_empty() {
-            return Ok(Evicted::NotCached);
-        }
-        if has_unsent_changes(&conn, ino)? {
-            return Ok(Evicted::Dirty);
-        }
-        if pinned {
-            return Ok(Evicted::Pinned);
-        }
-        // Checked under the store lock, which an open takes first: no open slips in.
-        if self.is_open(ino) {
-            return Ok(Evicted::Open);
-        }
-        store::drop_content(&conn, ino)?;
-        self.content.remove(ino);
-        lock(&self.verified).remove(&ino);
-        crate::metrics::add(&crate::metrics::METRICS.evictions, 1);
-        Ok(Evicted::Freed(node.cached_bytes))
+        self.store.write(|tx| {
+            let node = store::get_node(tx, ino)?.ok_or(FsError::NotFound)?;
+            if node.kind != Kind::File {
+                return Err(FsError::IsDir);
+            }
+            if node.cached_bytes == 0 && node.ranges.is_empty() {
+                return Ok(Evicted::NotCached);
+            }
+            if has_unsent_changes(tx, ino)? {
+                return Ok(Evicted::Dirty);
+            }
+            if pinned {
+                return Ok(Evicted::Pinned);
+            }
+            // Checked under the store's writer, which an open takes first: no open slips
+            // in. The content file goes under it too, before the commit (an open that
+            // finds the file shorter than its range map trusts only the file).
+            if self.is_open(ino) {
+                return Ok(Evicted::Open);
+            }
+            store::drop_content(tx, ino)?;
+            self.content.remove(ino);
+            lock(&self.verified).remove(&ino);
+            crate::metrics::add(&crate::metrics::METRICS.evictions, 1);
+            Ok(Evicted::Freed(node.cached_bytes))
+        })
     }
 
     /// Clean, unpinned, closed cached files, least recently used first.
     pub fn eviction_candidates(&self) -> FsResult<Vec<Candidate>> {
-        let conn = self.store.lock();
-        let pinned = pinned_set(&conn)?;
-        let rows: Vec<Candidate> = nodes::clean_cached_by_age(&conn)?
+        let (pinned, rows) = self.store.write(|tx| {
+            Ok::<_, rusqlite::Error>((pinned_set(tx)?, nodes::clean_cached_by_age(tx)?))
+        })?;
+        let rows: Vec<Candidate> = rows
             .into_iter()
             .map(|(ino, bytes, last_access)| Candidate {
                 ino,
@@ -124,7 +128,6 @@ impl Core {
                 last_access,
             })
             .collect();
-        drop(conn);
         Ok(rows
             .into_iter()
             .filter(|c| !pinned.contains(&c.ino) && !self.is_open(c.ino))

@@ -506,7 +506,9 @@ impl Core {
             "{path}: the server's file is not the {size} bytes listed ({why}); it changed:              its folder is listed again and this read fails"
         );
         if let Ok(node) = self.node(ino) {
-            let _ = store::mark_listing_due(&self.store.lock(), node.parent);
+            let _ = self
+                .store
+                .write(|tx| store::mark_listing_due(tx, node.parent));
         }
         FsError::Remote {
             path: path.to_string(),
@@ -549,12 +551,12 @@ impl Core {
                 Err(e) => return Err(e.into()),
             }
         };
-        // The map as it is now, read under the store lock: downloads finishing in another
-        // order cannot store an older map over a newer one.
-        let conn = self.store.lock();
-        let ranges = lock(&of.state).ranges.clone();
-        store::set_ranges(&conn, ino, &ranges)?;
-        drop(conn);
+        // The map as it is now, read under the store's writer: downloads finishing in
+        // another order cannot store an older map over a newer one.
+        self.store.write(|tx| {
+            let ranges = lock(&of.state).ranges.clone();
+            store::set_ranges(tx, ino, &ranges)
+        })?;
         self.cache_grew.notify_one();
         if complete {
             self.record_complete_download(ino);

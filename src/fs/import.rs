@@ -123,18 +123,19 @@ impl Core {
 
     /// Whether everything the journal holds for `ino` has reached the remote.
     pub fn landed(&self, ino: u64) -> FsResult<bool> {
-        let conn = self.store();
-        let waiting = store::journal::any_of(&conn, ino)?;
-        if waiting || self.is_write_dirty(ino) {
-            return Ok(false);
-        }
-        Ok(store::get_node(&conn, ino)?.is_some_and(|n| n.on_remote && !n.dirty))
+        self.store.write(|tx| {
+            let waiting = store::journal::any_of(tx, ino)?;
+            if waiting || self.is_write_dirty(ino) {
+                return Ok(false);
+            }
+            Ok(store::get_node(tx, ino)?.is_some_and(|n| n.on_remote && !n.dirty))
+        })
     }
 
     /// Marks the cached content of `ino` as the first to go when room is needed (content
     /// the user did not read, such as an import, once it has landed).
     pub fn evict_first(&self, ino: u64) -> FsResult<()> {
-        Ok(store::nodes::evict_first(&self.store(), ino)?)
+        Ok(self.store.write(|tx| store::nodes::evict_first(tx, ino))?)
     }
 }
 
@@ -153,12 +154,13 @@ impl Core {
     /// entries of the journal: what a job that imported them needs to follow them.
     pub fn upload_states(&self, inos: &[u64]) -> FsResult<UploadStates> {
         let mut out = UploadStates::default();
-        let conn = self.store();
-        for chunk in inos.chunks(500) {
-            out.landed.extend(store::nodes::landed_of(&conn, chunk)?);
-        }
-        out.refused = store::journal::refused(&conn)?;
-        drop(conn);
+        self.store.write(|tx| {
+            for chunk in inos.chunks(500) {
+                out.landed.extend(store::nodes::landed_of(tx, chunk)?);
+            }
+            out.refused = store::journal::refused(tx)?;
+            Ok::<_, rusqlite::Error>(())
+        })?;
         out.landed.retain(|ino| !self.is_write_dirty(*ino));
         Ok(out)
     }
@@ -176,14 +178,15 @@ impl Core {
 
     /// The node at `path` (mount-relative), if any, without asking the remote.
     pub fn node_at(&self, path: &str) -> FsResult<Option<store::Node>> {
-        let conn = self.store();
-        let mut ino = store::ROOT_INO;
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            match store::get_child(&conn, ino, part)? {
-                Some(n) => ino = n.ino,
-                None => return Ok(None),
+        self.store.write(|tx| {
+            let mut ino = store::ROOT_INO;
+            for part in path.split('/').filter(|p| !p.is_empty()) {
+                match store::get_child(tx, ino, part)? {
+                    Some(n) => ino = n.ino,
+                    None => return Ok(None),
+                }
             }
-        }
-        Ok(store::get_node(&conn, ino)?)
+            Ok(store::get_node(tx, ino)?)
+        })
     }
 }

@@ -65,15 +65,14 @@ impl Core {
         // Written ranges of a file not all here are recorded before its bytes go into
         // the content file, all in the store: after a crash they tell the bytes written
         // here from holes where the server's bytes are (see `recover`).
-        let conn = partial.then(|| self.store.lock());
-        let first = {
+        let write_in = |conn: Option<&Connection>| -> FsResult<bool> {
             let mut st = lock(&of.state);
             let mut now = RangeSet::default();
             // Growing past the end: the gap reads as zeros, which are ours too.
             let (from, to) = store::write_span(st.size, offset, end);
             now.insert(from, to);
             let new_size = st.size.max(end);
-            if let Some(conn) = &conn {
+            if let Some(conn) = conn {
                 let mut ranges = st.ranges.clone();
                 ranges.union(&now);
                 store::set_written_content(conn, ino, new_size, st.mtime_ns, &ranges)?;
@@ -86,13 +85,19 @@ impl Core {
             st.written.union(&now);
             st.mtime_ns = store::now_ns();
             st.write_seq += 1;
-            !std::mem::replace(&mut st.write_dirty, true)
+            Ok(!std::mem::replace(&mut st.write_dirty, true))
         };
-        drop(conn);
+        let first = if partial {
+            // Not a `write`: each range is committed before its bytes go into the content
+            // file, with the writer (and the file's state) held throughout.
+            self.store.with_writer(|conn| write_in(Some(conn)))?
+        } else {
+            write_in(None)?
+        };
         if first && !partial {
             // Persist "this file has unsent changes" before the first write returns, so
             // a crash with the file still open is recovered at the next start.
-            store::set_dirty(&self.store.lock(), ino, true)?;
+            self.store.write(|tx| store::set_dirty(tx, ino, true))?;
         }
         Ok(data.len() as u32)
     }
@@ -109,10 +114,11 @@ impl Core {
         if !due {
             return Ok(());
         }
-        let conn = self.store.lock();
-        store::set_atime(&conn, ino, now)?;
-        lock(&of.state).atime_ns = Some(now);
-        Ok(())
+        self.store.write(|tx| {
+            store::set_atime(tx, ino, now)?;
+            lock(&of.state).atime_ns = Some(now);
+            Ok(())
+        })
     }
 
     /// Commits the writes of `ino` to the journal: size, mtime and an upload entry.
@@ -122,43 +128,44 @@ impl Core {
         }
         // The store lock first, then the state (the lock order): two commits of the same
         // file cannot pass each other and record an older size last.
-        let conn = self.store.lock();
-        let (size, mtime_ns, seq, ranges, written) = {
-            let st = lock(&of.state);
-            if !st.write_dirty {
-                drop(st);
-                // Committed already (by a close of another descriptor), but perhaps only
-                // to the page cache: fsync() wants it on the disk.
-                if durable {
-                    store::sync_to_disk(&conn)?;
+        // Not a `write`: `fsync` changes the sync mode around the transaction (it cannot
+        // change inside one), and the file's state is marked clean after the commit.
+        self.store.with_writer(|conn| {
+            let (size, mtime_ns, seq, ranges, written) = {
+                let st = lock(&of.state);
+                if !st.write_dirty {
+                    drop(st);
+                    // Committed already (by a close of another descriptor), but perhaps
+                    // only to the page cache: fsync() wants it on the disk.
+                    if durable {
+                        store::sync_to_disk(conn)?;
+                    }
+                    return FsResult::Ok(());
                 }
-                return Ok(());
+                let (ranges, written) = (st.ranges.clone(), st.written.clone());
+                (st.size, st.mtime_ns, st.write_seq, ranges, written)
+            };
+            let work = |c: &Connection| -> rusqlite::Result<()> {
+                let tx = c.unchecked_transaction()?;
+                store::set_written_content(&tx, ino, size, mtime_ns, &ranges)?;
+                store::note_written(&tx, ino, &written, size)?;
+                if let Some(path) = store::path_of(&tx, ino)? {
+                    journal::record_put(&tx, ino, &path)?;
+                }
+                tx.commit()
+            };
+            if durable {
+                store::with_full_sync(conn, work)?;
+            } else {
+                work(conn)?;
             }
-            let (ranges, written) = (st.ranges.clone(), st.written.clone());
-            (st.size, st.mtime_ns, st.write_seq, ranges, written)
-        };
-        let work = |c: &Connection| -> rusqlite::Result<()> {
-            let tx = c.unchecked_transaction()?;
-            store::set_written_content(&tx, ino, size, mtime_ns, &ranges)?;
-            store::note_written(&tx, ino, &written, size)?;
-            if let Some(path) = store::path_of(&tx, ino)? {
-                journal::record_put(&tx, ino, &path)?;
-            }
-            tx.commit()
-        };
-        if durable {
-            store::with_full_sync(&conn, work)?;
-        } else {
-            work(&conn)?;
-        }
-        {
             let mut st = lock(&of.state);
             if st.write_seq == seq {
                 st.write_dirty = false;
                 st.written.clear();
             }
-        }
-        drop(conn);
+            Ok(())
+        })?;
         self.journal_changed.notify_one();
         Ok(())
     }
@@ -181,7 +188,7 @@ impl Core {
     /// `fsyncdir()`: namespace changes are committed as they return; this puts them (and
     /// every earlier commit) on the disk.
     pub fn sync_journal(&self) -> FsResult<()> {
-        Ok(store::sync_to_disk(&self.store.lock())?)
+        Ok(self.store.sync_to_disk()?)
     }
 
     /// The largest size a content file can have on the cache's file system (ext4 with
@@ -238,22 +245,18 @@ impl Core {
             if !partial {
                 self.fetch_range(&of, ino, 0, keep, false)?;
             }
-            let conn = partial.then(|| self.store.lock());
-            let others_open = {
+            // Whether others have it open; None when what is kept is not all here.
+            let cut = |conn: Option<&Connection>| -> FsResult<Option<bool>> {
                 let mut st = lock(&of.state);
                 if !partial && !st.ranges.covers(0, st.size.min(new_size)) {
-                    drop(st);
-                    drop(conn);
-                    return Err(FsError::Offline {
-                        path: self.path(ino)?,
-                    });
+                    return Ok(None);
                 }
                 let (mut ranges, mut grown) = (st.ranges.clone(), RangeSet::default());
                 ranges.truncate(new_size);
                 // Growing: the new bytes are zeros, written here.
                 grown.insert(st.size.min(new_size), new_size);
                 ranges.union(&grown);
-                if let Some(conn) = &conn {
+                if let Some(conn) = conn {
                     // Recorded before the content file changes (see `write`).
                     store::set_written_content(conn, ino, new_size, st.mtime_ns, &ranges)?;
                     store::note_written(conn, ino, &grown, new_size)?;
@@ -265,12 +268,23 @@ impl Core {
                 st.mtime_ns = store::now_ns();
                 st.write_dirty = true;
                 st.write_seq += 1;
-                st.opens > 1
+                Ok(Some(st.opens > 1))
             };
-            drop(conn);
+            let others_open = if partial {
+                // Not a `write`, as in `write`: the ranges are committed before the
+                // content file changes, with the writer held throughout.
+                self.store.with_writer(|conn| cut(Some(conn)))?
+            } else {
+                cut(None)?
+            };
+            let Some(others_open) = others_open else {
+                return Err(FsError::Offline {
+                    path: self.path(ino)?,
+                });
+            };
             if others_open {
                 // Somebody has it open: their close commits the change.
-                store::set_dirty(&self.store.lock(), ino, true)?;
+                self.store.write(|tx| store::set_dirty(tx, ino, true))?;
                 Ok(())
             } else {
                 self.commit_writes(&of, ino, false)

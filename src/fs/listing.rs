@@ -264,7 +264,8 @@ impl Core {
     /// client adds in between show up as if the mount had not listed it yet.
     pub fn list_root_for_mount(&self) -> FsResult<()> {
         self.ensure_listing(ROOT_INO)?;
-        store::mark_listing_due(&self.store.lock(), ROOT_INO)?;
+        self.store
+            .write(|tx| store::mark_listing_due(tx, ROOT_INO))?;
         Ok(())
     }
 

@@ -59,32 +59,32 @@ impl Core {
         let mut removed = Vec::new();
         let mut applied = Applied::default();
         // Never listed before: the kernel can hold nothing of its entries.
-        let first;
-        {
-            let mut conn = self.store.lock();
+        // Not a `write`: the epoch is checked under the writer before the transaction,
+        // and the dropped content files go after the commit with the writer still held.
+        let merged = self.store.with_writer(|conn| -> FsResult<Merge> {
             // Checked under the store lock, which the replayer's commits also take.
             if self.remote_changes.touched_since(epoch, dir_path, true)
                 || self
                     .remote_changes
                     .touched_since(epoch, remote_dir_path, true)
             {
-                return Ok(None);
+                return Ok(Merge::Stale);
             }
-            let tx = conn.transaction()?;
+            let tx = conn.unchecked_transaction()?;
             // Waiting entries name the folder by the name it had when they were recorded:
             // every name from the one it has now back to the one the server has. (Read
             // under the lock: a rename here since the fetch counts too.)
             let Some(dir_node) = store::get_node(&tx, dir)? else {
-                return Ok(Some(applied)); // removed meanwhile
+                return Ok(Merge::Gone); // removed meanwhile
             };
-            first = dir_node.listed_at.is_none();
+            let first = dir_node.listed_at.is_none();
             let Some(here_now) = store::path_of(&tx, dir)? else {
-                return Ok(Some(applied)); // removed meanwhile
+                return Ok(Merge::Gone); // removed meanwhile
             };
             let chain = journal::path_chain(&tx, &here_now)?;
             if chain.last().map(String::as_str) != Some(remote_dir_path) {
                 // Listed at a path that is no longer where the server has it.
-                return Ok(None);
+                return Ok(Merge::Stale);
             }
             let mut pending = Vec::new();
             for name in &chain {
@@ -234,7 +234,13 @@ impl Core {
             for ino in &dropped_content {
                 self.content.remove(*ino);
             }
-        }
+            Ok(Merge::Done { first })
+        })?;
+        let first = match merged {
+            Merge::Stale => return Ok(None),
+            Merge::Gone => return Ok(Some(applied)),
+            Merge::Done { first } => first,
+        };
         // Removed nodes are gone from the table and inode numbers are never reused: no
         // open can reach these content files any more, so they go without the lock.
         for ino in removed {
@@ -342,4 +348,14 @@ impl Core {
         );
         Ok(kept)
     }
+}
+
+/// How a merge under the writer ended (see `merge_listing`).
+enum Merge {
+    /// Something changed the folder on the server since the listing was fetched.
+    Stale,
+    /// The folder was removed here meanwhile.
+    Gone,
+    /// Merged; `first` when the folder had never been listed.
+    Done { first: bool },
 }

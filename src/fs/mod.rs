@@ -20,8 +20,12 @@
 //! Every lock of the core is listed here, in order; the other files point here.
 //!
 //! Lock order (never the other way round, never across a network call):
-//!   `store` (the state store's writer, `Store::lock`) → `open_files` map → a file's
-//!   in-flight downloads → `OpenFile::state`.
+//!   `store` (the state store's writer, held for one `Store::write` or, where a comment
+//!   says why, `Store::with_writer` closure) → `open_files` map → a file's in-flight
+//!   downloads → `OpenFile::state`.
+//! The store's closures are not async and make no network call, and none runs inside
+//! another (the writer is not re-entrant): a closure calls the store's operations with
+//! the connection it was given, never `self.node()`, `self.path()` or the like.
 //! The state store's reader (`Store::read`: a second, read-only connection, its own
 //! lock) is taken with no other lock held; while it is held only `open_files` →
 //! `OpenFile::state` may be taken (`file_state` asks `is_write_dirty`). It never waits

@@ -71,7 +71,8 @@ impl Core {
 
     /// Subfolders of `dir` known here (a folder not listed yet counts none).
     pub(super) fn subdirs(&self, dir: u64) -> u32 {
-        store::subdir_count(&self.store.lock(), dir)
+        self.store
+            .write(|tx| store::subdir_count(tx, dir))
             .map(|n| n.min(u32::MAX as u64 - 2) as u32)
             .unwrap_or(0)
     }
@@ -79,7 +80,10 @@ impl Core {
     pub fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         check_name(name)?;
         self.ensure_listing(parent)?;
-        let n = store::get_child(&self.store.lock(), parent, name)?.ok_or(FsError::NotFound)?;
+        let n = self
+            .store
+            .write(|tx| store::get_child(tx, parent, name))?
+            .ok_or(FsError::NotFound)?;
         Ok(self.node_attr(&n))
     }
 
@@ -99,7 +103,7 @@ impl Core {
     pub fn opendir_cached(&self, ino: u64) -> FsResult<(u64, bool)> {
         self.ensure_listing(ino)?;
         let node = self.node(ino)?;
-        let children = store::children(&self.store.lock(), ino)?;
+        let children = self.store.write(|tx| store::children(tx, ino))?;
         let mut entries = Vec::with_capacity(children.len() + 2);
         let self_attr = self.node_attr(&node);
         entries.push(DirEntry {
@@ -199,17 +203,14 @@ impl Core {
         self.ensure_writable()?;
         check_name(name)?;
         self.ensure_listing(parent)?;
-        let attr = {
-            let mut conn = self.store.lock();
-            let tx = conn.transaction()?;
-            let ino = self.insert_local_child(&tx, parent, name, Kind::Dir, mode, uid, gid)?;
-            let path = store::path_of(&tx, ino)?.ok_or(FsError::NotFound)?;
-            journal::record_mkcol(&tx, ino, &path)?;
-            store::touch_dir(&tx, parent, store::now_ns())?;
-            let n = store::get_node(&tx, ino)?.ok_or(FsError::NotFound)?;
-            tx.commit()?;
-            n
-        };
+        let attr = self.store.write(|tx| {
+            let ino = self.insert_local_child(tx, parent, name, Kind::Dir, mode, uid, gid)?;
+            let path = store::path_of(tx, ino)?.ok_or(FsError::NotFound)?;
+            journal::record_mkcol(tx, ino, &path)?;
+            store::touch_dir(tx, parent, store::now_ns())?;
+            let n = store::get_node(tx, ino)?.ok_or(FsError::NotFound)?;
+            FsResult::Ok(n)
+        })?;
         // Not under the store lock: the attributes count subfolders in the store.
         let attr = self.node_attr(&attr);
         self.journal_changed.notify_one();
@@ -228,16 +229,13 @@ impl Core {
         self.ensure_writable()?;
         check_name(name)?;
         self.ensure_listing(parent)?;
-        let ino = {
-            let mut conn = self.store.lock();
-            let tx = conn.transaction()?;
-            let ino = self.insert_local_child(&tx, parent, name, Kind::File, mode, uid, gid)?;
+        let ino = self.store.write(|tx| {
+            let ino = self.insert_local_child(tx, parent, name, Kind::File, mode, uid, gid)?;
             let f = self.content.open(ino)?;
             f.set_len(0)?;
-            store::touch_dir(&tx, parent, store::now_ns())?;
-            tx.commit()?;
-            ino
-        };
+            store::touch_dir(tx, parent, store::now_ns())?;
+            FsResult::Ok(ino)
+        })?;
         let fh = self.open_handle(ino, true)?;
         {
             let of = lock(&self.open_files)
@@ -283,23 +281,20 @@ impl Core {
             ));
         }
         self.ensure_listing(parent)?;
-        let n = {
-            let mut conn = self.store.lock();
-            let tx = conn.transaction()?;
-            let ino = self.insert_local_child(&tx, parent, name, Kind::Symlink, 0o777, uid, gid)?;
+        let n = self.store.write(|tx| {
+            let ino = self.insert_local_child(tx, parent, name, Kind::Symlink, 0o777, uid, gid)?;
             let f = self.content.open(ino)?;
             f.set_len(0)?;
             f.write_all_at(target.as_bytes(), 0)?;
             let now = store::now_ns();
-            store::set_local_content(&tx, ino, target.len() as u64, now)?;
-            store::set_link_target(&tx, ino, target)?;
-            let path = store::path_of(&tx, ino)?.ok_or(FsError::NotFound)?;
-            journal::record_put(&tx, ino, &path)?;
-            store::touch_dir(&tx, parent, now)?;
-            let n = store::get_node(&tx, ino)?.ok_or(FsError::NotFound)?;
-            tx.commit()?;
-            n
-        };
+            store::set_local_content(tx, ino, target.len() as u64, now)?;
+            store::set_link_target(tx, ino, target)?;
+            let path = store::path_of(tx, ino)?.ok_or(FsError::NotFound)?;
+            journal::record_put(tx, ino, &path)?;
+            store::touch_dir(tx, parent, now)?;
+            let n = store::get_node(tx, ino)?.ok_or(FsError::NotFound)?;
+            FsResult::Ok(n)
+        })?;
         self.journal_changed.notify_one();
         Ok(self.node_attr(&n))
     }
@@ -317,21 +312,18 @@ impl Core {
         self.ensure_writable()?;
         check_name(name)?;
         self.ensure_listing(parent)?;
-        let gone = {
-            let mut conn = self.store.lock();
-            let tx = conn.transaction()?;
-            let n = store::get_child(&tx, parent, name)?.ok_or(FsError::NotFound)?;
+        let gone = self.store.write(|tx| {
+            let n = store::get_child(tx, parent, name)?.ok_or(FsError::NotFound)?;
             if n.kind == Kind::Dir {
                 return Err(FsError::IsDir);
             }
-            let path = store::path_of(&tx, n.ino)?.ok_or(FsError::NotFound)?;
-            journal::record_remove(&tx, &n, &path)?;
-            forget_base_copy(&tx, &n)?;
-            let gone = self.detach(&tx, &n)?;
-            store::touch_dir(&tx, parent, store::now_ns())?;
-            tx.commit()?;
-            gone
-        };
+            let path = store::path_of(tx, n.ino)?.ok_or(FsError::NotFound)?;
+            journal::record_remove(tx, &n, &path)?;
+            forget_base_copy(tx, &n)?;
+            let gone = self.detach(tx, &n)?;
+            store::touch_dir(tx, parent, store::now_ns())?;
+            FsResult::Ok(gone)
+        })?;
         if let Some(ino) = gone {
             self.content.remove(ino);
         }
@@ -356,25 +348,26 @@ impl Core {
         self.ensure_writable()?;
         check_name(name)?;
         self.ensure_listing(parent)?;
-        let n = store::get_child(&self.store.lock(), parent, name)?.ok_or(FsError::NotFound)?;
+        let n = self
+            .store
+            .write(|tx| store::get_child(tx, parent, name))?
+            .ok_or(FsError::NotFound)?;
         if n.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
         // Its remote children count too, so it must be listed.
         self.ensure_listing(n.ino)?;
-        {
-            let mut conn = self.store.lock();
-            let tx = conn.transaction()?;
-            let n = store::get_child(&tx, parent, name)?.ok_or(FsError::NotFound)?;
-            if store::has_children(&tx, n.ino)? {
+        self.store.write(|tx| {
+            let n = store::get_child(tx, parent, name)?.ok_or(FsError::NotFound)?;
+            if store::has_children(tx, n.ino)? {
                 return Err(FsError::NotEmpty);
             }
-            let path = store::path_of(&tx, n.ino)?.ok_or(FsError::NotFound)?;
-            journal::record_remove(&tx, &n, &path)?;
-            store::delete_node(&tx, n.ino)?;
-            store::touch_dir(&tx, parent, store::now_ns())?;
-            tx.commit()?;
-        }
+            let path = store::path_of(tx, n.ino)?.ok_or(FsError::NotFound)?;
+            journal::record_remove(tx, &n, &path)?;
+            store::delete_node(tx, n.ino)?;
+            store::touch_dir(tx, parent, store::now_ns())?;
+            FsResult::Ok(())
+        })?;
         self.journal_changed.notify_one();
         Ok(())
     }
@@ -393,15 +386,15 @@ impl Core {
         self.ensure_listing(parent)?;
         self.ensure_listing(new_parent)?;
         // A directory being replaced must be known to be empty, remote children included.
-        let target = store::get_child(&self.store.lock(), new_parent, new_name)?;
+        let target = self
+            .store
+            .write(|tx| store::get_child(tx, new_parent, new_name))?;
         if let Some(t) = target.filter(|t| t.kind == Kind::Dir) {
             self.ensure_listing(t.ino)?;
         }
-        let gone = {
-            let mut conn = self.store.lock();
-            let tx = conn.transaction()?;
-            let src = store::get_child(&tx, parent, name)?.ok_or(FsError::NotFound)?;
-            let np = store::get_node(&tx, new_parent)?.ok_or(FsError::NotFound)?;
+        let gone = self.store.write(|tx| {
+            let src = store::get_child(tx, parent, name)?.ok_or(FsError::NotFound)?;
+            let np = store::get_node(tx, new_parent)?.ok_or(FsError::NotFound)?;
             if np.kind != Kind::Dir {
                 return Err(FsError::NotDir);
             }
@@ -415,18 +408,19 @@ impl Core {
                     cur = if cur == ROOT_INO {
                         0
                     } else {
-                        store::get_node(&tx, cur)?.map(|n| n.parent).unwrap_or(0)
+                        store::get_node(tx, cur)?.map(|n| n.parent).unwrap_or(0)
                     };
                 }
             }
-            let from = store::path_of(&tx, src.ino)?.ok_or(FsError::NotFound)?;
-            let to_dir = store::path_of(&tx, new_parent)?.ok_or(FsError::NotFound)?;
+            let from = store::path_of(tx, src.ino)?.ok_or(FsError::NotFound)?;
+            let to_dir = store::path_of(tx, new_parent)?.ok_or(FsError::NotFound)?;
             let to = join(&to_dir, new_name);
             check_remote_path(&to)?;
             let mut gone = None;
-            if let Some(dst) = store::get_child(&tx, new_parent, new_name)? {
+            if let Some(dst) = store::get_child(tx, new_parent, new_name)? {
                 if dst.ino == src.ino {
-                    return Ok(());
+                    // Onto itself: nothing to do.
+                    return Ok(None);
                 }
                 if no_replace {
                     return Err(FsError::Exists);
@@ -434,22 +428,24 @@ impl Core {
                 match (src.kind, dst.kind) {
                     (Kind::Dir, k) if k != Kind::Dir => return Err(FsError::NotDir),
                     (k, Kind::Dir) if k != Kind::Dir => return Err(FsError::IsDir),
-                    (Kind::Dir, Kind::Dir) if store::has_children(&tx, dst.ino)? => {
+                    (Kind::Dir, Kind::Dir) if store::has_children(tx, dst.ino)? => {
                         return Err(FsError::NotEmpty)
                     }
                     _ => {}
                 }
-                journal::record_remove(&tx, &dst, &to)?;
-                forget_base_copy(&tx, &dst)?;
-                gone = self.detach(&tx, &dst)?;
+                journal::record_remove(tx, &dst, &to)?;
+                forget_base_copy(tx, &dst)?;
+                gone = self.detach(tx, &dst)?;
             }
-            journal::record_rename(&tx, &src, &from, &to)?;
-            store::move_node(&tx, src.ino, new_parent, new_name)?;
+            journal::record_rename(tx, &src, &from, &to)?;
+            store::move_node(tx, src.ino, new_parent, new_name)?;
             let now = store::now_ns();
-            store::touch_dir(&tx, parent, now)?;
-            store::touch_dir(&tx, new_parent, now)?;
-            tx.commit()?;
-            gone
+            store::touch_dir(tx, parent, now)?;
+            store::touch_dir(tx, new_parent, now)?;
+            FsResult::Ok(Some(gone))
+        })?;
+        let Some(gone) = gone else {
+            return Ok(());
         };
         if let Some(ino) = gone {
             self.content.remove(ino);
@@ -485,12 +481,10 @@ impl Core {
                 }
                 st.ctime_ns = store::now_ns();
             }
-            let conn = self.store.lock();
-            let tx = conn.unchecked_transaction()?;
-            store::nodes::set_attrs(&tx, ino, mode, uid, gid, mtime_ns, store::now_ns())?;
-            let recorded = self.record_meta(&tx, ino)?;
-            tx.commit()?;
-            drop(conn);
+            let recorded = self.store.write(|tx| {
+                store::nodes::set_attrs(tx, ino, mode, uid, gid, mtime_ns, store::now_ns())?;
+                self.record_meta(tx, ino)
+            })?;
             if recorded {
                 self.journal_changed.notify_one();
             }
@@ -502,17 +496,16 @@ impl Core {
     pub fn set_atime(&self, ino: u64, atime: SystemTime) -> FsResult<Attr> {
         self.ensure_writable()?;
         let ns = store::system_time_to_ns(atime);
-        let recorded = {
-            let conn = self.store.lock();
-            let tx = conn.unchecked_transaction()?;
-            store::set_atime(&tx, ino, ns)?;
-            let recorded = self.record_meta(&tx, ino)?;
-            tx.commit()?;
+        let recorded = self.store.write(|tx| {
+            store::set_atime(tx, ino, ns)?;
+            let recorded = self.record_meta(tx, ino)?;
+            // Under the writer, as the commit: a read of the open file's state sees the
+            // same time as the store.
             if let Some(of) = lock(&self.open_files).get(&ino) {
                 lock(&of.state).atime_ns = Some(ns);
             }
-            recorded
-        };
+            FsResult::Ok(recorded)
+        })?;
         if recorded {
             self.journal_changed.notify_one();
         }

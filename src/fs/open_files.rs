@@ -57,44 +57,43 @@ impl Core {
         }
         // The store stays locked until the file is in the map, so a listing merge (which
         // decides under the store lock whether a file is open) cannot slip in between.
-        let conn = self.store.lock();
-        let node = store::get_node(&conn, ino)?.ok_or(FsError::NotFound)?;
-        let mut map = lock(&self.open_files);
-        if let Some(of) = map.get(&ino) {
-            // Opened by another thread meanwhile.
-            lock(&of.state).opens += 1;
-            return Ok(of.clone());
-        }
-        if node.kind != Kind::File {
-            return Err(FsError::IsDir);
-        }
-        let file = self.content.open(ino)?;
-        let mut ranges = node.ranges.clone();
-        // Never trust a range map beyond what the content file holds (a crash may have
-        // lost the tail of a write the map already counted).
-        let on_disk = file.metadata()?.len();
-        if on_disk < node.size {
-            ranges.truncate(on_disk);
-        }
-        let of = Arc::new(OpenFile {
-            file,
-            downloads: fetch::Downloads::default(),
-            state: Mutex::new(OpenState {
-                opens: 1,
-                size: node.size,
-                ranges,
-                mtime_ns: node.mtime_ns,
-                write_dirty: false,
-                written: RangeSet::default(),
-                write_seq: 0,
-                atime_ns: node.atime_ns,
-                ctime_ns: node.ctime_ns,
-            }),
-        });
-        map.insert(ino, of.clone());
-        drop(map);
-        drop(conn);
-        Ok(of)
+        self.store.write(|tx| {
+            let node = store::get_node(tx, ino)?.ok_or(FsError::NotFound)?;
+            let mut map = lock(&self.open_files);
+            if let Some(of) = map.get(&ino) {
+                // Opened by another thread meanwhile.
+                lock(&of.state).opens += 1;
+                return Ok(of.clone());
+            }
+            if node.kind != Kind::File {
+                return Err(FsError::IsDir);
+            }
+            let file = self.content.open(ino)?;
+            let mut ranges = node.ranges.clone();
+            // Never trust a range map beyond what the content file holds (a crash may
+            // have lost the tail of a write the map already counted).
+            let on_disk = file.metadata()?.len();
+            if on_disk < node.size {
+                ranges.truncate(on_disk);
+            }
+            let of = Arc::new(OpenFile {
+                file,
+                downloads: fetch::Downloads::default(),
+                state: Mutex::new(OpenState {
+                    opens: 1,
+                    size: node.size,
+                    ranges,
+                    mtime_ns: node.mtime_ns,
+                    write_dirty: false,
+                    written: RangeSet::default(),
+                    write_seq: 0,
+                    atime_ns: node.atime_ns,
+                    ctime_ns: node.ctime_ns,
+                }),
+            });
+            map.insert(ino, of.clone());
+            Ok(of)
+        })
     }
 
     /// Drops one reference; the last one commits pending writes and forgets the state.
@@ -116,23 +115,29 @@ impl Core {
             if let Err(e) = self.commit_writes(&of, ino, false) {
                 tracing::error!("could not commit writes of inode {ino}: {e}");
             }
-            {
-                let _conn = self.store.lock();
+            // Not a `write`: no statement runs, the writer is only held (as `open_file`
+            // holds it) so a listing merge cannot decide meanwhile whether it is open.
+            let forgotten = self.store.with_writer(|_| {
                 let mut map = lock(&self.open_files);
                 let still_unused = map.get(&ino).is_some_and(|of| lock(&of.state).opens == 0);
-                if !still_unused {
-                    return;
+                if still_unused {
+                    map.remove(&ino);
                 }
-                map.remove(&ino);
+                Ok::<_, rusqlite::Error>(still_unused)
+            });
+            if !forgotten.unwrap_or(false) {
+                return;
             }
             // An orphan (unlinked while open) disappears with its last handle.
-            let orphan = store::get_node(&self.store.lock(), ino)
+            let orphan = self
+                .store
+                .write(|tx| store::get_node(tx, ino))
                 .ok()
                 .flatten()
                 .map(|n| n.parent == 0 && n.ino != ROOT_INO)
                 .unwrap_or(false);
             if orphan {
-                let _ = store::delete_node(&self.store.lock(), ino);
+                let _ = self.store.write(|tx| store::delete_node(tx, ino));
                 self.content.remove(ino);
             }
         }
@@ -155,7 +160,8 @@ impl Core {
             self.check_cached_content(ino)?;
         }
         let fh = self.open_handle(ino, writable)?;
-        store::touch_access(&self.store.lock(), ino, self.cfg.clock.now_s())?;
+        self.store
+            .write(|tx| store::touch_access(tx, ino, self.cfg.clock.now_s()))?;
         Ok((fh, self.kernel_cache_valid(ino)))
     }
 
@@ -209,11 +215,9 @@ impl Core {
                 return None;
             }
         }
-        let conn = self.store.lock();
-        if has_unsent_changes(&conn, ino).ok()? {
+        if self.store.write(|tx| has_unsent_changes(tx, ino)).ok()? {
             return None;
         }
-        drop(conn);
         if !lock(&self.verified).contains(&ino) {
             return None;
         }

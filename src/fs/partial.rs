@@ -87,17 +87,20 @@ impl Core {
         let lock_of = lock(&self.copy_locks).entry(ino).or_default().clone();
         let _held = lock_of.lock().await;
         let store_err = |e: rusqlite::Error| RemoteError::Local(format!("state store: {e}"));
-        let (node, there) = {
-            let conn = self.store.lock();
-            let node = store::get_node(&conn, ino)
-                .map_err(store_err)?
-                .ok_or(RemoteError::NotFound)?;
-            let here = store::path_of(&conn, ino)
-                .map_err(store_err)?
-                .ok_or(RemoteError::NotFound)?;
-            let there = journal::remote_path_of(&conn, &here).map_err(store_err)?;
-            (node, there)
-        };
+        let found = self
+            .store
+            .write(|tx| {
+                let Some(node) = store::get_node(tx, ino)? else {
+                    return Ok(None);
+                };
+                let Some(here) = store::path_of(tx, ino)? else {
+                    return Ok(None);
+                };
+                let there = journal::remote_path_of(tx, &here)?;
+                Ok::<_, rusqlite::Error>(Some((node, there)))
+            })
+            .map_err(store_err)?;
+        let (node, there) = found.ok_or(RemoteError::NotFound)?;
         if node.base_copy.is_some() {
             return Ok(true);
         }
@@ -106,7 +109,9 @@ impl Core {
         };
         let nonce = store::now_ns() as u64 % 1_000_000_000;
         let copy = journal::base_copy_path(&there, ino, nonce);
-        store::set_base_copy(&self.store.lock(), ino, Some(&copy)).map_err(store_err)?;
+        self.store
+            .write(|tx| store::set_base_copy(tx, ino, Some(&copy)))
+            .map_err(store_err)?;
         let size = node.base_size.unwrap_or(node.size);
         match self
             .remote
@@ -116,24 +121,32 @@ impl Core {
             Ok(()) => {
                 tracing::debug!("{there}: base version copied to {copy}");
                 // Removed (or given up) meanwhile: the copy goes too.
-                let conn = self.store.lock();
-                let kept = store::get_node(&conn, ino)
-                    .map_err(store_err)?
-                    .is_some_and(|n| n.base_copy.as_deref() == Some(copy.as_str()));
+                let kept = self
+                    .store
+                    .write(|tx| {
+                        let kept = store::get_node(tx, ino)?
+                            .is_some_and(|n| n.base_copy.as_deref() == Some(copy.as_str()));
+                        if !kept {
+                            journal::record_scratch_removal(tx, ino, &copy)?;
+                        }
+                        Ok::<_, rusqlite::Error>(kept)
+                    })
+                    .map_err(store_err)?;
                 if !kept {
-                    journal::record_scratch_removal(&conn, ino, &copy).map_err(store_err)?;
-                    drop(conn);
                     self.journal_changed.notify_one();
                 }
                 Ok(kept)
             }
             Err(e) => {
-                let conn = self.store.lock();
-                let _ = store::set_base_copy(&conn, ino, None);
+                let _ = self.store.write(|tx| {
+                    let _ = store::set_base_copy(tx, ino, None);
+                    if e.is_transport() {
+                        // The server may make it all the same: its removal is queued.
+                        let _ = journal::record_scratch_removal(tx, ino, &copy);
+                    }
+                    Ok::<_, rusqlite::Error>(())
+                });
                 if e.is_transport() {
-                    // The server may make it all the same: its removal is queued.
-                    let _ = journal::record_scratch_removal(&conn, ino, &copy);
-                    drop(conn);
                     self.journal_changed.notify_one();
                 }
                 match e {

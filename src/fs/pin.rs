@@ -25,13 +25,13 @@ pub(super) fn pinned_at(conn: &Connection, ino: u64) -> rusqlite::Result<bool> {
 impl Core {
     /// Whether `ino` or a directory above it is pinned.
     pub fn is_pinned(&self, ino: u64) -> FsResult<bool> {
-        Ok(pinned_at(&self.store.lock(), ino)?)
+        Ok(self.store.write(|tx| pinned_at(tx, ino))?)
     }
 
     /// Pins or unpins `ino` (a directory pins everything below it). Pins persist; the
     /// content of newly pinned files is fetched by `fetch_pinned`.
     pub fn set_pinned(&self, ino: u64, pinned: bool) -> FsResult<()> {
-        let n = nodes::set_pinned(&self.store.lock(), ino, pinned)?;
+        let n = self.store.write(|tx| nodes::set_pinned(tx, ino, pinned))?;
         if n == 0 {
             return Err(FsError::NotFound);
         }
@@ -45,7 +45,7 @@ impl Core {
     /// Fetches whatever pinned files (and files below pinned directories) miss. Returns
     /// how many files were completed; stops quietly while the remote is unreachable.
     pub fn fetch_pinned(&self) -> FsResult<usize> {
-        let roots = nodes::pinned_roots(&self.store.lock())?;
+        let roots = self.store.write(|tx| nodes::pinned_roots(tx))?;
         let mut done = 0;
         let mut stack = roots;
         while let Some((ino, kind)) = stack.pop() {
@@ -57,7 +57,7 @@ impl Core {
                     tracing::warn!("pinned directory (inode {ino}) could not be listed: {e}");
                     continue;
                 }
-                for c in store::children(&self.store.lock(), ino)? {
+                for c in self.store.write(|tx| store::children(tx, ino))? {
                     stack.push((c.ino, c.kind));
                 }
                 continue;

@@ -305,7 +305,17 @@ impl Core {
                 .collect()
         };
         recent.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let conn = self.store.lock();
+        // The folders of the open files, and every folder at or below a pin and the
+        // folder of each pinned file.
+        let (open_parents, all_pinned) = self.store.write(|tx| {
+            let mut parents = Vec::new();
+            for ino in open {
+                if let Some(n) = store::get_node(tx, ino)? {
+                    parents.push(n.parent);
+                }
+            }
+            Ok::<_, rusqlite::Error>((parents, store::nodes::pinned_folders(tx)?))
+        })?;
         let mut used = Vec::new();
         let mut taken = HashSet::new();
         let mut take = |ino: u64, used: &mut Vec<u64>| {
@@ -316,17 +326,12 @@ impl Core {
         for ino in pending {
             take(ino, &mut used);
         }
-        for ino in open {
-            if let Some(n) = store::get_node(&conn, ino)? {
-                take(n.parent, &mut used);
-            }
+        for parent in open_parents {
+            take(parent, &mut used);
         }
         for (ino, _) in recent.into_iter().take(cfg.recent) {
             take(ino, &mut used);
         }
-        // Every folder at or below a pin, and the folder of each pinned file.
-        let all_pinned = store::nodes::pinned_folders(&conn)?;
-        drop(conn);
         // What was seen of folders no longer polled is forgotten.
         {
             let mut inner = lock(&self.poll.inner);

@@ -59,31 +59,31 @@ impl Core {
                         "{name}: the downloaded content does not match the server's checksum \
                          ({spec}); dropping it, it is fetched again at the next read"
                     );
-                    let conn = self.store.lock();
-                    if has_unsent_changes(&conn, ino)? {
-                        return Ok(false);
-                    }
-                    if self.is_open(ino) {
-                        // Open files keep their content until closed; bound to no
-                        // version, it is dropped at the next open (see below).
-                        store::versions::unbind_content(&conn, ino)?;
-                        lock(&self.verified).remove(&ino);
-                    } else {
-                        store::drop_content(&conn, ino)?;
+                    let dropped = self.store.write(|tx| {
+                        if has_unsent_changes(tx, ino)? {
+                            return Ok(false);
+                        }
+                        if self.is_open(ino) {
+                            // Open files keep their content until closed; bound to no
+                            // version, it is dropped at the next open (see below).
+                            store::versions::unbind_content(tx, ino)?;
+                            lock(&self.verified).remove(&ino);
+                            return Ok(false);
+                        }
+                        // The content file goes under the writer, as in `evict`.
+                        store::drop_content(tx, ino)?;
                         self.content.remove(ino);
-                        drop(conn);
+                        Ok::<_, rusqlite::Error>(true)
+                    })?;
+                    if dropped {
                         self.content_dropped(ino);
                     }
                     return Ok(false);
                 }
             }
-            let recorded = store::versions::record_content_hash(
-                &self.store.lock(),
-                ino,
-                &sha,
-                node.etag.as_deref(),
-                node.size,
-            )?;
+            let recorded = self.store.write(|tx| {
+                store::versions::record_content_hash(tx, ino, &sha, node.etag.as_deref(), node.size)
+            })?;
             if recorded {
                 lock(&self.verified).insert(ino);
             }
@@ -126,11 +126,15 @@ impl Core {
                         tracing::warn!(
                             "{path}: cached content is damaged (hash mismatch); dropping it"
                         );
-                        let conn = me.store.lock();
-                        if !me.is_open(ino) && !has_unsent_changes(&conn, ino).unwrap_or(true) {
-                            let _ = store::drop_content(&conn, ino);
+                        let dropped = me.store.write(|tx| {
+                            if me.is_open(ino) || has_unsent_changes(tx, ino).unwrap_or(true) {
+                                return Ok(false);
+                            }
+                            let _ = store::drop_content(tx, ino);
                             me.content.remove(ino);
-                            drop(conn);
+                            Ok::<_, rusqlite::Error>(true)
+                        });
+                        if dropped.unwrap_or(false) {
                             me.content_dropped(ino);
                         }
                     }
@@ -156,14 +160,17 @@ impl Core {
                 "damaged (hash mismatch)"
             }
         );
-        let conn = self.store.lock();
-        if self.is_open(ino) || has_unsent_changes(&conn, ino)? {
-            return Ok(());
+        let dropped = self.store.write(|tx| {
+            if self.is_open(ino) || has_unsent_changes(tx, ino)? {
+                return Ok(false);
+            }
+            store::drop_content(tx, ino)?;
+            self.content.remove(ino);
+            Ok::<_, rusqlite::Error>(true)
+        })?;
+        if dropped {
+            self.content_dropped(ino);
         }
-        store::drop_content(&conn, ino)?;
-        self.content.remove(ino);
-        drop(conn);
-        self.content_dropped(ino);
         Ok(())
     }
 

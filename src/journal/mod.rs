@@ -51,7 +51,7 @@
 
 pub mod replay;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction};
 
 use crate::store::journal as rows;
 use crate::store::Node;
@@ -228,16 +228,16 @@ const SENDING_WHOLE: &[u8] = b"whole";
 /// those an earlier attempt took); the node starts a new set, so writes landing while
 /// the upload runs are sent by the next one. `None` when what was written is not known:
 /// the file is sent whole, by this attempt and every later one of this entry (the
-/// node's writes are tracked from now on, for the next upload).
+/// node's writes are tracked from now on, for the next upload). In the caller's
+/// transaction: the taking and the restart are one step.
 pub fn take_written(
-    c: &Connection,
+    tx: &Transaction<'_>,
     id: i64,
     ino: u64,
 ) -> rusqlite::Result<Option<crate::store::RangeSet>> {
     use crate::store::RangeSet;
-    let tx = c.unchecked_transaction()?;
-    let written = crate::store::written_blob(&tx, ino)?;
-    let sending = rows::sending_blob(&tx, id)?;
+    let written = crate::store::written_blob(tx, ino)?;
+    let sending = rows::sending_blob(tx, id)?;
     let taken = match (written, sending) {
         (_, Some(s)) if s == SENDING_WHOLE => None,
         (Some(w), sending) => {
@@ -251,9 +251,8 @@ pub fn take_written(
         Some(t) => t.encode(),
         None => SENDING_WHOLE.to_vec(),
     };
-    rows::set_sending(&tx, id, &stored)?;
-    crate::store::restart_written(&tx, ino)?;
-    tx.commit()?;
+    rows::set_sending(tx, id, &stored)?;
+    crate::store::restart_written(tx, ino)?;
     Ok(taken)
 }
 
@@ -412,21 +411,19 @@ impl Held {
     }
 }
 
-/// `ready`, and marks what it returns as running, in one step under the caller's lock:
-/// a change recorded meanwhile (which may rewrite or drop entries that are not running)
-/// cannot slip in between choosing an entry and starting it.
+/// `ready`, and marks what it returns as running, in one step in the caller's
+/// transaction: a change recorded meanwhile (which may rewrite or drop entries that are
+/// not running) cannot slip in between choosing an entry and starting it.
 pub fn start_ready(
-    c: &Connection,
+    tx: &Transaction<'_>,
     running: &std::collections::HashSet<i64>,
     limit: usize,
     now_ms: i64,
 ) -> rusqlite::Result<Vec<Entry>> {
-    let tx = c.unchecked_transaction()?;
-    let chosen = ready(&tx, running, limit, now_ms)?;
+    let chosen = ready(tx, running, limit, now_ms)?;
     for e in &chosen {
-        set_running(&tx, e.id, true)?;
+        set_running(tx, e.id, true)?;
     }
-    tx.commit()?;
     Ok(chosen)
 }
 
@@ -648,11 +645,17 @@ mod tests {
             r.insert(a, b);
             r
         };
+        let take = |id, ino| {
+            let tx = c.unchecked_transaction().unwrap();
+            let taken = take_written(&tx, id, ino).unwrap();
+            tx.commit().unwrap();
+            taken
+        };
         let tracked = new(true);
         record_put(&c, tracked, "/theirs").unwrap();
         let id = c.last_insert_rowid();
         store::note_written(&c, tracked, &span(0, 10), 100).unwrap();
-        assert_eq!(take_written(&c, id, tracked).unwrap(), Some(span(0, 10)));
+        assert_eq!(take(id, tracked), Some(span(0, 10)));
         assert_eq!(
             store::get_node(&c, tracked).unwrap().unwrap().written,
             Some(RangeSet::default())
@@ -661,7 +664,7 @@ mod tests {
         store::note_written(&c, tracked, &span(50, 60), 100).unwrap();
         let mut both = span(0, 10);
         both.insert(50, 60);
-        assert_eq!(take_written(&c, id, tracked).unwrap(), Some(both.clone()));
+        assert_eq!(take(id, tracked), Some(both.clone()));
         assert_eq!(sending(&c, id).unwrap(), Some(both));
 
         // Unknown (a crash, or a file made here): whole, on every attempt, even once
@@ -669,9 +672,9 @@ mod tests {
         let unknown = new(false);
         record_put(&c, unknown, "/ours").unwrap();
         let id = c.last_insert_rowid();
-        assert_eq!(take_written(&c, id, unknown).unwrap(), None);
+        assert_eq!(take(id, unknown), None);
         store::note_written(&c, unknown, &span(0, 5), 100).unwrap();
-        assert_eq!(take_written(&c, id, unknown).unwrap(), None);
+        assert_eq!(take(id, unknown), None);
         assert_eq!(sending(&c, id).unwrap(), None);
         assert_eq!(
             store::get_node(&c, unknown).unwrap().unwrap().written,

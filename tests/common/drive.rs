@@ -169,8 +169,8 @@ impl Drive {
 
     pub fn cached_bytes(&self, name: &str) -> u64 {
         let ino = self.ino(name);
-        let conn = self.core().store();
-        davdrive::store::get_node(&conn, ino)
+        (self.core().db())
+            .write(|tx| davdrive::store::get_node(tx, ino))
             .unwrap()
             .unwrap()
             .cached_bytes
@@ -182,14 +182,16 @@ impl Drive {
 
     pub fn wait_drained(&self) {
         super::wait_until(60, "the journal to drain", || {
-            journal::stats(&self.core().store()).unwrap().0 == 0
+            self.core().db().write(|tx| journal::stats(tx)).unwrap().0 == 0
         });
     }
 
     pub fn wait_hashed(&self, name: &str) {
         let ino = self.ino(name);
         super::wait_until(10, "the cached file to be hashed", || {
-            davdrive::store::get_node(&self.core().store(), ino)
+            self.core()
+                .db()
+                .write(|tx| davdrive::store::get_node(tx, ino))
                 .unwrap()
                 .unwrap()
                 .sha256

@@ -61,7 +61,7 @@ pub(super) async fn resolve_conflict(
             // changed it, only its ETag moved (some servers change it on MOVE or
             // metadata updates).
             let is_base = node.sha256.as_deref() == Some(theirs_sha.as_str());
-            let sent = journal::sent_hashes(&core.store(), e.id)?;
+            let sent = core.db().write(|tx| journal::sent_hashes(tx, e.id))?;
             if is_base || sent.contains(&theirs_sha) || (e.attempted && ours.starts_with(&theirs)) {
                 tracing::info!(
                     "{}: replacing what an earlier attempt of this upload left",
@@ -123,57 +123,59 @@ pub(super) async fn resolve_conflict(
         e.path,
         conflict_path
     );
-    let conn = core.store();
-    let tx = conn.unchecked_transaction()?;
-    // Closed writes may have landed since the upload started: the copy takes the
-    // content as committed now, and their uploads go to the copy (below).
-    let node = &store::get_node(&tx, e.ino)?.unwrap_or_else(|| node.clone());
-    // The local copy becomes the conflict file, beside the original.
-    let copy_ino =
-        if store::get_child(&tx, node.parent, &conflict_name)?.is_none() && node.parent != 0 {
-            let ino = store::insert_node(
-                &tx,
-                &NewNode {
-                    parent: node.parent,
-                    name: &conflict_name,
-                    kind: Kind::File,
-                    size: node.size,
-                    mtime_ns: node.mtime_ns,
-                    mode: node.mode,
-                    uid: node.uid,
-                    gid: node.gid,
-                    etag: conflict_etag.as_deref(),
-                    on_remote: true,
-                    dirty: false,
-                    ranges: RangeSet::full(node.size),
-                    listed_at: None,
-                    last_access: core.clock().now_s(),
-                },
-            )?;
-            // What was uploaded is the content as it was then: the uploads moved to the
-            // copy below send it whole, whatever was written since.
-            store::forget_written(&tx, ino)?;
-            Some(ino)
-        } else {
-            None
-        };
-    let ours = copy_ino.map(|ino| (ino, conflict_path.as_str()));
-    take_theirs(core, tx, e, current.as_ref(), node.mtime_ns, ours, |tx| {
-        journal::record_conflict(
-            tx,
-            &e.path,
-            &conflict_path,
-            node.etag.as_deref(),
-            current.as_ref().and_then(|c| c.etag.as_deref()),
-        )
+    // Not a `write`: the content file moves (in `take_theirs`) once the commit is
+    // made, while the writer is still held.
+    core.db().with_writer(|conn| {
+        let tx = conn.unchecked_transaction()?;
+        // Closed writes may have landed since the upload started: the copy takes the
+        // content as committed now, and their uploads go to the copy (below).
+        let node = &store::get_node(&tx, e.ino)?.unwrap_or_else(|| node.clone());
+        // The local copy becomes the conflict file, beside the original.
+        let copy_ino =
+            if store::get_child(&tx, node.parent, &conflict_name)?.is_none() && node.parent != 0 {
+                let ino = store::insert_node(
+                    &tx,
+                    &NewNode {
+                        parent: node.parent,
+                        name: &conflict_name,
+                        kind: Kind::File,
+                        size: node.size,
+                        mtime_ns: node.mtime_ns,
+                        mode: node.mode,
+                        uid: node.uid,
+                        gid: node.gid,
+                        etag: conflict_etag.as_deref(),
+                        on_remote: true,
+                        dirty: false,
+                        ranges: RangeSet::full(node.size),
+                        listed_at: None,
+                        last_access: core.clock().now_s(),
+                    },
+                )?;
+                // What was uploaded is the content as it was then: the uploads moved to the
+                // copy below send it whole, whatever was written since.
+                store::forget_written(&tx, ino)?;
+                Some(ino)
+            } else {
+                None
+            };
+        let ours = copy_ino.map(|ino| (ino, conflict_path.as_str()));
+        take_theirs(core, tx, e, current.as_ref(), node.mtime_ns, ours, |tx| {
+            journal::record_conflict(
+                tx,
+                &e.path,
+                &conflict_path,
+                node.etag.as_deref(),
+                current.as_ref().and_then(|c| c.etag.as_deref()),
+            )
+        })
     })?;
-    drop(conn);
     core.content_replaced(e.ino);
     Ok(())
 }
 
-/// The end every conflict of an upload shares, in transaction `tx` (under the store
-/// lock, which the caller holds until its content is replaced): file `e.ino` takes
+/// The end every conflict of an upload shares, in transaction `tx` (opened in the
+/// caller's `Store::with_writer`, which holds the writer until the content file moved): file `e.ino` takes
 /// the server's version `theirs` here (`mtime_ns` when the server gives no time), or
 /// goes when the server has none; our waiting uploads of it go to the conflict copy
 /// `ours` (its node and path) or, without one, are dropped; `record` records the

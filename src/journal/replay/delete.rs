@@ -17,7 +17,10 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     if e.is_dir {
         return delete_folder(core, e).await;
     }
-    let known_versions = !journal::sent_hashes(&core.store(), e.id)?.is_empty();
+    let known_versions = !core
+        .db()
+        .write(|tx| journal::sent_hashes(tx, e.id))?
+        .is_empty();
     let strict = preconditions_honored(core).await?;
     let result = match &e.base_etag {
         // On the remote as ours, on a server that gives no ETags: nothing to hold it to.
@@ -58,16 +61,15 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     // removed since became this delete).
     super::put::drop_scratch(core, e).await;
     match result {
-        Ok(()) => done(core, &core.store(), e),
+        Ok(()) => core.db().write(|tx| done(core, tx, e)),
         // Changed on the remote after the version deleted here: their change wins over a
         // delete, and the file comes back with the next listing.
         Err(RemoteError::PreconditionFailed) if remote_is_ours(core, e).await? => {
             core.remote().delete(&e.path, false).await?;
-            done(core, &core.store(), e)
+            core.db().write(|tx| done(core, tx, e))
         }
-        Err(RemoteError::PreconditionFailed) => {
-            let conn = core.store();
-            if replaced_by_a_later_move(&conn, e)? {
+        Err(RemoteError::PreconditionFailed) => core.db().write(|tx| {
+            if replaced_by_a_later_move(tx, e)? {
                 // A save by rename (write a temporary file, rename it over the
                 // original): this delete only made room for the move, which meets the
                 // same newer version and records the one conflict, with its copy.
@@ -75,15 +77,15 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
                     "{}: changed on the remote; the rename over it records the conflict",
                     e.path
                 );
-                return done(core, &conn, e);
+                return done(core, tx, e);
             }
             tracing::warn!(
                 "conflict: {} was changed on the remote after it was deleted here; keeping the remote version",
                 e.path
             );
-            journal::record_conflict(&conn, &e.path, &e.path, e.base_etag.as_deref(), None)?;
-            done(core, &conn, e)
-        }
+            journal::record_conflict(tx, &e.path, &e.path, e.base_etag.as_deref(), None)?;
+            done(core, tx, e)
+        }),
         Err(err) => Err(err.into()),
     }
 }
@@ -98,7 +100,7 @@ fn replaced_by_a_later_move(c: &rusqlite::Connection, e: &Entry) -> rusqlite::Re
 
 /// Whether the file at `e.path` holds a version this journal entry knows as ours.
 async fn remote_is_ours(core: &Arc<Core>, e: &Entry) -> ReplayResult<bool> {
-    let ours = journal::sent_hashes(&core.store(), e.id)?;
+    let ours = core.db().write(|tx| journal::sent_hashes(tx, e.id))?;
     let Some(cur) = core.remote().stat(&e.path).await? else {
         return Ok(true);
     };
@@ -128,13 +130,13 @@ async fn remote_is_ours(core: &Arc<Core>, e: &Entry) -> ReplayResult<bool> {
 async fn delete_folder(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     let remote = core.remote().clone();
     let theirs = match remote.stat(&e.path).await? {
-        None => return done(core, &core.store(), e),
+        None => return core.db().write(|tx| done(core, tx, e)),
         Some(cur) if !cur.is_dir => "a file another client put at its name",
         Some(_) => {
             let inside = remote.list(&e.path).await?;
             if inside.iter().all(|c| crate::fs::is_internal_name(&c.name)) {
                 remote.delete(&e.path, true).await?;
-                return done(core, &core.store(), e);
+                return core.db().write(|tx| done(core, tx, e));
             }
             "files another client added to it"
         }
@@ -143,12 +145,13 @@ async fn delete_folder(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         "conflict: {} was removed here, but the server holds {theirs}; keeping them",
         e.path
     );
-    let conn = core.store();
-    journal::record_conflict_because(
-        &conn,
-        &e.path,
-        &e.path,
-        &format!("folder removed here; the server kept {theirs}"),
-    )?;
-    done(core, &conn, e)
+    core.db().write(|tx| {
+        journal::record_conflict_because(
+            tx,
+            &e.path,
+            &e.path,
+            &format!("folder removed here; the server kept {theirs}"),
+        )?;
+        done(core, tx, e)
+    })
 }

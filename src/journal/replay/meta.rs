@@ -42,7 +42,7 @@ async fn send(core: &Arc<Core>, ino: u64, path: &str) -> Result<bool, RemoteErro
     if core.dead_props.get() == Some(&false) {
         return Ok(false);
     }
-    let node = match store::get_node(&core.store(), ino) {
+    let node = match core.db().write(|tx| store::get_node(tx, ino)) {
         Ok(Some(n)) => n,
         _ => return Ok(false),
     };
@@ -65,15 +65,16 @@ pub(super) async fn after(core: &Arc<Core>, e: &Entry) {
         Ok(_) => {}
         Err(err) => {
             tracing::debug!("{}: metadata not sent yet: {err}", e.path);
-            {
-                let conn = core.store();
-                let node = store::get_node(&conn, e.ino).ok().flatten();
-                let path = store::path_of(&conn, e.ino).ok().flatten();
-                if let (Some(node), Some(path)) = (node, path) {
-                    if let Err(err) = journal::record_meta(&conn, &node, &path) {
-                        tracing::error!("journal: {err}");
-                    }
+            let recorded = core.db().write(|tx| {
+                let node = store::get_node(tx, e.ino).ok().flatten();
+                let path = store::path_of(tx, e.ino).ok().flatten();
+                match (node, path) {
+                    (Some(node), Some(path)) => journal::record_meta(tx, &node, &path).map(drop),
+                    _ => Ok(()),
                 }
+            });
+            if let Err(err) = recorded {
+                tracing::error!("journal: {err}");
             }
             core.journal_changed.notify_one();
         }
@@ -84,7 +85,7 @@ pub(super) async fn after(core: &Arc<Core>, e: &Entry) {
 /// gone since, or a resource gone on the server, leaves nothing to do.
 pub(super) async fn meta(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     match send(core, e.ino, &e.path).await {
-        Ok(_) | Err(RemoteError::NotFound) => done(core, &core.store(), e),
+        Ok(_) | Err(RemoteError::NotFound) => core.db().write(|tx| done(core, tx, e)),
         Err(err) => Err(err.into()),
     }
 }

@@ -32,13 +32,10 @@ pub(super) async fn mkcol(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         }
         Err(err) => return Err(err),
     }
-    {
-        let conn = core.store();
-        let tx = conn.unchecked_transaction()?;
-        crate::store::versions::mark_on_remote(&tx, e.ino)?;
-        done(core, &tx, e)?;
-        tx.commit()?;
-    }
+    core.db().write(|tx| {
+        crate::store::versions::mark_on_remote(tx, e.ino)?;
+        done(core, tx, e)
+    })?;
     super::meta::after(core, e).await;
     Ok(())
 }

@@ -87,7 +87,11 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     if core.cfg.read_only {
         // Entries left by an earlier read-write mount stay for the next one; sending
         // them to a remote that cannot take them would only mark them failed.
-        let waiting = journal::stats(&core.store()).map(|s| s.0).unwrap_or(0);
+        let waiting = core
+            .db()
+            .write(|tx| journal::stats(tx))
+            .map(|s| s.0)
+            .unwrap_or(0);
         if waiting > 0 {
             tracing::warn!(
                 "{waiting} change(s) wait in the journal; a read-only mount does not send them"
@@ -115,7 +119,7 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
             }
             if core.health.is_online() {
                 // Back after an outage: what waited for a retry goes now.
-                if let Err(e) = journal::retry_waiting_now(&core.store()) {
+                if let Err(e) = core.db().write(|tx| journal::retry_waiting_now(tx)) {
                     tracing::error!("journal: {e}");
                 }
             }
@@ -129,12 +133,14 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
             }
             continue;
         }
-        let ready = journal::start_ready(
-            &core.store(),
-            &running,
-            PARALLEL.saturating_sub(running.len()),
-            core.clock().now_ms(),
-        );
+        let ready = core.db().write(|tx| {
+            journal::start_ready(
+                tx,
+                &running,
+                PARALLEL.saturating_sub(running.len()),
+                core.clock().now_ms(),
+            )
+        });
         let ready = match ready {
             Ok(r) => r,
             Err(e) => {
@@ -173,7 +179,10 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
             summary.finish(&core);
         }
         // Nothing can start: wait for a task, a new entry, or the next retry due.
-        let next_due = journal::next_retry_at(&core.store(), core.clock().now_ms()).unwrap_or(None);
+        let next_due = core
+            .db()
+            .write(|tx| journal::next_retry_at(tx, core.clock().now_ms()))
+            .unwrap_or(None);
         let wait = match next_due {
             Some(at) => {
                 Duration::from_millis((at - core.clock().now_ms()).clamp(0, 3_600_000) as u64)
@@ -214,7 +223,10 @@ impl Summary {
 
     fn finish(&mut self, core: &Core) {
         if let Some((since, count)) = self.started.take() {
-            let (waiting, failed, _) = journal::stats(&core.store()).unwrap_or((0, 0, None));
+            let (waiting, failed, _) = core
+                .db()
+                .write(|tx| journal::stats(tx))
+                .unwrap_or((0, 0, None));
             tracing::info!(
                 "replayed {count} change(s) in {:.1} s; {waiting} waiting, {failed} need attention",
                 since.elapsed().as_secs_f64()
@@ -247,8 +259,9 @@ async fn run_marked(core: &Arc<Core>, e: &Entry) {
     }
 }
 
-/// Removes a finished entry. Runs under the store lock, so a listing merge (which checks
-/// the epoch under the same lock) sees that the remote changed.
+/// Removes a finished entry, in the caller's `write`: it runs under the store's writer,
+/// so a listing merge (which checks the epoch under the same lock) sees that the remote
+/// changed.
 fn done(core: &Core, conn: &rusqlite::Connection, e: &Entry) -> ReplayResult {
     journal::complete(conn, e.id)?;
     core.remote_changing(&e.paths());
@@ -271,7 +284,7 @@ async fn outcome(core: &Arc<Core>, e: &Entry, err: ReplayError) {
                 tracing::warn!(
                     "{what}: HTTP {status} and the remote fails its health check; pausing"
                 );
-                let _ = journal::set_running(&core.store(), e.id, false);
+                let _ = core.db().write(|tx| journal::set_running(tx, e.id, false));
                 return;
             }
             let err = RemoteError::Server {
@@ -298,7 +311,7 @@ async fn outcome(core: &Arc<Core>, e: &Entry, err: ReplayError) {
 /// health probe says it is back.
 fn pause(core: &Core, e: &Entry, reason: &str) {
     core.health.mark_offline(reason);
-    let _ = journal::set_running(&core.store(), e.id, false);
+    let _ = core.db().write(|tx| journal::set_running(tx, e.id, false));
 }
 
 fn retry_later(core: &Core, e: &Entry, error: &str, retry_after: Option<Duration>, counted: bool) {
@@ -318,7 +331,10 @@ fn retry_later(core: &Core, e: &Entry, error: &str, retry_after: Option<Duration
         wait.as_secs_f64()
     );
     let at = core.clock().now_ms() + wait.as_millis() as i64;
-    if let Err(db) = journal::record_failure(&core.store(), e.id, error, at, false) {
+    if let Err(db) = core
+        .db()
+        .write(|tx| journal::record_failure(tx, e.id, error, at, false))
+    {
         tracing::error!("journal: {db}");
     }
     core.journal_progressed();
@@ -330,8 +346,10 @@ fn set_aside(core: &Core, e: &Entry, error: &str) {
         e.op.as_str(),
         e.path
     );
-    if let Err(db) =
-        journal::record_failure(&core.store(), e.id, error, core.clock().now_ms(), true)
+    let now = core.clock().now_ms();
+    if let Err(db) = core
+        .db()
+        .write(|tx| journal::record_failure(tx, e.id, error, now, true))
     {
         tracing::error!("journal: {db}");
     }

@@ -76,34 +76,32 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
                 "conflict: {dest} exists on the remote with somebody else's version; {} was moved to {aside} instead",
                 e.path
             );
-            let conn = core.store();
-            let tx = conn.unchecked_transaction()?;
-            if e.is_dir {
-                // Our folder is at `aside` on the server now: the changes waiting inside
-                // it, and the local folder if it still has that name, follow it there,
-                // so none of them lands in the other client's folder.
-                journal::rewrite_prefix(&tx, dest, &aside)?;
-                store::move_base_copies(&tx, &e.path, &aside)?;
-                let aside_name = aside.rsplit('/').next().unwrap_or(&aside);
-                if let Some(node) = store::node_at_path(&tx, dest)? {
-                    if node.ino == e.ino
-                        && store::get_child(&tx, node.parent, aside_name)?.is_none()
-                    {
-                        store::move_dir_aside(&tx, node.ino, aside_name)?;
+            core.db().write(|tx| {
+                if e.is_dir {
+                    // Our folder is at `aside` on the server now: the changes waiting
+                    // inside it, and the local folder if it still has that name, follow
+                    // it there, so none of them lands in the other client's folder.
+                    journal::rewrite_prefix(tx, dest, &aside)?;
+                    store::move_base_copies(tx, &e.path, &aside)?;
+                    let aside_name = aside.rsplit('/').next().unwrap_or(&aside);
+                    if let Some(node) = store::node_at_path(tx, dest)? {
+                        if node.ino == e.ino
+                            && store::get_child(tx, node.parent, aside_name)?.is_none()
+                        {
+                            store::move_dir_aside(tx, node.ino, aside_name)?;
+                        }
                     }
+                    journal::record_conflict_because(
+                        tx,
+                        dest,
+                        &aside,
+                        "folder renamed here onto a name another client took; ours kept beside it",
+                    )?;
+                } else {
+                    journal::record_conflict(tx, dest, &aside, None, None)?;
                 }
-                journal::record_conflict_because(
-                    &tx,
-                    dest,
-                    &aside,
-                    "folder renamed here onto a name another client took; ours kept beside it",
-                )?;
-            } else {
-                journal::record_conflict(&tx, dest, &aside, None, None)?;
-            }
-            done(core, &tx, e)?;
-            tx.commit()?;
-            drop(conn);
+                done(core, tx, e)
+            })?;
             core.remote_changing(&[dest, &aside]);
             return Ok(());
         }
@@ -112,38 +110,43 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         // Moving something whose upload never happened (it was cut off, then the file
         // was renamed): nothing to move; the file goes up under its current name.
         Err(RemoteError::NotFound) if !e.is_dir => {
-            let conn = core.store();
-            let node = store::get_node(&conn, e.ino)?;
-            match node {
-                // Another client deleted it before our rename reached the server. The
-                // rename says we keep it: a copy we hold whole goes up under the new
-                // name (recorded as a conflict); one we do not is gone with their delete.
-                Some(n) if n.on_remote => {
-                    tracing::warn!(
-                        "conflict: {} was deleted on the server before its move to {dest}",
-                        e.path
-                    );
-                    drop(conn);
-                    return keep_ours_at_new_name(
-                        core,
-                        e,
-                        &n,
-                        dest,
-                        "file deleted on the server before its rename here; local copy kept",
-                    );
-                }
-                Some(n) if n.dirty => {
-                    if let Some(path) = store::path_of(&conn, e.ino)? {
-                        journal::record_put(&conn, e.ino, &path)?;
+            // Either the entry ends here, in this one `write`, or the node on the server
+            // is handed (out of it) to `keep_ours_at_new_name`, which takes its own.
+            let deleted_there = core.db().write(|tx| {
+                match store::get_node(tx, e.ino)? {
+                    // Another client deleted it before our rename reached the server.
+                    // The rename says we keep it: a copy we hold whole goes up under
+                    // the new name (recorded as a conflict); one we do not is gone
+                    // with their delete.
+                    Some(n) if n.on_remote => return Ok(Some(n)),
+                    Some(n) if n.dirty => {
+                        if let Some(path) = store::path_of(tx, e.ino)? {
+                            journal::record_put(tx, e.ino, &path)?;
+                        }
                     }
+                    Some(_) | None => {}
                 }
-                Some(_) | None => {}
+                tracing::info!(
+                    "move {} -> {dest}: nothing there yet, the upload goes to the new name",
+                    e.path
+                );
+                done(core, tx, e)?;
+                Ok::<_, ReplayError>(None)
+            })?;
+            if let Some(n) = deleted_there {
+                tracing::warn!(
+                    "conflict: {} was deleted on the server before its move to {dest}",
+                    e.path
+                );
+                return keep_ours_at_new_name(
+                    core,
+                    e,
+                    &n,
+                    dest,
+                    "file deleted on the server before its rename here; local copy kept",
+                );
             }
-            tracing::info!(
-                "move {} -> {dest}: nothing there yet, the upload goes to the new name",
-                e.path
-            );
-            return done(core, &conn, e);
+            return Ok(());
         }
         Err(err) => return Err(err.into()),
     }
@@ -153,18 +156,17 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     } else {
         core.remote().stat(dest).await?.and_then(|s| s.etag)
     };
-    let conn = core.store();
-    let tx = conn.unchecked_transaction()?;
-    if let Some(etag) = new_etag {
-        store::versions::retag_after_move(&tx, e.ino, &etag)?;
-        journal::rebase_deletes(&tx, e.ino, Some(&etag))?;
-    }
-    if e.is_dir {
-        // The base copies of files changed inside went along (see `replay::partial`).
-        store::move_base_copies(&tx, &e.path, dest)?;
-    }
-    done(core, &tx, e)?;
-    Ok(tx.commit()?)
+    core.db().write(|tx| {
+        if let Some(etag) = new_etag {
+            store::versions::retag_after_move(tx, e.ino, &etag)?;
+            journal::rebase_deletes(tx, e.ino, Some(&etag))?;
+        }
+        if e.is_dir {
+            // The base copies of files changed inside went along (see `replay::partial`).
+            store::move_base_copies(tx, &e.path, dest)?;
+        }
+        done(core, tx, e)
+    })
 }
 
 /// A folder to be moved is gone on the server (another client removed it): it is
@@ -179,16 +181,15 @@ async fn folder_gone(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult {
         "conflict: {} was removed on the server before its move here; created {dest} again",
         e.path
     );
-    let conn = core.store();
-    let tx = conn.unchecked_transaction()?;
-    journal::record_conflict_because(
-        &tx,
-        &e.path,
-        dest,
-        "folder removed on the server, local changes kept",
-    )?;
-    done(core, &tx, e)?;
-    Ok(tx.commit()?)
+    core.db().write(|tx| {
+        journal::record_conflict_because(
+            tx,
+            &e.path,
+            dest,
+            "folder removed on the server, local changes kept",
+        )?;
+        done(core, tx, e)
+    })
 }
 
 /// Before a file's MOVE: whether another client changed the file at the source since our
@@ -196,7 +197,7 @@ async fn folder_gone(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult {
 /// version stays where it is; a copy of ours we hold whole goes up under the new name,
 /// and the conflict is recorded. Returns true when that was done.
 async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult<bool> {
-    let Some(node) = store::get_node(&core.store(), e.ino)? else {
+    let Some(node) = core.db().write(|tx| store::get_node(tx, e.ino))? else {
         return removed_here_and_theirs_there(core, e, dest).await;
     };
     let Some(base) = node.etag.as_deref().filter(|_| node.on_remote) else {
@@ -252,7 +253,10 @@ async fn removed_here_and_theirs_there(
     e: &Entry,
     dest: &str,
 ) -> ReplayResult<bool> {
-    let Some(del) = journal::later_delete_of(&core.store(), e.ino, e.id)? else {
+    let Some(del) = core
+        .db()
+        .write(|tx| journal::later_delete_of(tx, e.ino, e.id))?
+    else {
         return Ok(false);
     };
     let cur = match core.remote().stat(&e.path).await? {
@@ -266,7 +270,7 @@ async fn removed_here_and_theirs_there(
         // Ours (or a server without ETags, where nothing tells).
         return Ok(false);
     }
-    let sent = journal::sent_hashes(&core.store(), del.id)?;
+    let sent = core.db().write(|tx| journal::sent_hashes(tx, del.id))?;
     if !sent.is_empty() && cur.size <= super::COMPARE_LIMIT {
         let data = if cur.size == 0 {
             bytes::Bytes::new()
@@ -285,7 +289,7 @@ async fn removed_here_and_theirs_there(
          theirs stays",
         e.path
     );
-    done(core, &core.store(), e)?;
+    core.db().write(|tx| done(core, tx, e))?;
     Ok(true)
 }
 
@@ -300,16 +304,14 @@ fn keep_ours_at_new_name(
     dest: &str,
     reason: &str,
 ) -> ReplayResult {
-    let conn = core.store();
-    let tx = conn.unchecked_transaction()?;
-    if node.dirty || node.fully_cached() {
-        store::versions::keep_local_copy(&tx, e.ino)?;
-        if let Some(path) = store::path_of(&tx, e.ino)? {
-            journal::record_put(&tx, e.ino, &path)?;
+    core.db().write(|tx| {
+        if node.dirty || node.fully_cached() {
+            store::versions::keep_local_copy(tx, e.ino)?;
+            if let Some(path) = store::path_of(tx, e.ino)? {
+                journal::record_put(tx, e.ino, &path)?;
+            }
+            journal::record_conflict_because(tx, &e.path, dest, reason)?;
         }
-        journal::record_conflict_because(&tx, &e.path, dest, reason)?;
-    }
-    done(core, &tx, e)?;
-    tx.commit()?;
-    Ok(())
+        done(core, tx, e)
+    })
 }

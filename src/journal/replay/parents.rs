@@ -67,12 +67,14 @@ pub(super) async fn repair(core: &Arc<Core>, e: &Entry, path: &str) -> ReplayRes
                 e.op.as_str(),
                 e.path
             );
-            journal::record_conflict_because(
-                &core.store(),
-                &dir,
-                &dir,
-                "folder removed on the server, local changes kept",
-            )?;
+            core.db().write(|tx| {
+                journal::record_conflict_because(
+                    tx,
+                    &dir,
+                    &dir,
+                    "folder removed on the server, local changes kept",
+                )
+            })?;
             Ok(Repair::Again)
         }
         Parents::File(dir) => {
@@ -86,7 +88,7 @@ pub(super) async fn repair(core: &Arc<Core>, e: &Entry, path: &str) -> ReplayRes
 pub(super) async fn move_aside(core: &Arc<Core>, e: &Entry, dir: &str) -> ReplayResult<()> {
     // A change beside this one may have moved the folder aside a moment ago: then this
     // entry's path was rewritten already.
-    match journal::get(&core.store(), e.id)? {
+    match core.db().write(|tx| journal::get(tx, e.id))? {
         Some(now)
             if journal::at_or_under(&now.path, dir)
                 || now
@@ -103,28 +105,26 @@ pub(super) async fn move_aside(core: &Arc<Core>, e: &Entry, dir: &str) -> Replay
         "conflict: {dir} is a file on the server now; the local folder and the changes \
          waiting inside it go to {aside}"
     );
-    let conn = core.store();
-    let tx = conn.unchecked_transaction()?;
-    journal::rewrite_prefix(&tx, dir, &aside)?;
-    // The local folder takes the new name too, if it is still where the entry says:
-    // the folder at that path locally must hold the entry's node (a folder made there
-    // since is another one).
-    if let Some(node) = store::node_at_path(&tx, dir)? {
-        if node.is_dir()
-            && store::is_ancestor(&tx, node.ino, e.ino)?
-            && store::get_child(&tx, node.parent, &aside_name)?.is_none()
-        {
-            store::move_dir_aside(&tx, node.ino, &aside_name)?;
+    core.db().write(|tx| {
+        journal::rewrite_prefix(tx, dir, &aside)?;
+        // The local folder takes the new name too, if it is still where the entry says:
+        // the folder at that path locally must hold the entry's node (a folder made
+        // there since is another one).
+        if let Some(node) = store::node_at_path(tx, dir)? {
+            if node.is_dir()
+                && store::is_ancestor(tx, node.ino, e.ino)?
+                && store::get_child(tx, node.parent, &aside_name)?.is_none()
+            {
+                store::move_dir_aside(tx, node.ino, &aside_name)?;
+            }
         }
-    }
-    journal::record_conflict_because(
-        &tx,
-        dir,
-        &aside,
-        "folder replaced by a file on the server, local folder kept beside it",
-    )?;
-    tx.commit()?;
-    drop(conn);
+        journal::record_conflict_because(
+            tx,
+            dir,
+            &aside,
+            "folder replaced by a file on the server, local folder kept beside it",
+        )
+    })?;
     core.remote_changing(&[dir, &aside]);
     Ok(())
 }

@@ -68,20 +68,21 @@ pub(super) async fn put_partial(
 ) -> ReplayResult {
     if node.parent == 0 {
         // Unlinked while open: never sent; its removal follows.
-        return done(core, &core.store(), e);
+        return core.db().write(|tx| done(core, tx, e));
     }
     let remote = core.remote().clone();
     let base = node.etag.clone().unwrap_or_default();
     let size = node.size;
     sending.truncate(size);
-    let (done_version, done_bytes) = journal::part_progress(&core.store(), e.id)?;
+    let (done_version, done_bytes) = core.db().write(|tx| journal::part_progress(tx, e.id))?;
     // The hash of the version sent, where it is all here and small enough to hash: a
     // later delete (or conflict check) then knows it for ours, whatever ETag the server
     // gives it after a move (as whole uploads do).
     let sha = if node.fully_cached() && size <= super::COMPARE_LIMIT {
         let path = core.content().path(e.ino);
         let sha = super::blocking(move || crate::cache::sha256_prefix(&path, size)).await?;
-        journal::add_sent_hash(&core.store(), e.id, &sha)?;
+        core.db()
+            .write(|tx| journal::add_sent_hash(tx, e.id, &sha))?;
         Some(sha)
     } else {
         None
@@ -112,15 +113,18 @@ pub(super) async fn put_partial(
     let (copy, moving, sent) = loop {
         attempt += 1;
         // 1. The base copy.
-        let recorded = store::get_node(&core.store(), e.ino)?.and_then(|n| n.base_copy);
+        let recorded = core
+            .db()
+            .write(|tx| store::get_node(tx, e.ino))?
+            .and_then(|n| n.base_copy);
         let copy = match recorded {
             Some(c) => c,
             None => {
                 let made = core.ensure_base_copy(e.ino).await?;
-                let now = store::get_node(&core.store(), e.ino)?;
+                let now = core.db().write(|tx| store::get_node(tx, e.ino))?;
                 match (made, now) {
                     // Removed here meanwhile: its removal follows (and takes the copy).
-                    (_, None) => return done(core, &core.store(), e),
+                    (_, None) => return core.db().write(|tx| done(core, tx, e)),
                     (
                         true,
                         Some(Node {
@@ -190,7 +194,8 @@ pub(super) async fn put_partial(
             }
             other => {
                 // Sent again from the start next time.
-                journal::set_part_progress(&core.store(), e.id, "", 0)?;
+                core.db()
+                    .write(|tx| journal::set_part_progress(tx, e.id, "", 0))?;
                 return Err(ReplayError::Retry(format!(
                     "{copy}: the server holds {other:?} bytes after the update, not {size}"
                 )));
@@ -199,7 +204,8 @@ pub(super) async fn put_partial(
     };
     // 4. Over the file, only while it is the base version. Marked first: if the reply
     // is lost, the next attempt looks whether it landed.
-    journal::set_part_progress(&core.store(), e.id, &moving, sent)?;
+    core.db()
+        .write(|tx| journal::set_part_progress(tx, e.id, &moving, sent))?;
     let moved = match remote.move_file_if(&copy, &e.path, &base).await {
         Err(RemoteError::PreconditionFailed) => match remote.stat(&e.path).await? {
             // The same version in another spelling (Apache: weak, then strong a second
@@ -252,7 +258,8 @@ async fn send_ranges(
             }
             sent += len;
             pos += len;
-            journal::set_part_progress(&core.store(), e.id, version, sent)?;
+            core.db()
+                .write(|tx| journal::set_part_progress(tx, e.id, version, sent))?;
         }
     }
     Ok(())
@@ -262,9 +269,10 @@ async fn send_ranges(
 /// another.
 fn lose_copy(core: &Arc<Core>, e: &Entry, copy: &str) -> ReplayResult {
     tracing::info!("{}: its base copy {copy} is gone from the server", e.path);
-    let conn = core.store();
-    store::set_base_copy(&conn, e.ino, None)?;
-    journal::set_part_progress(&conn, e.id, "", 0)?;
+    core.db().write(|tx| {
+        store::set_base_copy(tx, e.ino, None)?;
+        journal::set_part_progress(tx, e.id, "", 0)
+    })?;
     Ok(())
 }
 
@@ -349,50 +357,52 @@ async fn conflict(core: &Arc<Core>, e: &Entry, node: &Node, copy: &str) -> Repla
         e.path,
         conflict_path
     );
-    let conn = core.store();
-    let tx = conn.unchecked_transaction()?;
-    let now = store::get_node(&tx, e.ino)?.unwrap_or_else(|| node.clone());
-    let copy_ino =
-        if store::get_child(&tx, now.parent, &conflict_name)?.is_none() && now.parent != 0 {
-            let ino = store::insert_node(
-                &tx,
-                &NewNode {
-                    parent: now.parent,
-                    name: &conflict_name,
-                    kind: Kind::File,
-                    size: now.size,
-                    mtime_ns: now.mtime_ns,
-                    mode: now.mode,
-                    uid: now.uid,
-                    gid: now.gid,
-                    etag: copy_etag.as_deref(),
-                    on_remote: true,
-                    dirty: false,
-                    ranges: now.ranges.clone(),
-                    listed_at: None,
-                    last_access: core.clock().now_s(),
-                },
-            )?;
-            // The server's copy is the version uploaded; what was written since goes next,
-            // as ranges of it.
-            let since = now.written.clone().unwrap_or_default();
-            store::note_written(&tx, ino, &since, now.size)?;
-            store::set_base_size_and_dirty(&tx, ino, node.size, !since.is_empty())?;
-            Some(ino)
-        } else {
-            None
-        };
-    let ours = copy_ino.map(|ino| (ino, conflict_path.as_str()));
-    take_theirs(core, tx, e, current.as_ref(), now.mtime_ns, ours, |tx| {
-        journal::record_conflict(
-            tx,
-            &e.path,
-            &conflict_path,
-            node.etag.as_deref(),
-            current.as_ref().and_then(|c| c.etag.as_deref()),
-        )
+    // Not a `write`: the content file moves (in `take_theirs`) once the commit is
+    // made, while the writer is still held.
+    core.db().with_writer(|conn| {
+        let tx = conn.unchecked_transaction()?;
+        let now = store::get_node(&tx, e.ino)?.unwrap_or_else(|| node.clone());
+        let copy_ino =
+            if store::get_child(&tx, now.parent, &conflict_name)?.is_none() && now.parent != 0 {
+                let ino = store::insert_node(
+                    &tx,
+                    &NewNode {
+                        parent: now.parent,
+                        name: &conflict_name,
+                        kind: Kind::File,
+                        size: now.size,
+                        mtime_ns: now.mtime_ns,
+                        mode: now.mode,
+                        uid: now.uid,
+                        gid: now.gid,
+                        etag: copy_etag.as_deref(),
+                        on_remote: true,
+                        dirty: false,
+                        ranges: now.ranges.clone(),
+                        listed_at: None,
+                        last_access: core.clock().now_s(),
+                    },
+                )?;
+                // The server's copy is the version uploaded; what was written since goes next,
+                // as ranges of it.
+                let since = now.written.clone().unwrap_or_default();
+                store::note_written(&tx, ino, &since, now.size)?;
+                store::set_base_size_and_dirty(&tx, ino, node.size, !since.is_empty())?;
+                Some(ino)
+            } else {
+                None
+            };
+        let ours = copy_ino.map(|ino| (ino, conflict_path.as_str()));
+        take_theirs(core, tx, e, current.as_ref(), now.mtime_ns, ours, |tx| {
+            journal::record_conflict(
+                tx,
+                &e.path,
+                &conflict_path,
+                node.etag.as_deref(),
+                current.as_ref().and_then(|c| c.etag.as_deref()),
+            )
+        })
     })?;
-    drop(conn);
     core.content_replaced(e.ino);
     Ok(())
 }
@@ -419,16 +429,15 @@ async fn base_gone(core: &Arc<Core>, e: &Entry, node: &Node) -> ReplayResult {
         dir.join(format!("{}-{name}", e.id)),
         dir.join(format!("{}-{name}.ranges", e.id)),
     );
-    let written = {
-        let conn = core.store();
-        let mut w = store::get_node(&conn, e.ino)?
+    let written = core.db().write(|tx| {
+        let mut w = store::get_node(tx, e.ino)?
             .and_then(|n| n.written)
             .unwrap_or_default();
-        if let Some(s) = journal::sending(&conn, e.id)? {
+        if let Some(s) = journal::sending(tx, e.id)? {
             w.union(&s);
         }
-        w
-    };
+        Ok::<_, ReplayError>(w)
+    })?;
     let content = core.content().path(e.ino);
     let (d2, l2) = (dest.clone(), list.clone());
     let size = node.size;
@@ -465,18 +474,20 @@ async fn base_gone(core: &Arc<Core>, e: &Entry, node: &Node) -> ReplayResult {
         dest.display(),
         list.display()
     );
-    let conn = core.store();
-    let tx = conn.unchecked_transaction()?;
-    take_theirs(core, tx, e, current.as_ref(), node.mtime_ns, None, |tx| {
-        journal::record_conflict_because(
-            tx,
-            &e.path,
-            &dest.to_string_lossy(),
-            "changed on the server before the parts not cached here were read; the bytes \
+    // Not a `write`: the content file moves (in `take_theirs`) once the commit is
+    // made, while the writer is still held.
+    core.db().with_writer(|conn| {
+        let tx = conn.unchecked_transaction()?;
+        take_theirs(core, tx, e, current.as_ref(), node.mtime_ns, None, |tx| {
+            journal::record_conflict_because(
+                tx,
+                &e.path,
+                &dest.to_string_lossy(),
+                "changed on the server before the parts not cached here were read; the bytes \
              written here are kept in the cache's recovered folder",
-        )
+            )
+        })
     })?;
-    drop(conn);
     core.content_replaced(e.ino);
     Ok(())
 }
@@ -510,16 +521,19 @@ pub(super) async fn fetch_rest(core: &Arc<Core>, e: &Entry) -> ReplayResult<bool
 
 /// Removes the base copy of a file that is sent whole (or its removal is queued).
 async fn drop_base_copy(core: &Arc<Core>, e: &Entry) -> ReplayResult {
-    let copy = store::get_node(&core.store(), e.ino)?.and_then(|n| n.base_copy);
+    let copy = core
+        .db()
+        .write(|tx| store::get_node(tx, e.ino))?
+        .and_then(|n| n.base_copy);
     if let Some(copy) = copy {
         let gone = core.remote().delete(&copy, false).await.is_ok();
-        let conn = core.store();
-        let tx = conn.unchecked_transaction()?;
-        store::set_base_copy(&tx, e.ino, None)?;
-        if !gone {
-            journal::record_scratch_removal(&tx, e.ino, &copy)?;
-        }
-        tx.commit()?;
+        core.db().write(|tx| {
+            store::set_base_copy(tx, e.ino, None)?;
+            if !gone {
+                journal::record_scratch_removal(tx, e.ino, &copy)?;
+            }
+            Ok::<_, ReplayError>(())
+        })?;
     }
     Ok(())
 }
@@ -547,5 +561,8 @@ pub(super) async fn whole_from_here(
         base_gone(core, e, &node).await?;
         return Ok(Err(()));
     }
-    Ok(Ok(store::get_node(&core.store(), e.ino)?.unwrap_or(node)))
+    Ok(Ok(core
+        .db()
+        .write(|tx| store::get_node(tx, e.ino))?
+        .unwrap_or(node)))
 }

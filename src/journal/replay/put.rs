@@ -25,16 +25,15 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     // later are left for the next); where the server takes them, as ranges only. Taken
     // with the node in one hold of the store, so the size read covers every range
     // taken (a commit lands before both or after both).
-    let (node, sending) = {
-        let conn = core.store();
-        match store::get_node(&conn, e.ino)? {
+    let (node, sending) = core.db().write(|tx| {
+        Ok::<_, ReplayError>(match store::get_node(tx, e.ino)? {
             Some(n) if n.kind != Kind::Dir => {
-                let sending = journal::take_written(&conn, e.id, e.ino)?;
+                let sending = journal::take_written(tx, e.id, e.ino)?;
                 (Some(n), sending)
             }
             other => (other, None),
-        }
-    };
+        })
+    })?;
     let node = match node {
         // A symbolic link is sent as a small file holding its target.
         Some(n) if n.kind != Kind::Dir => n,
@@ -42,7 +41,7 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         // sent go now: the removal knows nothing of them.
         _ => {
             drop_scratch_or_queue(core, e).await?;
-            return done(core, &core.store(), e);
+            return core.db().write(|tx| done(core, tx, e));
         }
     };
     let local_path = core.content().path(e.ino);
@@ -107,7 +106,8 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         None => None,
     };
     if let Some(sha) = &sent {
-        journal::add_sent_hash(&core.store(), e.id, sha)?;
+        core.db()
+            .write(|tx| journal::add_sent_hash(tx, e.id, sha))?;
     }
     if node.size >= core.cfg.uploads.parts_from && partial_put_supported(core).await? {
         return put_in_parts(core, e, &node, cond, sent).await;
@@ -152,7 +152,8 @@ pub(super) use crate::journal::scratch_path;
 /// file shrank below the part size, or is deleted): its scratch file goes, so nothing
 /// of it stays on the server. Best effort: a failure leaves it for the next attempt.
 pub(super) async fn drop_scratch(core: &Arc<Core>, e: &Entry) {
-    let sent_parts = journal::part_progress(&core.store(), e.id)
+    let sent_parts = (core.db())
+        .write(|tx| journal::part_progress(tx, e.id))
         .map(|(_, bytes)| bytes > 0)
         .unwrap_or(false);
     if !sent_parts {
@@ -161,7 +162,9 @@ pub(super) async fn drop_scratch(core: &Arc<Core>, e: &Entry) {
     let scratch = scratch_path(&e.path, e.ino);
     match core.remote().delete(&scratch, false).await {
         Ok(()) => {
-            let _ = journal::set_part_progress(&core.store(), e.id, "", 0);
+            let _ = core
+                .db()
+                .write(|tx| journal::set_part_progress(tx, e.id, "", 0));
         }
         Err(err) => tracing::debug!("{scratch}: not removed yet: {err}"),
     }
@@ -171,13 +174,14 @@ pub(super) async fn drop_scratch(core: &Arc<Core>, e: &Entry) {
 /// (the server is away), its removal is queued as an entry of its own.
 pub(super) async fn drop_scratch_or_queue(core: &Arc<Core>, e: &Entry) -> ReplayResult<()> {
     drop_scratch(core, e).await;
-    let conn = core.store();
-    let (_, left) = journal::part_progress(&conn, e.id)?;
-    if left > 0 {
-        journal::record_scratch_removal(&conn, e.ino, &scratch_path(&e.path, e.ino))?;
-        journal::set_part_progress(&conn, e.id, "", 0)?;
-    }
-    Ok(())
+    core.db().write(|tx| {
+        let (_, left) = journal::part_progress(tx, e.id)?;
+        if left > 0 {
+            journal::record_scratch_removal(tx, e.ino, &scratch_path(&e.path, e.ino))?;
+            journal::set_part_progress(tx, e.id, "", 0)?;
+        }
+        Ok(())
+    })
 }
 
 /// A large upload, sent in parts to a scratch file beside the target and moved over it
@@ -201,7 +205,7 @@ pub(super) async fn put_in_parts(
     // attribute change sets the ctime, which no one can set back), not by hashing the
     // whole file first: that was a second pass over gigabytes before the first byte went.
     let version = format!("{}:{}:{}", node.size, node.mtime_ns, node.ctime_ns);
-    let (done_version, done_bytes) = journal::part_progress(&core.store(), e.id)?;
+    let (done_version, done_bytes) = core.db().write(|tx| journal::part_progress(tx, e.id))?;
     let mut offset = 0;
     if done_version.as_deref() == Some(version.as_str()) && done_bytes > 0 {
         if let Some(held) = remote.stat(&scratch).await? {
@@ -224,11 +228,11 @@ pub(super) async fn put_in_parts(
             remote.put_range(&scratch, &local_path, offset, len).await?;
         }
         offset += len;
-        journal::set_part_progress(&core.store(), e.id, &version, offset)?;
+        (core.db()).write(|tx| journal::set_part_progress(tx, e.id, &version, offset))?;
     }
     let held = remote.stat(&scratch).await?.map(|s| s.size);
     if held != Some(node.size) {
-        journal::set_part_progress(&core.store(), e.id, &version, 0)?;
+        (core.db()).write(|tx| journal::set_part_progress(tx, e.id, &version, 0))?;
         return Err(ReplayError::Remote(RemoteError::BadReply(format!(
             "{scratch}: server holds {held:?} bytes after sending {}",
             node.size
@@ -338,14 +342,13 @@ pub(super) fn finish_upload(
     sha256: Option<String>,
     size: u64,
 ) -> ReplayResult {
-    let conn = core.store();
-    let tx = conn.unchecked_transaction()?;
-    store::versions::mark_uploaded(&tx, e.ino, etag.as_deref(), sha256.as_deref(), size)?;
-    journal::rebase_deletes(&tx, e.ino, etag.as_deref())?;
-    let more = journal::has_pending_put(&tx, e.ino, e.id)?;
-    if !more && !core.is_write_dirty(e.ino) {
-        store::set_dirty(&tx, e.ino, false)?;
-    }
-    done(core, &tx, e)?;
-    Ok(tx.commit()?)
+    core.db().write(|tx| {
+        store::versions::mark_uploaded(tx, e.ino, etag.as_deref(), sha256.as_deref(), size)?;
+        journal::rebase_deletes(tx, e.ino, etag.as_deref())?;
+        let more = journal::has_pending_put(tx, e.ino, e.id)?;
+        if !more && !core.is_write_dirty(e.ino) {
+            store::set_dirty(tx, e.ino, false)?;
+        }
+        done(core, tx, e)
+    })
 }
