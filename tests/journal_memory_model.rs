@@ -603,7 +603,9 @@ impl Harness {
                         .unwrap_or_default(),
                     if e.attempted { " attempted" } else { "" },
                     e.base_etag,
-                    journal::sent_hashes(&self.core().store(), e.id)
+                    self.core()
+                        .db()
+                        .write(|tx| journal::sent_hashes(tx, e.id))
                         .unwrap()
                         .iter()
                         .map(|h| &h[..8])
