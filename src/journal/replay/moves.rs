@@ -25,6 +25,17 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     if !e.is_dir && their_version_at_source(core, e, dest).await? {
         return Ok(());
     }
+    // A folder another client replaced by a file: a MOVE would carry their file to our
+    // folder's new name. Theirs stays; our folder is gone there, as if removed.
+    if e.is_dir
+        && core
+            .remote()
+            .stat(&e.path)
+            .await?
+            .is_some_and(|cur| !cur.is_dir)
+    {
+        return folder_gone(core, e, dest).await;
+    }
     // Overwrite: F. The journal deletes a replaced target first (conditionally); if
     // something is still there, it is somebody else's and must not be clobbered.
     let moved = core
@@ -169,8 +180,8 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     })
 }
 
-/// A folder to be moved is gone on the server (another client removed it): it is
-/// created at its new place, and the waiting changes inside it go there as recorded.
+/// A folder to be moved is gone on the server (another client removed it, or put a file
+/// in its place): it is created at its new place, and the waiting changes inside it go there as recorded.
 /// Its unchanged files went with the other client's removal; changed ones are uploaded.
 async fn folder_gone(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult {
     with_parents(core, e, dest, || async {

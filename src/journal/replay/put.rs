@@ -138,7 +138,7 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     };
     let sent = match snapshot_taken {
         true => sent,
-        false => what_went_out(core, &e.path, &local_path, node.size, &etag, sent).await?,
+        false => what_went_out(core, e, &local_path, node.size, &etag, sent).await?,
     };
     drop_scratch(core, e).await;
     finish_upload(core, e, etag, sent, node.size)?;
@@ -248,12 +248,56 @@ pub(super) async fn put_in_parts(
         let _ = remote.delete(&scratch, false).await;
         return resolve_conflict(core, e, node).await;
     }
+    // The MOVE makes what the scratch file holds our version at the path: its hash is
+    // recorded first, so that a crash or an outage right after the MOVE cannot leave a
+    // version of ours there that a later delete or upload takes for somebody else's.
+    let sent = what_scratch_holds(core, e, &scratch, &local_path, node.size, sent).await?;
     remote.rename(&scratch, &e.path, false).await?;
     let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
-    let sent = what_went_out(core, &e.path, &local_path, node.size, &etag, sent).await?;
     finish_upload(core, e, etag, sent, node.size)?;
     super::meta::after(core, e).await;
     Ok(())
+}
+
+/// The hash of what the scratch file of a part upload holds, recorded as a version of
+/// ours. `before` was taken from the local file before the first part; parts are read
+/// from it as they go, so a write through a handle still open may land between two of
+/// them and the scratch file then holds a mix of both versions. Unchanged on disk
+/// afterwards, `before` stands; otherwise the scratch file (ours alone) is read back and
+/// hashed, and the local version now is recorded too (a later attempt may send it).
+async fn what_scratch_holds(
+    core: &Arc<Core>,
+    e: &Entry,
+    scratch: &str,
+    local: &std::path::Path,
+    size: u64,
+    before: Option<String>,
+) -> ReplayResult<Option<String>> {
+    let Some(before) = before else {
+        return Ok(None);
+    };
+    let local = local.to_path_buf();
+    let after = super::blocking(move || sha256_prefix(&local, size)).await?;
+    if after == before {
+        return Ok(Some(before));
+    }
+    tracing::debug!(
+        "{}: written while its parts were sent; reading them back",
+        e.path
+    );
+    core.db()
+        .write(|tx| journal::add_sent_hash(tx, e.id, &after))?;
+    let reply = core.remote().get_range(scratch, 0, size).await?;
+    if reply.data.len() as u64 != size {
+        return Err(ReplayError::Remote(RemoteError::BadReply(format!(
+            "{scratch}: read back {} bytes of {size}",
+            reply.data.len()
+        ))));
+    }
+    let held = super::sha256_of(reply.data).await?;
+    core.db()
+        .write(|tx| journal::add_sent_hash(tx, e.id, &held))?;
+    Ok(Some(held))
 }
 
 /// The hash of the version a streamed upload left on the server. `before` was taken from
@@ -263,10 +307,12 @@ pub(super) async fn put_in_parts(
 /// else's (once its ETag moves, as a folder rename above it does): a conflict with
 /// nobody. Unchanged on disk afterwards, the hash stands; otherwise the server's version
 /// is read back and hashed, if it is still the one this upload made (same ETag), and
-/// no hash is recorded when it cannot be told.
+/// no hash is recorded when it cannot be told. The local version now is recorded as one
+/// of ours before reading back: if that fails (the server went away), a later delete
+/// still knows it.
 async fn what_went_out(
     core: &Arc<Core>,
-    path: &str,
+    e: &Entry,
     local: &std::path::Path,
     size: u64,
     etag: &Option<String>,
@@ -280,7 +326,10 @@ async fn what_went_out(
     if after == before {
         return Ok(Some(before));
     }
+    let path = &e.path;
     tracing::debug!("{path}: written while it was sent; reading back what the server holds");
+    core.db()
+        .write(|tx| journal::add_sent_hash(tx, e.id, &after))?;
     let Some(etag) = etag else {
         return Ok(None);
     };
