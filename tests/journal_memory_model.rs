@@ -3047,3 +3047,30 @@ fn a_part_upload_written_while_sent_and_then_removed_leaves_nothing_of_ours() {
     assert!(h.conflicts().is_empty(), "{:?}", h.conflicts());
     h.stop(false);
 }
+
+#[test]
+fn a_rename_onto_a_name_another_client_took_after_deleting_the_source_keeps_both() {
+    let mut h = Harness::new();
+    let ours = ours_bytes(1200, 5);
+    h.create("/a", &ours);
+    h.drain("setup");
+    h.set_outage(true);
+    h.mv("/a", "/b");
+    h.remote.other_delete("/a").unwrap();
+    let theirs = their_bytes(1700, 5);
+    h.remote.other_put("/b", theirs.clone()).unwrap();
+    h.set_outage(false);
+    h.drain("rename onto their new file, the source deleted there");
+    // Before: the MOVE's 404 with something at /b was taken for our own earlier MOVE,
+    // and their file for ours.
+    let server = h.server();
+    assert_eq!(server.get("/b"), Some(&MemItem::File(theirs)));
+    assert!(
+        server
+            .iter()
+            .any(|(p, v)| is_conflict_path(p) && *v == MemItem::File(ours.clone())),
+        "our version is nowhere: {:?}",
+        server.keys()
+    );
+    h.stop(false);
+}

@@ -116,8 +116,27 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
             core.remote_changing(&[dest, &aside]);
             return Ok(());
         }
-        // Replayed after a crash that came between the MOVE and its record: done already.
-        Err(RemoteError::NotFound) if core.remote().stat(dest).await?.is_some() => {}
+        // Replayed after a crash that came between the MOVE and its record: done already,
+        // if what is at the destination is ours. Another client may have deleted the
+        // source and put a file of theirs at the destination.
+        Err(RemoteError::NotFound) if core.remote().stat(dest).await?.is_some() => {
+            if !e.is_dir {
+                if let Some(node) = theirs_at_destination(core, e, dest).await? {
+                    tracing::warn!(
+                        "conflict: {} was deleted on the server before its move to {dest}, \
+                         where another client put a file",
+                        e.path
+                    );
+                    return keep_ours_at_new_name(
+                        core,
+                        e,
+                        &node,
+                        dest,
+                        "file deleted on the server before its rename here; local copy kept",
+                    );
+                }
+            }
+        }
         // Moving something whose upload never happened (it was cut off, then the file
         // was renamed): nothing to move; the file goes up under its current name.
         Err(RemoteError::NotFound) if !e.is_dir => {
@@ -251,6 +270,33 @@ async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> Rep
         "file changed on the server before its rename here; both kept",
     )?;
     Ok(true)
+}
+
+/// After a file's MOVE found no source but something at the destination: the node, when
+/// what is there is known not to be our version (its bytes differ from the hash of ours);
+/// `None` when it is ours, or when nothing tells (no hash known, or too large to read).
+async fn theirs_at_destination(
+    core: &Arc<Core>,
+    e: &Entry,
+    dest: &str,
+) -> ReplayResult<Option<store::Node>> {
+    let Some(node) = core.db().write(|tx| store::get_node(tx, e.ino))? else {
+        return Ok(None);
+    };
+    let Some(ours) = node.sha256.clone() else {
+        return Ok(None);
+    };
+    let cur = match core.remote().stat(dest).await? {
+        Some(cur) if cur.is_dir => return Ok(Some(node)),
+        Some(cur) if cur.size <= super::COMPARE_LIMIT => cur,
+        _ => return Ok(None),
+    };
+    let data = if cur.size == 0 {
+        bytes::Bytes::new()
+    } else {
+        core.remote().get_range(dest, 0, cur.size).await?.data
+    };
+    Ok((super::sha256_of(data).await? != ours).then_some(node))
 }
 
 /// Before the MOVE of a file removed here since (its delete waits further on): whether
