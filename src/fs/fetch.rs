@@ -25,6 +25,9 @@ const MAX_WINDOW: u64 = 64 << 20;
 const MAX_PARALLEL: usize = 4;
 /// Largest single GET of a fetch done in the caller's thread.
 const MAX_FETCH: u64 = 8 << 20;
+/// Downloaded data goes into the content file in pieces of this size, the file's state
+/// locked for one piece at a time.
+const STORE_PIECE: u64 = 256 << 10;
 
 /// A chunk download in progress; waiters block until `done`.
 #[derive(Default)]
@@ -203,23 +206,37 @@ impl Core {
         }
         // What was asked for, in chunks, waiting for each; then the read-ahead, not waited for.
         let mut waiting = std::collections::VecDeque::new();
+        // What is fetched here, in this thread, if the chunk downloads leave it missing.
+        let (mut now_from, mut now_to) = (start, end);
         if !covered {
             let (from, to) = if reading {
                 (round_down(start, round), round_up(end, round).min(size))
             } else {
                 (start, end)
             };
-            let mut chunk = from / CHUNK;
-            while chunk * CHUNK < to {
-                let lo = (chunk * CHUNK).max(from);
-                let hi = ((chunk + 1) * CHUNK).min(to);
-                if let Some(w) = self.start_chunk(of, ino, &src, chunk, lo, hi) {
-                    waiting.push_back(w);
+            // A small read away from where reading went on: one GET of the few KiB around
+            // it, made here. Handing it to a task and waiting for that costs two thread
+            // switches per read, more than the GET itself on a near server.
+            let direct = reading && round == RANDOM_ROUND && !ahead_missing && {
+                let inflight = lock(&of.downloads.inflight);
+                !inflight.contains_key(&(from / CHUNK))
+                    && !inflight.contains_key(&((to - 1) / CHUNK))
+            };
+            if direct {
+                (now_from, now_to) = (from, to);
+            } else {
+                let mut chunk = from / CHUNK;
+                while chunk * CHUNK < to {
+                    let lo = (chunk * CHUNK).max(from);
+                    let hi = ((chunk + 1) * CHUNK).min(to);
+                    if let Some(w) = self.start_chunk(of, ino, &src, chunk, lo, hi) {
+                        waiting.push_back(w);
+                    }
+                    while waiting.len() >= MAX_PARALLEL {
+                        waiting.pop_front().unwrap().wait();
+                    }
+                    chunk += 1;
                 }
-                while waiting.len() >= MAX_PARALLEL {
-                    waiting.pop_front().unwrap().wait();
-                }
-                chunk += 1;
             }
         }
         if ahead_missing {
@@ -237,8 +254,9 @@ impl Core {
         if covered {
             return Ok(());
         }
-        // A chunk download failed (or raced with a truncate): fetch what is still missing
-        // here, where the error reaches the caller.
+        // A small read fetched here, or a chunk download failed (or raced with a
+        // truncate): fetch what is still missing here, where the error reaches the caller.
+        let (start, end) = (now_from, now_to);
         match self.fetch_missing_now(of, ino, &src, start, end) {
             // The rename was replayed meanwhile: the content is at the new path now.
             Err(FsError::Remote {
@@ -517,16 +535,25 @@ impl Core {
     }
 
     /// Writes downloaded data into the content file where it is still missing, and
-    /// records it. Under the state lock: a write or truncate that happened while the GET
-    /// was on the wire must not be overwritten.
+    /// records it. Each piece is written under the state lock (a write or truncate that
+    /// happened while the GET was on the wire must not be overwritten), but the lock is
+    /// let go between pieces: a reader of bytes already here never waits for megabytes
+    /// to be copied into the content file.
     fn store_fetched(&self, of: &OpenFile, ino: u64, reply: &RangeReply) -> FsResult<()> {
         let got = reply.data.len() as u64;
         let mut room_made = false;
-        let complete = loop {
+        // Whether this reply's bytes made the file whole (that happens once, under the
+        // state lock): then its hash is recorded.
+        let mut completed = false;
+        let mut piece = reply.offset;
+        let reply_end = reply.offset + got;
+        while piece < reply_end {
+            let piece_end = (piece + STORE_PIECE).min(reply_end);
             let mut st = lock(&of.state);
-            let end = (reply.offset + got).min(st.size);
+            let end = piece_end.min(st.size);
             let mut result = Ok(());
-            for (a, b) in st.ranges.missing(reply.offset, end) {
+            let mut added = false;
+            for (a, b) in st.ranges.missing(piece, end) {
                 let from = (a - reply.offset) as usize;
                 let to = (b - reply.offset) as usize;
                 result = of.file.write_all_at(&reply.data[from..to], a);
@@ -534,9 +561,13 @@ impl Core {
                     break;
                 }
                 st.ranges.insert(a, b);
+                added = true;
+            }
+            if added && st.ranges.covers(0, st.size) && !st.write_dirty {
+                completed = true;
             }
             match result {
-                Ok(()) => break st.ranges.covers(0, st.size) && !st.write_dirty,
+                Ok(()) => piece = piece_end,
                 // A full cache disk: evict clean content (not under the state lock) and
                 // try once more.
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && !room_made => {
@@ -548,7 +579,7 @@ impl Core {
                 }
                 Err(e) => return Err(e.into()),
             }
-        };
+        }
         // The map as it is now, read under the store lock: downloads finishing in another
         // order cannot store an older map over a newer one.
         let conn = self.store.lock();
@@ -556,7 +587,7 @@ impl Core {
         store::set_ranges(&conn, ino, &ranges)?;
         drop(conn);
         self.cache_grew.notify_one();
-        if complete {
+        if completed {
             self.record_complete_download(ino);
         }
         Ok(())
