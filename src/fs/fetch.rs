@@ -12,8 +12,13 @@ use super::{lock, Core, FsError, FsResult, OpenFile};
 use crate::remote::{RangeReply, RemoteError};
 use crate::store;
 
-/// Unit of download and of read-ahead.
-pub const CHUNK: u64 = 4 << 20;
+/// Unit of download and of read-ahead. A reader waits for the whole chunk it needs to
+/// arrive: small enough that it is not kept waiting long, large enough that a GET's
+/// cost stays small beside its bytes.
+pub const CHUNK: u64 = 2 << 20;
+/// How far a streaming reader's reads may land from where the last one ended (the kernel
+/// sends them from several threads, a little out of order) and still count as going on.
+const REORDER: u64 = 4 << 20;
 /// A sequential reader fetches at least this much around what it asked for.
 const DEMAND_ROUND: u64 = 1 << 20;
 /// A reader jumping around fetches only this much: a 4 KiB read of a large file must not
@@ -21,8 +26,8 @@ const DEMAND_ROUND: u64 = 1 << 20;
 const RANDOM_ROUND: u64 = 64 << 10;
 /// The read-ahead window grows up to this while reading stays sequential.
 const MAX_WINDOW: u64 = 64 << 20;
-/// Downloads of one file running at once.
-const MAX_PARALLEL: usize = 4;
+/// Downloads of one file running at once: up to 16 MiB on the wire ahead of a reader.
+const MAX_PARALLEL: usize = 8;
 /// Largest single GET of a fetch done in the caller's thread.
 const MAX_FETCH: u64 = 8 << 20;
 /// Downloaded data goes into the content file in pieces of this size, the file's state
@@ -62,7 +67,10 @@ pub(super) struct Downloads {
 struct ReadAhead {
     /// Where the last read ended.
     next: u64,
+    /// How far ahead of the reader the content should be present.
     window: u64,
+    /// Where the reader was when the window last grew.
+    grown_at: u64,
     /// Reads in a row that went on where the one before ended.
     streak: u32,
 }
@@ -297,7 +305,7 @@ impl Core {
         // once streaming, the kernel reorders its reads a little; before that, only
         // what follows on almost at once does.
         let (ahead_slack, behind_slack) = if streaming {
-            (CHUNK, 2 * CHUNK)
+            (REORDER, 2 * REORDER)
         } else {
             (RANDOM_ROUND, 0)
         };
@@ -305,13 +313,20 @@ impl Core {
             start <= ra.next + ahead_slack && end > ra.next && start + behind_slack >= ra.next;
         if forward {
             ra.streak = ra.streak.saturating_add(1);
-            ra.window = if ra.streak >= 2 {
-                (ra.window * 2).clamp(CHUNK, MAX_WINDOW)
-            } else {
-                0
-            };
+            if ra.streak < 2 {
+                ra.window = 0;
+            } else if ra.window == 0 {
+                ra.window = CHUNK;
+                ra.grown_at = end;
+            } else if end >= ra.grown_at + ra.window / 2 {
+                // The reader went through half of the window since it last grew: it
+                // doubles, so the window grows with what is read, not with how many
+                // reads it took (a reader of a few small reads starts little).
+                ra.window = (ra.window * 2).min(MAX_WINDOW);
+                ra.grown_at = end;
+            }
             ra.next = end;
-        } else if !(streaming && start < ra.next && start + ra.window + 2 * CHUNK >= ra.next) {
+        } else if !(streaming && start < ra.next && start + ra.window + 2 * REORDER >= ra.next) {
             // Neither forward nor, while streaming, just behind the front (readers
             // re-read): random access, no read-ahead.
             ra.streak = 0;
