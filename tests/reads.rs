@@ -82,13 +82,13 @@ impl MemDrive {
             .unwrap()
     }
 
-    /// Waits until no download of the file runs (read-ahead included) and its range map
-    /// is recorded.
+    /// Waits until no GET runs and none was started for a while (read-ahead included),
+    /// then a little more for what the last ones brought to be stored.
     fn wait_downloads(&self) {
         common::wait_until(10, "downloads to end", || {
             let before = self.mem.ranges_asked().len();
             std::thread::sleep(Duration::from_millis(50));
-            self.mem.ranges_asked().len() == before && self.mem.most_gets_at_once() > 0
+            self.mem.ranges_asked().len() == before && self.mem.gets_running() == 0
         });
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -196,10 +196,10 @@ fn a_sequential_read_reaches_further_ahead_as_it_goes() {
         assert!(w[0].1 <= w[1].0 || w[0].1 == size + 1, "{w:?} overlap");
     }
     assert!(asked.iter().all(|a| a.2 <= CHUNK + 1));
-    d.wait_downloads();
-    let node = d.node("movie.bin");
-    assert!(node.fully_cached());
-    assert_eq!(node.cached_bytes, size);
+    common::wait_until(10, "the range map recorded whole", || {
+        d.node("movie.bin").fully_cached()
+    });
+    assert_eq!(d.node("movie.bin").cached_bytes, size);
 }
 
 #[test]
@@ -231,10 +231,10 @@ fn several_ranged_gets_of_one_file_at_once_give_its_exact_bytes() {
     assert!(got == data, "the file read back differs from the server's");
     let at_once = d.mem.most_gets_at_once();
     assert!(at_once >= 3, "at most {at_once} GET(s) of the file at once");
-    d.wait_downloads();
     // The content file itself, as the next open serves it, is the file.
-    let node = d.node("big.bin");
-    assert!(node.fully_cached());
+    common::wait_until(10, "the range map recorded whole", || {
+        d.node("big.bin").fully_cached()
+    });
     let on_disk = std::fs::read(d.core().content().path(ino)).unwrap();
     assert!(on_disk[..size as usize] == data[..]);
     // Whole: its hash is recorded, and it is the file's.

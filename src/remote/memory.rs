@@ -333,6 +333,10 @@ impl MemRemote {
     pub fn most_gets_at_once(&self) -> usize {
         self.lock().gets_running_max
     }
+    /// `get_range` calls under way now.
+    pub fn gets_running(&self) -> usize {
+        self.lock().gets_running
+    }
     pub fn clear_log(&self) {
         let mut s = self.lock();
         s.log.clear();
