@@ -12,8 +12,13 @@ use super::{lock, Core, FsError, FsResult, OpenFile};
 use crate::remote::{RangeReply, RemoteError};
 use crate::store;
 
-/// Unit of download and of read-ahead.
-pub const CHUNK: u64 = 4 << 20;
+/// Unit of download and of read-ahead. A reader waits for the whole chunk it needs to
+/// arrive: small enough that it is not kept waiting long, large enough that a GET's
+/// cost stays small beside its bytes.
+pub const CHUNK: u64 = 2 << 20;
+/// How far a streaming reader's reads may land from where the last one ended (the kernel
+/// sends them from several threads, a little out of order) and still count as going on.
+const REORDER: u64 = 4 << 20;
 /// A sequential reader fetches at least this much around what it asked for.
 const DEMAND_ROUND: u64 = 1 << 20;
 /// A reader jumping around fetches only this much: a 4 KiB read of a large file must not
@@ -21,10 +26,13 @@ const DEMAND_ROUND: u64 = 1 << 20;
 const RANDOM_ROUND: u64 = 64 << 10;
 /// The read-ahead window grows up to this while reading stays sequential.
 const MAX_WINDOW: u64 = 64 << 20;
-/// Downloads of one file running at once.
-const MAX_PARALLEL: usize = 4;
+/// Downloads of one file running at once: up to 16 MiB on the wire ahead of a reader.
+const MAX_PARALLEL: usize = 8;
 /// Largest single GET of a fetch done in the caller's thread.
 const MAX_FETCH: u64 = 8 << 20;
+/// Downloaded data goes into the content file in pieces of this size, the file's state
+/// locked for one piece at a time.
+const STORE_PIECE: u64 = 256 << 10;
 
 /// A chunk download in progress; waiters block until `done`.
 #[derive(Default)]
@@ -59,7 +67,10 @@ pub(super) struct Downloads {
 struct ReadAhead {
     /// Where the last read ended.
     next: u64,
+    /// How far ahead of the reader the content should be present.
     window: u64,
+    /// Where the reader was when the window last grew.
+    grown_at: u64,
     /// Reads in a row that went on where the one before ended.
     streak: u32,
 }
@@ -203,23 +214,37 @@ impl Core {
         }
         // What was asked for, in chunks, waiting for each; then the read-ahead, not waited for.
         let mut waiting = std::collections::VecDeque::new();
+        // What is fetched here, in this thread, if the chunk downloads leave it missing.
+        let (mut now_from, mut now_to) = (start, end);
         if !covered {
             let (from, to) = if reading {
                 (round_down(start, round), round_up(end, round).min(size))
             } else {
                 (start, end)
             };
-            let mut chunk = from / CHUNK;
-            while chunk * CHUNK < to {
-                let lo = (chunk * CHUNK).max(from);
-                let hi = ((chunk + 1) * CHUNK).min(to);
-                if let Some(w) = self.start_chunk(of, ino, &src, chunk, lo, hi) {
-                    waiting.push_back(w);
+            // A small read away from where reading went on: one GET of the few KiB around
+            // it, made here. Handing it to a task and waiting for that costs two thread
+            // switches per read, more than the GET itself on a near server.
+            let direct = reading && round == RANDOM_ROUND && !ahead_missing && {
+                let inflight = lock(&of.downloads.inflight);
+                !inflight.contains_key(&(from / CHUNK))
+                    && !inflight.contains_key(&((to - 1) / CHUNK))
+            };
+            if direct {
+                (now_from, now_to) = (from, to);
+            } else {
+                let mut chunk = from / CHUNK;
+                while chunk * CHUNK < to {
+                    let lo = (chunk * CHUNK).max(from);
+                    let hi = ((chunk + 1) * CHUNK).min(to);
+                    if let Some(w) = self.start_chunk(of, ino, &src, chunk, lo, hi) {
+                        waiting.push_back(w);
+                    }
+                    while waiting.len() >= MAX_PARALLEL {
+                        waiting.pop_front().unwrap().wait();
+                    }
+                    chunk += 1;
                 }
-                while waiting.len() >= MAX_PARALLEL {
-                    waiting.pop_front().unwrap().wait();
-                }
-                chunk += 1;
             }
         }
         if ahead_missing {
@@ -237,8 +262,9 @@ impl Core {
         if covered {
             return Ok(());
         }
-        // A chunk download failed (or raced with a truncate): fetch what is still missing
-        // here, where the error reaches the caller.
+        // A small read fetched here, or a chunk download failed (or raced with a
+        // truncate): fetch what is still missing here, where the error reaches the caller.
+        let (start, end) = (now_from, now_to);
         match self.fetch_missing_now(of, ino, &src, start, end) {
             // The rename was replayed meanwhile: the content is at the new path now.
             Err(FsError::Remote {
@@ -279,7 +305,7 @@ impl Core {
         // once streaming, the kernel reorders its reads a little; before that, only
         // what follows on almost at once does.
         let (ahead_slack, behind_slack) = if streaming {
-            (CHUNK, 2 * CHUNK)
+            (REORDER, 2 * REORDER)
         } else {
             (RANDOM_ROUND, 0)
         };
@@ -287,13 +313,20 @@ impl Core {
             start <= ra.next + ahead_slack && end > ra.next && start + behind_slack >= ra.next;
         if forward {
             ra.streak = ra.streak.saturating_add(1);
-            ra.window = if ra.streak >= 2 {
-                (ra.window * 2).clamp(CHUNK, MAX_WINDOW)
-            } else {
-                0
-            };
+            if ra.streak < 2 {
+                ra.window = 0;
+            } else if ra.window == 0 {
+                ra.window = CHUNK;
+                ra.grown_at = end;
+            } else if end >= ra.grown_at + ra.window / 2 {
+                // The reader went through half of the window since it last grew: it
+                // doubles, so the window grows with what is read, not with how many
+                // reads it took (a reader of a few small reads starts little).
+                ra.window = (ra.window * 2).min(MAX_WINDOW);
+                ra.grown_at = end;
+            }
             ra.next = end;
-        } else if !(streaming && start < ra.next && start + ra.window + 2 * CHUNK >= ra.next) {
+        } else if !(streaming && start < ra.next && start + ra.window + 2 * REORDER >= ra.next) {
             // Neither forward nor, while streaming, just behind the front (readers
             // re-read): random access, no read-ahead.
             ra.streak = 0;
@@ -519,16 +552,25 @@ impl Core {
     }
 
     /// Writes downloaded data into the content file where it is still missing, and
-    /// records it. Under the state lock: a write or truncate that happened while the GET
-    /// was on the wire must not be overwritten.
+    /// records it. Each piece is written under the state lock (a write or truncate that
+    /// happened while the GET was on the wire must not be overwritten), but the lock is
+    /// let go between pieces: a reader of bytes already here never waits for megabytes
+    /// to be copied into the content file.
     fn store_fetched(&self, of: &OpenFile, ino: u64, reply: &RangeReply) -> FsResult<()> {
         let got = reply.data.len() as u64;
         let mut room_made = false;
-        let complete = loop {
+        // Whether this reply's bytes made the file whole (that happens once, under the
+        // state lock): then its hash is recorded.
+        let mut completed = false;
+        let mut piece = reply.offset;
+        let reply_end = reply.offset + got;
+        while piece < reply_end {
+            let piece_end = (piece + STORE_PIECE).min(reply_end);
             let mut st = lock(&of.state);
-            let end = (reply.offset + got).min(st.size);
+            let end = piece_end.min(st.size);
             let mut result = Ok(());
-            for (a, b) in st.ranges.missing(reply.offset, end) {
+            let mut added = false;
+            for (a, b) in st.ranges.missing(piece, end) {
                 let from = (a - reply.offset) as usize;
                 let to = (b - reply.offset) as usize;
                 result = of.file.write_all_at(&reply.data[from..to], a);
@@ -536,9 +578,13 @@ impl Core {
                     break;
                 }
                 st.ranges.insert(a, b);
+                added = true;
+            }
+            if added && st.ranges.covers(0, st.size) && !st.write_dirty {
+                completed = true;
             }
             match result {
-                Ok(()) => break st.ranges.covers(0, st.size) && !st.write_dirty,
+                Ok(()) => piece = piece_end,
                 // A full cache disk: evict clean content (not under the state lock) and
                 // try once more.
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && !room_made => {
@@ -550,7 +596,7 @@ impl Core {
                 }
                 Err(e) => return Err(e.into()),
             }
-        };
+        }
         // The map as it is now, read under the store's writer: downloads finishing in
         // another order cannot store an older map over a newer one.
         self.store.write(|tx| {
@@ -558,7 +604,7 @@ impl Core {
             store::set_ranges(tx, ino, &ranges)
         })?;
         self.cache_grew.notify_one();
-        if complete {
+        if completed {
             self.record_complete_download(ino);
         }
         Ok(())

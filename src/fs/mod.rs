@@ -60,6 +60,7 @@ mod recover;
 mod revalidate;
 
 pub use self::core::Core;
+pub use fetch::CHUNK;
 pub use import::{ImportOwner, UploadStates};
 use open_files::OpenFile;
 pub use poll::{PollConfig, PollReport};

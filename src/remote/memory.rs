@@ -162,6 +162,11 @@ struct State {
     /// When kept (`keep_history`): every request, what the gate made of it, and every
     /// change of the tree, ours and the other client's, in order.
     history: Option<Vec<String>>,
+    /// Every `get_range` asked for: path, offset and length.
+    ranges_asked: Vec<(String, u64, u64)>,
+    /// `get_range` calls under way now, and the most there were at once.
+    gets_running: usize,
+    gets_running_max: usize,
     offline: bool,
     latency: Duration,
     no_partial_put: bool,
@@ -179,6 +184,15 @@ pub struct MemRemote {
 impl Default for MemRemote {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Counts a `get_range` as under way until it returns (or its future is dropped).
+struct GetRunning<'a>(&'a MemRemote);
+
+impl Drop for GetRunning<'_> {
+    fn drop(&mut self) {
+        self.0.lock().gets_running -= 1;
     }
 }
 
@@ -335,8 +349,24 @@ impl MemRemote {
     pub fn requests(&self) -> Vec<(Method, String)> {
         self.lock().log.clone()
     }
+    /// Every `get_range` so far, in order: its (normalized) path, offset and length.
+    pub fn ranges_asked(&self) -> Vec<(String, u64, u64)> {
+        self.lock().ranges_asked.clone()
+    }
+    /// The most `get_range` calls that were under way at once (since the last
+    /// `clear_log`): with a latency set, downloads running side by side show here.
+    pub fn most_gets_at_once(&self) -> usize {
+        self.lock().gets_running_max
+    }
+    /// `get_range` calls under way now.
+    pub fn gets_running(&self) -> usize {
+        self.lock().gets_running
+    }
     pub fn clear_log(&self) {
-        self.lock().log.clear();
+        let mut s = self.lock();
+        s.log.clear();
+        s.ranges_asked.clear();
+        s.gets_running_max = s.gets_running;
     }
 
     /// Logs the call, waits the latency, then applies offline mode and the rules.
@@ -808,6 +838,13 @@ impl Remote for MemRemote {
             return Ok(empty);
         }
         let path = normalize(path);
+        let _running = {
+            let mut s = self.lock();
+            s.ranges_asked.push((path.clone(), offset, len));
+            s.gets_running += 1;
+            s.gets_running_max = s.gets_running_max.max(s.gets_running);
+            GetRunning(self)
+        };
         let gate = self.gate(Method::Get, &path, None).await?;
         self.apply(gate, empty, |s| {
             if s.is_dir(&path) {

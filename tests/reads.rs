@@ -1,0 +1,315 @@
+//! Reads of content not cached, driven through the daemon's core (no kernel) over the
+//! in-memory remote, whose log says which ranges each GET asked for: random 4 KiB reads
+//! fetch small ranges, a sequential reader's read-ahead reaches further as it goes on,
+//! with several ranged GETs of one file on the wire at once, and whatever order the
+//! pieces arrive in, what is read back is the server's file byte for byte, also after a
+//! crash leaves a file partly cached.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use davdrive::clock::Clock;
+use davdrive::daemon::{Daemon, DaemonConfig};
+use davdrive::fs::Core;
+use davdrive::remote::memory::MemRemote;
+use davdrive::remote::Remote;
+use davdrive::store::ROOT_INO;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+/// The download unit of `fs/fetch.rs`: no GET asks for more (one byte more at a
+/// file's end).
+const CHUNK: u64 = davdrive::fs::CHUNK;
+
+/// The daemon over a `MemRemote`, restartable (cleanly or as by `kill -9`) on one state.
+struct MemDrive {
+    rt: tokio::runtime::Runtime,
+    mem: Arc<MemRemote>,
+    state: tempfile::TempDir,
+    daemon: Option<Daemon>,
+}
+
+impl MemDrive {
+    fn new(mem: MemRemote) -> MemDrive {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut d = MemDrive {
+            rt,
+            mem: Arc::new(mem),
+            state: tempfile::tempdir().unwrap(),
+            daemon: None,
+        };
+        d.start();
+        d
+    }
+
+    fn start(&mut self) {
+        let _guard = self.rt.enter();
+        let mut cfg = DaemonConfig::new(self.state.path());
+        cfg.health_interval = Duration::from_millis(100);
+        cfg.sweeper = false;
+        let remote: Arc<dyn Remote> = self.mem.clone();
+        self.daemon = Some(Daemon::start(cfg, remote, Clock::default()).unwrap());
+    }
+
+    /// A stop as by `kill -9`: tasks die wherever they are, nothing more is committed.
+    fn crash(&mut self) {
+        let daemon = self.daemon.take().unwrap();
+        let core = Arc::downgrade(daemon.core());
+        daemon.abort();
+        common::wait_until(30, "the old core's tasks to end", || {
+            core.strong_count() == 0
+        });
+    }
+
+    fn core(&self) -> &Arc<Core> {
+        self.daemon.as_ref().unwrap().core()
+    }
+
+    fn ino(&self, name: &str) -> u64 {
+        self.core().lookup(ROOT_INO, name).unwrap().ino
+    }
+
+    fn node(&self, name: &str) -> davdrive::store::Node {
+        let ino = self.ino(name);
+        self.core()
+            .db()
+            .write(|tx| davdrive::store::get_node(tx, ino))
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Waits until no GET runs and none was started for a while (read-ahead included),
+    /// then a little more for what the last ones brought to be stored.
+    fn wait_downloads(&self) {
+        common::wait_until(10, "downloads to end", || {
+            let before = self.mem.ranges_asked().len();
+            std::thread::sleep(Duration::from_millis(50));
+            self.mem.ranges_asked().len() == before && self.mem.gets_running() == 0
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Offsets of `n` 4 KiB-aligned reads scattered over a file of `size` bytes.
+fn scattered(n: usize, size: u64, seed: u64) -> Vec<u64> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % (size / 4096) * 4096
+        })
+        .collect()
+}
+
+fn put(d: &MemDrive, name: &str, data: &[u8]) {
+    d.mem.other_put(&format!("/{name}"), data.to_vec()).unwrap();
+}
+
+#[test]
+fn random_4k_reads_fetch_small_ranges_around_them() {
+    let d = MemDrive::new(MemRemote::new());
+    let size = 64 * MIB;
+    let data = common::pattern(size as usize, 21);
+    put(&d, "disk.img", &data);
+    let ino = d.ino("disk.img");
+    let (fh, _) = d.core().open(ino, false).unwrap();
+    d.mem.clear_log();
+    let reads = scattered(200, size, 7);
+    for &off in &reads {
+        let got = d.core().read(fh, off, 4096).unwrap();
+        assert_eq!(got, &data[off as usize..off as usize + 4096], "at {off}");
+    }
+    d.core().release(fh).unwrap();
+    let asked = d.mem.ranges_asked();
+    assert!(!asked.is_empty());
+    // Each GET is a small range, aligned around a read, never a chunk.
+    for (path, off, len) in &asked {
+        assert_eq!(path, "/disk.img");
+        assert!(*len <= 128 * KIB + 1, "a GET of {len} bytes at {off}");
+        assert!(*len < CHUNK / 8);
+    }
+    let total: u64 = asked.iter().map(|a| a.2).sum();
+    assert!(
+        total <= reads.len() as u64 * 64 * KIB,
+        "{} reads of 4 KiB asked for {total} bytes",
+        reads.len()
+    );
+    // Partly here: never taken for the whole file, never hashed.
+    let node = d.node("disk.img");
+    assert!(!node.fully_cached());
+    assert!(node.sha256.is_none());
+    assert!(node.cached_bytes >= reads.len() as u64 * 4096 / 2);
+}
+
+#[test]
+fn a_sequential_read_reaches_further_ahead_as_it_goes() {
+    let d = MemDrive::new(MemRemote::new());
+    let size = 64 * MIB;
+    let data = common::pattern(size as usize, 22);
+    put(&d, "movie.bin", &data);
+    let ino = d.ino("movie.bin");
+    let (fh, _) = d.core().open(ino, false).unwrap();
+    d.mem.clear_log();
+    // How far beyond each read the GETs asked so far reach.
+    let mut reach = Vec::new();
+    let mut pos = 0u64;
+    let step = 128 * KIB;
+    while pos < size {
+        let got = d.core().read(fh, pos, step as u32).unwrap();
+        assert_eq!(got, &data[pos as usize..(pos + step) as usize], "at {pos}");
+        pos += step;
+        let furthest = d
+            .mem
+            .ranges_asked()
+            .iter()
+            .map(|a| a.1 + a.2)
+            .max()
+            .unwrap();
+        reach.push(furthest.saturating_sub(pos));
+    }
+    d.core().release(fh).unwrap();
+    let asked = d.mem.ranges_asked();
+    // The first read fetches what is around it, no read-ahead yet.
+    assert!(asked[0].1 == 0 && asked[0].2 <= MIB, "{:?}", asked[0]);
+    assert!(reach[0] < MIB, "reach after one read: {}", reach[0]);
+    // Then the window grows: a few megabytes ahead early on, many once streaming.
+    let early = reach[..8].iter().max().unwrap();
+    let late = reach[reach.len() / 2..reach.len() * 3 / 4]
+        .iter()
+        .max()
+        .unwrap();
+    assert!(*early <= 6 * MIB, "early reach {early}");
+    assert!(
+        *late >= 3 * *early && *late >= 12 * MIB,
+        "late reach {late}, early {early}"
+    );
+    // Read once: the GETs do not overlap, and none is larger than a chunk.
+    let mut spans: Vec<(u64, u64)> = asked.iter().map(|a| (a.1, a.1 + a.2)).collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0 || w[0].1 == size + 1, "{w:?} overlap");
+    }
+    assert!(asked.iter().all(|a| a.2 <= CHUNK + 1));
+    common::wait_until(10, "the range map recorded whole", || {
+        d.node("movie.bin").fully_cached()
+    });
+    assert_eq!(d.node("movie.bin").cached_bytes, size);
+}
+
+#[test]
+fn several_ranged_gets_of_one_file_at_once_give_its_exact_bytes() {
+    let mem = MemRemote::new();
+    // Every GET takes a while: downloads side by side overlap.
+    mem.set_latency(Duration::from_millis(30));
+    let d = MemDrive::new(mem);
+    // Not a multiple of the chunk or of the reads: the last GET is short.
+    let size = 24 * MIB + 12_345;
+    let data = common::pattern(size as usize, 23);
+    put(&d, "big.bin", &data);
+    let ino = d.ino("big.bin");
+    d.mem.clear_log();
+    let (fh, _) = d.core().open(ino, false).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let part = d
+            .core()
+            .read(fh, got.len() as u64, (1 << 20) - 4096)
+            .unwrap();
+        if part.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&part);
+    }
+    d.core().release(fh).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the file read back differs from the server's");
+    let at_once = d.mem.most_gets_at_once();
+    assert!(at_once >= 3, "at most {at_once} GET(s) of the file at once");
+    // The content file itself, as the next open serves it, is the file.
+    common::wait_until(10, "the range map recorded whole", || {
+        d.node("big.bin").fully_cached()
+    });
+    let on_disk = std::fs::read(d.core().content().path(ino)).unwrap();
+    assert!(on_disk[..size as usize] == data[..]);
+    // Whole: its hash is recorded, and it is the file's.
+    common::wait_until(10, "the hash of the whole file", || {
+        d.node("big.bin").sha256.is_some()
+    });
+    assert_eq!(d.node("big.bin").sha256.unwrap(), common::sha256(&data));
+}
+
+#[test]
+fn a_file_partly_cached_at_a_crash_is_completed_byte_for_byte() {
+    let mut d = MemDrive::new(MemRemote::new());
+    let size = 24 * MIB + 777;
+    let data = common::pattern(size as usize, 24);
+    put(&d, "db.bin", &data);
+    let ino = d.ino("db.bin");
+    let (fh, _) = d.core().open(ino, false).unwrap();
+    for &off in &scattered(60, size, 9) {
+        let got = d.core().read(fh, off, 4096).unwrap();
+        assert_eq!(got, &data[off as usize..off as usize + 4096]);
+    }
+    // And the start, read on a little: a chunk or two with read-ahead.
+    for i in 0..8u64 {
+        let off = i * 128 * KIB;
+        let got = d.core().read(fh, off, 128 << 10).unwrap();
+        assert_eq!(got, &data[off as usize..(off + 128 * KIB) as usize]);
+    }
+    d.wait_downloads();
+    let cached = d.node("db.bin").cached_bytes;
+    assert!(
+        cached > 0 && cached < size,
+        "{cached} of {size} bytes cached"
+    );
+    d.crash();
+    d.start();
+    let node = d.node("db.bin");
+    assert!(!node.fully_cached());
+    assert!(node.sha256.is_none(), "a partly cached file was hashed");
+    assert!(
+        node.cached_bytes > 0,
+        "what was downloaded before the crash was forgotten"
+    );
+    // What is here is served, the rest fetched; the whole equals the server's file.
+    d.mem.clear_log();
+    let (fh, _) = d.core().open(ino, false).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let part = d.core().read(fh, got.len() as u64, 128 << 10).unwrap();
+        if part.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&part);
+    }
+    d.core().release(fh).unwrap();
+    assert!(got == data, "the file read back after the crash differs");
+    d.wait_downloads();
+    // Nothing of what was cached is fetched again but the scattered 64 KiB pieces a
+    // GET of the gaps around them spans (only the missing bytes of a reply are kept).
+    let asked = d.mem.ranges_asked();
+    let fetched: u64 = asked.iter().map(|a| a.2).sum();
+    assert!(
+        fetched <= size - node.cached_bytes + 1 + 60 * 64 * KIB,
+        "fetched {fetched} bytes again of a file with {} of {size} bytes cached",
+        node.cached_bytes
+    );
+    let first_missing = node.ranges.missing(0, size)[0].0;
+    assert!(first_missing >= MIB, "the start was read before the crash");
+    assert!(
+        asked.iter().all(|a| a.1 >= first_missing),
+        "the start, cached before the crash, was fetched again: {asked:?}"
+    );
+    common::wait_until(10, "the hash of the whole file", || {
+        d.node("db.bin").sha256.is_some()
+    });
+    assert_eq!(d.node("db.bin").sha256.unwrap(), common::sha256(&data));
+}
