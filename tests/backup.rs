@@ -494,3 +494,61 @@ fn the_schedule_fires_and_ctl_backup_runs_lists_verifies_and_restores() {
     m.unmount();
     assert!(m.log_text().contains("backup"), "the log names the problem");
 }
+
+/// The replies of the `backup-*` commands on the control socket, as scripts read them
+/// (`ctl --json`): every key and the kind of every value, pinned.
+#[test]
+fn backup_replies_keep_their_shape_on_the_socket() {
+    use davdrive::control::protocol::{BackupNameArgs, BackupRestoreArgs, IdArgs};
+    use davdrive::control::Request;
+    use serde_json::json;
+
+    let d = drive();
+    let socket = d.daemon().control_socket().to_path_buf();
+    let ask = |req: Request| ctl_socket(&socket, &req);
+
+    let started = ask(Request::BackupRun {});
+    assert_eq!(shape(&started), json!({"id": "int", "name": "string"}));
+    let id = started["id"].as_i64().unwrap();
+    let mut job = Value::Null;
+    wait_until(60, "the backup to end", || {
+        job = ask(Request::BackupJob(IdArgs { id }));
+        job.get("progress").is_none() && job["state"] == "success"
+    });
+    let run = json!({"id": "int", "name": "string", "started_at": "int", "ended_at": "int",
+        "size": "int", "sha256": "string", "state": "string", "error": null});
+    let mut with_online = run.clone();
+    with_online["online"] = "bool".into();
+    assert_eq!(shape(&job), with_online, "{job}");
+
+    let status = ask(Request::BackupStatus {});
+    assert_eq!(
+        shape(&status),
+        json!({"last": run, "last_success": run, "running": null, "schedule": null,
+            "next_at": null, "scheduler": null, "keep_days": "int", "dir": "string",
+            "sources": [], "remote": {"count": "int", "bytes": "int"}}),
+        "{status}"
+    );
+    let list = ask(Request::BackupList {});
+    assert_eq!(
+        shape(&list),
+        json!([{"name": "string", "size": "int", "made_at": "int", "state": "string",
+            "sha256": "string"}]),
+        "{list}"
+    );
+    let name = list[0]["name"].as_str().unwrap().to_string();
+    let verified = ask(Request::BackupVerify(BackupNameArgs { name: name.clone() }));
+    let checked = json!({"name": "string", "size": "int", "sha256": "string",
+        "entries": "int", "files_checked": "int", "problems": []});
+    assert_eq!(shape(&verified), checked, "{verified}");
+    let to = tempfile::tempdir().unwrap();
+    let restored = ask(Request::BackupRestore(BackupRestoreArgs {
+        name,
+        to: to.path().join("r"),
+        force: false,
+    }));
+    let mut with_target = checked.clone();
+    with_target["restored_entries"] = "int".into();
+    with_target["to"] = "string".into();
+    assert_eq!(shape(&restored), with_target, "{restored}");
+}

@@ -498,3 +498,28 @@ pub fn server_entry_starting(server: &Server, prefix: &str) -> Option<String> {
         n.starts_with(prefix).then_some(n)
     })
 }
+
+/// The shape of a JSON value: every key kept, every leaf replaced by its kind
+/// (`"string"`, `"int"`, `"float"`, `"bool"`, null), an array by the shape of its first
+/// element. What a reply on the control socket must keep for the scripts that read it.
+pub fn shape(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Null => Value::Null,
+        Value::Bool(_) => "bool".into(),
+        Value::Number(n) if n.is_f64() => "float".into(),
+        Value::Number(_) => "int".into(),
+        Value::String(_) => "string".into(),
+        Value::Array(a) => Value::Array(a.first().map(shape).into_iter().collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+    }
+}
+
+/// One request on a control socket: the `result` of its reply, which must be ok.
+pub fn ctl_socket(socket: &Path, req: &davdrive::control::Request) -> serde_json::Value {
+    let reply = davdrive::control::client::request(socket, req, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{req:?}: {e}"));
+    assert_eq!(reply["ok"], true, "{req:?}: {reply}");
+    assert_eq!(reply["version"], 1);
+    reply["result"].clone()
+}
