@@ -15,10 +15,16 @@
 //! `worker.rs`.
 
 pub use crate::store::migrations as db;
+mod replies;
 mod walk;
 mod worker;
 
-use std::collections::HashMap;
+pub use replies::{
+    ByteCounts, Cancelled, ErrorItem, Errors, FileCounts, MigrationStatus, SourceReport,
+    WorkerReport,
+};
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -64,7 +70,7 @@ impl std::str::FromStr for Verify {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Options {
     pub verify: Verify,
     pub delete_source: bool,
@@ -407,7 +413,7 @@ impl Migrations {
     }
 
     /// Stops taking new files after the one being copied; what is staged still lands.
-    pub fn pause(&self, id: i64) -> MigrateResult<Value> {
+    pub fn pause(&self, id: i64) -> MigrateResult<MigrationStatus> {
         let row = self.row(id)?;
         if row.state != "running" {
             return Err(MigrateError::WrongState {
@@ -425,7 +431,7 @@ impl Migrations {
         self.status(id)
     }
 
-    pub fn resume(&self, id: i64) -> MigrateResult<Value> {
+    pub fn resume(&self, id: i64) -> MigrateResult<MigrationStatus> {
         let row = self.row(id)?;
         if row.state != "paused" {
             return Err(MigrateError::WrongState {
@@ -456,7 +462,7 @@ impl Migrations {
 
     /// Stops for good. What landed stays on the remote; what was staged in the drive is
     /// still uploaded (it is a whole copy, and a change like any other by then).
-    pub fn cancel(&self, id: i64) -> MigrateResult<Value> {
+    pub fn cancel(&self, id: i64) -> MigrateResult<Cancelled> {
         let row = self.row(id)?;
         if FINAL_STATES.contains(&row.state.as_str()) {
             return Err(MigrateError::WrongState {
@@ -482,15 +488,18 @@ impl Migrations {
         let (staged, staged_bytes) = counts.files(&["staged", "importing"]);
         let (left, left_bytes) = counts.files(&["pending"]);
         tracing::info!("migration {id} cancelled");
-        Ok(json!({
-            "id": id,
-            "state": "cancelled",
-            "dest": row.dest,
-            "landed_files": landed, "landed_bytes": landed_bytes,
-            "staged_files": staged, "staged_bytes": staged_bytes,
-            "not_copied_files": left, "not_copied_bytes": left_bytes,
-            "walk_done": row.walk_done,
-        }))
+        Ok(Cancelled {
+            id,
+            state: "cancelled".into(),
+            dest: row.dest,
+            landed_files: landed,
+            landed_bytes,
+            staged_files: staged,
+            staged_bytes,
+            not_copied_files: left,
+            not_copied_bytes: left_bytes,
+            walk_done: row.walk_done,
+        })
     }
 
     /// Asks every worker to stop after its current file and waits for them; their
@@ -510,7 +519,7 @@ impl Migrations {
     }
 
     /// Progress of one migration.
-    pub fn status(&self, id: i64) -> MigrateResult<Value> {
+    pub fn status(&self, id: i64) -> MigrateResult<MigrationStatus> {
         let row = self.row(id)?;
         let counts = self.db().write(|c| db::counts(c, id))?;
         let (total, total_bytes) = counts.files(&[
@@ -554,22 +563,26 @@ impl Migrations {
         }
         let control = self.workers().get(&id).cloned();
         let worker = match control {
-            Some(c) => json!({
-                "running": c.running(),
-                "copies": c.counters.copies.load(Ordering::Relaxed),
-                "checks": c.counters.checks.load(Ordering::Relaxed),
-            }),
-            None => json!({"running": false, "copies": 0, "checks": 0}),
+            Some(c) => WorkerReport {
+                running: c.running(),
+                copies: c.counters.copies.load(Ordering::Relaxed),
+                checks: c.counters.checks.load(Ordering::Relaxed),
+            },
+            None => WorkerReport {
+                running: false,
+                copies: 0,
+                checks: 0,
+            },
         };
         let remaining = total_bytes.saturating_sub(finished_bytes);
         let eta = rate
             .filter(|r| *r > 0.0 && row.walk_done)
             .map(|r| (remaining as f64 / r).ceil() as u64);
-        let options: Value = serde_json::from_str(&row.options_json).unwrap_or(Value::Null);
-        let source = if options["delete_source"] == true {
-            self.source_report(id, &row, &counts)?
+        let options: Option<Options> = serde_json::from_str(&row.options_json).ok();
+        let source = if options.as_ref().is_some_and(|o| o.delete_source) {
+            Some(self.source_report(id, &row, &counts)?)
         } else {
-            Value::Null
+            None
         };
         let phase = match row.state.as_str() {
             "running" if !row.walk_done => "walking",
@@ -577,35 +590,45 @@ impl Migrations {
             "running" => "verifying",
             s => s,
         };
-        Ok(json!({
-            "id": id,
-            "src": row.src,
-            "dest": row.dest,
-            "state": row.state,
-            "phase": phase,
-            "error": row.error,
-            "options": options,
-            "created_at": row.created_at,
-            "started_at": row.started_at,
-            "finished_at": row.finished_at,
-            "walk_done": row.walk_done,
-            "files": {
-                "total": total, "done": done, "failed": failed, "skipped": skipped,
-                "pending": pending, "staged": staged, "landed": landed,
-                "source_deleted": deleted,
+        let phase = phase.to_string();
+        Ok(MigrationStatus {
+            id,
+            src: row.src,
+            dest: row.dest,
+            state: row.state,
+            phase,
+            error: row.error,
+            options,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            walk_done: row.walk_done,
+            files: FileCounts {
+                total,
+                done,
+                failed,
+                skipped,
+                pending,
+                staged,
+                landed,
+                source_deleted: deleted,
             },
-            "dirs": counts.of("dir", None),
-            "other_skipped": counts.others("skipped"),
-            "other_failed": counts.others("failed") + counts.of("dir", Some("failed")),
-            "excluded": row.excluded,
-            "bytes": {"total": total_bytes, "done": done_bytes, "staged": staged_bytes},
-            "percent": (percent * 10.0).round() / 10.0,
-            "rate_bytes_per_s": rate.map(|r| r.round() as u64),
-            "eta_s": eta,
-            "errors": self.db().write(|c| db::error_count(c, id))?,
-            "source": source,
-            "worker": worker,
-        }))
+            dirs: counts.of("dir", None),
+            other_skipped: counts.others("skipped"),
+            other_failed: counts.others("failed") + counts.of("dir", Some("failed")),
+            excluded: row.excluded,
+            bytes: ByteCounts {
+                total: total_bytes,
+                done: done_bytes,
+                staged: staged_bytes,
+            },
+            percent: (percent * 10.0).round() / 10.0,
+            rate_bytes_per_s: rate.map(|r| r.round() as u64),
+            eta_s: eta,
+            errors: self.db().write(|c| db::error_count(c, id))?,
+            source,
+            worker,
+        })
     }
 
     /// With --delete-source: how many source files were removed, how many were kept
@@ -616,22 +639,22 @@ impl Migrations {
         id: i64,
         row: &db::MigrationRow,
         counts: &db::Counts,
-    ) -> MigrateResult<Value> {
+    ) -> MigrateResult<SourceReport> {
         let (removed, _) = counts.files(&["source_deleted"]);
         let kept_counts = self.db().write(|c| db::kept_counts(c, id))?;
-        let mut because = serde_json::Map::new();
+        let mut because = BTreeMap::new();
         for why in db::SourceKept::ALL {
             let n = kept_counts
                 .iter()
                 .find(|(code, _)| code == why.code())
                 .map_or(0, |(_, n)| *n);
-            because.insert(why.code().into(), json!(n));
+            because.insert(why.code().to_string(), n);
         }
         let decided: u64 = kept_counts.iter().map(|(_, n)| n).sum();
         // Left alone from the start: what --exclude named, and what is not a regular file.
         let not_files = counts.others("skipped") + counts.others("failed");
-        because.insert("excluded".into(), json!(row.excluded));
-        because.insert("not_a_regular_file".into(), json!(not_files));
+        because.insert("excluded".into(), row.excluded);
+        because.insert("not_a_regular_file".into(), not_files);
         let kept = decided + row.excluded + not_files;
         let (files, _) = counts.files(&[
             "pending",
@@ -643,16 +666,16 @@ impl Migrations {
             "skipped",
             "failed",
         ]);
-        Ok(json!({
-            "removed": removed,
-            "kept": kept,
-            "kept_because": because,
-            "to_do": files.saturating_sub(removed + decided),
-        }))
+        Ok(SourceReport {
+            removed,
+            kept,
+            kept_because: because,
+            to_do: files.saturating_sub(removed + decided),
+        })
     }
 
     /// Every migration, oldest first, with its progress.
-    pub fn list(&self) -> MigrateResult<Value> {
+    pub fn list(&self) -> MigrateResult<Vec<MigrationStatus>> {
         let ids: Vec<i64> = self
             .db()
             .write(|c| db::list(c))?
@@ -663,11 +686,11 @@ impl Migrations {
         for id in ids {
             out.push(self.status(id)?);
         }
-        Ok(Value::Array(out))
+        Ok(out)
     }
 
     /// Migrations not ended yet, or the latest one if all have.
-    pub fn current(&self) -> MigrateResult<Value> {
+    pub fn current(&self) -> MigrateResult<Vec<MigrationStatus>> {
         let rows = self.db().write(|c| db::list(c))?;
         let mut ids: Vec<i64> = rows
             .iter()
@@ -681,22 +704,25 @@ impl Migrations {
         for id in ids {
             out.push(self.status(id)?);
         }
-        Ok(Value::Array(out))
+        Ok(out)
     }
 
     /// Items that failed, and those skipped for a reason (symlinks), with the reason.
-    pub fn errors(&self, id: i64, limit: usize) -> MigrateResult<Value> {
+    pub fn errors(&self, id: i64, limit: usize) -> MigrateResult<Errors> {
         self.row(id)?;
         let (total, errors) = self.db().write(|c| {
             Ok::<_, rusqlite::Error>((db::error_count(c, id)?, db::errors(c, id, limit)?))
         })?;
-        let items: Vec<Value> = errors
+        let items = errors
             .into_iter()
-            .map(|(path, kind, state, error)| {
-                json!({"path": path, "kind": kind, "state": state, "error": error})
+            .map(|(path, kind, state, error)| ErrorItem {
+                path,
+                kind,
+                state,
+                error,
             })
             .collect();
-        Ok(json!({"id": id, "total": total, "items": items}))
+        Ok(Errors { id, total, items })
     }
 }
 
@@ -711,15 +737,15 @@ impl JobReport for JobView {
         let status = self
             .migrations
             .upgrade()
-            .and_then(|m| m.status(self.id).ok())
-            .unwrap_or(Value::Null);
+            .and_then(|m| m.status(self.id).ok());
+        let status = status.as_ref();
         json!({
             "id": format!("migration-{}", self.id),
             "kind": "migration",
-            "state": status["state"],
-            "percent": status["percent"],
-            "src": status["src"],
-            "dest": status["dest"],
+            "state": status.map(|s| &s.state),
+            "percent": status.map(|s| s.percent),
+            "src": status.map(|s| &s.src),
+            "dest": status.map(|s| &s.dest),
         })
     }
 
