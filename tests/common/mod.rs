@@ -5,6 +5,7 @@
 
 pub mod bare;
 pub mod drive;
+pub mod mem_drive;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
@@ -400,6 +401,14 @@ pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Everything of an old core is gone before a new one starts, as with a process that
+/// exited: tasks it spawned (downloads, replays, hashing) end or are cancelled.
+pub fn wait_gone(core: std::sync::Weak<davdrive::fs::Core>) {
+    wait_until(30, "the old core's tasks to end", || {
+        core.strong_count() == 0
+    });
 }
 
 pub fn sha256_file(p: &Path) -> Option<String> {
