@@ -269,7 +269,8 @@ impl Migrations {
 
     /// The core's state store: its writer, never a second one (that would make the
     /// core's transactions fail with "database is locked" when they meet our writes).
-    /// Each call is one transaction, never held across a call into the core.
+    /// Each call is one transaction, never held across a call into the core. What only
+    /// shows progress (`status`, `list`, `errors`) reads on its reader instead.
     fn db(&self) -> &store::Store {
         self.core.db()
     }
@@ -518,10 +519,26 @@ impl Migrations {
         }
     }
 
-    /// Progress of one migration.
+    /// Progress of one migration. Read on the store's reader, in one read transaction:
+    /// it never waits for the worker's writes (a copy holds the writer for each of its
+    /// steps), and its figures are all of one commit. It needs no uncommitted change:
+    /// the commands that change a migration commit before they answer with this.
     pub fn status(&self, id: i64) -> MigrateResult<MigrationStatus> {
-        let row = self.row(id)?;
-        let counts = self.db().write(|c| db::counts(c, id))?;
+        let read = self.db().read(|c| {
+            let Some(row) = db::get(c, id)? else {
+                return Ok(None);
+            };
+            let options: Option<Options> = serde_json::from_str(&row.options_json).ok();
+            let kept_counts = match &options {
+                Some(o) if o.delete_source => Some(db::kept_counts(c, id)?),
+                _ => None,
+            };
+            let counts = db::counts(c, id)?;
+            let errors = db::error_count(c, id)?;
+            Ok::<_, rusqlite::Error>(Some((row, options, kept_counts, counts, errors)))
+        })?;
+        let (row, options, kept_counts, counts, errors) =
+            read.ok_or(MigrateError::UnknownId(id))?;
         let (total, total_bytes) = counts.files(&[
             "pending",
             "importing",
@@ -578,12 +595,7 @@ impl Migrations {
         let eta = rate
             .filter(|r| *r > 0.0 && row.walk_done)
             .map(|r| (remaining as f64 / r).ceil() as u64);
-        let options: Option<Options> = serde_json::from_str(&row.options_json).ok();
-        let source = if options.as_ref().is_some_and(|o| o.delete_source) {
-            Some(self.source_report(id, &row, &counts)?)
-        } else {
-            None
-        };
+        let source = kept_counts.map(|kept| source_report(&row, &counts, &kept));
         let phase = match row.state.as_str() {
             "running" if !row.walk_done => "walking",
             "running" if pending > 0 => "copying",
@@ -625,63 +637,15 @@ impl Migrations {
             percent: (percent * 10.0).round() / 10.0,
             rate_bytes_per_s: rate.map(|r| r.round() as u64),
             eta_s: eta,
-            errors: self.db().write(|c| db::error_count(c, id))?,
+            errors,
             source,
             worker,
         })
     }
 
-    /// With --delete-source: how many source files were removed, how many were kept
-    /// and why (a count per reason; `errors` lists each), and how many are still to be
-    /// decided on.
-    fn source_report(
-        &self,
-        id: i64,
-        row: &db::MigrationRow,
-        counts: &db::Counts,
-    ) -> MigrateResult<SourceReport> {
-        let (removed, _) = counts.files(&["source_deleted"]);
-        let kept_counts = self.db().write(|c| db::kept_counts(c, id))?;
-        let mut because = BTreeMap::new();
-        for why in db::SourceKept::ALL {
-            let n = kept_counts
-                .iter()
-                .find(|(code, _)| code == why.code())
-                .map_or(0, |(_, n)| *n);
-            because.insert(why.code().to_string(), n);
-        }
-        let decided: u64 = kept_counts.iter().map(|(_, n)| n).sum();
-        // Left alone from the start: what --exclude named, and what is not a regular file.
-        let not_files = counts.others("skipped") + counts.others("failed");
-        because.insert("excluded".into(), row.excluded);
-        because.insert("not_a_regular_file".into(), not_files);
-        let kept = decided + row.excluded + not_files;
-        let (files, _) = counts.files(&[
-            "pending",
-            "importing",
-            "staged",
-            "landed",
-            "verified",
-            "source_deleted",
-            "skipped",
-            "failed",
-        ]);
-        Ok(SourceReport {
-            removed,
-            kept,
-            kept_because: because,
-            to_do: files.saturating_sub(removed + decided),
-        })
-    }
-
     /// Every migration, oldest first, with its progress.
     pub fn list(&self) -> MigrateResult<Vec<MigrationStatus>> {
-        let ids: Vec<i64> = self
-            .db()
-            .write(|c| db::list(c))?
-            .iter()
-            .map(|r| r.id)
-            .collect();
+        let ids: Vec<i64> = self.db().read(db::list)?.iter().map(|r| r.id).collect();
         let mut out = Vec::new();
         for id in ids {
             out.push(self.status(id)?);
@@ -691,7 +655,7 @@ impl Migrations {
 
     /// Migrations not ended yet, or the latest one if all have.
     pub fn current(&self) -> MigrateResult<Vec<MigrationStatus>> {
-        let rows = self.db().write(|c| db::list(c))?;
+        let rows = self.db().read(db::list)?;
         let mut ids: Vec<i64> = rows
             .iter()
             .filter(|r| !FINAL_STATES.contains(&r.state.as_str()))
@@ -709,10 +673,16 @@ impl Migrations {
 
     /// Items that failed, and those skipped for a reason (symlinks), with the reason.
     pub fn errors(&self, id: i64, limit: usize) -> MigrateResult<Errors> {
-        self.row(id)?;
-        let (total, errors) = self.db().write(|c| {
-            Ok::<_, rusqlite::Error>((db::error_count(c, id)?, db::errors(c, id, limit)?))
+        let (known, total, errors) = self.db().read(|c| {
+            Ok::<_, rusqlite::Error>((
+                db::get(c, id)?.is_some(),
+                db::error_count(c, id)?,
+                db::errors(c, id, limit)?,
+            ))
         })?;
+        if !known {
+            return Err(MigrateError::UnknownId(id));
+        }
         let items = errors
             .into_iter()
             .map(|(path, kind, state, error)| ErrorItem {
@@ -723,6 +693,46 @@ impl Migrations {
             })
             .collect();
         Ok(Errors { id, total, items })
+    }
+}
+
+/// With --delete-source: how many source files were removed, how many were kept and why
+/// (a count per reason; `errors` lists each), and how many are still to be decided on.
+fn source_report(
+    row: &db::MigrationRow,
+    counts: &db::Counts,
+    kept_counts: &[(String, u64)],
+) -> SourceReport {
+    let (removed, _) = counts.files(&["source_deleted"]);
+    let mut because = BTreeMap::new();
+    for why in db::SourceKept::ALL {
+        let n = kept_counts
+            .iter()
+            .find(|(code, _)| code == why.code())
+            .map_or(0, |(_, n)| *n);
+        because.insert(why.code().to_string(), n);
+    }
+    let decided: u64 = kept_counts.iter().map(|(_, n)| n).sum();
+    // Left alone from the start: what --exclude named, and what is not a regular file.
+    let not_files = counts.others("skipped") + counts.others("failed");
+    because.insert("excluded".into(), row.excluded);
+    because.insert("not_a_regular_file".into(), not_files);
+    let kept = decided + row.excluded + not_files;
+    let (files, _) = counts.files(&[
+        "pending",
+        "importing",
+        "staged",
+        "landed",
+        "verified",
+        "source_deleted",
+        "skipped",
+        "failed",
+    ]);
+    SourceReport {
+        removed,
+        kept,
+        kept_because: because,
+        to_do: files.saturating_sub(removed + decided),
     }
 }
 
@@ -753,7 +763,7 @@ impl JobReport for JobView {
         let Some(m) = self.migrations.upgrade() else {
             return true;
         };
-        let row = m.db().write(|c| db::get(c, self.id));
+        let row = m.db().read(|c| db::get(c, self.id));
         match row {
             Ok(Some(row)) => FINAL_STATES.contains(&row.state.as_str()),
             _ => true,
