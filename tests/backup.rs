@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use davdrive::backup::{BackupConfig, Backups};
+use davdrive::backup::{BackupConfig, BackupRow, Backups, RemoteArchives, ScheduleDecision};
 use davdrive::cache::CacheLimits;
 use davdrive::jobs::Jobs;
 use davdrive::store::ROOT_INO;
@@ -47,23 +47,22 @@ fn start(d: &Drive, cfg: BackupConfig) -> Arc<Backups> {
 }
 
 /// Runs a backup and waits for its end; returns its log record.
-fn backup_now(b: &Arc<Backups>) -> Value {
+fn backup_now(b: &Arc<Backups>) -> BackupRow {
     let (id, _) = b.run_now().unwrap();
     wait_for_end(b, id)
 }
 
-fn wait_for_end(b: &Arc<Backups>, id: i64) -> Value {
-    let mut job = Value::Null;
+fn wait_for_end(b: &Arc<Backups>, id: i64) -> BackupRow {
+    let mut job = None;
     wait_until(60, "the backup to end", || {
-        job = b.job(id).unwrap();
+        let j = b.job(id).unwrap();
         // Progress shows until the retention after it is done too.
-        job.get("progress").is_none()
-            && matches!(
-                job["state"].as_str(),
-                Some("success" | "partial" | "failed")
-            )
+        let ended = j.progress.is_none()
+            && matches!(j.run.state.as_str(), "success" | "partial" | "failed");
+        job = Some(j);
+        ended
     });
-    job
+    job.unwrap().run
 }
 
 fn server_dir(d: &Drive) -> PathBuf {
@@ -158,20 +157,15 @@ fn a_database_written_during_the_backup_is_restored_consistent() {
     let after = count(&db_path);
     stop.store(true, Ordering::Relaxed);
     let batches = writer.join().unwrap();
-    assert_eq!(job["state"], "success", "{job}");
+    assert_eq!(job.state, "success", "{job:?}");
     assert!(
         batches > 10,
         "the writer must really have been writing ({batches} batches)"
     );
 
     let to = tempfile::tempdir().unwrap();
-    let restored = b
-        .restore(job["name"].as_str().unwrap(), to.path(), false)
-        .unwrap();
-    assert!(
-        restored["restored_entries"].as_u64().unwrap() >= 4,
-        "{restored}"
-    );
+    let restored = b.restore(&job.name, to.path(), false).unwrap();
+    assert!(restored.restored_entries.unwrap() >= 4, "{restored:?}");
     let copy = to
         .path()
         .join("sources")
@@ -211,11 +205,8 @@ fn a_database_written_during_the_backup_is_restored_consistent() {
         b"plain file beside it"
     );
     // What the server holds is what the log says.
-    let on_server = server_dir(&d).join(job["name"].as_str().unwrap());
-    assert_eq!(
-        sha256_file(&on_server).unwrap(),
-        job["sha256"].as_str().unwrap()
-    );
+    let on_server = server_dir(&d).join(&job.name);
+    assert_eq!(sha256_file(&on_server).unwrap(), job.sha256.unwrap());
     b.stop();
 }
 
@@ -226,8 +217,8 @@ fn retention_keeps_thirty_days_and_always_the_newest_success() {
     let mut names = Vec::new();
     for _ in 0..31 {
         let job = backup_now(&b);
-        assert_eq!(job["state"], "success", "{job}");
-        names.push(job["name"].as_str().unwrap().to_string());
+        assert_eq!(job.state, "success", "{job:?}");
+        names.push(job.name);
         d.clock.advance(DAY);
     }
     d.wait_drained();
@@ -242,17 +233,17 @@ fn retention_keeps_thirty_days_and_always_the_newest_success() {
     b.stop();
     let b = start(&d, config(&[&missing]));
     let partial = backup_now(&b);
-    assert_eq!(partial["state"], "partial", "{partial}");
+    assert_eq!(partial.state, "partial", "{partial:?}");
     assert!(
-        partial["error"].as_str().unwrap().contains("gone"),
-        "{partial}"
+        partial.error.as_deref().unwrap().contains("gone"),
+        "{partial:?}"
     );
 
     // Everything is old now: all go but the newest successful one.
     d.clock.advance(100 * DAY);
     let deleted = b.prune().unwrap();
     assert_eq!(deleted.len(), 30, "{deleted:?}");
-    assert!(deleted.contains(&partial["name"].as_str().unwrap().to_string()));
+    assert!(deleted.contains(&partial.name));
     d.wait_drained();
     assert_eq!(archives_on_server(&dir), vec![names[30].clone()]);
     assert_eq!(count_on_server(&dir, ".sha256"), 1);
@@ -271,24 +262,30 @@ fn a_backup_made_offline_is_uploaded_when_the_remote_returns() {
         !d.core().health.is_online()
     });
     let (id, name) = b.run_now().unwrap();
-    let mut job = Value::Null;
+    let mut job = b.job(id).unwrap();
     wait_until(30, "the backup to say it waits for the remote", || {
         job = b.job(id).unwrap();
-        job["progress"]["state"]
-            .as_str()
-            .is_some_and(|s| s.starts_with("waiting for the remote"))
+        job.progress
+            .as_ref()
+            .is_some_and(|p| p.state.starts_with("waiting for the remote"))
     });
-    assert_eq!(job["state"], "uploading");
+    assert_eq!(job.run.state, "uploading");
     assert!(!server_dir(&d).join(&name).exists());
     // Its status says so too.
     let status = b.status().unwrap();
-    assert!(status["remote"]["error"].is_string(), "{status}");
-    assert_eq!(status["running"]["state"], job["progress"]["state"]);
+    assert!(
+        matches!(status.remote, RemoteArchives::Unknown { .. }),
+        "{status:?}"
+    );
+    assert_eq!(
+        status.running.map(|p| p.state),
+        job.progress.map(|p| p.state)
+    );
 
     d.server.proxy.set_fault(Fault::None);
     let job = wait_for_end(&b, id);
-    assert_eq!(job["state"], "success", "{job}");
-    let sha = job["sha256"].as_str().unwrap();
+    assert_eq!(job.state, "success", "{job:?}");
+    let sha = job.sha256.as_deref().unwrap();
     assert_eq!(sha256_file(&server_dir(&d).join(&name)).unwrap(), sha);
     let sum = std::fs::read_to_string(server_dir(&d).join(format!("{name}.sha256"))).unwrap();
     assert_eq!(sum, format!("{sha}  {name}\n"));
@@ -308,11 +305,11 @@ fn verify_catches_a_corrupted_archive_and_restore_needs_force_to_overwrite() {
     std::fs::write(src.path().join("a.txt"), b"first version").unwrap();
     let b = start(&d, config(&[src.path()]));
     let job = backup_now(&b);
-    assert_eq!(job["state"], "success", "{job}");
-    let name = job["name"].as_str().unwrap().to_string();
+    assert_eq!(job.state, "success", "{job:?}");
+    let name = job.name.clone();
     let ok = b.verify(&name).unwrap();
-    assert_eq!(ok["sha256"], job["sha256"]);
-    assert!(ok["files_checked"].as_u64().unwrap() >= 2, "{ok}");
+    assert_eq!(Some(&ok.sha256), job.sha256.as_ref());
+    assert!(ok.files_checked >= 2, "{ok:?}");
 
     // Restore, change a restored file, restore again: refused, nothing touched.
     let to = tempfile::tempdir().unwrap();
@@ -368,20 +365,20 @@ fn a_run_missed_while_stopped_is_made_up_at_the_next_start() {
     };
     // What the schedule decided at start, once it has: a run it started then is in the
     // log by the time it says so, and its next wake is hours of real time away.
-    let decided = |b: &Arc<Backups>| -> Value {
-        let mut v = Value::Null;
+    let decided = |b: &Arc<Backups>| -> ScheduleDecision {
+        let mut v = None;
         wait_until(10, "the schedule's decision at start", || {
             v = b.scheduler();
-            !v.is_null()
+            v.is_some()
         });
-        v
+        v.unwrap()
     };
     let next = |d: &Drive| davdrive::backup::next_run(d.clock.now_s(), three);
     let (b, tx) = spawn(&d);
     // The first start only plans the next run.
     let first = decided(&b);
-    assert_eq!(first["ran"], Value::Null, "{first}");
-    assert_eq!(first["next_at"], next(&d), "{first}");
+    assert_eq!(first.ran, None, "{first:?}");
+    assert_eq!(first.next_at, next(&d), "{first:?}");
     assert_eq!(runs(&d), 0);
     backup_now(&b);
     b.stop();
@@ -390,8 +387,8 @@ fn a_run_missed_while_stopped_is_made_up_at_the_next_start() {
     // Restarted within the day: nothing to make up.
     let (b, tx) = spawn(&d);
     let again = decided(&b);
-    assert_eq!(again["ran"], Value::Null, "made up a run: {again}");
-    assert_eq!(again["next_at"], next(&d), "{again}");
+    assert_eq!(again.ran, None, "made up a run: {again:?}");
+    assert_eq!(again.next_at, next(&d), "{again:?}");
     assert_eq!(runs(&d), 1);
     b.stop();
     tx.send(true).unwrap();
@@ -406,13 +403,14 @@ fn a_run_missed_while_stopped_is_made_up_at_the_next_start() {
         .db()
         .write(|c| c.query_row("SELECT MAX(id) FROM backups", [], |r| r.get(0)))
         .unwrap();
-    assert_eq!(late["ran"], id, "{late}");
+    assert_eq!(late.ran, Some(id), "{late:?}");
     assert_eq!(
-        late["why"], "missed while davdrive was not running",
-        "{late}"
+        late.why.as_deref(),
+        Some("missed while davdrive was not running"),
+        "{late:?}"
     );
-    assert_eq!(late["next_at"], next(&d), "{late}");
-    assert_eq!(wait_for_end(&b, id)["state"], "success");
+    assert_eq!(late.next_at, next(&d), "{late:?}");
+    assert_eq!(wait_for_end(&b, id).state, "success");
     b.stop();
     tx.send(true).unwrap();
 }
@@ -493,4 +491,62 @@ fn the_schedule_fires_and_ctl_backup_runs_lists_verifies_and_restores() {
     assert!(out.contains("partial"), "{out}");
     m.unmount();
     assert!(m.log_text().contains("backup"), "the log names the problem");
+}
+
+/// The replies of the `backup-*` commands on the control socket, as scripts read them
+/// (`ctl --json`): every key and the kind of every value, pinned.
+#[test]
+fn backup_replies_keep_their_shape_on_the_socket() {
+    use davdrive::control::protocol::{BackupNameArgs, BackupRestoreArgs, IdArgs};
+    use davdrive::control::Request;
+    use serde_json::json;
+
+    let d = drive();
+    let socket = d.daemon().control_socket().to_path_buf();
+    let ask = |req: Request| ctl_socket(&socket, &req);
+
+    let started = ask(Request::BackupRun {});
+    assert_eq!(shape(&started), json!({"id": "int", "name": "string"}));
+    let id = started["id"].as_i64().unwrap();
+    let mut job = Value::Null;
+    wait_until(60, "the backup to end", || {
+        job = ask(Request::BackupJob(IdArgs { id }));
+        job.get("progress").is_none() && job["state"] == "success"
+    });
+    let run = json!({"id": "int", "name": "string", "started_at": "int", "ended_at": "int",
+        "size": "int", "sha256": "string", "state": "string", "error": null});
+    let mut with_online = run.clone();
+    with_online["online"] = "bool".into();
+    assert_eq!(shape(&job), with_online, "{job}");
+
+    let status = ask(Request::BackupStatus {});
+    assert_eq!(
+        shape(&status),
+        json!({"last": run, "last_success": run, "running": null, "schedule": null,
+            "next_at": null, "scheduler": null, "keep_days": "int", "dir": "string",
+            "sources": [], "remote": {"count": "int", "bytes": "int"}}),
+        "{status}"
+    );
+    let list = ask(Request::BackupList {});
+    assert_eq!(
+        shape(&list),
+        json!([{"name": "string", "size": "int", "made_at": "int", "state": "string",
+            "sha256": "string"}]),
+        "{list}"
+    );
+    let name = list[0]["name"].as_str().unwrap().to_string();
+    let verified = ask(Request::BackupVerify(BackupNameArgs { name: name.clone() }));
+    let checked = json!({"name": "string", "size": "int", "sha256": "string",
+        "entries": "int", "files_checked": "int", "problems": []});
+    assert_eq!(shape(&verified), checked, "{verified}");
+    let to = tempfile::tempdir().unwrap();
+    let restored = ask(Request::BackupRestore(BackupRestoreArgs {
+        name,
+        to: to.path().join("r"),
+        force: false,
+    }));
+    let mut with_target = checked.clone();
+    with_target["restored_entries"] = "int".into();
+    with_target["to"] = "string".into();
+    assert_eq!(shape(&restored), with_target, "{restored}");
 }

@@ -7,12 +7,11 @@ mod common;
 use std::time::Duration;
 
 use davdrive::cache::CacheLimits;
-use davdrive::clock::Clock;
 use davdrive::control::{client, Request};
-use davdrive::daemon::{Daemon, DaemonConfig};
-use davdrive::remote::webdav::{WebDav, WebDavConfig};
+use davdrive::store::ROOT_INO;
 
 use common::drive::Drive;
+use common::mem_drive::MemDrive;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -41,14 +40,12 @@ fn the_control_socket_answers_while_the_daemon_runs_and_goes_with_it() {
 #[test]
 fn a_second_daemon_on_a_socket_in_use_is_refused() {
     let d = Drive::new(CacheLimits::default());
-    let other = tempfile::tempdir().unwrap();
-    common::private(other.path());
-    let mut cfg = DaemonConfig::new(other.path());
-    cfg.control_socket = d.daemon().control_socket().to_path_buf();
-    let _guard = d.server.rt.enter();
-    let remote = WebDav::new(WebDavConfig::new(url::Url::parse(&d.server.url()).unwrap())).unwrap();
-    let e = match Daemon::start(cfg, std::sync::Arc::new(remote), Clock::default()) {
-        Ok(_) => panic!("a second daemon started on a socket in use"),
+    // Another drive (its own state and server), started again on the first one's socket.
+    let mut other = Drive::new(CacheLimits::default());
+    other.stop();
+    other.config.control_socket = d.daemon().control_socket().to_path_buf();
+    let e = match other.try_start() {
+        Ok(()) => panic!("a second daemon started on a socket in use"),
         Err(e) => e.to_string(),
     };
     assert!(e.contains("in use by a running davdrive"), "{e}");
@@ -59,50 +56,24 @@ fn a_second_daemon_on_a_socket_in_use_is_refused() {
 
 /// Over the in-memory remote, on a runtime of the test's own, as the memory model test
 /// runs it: a file closed while the remote is down survives a crash of the daemon and
-/// reaches the remote after the next start.
+/// reaches the remote after the next start, which starts offline and finds it back.
 #[test]
 fn a_file_closed_offline_survives_a_crash_over_the_in_memory_remote() {
-    use davdrive::remote::memory::MemRemote;
-    use davdrive::store::ROOT_INO;
-    use std::sync::Arc;
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let state = tempfile::tempdir().unwrap();
-    common::private(state.path());
-    let mem = Arc::new(MemRemote::new());
-    let start = |online: bool| {
-        let _guard = rt.enter();
-        let mut cfg = DaemonConfig::new(state.path());
-        cfg.online = online;
-        cfg.health_interval = Duration::from_millis(50);
-        // As mounting does: a root never listed could not be created in offline.
-        cfg.list_root = true;
-        Daemon::start(cfg, mem.clone(), Clock::default()).unwrap()
-    };
-
-    let daemon = start(true);
-    mem.set_offline(true);
-    let core = daemon.core().clone();
+    let mut d = MemDrive::new(|_| {});
+    d.mem.set_offline(true);
+    let core = d.core();
     let (_, fh) = core.create(ROOT_INO, "kept.txt", 0o644, 0, 0).unwrap();
     core.write(fh, 0, b"closed while offline").unwrap();
     core.flush(fh).unwrap();
     core.release(fh).unwrap();
-    drop(core);
-    let gone = Arc::downgrade(daemon.core());
-    daemon.abort();
-    common::wait_until(30, "the crashed daemon's tasks to end", || {
-        gone.strong_count() == 0
-    });
-    assert_eq!(mem.read("/kept.txt"), None);
+    d.crash();
+    assert_eq!(d.mem.read("/kept.txt"), None);
 
-    mem.set_offline(false);
-    let daemon = start(false);
+    d.mem.set_offline(false);
+    d.config.online = false;
+    d.start();
     common::wait_until(30, "the file to reach the remote", || {
-        mem.read("/kept.txt").as_deref() == Some(&b"closed while offline"[..])
+        d.mem.read("/kept.txt").as_deref() == Some(&b"closed while offline"[..])
     });
-    daemon.shutdown();
+    d.stop();
 }

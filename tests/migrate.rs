@@ -871,3 +871,129 @@ fn a_rerun_with_delete_source_checks_the_server_as_verify_asks() {
     }
     assert!(src.is_dir());
 }
+
+/// The replies of the `migrate-*` commands on the control socket, as scripts read them
+/// (`ctl --json`): every key and the kind of every value, pinned. Over the daemon
+/// without a kernel: the replies are the daemon's, whatever serves the mount.
+#[test]
+fn migrate_replies_keep_their_shape_on_the_socket() {
+    use davdrive::cache::CacheLimits;
+    use davdrive::control::protocol::MigrateStatusArgs;
+    use davdrive::control::protocol::{IdArgs, MigrateErrorsArgs, MigrateStartArgs};
+    use davdrive::control::Request;
+    use davdrive::migrate::Verify;
+    use serde_json::json;
+
+    let d = common::drive::Drive::new(CacheLimits {
+        min_free: 0,
+        ..CacheLimits::default()
+    });
+    let socket = d.daemon().control_socket().to_path_buf();
+    let ask = |req: Request| ctl_socket(&socket, &req);
+    let src = tempfile::tempdir().unwrap();
+    fs::create_dir(src.path().join("d")).unwrap();
+    fs::write(src.path().join("d/a.txt"), b"a").unwrap();
+    fs::write(src.path().join("b.txt"), b"bb").unwrap();
+    std::os::unix::fs::symlink("b.txt", src.path().join("link")).unwrap();
+    let start = |dest: &str| MigrateStartArgs {
+        src: src.path().to_path_buf(),
+        dest: dest.into(),
+        verify: Verify::Full,
+        delete_source: false,
+        exclude: None,
+        follow_symlinks: false,
+    };
+    let status_of = |id: i64| ask(Request::MigrateStatus(MigrateStatusArgs { id: Some(id) }));
+
+    // Offline, so that it stays running (its copies wait for the remote): paused,
+    // resumed, cancelled.
+    d.server.proxy.set_fault(Fault::Refuse);
+    wait_until(10, "the drive to see the remote down", || {
+        !d.core().health.is_online()
+    });
+    let first = ask(Request::MigrateStart(start("first")));
+    let id = first["id"].as_i64().unwrap();
+    let options = json!({"verify": "string", "delete_source": "bool", "exclude": [],
+        "follow_symlinks": "bool"});
+    let files = json!({"total": "int", "done": "int", "failed": "int", "skipped": "int",
+        "pending": "int", "staged": "int", "landed": "int", "source_deleted": "int"});
+    let status = |error: Value, finished_at: Value, source: Value| {
+        json!({"id": "int", "src": "string", "dest": "string", "state": "string",
+            "phase": "string", "error": error, "options": options, "created_at": "int",
+            "started_at": "int", "finished_at": finished_at, "walk_done": "bool",
+            "files": files, "dirs": "int", "other_skipped": "int", "other_failed": "int",
+            "excluded": "int", "bytes": {"total": "int", "done": "int", "staged": "int"},
+            "percent": "float", "rate_bytes_per_s": null, "eta_s": null, "errors": "int",
+            "source": source, "worker": {"running": "bool", "copies": "int", "checks": "int"}})
+    };
+    // A running migration shows its rate and ETA once its worker has run for half a
+    // second: numbers then, null before.
+    let timeless = |v: &Value| {
+        let mut s = shape(v);
+        for k in ["rate_bytes_per_s", "eta_s"] {
+            assert!(s[k].is_null() || s[k] == "int", "{k}: {v}");
+            s[k] = Value::Null;
+        }
+        s
+    };
+    assert_eq!(
+        timeless(&first),
+        status(Value::Null, Value::Null, Value::Null),
+        "{first}"
+    );
+    let paused = ask(Request::MigratePause(IdArgs { id }));
+    assert_eq!(paused["state"], "paused");
+    assert_eq!(
+        shape(&paused),
+        status(Value::Null, Value::Null, Value::Null),
+        "{paused}"
+    );
+    let resumed = ask(Request::MigrateResume(IdArgs { id }));
+    assert_eq!(resumed["state"], "running");
+    assert_eq!(
+        timeless(&resumed),
+        status(Value::Null, Value::Null, Value::Null),
+        "{resumed}"
+    );
+    let cancelled = ask(Request::MigrateCancel(IdArgs { id }));
+    assert_eq!(
+        shape(&cancelled),
+        json!({"id": "int", "state": "string", "dest": "string", "landed_files": "int",
+            "landed_bytes": "int", "staged_files": "int", "staged_bytes": "int",
+            "not_copied_files": "int", "not_copied_bytes": "int", "walk_done": "bool"}),
+        "{cancelled}"
+    );
+
+    // Online: to its end, the link skipped and the source kept.
+    d.server.proxy.clear_fault();
+    let mut args = start("second");
+    args.delete_source = true;
+    args.verify = Verify::Size;
+    let id = ask(Request::MigrateStart(args))["id"].as_i64().unwrap();
+    let mut ended = Value::Null;
+    wait_until(60, "the migration to end", || {
+        ended = status_of(id)[0].clone();
+        ended["state"] != "running"
+    });
+    assert_eq!(ended["state"], "completed", "{ended}");
+    let source = json!({"removed": "int", "kept": "int", "to_do": "int", "kept_because": {
+        "copy_failed": "int", "server_differs": "int", "changed_since_copied": "int",
+        "not_removable": "int", "excluded": "int", "not_a_regular_file": "int"}});
+    let ended_shape = status(Value::Null, "int".into(), source);
+    assert_eq!(shape(&ended), ended_shape, "{ended}");
+    let current = ask(Request::MigrateStatus(MigrateStatusArgs { id: None }));
+    assert_eq!(shape(&current), json!([ended_shape]), "{current}");
+    let list = ask(Request::MigrateList {});
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(shape(&list[1]), ended_shape, "{list}");
+    let errors = ask(Request::MigrateErrors(MigrateErrorsArgs {
+        id,
+        limit: None,
+    }));
+    assert_eq!(
+        shape(&errors),
+        json!({"id": "int", "total": "int", "items": [{"path": "string", "kind": "string",
+            "state": "string", "error": "string"}]}),
+        "{errors}"
+    );
+}

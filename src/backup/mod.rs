@@ -14,6 +14,12 @@
 //! restore, keep), one state machine whose steps share its log.
 
 pub mod archive;
+mod replies;
+
+pub use replies::{
+    ArchiveEntry, BackupJob, BackupRow, BackupStatus, RemoteArchives, RunProgress,
+    ScheduleDecision, Verified,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{Local, NaiveTime, TimeZone, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::fs::{Core, FsError};
@@ -104,18 +110,22 @@ impl Progress {
     fn set_phase(&self, p: &str) {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = p.to_string();
     }
+
+    fn progress(&self) -> RunProgress {
+        RunProgress {
+            id: format!("backup-{}", self.id),
+            kind: "backup".into(),
+            name: self.name.clone(),
+            state: self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            done_bytes: self.done.load(Ordering::Relaxed),
+            total_bytes: self.total.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl JobReport for Progress {
     fn report(&self) -> Value {
-        json!({
-            "id": format!("backup-{}", self.id),
-            "kind": "backup",
-            "name": self.name,
-            "state": *self.phase.lock().unwrap_or_else(|e| e.into_inner()),
-            "done_bytes": self.done.load(Ordering::Relaxed),
-            "total_bytes": self.total.load(Ordering::Relaxed),
-        })
+        serde_json::to_value(self.progress()).expect("a run's progress serializes")
     }
     fn finished(&self) -> bool {
         self.finished.load(Ordering::Relaxed)
@@ -128,8 +138,8 @@ pub struct Backups {
     jobs: Arc<Jobs>,
     current: Mutex<Option<Arc<Progress>>>,
     stopping: AtomicBool,
-    /// The schedule's latest decision (see `scheduler`); null until it made one.
-    decision: Mutex<Value>,
+    /// The schedule's latest decision (see `scheduler`); none until it made one.
+    decision: Mutex<Option<ScheduleDecision>>,
 }
 
 impl Backups {
@@ -142,7 +152,7 @@ impl Backups {
             jobs,
             current: Mutex::new(None),
             stopping: AtomicBool::new(false),
-            decision: Mutex::new(Value::Null),
+            decision: Mutex::new(None),
         });
         let now = me.now_s();
         let waiting: Vec<(i64, String)> = me.core.db().write(|tx| {
@@ -494,25 +504,30 @@ impl Backups {
     }
 
     /// The run with id `id`, from the log, with its progress while it runs.
-    pub fn job(&self, id: i64) -> Result<Value> {
-        let mut row = self.core.db().read(|c| backups::get_json(c, id))?;
+    pub fn job(&self, id: i64) -> Result<BackupJob> {
+        let run = self.core.db().read(|c| backups::get(c, id))?;
         let cur = self
             .current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some(p) = cur.filter(|p| p.id == id && !p.finished()) {
-            row["progress"] = p.report();
-        }
-        Ok(row)
+        let progress = cur
+            .filter(|p| p.id == id && !p.finished())
+            .map(|p| p.progress());
+        Ok(BackupJob { run, progress })
     }
 
-    pub fn status(&self) -> Result<Value> {
-        let last = self.core.db().read(backups::last_json).ok();
-        let last_success = self.core.db().read(backups::last_success_json).ok();
+    pub fn status(&self) -> Result<BackupStatus> {
+        let last = self.core.db().read(backups::last).ok();
+        let last_success = self.core.db().read(backups::last_success).ok();
         let remote = match self.remote_archives() {
-            Ok(a) => json!({"count": a.len(), "bytes": a.iter().map(|x| x.1).sum::<u64>()}),
-            Err(e) => json!({"error": e.to_string()}),
+            Ok(a) => RemoteArchives::Listed {
+                count: a.len(),
+                bytes: a.iter().map(|x| x.1).sum(),
+            },
+            Err(e) => RemoteArchives::Unknown {
+                error: e.to_string(),
+            },
         };
         let running = self
             .current
@@ -520,36 +535,39 @@ impl Backups {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .filter(|p| !p.finished())
-            .map(|p| p.report());
-        Ok(json!({
-            "last": last,
-            "last_success": last_success,
-            "running": running,
-            "schedule": self.cfg.at.map(|t| t.format("%H:%M:%S").to_string()),
-            "next_at": self.cfg.at.map(|at| next_run(self.now_s(), at)),
-            "scheduler": self.scheduler(),
-            "keep_days": self.cfg.keep_days,
-            "dir": self.cfg.dir,
-            "sources": self.cfg.sources,
-            "remote": remote,
-        }))
+            .map(|p| p.progress());
+        Ok(BackupStatus {
+            last,
+            last_success,
+            running,
+            schedule: self.cfg.at.map(|t| t.format("%H:%M:%S").to_string()),
+            next_at: self.cfg.at.map(|at| next_run(self.now_s(), at)),
+            scheduler: self.scheduler(),
+            keep_days: self.cfg.keep_days,
+            dir: self.cfg.dir.clone(),
+            sources: self.cfg.sources.clone(),
+            remote,
+        })
     }
 
-    /// The archives on the remote, marked with what the log knows of each.
-    pub fn list(&self) -> Result<Vec<Value>> {
+    /// The archives on the remote, newest first, marked with what the log knows of each.
+    pub fn list(&self) -> Result<Vec<ArchiveEntry>> {
         let archives = self.remote_archives()?;
         let mut out = Vec::new();
         for (name, size, made) in archives.into_iter().rev() {
             let logged = (self.core.db())
-                .read(|c| backups::latest_named_json(c, &name))
+                .read(|c| backups::latest_named(c, &name))
                 .ok();
-            out.push(json!({
-                "name": name,
-                "size": size,
-                "made_at": made,
-                "state": logged.as_ref().map_or(Value::from("not in this mount's log"), |l| l["state"].clone()),
-                "sha256": logged.as_ref().map_or(Value::Null, |l| l["sha256"].clone()),
-            }));
+            out.push(ArchiveEntry {
+                state: logged.as_ref().map_or_else(
+                    || "not in this mount's log".to_string(),
+                    |l| l.state.clone(),
+                ),
+                sha256: logged.and_then(|l| l.sha256),
+                name,
+                size,
+                made_at: made,
+            });
         }
         Ok(out)
     }
@@ -569,7 +587,7 @@ impl Backups {
     /// Downloads archive `name` from the remote (never the cache) into the spool and
     /// checks it: its `.sha256`, the log's checksum, and that it reads to its end with
     /// every file matching the manifest. Returns the downloaded file and what was found.
-    fn fetch_checked(&self, name: &str) -> Result<(tempfile::TempPath, Value)> {
+    fn fetch_checked(&self, name: &str) -> Result<(tempfile::TempPath, Verified)> {
         let name = self.check_name(name)?;
         let path = format!("{}/{name}", self.cfg.dir);
         let spool = self.spool();
@@ -596,17 +614,25 @@ impl Backups {
             archive::check(tmp.path()).map_err(|e| BackupError::Failed(format!("{name}: {e}")))?;
         Ok((
             tmp.into_temp_path(),
-            json!({"name": name, "size": size, "sha256": got, "entries": checked.entries,
-                   "files_checked": checked.files_checked, "problems": checked.problems}),
+            Verified {
+                name,
+                size,
+                sha256: got,
+                entries: checked.entries,
+                files_checked: checked.files_checked,
+                problems: checked.problems,
+                restored_entries: None,
+                to: None,
+            },
         ))
     }
 
-    pub fn verify(&self, name: &str) -> Result<Value> {
+    pub fn verify(&self, name: &str) -> Result<Verified> {
         Ok(self.fetch_checked(name)?.1)
     }
 
     /// Downloads, checks and unpacks archive `name` into `to`.
-    pub fn restore(&self, name: &str, to: &Path, force: bool) -> Result<Value> {
+    pub fn restore(&self, name: &str, to: &Path, force: bool) -> Result<Verified> {
         if !to.is_absolute() {
             return Err(BackupError::Failed(format!(
                 "{}: give an absolute path",
@@ -615,8 +641,8 @@ impl Backups {
         }
         let (file, mut report) = self.fetch_checked(name)?;
         let n = archive::extract(&file, to, force).map_err(BackupError::Failed)?;
-        report["restored_entries"] = n.into();
-        report["to"] = to.display().to_string().into();
+        report.restored_entries = Some(n);
+        report.to = Some(to.display().to_string());
         Ok(report)
     }
 
@@ -697,11 +723,11 @@ impl Backups {
             }
             // Said once the run it started (if any) is in the log: what the decision
             // shows is all it did.
-            *self.decision.lock().unwrap_or_else(|e| e.into_inner()) = json!({
-                "decided_at": now,
-                "ran": ran.map(|(id, _)| id),
-                "why": ran.map(|(_, why)| why),
-                "next_at": next,
+            *self.decision.lock().unwrap_or_else(|e| e.into_inner()) = Some(ScheduleDecision {
+                decided_at: now,
+                ran: ran.map(|(id, _)| id),
+                why: ran.map(|(_, why)| why.to_string()),
+                next_at: next,
             });
             let wait = Duration::from_secs((next - now).max(0) as u64);
             tokio::select! {
@@ -718,8 +744,8 @@ impl Backups {
 
     /// The schedule's latest decision: when it decided (unix s, the drive's clock), the
     /// run it started then (`ran`, a backup id, with `why`; null: none) and when it runs
-    /// next (`next_at`). Null before the schedule has decided anything, or when it is off.
-    pub fn scheduler(&self) -> Value {
+    /// next (`next_at`). None before the schedule has decided anything, or when it is off.
+    pub fn scheduler(&self) -> Option<ScheduleDecision> {
         self.decision
             .lock()
             .unwrap_or_else(|e| e.into_inner())

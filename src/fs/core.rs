@@ -172,13 +172,26 @@ impl Core {
         }
     }
 
-    /// Runs a remote call from a FUSE thread, marking the remote offline on transport errors.
+    /// Waits for `fut` on the runtime, blocking this thread: the one place the core waits
+    /// for async work. Called from FUSE threads, the daemon's own threads (backups,
+    /// migrations) and the runtime's blocking pool (`spawn_blocking`: the control
+    /// commands, listing refreshes, the poll, the replayer's fetches), and at start
+    /// from the thread that entered the runtime to start the daemon (the root's first
+    /// listing). Never from a runtime worker: a worker blocked on a future that needs
+    /// the workers deadlocks once all of them wait so; tokio refuses it with a panic
+    /// ("Cannot start a runtime from within a runtime"), in release builds too.
+    pub(super) fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.rt.block_on(fut)
+    }
+
+    /// Runs a remote call (see `block_on` for the threads that may), marking the remote
+    /// offline on transport errors.
     pub(super) fn call<T>(
         &self,
         path: &str,
         fut: impl std::future::Future<Output = Result<T, RemoteError>>,
     ) -> FsResult<T> {
-        match self.rt.block_on(fut) {
+        match self.block_on(fut) {
             Ok(v) => Ok(v),
             Err(e) => {
                 if e.is_transport() {
@@ -226,7 +239,7 @@ impl Core {
         at_most: Duration,
     ) {
         let mut health = self.health.subscribe();
-        self.rt.block_on(async {
+        self.block_on(async {
             tokio::select! {
                 _ = progress.changed() => {}
                 _ = health.changed() => {}

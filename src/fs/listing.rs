@@ -158,7 +158,7 @@ impl Core {
             return Ok(());
         }
         let wait = self.cfg.refresh_wait;
-        self.rt.block_on(async {
+        self.block_on(async {
             let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
         });
         Ok(())
@@ -168,7 +168,7 @@ impl Core {
     /// caller's) is waited for instead of sent twice.
     fn list_first_time(&self, ino: u64) -> FsResult<()> {
         if let Some(mut running) = self.refreshes.running(ino) {
-            self.rt.block_on(async {
+            self.block_on(async {
                 let _ = running.wait_for(|d| *d).await;
             });
             if self.node(ino)?.listed_at.is_some() {

@@ -49,20 +49,21 @@ impl Core {
     fn partial_updates_supported(&self) -> bool {
         let remote = self.remote.clone();
         let cell = &self.partial_updates;
-        self.rt
-            .block_on(cell.get_or_try_init(|| async move {
-                remote.partial_support().await.map(|p| p.updates())
-            }))
-            .copied()
-            .unwrap_or_else(|e| {
-                tracing::debug!("partial updates: the server did not answer the probe: {e}");
-                false
-            })
+        self.block_on(
+            cell.get_or_try_init(
+                || async move { remote.partial_support().await.map(|p| p.updates()) },
+            ),
+        )
+        .copied()
+        .unwrap_or_else(|e| {
+            tracing::debug!("partial updates: the server did not answer the probe: {e}");
+            false
+        })
     }
 
     fn ensure_base_copy_blocking(&self, ino: u64) -> FsResult<bool> {
         let me = self.me.upgrade().ok_or(FsError::Invalid("shutting down"))?;
-        match self.rt.block_on(me.ensure_base_copy(ino)) {
+        match self.block_on(me.ensure_base_copy(ino)) {
             Ok(made) => Ok(made),
             Err(e) => {
                 if e.is_transport() {

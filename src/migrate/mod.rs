@@ -15,10 +15,16 @@
 //! `worker.rs`.
 
 pub use crate::store::migrations as db;
+mod replies;
 mod walk;
 mod worker;
 
-use std::collections::HashMap;
+pub use replies::{
+    ByteCounts, Cancelled, ErrorItem, Errors, FileCounts, MigrationStatus, SourceReport,
+    WorkerReport,
+};
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -64,7 +70,7 @@ impl std::str::FromStr for Verify {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Options {
     pub verify: Verify,
     pub delete_source: bool,
@@ -263,7 +269,8 @@ impl Migrations {
 
     /// The core's state store: its writer, never a second one (that would make the
     /// core's transactions fail with "database is locked" when they meet our writes).
-    /// Each call is one transaction, never held across a call into the core.
+    /// Each call is one transaction, never held across a call into the core. What only
+    /// shows progress (`status`, `list`, `errors`) reads on its reader instead.
     fn db(&self) -> &store::Store {
         self.core.db()
     }
@@ -407,7 +414,7 @@ impl Migrations {
     }
 
     /// Stops taking new files after the one being copied; what is staged still lands.
-    pub fn pause(&self, id: i64) -> MigrateResult<Value> {
+    pub fn pause(&self, id: i64) -> MigrateResult<MigrationStatus> {
         let row = self.row(id)?;
         if row.state != "running" {
             return Err(MigrateError::WrongState {
@@ -425,7 +432,7 @@ impl Migrations {
         self.status(id)
     }
 
-    pub fn resume(&self, id: i64) -> MigrateResult<Value> {
+    pub fn resume(&self, id: i64) -> MigrateResult<MigrationStatus> {
         let row = self.row(id)?;
         if row.state != "paused" {
             return Err(MigrateError::WrongState {
@@ -456,7 +463,7 @@ impl Migrations {
 
     /// Stops for good. What landed stays on the remote; what was staged in the drive is
     /// still uploaded (it is a whole copy, and a change like any other by then).
-    pub fn cancel(&self, id: i64) -> MigrateResult<Value> {
+    pub fn cancel(&self, id: i64) -> MigrateResult<Cancelled> {
         let row = self.row(id)?;
         if FINAL_STATES.contains(&row.state.as_str()) {
             return Err(MigrateError::WrongState {
@@ -482,15 +489,18 @@ impl Migrations {
         let (staged, staged_bytes) = counts.files(&["staged", "importing"]);
         let (left, left_bytes) = counts.files(&["pending"]);
         tracing::info!("migration {id} cancelled");
-        Ok(json!({
-            "id": id,
-            "state": "cancelled",
-            "dest": row.dest,
-            "landed_files": landed, "landed_bytes": landed_bytes,
-            "staged_files": staged, "staged_bytes": staged_bytes,
-            "not_copied_files": left, "not_copied_bytes": left_bytes,
-            "walk_done": row.walk_done,
-        }))
+        Ok(Cancelled {
+            id,
+            state: "cancelled".into(),
+            dest: row.dest,
+            landed_files: landed,
+            landed_bytes,
+            staged_files: staged,
+            staged_bytes,
+            not_copied_files: left,
+            not_copied_bytes: left_bytes,
+            walk_done: row.walk_done,
+        })
     }
 
     /// Asks every worker to stop after its current file and waits for them; their
@@ -509,10 +519,26 @@ impl Migrations {
         }
     }
 
-    /// Progress of one migration.
-    pub fn status(&self, id: i64) -> MigrateResult<Value> {
-        let row = self.row(id)?;
-        let counts = self.db().write(|c| db::counts(c, id))?;
+    /// Progress of one migration. Read on the store's reader, in one read transaction:
+    /// it never waits for the worker's writes (a copy holds the writer for each of its
+    /// steps), and its figures are all of one commit. It needs no uncommitted change:
+    /// the commands that change a migration commit before they answer with this.
+    pub fn status(&self, id: i64) -> MigrateResult<MigrationStatus> {
+        let read = self.db().read(|c| {
+            let Some(row) = db::get(c, id)? else {
+                return Ok(None);
+            };
+            let options: Option<Options> = serde_json::from_str(&row.options_json).ok();
+            let kept_counts = match &options {
+                Some(o) if o.delete_source => Some(db::kept_counts(c, id)?),
+                _ => None,
+            };
+            let counts = db::counts(c, id)?;
+            let errors = db::error_count(c, id)?;
+            Ok::<_, rusqlite::Error>(Some((row, options, kept_counts, counts, errors)))
+        })?;
+        let (row, options, kept_counts, counts, errors) =
+            read.ok_or(MigrateError::UnknownId(id))?;
         let (total, total_bytes) = counts.files(&[
             "pending",
             "importing",
@@ -554,121 +580,82 @@ impl Migrations {
         }
         let control = self.workers().get(&id).cloned();
         let worker = match control {
-            Some(c) => json!({
-                "running": c.running(),
-                "copies": c.counters.copies.load(Ordering::Relaxed),
-                "checks": c.counters.checks.load(Ordering::Relaxed),
-            }),
-            None => json!({"running": false, "copies": 0, "checks": 0}),
+            Some(c) => WorkerReport {
+                running: c.running(),
+                copies: c.counters.copies.load(Ordering::Relaxed),
+                checks: c.counters.checks.load(Ordering::Relaxed),
+            },
+            None => WorkerReport {
+                running: false,
+                copies: 0,
+                checks: 0,
+            },
         };
         let remaining = total_bytes.saturating_sub(finished_bytes);
         let eta = rate
             .filter(|r| *r > 0.0 && row.walk_done)
             .map(|r| (remaining as f64 / r).ceil() as u64);
-        let options: Value = serde_json::from_str(&row.options_json).unwrap_or(Value::Null);
-        let source = if options["delete_source"] == true {
-            self.source_report(id, &row, &counts)?
-        } else {
-            Value::Null
-        };
+        let source = kept_counts.map(|kept| source_report(&row, &counts, &kept));
         let phase = match row.state.as_str() {
             "running" if !row.walk_done => "walking",
             "running" if pending > 0 => "copying",
             "running" => "verifying",
             s => s,
         };
-        Ok(json!({
-            "id": id,
-            "src": row.src,
-            "dest": row.dest,
-            "state": row.state,
-            "phase": phase,
-            "error": row.error,
-            "options": options,
-            "created_at": row.created_at,
-            "started_at": row.started_at,
-            "finished_at": row.finished_at,
-            "walk_done": row.walk_done,
-            "files": {
-                "total": total, "done": done, "failed": failed, "skipped": skipped,
-                "pending": pending, "staged": staged, "landed": landed,
-                "source_deleted": deleted,
+        let phase = phase.to_string();
+        Ok(MigrationStatus {
+            id,
+            src: row.src,
+            dest: row.dest,
+            state: row.state,
+            phase,
+            error: row.error,
+            options,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            walk_done: row.walk_done,
+            files: FileCounts {
+                total,
+                done,
+                failed,
+                skipped,
+                pending,
+                staged,
+                landed,
+                source_deleted: deleted,
             },
-            "dirs": counts.of("dir", None),
-            "other_skipped": counts.others("skipped"),
-            "other_failed": counts.others("failed") + counts.of("dir", Some("failed")),
-            "excluded": row.excluded,
-            "bytes": {"total": total_bytes, "done": done_bytes, "staged": staged_bytes},
-            "percent": (percent * 10.0).round() / 10.0,
-            "rate_bytes_per_s": rate.map(|r| r.round() as u64),
-            "eta_s": eta,
-            "errors": self.db().write(|c| db::error_count(c, id))?,
-            "source": source,
-            "worker": worker,
-        }))
-    }
-
-    /// With --delete-source: how many source files were removed, how many were kept
-    /// and why (a count per reason; `errors` lists each), and how many are still to be
-    /// decided on.
-    fn source_report(
-        &self,
-        id: i64,
-        row: &db::MigrationRow,
-        counts: &db::Counts,
-    ) -> MigrateResult<Value> {
-        let (removed, _) = counts.files(&["source_deleted"]);
-        let kept_counts = self.db().write(|c| db::kept_counts(c, id))?;
-        let mut because = serde_json::Map::new();
-        for why in db::SourceKept::ALL {
-            let n = kept_counts
-                .iter()
-                .find(|(code, _)| code == why.code())
-                .map_or(0, |(_, n)| *n);
-            because.insert(why.code().into(), json!(n));
-        }
-        let decided: u64 = kept_counts.iter().map(|(_, n)| n).sum();
-        // Left alone from the start: what --exclude named, and what is not a regular file.
-        let not_files = counts.others("skipped") + counts.others("failed");
-        because.insert("excluded".into(), json!(row.excluded));
-        because.insert("not_a_regular_file".into(), json!(not_files));
-        let kept = decided + row.excluded + not_files;
-        let (files, _) = counts.files(&[
-            "pending",
-            "importing",
-            "staged",
-            "landed",
-            "verified",
-            "source_deleted",
-            "skipped",
-            "failed",
-        ]);
-        Ok(json!({
-            "removed": removed,
-            "kept": kept,
-            "kept_because": because,
-            "to_do": files.saturating_sub(removed + decided),
-        }))
+            dirs: counts.of("dir", None),
+            other_skipped: counts.others("skipped"),
+            other_failed: counts.others("failed") + counts.of("dir", Some("failed")),
+            excluded: row.excluded,
+            bytes: ByteCounts {
+                total: total_bytes,
+                done: done_bytes,
+                staged: staged_bytes,
+            },
+            percent: (percent * 10.0).round() / 10.0,
+            rate_bytes_per_s: rate.map(|r| r.round() as u64),
+            eta_s: eta,
+            errors,
+            source,
+            worker,
+        })
     }
 
     /// Every migration, oldest first, with its progress.
-    pub fn list(&self) -> MigrateResult<Value> {
-        let ids: Vec<i64> = self
-            .db()
-            .write(|c| db::list(c))?
-            .iter()
-            .map(|r| r.id)
-            .collect();
+    pub fn list(&self) -> MigrateResult<Vec<MigrationStatus>> {
+        let ids: Vec<i64> = self.db().read(db::list)?.iter().map(|r| r.id).collect();
         let mut out = Vec::new();
         for id in ids {
             out.push(self.status(id)?);
         }
-        Ok(Value::Array(out))
+        Ok(out)
     }
 
     /// Migrations not ended yet, or the latest one if all have.
-    pub fn current(&self) -> MigrateResult<Value> {
-        let rows = self.db().write(|c| db::list(c))?;
+    pub fn current(&self) -> MigrateResult<Vec<MigrationStatus>> {
+        let rows = self.db().read(db::list)?;
         let mut ids: Vec<i64> = rows
             .iter()
             .filter(|r| !FINAL_STATES.contains(&r.state.as_str()))
@@ -681,22 +668,71 @@ impl Migrations {
         for id in ids {
             out.push(self.status(id)?);
         }
-        Ok(Value::Array(out))
+        Ok(out)
     }
 
     /// Items that failed, and those skipped for a reason (symlinks), with the reason.
-    pub fn errors(&self, id: i64, limit: usize) -> MigrateResult<Value> {
-        self.row(id)?;
-        let (total, errors) = self.db().write(|c| {
-            Ok::<_, rusqlite::Error>((db::error_count(c, id)?, db::errors(c, id, limit)?))
+    pub fn errors(&self, id: i64, limit: usize) -> MigrateResult<Errors> {
+        let (known, total, errors) = self.db().read(|c| {
+            Ok::<_, rusqlite::Error>((
+                db::get(c, id)?.is_some(),
+                db::error_count(c, id)?,
+                db::errors(c, id, limit)?,
+            ))
         })?;
-        let items: Vec<Value> = errors
+        if !known {
+            return Err(MigrateError::UnknownId(id));
+        }
+        let items = errors
             .into_iter()
-            .map(|(path, kind, state, error)| {
-                json!({"path": path, "kind": kind, "state": state, "error": error})
+            .map(|(path, kind, state, error)| ErrorItem {
+                path,
+                kind,
+                state,
+                error,
             })
             .collect();
-        Ok(json!({"id": id, "total": total, "items": items}))
+        Ok(Errors { id, total, items })
+    }
+}
+
+/// With --delete-source: how many source files were removed, how many were kept and why
+/// (a count per reason; `errors` lists each), and how many are still to be decided on.
+fn source_report(
+    row: &db::MigrationRow,
+    counts: &db::Counts,
+    kept_counts: &[(String, u64)],
+) -> SourceReport {
+    let (removed, _) = counts.files(&["source_deleted"]);
+    let mut because = BTreeMap::new();
+    for why in db::SourceKept::ALL {
+        let n = kept_counts
+            .iter()
+            .find(|(code, _)| code == why.code())
+            .map_or(0, |(_, n)| *n);
+        because.insert(why.code().to_string(), n);
+    }
+    let decided: u64 = kept_counts.iter().map(|(_, n)| n).sum();
+    // Left alone from the start: what --exclude named, and what is not a regular file.
+    let not_files = counts.others("skipped") + counts.others("failed");
+    because.insert("excluded".into(), row.excluded);
+    because.insert("not_a_regular_file".into(), not_files);
+    let kept = decided + row.excluded + not_files;
+    let (files, _) = counts.files(&[
+        "pending",
+        "importing",
+        "staged",
+        "landed",
+        "verified",
+        "source_deleted",
+        "skipped",
+        "failed",
+    ]);
+    SourceReport {
+        removed,
+        kept,
+        kept_because: because,
+        to_do: files.saturating_sub(removed + decided),
     }
 }
 
@@ -711,15 +747,15 @@ impl JobReport for JobView {
         let status = self
             .migrations
             .upgrade()
-            .and_then(|m| m.status(self.id).ok())
-            .unwrap_or(Value::Null);
+            .and_then(|m| m.status(self.id).ok());
+        let status = status.as_ref();
         json!({
             "id": format!("migration-{}", self.id),
             "kind": "migration",
-            "state": status["state"],
-            "percent": status["percent"],
-            "src": status["src"],
-            "dest": status["dest"],
+            "state": status.map(|s| &s.state),
+            "percent": status.map(|s| s.percent),
+            "src": status.map(|s| &s.src),
+            "dest": status.map(|s| &s.dest),
         })
     }
 
@@ -727,7 +763,7 @@ impl JobReport for JobView {
         let Some(m) = self.migrations.upgrade() else {
             return true;
         };
-        let row = m.db().write(|c| db::get(c, self.id));
+        let row = m.db().read(|c| db::get(c, self.id));
         match row {
             Ok(Some(row)) => FINAL_STATES.contains(&row.state.as_str()),
             _ => true,

@@ -2,20 +2,37 @@
 //! size, checksum and whether its upload was queued.
 
 use rusqlite::{params, Connection};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-/// A row of the backup log, as the control socket shows it.
-fn row_json(r: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
-    Ok(json!({
-        "id": r.get::<_, i64>("id")?,
-        "name": r.get::<_, String>("name")?,
-        "started_at": r.get::<_, i64>("started_at")?,
-        "ended_at": r.get::<_, Option<i64>>("ended_at")?,
-        "size": r.get::<_, Option<i64>>("size")?,
-        "sha256": r.get::<_, Option<String>>("sha256")?,
-        "state": r.get::<_, String>("state")?,
-        "error": r.get::<_, Option<String>>("error")?,
-    }))
+/// A row of the backup log, as the control socket shows it (`backup-job`,
+/// `backup-status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupRow {
+    pub id: i64,
+    /// The archive's name: `backup-<host>-<YYYYmmdd-HHMMSS>.tar.gz`.
+    pub name: String,
+    /// Unix seconds, the drive's clock.
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    /// The archive's size in bytes, once it is made.
+    pub size: Option<i64>,
+    pub sha256: Option<String>,
+    /// `running`, `uploading`, `success`, `partial` or `failed`.
+    pub state: String,
+    pub error: Option<String>,
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BackupRow> {
+    Ok(BackupRow {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        started_at: r.get("started_at")?,
+        ended_at: r.get("ended_at")?,
+        size: r.get("size")?,
+        sha256: r.get("sha256")?,
+        state: r.get("state")?,
+        error: r.get("error")?,
+    })
 }
 
 /// Runs that were still making their archive when davdrive stopped are failed.
@@ -117,35 +134,31 @@ pub fn successes_newest_first(c: &Connection) -> rusqlite::Result<Vec<String>> {
     Ok(rows)
 }
 
-/// Run `id`, as JSON.
-pub fn get_json(c: &Connection, id: i64) -> rusqlite::Result<Value> {
-    c.query_row("SELECT * FROM backups WHERE id = ?1", [id], row_json)
+/// Run `id`.
+pub fn get(c: &Connection, id: i64) -> rusqlite::Result<BackupRow> {
+    c.query_row("SELECT * FROM backups WHERE id = ?1", [id], row)
 }
 
-/// The last run, as JSON.
-pub fn last_json(c: &Connection) -> rusqlite::Result<Value> {
-    c.query_row(
-        "SELECT * FROM backups ORDER BY id DESC LIMIT 1",
-        [],
-        row_json,
-    )
+/// The last run.
+pub fn last(c: &Connection) -> rusqlite::Result<BackupRow> {
+    c.query_row("SELECT * FROM backups ORDER BY id DESC LIMIT 1", [], row)
 }
 
-/// The last successful run, as JSON.
-pub fn last_success_json(c: &Connection) -> rusqlite::Result<Value> {
+/// The last successful run.
+pub fn last_success(c: &Connection) -> rusqlite::Result<BackupRow> {
     c.query_row(
         "SELECT * FROM backups WHERE state = 'success' ORDER BY id DESC LIMIT 1",
         [],
-        row_json,
+        row,
     )
 }
 
-/// The last run that made archive `name`, as JSON.
-pub fn latest_named_json(c: &Connection, name: &str) -> rusqlite::Result<Value> {
+/// The last run that made archive `name`.
+pub fn latest_named(c: &Connection, name: &str) -> rusqlite::Result<BackupRow> {
     c.query_row(
         "SELECT * FROM backups WHERE name = ?1 ORDER BY id DESC LIMIT 1",
         [name],
-        row_json,
+        row,
     )
 }
 

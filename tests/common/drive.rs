@@ -82,6 +82,11 @@ impl Drive {
 
     /// Starts the daemon, as a mount does: online if the server answers.
     pub fn start(&mut self) {
+        self.try_start().unwrap();
+    }
+
+    /// `start`, for a test of a start that fails.
+    pub fn try_start(&mut self) -> Result<(), davdrive::daemon::StartError> {
         let _guard = self.server.rt.enter();
         let mut cfg = WebDavConfig::new(url::Url::parse(&self.server.url()).unwrap());
         cfg.request_timeout = Duration::from_secs(5);
@@ -89,8 +94,8 @@ impl Drive {
         let remote: Arc<dyn Remote> = Arc::new(WebDav::new(cfg).unwrap());
         let mut config = self.config.clone();
         config.online = self.server.proxy.state.lock().unwrap().fault.is_none();
-        let daemon = Daemon::start(config, remote, self.clock.clone()).unwrap();
-        self.daemon = Some(daemon);
+        self.daemon = Some(Daemon::start(config, remote, self.clock.clone())?);
+        Ok(())
     }
 
     /// A clean stop, as at unmount; returns once nothing of the old daemon runs.
@@ -98,7 +103,7 @@ impl Drive {
         let daemon = self.daemon.take().unwrap();
         let core = Arc::downgrade(daemon.core());
         daemon.shutdown();
-        Drive::wait_gone(core);
+        super::wait_gone(core);
     }
 
     /// A stop as by `kill -9`: the tasks die wherever they are, nothing is committed.
@@ -107,15 +112,7 @@ impl Drive {
         let daemon = self.daemon.take().unwrap();
         let core = Arc::downgrade(daemon.core());
         daemon.abort();
-        Drive::wait_gone(core);
-    }
-
-    /// Everything of the old core is gone before a new one starts, as with a process
-    /// that exited: tasks it spawned (downloads, replays, hashing) end or are cancelled.
-    fn wait_gone(core: std::sync::Weak<Core>) {
-        super::wait_until(30, "the old core's tasks to end", || {
-            core.strong_count() == 0
-        });
+        super::wait_gone(core);
     }
 
     pub fn core(&self) -> &Arc<Core> {

@@ -5,6 +5,7 @@
 
 pub mod bare;
 pub mod drive;
+pub mod mem_drive;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
@@ -402,6 +403,14 @@ pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Everything of an old core is gone before a new one starts, as with a process that
+/// exited: tasks it spawned (downloads, replays, hashing) end or are cancelled.
+pub fn wait_gone(core: std::sync::Weak<davdrive::fs::Core>) {
+    wait_until(30, "the old core's tasks to end", || {
+        core.strong_count() == 0
+    });
+}
+
 pub fn sha256_file(p: &Path) -> Option<String> {
     let data = std::fs::read(p).ok()?;
     Some(sha256(&data))
@@ -497,4 +506,29 @@ pub fn server_entry_starting(server: &Server, prefix: &str) -> Option<String> {
         let n = e.unwrap().file_name().into_string().unwrap();
         n.starts_with(prefix).then_some(n)
     })
+}
+
+/// The shape of a JSON value: every key kept, every leaf replaced by its kind
+/// (`"string"`, `"int"`, `"float"`, `"bool"`, null), an array by the shape of its first
+/// element. What a reply on the control socket must keep for the scripts that read it.
+pub fn shape(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Null => Value::Null,
+        Value::Bool(_) => "bool".into(),
+        Value::Number(n) if n.is_f64() => "float".into(),
+        Value::Number(_) => "int".into(),
+        Value::String(_) => "string".into(),
+        Value::Array(a) => Value::Array(a.first().map(shape).into_iter().collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+    }
+}
+
+/// One request on a control socket: the `result` of its reply, which must be ok.
+pub fn ctl_socket(socket: &Path, req: &davdrive::control::Request) -> serde_json::Value {
+    let reply = davdrive::control::client::request(socket, req, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{req:?}: {e}"));
+    assert_eq!(reply["ok"], true, "{req:?}: {reply}");
+    assert_eq!(reply["version"], 1);
+    reply["result"].clone()
 }

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::backup::BackupJob;
 use crate::control::client::human_size;
 use crate::control::protocol::{IdArgs, Request};
-use crate::control::{CmdError, CmdResult, Context};
+use crate::control::{CmdError, Context};
 
 /// The run started.
 #[derive(Debug, Serialize, Deserialize)]
@@ -23,10 +24,20 @@ pub fn run(ctx: &Context) -> Result<RunReply, CmdError> {
     Ok(RunReply { id, name })
 }
 
-pub fn job(ctx: &Context, a: &IdArgs) -> CmdResult {
-    let mut v = ctx.backups.job(a.id)?;
-    v["online"] = ctx.core.health.is_online().into();
-    Ok(v)
+/// `backup-job`: the run's record, its progress while it runs, and whether the remote
+/// is reachable now (an upload waits for it).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobReply {
+    #[serde(flatten)]
+    pub job: BackupJob,
+    pub online: bool,
+}
+
+pub fn job(ctx: &Context, a: &IdArgs) -> Result<JobReply, CmdError> {
+    Ok(JobReply {
+        job: ctx.backups.job(a.id)?,
+        online: ctx.core.health.is_online(),
+    })
 }
 
 pub fn render(r: &RunReply) -> String {
@@ -38,7 +49,7 @@ pub struct Waited {
     /// Landed completely. A failure, a partial backup and a timeout are not ok.
     pub ok: bool,
     pub text: String,
-    /// The run's last record.
+    /// The run's last record, as the daemon sent it.
     pub job: Value,
 }
 
@@ -53,9 +64,9 @@ pub fn run_and_wait(socket: &Path, timeout: Duration, json_out: bool) -> Result<
             Err(reply["error"].as_str().unwrap_or("error").to_string())
         }
     };
-    let started = request(Request::BackupRun {})?;
-    let id = started["id"].as_i64().ok_or("no backup id in the reply")?;
-    let name = started["name"].as_str().unwrap_or("?").to_string();
+    let started: RunReply = serde_json::from_value(request(Request::BackupRun {})?)
+        .map_err(|e| format!("unexpected reply to backup-run: {e}"))?;
+    let (id, name) = (started.id, started.name);
     let bar = if json_out {
         indicatif::ProgressBar::hidden()
     } else {
@@ -72,11 +83,14 @@ pub fn run_and_wait(socket: &Path, timeout: Duration, json_out: bool) -> Result<
     let mut said_offline = false;
     loop {
         let job = request(Request::BackupJob(IdArgs { id }))?;
-        let state = job["state"].as_str().unwrap_or("?").to_string();
-        if let Some(p) = job.get("progress") {
-            bar.set_length(p["total_bytes"].as_u64().unwrap_or(0));
-            bar.set_position(p["done_bytes"].as_u64().unwrap_or(0));
-            let phase = p["state"].as_str().unwrap_or("");
+        let typed = JobReply::deserialize(&job)
+            .map_err(|e| format!("unexpected reply to backup-job: {e}"))?;
+        let run = &typed.job.run;
+        let state = run.state.clone();
+        if let Some(p) = &typed.job.progress {
+            bar.set_length(p.total_bytes);
+            bar.set_position(p.done_bytes);
+            let phase = p.state.as_str();
             bar.set_message(phase.to_string());
             if phase.starts_with("waiting for the remote") && !said_offline {
                 bar.suspend(|| {
@@ -90,7 +104,7 @@ pub fn run_and_wait(socket: &Path, timeout: Duration, json_out: bool) -> Result<
         match state.as_str() {
             "success" => {
                 bar.finish_and_clear();
-                let text = job_text(&job, &name);
+                let text = job_text(run, &name);
                 return Ok(Waited {
                     ok: true,
                     text,
@@ -101,7 +115,7 @@ pub fn run_and_wait(socket: &Path, timeout: Duration, json_out: bool) -> Result<
                 bar.finish_and_clear();
                 let text = format!(
                     "backup {name} {state}: {}",
-                    job["error"].as_str().unwrap_or("no reason recorded")
+                    run.error.as_deref().unwrap_or("no reason recorded")
                 );
                 return Ok(Waited {
                     ok: false,
@@ -128,10 +142,10 @@ pub fn run_and_wait(socket: &Path, timeout: Duration, json_out: bool) -> Result<
     }
 }
 
-fn job_text(job: &Value, name: &str) -> String {
+fn job_text(run: &crate::backup::BackupRow, name: &str) -> String {
     format!(
         "backup {name} done: {}, SHA-256 {}\n",
-        human_size(job["size"].as_u64().unwrap_or(0)),
-        job["sha256"].as_str().unwrap_or("?")
+        human_size(run.size.unwrap_or(0).max(0) as u64),
+        run.sha256.as_deref().unwrap_or("?")
     )
 }

@@ -3,10 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
+pub use crate::backup::Verified;
 use crate::control::protocol::{BackupNameArgs, BackupRestoreArgs};
-use crate::control::{CmdError, CmdResult, Context};
+use crate::control::{CmdError, Context};
 
 fn name_arg(name: &str) -> Result<&str, CmdError> {
     Some(name)
@@ -14,27 +13,27 @@ fn name_arg(name: &str) -> Result<&str, CmdError> {
         .ok_or_else(|| CmdError("say which backup: NAME (see `backup list`)".into()))
 }
 
-pub fn verify(ctx: &Context, a: &BackupNameArgs) -> CmdResult {
+pub fn verify(ctx: &Context, a: &BackupNameArgs) -> Result<Verified, CmdError> {
     Ok(ctx.backups.verify(name_arg(&a.name)?)?)
 }
 
-pub fn restore(ctx: &Context, a: &BackupRestoreArgs) -> CmdResult {
+pub fn restore(ctx: &Context, a: &BackupRestoreArgs) -> Result<Verified, CmdError> {
     Ok(ctx.backups.restore(name_arg(&a.name)?, &a.to, a.force)?)
 }
 
-pub fn render(r: &Value) -> String {
+pub fn render(r: &Verified) -> String {
     let mut s = format!(
         "{}: SHA-256 {} matches, {} entries read to the end, {} files match the manifest\n",
-        r["name"].as_str().unwrap_or("?"),
-        r["sha256"].as_str().unwrap_or("?"),
-        r["entries"],
-        r["files_checked"]
+        r.name, r.sha256, r.entries, r.files_checked
     );
-    for p in r["problems"].as_array().into_iter().flatten() {
-        s += &format!("note from the backup: {}\n", p.as_str().unwrap_or(""));
+    for p in &r.problems {
+        s += &format!("note from the backup: {p}\n");
     }
-    if let Some(to) = r["to"].as_str() {
-        s += &format!("restored {} entries into {to}\n", r["restored_entries"]);
+    if let Some(to) = &r.to {
+        s += &format!(
+            "restored {} entries into {to}\n",
+            r.restored_entries.unwrap_or(0)
+        );
     }
     s
 }

@@ -1,33 +1,28 @@
 //! `ctl migrate list`: every migration of this mount.
 
-use serde_json::Value;
+use crate::control::client::table;
+use crate::control::{CmdError, Context};
+use crate::migrate::MigrationStatus;
 
-use crate::control::client::{s, table, u};
-use crate::control::{CmdResult, Context};
-
-pub fn list(ctx: &Context) -> CmdResult {
+pub fn list(ctx: &Context) -> Result<Vec<MigrationStatus>, CmdError> {
     Ok(ctx.migrations.list()?)
 }
 
-pub fn render(r: &Value) -> String {
+pub fn render(r: &[MigrationStatus]) -> String {
     let rows = r
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|m| {
-                    let f = &m["files"];
-                    vec![
-                        u(m, "id").to_string(),
-                        s(m, "state").to_string(),
-                        format!("{:.1}%", m["percent"].as_f64().unwrap_or(0.0)),
-                        format!("{}/{}", u(f, "done") + u(f, "skipped"), u(f, "total")),
-                        u(f, "failed").to_string(),
-                        format!("{} -> {}", s(m, "src"), s(m, "dest")),
-                    ]
-                })
-                .collect()
+        .iter()
+        .map(|m| {
+            let f = &m.files;
+            vec![
+                m.id.to_string(),
+                m.state.clone(),
+                format!("{:.1}%", m.percent),
+                format!("{}/{}", f.done + f.skipped, f.total),
+                f.failed.to_string(),
+                format!("{} -> {}", m.src, m.dest),
+            ]
         })
-        .unwrap_or_default();
+        .collect();
     table(
         &["ID", "STATE", "DONE", "FILES", "FAILED", "FROM -> TO"],
         rows,

@@ -1,14 +1,12 @@
 //! `ctl migrate start SRC_DIR DEST`: a local folder copied onto the remote, verified and
 //! resumable, by the daemon (thin over `crate::migrate`); the reply is its status.
 
-use serde_json::Value;
-
-use crate::control::client::{s, u};
 use crate::control::protocol::MigrateStartArgs;
-use crate::control::{mount_path, CmdError, CmdResult, Context};
+use crate::control::{mount_path, CmdError, Context};
+pub use crate::migrate::MigrationStatus;
 use crate::migrate::Options;
 
-pub fn start(ctx: &Context, args: &MigrateStartArgs) -> CmdResult {
+pub fn start(ctx: &Context, args: &MigrateStartArgs) -> Result<MigrationStatus, CmdError> {
     let src = args.src.as_path();
     let dest = mount_path(ctx, &args.dest)?;
     let opts = Options {
@@ -30,12 +28,9 @@ pub fn start(ctx: &Context, args: &MigrateStartArgs) -> CmdResult {
     Ok(ctx.migrations.status(id)?)
 }
 
-pub fn render(r: &Value) -> String {
+pub fn render(r: &MigrationStatus) -> String {
     format!(
         "migration {} started: {} -> {} (see `ctl migrate status {}`)\n",
-        u(r, "id"),
-        s(r, "src"),
-        s(r, "dest"),
-        u(r, "id")
+        r.id, r.src, r.dest, r.id
     )
 }

@@ -4,32 +4,29 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::control::client::{human_age, human_size, request, s, u};
+use crate::control::client::{human_age, human_size, request};
 use crate::control::protocol::{IdArgs, MigrateStatusArgs, Request};
-use crate::control::{CmdResult, Context};
+use crate::control::{CmdError, Context};
+pub use crate::migrate::MigrationStatus;
+use crate::migrate::SourceReport;
 
-pub fn status(ctx: &Context, args: &MigrateStatusArgs) -> CmdResult {
+/// `migrate-status`: a list, of one migration when an id is given.
+pub fn status(ctx: &Context, args: &MigrateStatusArgs) -> Result<Vec<MigrationStatus>, CmdError> {
     match args.id {
-        Some(id) => Ok(Value::Array(vec![ctx.migrations.status(id)?])),
+        Some(id) => Ok(vec![ctx.migrations.status(id)?]),
         None => Ok(ctx.migrations.current()?),
     }
 }
 
-pub fn pause(ctx: &Context, args: &IdArgs) -> CmdResult {
+pub fn pause(ctx: &Context, args: &IdArgs) -> Result<MigrationStatus, CmdError> {
     Ok(ctx.migrations.pause(args.id)?)
 }
 
-pub fn resume(ctx: &Context, args: &IdArgs) -> CmdResult {
+pub fn resume(ctx: &Context, args: &IdArgs) -> Result<MigrationStatus, CmdError> {
     Ok(ctx.migrations.resume(args.id)?)
 }
 
-pub fn render(r: &Value) -> String {
-    let list = match r {
-        Value::Array(a) => a.clone(),
-        one => vec![one.clone()],
-    };
+pub fn render(list: &[MigrationStatus]) -> String {
     if list.is_empty() {
         return "no migrations\n".into();
     }
@@ -37,62 +34,56 @@ pub fn render(r: &Value) -> String {
 }
 
 /// One migration's progress in a few lines.
-fn migration_text(m: &Value) -> String {
-    let f = &m["files"];
-    let b = &m["bytes"];
-    let rate = m["rate_bytes_per_s"]
-        .as_u64()
+fn migration_text(m: &MigrationStatus) -> String {
+    let f = &m.files;
+    let b = &m.bytes;
+    let rate = m
+        .rate_bytes_per_s
         .map(|r| format!(", {}/s", human_size(r)))
         .unwrap_or_default();
-    let eta = m["eta_s"]
-        .as_i64()
-        .map(|e| format!(", ETA {}", human_age(e)))
+    let eta = m
+        .eta_s
+        .map(|e| format!(", ETA {}", human_age(e as i64)))
         .unwrap_or_default();
     // The phase only where it says more than the state ("running (copying)").
-    let state = match (s(m, "state"), s(m, "phase")) {
+    let state = match (m.state.as_str(), m.phase.as_str()) {
         (state, phase) if phase.is_empty() || phase == state => state.to_string(),
         (state, phase) => format!("{state} ({phase})"),
     };
-    let mut out = format!(
-        "migration {}: {state}  {} -> {}\n",
-        u(m, "id"),
-        s(m, "src"),
-        s(m, "dest")
-    );
+    let mut out = format!("migration {}: {state}  {} -> {}\n", m.id, m.src, m.dest);
     out += &format!(
         "  files: {} total, {} done, {} failed, {} skipped, {} excluded, {} staged, {} pending\n",
-        u(f, "total"),
-        u(f, "done"),
-        u(f, "failed"),
-        u(f, "skipped"),
-        u(m, "excluded"),
-        u(f, "staged") + u(f, "landed"),
-        u(f, "pending")
+        f.total,
+        f.done,
+        f.failed,
+        f.skipped,
+        m.excluded,
+        f.staged + f.landed,
+        f.pending
     );
     out += &format!(
         "  bytes: {} of {} ({:.1}%){rate}{eta}\n",
-        human_size(u(b, "done")),
-        human_size(u(b, "total")),
-        m["percent"].as_f64().unwrap_or(0.0)
+        human_size(b.done),
+        human_size(b.total),
+        m.percent
     );
-    if m["source"].is_object() {
-        out += &source_text(&m["source"]);
+    if let Some(src) = &m.source {
+        out += &source_text(src);
     }
-    if u(m, "errors") > 0 {
+    if m.errors > 0 {
         out += &format!(
             "  {} item(s) to look at: `ctl migrate errors {}`\n",
-            u(m, "errors"),
-            u(m, "id")
+            m.errors, m.id
         );
     }
-    if let Some(e) = m["error"].as_str() {
+    if let Some(e) = &m.error {
         out += &format!("  error: {e}\n");
     }
     out
 }
 
 /// With --delete-source: "source: 57 removed, 3 kept (1 not the same on the server, …)".
-fn source_text(src: &Value) -> String {
+fn source_text(src: &SourceReport) -> String {
     const REASONS: [(&str, &str); 6] = [
         ("copy_failed", "not copied"),
         ("server_differs", "not the same on the server"),
@@ -101,21 +92,21 @@ fn source_text(src: &Value) -> String {
         ("excluded", "excluded"),
         ("not_a_regular_file", "not regular files"),
     ];
+    let kept = |code: &str| src.kept_because.get(code).copied().unwrap_or(0);
     let why: Vec<String> = REASONS
         .iter()
-        .filter(|(code, _)| u(&src["kept_because"], code) > 0)
-        .map(|(code, words)| format!("{} {words}", u(&src["kept_because"], code)))
+        .filter(|(code, _)| kept(code) > 0)
+        .map(|(code, words)| format!("{} {words}", kept(code)))
         .collect();
     let mut out = format!(
         "  source: {} file(s) removed, {} kept",
-        u(src, "removed"),
-        u(src, "kept")
+        src.removed, src.kept
     );
     if !why.is_empty() {
         out += &format!(" ({})", why.join(", "));
     }
-    if u(src, "to_do") > 0 {
-        out += &format!(", {} to do", u(src, "to_do"));
+    if src.to_do > 0 {
+        out += &format!(", {} to do", src.to_do);
     }
     out + "\n"
 }
@@ -147,42 +138,42 @@ pub fn watch_migration(socket: &Path, id: Option<i64>, json_out: bool) -> Result
             bar.abandon();
             return Err(reply["error"].as_str().unwrap_or("error").to_string());
         }
-        let m = &reply["result"][0];
-        if m.is_null() {
+        let list: Vec<MigrationStatus> = match serde_json::from_value(reply["result"].clone()) {
+            Ok(l) => l,
+            Err(e) => {
+                bar.abandon();
+                return Err(format!("unexpected reply to migrate-status: {e}"));
+            }
+        };
+        let Some(m) = list.first() else {
             bar.abandon();
             return Err("no migration is running".into());
-        }
-        let b = &m["bytes"];
-        let f = &m["files"];
-        bar.set_length(u(b, "total"));
-        bar.set_position(u(b, "done"));
+        };
+        let b = &m.bytes;
+        let f = &m.files;
+        bar.set_length(b.total);
+        bar.set_position(b.done);
         bar.set_message(format!(
             "{} {}: {}/{} files, {} failed, {} skipped",
-            s(m, "state"),
-            s(m, "phase"),
-            u(f, "done"),
-            u(f, "total"),
-            u(f, "failed"),
-            u(f, "skipped")
+            m.state, m.phase, f.done, f.total, f.failed, f.skipped
         ));
         if plain {
             let line = format!(
                 "migration {}: {} of {} file(s), {} of {}, {} failed, {} skipped",
-                u(m, "id"),
-                u(f, "done"),
-                u(f, "total"),
-                human_size(u(b, "done")),
-                human_size(u(b, "total")),
-                u(f, "failed"),
-                u(f, "skipped")
+                m.id,
+                f.done,
+                f.total,
+                human_size(b.done),
+                human_size(b.total),
+                f.failed,
+                f.skipped
             );
             if line != last_line {
                 println!("{line}");
                 last_line = line;
             }
         }
-        let state = s(m, "state");
-        if state != "running" {
+        if m.state != "running" {
             bar.finish();
             if json_out {
                 println!("{reply}");

@@ -4,8 +4,9 @@
 //! (`pin`/`unpin`, `backup verify`/`restore`, `migrate status`/`pause`/`resume`,
 //! `backup run`/`backup-job`); its first lines say so.
 //!
-//! Replies are typed structs, shared by the daemon and the client, except those of
-//! backups and migrations, which `crate::backup` and `crate::migrate` build as JSON.
+//! Replies are typed structs, shared by the daemon and the client. Those of backups and
+//! migrations are the types `crate::backup` and `crate::migrate` answer with, named
+//! again in their command's file.
 
 pub mod backup_list;
 pub mod backup_run;
@@ -58,18 +59,18 @@ pub fn dispatch(ctx: &Context, req: &Request) -> CmdResult {
         Request::Conflicts {} => reply(conflicts::run(ctx)),
         Request::ConflictsResolve(a) => reply(conflicts_resolve::run(ctx, a)),
         Request::BackupRun {} => reply(backup_run::run(ctx)),
-        Request::BackupJob(a) => backup_run::job(ctx, a),
-        Request::BackupStatus {} => backup_status::status(ctx),
-        Request::BackupList {} => backup_list::list(ctx),
-        Request::BackupVerify(a) => backup_verify::verify(ctx, a),
-        Request::BackupRestore(a) => backup_verify::restore(ctx, a),
-        Request::MigrateStart(a) => migrate_start::start(ctx, a),
-        Request::MigrateStatus(a) => migrate_status::status(ctx, a),
-        Request::MigrateList {} => migrate_list::list(ctx),
-        Request::MigratePause(a) => migrate_status::pause(ctx, a),
-        Request::MigrateResume(a) => migrate_status::resume(ctx, a),
-        Request::MigrateCancel(a) => migrate_cancel::cancel(ctx, a),
-        Request::MigrateErrors(a) => migrate_errors::errors(ctx, a),
+        Request::BackupJob(a) => reply(backup_run::job(ctx, a)),
+        Request::BackupStatus {} => reply(backup_status::status(ctx)),
+        Request::BackupList {} => reply(backup_list::list(ctx)),
+        Request::BackupVerify(a) => reply(backup_verify::verify(ctx, a)),
+        Request::BackupRestore(a) => reply(backup_verify::restore(ctx, a)),
+        Request::MigrateStart(a) => reply(migrate_start::start(ctx, a)),
+        Request::MigrateStatus(a) => reply(migrate_status::status(ctx, a)),
+        Request::MigrateList {} => reply(migrate_list::list(ctx)),
+        Request::MigratePause(a) => reply(migrate_status::pause(ctx, a)),
+        Request::MigrateResume(a) => reply(migrate_status::resume(ctx, a)),
+        Request::MigrateCancel(a) => reply(migrate_cancel::cancel(ctx, a)),
+        Request::MigrateErrors(a) => reply(migrate_errors::errors(ctx, a)),
     }
 }
 
@@ -90,17 +91,19 @@ pub fn render(req: &Request, r: &Value) -> String {
         Request::Conflicts {} => typed(r, |c: &Vec<_>| conflicts::render(c)),
         Request::ConflictsResolve(_) => typed(r, conflicts_resolve::render),
         Request::BackupRun {} => typed(r, backup_run::render),
+        // Sent by `backup run --wait` alone, which shows its own progress.
         Request::BackupJob(_) => pretty(r),
-        Request::BackupStatus {} => backup_status::render(r),
-        Request::BackupList {} => backup_list::render(r),
-        Request::BackupVerify(_) | Request::BackupRestore(_) => backup_verify::render(r),
-        Request::MigrateStart(_) => migrate_start::render(r),
-        Request::MigrateStatus(_) | Request::MigratePause(_) | Request::MigrateResume(_) => {
-            migrate_status::render(r)
+        Request::BackupStatus {} => typed(r, backup_status::render),
+        Request::BackupList {} => typed(r, |l: &Vec<_>| backup_list::render(l)),
+        Request::BackupVerify(_) | Request::BackupRestore(_) => typed(r, backup_verify::render),
+        Request::MigrateStart(_) => typed(r, migrate_start::render),
+        Request::MigrateStatus(_) => typed(r, |l: &Vec<_>| migrate_status::render(l)),
+        Request::MigratePause(_) | Request::MigrateResume(_) => {
+            typed(r, |m| migrate_status::render(std::slice::from_ref(m)))
         }
-        Request::MigrateList {} => migrate_list::render(r),
-        Request::MigrateCancel(_) => migrate_cancel::render(r),
-        Request::MigrateErrors(_) => migrate_errors::render(r),
+        Request::MigrateList {} => typed(r, |l: &Vec<_>| migrate_list::render(l)),
+        Request::MigrateCancel(_) => typed(r, migrate_cancel::render),
+        Request::MigrateErrors(_) => typed(r, migrate_errors::render),
     }
 }
 
@@ -284,6 +287,252 @@ mod tests {
                 !text.starts_with(['{', '[']),
                 "{req:?} fell back to JSON: {text}"
             );
+        }
+    }
+
+    /// The replies of backups and migrations, as the daemon wrote them with `json!`
+    /// before they were typed, read as their types and shown as they always were.
+    #[test]
+    fn backup_and_migrate_replies_render_as_before() {
+        use crate::migrate::Verify;
+        let run = json!({"id": 3, "name": "backup-h-20261123-000000.tar.gz",
+            "started_at": 1_700_000_000, "ended_at": 1_700_000_060, "size": 2048,
+            "sha256": "ab12", "state": "success", "error": null});
+        let failed = json!({"id": 4, "name": "backup-h-20261124-000000.tar.gz",
+            "started_at": 1_700_086_400, "ended_at": null, "size": null, "sha256": null,
+            "state": "failed", "error": "disk full"});
+        let status = |m: Value| {
+            let mut base = json!({"id": 7, "src": "/data/up", "dest": "/Archive",
+                "state": "running", "phase": "copying", "error": null,
+                "options": {"verify": "full", "delete_source": true, "exclude": [],
+                            "follow_symlinks": false},
+                "created_at": 1_700_000_000, "started_at": 1_700_000_000, "finished_at": null,
+                "walk_done": true,
+                "files": {"total": 10, "done": 4, "failed": 1, "skipped": 2, "pending": 1,
+                          "staged": 1, "landed": 1, "source_deleted": 3},
+                "dirs": 2, "other_skipped": 1, "other_failed": 0, "excluded": 5,
+                "bytes": {"total": 10_485_760, "done": 4_194_304, "staged": 1024},
+                "percent": 40.0, "rate_bytes_per_s": 1_048_576, "eta_s": 6, "errors": 3,
+                "source": {"removed": 3, "kept": 4, "to_do": 2, "kept_because": {
+                    "copy_failed": 1, "server_differs": 0, "changed_since_copied": 1,
+                    "not_removable": 0, "excluded": 2, "not_a_regular_file": 0}},
+                "worker": {"running": true, "copies": 5, "checks": 4}});
+            for (k, v) in m.as_object().unwrap() {
+                base[k] = v.clone();
+            }
+            base
+        };
+        let plain = status(
+            json!({"state": "completed", "phase": "completed", "source": null,
+                "rate_bytes_per_s": null, "eta_s": null, "errors": 0, "error": "stopped",
+                "percent": 100.0}),
+        );
+        let id = IdArgs { id: 7 };
+        let cases: Vec<(Request, Value)> = vec![
+            (
+                Request::BackupStatus {},
+                json!({"last": failed, "last_success": run, "running":
+                    {"id": "backup-5", "kind": "backup", "name": "b5", "state": "uploading",
+                     "done_bytes": 1, "total_bytes": 2},
+                    "schedule": "03:00:00", "next_at": 1_700_100_000,
+                    "scheduler": {"decided_at": 1, "ran": null, "why": null,
+                                  "next_at": 1_700_100_000},
+                    "keep_days": 30, "dir": "/.davdrive/backups/h", "sources": ["/etc"],
+                    "remote": {"count": 2, "bytes": 4096}}),
+            ),
+            (
+                Request::BackupStatus {},
+                json!({"last": null, "last_success": null, "running": null,
+                    "schedule": null, "next_at": null, "scheduler": null, "keep_days": 7,
+                    "dir": "/b", "sources": [],
+                    "remote": {"error": "the remote is unreachable: refused"}}),
+            ),
+            (
+                Request::BackupList {},
+                json!([
+                    {"name": "backup-h-2.tar.gz", "size": 2048, "made_at": 1_700_000_000,
+                     "state": "success", "sha256": "ab"},
+                    {"name": "backup-h-1.tar.gz", "size": 10, "made_at": 1_690_000_000,
+                     "state": "not in this mount's log", "sha256": null}]),
+            ),
+            (Request::BackupList {}, json!([])),
+            (
+                Request::BackupVerify(BackupNameArgs { name: "b".into() }),
+                json!({"name": "backup-h-1.tar.gz",
+                    "size": 10, "sha256": "ab", "entries": 12, "files_checked": 9,
+                    "problems": ["/gone: not found"]}),
+            ),
+            (
+                Request::BackupRestore(BackupRestoreArgs {
+                    name: "b".into(),
+                    to: "/r".into(),
+                    force: false,
+                }),
+                json!({"name": "backup-h-1.tar.gz", "size": 10, "sha256": "ab", "entries": 12,
+                    "files_checked": 9, "problems": [], "restored_entries": 12, "to": "/r"}),
+            ),
+            (Request::BackupJob(IdArgs { id: 3 }), {
+                let mut j = run.clone();
+                j["online"] = true.into();
+                j
+            }),
+            (
+                Request::MigrateStart(MigrateStartArgs {
+                    src: "/d".into(),
+                    dest: "A".into(),
+                    verify: Verify::Full,
+                    delete_source: false,
+                    exclude: None,
+                    follow_symlinks: false,
+                }),
+                plain.clone(),
+            ),
+            (
+                Request::MigrateStatus(MigrateStatusArgs { id: None }),
+                json!([status(json!({})), plain.clone()]),
+            ),
+            (
+                Request::MigrateStatus(MigrateStatusArgs { id: None }),
+                json!([]),
+            ),
+            (
+                Request::MigratePause(id.clone()),
+                status(json!({"state": "paused", "phase": "paused",
+                    "rate_bytes_per_s": null, "eta_s": null})),
+            ),
+            (
+                Request::MigrateResume(id.clone()),
+                status(json!({"walk_done": false, "phase": "walking", "percent": 0.0})),
+            ),
+            (
+                Request::MigrateList {},
+                json!([status(json!({})), plain.clone()]),
+            ),
+            (
+                Request::MigrateCancel(id.clone()),
+                json!({"id": 7, "state": "cancelled", "dest": "/A",
+                    "landed_files": 3, "landed_bytes": 3072, "staged_files": 1, "staged_bytes": 10,
+                    "not_copied_files": 6, "not_copied_bytes": 1_048_576, "walk_done": false}),
+            ),
+            (
+                Request::MigrateCancel(id.clone()),
+                json!({"id": 7, "state": "cancelled", "dest": "/A",
+                    "landed_files": 0, "landed_bytes": 0, "staged_files": 0, "staged_bytes": 0,
+                    "not_copied_files": 0, "not_copied_bytes": 0, "walk_done": true}),
+            ),
+            (
+                Request::MigrateErrors(MigrateErrorsArgs { id: 7, limit: None }),
+                json!({"id": 7, "total": 3,
+                    "items": [
+                        {"path": "d/link", "kind": "symlink", "state": "skipped",
+                         "error": "a symlink"},
+                        {"path": "x.bin", "kind": "file", "state": "failed",
+                         "error": "HTTP 507"}]}),
+            ),
+        ];
+        // Times are shown in local time; `@<unix time>` stands for one.
+        let want: [&[&str]; 16] = [
+            &[
+                "last backup:   backup-h-20261124-000000.tar.gz failed (started @1700086400)",
+                "               disk full",
+                "last success:  backup-h-20261123-000000.tar.gz success (started @1700000000, 2.0 KiB)",
+                "running:       uploading",
+                "schedule:      daily at 03:00:00, next @1700100000",
+                "kept:          30 days, in /.davdrive/backups/h",
+                "on the remote: 2 archive(s), 4.0 KiB",
+            ],
+            &[
+                "last backup:   none",
+                "last success:  none",
+                "running:       no",
+                "schedule:      off",
+                "kept:          7 days, in /b",
+                "on the remote: unknown (the remote is unreachable: refused)",
+            ],
+            &[
+                "NAME               SIZE     MADE                 STATE",
+                "backup-h-2.tar.gz  2.0 KiB  @1700000000  success",
+                "backup-h-1.tar.gz  10 B     @1690000000  not in this mount's log",
+            ],
+            &[
+                "NAME  SIZE  MADE  STATE",
+            ],
+            &[
+                "backup-h-1.tar.gz: SHA-256 ab matches, 12 entries read to the end, 9 files match the manifest",
+                "note from the backup: /gone: not found",
+            ],
+            &[
+                "backup-h-1.tar.gz: SHA-256 ab matches, 12 entries read to the end, 9 files match the manifest",
+                "restored 12 entries into /r",
+            ],
+            &[
+                "{",
+                "  \"ended_at\": 1700000060,",
+                "  \"error\": null,",
+                "  \"id\": 3,",
+                "  \"name\": \"backup-h-20261123-000000.tar.gz\",",
+                "  \"online\": true,",
+                "  \"sha256\": \"ab12\",",
+                "  \"size\": 2048,",
+                "  \"started_at\": 1700000000,",
+                "  \"state\": \"success\"",
+                "}",
+            ],
+            &[
+                "migration 7 started: /data/up -> /Archive (see `ctl migrate status 7`)",
+            ],
+            &[
+                "migration 7: running (copying)  /data/up -> /Archive",
+                "  files: 10 total, 4 done, 1 failed, 2 skipped, 5 excluded, 2 staged, 1 pending",
+                "  bytes: 4.0 MiB of 10.0 MiB (40.0%), 1.0 MiB/s, ETA 6 s",
+                "  source: 3 file(s) removed, 4 kept (1 not copied, 1 changed since copied, 2 excluded), 2 to do",
+                "  3 item(s) to look at: `ctl migrate errors 7`",
+                "migration 7: completed  /data/up -> /Archive",
+                "  files: 10 total, 4 done, 1 failed, 2 skipped, 5 excluded, 2 staged, 1 pending",
+                "  bytes: 4.0 MiB of 10.0 MiB (100.0%)",
+                "  error: stopped",
+            ],
+            &[
+                "no migrations",
+            ],
+            &[
+                "migration 7: paused  /data/up -> /Archive",
+                "  files: 10 total, 4 done, 1 failed, 2 skipped, 5 excluded, 2 staged, 1 pending",
+                "  bytes: 4.0 MiB of 10.0 MiB (40.0%)",
+                "  source: 3 file(s) removed, 4 kept (1 not copied, 1 changed since copied, 2 excluded), 2 to do",
+                "  3 item(s) to look at: `ctl migrate errors 7`",
+            ],
+            &[
+                "migration 7: running (walking)  /data/up -> /Archive",
+                "  files: 10 total, 4 done, 1 failed, 2 skipped, 5 excluded, 2 staged, 1 pending",
+                "  bytes: 4.0 MiB of 10.0 MiB (0.0%), 1.0 MiB/s, ETA 6 s",
+                "  source: 3 file(s) removed, 4 kept (1 not copied, 1 changed since copied, 2 excluded), 2 to do",
+                "  3 item(s) to look at: `ctl migrate errors 7`",
+            ],
+            &[
+                "ID  STATE      DONE    FILES  FAILED  FROM -> TO",
+                "7   running    40.0%   6/10   1       /data/up -> /Archive",
+                "7   completed  100.0%  6/10   1       /data/up -> /Archive",
+            ],
+            &[
+                "migration 7 cancelled: 3 file(s) (3.0 KiB) are on the server and stay; 1 (10 B) were copied into the drive and are still uploaded; 6 (1.0 MiB) were not copied (SRC was not fully walked yet)",
+            ],
+            &[
+                "migration 7 cancelled: 0 file(s) (0 B) are on the server and stay; 0 (0 B) were copied into the drive and are still uploaded; 0 (0 B) were not copied",
+            ],
+            &[
+                "STATE    PATH    REASON",
+                "skipped  d/link  a symlink",
+                "failed   x.bin   HTTP 507",
+                "… and 1 more",
+            ],
+        ];
+        for ((req, reply), want) in cases.iter().zip(want) {
+            let mut want = want.join("\n") + "\n";
+            for t in [1_700_086_400, 1_700_000_000, 1_700_100_000, 1_690_000_000] {
+                want = want.replace(&format!("@{t}"), &backup_status::time(Some(t)));
+            }
+            assert_eq!(render(req, reply), want, "{req:?}");
         }
     }
 }
