@@ -3074,3 +3074,37 @@ fn a_rename_onto_a_name_another_client_took_after_deleting_the_source_keeps_both
     );
     h.stop(false);
 }
+
+#[test]
+fn a_file_cut_and_removed_while_open_during_its_part_upload_leaves_nothing() {
+    let mut h = Harness::new();
+    h.set_outage(true);
+    let ino = h.create("/f", &ours_bytes(9807, 6));
+    let (fh, _) = h.core().open(ino, true).unwrap();
+    h.remote.inject(
+        Rule::on(Method::PutRange)
+            .outcome(Outcome::Delay(Duration::from_secs(2)))
+            .times(1),
+    );
+    h.set_outage(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.remote.count(Method::PutRange) == 0 {
+        assert!(Instant::now() < deadline, "no part was sent");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // While a part is on the wire: a write and a cut through the open handle (the
+    // store's size follows at its close), then the file is removed, still open.
+    h.core().write(fh, 8000, &[9u8; 900]).unwrap();
+    h.core()
+        .setattr(ino, None, None, None, Some(4557), None)
+        .unwrap();
+    h.unlink("/f");
+    h.drain_or_stuck("an open file cut and removed during its upload");
+    assert!(h.failed().is_empty(), "set aside: {:#?}", h.failed());
+    h.core().release(fh).unwrap();
+    h.drain("its release");
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    let left: Vec<String> = h.remote.snapshot().into_keys().collect();
+    assert!(left.is_empty(), "left on the server: {left:?}");
+    h.stop(false);
+}

@@ -27,7 +27,9 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     // taken (a commit lands before both or after both).
     let (node, sending) = core.db().write(|tx| {
         Ok::<_, ReplayError>(match store::get_node(tx, e.ino)? {
-            Some(n) if n.kind != Kind::Dir => {
+            // Unlinked here while still open (an orphan, parent 0): removed like a
+            // file gone, though its handles still read and write it.
+            Some(n) if n.kind != Kind::Dir && n.parent != 0 => {
                 let sending = journal::take_written(tx, e.id, e.ino)?;
                 (Some(n), sending)
             }
@@ -36,7 +38,7 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     })?;
     let node = match node {
         // A symbolic link is sent as a small file holding its target.
-        Some(n) if n.kind != Kind::Dir => n,
+        Some(n) if n.kind != Kind::Dir && n.parent != 0 => n,
         // The file is gone; the entry that removed it follows. Parts an earlier attempt
         // sent go now: the removal knows nothing of them.
         _ => {
@@ -101,7 +103,8 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         Some((_, sha)) => Some(sha.clone()),
         None if node.size <= COMPARE_LIMIT => {
             let (path, size) = (local_path.clone(), node.size);
-            Some(super::blocking(move || sha256_prefix(&path, size)).await?)
+            let hashed = super::blocking(move || sha256_prefix(&path, size)).await;
+            Some(being_written(core, e, hashed)?)
         }
         None => None,
     };
@@ -259,6 +262,25 @@ pub(super) async fn put_in_parts(
     Ok(())
 }
 
+/// A hash of the local file at the size the store records, or `Later` when it cannot be
+/// taken because a handle still open is changing the file (a cut through it is committed
+/// at its close, which queues the upload again).
+fn being_written(
+    core: &Arc<Core>,
+    e: &Entry,
+    hashed: ReplayResult<String>,
+) -> ReplayResult<String> {
+    match hashed {
+        Err(ReplayError::Io(err)) if core.is_write_dirty(e.ino) => {
+            Err(ReplayError::Later(format!(
+                "{}: being written through a handle still open ({err})",
+                e.path
+            )))
+        }
+        other => other,
+    }
+}
+
 /// The hash of what the scratch file of a part upload holds, recorded as a version of
 /// ours. `before` was taken from the local file before the first part; parts are read
 /// from it as they go, so a write through a handle still open may land between two of
@@ -277,16 +299,21 @@ async fn what_scratch_holds(
         return Ok(None);
     };
     let local = local.to_path_buf();
-    let after = super::blocking(move || sha256_prefix(&local, size)).await?;
-    if after == before {
+    // Shorter than sent (cut through a handle still open): changed, and no version.
+    let after = super::blocking(move || sha256_prefix(&local, size))
+        .await
+        .ok();
+    if after.as_deref() == Some(before.as_str()) {
         return Ok(Some(before));
     }
     tracing::debug!(
         "{}: written while its parts were sent; reading them back",
         e.path
     );
-    core.db()
-        .write(|tx| journal::add_sent_hash(tx, e.id, &after))?;
+    if let Some(after) = &after {
+        core.db()
+            .write(|tx| journal::add_sent_hash(tx, e.id, after))?;
+    }
     let reply = core.remote().get_range(scratch, 0, size).await?;
     if reply.data.len() as u64 != size {
         return Err(ReplayError::Remote(RemoteError::BadReply(format!(
@@ -322,14 +349,19 @@ async fn what_went_out(
         return Ok(None);
     };
     let local = local.to_path_buf();
-    let after = super::blocking(move || sha256_prefix(&local, size)).await?;
-    if after == before {
+    // Shorter than sent (cut through a handle still open): changed, and no version.
+    let after = super::blocking(move || sha256_prefix(&local, size))
+        .await
+        .ok();
+    if after.as_deref() == Some(before.as_str()) {
         return Ok(Some(before));
     }
     let path = &e.path;
     tracing::debug!("{path}: written while it was sent; reading back what the server holds");
-    core.db()
-        .write(|tx| journal::add_sent_hash(tx, e.id, &after))?;
+    if let Some(after) = &after {
+        core.db()
+            .write(|tx| journal::add_sent_hash(tx, e.id, after))?;
+    }
     let Some(etag) = etag else {
         return Ok(None);
     };
