@@ -3108,3 +3108,22 @@ fn a_file_cut_and_removed_while_open_during_its_part_upload_leaves_nothing() {
     assert!(left.is_empty(), "left on the server: {left:?}");
     h.stop(false);
 }
+
+#[test]
+fn a_file_renamed_away_and_back_then_removed_spares_their_new_version() {
+    let mut h = Harness::new();
+    h.create("/d", &ours_bytes(1500, 7));
+    h.drain("setup");
+    h.set_outage(true);
+    h.mv("/d", "/e");
+    h.mv("/e", "/d");
+    h.unlink("/d");
+    let theirs = their_bytes(2100, 7);
+    h.remote.other_put("/d", theirs.clone()).unwrap();
+    h.set_outage(false);
+    h.drain("renames away and back, then a removal, over their new version");
+    // Before: the second rename's 404 with a file at /d was taken for our own earlier
+    // MOVE, its ETag adopted, and our delete then removed their version.
+    assert_eq!(h.remote.read("/d"), Some(theirs));
+    h.stop(false);
+}

@@ -121,19 +121,26 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         // source and put a file of theirs at the destination.
         Err(RemoteError::NotFound) if core.remote().stat(dest).await?.is_some() => {
             if !e.is_dir {
-                if let Some(node) = theirs_at_destination(core, e, dest).await? {
-                    tracing::warn!(
-                        "conflict: {} was deleted on the server before its move to {dest}, \
-                         where another client put a file",
-                        e.path
-                    );
-                    return keep_ours_at_new_name(
-                        core,
-                        e,
-                        &node,
-                        dest,
-                        "file deleted on the server before its rename here; local copy kept",
-                    );
+                match at_destination(core, e, dest).await? {
+                    Dest::Ours => {}
+                    Dest::Theirs(node) => {
+                        tracing::warn!(
+                            "conflict: {} was deleted on the server before its move to \
+                             {dest}, where another client put a file",
+                            e.path
+                        );
+                        return keep_ours_at_new_name(
+                            core,
+                            e,
+                            &node,
+                            dest,
+                            "file deleted on the server before its rename here; local copy kept",
+                        );
+                    }
+                    // Nothing tells whose it is: the move ends without taking that
+                    // version for ours (its ETag is not adopted, so a delete or upload
+                    // of ours that follows is held to the version we knew).
+                    Dest::Unknown => return core.db().write(|tx| done(core, tx, e)),
                 }
             }
         }
@@ -272,31 +279,37 @@ async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> Rep
     Ok(true)
 }
 
-/// After a file's MOVE found no source but something at the destination: the node, when
-/// what is there is known not to be our version (its bytes differ from the hash of ours);
-/// `None` when it is ours, or when nothing tells (no hash known, or too large to read).
-async fn theirs_at_destination(
-    core: &Arc<Core>,
-    e: &Entry,
-    dest: &str,
-) -> ReplayResult<Option<store::Node>> {
+/// What a file's MOVE that found no source finds at its destination.
+enum Dest {
+    /// Our version: the MOVE was made before (a crash came before its record).
+    Ours,
+    /// Not our version (its bytes differ from the hash of ours): the node, kept here.
+    Theirs(store::Node),
+    /// Nothing tells: no node here any more, no hash known, or too large to read.
+    Unknown,
+}
+
+async fn at_destination(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult<Dest> {
     let Some(node) = core.db().write(|tx| store::get_node(tx, e.ino))? else {
-        return Ok(None);
+        return Ok(Dest::Unknown);
     };
     let Some(ours) = node.sha256.clone() else {
-        return Ok(None);
+        return Ok(Dest::Unknown);
     };
     let cur = match core.remote().stat(dest).await? {
-        Some(cur) if cur.is_dir => return Ok(Some(node)),
+        Some(cur) if cur.is_dir => return Ok(Dest::Theirs(node)),
         Some(cur) if cur.size <= super::COMPARE_LIMIT => cur,
-        _ => return Ok(None),
+        _ => return Ok(Dest::Unknown),
     };
     let data = if cur.size == 0 {
         bytes::Bytes::new()
     } else {
         core.remote().get_range(dest, 0, cur.size).await?.data
     };
-    Ok((super::sha256_of(data).await? != ours).then_some(node))
+    Ok(match super::sha256_of(data).await? == ours {
+        true => Dest::Ours,
+        false => Dest::Theirs(node),
+    })
 }
 
 /// Before the MOVE of a file removed here since (its delete waits further on): whether
