@@ -3127,3 +3127,33 @@ fn a_file_renamed_away_and_back_then_removed_spares_their_new_version() {
     assert_eq!(h.remote.read("/d"), Some(theirs));
     h.stop(false);
 }
+
+#[test]
+fn a_folder_renamed_onto_their_file_after_they_replaced_it_goes_beside_both() {
+    let mut h = Harness::new();
+    h.mkdir("/d");
+    h.drain("setup");
+    h.set_outage(true);
+    h.mv("/d", "/e");
+    h.create("/e/new", &ours_bytes(300, 8));
+    h.remote.other_delete("/d").unwrap();
+    let (at_d, at_e) = (their_bytes(400, 8), their_bytes(500, 9));
+    h.remote.other_put("/d", at_d.clone()).unwrap();
+    h.remote.other_put("/e", at_e.clone()).unwrap();
+    h.set_outage(false);
+    // Before: recreating our folder at /e met their file there (405), and the move was
+    // set aside for good.
+    h.drain("a folder replaced by a file, renamed onto another file of theirs");
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    let server = h.server();
+    assert_eq!(server.get("/d"), Some(&MemItem::File(at_d)));
+    assert_eq!(server.get("/e"), Some(&MemItem::File(at_e)));
+    assert!(
+        server.iter().any(|(p, v)| p.starts_with("/e (conflict")
+            && p.ends_with("/new")
+            && *v == MemItem::File(ours_bytes(300, 8))),
+        "{:?}",
+        server.keys()
+    );
+    h.stop(false);
+}

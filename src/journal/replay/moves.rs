@@ -89,19 +89,8 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
             );
             core.db().write(|tx| {
                 if e.is_dir {
-                    // Our folder is at `aside` on the server now: the changes waiting
-                    // inside it, and the local folder if it still has that name, follow
-                    // it there, so none of them lands in the other client's folder.
-                    journal::rewrite_prefix(tx, dest, &aside)?;
                     store::move_base_copies(tx, &e.path, &aside)?;
-                    let aside_name = aside.rsplit('/').next().unwrap_or(&aside);
-                    if let Some(node) = store::node_at_path(tx, dest)? {
-                        if node.ino == e.ino
-                            && store::get_child(tx, node.parent, aside_name)?.is_none()
-                        {
-                            store::move_dir_aside(tx, node.ino, aside_name)?;
-                        }
-                    }
+                    follow_folder_aside(tx, e, dest, &aside)?;
                     journal::record_conflict_because(
                         tx,
                         dest,
@@ -209,24 +198,62 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
 /// A folder to be moved is gone on the server (another client removed it, or put a file
 /// in its place): it is created at its new place, and the waiting changes inside it go there as recorded.
 /// Its unchanged files went with the other client's removal; changed ones are uploaded.
+/// If another client took the new name meanwhile, ours is created beside it instead.
 async fn folder_gone(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult {
-    with_parents(core, e, dest, || async {
+    let made = with_parents(core, e, dest, || async {
         Ok(core.remote().mkcol(dest).await?)
     })
-    .await?;
+    .await;
+    let at = match made {
+        Ok(()) => dest.to_string(),
+        // 405: something is there (a file, or their folder on a server that refuses a
+        // MKCOL of an existing one).
+        Err(ReplayError::Remote(RemoteError::Refused { status: 405, .. })) => {
+            let (dir, name) = dest.rsplit_once('/').unwrap_or(("", dest));
+            let aside = format!(
+                "{dir}/{}",
+                conflict_name(name, &host_name(), SystemTime::now())
+            );
+            core.remote().mkcol(&aside).await?;
+            aside
+        }
+        Err(err) => return Err(err),
+    };
     tracing::warn!(
-        "conflict: {} was removed on the server before its move here; created {dest} again",
+        "conflict: {} was removed on the server before its move here; created {at} again",
         e.path
     );
     core.db().write(|tx| {
+        if at != dest {
+            follow_folder_aside(tx, e, dest, &at)?;
+        }
         journal::record_conflict_because(
             tx,
             &e.path,
-            dest,
+            &at,
             "folder removed on the server, local changes kept",
         )?;
         done(core, tx, e)
     })
+}
+
+/// Our folder, meant for `dest`, is at `aside` on the server: the changes waiting inside
+/// it, and the local folder if it still has that name, follow it there, so none of them
+/// lands in what another client has at `dest`.
+fn follow_folder_aside(
+    tx: &rusqlite::Transaction<'_>,
+    e: &Entry,
+    dest: &str,
+    aside: &str,
+) -> rusqlite::Result<()> {
+    journal::rewrite_prefix(tx, dest, aside)?;
+    let aside_name = aside.rsplit('/').next().unwrap_or(aside);
+    if let Some(node) = store::node_at_path(tx, dest)? {
+        if node.ino == e.ino && store::get_child(tx, node.parent, aside_name)?.is_none() {
+            store::move_dir_aside(tx, node.ino, aside_name)?;
+        }
+    }
+    Ok(())
 }
 
 /// Before a file's MOVE: whether another client changed the file at the source since our
