@@ -520,6 +520,30 @@ mod tests {
         c
     }
 
+    #[test]
+    fn an_upload_s_new_etag_is_not_given_to_the_removal_of_its_scratch_files() {
+        let c = store_with(&[(Op::Put, 4, "/f", None)]);
+        record_scratch_removal(&c, 4, &base_copy_path("/f", 4, 7)).unwrap();
+        let n = node(4, true, crate::store::Kind::File);
+        record_remove(&c, &n, "/f").unwrap();
+        // The whole upload ends: deletes of the file that follow are about its version.
+        rows::rebase_deletes(&c, 4, Some("\"new\"")).unwrap();
+        let deletes: Vec<(String, Option<String>)> = list(&c, false)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.op == Op::Delete)
+            .map(|e| (e.path, e.base_etag))
+            .collect();
+        assert_eq!(
+            deletes,
+            vec![
+                // Its own name: whatever is there goes, whatever its ETag now.
+                (base_copy_path("/f", 4, 7), Some(String::new())),
+                ("/f".to_string(), Some("\"new\"".to_string())),
+            ]
+        );
+    }
+
     fn paths(v: &[Entry]) -> Vec<&str> {
         v.iter().map(|e| e.path.as_str()).collect()
     }

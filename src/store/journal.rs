@@ -216,11 +216,14 @@ pub fn sent_hashes(c: &Connection, id: i64) -> rusqlite::Result<Vec<String>> {
 }
 
 /// A waiting delete of `ino` is about the version our own upload or move just made
-/// (the empty base when the server gave it no ETag: it is ours all the same).
+/// (the empty base when the server gave it no ETag: it is ours all the same). Not the
+/// removals of its upload scratch files and base copies (same node, names of their own
+/// that take whatever is there): held to the file's new ETag, they would never go.
 pub fn rebase_deletes(c: &Connection, ino: u64, etag: Option<&str>) -> rusqlite::Result<()> {
     c.prepare_cached(
         "UPDATE journal SET base_etag = COALESCE(?2, '') \
-         WHERE ino = ?1 AND op = 'delete' AND running = 0",
+         WHERE ino = ?1 AND op = 'delete' AND running = 0 \
+           AND path NOT LIKE '%.davdrive-part-%'",
     )?
     .execute(params![ino as i64, etag])?;
     Ok(())

@@ -311,7 +311,7 @@ enum Dest {
     /// Our version: the MOVE was made before (a crash came before its record).
     Ours,
     /// Not our version (its bytes differ from the hash of ours): the node, kept here.
-    Theirs(store::Node),
+    Theirs(Box<store::Node>),
     /// Nothing tells: no node here any more, no hash known, or too large to read.
     Unknown,
 }
@@ -324,7 +324,7 @@ async fn at_destination(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult
         return Ok(Dest::Unknown);
     };
     let cur = match core.remote().stat(dest).await? {
-        Some(cur) if cur.is_dir => return Ok(Dest::Theirs(node)),
+        Some(cur) if cur.is_dir => return Ok(Dest::Theirs(Box::new(node))),
         Some(cur) if cur.size <= super::COMPARE_LIMIT => cur,
         _ => return Ok(Dest::Unknown),
     };
@@ -335,7 +335,7 @@ async fn at_destination(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult
     };
     Ok(match super::sha256_of(data).await? == ours {
         true => Dest::Ours,
-        false => Dest::Theirs(node),
+        false => Dest::Theirs(Box::new(node)),
     })
 }
 
