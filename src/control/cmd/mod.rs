@@ -6,7 +6,7 @@
 //!
 //! Replies are typed structs, shared by the daemon and the client. Those of backups and
 //! migrations are the types `crate::backup` and `crate::migrate` answer with, named
-//! again in their command's file.
+//! again in their command's file; `status`'s jobs are `crate::jobs::JobReport`s.
 
 pub mod backup_list;
 pub mod backup_run;

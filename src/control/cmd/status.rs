@@ -7,6 +7,7 @@ use serde_json::Value;
 use crate::cache;
 use crate::control::client::{ago, human_age, human_size, s, u};
 use crate::control::{printable, unix_secs, CmdError, Context};
+use crate::jobs::JobReport;
 use crate::journal;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -25,7 +26,7 @@ pub struct StatusReply {
     /// `fs::PollStatus`.
     pub poll: Value,
     /// `jobs::Jobs::list`.
-    pub jobs: Vec<Value>,
+    pub jobs: Vec<JobReport>,
     pub mountpoint: std::path::PathBuf,
     pub metrics_url: Option<String>,
     pub version: String,
@@ -171,16 +172,19 @@ pub fn render(r: &StatusReply) -> String {
         out += "jobs:          none\n";
     }
     for (i, j) in r.jobs.iter().enumerate() {
+        let (name, state) = match j {
+            JobReport::Backup(b) => (&b.name, Some(&b.state)),
+            JobReport::Migration(m) => (&m.id, m.state.as_ref()),
+        };
         out += &format!(
-            "{}{} {}: {}\n",
+            "{}{} {name}: {}\n",
             if i == 0 {
                 "jobs:          "
             } else {
                 "               "
             },
-            s(j, "kind"),
-            j["name"].as_str().unwrap_or_else(|| s(j, "id")),
-            s(j, "state")
+            j.kind(),
+            state.map_or("", |s| s.as_str())
         );
     }
     if let Some(url) = &r.metrics_url {
