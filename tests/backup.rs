@@ -505,9 +505,25 @@ fn backup_replies_keep_their_shape_on_the_socket() {
     let socket = d.daemon().control_socket().to_path_buf();
     let ask = |req: Request| ctl_socket(&socket, &req);
 
+    // Offline, so that it stays among `status`'s jobs (its upload waits for the remote).
+    d.core().ensure_listing(ROOT_INO).unwrap();
+    d.server.proxy.set_fault(Fault::Refuse);
+    wait_until(10, "the remote to look down", || {
+        !d.core().health.is_online()
+    });
     let started = ask(Request::BackupRun {});
     assert_eq!(shape(&started), json!({"id": "int", "name": "string"}));
     let id = started["id"].as_i64().unwrap();
+    let status = ask(Request::Status {});
+    assert_eq!(
+        shape(&status["jobs"]),
+        json!([{"id": "string", "kind": "string", "name": "string", "state": "string",
+            "done_bytes": "int", "total_bytes": "int"}]),
+        "{status}"
+    );
+    assert_eq!(status["jobs"][0]["kind"], "backup", "{status}");
+    assert_eq!(status["jobs"][0]["id"], format!("backup-{id}"), "{status}");
+    d.server.proxy.set_fault(Fault::None);
     let mut job = Value::Null;
     wait_until(60, "the backup to end", || {
         job = ask(Request::BackupJob(IdArgs { id }));

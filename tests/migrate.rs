@@ -948,6 +948,17 @@ fn migrate_replies_keep_their_shape_on_the_socket() {
         status(Value::Null, Value::Null, Value::Null),
         "{paused}"
     );
+    // Among `status`'s jobs while paused.
+    let jobs = ask(Request::Status {})["jobs"].clone();
+    assert_eq!(
+        shape(&jobs),
+        json!([{"id": "string", "kind": "string", "state": "string", "percent": "float",
+            "src": "string", "dest": "string"}]),
+        "{jobs}"
+    );
+    assert_eq!(jobs[0]["kind"], "migration", "{jobs}");
+    assert_eq!(jobs[0]["id"], format!("migration-{id}"), "{jobs}");
+    assert_eq!(jobs[0]["state"], "paused", "{jobs}");
     let resumed = ask(Request::MigrateResume(IdArgs { id }));
     assert_eq!(resumed["state"], "running");
     assert_eq!(

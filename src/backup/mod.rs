@@ -27,11 +27,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{Local, NaiveTime, TimeZone, Utc};
-use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::fs::{Core, FsError};
-use crate::jobs::{JobReport, Jobs};
+use crate::jobs::{Job, JobReport, Jobs, Kind};
 use crate::store::{self, backups};
 
 const DAY_S: i64 = 86400;
@@ -114,7 +113,7 @@ impl Progress {
     fn progress(&self) -> RunProgress {
         RunProgress {
             id: format!("backup-{}", self.id),
-            kind: "backup".into(),
+            kind: Kind::Backup,
             name: self.name.clone(),
             state: self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             done_bytes: self.done.load(Ordering::Relaxed),
@@ -123,9 +122,9 @@ impl Progress {
     }
 }
 
-impl JobReport for Progress {
-    fn report(&self) -> Value {
-        serde_json::to_value(self.progress()).expect("a run's progress serializes")
+impl Job for Progress {
+    fn report(&self) -> JobReport {
+        JobReport::Backup(self.progress())
     }
     fn finished(&self) -> bool {
         self.finished.load(Ordering::Relaxed)

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::jobs::Kind;
 pub use crate::store::backups::BackupRow;
 
 /// A run as it goes (`backup-job` while it runs, `backup-status`'s `running`, and the
@@ -16,7 +17,7 @@ pub struct RunProgress {
     /// `backup-<id>`: the run among the other jobs.
     pub id: String,
     /// Always `backup`.
-    pub kind: String,
+    pub kind: Kind,
     pub name: String,
     /// What the run does now ("making the archive", "uploading", …), then its end state.
     pub state: String,

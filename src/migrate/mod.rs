@@ -20,8 +20,8 @@ mod walk;
 mod worker;
 
 pub use replies::{
-    ByteCounts, Cancelled, ErrorItem, Errors, FileCounts, MigrationStatus, SourceReport,
-    WorkerReport,
+    ByteCounts, Cancelled, ErrorItem, Errors, FileCounts, MigrationJob, MigrationStatus,
+    SourceReport, WorkerReport,
 };
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,10 +31,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::fs::{Core, FsError};
-use crate::jobs::{JobReport, Jobs};
+use crate::jobs::{Job, JobReport, Jobs};
 use crate::store::{self, Kind, StoreError};
 
 /// How a landed file is checked against the remote.
@@ -742,20 +741,20 @@ struct JobView {
     id: i64,
 }
 
-impl JobReport for JobView {
-    fn report(&self) -> Value {
+impl Job for JobView {
+    fn report(&self) -> JobReport {
         let status = self
             .migrations
             .upgrade()
             .and_then(|m| m.status(self.id).ok());
         let status = status.as_ref();
-        json!({
-            "id": format!("migration-{}", self.id),
-            "kind": "migration",
-            "state": status.map(|s| &s.state),
-            "percent": status.map(|s| s.percent),
-            "src": status.map(|s| &s.src),
-            "dest": status.map(|s| &s.dest),
+        JobReport::Migration(MigrationJob {
+            id: format!("migration-{}", self.id),
+            kind: crate::jobs::Kind::Migration,
+            state: status.map(|s| s.state.clone()),
+            percent: status.map(|s| s.percent),
+            src: status.map(|s| s.src.clone()),
+            dest: status.map(|s| s.dest.clone()),
         })
     }
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Options;
+use crate::jobs::Kind;
 
 /// One migration's progress (`migrate-start`, `-status`, `-list`, `-pause`, `-resume`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +48,20 @@ pub struct MigrationStatus {
     /// With `--delete-source` only.
     pub source: Option<SourceReport>,
     pub worker: WorkerReport,
+}
+
+/// A migration among `ctl status`'s jobs: its progress in short.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationJob {
+    /// `migration-<id>`: the migration among the other jobs.
+    pub id: String,
+    /// Always `migration`.
+    pub kind: Kind,
+    /// As `MigrationStatus`'s; these four are none if its status could not be read.
+    pub state: Option<String>,
+    pub percent: Option<f64>,
+    pub src: Option<String>,
+    pub dest: Option<String>,
 }
 
 /// Files by where they are in the migration.

@@ -6,7 +6,7 @@
 //!
 //! Replies are typed structs, shared by the daemon and the client. Those of backups and
 //! migrations are the types `crate::backup` and `crate::migrate` answer with, named
-//! again in their command's file.
+//! again in their command's file; `status`'s jobs are `crate::jobs::JobReport`s.
 
 pub mod backup_list;
 pub mod backup_run;
@@ -149,7 +149,8 @@ mod tests {
             "conflicts": 0,
             "poll": {"interval_s": 0, "rounds": 0, "changes_total": 0,
                      "folder_etags": "unknown", "refetching": 0, "last": null},
-            "jobs": [{"kind": "backup", "id": "backup-1", "name": "b1", "state": "running"}],
+            "jobs": [{"kind": "backup", "id": "backup-1", "name": "b1", "state": "running",
+                      "done_bytes": 0, "total_bytes": 0}],
             "mountpoint": "/mnt/d", "metrics_url": null, "version": "0.1.0",
             "uptime_s": 3600,
         });

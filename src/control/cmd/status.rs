@@ -7,6 +7,7 @@ use serde_json::Value;
 use crate::cache;
 use crate::control::client::{ago, human_age, human_size, s, u};
 use crate::control::{printable, unix_secs, CmdError, Context};
+use crate::jobs::JobReport;
 use crate::journal;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -25,7 +26,7 @@ pub struct StatusReply {
     /// `fs::PollStatus`.
     pub poll: Value,
     /// `jobs::Jobs::list`.
-    pub jobs: Vec<Value>,
+    pub jobs: Vec<JobReport>,
     pub mountpoint: std::path::PathBuf,
     pub metrics_url: Option<String>,
     pub version: String,
@@ -171,16 +172,19 @@ pub fn render(r: &StatusReply) -> String {
         out += "jobs:          none\n";
     }
     for (i, j) in r.jobs.iter().enumerate() {
+        let (name, state) = match j {
+            JobReport::Backup(b) => (&b.name, Some(&b.state)),
+            JobReport::Migration(m) => (&m.id, m.state.as_ref()),
+        };
         out += &format!(
-            "{}{} {}: {}\n",
+            "{}{} {name}: {}\n",
             if i == 0 {
                 "jobs:          "
             } else {
                 "               "
             },
-            s(j, "kind"),
-            j["name"].as_str().unwrap_or_else(|| s(j, "id")),
-            s(j, "state")
+            j.kind(),
+            state.map_or("", |s| s.as_str())
         );
     }
     if let Some(url) = &r.metrics_url {
@@ -233,4 +237,53 @@ fn poll_text(p: &Value) -> String {
         u(p, "changes_total"),
         u(p, "rounds"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The `jobs:` lines, from the jobs as the daemon sends them: a backup run, a
+    /// migration, and a migration whose status could not be read.
+    #[test]
+    fn jobs_are_listed_by_kind_name_and_state() {
+        let reply = json!({
+            "online": false, "read_only": false, "read_only_reason": null, "since": 0,
+            "last_check": null, "last_check_latency_ms": null, "last_error": null,
+            "journal": {"waiting": 0, "waiting_bytes": 0, "oldest_age_s": null,
+                        "failed": 0, "in_flight": 0},
+            "cache": {"files": 0, "bytes": 0, "clean_bytes": 0, "dirty_files": 0,
+                      "dirty_bytes": 0, "pinned_files": 0, "pinned_bytes": 0,
+                      "disk_free": 0},
+            "limits": {"max_age_s": 60, "max_size": 0, "min_free": 0},
+            "conflicts": 0,
+            "poll": null,
+            "jobs": [
+                {"id": "backup-5", "kind": "backup", "name": "backup-h-1.tar.gz",
+                 "state": "waiting for the remote", "done_bytes": 1, "total_bytes": 2},
+                {"id": "migration-7", "kind": "migration", "state": "paused",
+                 "percent": 40.0, "src": "/data", "dest": "/Archive"},
+                {"id": "migration-8", "kind": "migration", "state": null,
+                 "percent": null, "src": null, "dest": null},
+            ],
+            "mountpoint": "/mnt/d", "metrics_url": "http://127.0.0.1:9/metrics",
+            "version": "0.1.0", "uptime_s": 59,
+        });
+        let r = StatusReply::deserialize(&reply).unwrap();
+        assert_eq!(
+            render(&r),
+            "remote:        OFFLINE since never\n\
+             last check:    never\n\
+             journal:       0 waiting (0 B), oldest -, 0 in flight, 0 failed\n\
+             cache:         0 files, 0 B (clean 0 B, dirty 0 B in 0 files, pinned 0 B in 0 files)\n\
+             limits:        max age 1 min, max size 0 B, min free 0 B (free now 0 B)\n\
+             conflicts:     0\n\
+             jobs:          backup backup-h-1.tar.gz: waiting for the remote\n\
+             \x20              migration migration-7: paused\n\
+             \x20              migration migration-8: \n\
+             metrics:       http://127.0.0.1:9/metrics\n\
+             davdrive:      0.1.0 on /mnt/d, up 59 s\n"
+        );
+    }
 }
