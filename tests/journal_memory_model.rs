@@ -3157,3 +3157,46 @@ fn a_folder_renamed_onto_their_file_after_they_replaced_it_goes_beside_both() {
     );
     h.stop(false);
 }
+
+#[test]
+fn uploads_handed_to_a_conflict_copy_keep_their_folder_s_new_name() {
+    let mut h = Harness::new();
+    h.mkdir("/d");
+    let ino = h.create("/d/f", &ours_bytes(500, 10));
+    h.drain("setup");
+    // Our upload is on the wire (held) when the folder is renamed here and the file
+    // written again: that second upload names the folder's new path.
+    h.remote.inject(
+        Rule::on(Method::Put)
+            .at("/d/f")
+            .outcome(Outcome::Delay(Duration::from_secs(2)))
+            .times(1),
+    );
+    h.write_ino(ino, 0, &ours_bytes(600, 11)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.remote.count_at(Method::Put, "/d/f") == 0 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.remote.other_put("/d/f", their_bytes(700, 10)).unwrap();
+    h.mv("/d", "/e");
+    let last = ours_bytes(800, 12);
+    h.write_ino(ino, 0, &last).unwrap();
+    h.drain("a conflict on an upload while its folder was renamed here");
+    let server = h.server();
+    // Before: the second upload was handed to the copy at the folder's old path, and
+    // recreated the folder there.
+    assert!(
+        !server.keys().any(|p| at_or_under(p, "/d")),
+        "{:?}",
+        server.keys()
+    );
+    assert!(
+        server
+            .iter()
+            .any(|(p, v)| p.starts_with("/e/") && *v == MemItem::File(last.clone())),
+        "{:?}",
+        server.keys()
+    );
+    h.stop(false);
+}

@@ -554,24 +554,36 @@ pub fn load(c: &Connection) -> rusqlite::Result<(u64, u64)> {
 }
 
 /// Our uploads of `ino` that wait (all but entry `except`, the one being replayed) go
-/// to the node `to` names, at its path, or are dropped when it names none: hands a
-/// file's pending changes to its conflict copy. Ranges an earlier attempt took
-/// (`sending`) describe `ino`'s base, not the copy's, so they are forgotten.
+/// to the node `to` names, under the name its path ends with, or are dropped when it
+/// names none: hands a file's pending changes to its conflict copy. Each keeps its own
+/// folder: one recorded after a rename of a folder above names the folder's new path,
+/// and must not bring the old one back. Ranges an earlier attempt took (`sending`)
+/// describe `ino`'s base, not the copy's, so they are forgotten.
 pub fn hand_puts_to(
     c: &Connection,
     ino: u64,
     except: i64,
     to: Option<(u64, &str)>,
 ) -> rusqlite::Result<usize> {
-    match to {
-        Some((copy, path)) => c.execute(
-            "UPDATE journal SET ino = ?3, path = ?4, sending = NULL \
-             WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
-            params![ino as i64, except, copy as i64, path],
-        ),
-        None => c.execute(
+    let Some((copy, copy_path)) = to else {
+        return c.execute(
             "DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
             params![ino as i64, except],
-        ),
+        );
+    };
+    let name = copy_path.rsplit('/').next().unwrap_or(copy_path);
+    let puts: Vec<(i64, String)> = c
+        .prepare_cached(
+            "SELECT id, path FROM journal \
+             WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
+        )?
+        .query_map(params![ino as i64, except], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update =
+        c.prepare_cached("UPDATE journal SET ino = ?2, path = ?3, sending = NULL WHERE id = ?1")?;
+    for (id, path) in &puts {
+        let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+        update.execute(params![id, copy as i64, format!("{dir}/{name}")])?;
     }
+    Ok(puts.len())
 }
