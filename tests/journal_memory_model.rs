@@ -3200,3 +3200,34 @@ fn uploads_handed_to_a_conflict_copy_keep_their_folder_s_new_name() {
     );
     h.stop(false);
 }
+
+#[test]
+fn two_renames_onto_a_name_another_client_took_go_beside_it_under_two_names() {
+    let mut h = Harness::new();
+    let (first, second) = (ours_bytes(300, 13), ours_bytes(400, 14));
+    h.create("/e", &first);
+    h.create("/a", &second);
+    h.drain("setup");
+    h.set_outage(true);
+    h.mv("/e", "/d");
+    h.mv("/a", "/d");
+    let theirs = their_bytes(500, 13);
+    h.remote.other_put("/d", theirs.clone()).unwrap();
+    h.set_outage(false);
+    // Before: both went for the same conflict name within a second, and the second
+    // move was set aside for good.
+    h.drain_or_stuck("two renames onto their new file");
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    let server = h.server();
+    assert_eq!(server.get("/d"), Some(&MemItem::File(theirs)));
+    for ours in [first, second] {
+        assert!(
+            server
+                .iter()
+                .any(|(p, v)| is_conflict_path(p) && *v == MemItem::File(ours.clone())),
+            "{:?}",
+            server.keys()
+        );
+    }
+    h.stop(false);
+}

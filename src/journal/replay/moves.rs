@@ -11,7 +11,7 @@ use crate::journal::{self, Entry};
 use crate::remote::RemoteError;
 use crate::store;
 
-use super::conflict::{conflict_name, host_name};
+use super::conflict::{conflict_name, host_name, numbered};
 use super::parents::with_parents;
 use super::ReplayError;
 
@@ -76,13 +76,22 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         Ok(()) => {}
         Err(RemoteError::PreconditionFailed) => {
             let (dir, name) = dest.rsplit_once('/').unwrap_or(("", dest));
-            let aside = format!(
-                "{dir}/{}",
-                conflict_name(name, &host_name(), SystemTime::now())
-            );
-            core.remote()
-                .rename_no_replace(&e.path, &aside, e.is_dir)
-                .await?;
+            let base_name = conflict_name(name, &host_name(), SystemTime::now());
+            // A second conflict at the same name within the same second: the next free
+            // one of `name (conflict …)`, `name (conflict … 2)`, … is taken.
+            let mut n = 1;
+            let aside = loop {
+                let aside = format!("{dir}/{}", numbered(&base_name, n));
+                match core
+                    .remote()
+                    .rename_no_replace(&e.path, &aside, e.is_dir)
+                    .await
+                {
+                    Ok(()) => break aside,
+                    Err(RemoteError::PreconditionFailed) if n < 20 => n += 1,
+                    Err(err) => return Err(err.into()),
+                }
+            };
             tracing::warn!(
                 "conflict: {dest} exists on the remote with somebody else's version; {} was moved to {aside} instead",
                 e.path
