@@ -3,6 +3,9 @@
 //! registered, so a second reader of it waits for that fetch instead of starting another.
 //! What arrives is written into the content file and its range map at once, so an
 //! interrupted read resumes from what is already here.
+//!
+//! Just over 600 lines: the chunk registry, the read-ahead window and the writing of
+//! what arrives share one file's state and its lock, and read best side by side.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
