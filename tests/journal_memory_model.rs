@@ -74,7 +74,7 @@
 //!   "scratch": a part-upload scratch file can still stay on the server after some
 //!   sequences of part upload, restart and removal (2,000 cases: `/.b c.davdrive-part-3`
 //!   left; timing-dependent, the shrink did not reproduce it).
-//!   "crash-open": generated, the suite's 300 cases end with a local view that differs
+//!   "crash-open": generated, 300 cases of the fixed seed end with a local view that differs
 //!   from the server after the final restart (a file another client deleted and then put
 //!   again at a name ours was renamed to, read back locally with our older bytes and
 //!   size): the timing-dependent divergence, met when a file is held open at a crash.
