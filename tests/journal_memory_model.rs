@@ -1896,8 +1896,22 @@ fn check_server(h: &Harness, m: &Model, ctx: &str, end: bool) {
             St::Unknown => {}
         }
     }
-    for p in server.keys() {
+    // Bytes of the other client's whose place the model does not know exactly ("must
+    // survive somewhere"): a folder of ours that held them may have carried them along.
+    let anywhere: Vec<&Vec<u8>> = m
+        .m
+        .values()
+        .filter(|e| e.st == (St::Theirs { precise: false }))
+        .filter_map(|e| match &e.item {
+            Item::File(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    for (p, item) in &server {
         if m.m.contains_key(p) || is_conflict_path(p) {
+            continue;
+        }
+        if matches!(item, MemItem::File(b) if anywhere.contains(&b)) {
             continue;
         }
         let mut cur = p.as_str();
