@@ -1898,15 +1898,14 @@ fn check_server(h: &Harness, m: &Model, ctx: &str, end: bool) {
     }
     // Bytes of the other client's whose place the model does not know exactly ("must
     // survive somewhere"): a folder of ours that held them may have carried them along.
-    let anywhere: Vec<&Vec<u8>> = m
-        .m
-        .values()
-        .filter(|e| e.st == (St::Theirs { precise: false }))
-        .filter_map(|e| match &e.item {
-            Item::File(b) => Some(b),
-            _ => None,
-        })
-        .collect();
+    let anywhere: Vec<&Vec<u8>> =
+        m.m.values()
+            .filter(|e| e.st == (St::Theirs { precise: false }))
+            .filter_map(|e| match &e.item {
+                Item::File(b) => Some(b),
+                _ => None,
+            })
+            .collect();
     for (p, item) in &server {
         if m.m.contains_key(p) || is_conflict_path(p) {
             continue;

@@ -281,6 +281,31 @@ fn being_written(
     }
 }
 
+/// Whether the local file still hashes to `before` (what an upload of `e` read first)
+/// over `size` bytes. If not, written meanwhile: its version now is recorded as one of
+/// ours, since whatever went out may be it; none when it is shorter (cut through a
+/// handle still open).
+async fn still_as_sent(
+    core: &Arc<Core>,
+    e: &Entry,
+    local: &std::path::Path,
+    size: u64,
+    before: &str,
+) -> ReplayResult<bool> {
+    let local = local.to_path_buf();
+    let after = super::blocking(move || sha256_prefix(&local, size))
+        .await
+        .ok();
+    if after.as_deref() == Some(before) {
+        return Ok(true);
+    }
+    if let Some(after) = &after {
+        core.db()
+            .write(|tx| journal::add_sent_hash(tx, e.id, after))?;
+    }
+    Ok(false)
+}
+
 /// The hash of what the scratch file of a part upload holds, recorded as a version of
 /// ours. `before` was taken from the local file before the first part; parts are read
 /// from it as they go, so a write through a handle still open may land between two of
@@ -298,22 +323,13 @@ async fn what_scratch_holds(
     let Some(before) = before else {
         return Ok(None);
     };
-    let local = local.to_path_buf();
-    // Shorter than sent (cut through a handle still open): changed, and no version.
-    let after = super::blocking(move || sha256_prefix(&local, size))
-        .await
-        .ok();
-    if after.as_deref() == Some(before.as_str()) {
+    if still_as_sent(core, e, local, size, &before).await? {
         return Ok(Some(before));
     }
     tracing::debug!(
         "{}: written while its parts were sent; reading them back",
         e.path
     );
-    if let Some(after) = &after {
-        core.db()
-            .write(|tx| journal::add_sent_hash(tx, e.id, after))?;
-    }
     let reply = core.remote().get_range(scratch, 0, size).await?;
     if reply.data.len() as u64 != size {
         return Err(ReplayError::Remote(RemoteError::BadReply(format!(
@@ -348,20 +364,11 @@ async fn what_went_out(
     let Some(before) = before else {
         return Ok(None);
     };
-    let local = local.to_path_buf();
-    // Shorter than sent (cut through a handle still open): changed, and no version.
-    let after = super::blocking(move || sha256_prefix(&local, size))
-        .await
-        .ok();
-    if after.as_deref() == Some(before.as_str()) {
+    if still_as_sent(core, e, local, size, &before).await? {
         return Ok(Some(before));
     }
     let path = &e.path;
     tracing::debug!("{path}: written while it was sent; reading back what the server holds");
-    if let Some(after) = &after {
-        core.db()
-            .write(|tx| journal::add_sent_hash(tx, e.id, after))?;
-    }
     let Some(etag) = etag else {
         return Ok(None);
     };
