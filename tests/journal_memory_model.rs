@@ -3248,3 +3248,31 @@ fn two_renames_onto_a_name_another_client_took_go_beside_it_under_two_names() {
     }
     h.stop(false);
 }
+
+/// A file renamed here and then removed while still open, while another client rewrote
+/// it at the old name: the waiting rename must judge by what our delete knows of our
+/// version, not keep the open file's bytes as a copy (nothing of ours is left to keep).
+/// Theirs stays where it is, and no conflict claims a copy of ours was kept.
+#[test]
+fn a_renamed_file_removed_while_open_spares_their_version_and_keeps_nothing() {
+    let mut h = Harness::new();
+    let ino = h.create("/a", &ours_bytes(1000, 3));
+    h.drain("setup");
+    h.set_outage(true);
+    h.mv("/a", "/b");
+    let (fh, _) = h.core().open(ino, true).unwrap();
+    h.unlink("/b");
+    let theirs = their_bytes(1500, 3);
+    h.remote.other_put("/a", theirs.clone()).unwrap();
+    h.set_outage(false);
+    h.drain_or_stuck("rename and removal of an open file rewritten there");
+    assert_eq!(h.remote.read("/a"), Some(theirs.clone()));
+    assert_eq!(h.remote.read("/b"), None);
+    assert!(h.conflicts().is_empty(), "{:?}", h.conflicts());
+    h.core().release(fh).unwrap();
+    h.drain("its release");
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    let left: Vec<String> = h.remote.snapshot().into_keys().collect();
+    assert_eq!(left, vec!["/a".to_string()]);
+    h.stop(false);
+}

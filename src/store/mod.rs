@@ -171,6 +171,12 @@ impl Node {
         self.kind == Kind::Dir
     }
 
+    /// Unlinked here while still open: out of the namespace (parent 0), kept until its
+    /// last handle closes. Its waiting delete says what becomes of it on the server.
+    pub fn removed_here(&self) -> bool {
+        self.parent == 0 && self.ino != ROOT_INO
+    }
+
     /// Every byte of the file is in the content file.
     pub fn fully_cached(&self) -> bool {
         self.ranges.covers(0, self.size)

@@ -153,7 +153,7 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
                     // The rename says we keep it: a copy we hold whole goes up under
                     // the new name (recorded as a conflict); one we do not is gone
                     // with their delete.
-                    Some(n) if n.on_remote => return Ok(Some(n)),
+                    Some(n) if n.on_remote && !n.removed_here() => return Ok(Some(n)),
                     Some(n) if n.dirty => {
                         if let Some(path) = store::path_of(tx, e.ino)? {
                             journal::record_put(tx, e.ino, &path)?;
@@ -270,8 +270,14 @@ fn follow_folder_aside(
 /// version stays where it is; a copy of ours we hold whole goes up under the new name,
 /// and the conflict is recorded. Returns true when that was done.
 async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult<bool> {
-    let Some(node) = core.db().write(|tx| store::get_node(tx, e.ino))? else {
-        return removed_here_and_theirs_there(core, e, dest).await;
+    let node = match core.db().write(|tx| store::get_node(tx, e.ino))? {
+        // Removed here since (still open, or gone): what the waiting delete knows of
+        // our version decides, not a copy we no longer keep.
+        Some(n) if n.removed_here() => {
+            return removed_here_and_theirs_there(core, e, dest, n.sha256.as_deref()).await
+        }
+        None => return removed_here_and_theirs_there(core, e, dest, None).await,
+        Some(n) => n,
     };
     let Some(base) = node.etag.as_deref().filter(|_| node.on_remote) else {
         return Ok(false);
@@ -344,13 +350,15 @@ async fn at_destination(core: &Arc<Core>, e: &Entry, dest: &str) -> ReplayResult
     };
     Ok(match super::sha256_of(data).await? == ours {
         true => Dest::Ours,
+        // Removed here since: there is no copy of ours to keep beside theirs.
+        false if node.removed_here() => Dest::Unknown,
         false => Dest::Theirs(Box::new(node)),
     })
 }
 
 /// Before the MOVE of a file removed here since (its delete waits further on): whether
 /// the source on the server still holds our version, as that delete knows it (its base
-/// ETag, or the hash of a version our uploads sent). If another client replaced it,
+/// ETag, or the hash of a version our uploads sent or of the base version). If another client replaced it,
 /// moving it would carry their version to our name, where our delete would then remove
 /// it: instead theirs stays where it is and the move ends (the delete finds nothing of
 /// ours at the new name). Returns true when the move was ended so.
@@ -358,6 +366,7 @@ async fn removed_here_and_theirs_there(
     core: &Arc<Core>,
     e: &Entry,
     dest: &str,
+    base_hash: Option<&str>,
 ) -> ReplayResult<bool> {
     let Some(del) = core
         .db()
@@ -376,7 +385,10 @@ async fn removed_here_and_theirs_there(
         // Ours (or a server without ETags, where nothing tells).
         return Ok(false);
     }
-    let sent = core.db().write(|tx| journal::sent_hashes(tx, del.id))?;
+    // The versions known to be ours: what our uploads sent, and the base version's hash
+    // (its ETag can be stale: servers retag files under a folder our move renamed).
+    let mut sent = core.db().write(|tx| journal::sent_hashes(tx, del.id))?;
+    sent.extend(base_hash.map(String::from));
     if !sent.is_empty() && cur.size <= super::COMPARE_LIMIT {
         let data = if cur.size == 0 {
             bytes::Bytes::new()
