@@ -129,3 +129,42 @@ pub fn keep_local_copy(conn: &Connection, ino: u64) -> rusqlite::Result<()> {
     .execute([ino as i64])?;
     Ok(())
 }
+
+/// Our version of `of` went up beside theirs as `name`, in the same folder, whose
+/// server version is `etag`: a clean file node of `of`'s size, times and owner, holding
+/// the cached `ranges`. None when nothing is made: the name is taken here already, or
+/// `of` was removed here (no folder to put it in). The caller records what the copy
+/// still has to send (written ranges) and moves the content file.
+pub fn make_conflict_copy(
+    conn: &Connection,
+    of: &crate::store::Node,
+    name: &str,
+    etag: Option<&str>,
+    ranges: crate::store::RangeSet,
+    now_s: i64,
+) -> rusqlite::Result<Option<u64>> {
+    use crate::store::{get_child, insert_node, Kind, NewNode};
+    if of.removed_here() || get_child(conn, of.parent, name)?.is_some() {
+        return Ok(None);
+    }
+    insert_node(
+        conn,
+        &NewNode {
+            parent: of.parent,
+            name,
+            kind: Kind::File,
+            size: of.size,
+            mtime_ns: of.mtime_ns,
+            mode: of.mode,
+            uid: of.uid,
+            gid: of.gid,
+            etag,
+            on_remote: true,
+            dirty: false,
+            ranges,
+            listed_at: None,
+            last_access: now_s,
+        },
+    )
+    .map(Some)
+}

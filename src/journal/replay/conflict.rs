@@ -10,7 +10,7 @@ use crate::fs::Core;
 use crate::journal::{self, Entry};
 use crate::remote::{Precondition, RemoteError};
 use crate::store;
-use crate::store::{Kind, NewNode, RangeSet};
+use crate::store::RangeSet;
 
 use super::put::{finish_upload, upload_whole};
 use super::COMPARE_LIMIT;
@@ -131,34 +131,19 @@ pub(super) async fn resolve_conflict(
         // content as committed now, and their uploads go to the copy (below).
         let node = &store::get_node(&tx, e.ino)?.unwrap_or_else(|| node.clone());
         // The local copy becomes the conflict file, beside the original.
-        let copy_ino =
-            if store::get_child(&tx, node.parent, &conflict_name)?.is_none() && node.parent != 0 {
-                let ino = store::insert_node(
-                    &tx,
-                    &NewNode {
-                        parent: node.parent,
-                        name: &conflict_name,
-                        kind: Kind::File,
-                        size: node.size,
-                        mtime_ns: node.mtime_ns,
-                        mode: node.mode,
-                        uid: node.uid,
-                        gid: node.gid,
-                        etag: conflict_etag.as_deref(),
-                        on_remote: true,
-                        dirty: false,
-                        ranges: RangeSet::full(node.size),
-                        listed_at: None,
-                        last_access: core.clock().now_s(),
-                    },
-                )?;
-                // What was uploaded is the content as it was then: the uploads moved to the
-                // copy below send it whole, whatever was written since.
-                store::forget_written(&tx, ino)?;
-                Some(ino)
-            } else {
-                None
-            };
+        let copy_ino = store::versions::make_conflict_copy(
+            &tx,
+            node,
+            &conflict_name,
+            conflict_etag.as_deref(),
+            RangeSet::full(node.size),
+            core.clock().now_s(),
+        )?;
+        // What was uploaded is the content as it was then: the uploads moved to the copy
+        // below send it whole, whatever was written since.
+        if let Some(ino) = copy_ino {
+            store::forget_written(&tx, ino)?;
+        }
         let ours = copy_ino.map(|ino| (ino, conflict_path.as_str()));
         take_theirs(core, tx, e, current.as_ref(), node.mtime_ns, ours, |tx| {
             journal::record_conflict(

@@ -32,7 +32,7 @@ use super::{done, ReplayError, ReplayResult};
 use crate::fs::{Core, FsError};
 use crate::journal::{self, Entry};
 use crate::remote::RemoteError;
-use crate::store::{self, Kind, NewNode, Node, RangeSet};
+use crate::store::{self, Kind, Node, RangeSet};
 
 /// Whether this upload of `node` goes as ranges: the file is a version of the server's
 /// with a known base, its written ranges are known (`sending`), it is not shorter than
@@ -362,36 +362,21 @@ async fn conflict(core: &Arc<Core>, e: &Entry, node: &Node, copy: &str) -> Repla
     core.db().with_writer(|conn| {
         let tx = conn.unchecked_transaction()?;
         let now = store::get_node(&tx, e.ino)?.unwrap_or_else(|| node.clone());
-        let copy_ino =
-            if store::get_child(&tx, now.parent, &conflict_name)?.is_none() && now.parent != 0 {
-                let ino = store::insert_node(
-                    &tx,
-                    &NewNode {
-                        parent: now.parent,
-                        name: &conflict_name,
-                        kind: Kind::File,
-                        size: now.size,
-                        mtime_ns: now.mtime_ns,
-                        mode: now.mode,
-                        uid: now.uid,
-                        gid: now.gid,
-                        etag: copy_etag.as_deref(),
-                        on_remote: true,
-                        dirty: false,
-                        ranges: now.ranges.clone(),
-                        listed_at: None,
-                        last_access: core.clock().now_s(),
-                    },
-                )?;
-                // The server's copy is the version uploaded; what was written since goes next,
-                // as ranges of it.
-                let since = now.written.clone().unwrap_or_default();
-                store::note_written(&tx, ino, &since, now.size)?;
-                store::set_base_size_and_dirty(&tx, ino, node.size, !since.is_empty())?;
-                Some(ino)
-            } else {
-                None
-            };
+        let copy_ino = store::versions::make_conflict_copy(
+            &tx,
+            &now,
+            &conflict_name,
+            copy_etag.as_deref(),
+            now.ranges.clone(),
+            core.clock().now_s(),
+        )?;
+        // The server's copy is the version uploaded; what was written since goes next,
+        // as ranges of it.
+        if let Some(ino) = copy_ino {
+            let since = now.written.clone().unwrap_or_default();
+            store::note_written(&tx, ino, &since, now.size)?;
+            store::set_base_size_and_dirty(&tx, ino, node.size, !since.is_empty())?;
+        }
         let ours = copy_ino.map(|ino| (ino, conflict_path.as_str()));
         take_theirs(core, tx, e, current.as_ref(), now.mtime_ns, ours, |tx| {
             journal::record_conflict(
