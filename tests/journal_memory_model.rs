@@ -3276,3 +3276,37 @@ fn a_renamed_file_removed_while_open_spares_their_version_and_keeps_nothing() {
     assert_eq!(left, vec!["/a".to_string()]);
     h.stop(false);
 }
+
+/// A file of theirs we only listed (no hash of it known), renamed here onto a name
+/// another client then took, and on and back: the first MOVE goes aside, and the renames
+/// after it must follow our version there. Left at the old name, they carried the other
+/// client's file away and back, and the local file took its new ETag with our size: a
+/// read of it failed for good.
+#[test]
+fn renames_after_one_moved_aside_follow_our_version() {
+    let mut h = Harness::new();
+    h.remote.other_put("/d", their_bytes(1000, 4)).unwrap();
+    h.ttl = Duration::ZERO;
+    h.restart(false);
+    h.local_tree();
+    h.ttl = DIR_TTL;
+    h.set_outage(true);
+    h.mv("/d", "/a");
+    h.mv("/a", "/x");
+    h.mv("/x", "/a");
+    let theirs = their_bytes(1500, 5);
+    h.remote.other_put("/a", theirs.clone()).unwrap();
+    let server = h.settle_and_compare("renames after one moved aside");
+    assert_eq!(server.get("/a"), Some(&file(&theirs)));
+    let ours: Vec<&String> = server
+        .iter()
+        .filter(|(_, v)| **v == file(&their_bytes(1000, 4)))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        ours.len() == 1 && is_conflict_path(ours[0]),
+        "the first version must be beside theirs, once: {:?}",
+        server_digest(&server)
+    );
+    h.stop(false);
+}

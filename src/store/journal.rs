@@ -229,6 +229,23 @@ pub fn rebase_deletes(c: &Connection, ino: u64, etag: Option<&str>) -> rusqlite:
     Ok(())
 }
 
+/// The waiting entries of file `ino` at `from` name `to` instead: our version went up at
+/// `to`, beside somebody else's that took `from` first. Left at `from`, they would act
+/// on their file (a later rename of ours would carry it off). Its deletes stay: a copy
+/// put aside for a conflict is kept, and at `from` they find nothing of ours.
+pub fn follow_file_aside(
+    c: &Connection,
+    ino: u64,
+    from: &str,
+    to: &str,
+) -> rusqlite::Result<usize> {
+    c.prepare_cached(
+        "UPDATE journal SET path = ?3 \
+         WHERE ino = ?1 AND path = ?2 AND running = 0 AND op != 'delete'",
+    )?
+    .execute(params![ino as i64, from, to])
+}
+
 /// Points waiting entries at or below `from` to the same places below `to` (a folder
 /// moved aside on the server because something else took its name there).
 pub fn rewrite_prefix(c: &Connection, from: &str, to: &str) -> rusqlite::Result<usize> {

@@ -96,6 +96,10 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
                 "conflict: {dest} exists on the remote with somebody else's version; {} was moved to {aside} instead",
                 e.path
             );
+            let aside_etag = match e.is_dir {
+                true => None,
+                false => core.remote().stat(&aside).await?.and_then(|s| s.etag),
+            };
             core.db().write(|tx| {
                 if e.is_dir {
                     store::move_base_copies(tx, &e.path, &aside)?;
@@ -107,6 +111,11 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
                         "folder renamed here onto a name another client took; ours kept beside it",
                     )?;
                 } else {
+                    // Our version is at `aside` now: what waits for it follows it there.
+                    journal::follow_file_aside(tx, e.ino, dest, &aside)?;
+                    if let Some(etag) = &aside_etag {
+                        store::versions::retag_after_move(tx, e.ino, etag)?;
+                    }
                     journal::record_conflict(tx, dest, &aside, None, None)?;
                 }
                 done(core, tx, e)
@@ -291,8 +300,12 @@ async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> Rep
     // Servers give a file a new ETag when a folder above it moves (our own replayed
     // move, whose new tags we do not learn for the files inside): a different tag alone
     // does not make it theirs. The bytes tell, where we know the hash of our version
-    // and the file is small enough to read; otherwise it is moved as before.
+    // and the file is small enough to read; without the hash, a size other than our
+    // version's does (a new tag keeps the size); otherwise it is moved as before.
     let Some(ours) = node.sha256.as_deref() else {
+        if node.base_size.is_some_and(|size| size != cur.size) {
+            return theirs_at_source(core, e, &node, dest).map(|()| true);
+        }
         return Ok(false);
     };
     if cur.size > super::COMPARE_LIMIT {
@@ -306,6 +319,11 @@ async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> Rep
     if super::sha256_of(data).await? == ours {
         return Ok(false);
     }
+    theirs_at_source(core, e, &node, dest)?;
+    Ok(true)
+}
+
+fn theirs_at_source(core: &Arc<Core>, e: &Entry, node: &store::Node, dest: &str) -> ReplayResult {
     tracing::warn!(
         "conflict: {} was changed on the server before its move to {dest}; theirs stays, \
          ours goes to the new name",
@@ -314,11 +332,10 @@ async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> Rep
     keep_ours_at_new_name(
         core,
         e,
-        &node,
+        node,
         dest,
         "file changed on the server before its rename here; both kept",
-    )?;
-    Ok(true)
+    )
 }
 
 /// What a file's MOVE that found no source finds at its destination.
