@@ -1949,7 +1949,7 @@ fn check_server(h: &Harness, m: &Model, ctx: &str, end: bool) {
             .db()
             .write(|conn| {
                 let mut st = conn
-                    .prepare("SELECT path, conflict_path, COALESCE(reason, '') FROM conflicts")?;
+                    .prepare("SELECT path, conflict_path, COALESCE(reason, '') FROM conflicts WHERE resolved = 0")?;
                 let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 rows.collect::<Result<_, _>>()
             })
@@ -3308,5 +3308,36 @@ fn renames_after_one_moved_aside_follow_our_version() {
         "the first version must be beside theirs, once: {:?}",
         server_digest(&server)
     );
+    h.stop(false);
+}
+
+/// A file renamed twice here, the first name taken meanwhile by another client's
+/// folder: the first MOVE goes aside, the second takes our version from there to the
+/// name the user gave it. It ends there, and no open conflict is left naming a copy
+/// that is gone (whose "keep theirs" would remove the file the rename made).
+#[test]
+fn a_rename_on_from_a_conflict_name_settles_that_conflict() {
+    let mut h = Harness::new();
+    let ours = ours_bytes(1200, 6);
+    h.create("/x", &ours);
+    h.drain("setup");
+    h.set_outage(true);
+    h.mv("/x", "/b c");
+    h.mv("/b c", "/d");
+    h.remote.other_mkdir("/b c").unwrap();
+    let server = h.settle_and_compare("a rename through a name their folder took");
+    assert_eq!(server.get("/d"), Some(&file(&ours)));
+    assert_eq!(server.get("/b c"), Some(&MemItem::Dir));
+    assert!(
+        !server.keys().any(|k| is_conflict_path(k)),
+        "{:?}",
+        server.keys()
+    );
+    let open = h
+        .core()
+        .db()
+        .write(|c| davdrive::store::conflicts::open_count(c))
+        .unwrap();
+    assert_eq!(open, 0, "open conflicts: {:?}", h.conflicts());
     h.stop(false);
 }

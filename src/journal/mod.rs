@@ -56,7 +56,7 @@ use rusqlite::{Connection, Transaction};
 use crate::store::journal as rows;
 use crate::store::Node;
 
-pub use crate::store::conflicts::{record_conflict, record_conflict_because};
+pub use crate::store::conflicts::{record_conflict, record_conflict_because, settled_by_rename};
 pub use crate::store::journal::{
     add_sent_hash, anything_running, complete, follow_file_aside, get, has_pending_put, head,
     is_running, later_delete_of, list, next_retry_at, part_progress, rebase_deletes,

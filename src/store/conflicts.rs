@@ -59,6 +59,15 @@ pub fn in_open_conflict(c: &Connection, path: &str) -> rusqlite::Result<bool> {
     .query_row([path], |r| r.get(0))
 }
 
+/// Our version left the conflict copy at `copy` by a rename of ours (one made here
+/// before the conflict arose, replayed after it): it is where the user put it, and the
+/// copy named by the conflict is gone. Its open conflicts are settled; none is left
+/// whose "keep theirs" would remove what the rename made.
+pub fn settled_by_rename(c: &Connection, copy: &str) -> rusqlite::Result<usize> {
+    c.prepare_cached("UPDATE conflicts SET resolved = 1 WHERE conflict_path = ?1 AND resolved = 0")?
+        .execute([copy])
+}
+
 /// Every conflict, resolved or not, as the control socket lists them.
 pub fn list(c: &Connection) -> rusqlite::Result<Vec<ConflictRow>> {
     let mut st = c.prepare(

@@ -208,6 +208,10 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         if e.is_dir {
             // The base copies of files changed inside went along (see `replay::partial`).
             store::move_base_copies(tx, &e.path, dest)?;
+        } else {
+            // From a conflict name an earlier rename of ours went to (see
+            // `follow_file_aside`), on to the name given here.
+            journal::settled_by_rename(tx, &e.path)?;
         }
         done(core, tx, e)
     })
