@@ -3341,3 +3341,39 @@ fn a_rename_on_from_a_conflict_name_settles_that_conflict() {
     assert_eq!(open, 0, "open conflicts: {:?}", h.conflicts());
     h.stop(false);
 }
+
+/// A part upload cut off, the file then cut below the part size and sent whole, and the
+/// removal of the parts already sent failing once (the server went away right after the
+/// PUT): the upload ends, so the removal must wait in the journal, not be forgotten with
+/// the scratch file left on the server for good.
+#[test]
+fn parts_of_an_abandoned_upload_go_even_if_their_first_removal_fails() {
+    let mut h = Harness::new();
+    h.remote.inject(
+        Rule::on(Method::PutRange)
+            .outcome(Outcome::Status(503))
+            .times(1),
+    );
+    let big = h.create("/big", &ours_bytes(7000, 7));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.journal().iter().all(|e| e.attempts == 0) {
+        assert!(Instant::now() < deadline, "{:#?}", h.journal());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let scratch = davdrive::journal::scratch_path("/big", big);
+    assert!(h.remote.read(&scratch).is_some(), "no part was sent");
+    h.remote.inject(
+        Rule::on(Method::Delete)
+            .at(&scratch)
+            .outcome(Outcome::Transport)
+            .times(1),
+    );
+    h.core()
+        .setattr(big, None, None, None, Some(100), None)
+        .unwrap();
+    h.drain("parts cut off, their removal failing once");
+    assert_eq!(h.remote.read("/big"), Some(ours_bytes(100, 7)));
+    assert_eq!(h.remote.count_at(Method::Delete, &scratch), 2);
+    assert_eq!(h.remote.read(&scratch), None, "the scratch file stayed");
+    h.stop(false);
+}

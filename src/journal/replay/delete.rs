@@ -59,7 +59,7 @@ pub(super) async fn delete(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     };
     // Parts an earlier upload of this entry sent go too (a cut part upload of a file
     // removed since became this delete).
-    super::put::drop_scratch(core, e).await;
+    super::put::drop_scratch_or_queue(core, e).await?;
     match result {
         Ok(()) => core.db().write(|tx| done(core, tx, e)),
         // Changed on the remote after the version deleted here: their change wins over a

@@ -143,7 +143,9 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         true => sent,
         false => what_went_out(core, e, &local_path, node.size, &etag, sent).await?,
     };
-    drop_scratch(core, e).await;
+    // The entry ends here: parts of an earlier attempt that cannot go now (the server
+    // went away after this upload) go by an entry of their own.
+    drop_scratch_or_queue(core, e).await?;
     finish_upload(core, e, etag, sent, node.size)?;
     super::meta::after(core, e).await;
     Ok(())
