@@ -45,56 +45,40 @@
 //!            (the trace prints server, model and journal after every step; most
 //!            failures depend on timing, so run it a few times).
 //!
-//! Known issues. The property test found the bugs below; those fixed are pinned down by
-//! the fixed tests at the end of this file, and the model describes their outcomes: a
-//! folder removed here while another client put something in it stays, as theirs, with
-//! their files (`revive_parents`); a new folder whose name they took goes beside their
-//! file; a rename of a file they deleted or rewrote ends with theirs in place and ours,
-//! if held whole, under the new name; conflict copies are numbered within a second.
-//! Six of those (mkcol-over-file, dir-delete, conflict-name, move-of-deleted,
-//! move-adopts-etag, delete-takes-folder) each pass 300 cases generated alone.
-//! Generated together they found one more engine bug (a rename of a file removed here
-//! since carried another client's rewrite to our name, where our delete took it; fixed,
-//! pinned by `a_renamed_then_removed_file_spares_their_version_at_the_old_name`), and
-//! 1,000 cases still end now and then with a local view that differs from the server
-//! after the final restart (the divergence below): so they stay waived by default until
-//! that is found. Run them with DAVDRIVE_MODEL_ALLOW=scratch,crash-open,folder-move-etag.
+//! Findings. The property test found the bugs below; each fix is pinned by a fixed
+//! scenario at the end of this file, and the model describes their outcomes: a folder
+//! removed here while another client put something in it stays, as theirs, with their
+//! files (`revive_parents`); a new folder whose name they took goes beside their file;
+//! a rename of a file they deleted or rewrote ends with theirs in place and ours, if
+//! held whole, under the new name; conflict copies are numbered within a second.
 //! The failures of long runs that depended on timing, whose shrunk replays passed, were
-//! found with the history (DAVDRIVE_MODEL_HISTORY, above) and were engine bugs: a part
-//! upload written while sent whose hash was never recorded, a folder move carrying the
-//! file another client put in its place, a move that found no source taking their file
-//! at its destination for ours (their bytes then deleted), an upload of a file removed
-//! while open retried until set aside, a base copy's removal held to the file's new
-//! ETag, uploads handed to a conflict copy at a folder's old path, a recreated folder
-//! or a move aside meeting a name taken. Each is pinned by a fixed scenario at the end
-//! of this file. With the default waivers, runs of 2,000 random-seeded cases then
-//! passed; with fewer waivers some still fail (a folder revived as theirs that a move
-//! of ours then meets, a file read back after a restart with an older size).
-//! Waived by default (`STILL_OPEN`), with what the fixed seed still meets:
-//!   "scratch": a part-upload scratch file can still stay on the server after some
-//!   sequences of part upload, restart and removal (2,000 cases: `/.b c.davdrive-part-3`
-//!   left; timing-dependent, the shrink did not reproduce it).
-//!   "crash-open": generated, 300 cases of the fixed seed end with a local view that differs
-//!   from the server after the final restart (a file another client deleted and then put
-//!   again at a name ours was renamed to, read back locally with our older bytes and
-//!   size): the timing-dependent divergence, met when a file is held open at a crash.
-//!   "folder-move-etag": generated, 2,000 cases met our own edit of a file in a renamed
-//!   folder put into a conflict copy beside our previous version. One cause is fixed
-//!   (an upload streamed while an open handle wrote recorded a hash of bytes it did not
-//!   send, see `what_went_out` in put.rs); not yet run long enough to un-waive.
-//! DAVDRIVE_MODEL_ALLOW=<comma-separated names> sets the list (empty: none
-//! waived). The waived scenarios are then not generated, or their outcome is accepted:
-//!   scratch            part-upload scratch files left on the server
+//! found with the history (DAVDRIVE_MODEL_HISTORY, above) and were engine bugs too: a
+//! part upload written while sent whose hash was never recorded, a folder move carrying
+//! the file another client put in its place, a move that found no source taking their
+//! file at its destination for ours, an upload of a file removed while open retried
+//! until set aside, a base copy's removal held to the file's new ETag, uploads handed to
+//! a conflict copy at a folder's old path, a recreated folder or a move aside meeting a
+//! name taken, a rename of a file removed while open keeping a copy of it, renames after
+//! one that went aside carrying the other client's file off (the local file then
+//! unreadable), and the removal of an abandoned upload's parts forgotten when the server
+//! went away first.
+//! Nothing is waived by default any more: with every scenario generated, 4,000-case
+//! runs of random seeds and 2,000 cases of the fixed seed pass.
+//! To hunt for something else past a known failure, DAVDRIVE_MODEL_ALLOW=<comma-separated
+//! names> waives scenarios: they are then not generated, or their outcome is accepted:
+//!   scratch            (fixed) part-upload scratch files left on the server
 //!   mkcol-over-file    (fixed) a new folder whose name another client took (MKCOL set aside)
 //!   dir-delete         (fixed) a folder delete replayed as a recursive DELETE of their files
-//!   crash-open         writes to a file still open at a crash cut to an older size
+//!   crash-open         (not met since) a file held open at a crash read back, after the
+//!                      final restart, at an older size
 //!   conflict-name      (fixed) two conflicts on one path within a second: same copy name
 //!   move-of-deleted    (fixed) a rename of a file another client deleted is set aside
 //!   move-adopts-etag   (fixed) a rename takes the other client's version for ours
 //!   blind-delete       (fixed) a removed file whose upload sent nothing: unconditional DELETE
 //!   fetch-pending-move (fixed) uncached content under a waiting rename fetched under the new name
 //!   delete-takes-folder (fixed) a file's delete meeting their folder deletes it recursively
-//!   folder-move-etag   files in a renamed folder keep stale ETags: our own edit conflicts
+//!   folder-move-etag   (not met since) files in a renamed folder keep stale ETags: our
+//!                      own edit conflicts
 //!   evict-under-move   (fixed: content is fetched from where the server has it, so
 //!                      eviction below a folder whose rename waits is fine)
 //!   listing-pending-move  (fixed) a folder listed while its rename waits lost its clean files
@@ -2093,18 +2077,12 @@ fn check(actions: Vec<Action>) {
     assert_eq!(h.stats(), (0, 0), "{ctx}: the walk queued changes");
 }
 
-/// Known issues (see the report of the findings) a run may waive, to look for others:
-/// `DAVDRIVE_MODEL_ALLOW=scratch,...`.
-/// Known issues still open, waived unless `DAVDRIVE_MODEL_ALLOW` says otherwise (set it
-/// empty to hunt them all).
-/// The scenarios still kept out of the random cases by default (see the header): the
-/// others run in every random case, their fixes also pinned by the fixed tests below.
-const STILL_OPEN: &str = "scratch,mkcol-over-file,dir-delete,crash-open,conflict-name,\
-                          move-of-deleted,move-adopts-etag,delete-takes-folder,\
-                          folder-move-etag";
+/// Scenarios waived unless `DAVDRIVE_MODEL_ALLOW` says otherwise: none (see the header).
+const WAIVED_BY_DEFAULT: &str = "";
 
 fn allowed(issue: &str) -> bool {
-    let list = std::env::var("DAVDRIVE_MODEL_ALLOW").unwrap_or_else(|_| STILL_OPEN.to_string());
+    let list =
+        std::env::var("DAVDRIVE_MODEL_ALLOW").unwrap_or_else(|_| WAIVED_BY_DEFAULT.to_string());
     list.split(',').any(|i| i.trim() == issue)
 }
 
@@ -3375,5 +3353,41 @@ fn parts_of_an_abandoned_upload_go_even_if_their_first_removal_fails() {
     assert_eq!(h.remote.read("/big"), Some(ours_bytes(100, 7)));
     assert_eq!(h.remote.count_at(Method::Delete, &scratch), 2);
     assert_eq!(h.remote.read(&scratch), None, "the scratch file stayed");
+    h.stop(false);
+}
+
+/// A new file renamed and removed here while its first upload was starting (before it
+/// had sent or hashed anything), while another client put a file at its first name. No
+/// version of ours was ever there: the waiting rename must not carry their file to our
+/// name, where our delete (its base then taken from the moved file) removed it.
+#[test]
+fn a_file_removed_while_its_first_upload_starts_spares_their_file_at_its_old_name() {
+    let mut h = Harness::new();
+    // A server ignoring preconditions is asked first: the upload waits on that question.
+    h.remote.set_preconditions_honored(false);
+    h.remote.inject(
+        Rule::on(Method::Stat)
+            .at("/x")
+            .outcome(Outcome::Delay(Duration::from_millis(500)))
+            .times(1),
+    );
+    h.create("/x", &ours_bytes(358, 8));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.remote.count_at(Method::Stat, "/x") == 0 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.set_outage(true);
+    h.mv("/x", "/a");
+    h.unlink("/a");
+    let theirs = their_bytes(3809, 8);
+    h.remote.other_put("/x", theirs.clone()).unwrap();
+    h.set_outage(false);
+    h.drain("a rename and removal during the first upload");
+    assert!(
+        h.remote.read("/x") == Some(theirs) && h.remote.read("/a").is_none(),
+        "their file must stay at /x, alone: {:?}",
+        server_digest(&h.server())
+    );
     h.stop(false);
 }

@@ -419,10 +419,14 @@ async fn removed_here_and_theirs_there(
         if sent.contains(&super::sha256_of(data).await?) {
             return Ok(false);
         }
-    } else if base.is_none() {
-        // Nothing known to tell ours from theirs by.
+    } else if base.is_none() && !sent.is_empty() {
+        // Too large to compare with what our uploads sent.
         return Ok(false);
     }
+    // Otherwise not ours. Without base or sent hashes, no version of ours was ever known
+    // there (created here, and the upload tried sent nothing): whatever is at the source
+    // is somebody else's, as the delete that follows would judge it (see
+    // `replay::delete`). Moved, it would be taken for ours and that delete would take it.
     tracing::warn!(
         "{} was changed on the server before its move to {dest}, and removed here since; \
          theirs stays",
