@@ -29,10 +29,15 @@ struct MemDrive {
     mem: Arc<MemRemote>,
     state: tempfile::TempDir,
     daemon: Option<Daemon>,
+    tweak: Box<dyn Fn(&mut DaemonConfig)>,
 }
 
 impl MemDrive {
     fn new(mem: MemRemote) -> MemDrive {
+        MemDrive::configured(mem, |_| {})
+    }
+
+    fn configured(mem: MemRemote, tweak: impl Fn(&mut DaemonConfig) + 'static) -> MemDrive {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -43,6 +48,7 @@ impl MemDrive {
             mem: Arc::new(mem),
             state: tempfile::tempdir().unwrap(),
             daemon: None,
+            tweak: Box::new(tweak),
         };
         d.start();
         d
@@ -53,6 +59,7 @@ impl MemDrive {
         let mut cfg = DaemonConfig::new(self.state.path());
         cfg.health_interval = Duration::from_millis(100);
         cfg.sweeper = false;
+        (self.tweak)(&mut cfg);
         let remote: Arc<dyn Remote> = self.mem.clone();
         self.daemon = Some(Daemon::start(cfg, remote, Clock::default()).unwrap());
     }
@@ -265,6 +272,14 @@ fn a_file_partly_cached_at_a_crash_is_completed_byte_for_byte() {
         assert_eq!(got, &data[off as usize..(off + 128 * KIB) as usize]);
     }
     d.wait_downloads();
+    // Recorded in the store a moment later, the file still open.
+    common::wait_until(10, "what was read recorded as here", || {
+        let ranges = d.node("db.bin").ranges;
+        ranges.covers(0, MIB)
+            && scattered(60, size, 9)
+                .iter()
+                .all(|&off| ranges.covers(off, off + 4096))
+    });
     let cached = d.node("db.bin").cached_bytes;
     assert!(
         cached > 0 && cached < size,
@@ -312,4 +327,74 @@ fn a_file_partly_cached_at_a_crash_is_completed_byte_for_byte() {
         d.node("db.bin").sha256.is_some()
     });
     assert_eq!(d.node("db.bin").sha256.unwrap(), common::sha256(&data));
+}
+
+#[test]
+fn a_reader_is_answered_while_the_get_it_waits_on_is_still_arriving() {
+    let d = MemDrive::new(MemRemote::new());
+    let size = 8 * MIB;
+    let data = common::pattern(size as usize, 25);
+    put(&d, "stream.bin", &data);
+    let ino = d.ino("stream.bin");
+    let (fh, _) = d.core().open(ino, false).unwrap();
+    // The network hands over the first 256 KiB of each reply, then nothing more.
+    d.mem.hold_bodies_after(256 * KIB);
+    let core = d.core().clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let _ = tx.send(core.read(fh, 0, 4096));
+    });
+    // The read needs only bytes that arrived: it returns while its GET still runs.
+    let first = rx.recv_timeout(Duration::from_secs(30));
+    d.mem.release_bodies();
+    reader.join().unwrap();
+    let first = first.expect("the read waited for the whole GET").unwrap();
+    assert_eq!(first, &data[..4096]);
+    let mut got = first;
+    loop {
+        let part = d.core().read(fh, got.len() as u64, 128 << 10).unwrap();
+        if part.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&part);
+    }
+    d.core().release(fh).unwrap();
+    assert!(got == data, "the file read back differs from the server's");
+}
+
+#[test]
+fn random_reads_record_the_range_map_now_and_then_and_whole_at_close() {
+    let d = MemDrive::configured(MemRemote::new(), |cfg| {
+        cfg.core.ranges_saved_every = Duration::from_secs(3600);
+    });
+    let size = 64 * MIB;
+    let data = common::pattern(size as usize, 26);
+    put(&d, "index.db", &data);
+    let ino = d.ino("index.db");
+    let (fh, _) = d.core().open(ino, false).unwrap();
+    let reads = scattered(40, size, 11);
+    for &off in &reads {
+        let got = d.core().read(fh, off, 4096).unwrap();
+        assert_eq!(got, &data[off as usize..off as usize + 4096], "at {off}");
+    }
+    // The first fetch was recorded; the others, within the interval, not yet.
+    let node = d.node("index.db");
+    assert!(node.ranges.covers(reads[0], reads[0] + 4096));
+    assert!(
+        node.cached_bytes <= 128 * KIB,
+        "{} bytes recorded after {} reads: the map was written at each",
+        node.cached_bytes,
+        reads.len()
+    );
+    // The last close records all of it.
+    d.core().release(fh).unwrap();
+    let node = d.node("index.db");
+    for &off in &reads {
+        assert!(node.ranges.covers(off, off + 4096), "{off} not recorded");
+    }
+    // And what the store records as here is the server's bytes.
+    let on_disk = std::fs::read(d.core().content().path(ino)).unwrap();
+    for (a, b) in node.ranges.iter() {
+        assert!(on_disk[a as usize..b as usize] == data[a as usize..b as usize]);
+    }
 }

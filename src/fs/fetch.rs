@@ -1,23 +1,21 @@
 //! Downloads of file content: ranged GETs by chunk, several at a time, with a read-ahead
 //! window that grows while a file is read sequentially. A chunk being fetched is
 //! registered, so a second reader of it waits for that fetch instead of starting another.
-//! What arrives is written into the content file and its range map at once, so an
-//! interrupted read resumes from what is already here.
-//!
-//! Just over 600 lines: the chunk registry, the read-ahead window and the writing of
-//! what arrives share one file's state and its lock, and read best side by side.
+//! A GET's body is kept as it arrives (`fetched.rs`), and a reader waits only until the
+//! bytes it asked for are here, not for the whole GET; an interrupted read resumes from
+//! what is already here.
 
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex};
 
+use futures_util::StreamExt;
+
+use super::fetched::{RangesSaved, ReplySoFar};
 use super::{lock, Core, FsError, FsResult, OpenFile};
 use crate::remote::{RangeReply, RemoteError};
-use crate::store;
 
-/// Unit of download and of read-ahead. A reader waits for the whole chunk it needs to
-/// arrive: small enough that it is not kept waiting long, large enough that a GET's
-/// cost stays small beside its bytes.
+/// Unit of download and of read-ahead: large enough that a GET's cost stays small beside
+/// its bytes, small enough that several run side by side ahead of a reader.
 pub const CHUNK: u64 = 2 << 20;
 /// How far a streaming reader's reads may land from where the last one ended (the kernel
 /// sends them from several threads, a little out of order) and still count as going on.
@@ -33,11 +31,9 @@ const MAX_WINDOW: u64 = 64 << 20;
 const MAX_PARALLEL: usize = 8;
 /// Largest single GET of a fetch done in the caller's thread.
 const MAX_FETCH: u64 = 8 << 20;
-/// Downloaded data goes into the content file in pieces of this size, the file's state
-/// locked for one piece at a time.
-const STORE_PIECE: u64 = 256 << 10;
 
-/// A chunk download in progress; waiters block until `done`.
+/// A chunk download in progress. Its bytes are kept as they arrive, so a reader waits
+/// only until the part it needs is here (or the download ended), not for the whole GET.
 #[derive(Default)]
 pub(super) struct Inflight {
     done: Mutex<bool>,
@@ -45,16 +41,38 @@ pub(super) struct Inflight {
 }
 
 impl Inflight {
-    fn wait(&self) {
+    /// Waits until `[from, to)` of `of` is here or this download ended. The range map is
+    /// looked at under `done`, which `arrived` takes before it wakes anyone: no wake-up
+    /// is missed between the look and the wait.
+    fn wait_for(&self, of: &OpenFile, from: u64, to: u64) {
         let mut done = lock(&self.done);
-        while !*done {
+        while !*done && !lock(&of.state).ranges.covers(from, to) {
             done = self.cv.wait(done).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// More of the download is in the range map.
+    fn arrived(&self) {
+        drop(lock(&self.done));
+        self.cv.notify_all();
     }
 
     fn finish(&self) {
         *lock(&self.done) = true;
         self.cv.notify_all();
+    }
+}
+
+/// A download to wait for, and the part of it a reader needs.
+struct Waiting {
+    download: Arc<Inflight>,
+    from: u64,
+    to: u64,
+}
+
+impl Waiting {
+    fn wait(&self, of: &OpenFile) {
+        self.download.wait_for(of, self.from, self.to)
     }
 }
 
@@ -64,6 +82,8 @@ pub(super) struct Downloads {
     /// Chunk index → its download in progress.
     inflight: Mutex<HashMap<u64, Arc<Inflight>>>,
     readahead: Mutex<ReadAhead>,
+    /// Whether the store's copy of the range map is behind (see `fetched`).
+    pub(super) saved: Mutex<RangesSaved>,
 }
 
 #[derive(Default)]
@@ -82,17 +102,17 @@ struct ReadAhead {
 #[derive(Clone, Debug)]
 pub(super) struct Source {
     /// The remote path read.
-    path: String,
+    pub(super) path: String,
     /// For a file not changed here: its path here, where it is read again once a waiting
     /// rename was replayed (the content moved there).
-    here: Option<String>,
+    pub(super) here: Option<String>,
     /// The size of the file read.
-    size: u64,
+    pub(super) size: u64,
     /// A file changed here is read from its base version only (the server-side copy of
     /// it, or the file itself while it is still that version: `etag`), never from a
     /// newer one; its size is the base's.
-    base: bool,
-    etag: Option<String>,
+    pub(super) base: bool,
+    pub(super) etag: Option<String>,
 }
 
 struct FinishDownload {
@@ -240,11 +260,19 @@ impl Core {
                 while chunk * CHUNK < to {
                     let lo = (chunk * CHUNK).max(from);
                     let hi = ((chunk + 1) * CHUNK).min(to);
-                    if let Some(w) = self.start_chunk(of, ino, &src, chunk, lo, hi) {
-                        waiting.push_back(w);
+                    // The reader waits for what it asked for, not for what the fetch
+                    // was rounded up to.
+                    let (need_from, need_to) = (lo.max(start), hi.min(end));
+                    let started = self.start_chunk(of, ino, &src, chunk, lo, hi);
+                    if let Some(download) = started.filter(|_| need_from < need_to) {
+                        waiting.push_back(Waiting {
+                            download,
+                            from: need_from,
+                            to: need_to,
+                        });
                     }
                     while waiting.len() >= MAX_PARALLEL {
-                        waiting.pop_front().unwrap().wait();
+                        waiting.pop_front().unwrap().wait(of);
                     }
                     chunk += 1;
                 }
@@ -260,7 +288,7 @@ impl Core {
             }
         }
         for w in waiting {
-            w.wait();
+            w.wait(of);
         }
         if covered {
             return Ok(());
@@ -367,7 +395,6 @@ impl Core {
             let missing = st.ranges.missing(lo, hi.min(st.size));
             (missing.first()?.0, missing.last()?.1)
         };
-        let size = src.size;
         let me = self.me.upgrade()?;
         let w = Arc::new(Inflight::default());
         inflight.insert(chunk, w.clone());
@@ -387,38 +414,81 @@ impl Core {
             chunk,
             done: w.clone(),
         };
-        self.rt.spawn(async move {
+        // A thread of the blocking pool, not a task: the bytes go into the content file
+        // as they arrive, which would stall the other downloads on an async worker.
+        let progress = w.clone();
+        self.rt.spawn_blocking(move || {
             let _finish = finish;
-            let result = me
-                .remote
-                .get_range(&path, from, ask_len(from, to, size))
-                .await;
-            match result {
-                Ok(reply) => {
-                    // Writing megabytes to the content file and the range map to the
-                    // store: not on an async worker, where it would stall the other
-                    // downloads' bodies.
-                    let (core, of, path) = (me.clone(), of.clone(), path.clone());
-                    let stored = tokio::task::spawn_blocking(move || {
-                        core.store_fetched_checked(&of, ino, &src, from, to, &reply)
-                            .map_err(|e| format!("{path}: could not keep downloaded data: {e}"))
-                    })
-                    .await;
-                    match stored {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::warn!("{e}"),
-                        Err(e) => tracing::warn!("storing a download failed: {e}"),
-                    }
-                }
-                Err(e) => {
-                    if e.is_transport() {
-                        me.health.mark_offline(&e.to_string());
-                    }
-                    tracing::debug!("{path}: download of {from}..{to} failed: {e}");
-                }
+            if let Err(e) = me.download(&of, ino, &src, from, to, &progress) {
+                tracing::debug!("{path}: download of {from}..{to} failed: {e}");
             }
         });
         Some(w)
+    }
+
+    /// One GET of `[from, to)`, its bytes kept as they arrive, waking the readers of
+    /// `progress` as they do. What is not here when it ends is fetched by the reader.
+    fn download(
+        &self,
+        of: &Arc<OpenFile>,
+        ino: u64,
+        src: &Source,
+        from: u64,
+        to: u64,
+        progress: &Inflight,
+    ) -> FsResult<()> {
+        let (remote, path) = (self.remote.clone(), src.path.clone());
+        let ask = ask_len(from, to, src.size);
+        let mut reply = self.call(&src.path, async move {
+            remote.get_range_stream(&path, from, ask).await
+        })?;
+        let mut so_far = ReplySoFar {
+            offset: reply.offset,
+            total_size: reply.total_size,
+            etag: reply.etag.as_deref(),
+            len: 0,
+            whole: false,
+            version_checked: false,
+        };
+        // Kept as it arrives only when the headers say the file's size, which a reply
+        // to a range does: then a reply of another version is refused before its first
+        // byte is kept. Else it is read whole and checked as a whole.
+        let streamed = so_far.total_size.is_some();
+        let mut whole = bytes::BytesMut::new();
+        if streamed {
+            self.check_reply(of, ino, src, from, to, &so_far)?;
+            so_far.version_checked = true;
+        }
+        loop {
+            let next = self.call(&src.path, async { reply.body.next().await.transpose() })?;
+            let Some(piece) = next else { break };
+            if !streamed {
+                whole.extend_from_slice(&piece);
+                continue;
+            }
+            let offset = so_far.offset + so_far.len;
+            so_far.len += piece.len() as u64;
+            self.check_reply(of, ino, src, from, to, &so_far)?;
+            let piece = RangeReply {
+                data: piece,
+                offset,
+                total_size: so_far.total_size,
+                etag: None,
+            };
+            self.store_fetched(of, ino, src, &piece)?;
+            progress.arrived();
+        }
+        so_far.whole = true;
+        if streamed {
+            return self.check_reply(of, ino, src, from, to, &so_far);
+        }
+        let reply = RangeReply {
+            data: whole.freeze(),
+            offset: so_far.offset,
+            total_size: so_far.total_size,
+            etag: so_far.etag.map(str::to_string),
+        };
+        self.store_fetched_checked(of, ino, src, from, to, &reply)
     }
 
     /// Downloads the missing parts of `[start, end)` in this thread.
@@ -455,160 +525,6 @@ impl Core {
                 }
                 pos = reply.offset + reply.data.len() as u64;
             }
-        }
-        Ok(())
-    }
-
-    /// `store_fetched` for the reply to a GET of `[from, to)` (asked one byte further at
-    /// the file's end), once the reply is checked against the size the node has: a
-    /// total size that differs, more bytes than the file has, or fewer than asked before
-    /// its end, mean the server's file is not the one listed. Nothing of such a reply is
-    /// kept, never a silently cut or padded file (see `size_changed`).
-    fn store_fetched_checked(
-        &self,
-        of: &OpenFile,
-        ino: u64,
-        src: &Source,
-        from: u64,
-        to: u64,
-        reply: &RangeReply,
-    ) -> FsResult<()> {
-        let path = src.path.as_str();
-        if src.base {
-            // A file changed here: its missing bytes are the base version's, of the
-            // base's size; a newer version on the server is not mixed in (that is a
-            // conflict, which its upload meets).
-            let newer = match (src.etag.as_deref(), reply.etag.as_deref()) {
-                (Some(ours), Some(theirs)) => !crate::remote::same_etag(Some(ours), Some(theirs)),
-                _ => false,
-            };
-            let got_end = reply.offset + reply.data.len() as u64;
-            let size = src.size;
-            let short = !reply.data.is_empty() && got_end < to.min(size) && reply.offset <= from;
-            if newer || reply.total_size.is_some_and(|t| t != size) || got_end > size || short {
-                tracing::warn!(
-                    "{path}: the version this file's changes here were made to is no longer \
-                     on the server; its parts not here cannot be read (its upload will \
-                     keep both versions)"
-                );
-                return Err(FsError::Remote {
-                    path: path.to_string(),
-                    source: RemoteError::BadReply(
-                        "the file changed on the server since it was changed here".into(),
-                    ),
-                });
-            }
-            return self.store_fetched(of, ino, reply);
-        }
-        let size = lock(&of.state).size;
-        if lock(&of.state).write_dirty {
-            // Written here meanwhile: the local size is ours, not the server's.
-            return self.store_fetched(of, ino, reply);
-        }
-        // Fetched from the old path of a rename that waits: if the rename was replayed
-        // meanwhile, something else may stand there now. Only our version may be kept.
-        if self.path(ino).ok().as_deref() != Some(path) {
-            let ours = self.node(ino)?.etag;
-            if let (Some(ours), Some(theirs)) = (ours.as_deref(), reply.etag.as_deref()) {
-                if !crate::remote::same_etag(Some(ours), Some(theirs)) {
-                    return Err(FsError::Remote {
-                        path: path.to_string(),
-                        source: RemoteError::NotFound,
-                    });
-                }
-            }
-        }
-        let got_end = reply.offset + reply.data.len() as u64;
-        let why = match reply.total_size {
-            Some(total) if total != size => Some(format!("it has {total} bytes")),
-            _ if got_end > size => Some(format!("it sends more than {size} bytes")),
-            _ if !reply.data.is_empty() && got_end < to.min(size) && reply.offset <= from => {
-                Some(format!("it ends at byte {got_end}"))
-            }
-            _ => None,
-        };
-        match why {
-            Some(why) => Err(self.size_changed(ino, path, size, why)),
-            None => self.store_fetched(of, ino, reply),
-        }
-    }
-
-    /// The server's file is not the size its listing said: it changed since (or the
-    /// server cannot be trusted about it). Its folder is listed again at the next look,
-    /// which gives the new version, and this read fails rather than return a file cut
-    /// or padded to the old size.
-    fn size_changed(&self, ino: u64, path: &str, size: u64, why: String) -> FsError {
-        tracing::warn!(
-            "{path}: the server's file is not the {size} bytes listed ({why}); it changed:              its folder is listed again and this read fails"
-        );
-        if let Ok(node) = self.node(ino) {
-            let _ = self
-                .store
-                .write(|tx| store::mark_listing_due(tx, node.parent));
-        }
-        FsError::Remote {
-            path: path.to_string(),
-            source: RemoteError::BadReply(format!(
-                "the file changed on the server: listed with {size} bytes, but {why}"
-            )),
-        }
-    }
-
-    /// Writes downloaded data into the content file where it is still missing, and
-    /// records it. Each piece is written under the state lock (a write or truncate that
-    /// happened while the GET was on the wire must not be overwritten), but the lock is
-    /// let go between pieces: a reader of bytes already here never waits for megabytes
-    /// to be copied into the content file.
-    fn store_fetched(&self, of: &OpenFile, ino: u64, reply: &RangeReply) -> FsResult<()> {
-        let got = reply.data.len() as u64;
-        let mut room_made = false;
-        // Whether this reply's bytes made the file whole (that happens once, under the
-        // state lock): then its hash is recorded.
-        let mut completed = false;
-        let mut piece = reply.offset;
-        let reply_end = reply.offset + got;
-        while piece < reply_end {
-            let piece_end = (piece + STORE_PIECE).min(reply_end);
-            let mut st = lock(&of.state);
-            let end = piece_end.min(st.size);
-            let mut result = Ok(());
-            let mut added = false;
-            for (a, b) in st.ranges.missing(piece, end) {
-                let from = (a - reply.offset) as usize;
-                let to = (b - reply.offset) as usize;
-                result = of.file.write_all_at(&reply.data[from..to], a);
-                if result.is_err() {
-                    break;
-                }
-                st.ranges.insert(a, b);
-                added = true;
-            }
-            if added && st.ranges.covers(0, st.size) && !st.write_dirty {
-                completed = true;
-            }
-            match result {
-                Ok(()) => piece = piece_end,
-                // A full cache disk: evict clean content (not under the state lock) and
-                // try once more.
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && !room_made => {
-                    drop(st);
-                    room_made = true;
-                    if !self.make_room(got) {
-                        return Err(e.into());
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        // The map as it is now, read under the store's writer: downloads finishing in
-        // another order cannot store an older map over a newer one.
-        self.store.write(|tx| {
-            let ranges = lock(&of.state).ranges.clone();
-            store::set_ranges(tx, ino, &ranges)
-        })?;
-        self.cache_grew.notify_one();
-        if completed {
-            self.record_complete_download(ino);
         }
         Ok(())
     }

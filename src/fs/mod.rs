@@ -8,7 +8,8 @@
 //! - `namespace.rs`: lookup, attributes, directory handles, mkdir, create, symlink,
 //!   unlink, rmdir, rename, setattr.
 //! - `open_files.rs`: open and release; `io.rs`: read, write, flush, fsync, truncate;
-//!   `fetch.rs`: downloads; `partial.rs`: writes to files not all here.
+//!   `fetch.rs`: downloads, `fetched.rs`: what they bring; `partial.rs`: writes to files
+//!   not all here.
 //! - `listing.rs`, `listing_merge.rs`: folder listings; `poll.rs`: the background poll;
 //!   `changes.rs`: what the replayer is changing, which a listing must not overrule.
 //! - `revalidate.rs`: whether cached content is fresh and whole; `pin.rs`, `evict.rs`:
@@ -46,6 +47,7 @@ mod drop_entry;
 pub mod error;
 mod evict;
 mod fetch;
+mod fetched;
 mod import;
 mod io;
 mod kernel;
@@ -97,6 +99,9 @@ pub struct CoreConfig {
     pub uploads: UploadSizes,
     /// The background poll of the folders that matter (see `poll`).
     pub poll: PollConfig,
+    /// How often, at most, downloads record a file's range map in the store while it is
+    /// open (it is recorded at the last close and once the file is whole in any case).
+    pub ranges_saved_every: Duration,
 }
 
 /// Sizes that decide how a file is uploaded.
@@ -136,6 +141,7 @@ impl Default for CoreConfig {
             clock: Clock::default(),
             uploads: UploadSizes::default(),
             poll: PollConfig::default(),
+            ranges_saved_every: Duration::from_millis(500),
         }
     }
 }

@@ -115,6 +115,11 @@ impl Core {
             if let Err(e) = self.commit_writes(&of, ino, false) {
                 tracing::error!("could not commit writes of inode {ino}: {e}");
             }
+            // What downloads brought since the range map was last recorded (no download
+            // runs now: each holds the file open).
+            if let Err(e) = self.save_ranges(&of, ino) {
+                tracing::warn!("could not record the cached ranges of inode {ino}: {e}");
+            }
             // Not a `write`: no statement runs, the writer is only held (as `open_file`
             // holds it) so a listing merge cannot decide meanwhile whether it is open.
             let forgotten = self.store.with_writer(|_| {

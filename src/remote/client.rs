@@ -18,7 +18,7 @@ use reqwest::header::{HeaderMap, CONTENT_RANGE, ETAG, LOCATION, RANGE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use url::Url;
 
-use super::{RangeReply, RemoteError};
+use super::{RangeReply, RangeStream, RemoteError};
 
 /// Everything but RFC 3986 "unreserved" is encoded in a path segment: space, `%`, `#`,
 /// `?`, `+` (some servers decode it as a space), sub-delims and all non-ASCII.
@@ -444,27 +444,7 @@ impl HttpClient {
         progress: &Progress,
         fut: impl Future<Output = Result<T, RemoteError>>,
     ) -> Result<T, RemoteError> {
-        let idle = self.idle_timeout;
-        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let watchdog = async {
-            let mut window = (
-                progress.started.elapsed(),
-                progress.bytes.load(Ordering::Relaxed),
-            );
-            loop {
-                tokio::time::sleep(tick).await;
-                if let Some(why) = stalled(progress, idle, &mut window) {
-                    return why;
-                }
-            }
-        };
-        tokio::select! {
-            r = fut => r,
-            why = watchdog => {
-                tracing::warn!("a request was cut: {why}");
-                Err(RemoteError::Transport(format!("the server stopped answering ({why})")))
-            }
-        }
+        watch(self.idle_timeout, progress, fut).await
     }
 
     /// The next piece of a reply body, counted on `progress`; cut when it stalls.
@@ -662,67 +642,175 @@ impl HttpClient {
         offset: u64,
         len: u64,
     ) -> Result<RangeReply, RemoteError> {
-        let empty = |total_size, etag| RangeReply {
-            data: Bytes::new(),
-            offset,
-            total_size,
-            etag,
-        };
         if len == 0 {
-            return Ok(empty(None, None));
+            return Ok(RangeReply {
+                data: Bytes::new(),
+                offset,
+                total_size: None,
+                etag: None,
+            });
         }
-        let last = offset.saturating_add(len - 1);
         self.retrying("GET", path, || async {
-            let rb = self
-                .request(Method::GET, self.url_for(path, false)?)
-                .timeout(self.transfer_timeout(last))
-                .header(RANGE, format!("bytes={offset}-{last}"));
-            let progress = Progress::new();
-            let resp = self.send_tracked(rb, path, &progress).await?;
-            let etag = header_string(resp.headers(), ETAG);
-            let (skip, total) = match resp.status() {
-                StatusCode::PARTIAL_CONTENT => {
-                    let (start, total) = resp
-                        .headers()
-                        .get(CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_content_range)
-                        .ok_or_else(|| {
-                            RemoteError::BadReply("206 without a usable Content-Range".into())
-                        })?;
-                    // A server may start earlier than asked (e.g. block-aligned), never later.
-                    let skip = offset.checked_sub(start).ok_or_else(|| {
-                        RemoteError::BadReply(format!(
-                            "asked for byte {offset}, got range from {start}"
-                        ))
-                    })?;
-                    (skip, total)
-                }
-                // The server ignored Range and sends the whole file: stream past the part
-                // before `offset` instead of buffering it.
-                StatusCode::OK => (offset, resp.content_length()),
-                StatusCode::RANGE_NOT_SATISFIABLE => {
-                    // Reading at or past the end: "Content-Range: bytes */<size>".
-                    let total = resp
-                        .headers()
-                        .get(CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().strip_prefix("bytes */"))
-                        .and_then(|n| n.trim().parse().ok());
-                    return Ok(empty(total, etag));
-                }
-                s => return Err(status_error(s)),
+            let (head, body) = self.range_head(path, offset, len).await?;
+            let data = match body {
+                Some(b) => self.read_window(b.resp, &b.progress, b.skip, len).await?,
+                None => Bytes::new(),
             };
-            let data = self.read_window(resp, &progress, skip, len).await?;
             crate::metrics::add(&crate::metrics::METRICS.bytes_down, data.len() as u64);
             Ok(RangeReply {
                 data,
                 offset,
-                total_size: total,
-                etag,
+                total_size: head.total_size,
+                etag: head.etag,
             })
         })
         .await
+    }
+
+    /// `get_range` with the body handed over as it arrives (see `Remote::get_range_stream`).
+    pub async fn get_range_stream(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<RangeStream, RemoteError> {
+        let (head, body) = if len == 0 {
+            (RangeHead::default(), None)
+        } else {
+            self.retrying("GET", path, || self.range_head(path, offset, len))
+                .await?
+        };
+        let idle = self.idle_timeout;
+        let body = futures_util::stream::try_unfold((body, len), move |(body, left)| async move {
+            let Some(mut b) = body.filter(|_| left > 0) else {
+                return Ok(None);
+            };
+            loop {
+                let next = watch(idle, &b.progress, async {
+                    b.resp.chunk().await.map_err(transport_error)
+                });
+                let Some(mut chunk) = next.await? else {
+                    return Ok(None);
+                };
+                b.progress.moved(chunk.len() as u64);
+                if b.skip >= chunk.len() as u64 {
+                    b.skip -= chunk.len() as u64;
+                    continue;
+                }
+                let _ = chunk.split_to(b.skip as usize);
+                b.skip = 0;
+                chunk.truncate(left.min(chunk.len() as u64) as usize);
+                let left = left - chunk.len() as u64;
+                crate::metrics::add(&crate::metrics::METRICS.bytes_down, chunk.len() as u64);
+                return Ok(Some((chunk, (Some(b), left))));
+            }
+        });
+        Ok(RangeStream {
+            offset,
+            total_size: head.total_size,
+            etag: head.etag,
+            body: Box::pin(body),
+        })
+    }
+
+    /// One ranged GET up to its headers: what they say, and the body to read (none when
+    /// the range starts at or past the file's end).
+    async fn range_head(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<(RangeHead, Option<RangeBody>), RemoteError> {
+        let last = offset.saturating_add(len - 1);
+        let rb = self
+            .request(Method::GET, self.url_for(path, false)?)
+            .timeout(self.transfer_timeout(last))
+            .header(RANGE, format!("bytes={offset}-{last}"));
+        let progress = Progress::new();
+        let resp = self.send_tracked(rb, path, &progress).await?;
+        let etag = header_string(resp.headers(), ETAG);
+        let (skip, total_size) = match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let (start, total) = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_content_range)
+                    .ok_or_else(|| {
+                        RemoteError::BadReply("206 without a usable Content-Range".into())
+                    })?;
+                // A server may start earlier than asked (e.g. block-aligned), never later.
+                let skip = offset.checked_sub(start).ok_or_else(|| {
+                    RemoteError::BadReply(format!(
+                        "asked for byte {offset}, got range from {start}"
+                    ))
+                })?;
+                (skip, total)
+            }
+            // The server ignored Range and sends the whole file: stream past the part
+            // before `offset` instead of buffering it.
+            StatusCode::OK => (offset, resp.content_length()),
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                // Reading at or past the end: "Content-Range: bytes */<size>".
+                let total_size = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().strip_prefix("bytes */"))
+                    .and_then(|n| n.trim().parse().ok());
+                return Ok((RangeHead { total_size, etag }, None));
+            }
+            s => return Err(status_error(s)),
+        };
+        let body = RangeBody {
+            resp,
+            progress,
+            skip,
+        };
+        Ok((RangeHead { total_size, etag }, Some(body)))
+    }
+}
+
+/// What the headers of a ranged GET said.
+#[derive(Default)]
+struct RangeHead {
+    total_size: Option<u64>,
+    etag: Option<String>,
+}
+
+/// The body of a ranged GET still to be read: `skip` bytes before the range asked for.
+struct RangeBody {
+    resp: Response,
+    progress: std::sync::Arc<Progress>,
+    skip: u64,
+}
+
+/// `HttpClient::watched` with the client's idle timeout `idle`, for what outlives a
+/// borrow of the client (a reply body read as it arrives).
+async fn watch<T>(
+    idle: Duration,
+    progress: &Progress,
+    fut: impl Future<Output = Result<T, RemoteError>>,
+) -> Result<T, RemoteError> {
+    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let watchdog = async {
+        let mut window = (
+            progress.started.elapsed(),
+            progress.bytes.load(Ordering::Relaxed),
+        );
+        loop {
+            tokio::time::sleep(tick).await;
+            if let Some(why) = stalled(progress, idle, &mut window) {
+                return why;
+            }
+        }
+    };
+    tokio::select! {
+        r = fut => r,
+        why = watchdog => {
+            tracing::warn!("a request was cut: {why}");
+            Err(RemoteError::Transport(format!("the server stopped answering ({why})")))
+        }
     }
 }
 

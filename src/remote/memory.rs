@@ -16,7 +16,9 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 
 use super::client::{normalize, quote_etag, status_error};
-use super::{Entry, Precondition, PutReply, RangeReply, Remote, RemoteError, ServerInfo};
+use super::{
+    Entry, Precondition, PutReply, RangeReply, RangeStream, Remote, RemoteError, ServerInfo,
+};
 
 /// The request a call makes on the wire: what rules match and the log records.
 /// `quota` is a `Stat` of "/" (PROPFIND Depth 0), `partial_put_supported`,
@@ -179,7 +181,12 @@ struct State {
 /// the test. Each trait call is one request: unlike `WebDav`, nothing is retried here.
 pub struct MemRemote {
     state: Mutex<State>,
+    /// Where streamed GET bodies stop until released (`hold_bodies_after`).
+    body_hold: tokio::sync::watch::Sender<Option<u64>>,
 }
+
+/// Pieces a streamed GET body comes in, as a network hands them over.
+const BODY_PIECE: usize = 64 << 10;
 
 impl Default for MemRemote {
     fn default() -> Self {
@@ -211,7 +218,61 @@ impl MemRemote {
         state.tree.insert("/".to_string(), Node::new(None));
         MemRemote {
             state: Mutex::new(state),
+            body_hold: tokio::sync::watch::channel(None).0,
         }
+    }
+
+    /// Streamed GET bodies (`get_range_stream`) stop after their first `bytes` bytes,
+    /// as a slow network would leave them, until `release_bodies`.
+    pub fn hold_bodies_after(&self, bytes: u64) {
+        self.body_hold.send_replace(Some(bytes));
+    }
+
+    pub fn release_bodies(&self) {
+        self.body_hold.send_replace(None);
+    }
+
+    /// A GET, as `get_range` answers it, not held.
+    async fn range_reply(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<RangeReply, RemoteError> {
+        let empty = RangeReply {
+            data: Bytes::new(),
+            offset,
+            total_size: None,
+            etag: None,
+        };
+        if len == 0 {
+            return Ok(empty);
+        }
+        let path = normalize(path);
+        let _running = {
+            let mut s = self.lock();
+            s.ranges_asked.push((path.clone(), offset, len));
+            s.gets_running += 1;
+            s.gets_running_max = s.gets_running_max.max(s.gets_running);
+            GetRunning(self)
+        };
+        let gate = self.gate(Method::Get, &path, None).await?;
+        self.apply(gate, empty, |s| {
+            if s.is_dir(&path) {
+                return Err(refused(405, "a collection has no content"));
+            }
+            let (data, etag) = s.file(&path).ok_or(RemoteError::NotFound)?;
+            let size = data.len() as u64;
+            let (start, end) = (offset.min(size), offset.saturating_add(len).min(size));
+            let data = data.slice(start as usize..end as usize);
+            let (total_size, etag) = (Some(size), Some(etag.clone()));
+            Ok(RangeReply {
+                data,
+                offset,
+                total_size,
+                etag,
+            })
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -821,46 +882,50 @@ impl Remote for MemRemote {
     }
 
     /// Clamped to the file; past its end, empty data with `total_size` and `etag` set.
-    /// A collection is `Refused{405}`. `len == 0` sends nothing, as in `WebDav`.
+    /// A collection is `Refused{405}`. `len == 0` sends nothing, as in `WebDav`. A reply
+    /// longer than `hold_bodies_after` allows comes once the bodies are released.
     async fn get_range(
         &self,
         path: &str,
         offset: u64,
         len: u64,
     ) -> Result<RangeReply, RemoteError> {
-        let empty = RangeReply {
-            data: Bytes::new(),
-            offset,
-            total_size: None,
-            etag: None,
-        };
-        if len == 0 {
-            return Ok(empty);
-        }
-        let path = normalize(path);
-        let _running = {
-            let mut s = self.lock();
-            s.ranges_asked.push((path.clone(), offset, len));
-            s.gets_running += 1;
-            s.gets_running_max = s.gets_running_max.max(s.gets_running);
-            GetRunning(self)
-        };
-        let gate = self.gate(Method::Get, &path, None).await?;
-        self.apply(gate, empty, |s| {
-            if s.is_dir(&path) {
-                return Err(refused(405, "a collection has no content"));
-            }
-            let (data, etag) = s.file(&path).ok_or(RemoteError::NotFound)?;
-            let size = data.len() as u64;
-            let (start, end) = (offset.min(size), offset.saturating_add(len).min(size));
-            let data = data.slice(start as usize..end as usize);
-            let (total_size, etag) = (Some(size), Some(etag.clone()));
-            Ok(RangeReply {
-                data,
-                offset,
-                total_size,
-                etag,
-            })
+        let reply = self.range_reply(path, offset, len).await?;
+        let len = reply.data.len() as u64;
+        let mut hold = self.body_hold.subscribe();
+        let _ = hold.wait_for(|h| h.is_none_or(|at| len <= at)).await;
+        Ok(reply)
+    }
+
+    /// `get_range`, its data handed over in pieces of `BODY_PIECE` bytes, held where
+    /// `hold_bodies_after` says.
+    async fn get_range_stream(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<RangeStream, RemoteError> {
+        let reply = self.range_reply(path, offset, len).await?;
+        let hold = self.body_hold.subscribe();
+        let body = futures_util::stream::unfold(
+            (reply.data.clone(), 0usize, hold),
+            |(data, sent, mut hold)| async move {
+                if sent >= data.len() {
+                    return None;
+                }
+                // Whether the body may go on past `sent`; a dropped remote releases it.
+                let _ = hold
+                    .wait_for(|h| h.is_none_or(|at| (sent as u64) < at))
+                    .await;
+                let end = (sent + BODY_PIECE).min(data.len());
+                Some((Ok(data.slice(sent..end)), (data, end, hold)))
+            },
+        );
+        Ok(RangeStream {
+            offset: reply.offset,
+            total_size: reply.total_size,
+            etag: reply.etag,
+            body: Box::pin(body),
         })
     }
 

@@ -175,6 +175,28 @@ pub struct RangeReply {
     pub etag: Option<String>,
 }
 
+/// A ranged GET whose body is read as it arrives: what the headers said, and the bytes
+/// in order from `offset` on (never more than asked for).
+pub struct RangeStream {
+    pub offset: u64,
+    /// Total size of the remote file, when the server said.
+    pub total_size: Option<u64>,
+    pub etag: Option<String>,
+    pub body: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, RemoteError>>,
+}
+
+impl RangeStream {
+    /// A reply already read whole, as one piece.
+    pub fn whole(reply: RangeReply) -> RangeStream {
+        RangeStream {
+            offset: reply.offset,
+            total_size: reply.total_size,
+            etag: reply.etag,
+            body: Box::pin(futures_util::stream::iter([Ok(reply.data)])),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PutReply {
     /// The new version's ETag when the server returned one (some servers don't).
@@ -315,6 +337,17 @@ pub trait Remote: Send + Sync + 'static {
     /// GET with `Range: bytes=offset-(offset+len-1)`.
     async fn get_range(&self, path: &str, offset: u64, len: u64)
         -> Result<RangeReply, RemoteError>;
+    /// `get_range` with the body handed over as it arrives, so what came first can be
+    /// used before the rest is here. Retried until the headers; a failure in the body
+    /// ends the stream with that error. By default the whole reply, as one piece.
+    async fn get_range_stream(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<RangeStream, RemoteError> {
+        Ok(RangeStream::whole(self.get_range(path, offset, len).await?))
+    }
     /// PUT the first `len` bytes of the local file `local`, streamed.
     async fn put(
         &self,

@@ -570,6 +570,15 @@ impl Remote for WebDav {
         self.http.get_range(path, offset, len).await
     }
 
+    async fn get_range_stream(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<super::RangeStream, RemoteError> {
+        self.http.get_range_stream(path, offset, len).await
+    }
+
     async fn put(
         &self,
         path: &str,
