@@ -287,9 +287,11 @@ fn an_interrupted_cold_read_resumes_from_what_is_cached() {
     );
     assert_eq!(&got[..], &data[..got.len()]);
     d.core().release(fh).unwrap();
-    // Downloads under way when the network went keep what they got.
-    d.server.proxy.wait_idle(Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(100));
+    // Downloads under way when the network went keep what they got: each holds the
+    // file open, and the last of them to end records the range map.
+    common::wait_until(30, "the downloads under way to end", || {
+        !d.core().is_open(ino)
+    });
     let cached = d.cached_bytes("movie.bin") as usize;
     assert!(
         cached >= got.len(),
