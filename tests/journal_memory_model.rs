@@ -60,8 +60,9 @@
 //! a conflict copy at a folder's old path, a recreated folder or a move aside meeting a
 //! name taken, a rename of a file removed while open keeping a copy of it, renames after
 //! one that went aside carrying the other client's file off (the local file then
-//! unreadable), and the removal of an abandoned upload's parts forgotten when the server
-//! went away first.
+//! unreadable), the removal of an abandoned upload's parts forgotten when the server
+//! went away first, and a rename of a removed file judged by the removal of its scratch
+//! file (which takes anything) instead of by its own delete.
 //! Nothing is waived by default any more: with every scenario generated, 4,000-case
 //! runs of random seeds and 2,000 cases of the fixed seed pass.
 //! To hunt for something else past a known failure, DAVDRIVE_MODEL_ALLOW=<comma-separated
@@ -3389,5 +3390,56 @@ fn a_file_removed_while_its_first_upload_starts_spares_their_file_at_its_old_nam
         "their file must stay at /x, alone: {:?}",
         server_digest(&h.server())
     );
+    h.stop(false);
+}
+
+/// A file of ours on the server, rewritten here, whose upload in parts is refused for a
+/// while, then renamed and removed here while another client put a file at its
+/// old name. The removal of the upload's scratch file waits between the rename and the
+/// file's delete: the rename must judge the file by that delete, not by the scratch
+/// file's removal (which takes whatever is at its own name), or it carries their file
+/// to our name, where our delete removes it.
+#[test]
+fn a_rename_of_a_removed_file_is_judged_by_its_delete_not_by_its_scratch_removal() {
+    let mut h = Harness::new();
+    let ino = h.create("/x", &ours_bytes(7000, 9));
+    h.drain("the first upload");
+    // The upload's parts are refused for now: it waits to try again.
+    h.remote
+        .inject(Rule::on(Method::PutRange).outcome(Outcome::Status(503)));
+    h.write_ino(ino, 0, &ours_bytes(7000, 10)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.journal().iter().all(|e| e.attempts == 0) {
+        assert!(Instant::now() < deadline, "the upload was not tried");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.freeze();
+    h.mv("/x", "/a");
+    h.unlink("/a");
+    let entries = h.journal();
+    let at = |f: &dyn Fn(&journal::Entry) -> bool| entries.iter().position(f);
+    let (mv, scratch, del) = (
+        at(&|e| e.op == Op::Move),
+        at(&|e| e.op == Op::Delete && e.path.contains(".davdrive-part-")),
+        at(&|e| e.op == Op::Delete && e.path == "/a"),
+    );
+    assert!(
+        matches!((mv, scratch, del), (Some(m), Some(s), Some(d)) if m < s && s < d),
+        "the scratch file's removal waits between the rename and the delete: {entries:#?}"
+    );
+    h.remote.clear_rules();
+    let theirs = their_bytes(87, 9);
+    h.remote.other_put("/x", theirs.clone()).unwrap();
+    h.unfreeze();
+    h.drain("a rename and removal of a file whose upload left parts");
+    assert!(
+        h.remote.read("/x") == Some(theirs) && h.remote.read("/a").is_none(),
+        "their file must stay at /x, alone: {:?}",
+        server_digest(&h.server())
+    );
+    let left: Vec<String> = (h.remote.snapshot().into_keys())
+        .filter(|p| p.contains(".davdrive-part-"))
+        .collect();
+    assert!(left.is_empty(), "scratch files left: {left:?}");
     h.stop(false);
 }

@@ -141,8 +141,11 @@ pub fn get(c: &Connection, id: i64) -> rusqlite::Result<Option<Entry>> {
 /// The first delete of node `ino` recorded after entry `after`: for a file removed here
 /// after a waiting rename, it names the version of ours the rename would move.
 pub fn later_delete_of(c: &Connection, ino: u64, after: i64) -> rusqlite::Result<Option<Entry>> {
+    // Not the removal of one of its upload scratch files or base copies: those take
+    // whatever is at their own name (an empty base), and say nothing of the file's.
     c.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM journal WHERE ino = ?1 AND id > ?2 AND op = 'delete' \
+           AND path NOT LIKE '%.davdrive-part-%' \
          ORDER BY id LIMIT 1"
     ))?
     .query_row(params![ino as i64, after], entry_from_row)
