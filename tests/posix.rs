@@ -1,5 +1,6 @@
 //! POSIX behaviour through a real FUSE mount: parent folder times, access times, EFBIG,
-//! link counts, an unlinked open file, and `df` with the server's quota.
+//! link counts, an unlinked open file, `df` with the server's quota, and which extended
+//! attributes are not supported.
 
 mod common;
 
@@ -314,4 +315,38 @@ fn hard_links_and_special_files_are_refused() {
             "{what}"
         );
     }
+}
+
+/// `getxattr` of `name` on `p`: the errno, or 0 when it has a value.
+fn getxattr_errno(p: &Path, name: &str) -> i32 {
+    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let r = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    } else {
+        0
+    }
+}
+
+/// SELinux labels and ACLs are not supported: `ENOTSUP`, which `ls -l` remembers for the
+/// whole mount (with `ENODATA` it asked for both of every file it listed, two requests
+/// each). `user.` names keep `ENODATA`, and the state attribute still answers.
+#[test]
+fn only_user_extended_attributes_are_supported() {
+    let (_s, _b, m) = setup();
+    fs::write(m.path("f"), b"x").unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    for p in [m.path("f"), m.path("d")] {
+        for name in [
+            "security.selinux",
+            "security.capability",
+            "system.posix_acl_access",
+            "system.posix_acl_default",
+        ] {
+            assert_eq!(getxattr_errno(&p, name), libc::ENOTSUP, "{name} of {p:?}");
+        }
+        assert_eq!(getxattr_errno(&p, "user.other"), libc::ENODATA, "{p:?}");
+    }
+    assert_eq!(getxattr_errno(&m.path("f"), "user.davdrive.state"), 0);
 }

@@ -633,10 +633,18 @@ impl Filesystem for DavFs {
 
     /// `user.davdrive.state` (read-only) tells a file's cache state, for `getfattr -n`.
     /// It is not listed, so `cp -a` and `rsync -X` do not copy it onto other files.
+    /// Other `user.` names have no value (`ENODATA`); the other namespaces (`security.`,
+    /// `system.`: SELinux labels, ACLs) are not supported at all (`ENOTSUP`), which `ls -l`
+    /// remembers for the whole mount instead of asking twice for every file it lists.
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _span = span("getxattr", req, ino);
         if name != STATE_XATTR {
-            return reply.error(Errno::from_i32(libc::ENODATA));
+            let e = if name.as_encoded_bytes().starts_with(b"user.") {
+                libc::ENODATA
+            } else {
+                libc::ENOTSUP
+            };
+            return reply.error(Errno::from_i32(e));
         }
         let state = match self.core.file_state(ino.0) {
             Ok(s) => s,
