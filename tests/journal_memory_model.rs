@@ -61,8 +61,9 @@
 //! name taken, a rename of a file removed while open keeping a copy of it, renames after
 //! one that went aside carrying the other client's file off (the local file then
 //! unreadable), the removal of an abandoned upload's parts forgotten when the server
-//! went away first, and a rename of a removed file judged by the removal of its scratch
-//! file (which takes anything) instead of by its own delete.
+//! went away first, a rename of a removed file judged by the removal of its scratch
+//! file (which takes anything) instead of by its own delete, and that removal naming
+//! the scratch file where it was before a waiting rename of its folder carried it off.
 //! Nothing is waived by default any more: with every scenario generated, 4,000-case
 //! runs of random seeds and 2,000 cases of the fixed seed pass.
 //! To hunt for something else past a known failure, DAVDRIVE_MODEL_ALLOW=<comma-separated
@@ -3441,5 +3442,42 @@ fn a_rename_of_a_removed_file_is_judged_by_its_delete_not_by_its_scratch_removal
         .filter(|p| p.contains(".davdrive-part-"))
         .collect();
     assert!(left.is_empty(), "scratch files left: {left:?}");
+    h.stop(false);
+}
+
+/// A file whose upload in parts was cut off (its parts wait in a scratch file beside
+/// it), its folder renamed here, then the file removed: the scratch file moves with the
+/// folder on the server, and its removal, queued after that rename, must name it there.
+#[test]
+fn an_abandoned_upload_s_parts_are_removed_where_its_folder_went() {
+    let mut h = Harness::new();
+    h.mkdir("/d");
+    let ino = h.create("/d/f", &ours_bytes(7000, 11));
+    h.drain("the first upload");
+    h.remote
+        .inject(Rule::on(Method::PutRange).outcome(Outcome::Status(503)));
+    h.write_ino(ino, 0, &ours_bytes(7000, 12)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.journal().iter().all(|e| e.attempts == 0) {
+        assert!(Instant::now() < deadline, "the upload was not tried");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.freeze();
+    let scratch = davdrive::journal::scratch_path("/d/f", ino);
+    assert!(h.remote.read(&scratch).is_some(), "no part was sent");
+    h.mv("/d", "/e");
+    h.unlink("/e/f");
+    h.remote.clear_rules();
+    h.unfreeze();
+    h.drain("a folder renamed and the file removed, its parts on the server");
+    let left: Vec<String> = (h.remote.snapshot().into_keys())
+        .filter(|p| p.contains(".davdrive-part-"))
+        .collect();
+    assert!(left.is_empty(), "scratch files left: {left:?}");
+    assert!(
+        h.remote.read("/e/f").is_none() && h.server().contains_key("/e"),
+        "{:?}",
+        server_digest(&h.server())
+    );
     h.stop(false);
 }

@@ -263,11 +263,38 @@ pub fn sending(c: &Connection, id: i64) -> rusqlite::Result<Option<crate::store:
         .map(|b| crate::store::RangeSet::decode(&b)))
 }
 
-/// Queues the removal of an upload's scratch file. The name is ours alone (hidden, with
-/// the inode number), so whatever file is there goes: the empty base says so.
+/// Queues the removal of an upload's scratch file (or a base copy), named `scratch` as
+/// the server has it now. The name is ours alone (hidden, with the inode number), so
+/// whatever file is there goes: the empty base says so. The removal runs after every
+/// entry waiting now, so it names the file where the folder moves among them will have
+/// carried it (a scratch file moves with its folder, never with its file).
 pub fn record_scratch_removal(c: &Connection, ino: u64, scratch: &str) -> rusqlite::Result<()> {
-    let id = insert(c, Op::Delete, ino, scratch, None, false)?;
+    let there = path_after_folder_moves(c, scratch)?;
+    let id = insert(c, Op::Delete, ino, &there, None, false)?;
     rows::set_base_etag(c, id, "")
+}
+
+/// Where `path` (as the server has it now) will be once the folder moves waiting in the
+/// journal are replayed, in their order: the reverse of `path_chain`.
+fn path_after_folder_moves(c: &Connection, path: &str) -> rusqlite::Result<String> {
+    let mut current = path.to_string();
+    let mut after = 0;
+    loop {
+        // The first waiting move (after the one applied last) of a folder above it.
+        let mut first: Option<(i64, String, usize)> = None;
+        for p in ancestors(&current) {
+            if let Some((id, dest)) = rows::first_folder_move_from(c, p, after)? {
+                if first.as_ref().is_none_or(|f| id < f.0) {
+                    first = Some((id, dest, p.len()));
+                }
+            }
+        }
+        let Some((id, dest, from_len)) = first else {
+            return Ok(current);
+        };
+        current = format!("{dest}{}", &current[from_len..]);
+        after = id;
+    }
 }
 
 /// Records the removal of `node` (unlink or rmdir) from `path`.

@@ -503,6 +503,24 @@ pub fn latest_move_to(
     .optional()
 }
 
+/// The first waiting move of a folder after entry `after` whose source is `path`: its id
+/// and destination.
+pub fn first_folder_move_from(
+    c: &Connection,
+    path: &str,
+    after: i64,
+) -> rusqlite::Result<Option<(i64, String)>> {
+    c.prepare_cached(
+        "SELECT id, dest FROM journal WHERE path = ?1 AND op = 'move' AND is_dir = 1 \
+           AND id > ?2 AND dest IS NOT NULL \
+         ORDER BY id LIMIT 1",
+    )?
+    .query_row(params![path, after], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })
+    .optional()
+}
+
 /// (path, dest) of every entry whose path or destination lies in `[start, end)`.
 pub fn paths_in_range(
     c: &Connection,
