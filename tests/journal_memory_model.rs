@@ -909,9 +909,17 @@ fn reach(entries: &[journal::Entry], start: &[String]) -> Reach {
     let mut inos = HashSet::new();
     for e in entries {
         let named = std::iter::once(e.path.as_str()).chain(e.dest.as_deref());
-        if named
-            .clone()
-            .any(|p| roots.iter().any(|r| at_or_under(p, r)))
+        // A waiting move onto a folder the change lands in meets it too: on the server
+        // that folder is what the move replaces (ours, removed here), and what they put
+        // in it keeps it there, so our moved folder may go aside instead.
+        let lands_in_target = e.op == Op::Move
+            && e.dest
+                .as_deref()
+                .is_some_and(|d| roots.iter().any(|r| at_or_under(r, d)));
+        if lands_in_target
+            || named
+                .clone()
+                .any(|p| roots.iter().any(|r| at_or_under(p, r)))
         {
             inos.insert(e.ino);
         }
