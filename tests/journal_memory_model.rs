@@ -62,8 +62,10 @@
 //! one that went aside carrying the other client's file off (the local file then
 //! unreadable), the removal of an abandoned upload's parts forgotten when the server
 //! went away first, a rename of a removed file judged by the removal of its scratch
-//! file (which takes anything) instead of by its own delete, and that removal naming
-//! the scratch file where it was before a waiting rename of its folder carried it off.
+//! file (which takes anything) instead of by its own delete, that removal naming
+//! the scratch file where it was before a waiting rename of its folder carried it off,
+//! and a folder going aside taking along the upload of a file made at its old name
+//! after it was renamed away.
 //! Nothing is waived by default any more: with every scenario generated, 4,000-case
 //! runs of random seeds and 2,000 cases of the fixed seed pass.
 //! To hunt for something else past a known failure, DAVDRIVE_MODEL_ALLOW=<comma-separated
@@ -3486,6 +3488,62 @@ fn an_abandoned_upload_s_parts_are_removed_where_its_folder_went() {
         h.remote.read("/e/f").is_none() && h.server().contains_key("/e"),
         "{:?}",
         server_digest(&h.server())
+    );
+    h.stop(false);
+}
+
+/// A file removed here, a folder made at its name and renamed away, and a new file made
+/// at the name, all while the server was away; meanwhile another client rewrote the
+/// first file. Their file keeps the name, so our folder's creation goes aside (and its
+/// rename follows it), but the new file is not inside that folder: its upload must meet
+/// their file at the name as a conflict, not follow the folder's conflict name.
+#[test]
+fn a_file_made_where_a_folder_went_aside_from_is_not_taken_along() {
+    let mut h = Harness::new();
+    h.mkdir("/d");
+    h.create("/d/f", &ours_bytes(500, 13));
+    h.drain("the first upload");
+    h.set_outage(true);
+    h.unlink("/d/f");
+    h.mkdir("/d/f");
+    h.mv("/d/f", "/g");
+    let ours = ours_bytes(700, 14);
+    h.create("/d/f", &ours);
+    let theirs = their_bytes(900, 13);
+    h.remote.other_put("/d/f", theirs.clone()).unwrap();
+    h.set_outage(false);
+    h.drain("a folder aside and a new file at its name");
+    let server = h.server();
+    assert_eq!(
+        h.remote.read("/d/f"),
+        Some(theirs),
+        "{:?}",
+        server_digest(&server)
+    );
+    assert!(
+        matches!(server.get("/g"), Some(MemItem::Dir)),
+        "{:?}",
+        server_digest(&server)
+    );
+    // A conflict of the file (no reason given), not only the folder's (which moved on
+    // from that name to /g): its copy holds our new file.
+    let file_conflicts: Vec<String> = h
+        .core()
+        .db()
+        .write(|conn| {
+            let mut st = conn.prepare(
+                "SELECT conflict_path FROM conflicts \
+                 WHERE path = '/d/f' AND COALESCE(reason, '') = ''",
+            )?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()
+        })
+        .unwrap();
+    assert!(
+        file_conflicts.len() == 1 && h.remote.read(&file_conflicts[0]) == Some(ours),
+        "our new file must be a conflict copy of /d/f: {file_conflicts:?}\n{:?}\nconflicts: {:?}",
+        server_digest(&server),
+        h.conflicts()
     );
     h.stop(false);
 }

@@ -250,21 +250,36 @@ pub fn follow_file_aside(
 }
 
 /// Points waiting entries at or below `from` to the same places below `to` (a folder
-/// moved aside on the server because something else took its name there).
+/// moved aside on the server because something else took its name there). Only while
+/// the folder still has that name in the journal: up to the first waiting move or delete
+/// of it (or of a folder above it), which is rewritten too. Entries after that name
+/// whatever was made at `from` since, which the folder's new name has nothing to do with.
 pub fn rewrite_prefix(c: &Connection, from: &str, to: &str) -> rusqlite::Result<usize> {
+    let mut until = i64::MAX;
+    let above = std::iter::successors(Some(from), |p| {
+        p.rfind('/').map(|i| &p[..i]).filter(|p| !p.is_empty())
+    });
+    for p in above {
+        let first: Option<i64> = c
+            .prepare_cached(
+                "SELECT MIN(id) FROM journal WHERE path = ?1 AND op IN ('move', 'delete')",
+            )?
+            .query_row([p], |r| r.get(0))?;
+        until = until.min(first.unwrap_or(i64::MAX));
+    }
     // Below `from`: the range [from + '/', from + '0'), answered by the path indexes.
     let (below, end) = (format!("{from}/"), format!("{from}0"));
     let n = c
         .prepare_cached(
             "UPDATE journal SET path = ?2 || substr(path, length(?1) + 1) \
-             WHERE path = ?1 OR (path >= ?3 AND path < ?4)",
+             WHERE (path = ?1 OR (path >= ?3 AND path < ?4)) AND id <= ?5",
         )?
-        .execute(params![from, to, below, end])?;
+        .execute(params![from, to, below, end, until])?;
     c.prepare_cached(
         "UPDATE journal SET dest = ?2 || substr(dest, length(?1) + 1) \
-         WHERE dest = ?1 OR (dest >= ?3 AND dest < ?4)",
+         WHERE (dest = ?1 OR (dest >= ?3 AND dest < ?4)) AND id <= ?5",
     )?
-    .execute(params![from, to, below, end])?;
+    .execute(params![from, to, below, end, until])?;
     Ok(n)
 }
 
