@@ -64,8 +64,9 @@
 //! went away first, a rename of a removed file judged by the removal of its scratch
 //! file (which takes anything) instead of by its own delete, that removal naming
 //! the scratch file where it was before a waiting rename of its folder carried it off,
-//! and a folder going aside taking along the upload of a file made at its old name
-//! after it was renamed away.
+//! a folder going aside taking along the upload of a file made at its old name
+//! after it was renamed away, and a part upload resumed after the file was written
+//! through a handle still open, recording a hash of bytes the server never got.
 //! One outcome is accepted by default: "folder-move-etag" (a file last sent as a
 //! partial update, whose server version's hash is therefore unknown here, edited again
 //! after our rename of its folder gave it a new ETag, goes up as a conflict copy of our
@@ -3549,6 +3550,61 @@ fn a_file_made_where_a_folder_went_aside_from_is_not_taken_along() {
         "our new file must be a conflict copy of /d/f: {file_conflicts:?}\n{:?}\nconflicts: {:?}",
         server_digest(&server),
         h.conflicts()
+    );
+    h.stop(false);
+}
+
+/// A large file whose upload in parts was cut off before its last step, then written
+/// through a handle kept open: the next attempt must not go on from the parts already
+/// sent (they hold the bytes from before that write, which is not committed yet and so
+/// leaves the file's recorded version as it was), or the hash it records for our version
+/// is not what the server holds. A later rename would then take our own file for
+/// somebody else's.
+#[test]
+fn a_resumed_part_upload_of_a_file_written_through_an_open_handle_starts_over() {
+    let mut h = Harness::new();
+    h.remote.inject(
+        Rule::on(Method::Move)
+            .at("/f")
+            .outcome(Outcome::Status(503))
+            .times(1),
+    );
+    let ino = h.create("/f", &ours_bytes(7000, 21));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.remote.count(Method::Move) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upload did not reach its last step"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.freeze();
+    let (fh, _) = h.core().open(ino, true).unwrap();
+    h.core().write(fh, 100, &their_bytes(300, 21)).unwrap();
+    h.unfreeze();
+    h.drain("the upload tried again with the file open and written");
+    let on_server = h.remote.read("/f").expect("uploaded");
+    let recorded = h
+        .core()
+        .db()
+        .write(|tx| davdrive::store::get_node(tx, ino))
+        .unwrap()
+        .unwrap()
+        .sha256;
+    assert_eq!(
+        recorded.as_deref(),
+        Some(common::sha256(&on_server).as_str()),
+        "the hash recorded for our version is not what the server holds"
+    );
+    h.core().flush(fh).unwrap();
+    h.core().release(fh).unwrap();
+    h.mv("/f", "/g");
+    h.drain("the rename");
+    let server = h.server();
+    assert!(
+        server.len() == 1 && server.contains_key("/g"),
+        "{:?}",
+        server_digest(&server)
     );
     h.stop(false);
 }

@@ -212,7 +212,12 @@ pub(super) async fn put_in_parts(
     let version = format!("{}:{}:{}", node.size, node.mtime_ns, node.ctime_ns);
     let (done_version, done_bytes) = core.db().write(|tx| journal::part_progress(tx, e.id))?;
     let mut offset = 0;
-    if done_version.as_deref() == Some(version.as_str()) && done_bytes > 0 {
+    // Writes through a handle still open change the content file but not that version
+    // (they are committed at the close): parts sent before them are not a prefix of what
+    // is here now, and the hash taken for this attempt would not name what the scratch
+    // file holds. Such an upload starts over.
+    let written_since = core.is_write_dirty(e.ino);
+    if done_version.as_deref() == Some(version.as_str()) && done_bytes > 0 && !written_since {
         if let Some(held) = remote.stat(&scratch).await? {
             offset = held.size.min(node.size);
             tracing::info!(
