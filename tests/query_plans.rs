@@ -228,7 +228,16 @@ fn no_hot_statement_scans_a_large_table() {
         .snapshot()
         .keys()
         .any(|p| p.starts_with("/dir3/f0 (conflict"));
-    assert!(kept_theirs || mem.read("/dir3/f0").as_deref() == Some(&b"ours"[..]));
+    assert!(
+        kept_theirs || mem.read("/dir3/f0").as_deref() == Some(&b"ours"[..]),
+        "server /dir3/f0: {:?}; under /dir3: {:?}",
+        mem.read("/dir3/f0")
+            .map(|d| String::from_utf8_lossy(&d).into_owned()),
+        mem.snapshot()
+            .keys()
+            .filter(|p| p.starts_with("/dir3"))
+            .collect::<Vec<_>>()
+    );
 
     // Another client removes a folder's files and adds some: the next listing applies it.
     for f in 2..50 {

@@ -185,6 +185,18 @@ impl Core {
 
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let h = lock(&self.handles).remove(&fh).ok_or(FsError::BadHandle)?;
+        // A writable handle's writes are committed as it goes, as a close commits them:
+        // its reference may not be the file's last (a download still running holds the
+        // file open), and the commit at the last reference would come only after that
+        // download ended.
+        if h.writable {
+            let of = lock(&self.open_files).get(&h.ino).cloned();
+            if let Some(of) = of {
+                if let Err(e) = self.commit_writes(&of, h.ino, false) {
+                    tracing::error!("could not commit writes of inode {}: {e}", h.ino);
+                }
+            }
+        }
         self.close_open_file(h.ino);
         Ok(())
     }
