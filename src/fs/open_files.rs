@@ -190,7 +190,12 @@ impl Core {
         // file open), and the commit at the last reference would come only after that
         // download ended.
         if h.writable {
-            let of = lock(&self.open_files).get(&h.ino).cloned();
+            // Usually committed already by the flush before it: then the store is not
+            // waited for.
+            let of = lock(&self.open_files)
+                .get(&h.ino)
+                .filter(|of| lock(&of.state).write_dirty)
+                .cloned();
             if let Some(of) = of {
                 if let Err(e) = self.commit_writes(&of, h.ino, false) {
                     tracing::error!("could not commit writes of inode {}: {e}", h.ino);
