@@ -298,13 +298,7 @@ fn a_file_partly_cached_at_a_crash_is_completed_byte_for_byte() {
     d.mem.clear_log();
     let (fh, _) = d.core().open(ino, false).unwrap();
     let mut got = Vec::new();
-    loop {
-        let part = d.core().read(fh, got.len() as u64, 128 << 10).unwrap();
-        if part.is_empty() {
-            break;
-        }
-        got.extend_from_slice(&part);
-    }
+    common::read_rest(d.core(), fh, &mut got);
     d.core().release(fh).unwrap();
     assert!(got == data, "the file read back after the crash differs");
     d.wait_downloads();
@@ -351,13 +345,7 @@ fn a_reader_is_answered_while_the_get_it_waits_on_is_still_arriving() {
     let first = first.expect("the read waited for the whole GET").unwrap();
     assert_eq!(first, &data[..4096]);
     let mut got = first;
-    loop {
-        let part = d.core().read(fh, got.len() as u64, 128 << 10).unwrap();
-        if part.is_empty() {
-            break;
-        }
-        got.extend_from_slice(&part);
-    }
+    common::read_rest(d.core(), fh, &mut got);
     d.core().release(fh).unwrap();
     assert!(got == data, "the file read back differs from the server's");
 }

@@ -131,13 +131,7 @@ impl Drive {
         let ino = self.ino(name);
         let (fh, _) = self.core().open(ino, false).unwrap();
         let mut out = Vec::new();
-        loop {
-            let chunk = self.core().read(fh, out.len() as u64, 128 << 10).unwrap();
-            if chunk.is_empty() {
-                break;
-            }
-            out.extend_from_slice(&chunk);
-        }
+        super::read_rest(self.core(), fh, &mut out);
         self.core().release(fh).unwrap();
         out
     }

@@ -411,6 +411,18 @@ pub fn wait_gone(core: std::sync::Weak<davdrive::fs::Core>) {
     });
 }
 
+/// Reads handle `fh` of `core` on from the end of `got` to the end of the file, in
+/// 128 KiB reads, as a program reading it through would.
+pub fn read_rest(core: &davdrive::fs::Core, fh: u64, got: &mut Vec<u8>) {
+    loop {
+        let part = core.read(fh, got.len() as u64, 128 << 10).unwrap();
+        if part.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&part);
+    }
+}
+
 pub fn sha256_file(p: &Path) -> Option<String> {
     let data = std::fs::read(p).ok()?;
     Some(sha256(&data))
