@@ -108,6 +108,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
             | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(super::STATEMENT_CACHE);
     // `rarray(?)`, as on the writer (see `subtrees`).
     rusqlite::vtab::array::load_module(&conn)?;
     Ok(conn)

@@ -170,16 +170,15 @@ pub fn set_running(c: &Connection, id: i64, running: bool) -> rusqlite::Result<(
 
 /// After a crash nothing is running any more.
 pub fn reset_running(c: &Connection) -> rusqlite::Result<()> {
-    c.execute("UPDATE journal SET running = 0 WHERE running != 0", [])?;
+    c.prepare_cached("UPDATE journal SET running = 0 WHERE running != 0")?
+        .execute([])?;
     Ok(())
 }
 
 /// Entries waiting out a backoff become due now (the remote just came back).
 pub fn retry_waiting_now(c: &Connection) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE journal SET next_try_at = 0 WHERE failed = 0 AND next_try_at > 0",
-        [],
-    )?;
+    c.prepare_cached("UPDATE journal SET next_try_at = 0 WHERE failed = 0 AND next_try_at > 0")?
+        .execute([])?;
     Ok(())
 }
 
@@ -333,9 +332,8 @@ pub fn has_pending_put(c: &Connection, ino: u64, except: i64) -> rusqlite::Resul
 
 /// Counts for the status: waiting entries, failed ones, and the oldest's creation time.
 pub fn stats(c: &Connection) -> rusqlite::Result<(u64, u64, Option<i64>)> {
-    c.query_row(
-        "SELECT COALESCE(SUM(failed = 0), 0), COALESCE(SUM(failed = 1), 0), MIN(created_at) FROM journal",
-        [],
+    c.prepare_cached("SELECT COALESCE(SUM(failed = 0), 0), COALESCE(SUM(failed = 1), 0), MIN(created_at) FROM journal")?
+        .query_row([],
         |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?)),
     )
 }
@@ -555,11 +553,10 @@ pub fn paths_in_range(
 /// The error of the entry of `ino` set aside as failed ("failed" when none was kept);
 /// `QueryReturnedNoRows` when none is.
 pub fn failure_of(c: &Connection, ino: u64) -> rusqlite::Result<String> {
-    c.query_row(
+    c.prepare_cached(
         "SELECT COALESCE(last_error, 'failed') FROM journal WHERE ino = ?1 AND failed = 1",
-        [ino as i64],
-        |r| r.get(0),
-    )
+    )?
+    .query_row([ino as i64], |r| r.get(0))
 }
 
 /// Whether an entry after `id` of another node than `ino` brings a file to `path`: a
@@ -580,7 +577,8 @@ pub fn any_put_of(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
 
 /// Deletes every entry of `ino`.
 pub fn delete_all_of(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
-    c.execute("DELETE FROM journal WHERE ino = ?1", [ino as i64])
+    c.prepare_cached("DELETE FROM journal WHERE ino = ?1")?
+        .execute([ino as i64])
 }
 
 /// The entries set aside as failed: (ino, the path they change, the reason).
@@ -597,13 +595,14 @@ pub fn refused(c: &Connection) -> rusqlite::Result<Vec<(u64, String, String)>> {
 
 /// Bytes of content the waiting uploads carry, and entries running now.
 pub fn load(c: &Connection) -> rusqlite::Result<(u64, u64)> {
-    c.query_row(
+    c.prepare_cached(
         "SELECT COALESCE(SUM(CASE WHEN j.op = 'put' THEN n.size END), 0), \
          COALESCE(SUM(j.running), 0) \
          FROM journal j LEFT JOIN nodes n ON n.ino = j.ino WHERE j.failed = 0",
-        [],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-    )
+    )?
+    .query_row([], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+    })
 }
 
 /// Our uploads of `ino` that wait (all but entry `except`, the one being replayed) go
@@ -619,10 +618,11 @@ pub fn hand_puts_to(
     to: Option<(u64, &str)>,
 ) -> rusqlite::Result<usize> {
     let Some((copy, copy_path)) = to else {
-        return c.execute(
-            "DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
-            params![ino as i64, except],
-        );
+        return c
+            .prepare_cached(
+                "DELETE FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 AND id != ?2",
+            )?
+            .execute(params![ino as i64, except]);
     };
     let name = copy_path.rsplit('/').next().unwrap_or(copy_path);
     let puts: Vec<(i64, String)> = c

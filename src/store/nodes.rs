@@ -291,10 +291,8 @@ pub fn set_base_size_and_dirty(
     base_size: u64,
     dirty: bool,
 ) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE nodes SET base_size = ?2, dirty = ?3 WHERE ino = ?1",
-        params![ino as i64, base_size as i64, dirty],
-    )?;
+    conn.prepare_cached("UPDATE nodes SET base_size = ?2, dirty = ?3 WHERE ino = ?1")?
+        .execute(params![ino as i64, base_size as i64, dirty])?;
     Ok(())
 }
 
@@ -568,18 +566,18 @@ pub fn set_attrs(
     mtime_ns: Option<i64>,
     ctime_ns: i64,
 ) -> rusqlite::Result<()> {
-    c.execute(
+    c.prepare_cached(
         "UPDATE nodes SET mode = COALESCE(?2, mode), uid = COALESCE(?3, uid), \
          gid = COALESCE(?4, gid), mtime_ns = COALESCE(?5, mtime_ns), ctime_ns = ?6 WHERE ino = ?1",
-        params![
-            ino as i64,
-            mode.map(|m| (m & 0o7777) as i64),
-            uid.map(|v| v as i64),
-            gid.map(|v| v as i64),
-            mtime_ns,
-            ctime_ns
-        ],
-    )?;
+    )?
+    .execute(params![
+        ino as i64,
+        mode.map(|m| (m & 0o7777) as i64),
+        uid.map(|v| v as i64),
+        gid.map(|v| v as i64),
+        mtime_ns,
+        ctime_ns
+    ])?;
     Ok(())
 }
 
@@ -601,19 +599,15 @@ pub fn landed_of(c: &Connection, inos: &[u64]) -> rusqlite::Result<Vec<u64>> {
 
 /// Makes the content of `ino` the first to go when room is needed.
 pub fn evict_first(c: &Connection, ino: u64) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE nodes SET last_access = 0 WHERE ino = ?1",
-        [ino as i64],
-    )?;
+    c.prepare_cached("UPDATE nodes SET last_access = 0 WHERE ino = ?1")?
+        .execute([ino as i64])?;
     Ok(())
 }
 
 /// Directory `dir` was listed from the remote at `now_ms`.
 pub fn set_listed_at(c: &Connection, dir: u64, now_ms: i64) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE nodes SET listed_at = ?2 WHERE ino = ?1",
-        params![dir as i64, now_ms],
-    )?;
+    c.prepare_cached("UPDATE nodes SET listed_at = ?2 WHERE ino = ?1")?
+        .execute(params![dir as i64, now_ms])?;
     Ok(())
 }
 
