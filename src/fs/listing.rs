@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rusqlite::Connection;
 use tokio::sync::watch;
 
 use super::listing_merge::Applied;
@@ -133,6 +134,36 @@ impl Core {
         // A folder in use is one the background poll keeps fresh.
         self.poll.note_use(ino, &self.cfg);
         self.ensure_listing_unnoted(ino, max_age)
+    }
+
+    /// `ensure_listing`, then `f` on the writer. While the folder's listing is fresh (the
+    /// usual case) that is one transaction: the freshness check and `f` together, instead
+    /// of one look at the folder and another for `f` (each FUSE call of a `tar -x` or a
+    /// walk pays it). A stale listing is refreshed first as `ensure_listing` does; `f`
+    /// then runs in a transaction of its own.
+    pub(super) fn in_listed<T>(
+        &self,
+        dir: u64,
+        f: impl Fn(&Connection) -> FsResult<T>,
+    ) -> FsResult<T> {
+        self.poll.note_use(dir, &self.cfg);
+        let fresh = self.store.write(|tx| {
+            let node = store::get_node(tx, dir)?.ok_or(FsError::NotFound)?;
+            if node.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            if self.listing_older_than(&node, self.cfg.dir_ttl) {
+                return Ok(None);
+            }
+            f(tx).map(Some)
+        })?;
+        match fresh {
+            Some(v) => Ok(v),
+            None => {
+                self.ensure_listing_unnoted(dir, self.cfg.dir_ttl)?;
+                self.store.write(|tx| f(tx))
+            }
+        }
     }
 
     /// `ensure_listing_within` for background work (the sweeper's walk of pinned

@@ -23,9 +23,31 @@ fn forget_base_copy(tx: &Connection, n: &Node) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Subfolders of `n` for its link count, in the caller's transaction (0 for a file).
+fn subdirs_in(tx: &Connection, n: &Node) -> rusqlite::Result<u32> {
+    match n.kind {
+        Kind::Dir => store::subdir_count(tx, n.ino).map(clamp_links),
+        _ => Ok(0),
+    }
+}
+
+fn clamp_links(n: u64) -> u32 {
+    n.min(u32::MAX as u64 - 2) as u32
+}
+
 impl Core {
     /// Never called with the store locked (it counts a folder's subfolders there).
     pub(super) fn node_attr(&self, n: &Node) -> Attr {
+        let subdirs = match n.kind {
+            Kind::Dir => self.subdirs(n.ino),
+            _ => 0,
+        };
+        self.node_attr_with(n, subdirs)
+    }
+
+    /// `node_attr` with the folder's subfolders counted already (`subdirs_in`, in the
+    /// transaction that read the node).
+    pub(super) fn node_attr_with(&self, n: &Node, subdirs: u32) -> Attr {
         let (size, mtime_ns) = match lock(&self.open_files).get(&n.ino) {
             Some(of) if n.kind == Kind::File => {
                 let st = lock(&of.state);
@@ -36,7 +58,7 @@ impl Core {
         let mtime = store::ns_to_system_time(mtime_ns);
         let nlink = match n.kind {
             // `.`, the entry in its parent, and each subfolder's `..`.
-            Kind::Dir => 2 + self.subdirs(n.ino),
+            Kind::Dir => 2 + subdirs,
             // Unlinked while open: still readable through its descriptors, in no folder.
             _ if n.parent == 0 && n.ino != ROOT_INO => 0,
             _ => 1,
@@ -73,22 +95,27 @@ impl Core {
     pub(super) fn subdirs(&self, dir: u64) -> u32 {
         self.store
             .write(|tx| store::subdir_count(tx, dir))
-            .map(|n| n.min(u32::MAX as u64 - 2) as u32)
+            .map(clamp_links)
             .unwrap_or(0)
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         check_name(name)?;
-        self.ensure_listing(parent)?;
-        let n = self
-            .store
-            .write(|tx| store::get_child(tx, parent, name))?
-            .ok_or(FsError::NotFound)?;
-        Ok(self.node_attr(&n))
+        let (n, subdirs) = self.in_listed(parent, |tx| {
+            let n = store::get_child(tx, parent, name)?.ok_or(FsError::NotFound)?;
+            let subdirs = subdirs_in(tx, &n)?;
+            Ok((n, subdirs))
+        })?;
+        Ok(self.node_attr_with(&n, subdirs))
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        Ok(self.node_attr(&self.node(ino)?))
+        let (n, subdirs) = self.store.write(|tx| {
+            let n = store::get_node(tx, ino)?.ok_or(FsError::NotFound)?;
+            let subdirs = subdirs_in(tx, &n)?;
+            FsResult::Ok((n, subdirs))
+        })?;
+        Ok(self.node_attr_with(&n, subdirs))
     }
 
     /// Opens a directory: the entries are fixed now, so offsets stay meaningful.
@@ -228,24 +255,24 @@ impl Core {
     ) -> FsResult<(Attr, u64)> {
         self.ensure_writable()?;
         check_name(name)?;
-        self.ensure_listing(parent)?;
-        let ino = self.store.write(|tx| {
+        // One transaction for the node and its empty content file; the file is then open
+        // on that content file, with no second look at the store. (`open_file` fills the
+        // open-files map under the writer so that a listing merge cannot decide meanwhile
+        // whether a file is open; a merge leaves a node created here alone, open or not:
+        // it is dirty and not on the server.)
+        let (node, file) = self.in_listed(parent, |tx| {
             let ino = self.insert_local_child(tx, parent, name, Kind::File, mode, uid, gid)?;
             let f = self.content.open(ino)?;
             f.set_len(0)?;
             store::touch_dir(tx, parent, store::now_ns())?;
-            FsResult::Ok(ino)
+            let node = store::get_node(tx, ino)?.ok_or(FsError::NotFound)?;
+            Ok((node, f))
         })?;
-        let fh = self.open_handle(ino, true)?;
-        {
-            let of = lock(&self.open_files)
-                .get(&ino)
-                .cloned()
-                .ok_or(FsError::BadHandle)?;
-            lock(&of.state).write_dirty = true;
-        }
-        self.kernel_cache_valid(ino);
-        Ok((self.getattr(ino)?, fh))
+        // Written from birth: its first close commits it.
+        self.open_new_file(&node, file, true);
+        let fh = self.add_handle(node.ino, true);
+        self.kernel_cache_valid(node.ino);
+        Ok((self.node_attr_with(&node, 0), fh))
     }
 
     /// Creates symbolic link `name` in `parent` pointing at `target`. It is stored as a
@@ -481,13 +508,18 @@ impl Core {
                 }
                 st.ctime_ns = store::now_ns();
             }
-            let recorded = self.store.write(|tx| {
+            let (recorded, n, subdirs) = self.store.write(|tx| {
                 store::nodes::set_attrs(tx, ino, mode, uid, gid, mtime_ns, store::now_ns())?;
-                self.record_meta(tx, ino)
+                let recorded = self.record_meta(tx, ino)?;
+                // The attributes the reply carries, read in the same transaction.
+                let n = store::get_node(tx, ino)?.ok_or(FsError::NotFound)?;
+                let subdirs = subdirs_in(tx, &n)?;
+                FsResult::Ok((recorded, n, subdirs))
             })?;
             if recorded {
                 self.journal_changed.notify_one();
             }
+            return Ok(self.node_attr_with(&n, subdirs));
         }
         self.getattr(ino)
     }

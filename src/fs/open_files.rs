@@ -38,6 +38,29 @@ pub(super) struct Handle {
     pub(super) writable: bool,
 }
 
+fn new_open_file(
+    node: &store::Node,
+    file: File,
+    ranges: RangeSet,
+    write_dirty: bool,
+) -> Arc<OpenFile> {
+    Arc::new(OpenFile {
+        file,
+        downloads: fetch::Downloads::default(),
+        state: Mutex::new(OpenState {
+            opens: 1,
+            size: node.size,
+            ranges,
+            mtime_ns: node.mtime_ns,
+            write_dirty,
+            written: RangeSet::default(),
+            write_seq: 0,
+            atime_ns: node.atime_ns,
+            ctime_ns: node.ctime_ns,
+        }),
+    })
+}
+
 impl Core {
     /// Whether file `ino` has writes not yet committed to the journal.
     pub fn is_write_dirty(&self, ino: u64) -> bool {
@@ -76,24 +99,16 @@ impl Core {
             if on_disk < node.size {
                 ranges.truncate(on_disk);
             }
-            let of = Arc::new(OpenFile {
-                file,
-                downloads: fetch::Downloads::default(),
-                state: Mutex::new(OpenState {
-                    opens: 1,
-                    size: node.size,
-                    ranges,
-                    mtime_ns: node.mtime_ns,
-                    write_dirty: false,
-                    written: RangeSet::default(),
-                    write_seq: 0,
-                    atime_ns: node.atime_ns,
-                    ctime_ns: node.ctime_ns,
-                }),
-            });
+            let of = new_open_file(&node, file, ranges, false);
             map.insert(ino, of.clone());
             Ok(of)
         })
+    }
+
+    /// The open state of a file `create` just made, on its content file `file`.
+    pub(super) fn open_new_file(&self, node: &store::Node, file: File, write_dirty: bool) {
+        let of = new_open_file(node, file, node.ranges.clone(), write_dirty);
+        lock(&self.open_files).insert(node.ino, of);
     }
 
     /// Drops one reference; the last one commits pending writes and forgets the state.
@@ -122,25 +137,25 @@ impl Core {
             }
             // Not a `write`: no statement runs, the writer is only held (as `open_file`
             // holds it) so a listing merge cannot decide meanwhile whether it is open.
-            let forgotten = self.store.with_writer(|_| {
+            // Whether it is an orphan (unlinked while open) is read in the same hold: one
+            // turn on the writer for every close.
+            let forgotten = self.store.with_writer(|conn| {
                 let mut map = lock(&self.open_files);
                 let still_unused = map.get(&ino).is_some_and(|of| lock(&of.state).opens == 0);
-                if still_unused {
-                    map.remove(&ino);
+                if !still_unused {
+                    return Ok::<_, rusqlite::Error>(None);
                 }
-                Ok::<_, rusqlite::Error>(still_unused)
+                map.remove(&ino);
+                drop(map);
+                let node = store::get_node(conn, ino)?;
+                Ok(Some(
+                    node.is_some_and(|n| n.parent == 0 && n.ino != ROOT_INO),
+                ))
             });
-            if !forgotten.unwrap_or(false) {
+            let Ok(Some(orphan)) = forgotten else {
                 return;
-            }
-            // An orphan (unlinked while open) disappears with its last handle.
-            let orphan = self
-                .store
-                .write(|tx| store::get_node(tx, ino))
-                .ok()
-                .flatten()
-                .map(|n| n.parent == 0 && n.ino != ROOT_INO)
-                .unwrap_or(false);
+            };
+            // An orphan disappears with its last handle.
             if orphan {
                 let _ = self.store.write(|tx| store::delete_node(tx, ino));
                 self.content.remove(ino);
@@ -150,9 +165,14 @@ impl Core {
 
     pub(super) fn open_handle(&self, ino: u64, writable: bool) -> FsResult<u64> {
         let _of = self.open_file(ino)?;
+        Ok(self.add_handle(ino, writable))
+    }
+
+    /// A new handle on file `ino`, whose open state holds a reference for it.
+    pub(super) fn add_handle(&self, ino: u64, writable: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, Handle { ino, writable });
-        Ok(fh)
+        fh
     }
 
     /// Opens a file. Returns the handle and whether the kernel may keep its page cache.
