@@ -46,9 +46,17 @@ async fn send(core: &Arc<Core>, ino: u64, path: &str) -> Result<bool, RemoteErro
         Ok(Some(n)) => n,
         _ => return Ok(false),
     };
+    send_node(core, &node, path).await
+}
+
+/// Sends the metadata of `node` (as read by the caller) to `path`.
+async fn send_node(core: &Arc<Core>, node: &Node, path: &str) -> Result<bool, RemoteError> {
+    if core.dead_props.get() == Some(&false) {
+        return Ok(false);
+    }
     let kept = core
         .remote()
-        .set_meta(path, node.kind == Kind::Dir, &meta_of(&node))
+        .set_meta(path, node.kind == Kind::Dir, &meta_of(node))
         .await?;
     // A refusal settles it; a success is taken as such only by the probe (a server may
     // claim to keep what it drops).
@@ -61,7 +69,18 @@ async fn send(core: &Arc<Core>, ino: u64, path: &str) -> Result<bool, RemoteErro
 /// After an upload or folder creation of `e`: its metadata goes along. A failure other
 /// than "the server keeps none" becomes a `meta` entry, retried like any other.
 pub(super) async fn after(core: &Arc<Core>, e: &Entry) {
-    match send(core, e.ino, &e.path).await {
+    after_sent(core, e, send(core, e.ino, &e.path).await);
+}
+
+/// `after`, with the node as the caller's last commit left it (None: gone, nothing to
+/// send).
+pub(super) async fn after_with(core: &Arc<Core>, e: &Entry, node: Option<Node>) {
+    let Some(node) = node else { return };
+    after_sent(core, e, send_node(core, &node, &e.path).await);
+}
+
+fn after_sent(core: &Arc<Core>, e: &Entry, sent: Result<bool, RemoteError>) {
+    match sent {
         Ok(_) => {}
         Err(err) => {
             tracing::debug!("{}: metadata not sent yet: {err}", e.path);

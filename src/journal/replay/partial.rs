@@ -321,9 +321,7 @@ async fn finish(
     size: u64,
     sha: Option<String>,
 ) -> ReplayResult {
-    super::put::finish_upload(core, e, etag, sha, size)?;
-    super::meta::after(core, e).await;
-    Ok(())
+    super::put::finish_upload_and_meta(core, e, etag, sha, size).await
 }
 
 /// Somebody else changed the file on the server: our version, whole in the base copy,

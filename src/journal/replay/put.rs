@@ -146,9 +146,7 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     // The entry ends here: parts of an earlier attempt that cannot go now (the server
     // went away after this upload) go by an entry of their own.
     drop_scratch_or_queue(core, e).await?;
-    finish_upload(core, e, etag, sent, node.size)?;
-    super::meta::after(core, e).await;
-    Ok(())
+    finish_upload_and_meta(core, e, etag, sent, node.size).await
 }
 
 pub(super) use crate::journal::scratch_path;
@@ -264,9 +262,7 @@ pub(super) async fn put_in_parts(
     let sent = what_scratch_holds(core, e, &scratch, &local_path, node.size, sent).await?;
     remote.rename(&scratch, &e.path, false).await?;
     let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
-    finish_upload(core, e, etag, sent, node.size)?;
-    super::meta::after(core, e).await;
-    Ok(())
+    finish_upload_and_meta(core, e, etag, sent, node.size).await
 }
 
 /// A hash of the local file at the size the store records, or `Later` when it cannot be
@@ -437,6 +433,30 @@ pub(super) fn finish_upload(
     sha256: Option<String>,
     size: u64,
 ) -> ReplayResult {
+    finish_upload_reading(core, e, etag, sha256, size).map(drop)
+}
+
+/// `finish_upload`, then the node's metadata (`meta::after`) as that commit left it: the
+/// node is read in the same transaction, one turn on the store per upload fewer.
+pub(super) async fn finish_upload_and_meta(
+    core: &Arc<Core>,
+    e: &Entry,
+    etag: Option<String>,
+    sha256: Option<String>,
+    size: u64,
+) -> ReplayResult {
+    let node = finish_upload_reading(core, e, etag, sha256, size)?;
+    super::meta::after_with(core, e, node).await;
+    Ok(())
+}
+
+fn finish_upload_reading(
+    core: &Arc<Core>,
+    e: &Entry,
+    etag: Option<String>,
+    sha256: Option<String>,
+    size: u64,
+) -> ReplayResult<Option<store::Node>> {
     core.db().write(|tx| {
         store::versions::mark_uploaded(tx, e.ino, etag.as_deref(), sha256.as_deref(), size)?;
         journal::rebase_deletes(tx, e.ino, etag.as_deref())?;
@@ -444,6 +464,7 @@ pub(super) fn finish_upload(
         if !more && !core.is_write_dirty(e.ino) {
             store::set_dirty(tx, e.ino, false)?;
         }
-        done(core, tx, e)
+        done(core, tx, e)?;
+        Ok(store::get_node(tx, e.ino)?)
     })
 }
