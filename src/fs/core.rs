@@ -72,6 +72,9 @@ pub struct Core {
     pub(super) max_file_size: OnceLock<u64>,
     /// Whether the server keeps dead properties (mode, owner, times), once found out.
     pub dead_props: OnceLock<bool>,
+    /// When a call through the mount last changed the drive (the replayer yields to a
+    /// burst of them).
+    pub foreground: super::foreground::ForegroundWrites,
 }
 
 impl Core {
@@ -117,6 +120,7 @@ impl Core {
             poll: poll::PollState::default(),
             max_file_size: OnceLock::new(),
             dead_props: OnceLock::new(),
+            foreground: Default::default(),
             journal_progress: tokio::sync::watch::channel(0).0,
         });
         core.recover()?;
@@ -164,10 +168,13 @@ impl Core {
         })
     }
 
+    /// Every call that changes the drive starts here: refused on a read-only mount, and
+    /// noted, so the replayer yields to a burst of them (`foreground`).
     pub(super) fn ensure_writable(&self) -> FsResult<()> {
         if self.cfg.read_only {
             Err(FsError::ReadOnly)
         } else {
+            self.foreground.note();
             Ok(())
         }
     }
@@ -221,7 +228,7 @@ impl Core {
         Ok(self.store.write(|c| {
             Ok::<_, rusqlite::Error>(
                 !crate::journal::anything_running(c)?
-                    && crate::journal::ready(c, &Default::default(), 1, now)?.is_empty()
+                    && crate::journal::ready(c, &Default::default(), 1, now, i64::MAX)?.is_empty()
                     && crate::journal::next_retry_at(c, now)?.is_none(),
             )
         })?)

@@ -39,6 +39,7 @@ impl Core {
         if !writable {
             return Err(FsError::BadHandle);
         }
+        self.foreground.note();
         // As on a local disk: a write starting at or past the largest size fails with
         // EFBIG, one crossing it is cut short there.
         let max = self.max_file_size();

@@ -48,6 +48,7 @@ pub mod error;
 mod evict;
 mod fetch;
 mod fetched;
+mod foreground;
 mod import;
 mod io;
 mod kernel;

@@ -500,6 +500,7 @@ impl Core {
             if mtime.is_some() {
                 self.ensure_writable()?;
             }
+            self.foreground.note();
             let mtime_ns = mtime.map(store::system_time_to_ns);
             if let Some(of) = lock(&self.open_files).get(&ino).cloned() {
                 let mut st = lock(&of.state);

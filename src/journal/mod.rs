@@ -361,15 +361,20 @@ pub fn record_rename(c: &Connection, node: &Node, from: &str, to: &str) -> rusql
 /// moves, a folder's delete waits for changes inside it. An entry set aside as failed
 /// holds back only later entries of its node and at or below its paths: those could only
 /// fail the same way, while a folder above it may still be renamed or removed.
+///
+/// Only entries up to `through` are looked at: an entry's readiness depends on the
+/// entries before it alone, so a caller that knows where the last ready one is need not
+/// walk the rest.
 pub fn ready(
     c: &Connection,
     running: &std::collections::HashSet<i64>,
     limit: usize,
     now_ms: i64,
+    through: i64,
 ) -> rusqlite::Result<Vec<Entry>> {
     let mut held = Held::default();
     let mut out = Vec::new();
-    rows::scan_entries(c, |e| {
+    rows::scan_entries(c, through, |e| {
         if out.len() >= limit {
             return false;
         }
@@ -446,8 +451,9 @@ pub fn start_ready(
     running: &std::collections::HashSet<i64>,
     limit: usize,
     now_ms: i64,
+    through: i64,
 ) -> rusqlite::Result<Vec<Entry>> {
-    let chosen = ready(tx, running, limit, now_ms)?;
+    let chosen = ready(tx, running, limit, now_ms, through)?;
     for e in &chosen {
         set_running(tx, e.id, true)?;
     }
@@ -747,7 +753,7 @@ mod tests {
         // /d/f waits for its folder, the second entry of /g for its upload, the move over
         // /h for the properties set there first.
         assert_eq!(
-            paths(&ready(&c, &none, 10, i64::MAX).unwrap()),
+            paths(&ready(&c, &none, 10, i64::MAX, i64::MAX).unwrap()),
             ["/d", "/g", "/h"]
         );
     }
@@ -764,7 +770,7 @@ mod tests {
             (Op::Delete, 6, "/music", None),
         ]);
         let none = HashSet::new();
-        let r = ready(&c, &none, 10, i64::MAX).unwrap();
+        let r = ready(&c, &none, 10, i64::MAX, i64::MAX).unwrap();
         // The file in /photos waits for /photos ("/photo" is not inside it); the move
         // waits for the upload it renames; the delete of /music waits for the file in it.
         assert_eq!(
@@ -773,8 +779,12 @@ mod tests {
         );
         // With the first three running, only the rest may start, within the limit.
         let running: HashSet<i64> = r.iter().take(3).map(|e| e.id).collect();
-        let r2 = ready(&c, &running, 1, i64::MAX).unwrap();
+        let r2 = ready(&c, &running, 1, i64::MAX, i64::MAX).unwrap();
         assert_eq!(paths(&r2), ["/music/b.mp3"]);
+        // Walking only up to an entry gives the same answer for the entries before it.
+        let through = r[2].id;
+        let r3 = ready(&c, &none, 10, i64::MAX, through).unwrap();
+        assert_eq!(paths(&r3), ["/photos", "/notes.txt", "/photo"]);
     }
 
     #[test]
@@ -785,10 +795,10 @@ mod tests {
             (Op::Put, 3, "/other", None),
         ]);
         record_failure(&c, 1, "HTTP 403", 0, true).unwrap();
-        let r = ready(&c, &HashSet::new(), 10, 1000).unwrap();
+        let r = ready(&c, &HashSet::new(), 10, 1000, i64::MAX).unwrap();
         assert_eq!(paths(&r), ["/other"]);
         retry(&c, Some(1)).unwrap();
-        let r = ready(&c, &HashSet::new(), 10, 1000).unwrap();
+        let r = ready(&c, &HashSet::new(), 10, 1000, i64::MAX).unwrap();
         assert_eq!(paths(&r), ["/new", "/other"]);
     }
 
@@ -800,7 +810,7 @@ mod tests {
             (Op::Move, 1, "/a/x", Some("/a/y")),
         ]);
         record_failure(&c, 1, "HTTP 500", i64::MAX - 1, false).unwrap();
-        let r = ready(&c, &HashSet::new(), 10, 1000).unwrap();
+        let r = ready(&c, &HashSet::new(), 10, 1000, i64::MAX).unwrap();
         assert_eq!(paths(&r), ["/b"]);
     }
 }

@@ -475,10 +475,16 @@ pub fn only_puts(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
         .query_row([ino as i64], |r| r.get(0))
 }
 
-/// Walks the whole journal in order, until `f` returns false.
-pub fn scan_entries(c: &Connection, mut f: impl FnMut(Entry) -> bool) -> rusqlite::Result<()> {
-    let mut st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM journal ORDER BY id"))?;
-    let mut rows = st.query([])?;
+/// Walks the journal in order up to entry `through` (inclusive), until `f` returns false.
+pub fn scan_entries(
+    c: &Connection,
+    through: i64,
+    mut f: impl FnMut(Entry) -> bool,
+) -> rusqlite::Result<()> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM journal WHERE id <= ?1 ORDER BY id"
+    ))?;
+    let mut rows = st.query([through])?;
     while let Some(row) = rows.next()? {
         if !f(entry_from_row(row)?) {
             break;

@@ -59,6 +59,11 @@ pub const PARTIAL_FROM: u64 = 8 << 20;
 
 /// Entries replayed at once (uploads of many small files gain most).
 const PARALLEL: usize = 6;
+/// Entries replayed at once while calls through the mount keep changing the drive: the
+/// replayer yields to them (see `fs::foreground`), without stopping.
+const PARALLEL_BESIDE_WRITES: usize = 1;
+/// Calls that change the drive this close together are one burst.
+const BURST_GAP: Duration = Duration::from_millis(100);
 
 /// Why one replay attempt failed. The remote's answers, the state store and local files
 /// are kept apart: a database error is never taken for something the server said.
@@ -125,22 +130,38 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
             }
             continue;
         }
-        if running.len() >= PARALLEL {
-            // Every slot is busy: only an ending task can change that.
+        let beside_writes = core.foreground.streaming(BURST_GAP);
+        let width = match beside_writes {
+            true => PARALLEL_BESIDE_WRITES,
+            false => PARALLEL,
+        };
+        if running.len() >= width {
+            // Every slot is busy: only an ending task can change that, or the end of the
+            // burst of writes that narrowed them.
             tokio::select! {
                 Some(done) = tasks.join_next() => finished(&mut running, done),
+                _ = tokio::time::sleep(BURST_GAP), if beside_writes => {}
                 _ = shutdown.changed() => {}
             }
             continue;
         }
-        let ready = core.db().write(|tx| {
-            journal::start_ready(
-                tx,
-                &running,
-                PARALLEL.saturating_sub(running.len()),
-                core.clock().now_ms(),
-            )
-        });
+        let free = width.saturating_sub(running.len());
+        let now_ms = core.clock().now_ms();
+        // First on the reader, which FUSE calls never wait for: a pass that finds
+        // nothing to start (everything queued behind an entry still running, say a slow
+        // folder creation with thousands of files after it) walks the whole journal and
+        // must not hold the writer while it does. What it found is then taken on the
+        // writer, walking only as far as the last of it.
+        let pass_started = std::time::Instant::now();
+        let ready = core
+            .db()
+            .read(|c| journal::ready(c, &running, free, now_ms, i64::MAX))
+            .and_then(|seen| match seen.last() {
+                None => Ok(seen),
+                Some(last) => core
+                    .db()
+                    .write(|tx| journal::start_ready(tx, &running, free, now_ms, last.id)),
+            });
         let ready = match ready {
             Ok(r) => r,
             Err(e) => {
@@ -175,13 +196,14 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
             }
             continue;
         }
+        let idle_pass = pass_started.elapsed();
         if running.is_empty() {
             summary.finish(&core);
         }
         // Nothing can start: wait for a task, a new entry, or the next retry due.
         let next_due = core
             .db()
-            .write(|tx| journal::next_retry_at(tx, core.clock().now_ms()))
+            .read(|c| journal::next_retry_at(c, core.clock().now_ms()))
             .unwrap_or(None);
         let wait = match next_due {
             Some(at) => {
@@ -193,7 +215,9 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
         // instead of waiting out a backoff.
         tokio::select! {
             Some(done) = tasks.join_next(), if !tasks.is_empty() => finished(&mut running, done),
-            _ = core.journal_changed.notified() => {}
+            _ = core.journal_changed.notified() => {
+                pace_after_idle_pass(idle_pass, &mut tasks, &mut running, &mut shutdown).await;
+            }
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
             _ = health.changed() => {}
@@ -205,6 +229,32 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     }
     // A burst that ended just as the mount stopped still gets its line.
     summary.finish(&core);
+}
+
+/// A pass that found nothing to start and took this long or more is paced.
+const PACED_PASS: Duration = Duration::from_millis(1);
+/// After such a pass, the next one a new change asks for waits this many times as long.
+const PACE: u32 = 4;
+
+/// After a pass over a long journal that found nothing to start, the next one waits a
+/// few times as long as it took: a burst of changes queued behind a slow entry then
+/// costs a bounded share of a core, not a walk of the whole journal per change (which
+/// grows with the square of the burst). An ending task, which may free what waits, is
+/// not held back.
+async fn pace_after_idle_pass(
+    idle_pass: Duration,
+    tasks: &mut tokio::task::JoinSet<i64>,
+    running: &mut HashSet<i64>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    if idle_pass < PACED_PASS {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(idle_pass * PACE) => {}
+        Some(done) = tasks.join_next(), if !tasks.is_empty() => finished(running, done),
+        _ = shutdown.changed() => {}
+    }
 }
 
 /// A line in the log for each burst of replay: "sent 50 changes in 0.2 s".
