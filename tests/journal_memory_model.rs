@@ -3608,3 +3608,48 @@ fn a_resumed_part_upload_of_a_file_written_through_an_open_handle_starts_over() 
     );
     h.stop(false);
 }
+
+/// A file renamed twice here while both new names were taken by another client's files:
+/// the first MOVE goes aside, and the second, from that conflict name on, goes aside
+/// again. Our version ends beside theirs at the last name, and the first conflict, whose
+/// copy moved on, is settled: left open, it named a copy that is not there.
+#[test]
+fn a_rename_going_aside_from_a_conflict_name_settles_that_conflict() {
+    let mut h = Harness::new();
+    let ours = ours_bytes(1300, 7);
+    h.create("/x", &ours);
+    h.drain("setup");
+    h.set_outage(true);
+    h.mv("/x", "/b");
+    h.mv("/b", "/c");
+    h.remote.other_put("/b", their_bytes(900, 8)).unwrap();
+    h.remote.other_put("/c", their_bytes(800, 9)).unwrap();
+    let server = h.settle_and_compare("two renames onto names another client took");
+    assert_eq!(server.get("/b"), Some(&file(&their_bytes(900, 8))));
+    assert_eq!(server.get("/c"), Some(&file(&their_bytes(800, 9))));
+    let copies: Vec<&String> = server
+        .iter()
+        .filter(|(_, v)| **v == file(&ours))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        copies.len() == 1 && copies[0].starts_with("/c (conflict"),
+        "our version must be beside theirs at the last name, once: {:?}",
+        server_digest(&server)
+    );
+    let open: Vec<String> = h
+        .core()
+        .db()
+        .write(|conn| {
+            let mut st = conn.prepare("SELECT conflict_path FROM conflicts WHERE resolved = 0")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()
+        })
+        .unwrap();
+    assert!(
+        open.len() == 1 && open[0] == *copies[0],
+        "open conflicts: {open:?} of {:?}",
+        h.conflicts()
+    );
+    h.stop(false);
+}

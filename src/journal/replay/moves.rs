@@ -101,6 +101,9 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
                 false => core.remote().stat(&aside).await?.and_then(|s| s.etag),
             };
             core.db().write(|tx| {
+                // Moved on from a conflict name an earlier rename of ours went to: that
+                // conflict's copy is not there any more, this one's is.
+                journal::settled_by_rename(tx, &e.path)?;
                 if e.is_dir {
                     store::move_base_copies(tx, &e.path, &aside)?;
                     follow_folder_aside(tx, e, dest, &aside)?;
