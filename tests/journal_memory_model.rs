@@ -99,6 +99,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -3652,4 +3653,41 @@ fn a_rename_going_aside_from_a_conflict_name_settles_that_conflict() {
         h.conflicts()
     );
     h.stop(false);
+}
+
+/// A folder whose creation the server is slow to answer, and files made in it one by
+/// one meanwhile (further apart than a burst, so the replayer runs at full width): all
+/// of them wait behind the creation. The replayer's passes that find nothing to start
+/// must not take the store's writer, which every call through the mount waits for.
+/// They did: each new file woke a walk of the whole journal under the writer, so a
+/// long queue behind a slow entry slowed every call in proportion to its length.
+#[test]
+fn files_queued_behind_a_slow_folder_creation_cost_the_writer_no_passes() {
+    let mut h = Harness::new();
+    h.remote.inject(
+        Rule::on(Method::Mkcol)
+            .at("/slow")
+            .outcome(Outcome::Delay(Duration::from_secs(3600)))
+            .times(1),
+    );
+    h.mkdir("/slow");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.remote.count(Method::Mkcol) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the folder's creation did not start"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let before = h.core().replay_passes_on_writer.load(Ordering::Relaxed);
+    for i in 0..12 {
+        // Past the burst gap: the replayer looks for work after each file.
+        std::thread::sleep(Duration::from_millis(150));
+        h.create(&format!("/slow/f{i}"), &ours_bytes(100, i));
+    }
+    // Each file's upload waits for the folder: the journal holds all of them.
+    assert_eq!(h.journal().len(), 13, "{:#?}", h.journal());
+    let passes = h.core().replay_passes_on_writer.load(Ordering::Relaxed) - before;
+    assert_eq!(passes, 0, "passes that found nothing took the writer");
+    h.stop(true);
 }

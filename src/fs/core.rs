@@ -75,6 +75,9 @@ pub struct Core {
     /// When a call through the mount last changed the drive (the replayer yields to a
     /// burst of them).
     pub foreground: super::foreground::ForegroundWrites,
+    /// Scheduling passes of the replayer that took the store's writer (each starts the
+    /// entries it found): a pass that finds nothing must not, and tests count them.
+    pub replay_passes_on_writer: AtomicU64,
 }
 
 impl Core {
@@ -121,6 +124,7 @@ impl Core {
             max_file_size: OnceLock::new(),
             dead_props: OnceLock::new(),
             foreground: Default::default(),
+            replay_passes_on_writer: AtomicU64::new(0),
             journal_progress: tokio::sync::watch::channel(0).0,
         });
         core.recover()?;

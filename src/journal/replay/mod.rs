@@ -28,6 +28,7 @@ mod put;
 pub use conflict::{conflict_name, host_name};
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,9 +159,10 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
             .read(|c| journal::ready(c, &running, free, now_ms, i64::MAX))
             .and_then(|seen| match seen.last() {
                 None => Ok(seen),
-                Some(last) => core
-                    .db()
-                    .write(|tx| journal::start_ready(tx, &running, free, now_ms, last.id)),
+                Some(last) => core.db().write(|tx| {
+                    (core.replay_passes_on_writer).fetch_add(1, Ordering::Relaxed);
+                    journal::start_ready(tx, &running, free, now_ms, last.id)
+                }),
             });
         let ready = match ready {
             Ok(r) => r,
