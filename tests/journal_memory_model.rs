@@ -65,8 +65,11 @@
 //! file (which takes anything) instead of by its own delete, that removal naming
 //! the scratch file where it was before a waiting rename of its folder carried it off,
 //! a folder going aside taking along the upload of a file made at its old name
-//! after it was renamed away, and a part upload resumed after the file was written
-//! through a handle still open, recording a hash of bytes the server never got.
+//! after it was renamed away, a part upload resumed after the file was written
+//! through a handle still open, recording a hash of bytes the server never got, and a
+//! rename going aside from a conflict name leaving that conflict open with its copy
+//! gone. The last scenario pins a cost, not an outcome: files queued behind a slow
+//! entry must not make the replayer's empty passes take the store's writer.
 //! One outcome is accepted by default: "folder-move-etag" (a file last sent as a
 //! partial update, whose server version's hash is therefore unknown here, edited again
 //! after our rename of its folder gave it a new ETag, goes up as a conflict copy of our
