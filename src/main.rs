@@ -487,6 +487,7 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let mut argv = std::env::args_os();
     let arg0 = argv.next().unwrap_or_default();
     if Path::new(&arg0).file_name() == Some(davdrive::mount_helper::HELPER_NAME.as_ref()) {
@@ -643,5 +644,20 @@ fn mount(args: MountArgs, argv: Vec<OsString>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
+    }
+}
+
+/// glibc gives each thread that allocates at once an arena of its own, up to eight per
+/// core, and keeps what is freed in each: after three `ls -l` of a 50,000-entry folder
+/// the daemon held 102 MiB, with two arenas 60 MiB (peak 76 MiB). The daemon's threads
+/// are a few FUSE threads and two runtime workers, so two arenas cost no waiting worth
+/// measuring. Done before any thread starts; `MALLOC_ARENA_MAX` set by the user wins.
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
     }
 }
