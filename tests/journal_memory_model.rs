@@ -66,9 +66,11 @@
 //! the scratch file where it was before a waiting rename of its folder carried it off,
 //! a folder going aside taking along the upload of a file made at its old name
 //! after it was renamed away, a part upload resumed after the file was written
-//! through a handle still open, recording a hash of bytes the server never got, and a
+//! through a handle still open, recording a hash of bytes the server never got, a
 //! rename going aside from a conflict name leaving that conflict open with its copy
-//! gone. The last scenario pins a cost, not an outcome: files queued behind a slow
+//! gone, and an upload whose parts went to a scratch file, then sent as a partial
+//! update, leaving the scratch file behind (the two kept their progress in the same
+//! columns; the entry now names its scratch file). The last scenario pins a cost, not an outcome: files queued behind a slow
 //! entry must not make the replayer's empty passes take the store's writer.
 //! One outcome is accepted by default: "folder-move-etag" (a file last sent as a
 //! partial update, whose server version's hash is therefore unknown here, edited again
@@ -3693,4 +3695,52 @@ fn files_queued_behind_a_slow_folder_creation_cost_the_writer_no_passes() {
     let passes = h.core().replay_passes_on_writer.load(Ordering::Relaxed) - before;
     assert_eq!(passes, 0, "passes that found nothing took the writer");
     h.stop(true);
+}
+
+/// A file of ours on the server, cut here below its size there: its upload goes whole,
+/// in parts, and the server refuses the parts after the first. It is then written past
+/// its old size, so the next attempt sends only what was written (a partial update,
+/// with progress of its own). The part the first attempt sent sits in a scratch file,
+/// which must go too: the entry ended without moving it over the file.
+#[test]
+fn parts_sent_before_an_upload_turned_partial_are_removed() {
+    let mut h = Harness::new();
+    let first = ours_bytes(8000, 13);
+    let ino = h.create("/x", &first);
+    h.drain("the first upload");
+    h.remote
+        .inject(Rule::on(Method::PutRange).outcome(Outcome::Status(503)));
+    h.core()
+        .setattr(ino, None, None, None, Some(7000), None)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.journal().iter().all(|e| e.attempts == 0) {
+        assert!(Instant::now() < deadline, "the upload was not tried");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.freeze();
+    let scratch = davdrive::journal::scratch_path("/x", ino);
+    assert!(h.remote.read(&scratch).is_some(), "no part was sent");
+    let tail = ours_bytes(1500, 14);
+    h.write_ino(ino, 7000, &tail).unwrap();
+    h.remote.clear_rules();
+    h.remote.clear_log();
+    h.unfreeze();
+    h.drain("an upload in parts that turned into a partial update");
+    assert!(
+        h.remote.count(Method::Copy) > 0,
+        "not sent as a partial update: {:?}",
+        h.remote.requests()
+    );
+    let want = [&first[..7000], &tail[..]].concat();
+    assert!(
+        h.remote.read("/x") == Some(want),
+        "{:?}",
+        server_digest(&h.server())
+    );
+    let left: Vec<String> = (h.remote.snapshot().into_keys())
+        .filter(|p| p.contains(".davdrive-part-"))
+        .collect();
+    assert!(left.is_empty(), "scratch files left: {left:?}");
+    h.stop(false);
 }

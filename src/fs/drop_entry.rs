@@ -118,7 +118,7 @@ impl Core {
                     remove_content = true;
                 } else if !more_puts {
                     // The remote never had it: without its upload it is gone.
-                    store::journal::delete_all_of(tx, ino)?;
+                    crate::journal::delete_all_of(tx, ino)?;
                     store::delete_node(tx, ino)?;
                     remove_content = true;
                 }

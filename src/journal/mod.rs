@@ -58,10 +58,10 @@ use crate::store::Node;
 
 pub use crate::store::conflicts::{record_conflict, record_conflict_because, settled_by_rename};
 pub use crate::store::journal::{
-    add_sent_hash, anything_running, complete, follow_file_aside, get, has_pending_put, head,
-    is_running, later_delete_of, list, next_retry_at, part_progress, rebase_deletes,
-    record_failure, reset_running, retry, retry_waiting_now, rewrite_prefix, sent_hashes,
-    set_part_progress, set_running, stats,
+    add_sent_hash, anything_running, follow_file_aside, get, has_pending_put, head, is_running,
+    later_delete_of, list, move_scratches, next_retry_at, part_progress, rebase_deletes,
+    record_failure, reset_running, retry, retry_waiting_now, rewrite_prefix, scratch_of,
+    sent_hashes, set_part_progress, set_running, set_scratch, stats,
 };
 use crate::store::journal::{any_running, any_sent, drop_entries_of, insert, retry_failed_of};
 
@@ -200,10 +200,49 @@ fn dir_held_others(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
 fn drop_waiting_puts(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
     // Parts an earlier attempt sent sit in a scratch file on the server: its removal
     // takes the upload's place, so nothing of it stays there.
-    for path in rows::waiting_put_paths_with_parts(c, ino)? {
-        record_scratch_removal(c, ino, &scratch_path(&path, ino))?;
+    for scratch in rows::waiting_put_scratches(c, ino, 0)? {
+        record_scratch_removal(c, ino, &scratch)?;
     }
     rows::delete_waiting_puts(c, ino)
+}
+
+/// Ends entry `id`. Parts it sent that are still in a scratch file on the server (it
+/// ended some other way than moving them over its file: a partial update, a conflict,
+/// a removal, an administrator's drop) go by an entry of their own.
+pub fn complete(c: &Connection, id: i64) -> rusqlite::Result<()> {
+    if let Some((ino, scratch)) = rows::scratch_of(c, id)? {
+        record_scratch_removal(c, ino, &scratch)?;
+    }
+    rows::complete(c, id)
+}
+
+/// Forgets every entry of `ino`, queueing the removal of the scratch files they sent
+/// parts to.
+pub fn delete_all_of(c: &Connection, ino: u64) -> rusqlite::Result<usize> {
+    let scratches = rows::scratches_of(c, ino)?;
+    let n = rows::delete_all_of(c, ino)?;
+    for scratch in scratches {
+        record_scratch_removal(c, ino, &scratch)?;
+    }
+    Ok(n)
+}
+
+/// Hands the waiting uploads of `ino` but entry `except` to the conflict copy `to`
+/// (see `store::journal::hand_puts_to`). Dropped ones leave their scratch files to
+/// queued removals; handed ones keep them named, and the copy's next part upload,
+/// sending to a scratch file of its own name, removes them first.
+pub fn hand_puts_to(
+    c: &Connection,
+    ino: u64,
+    except: i64,
+    to: Option<(u64, &str)>,
+) -> rusqlite::Result<usize> {
+    if to.is_none() {
+        for scratch in rows::waiting_put_scratches(c, ino, except)? {
+            record_scratch_removal(c, ino, &scratch)?;
+        }
+    }
+    rows::hand_puts_to(c, ino, except, to)
 }
 
 /// The scratch file parts of an upload of `path` (node `ino`) go to, beside the target.

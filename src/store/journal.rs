@@ -391,14 +391,53 @@ pub fn scan_from(
     Ok(false)
 }
 
-/// Paths of the waiting uploads of `ino` that sent parts to a scratch file before.
-pub fn waiting_put_paths_with_parts(c: &Connection, ino: u64) -> rusqlite::Result<Vec<String>> {
+/// The scratch files the waiting uploads of `ino` (all but entry `except`) sent parts
+/// to, which may still be on the server.
+pub fn waiting_put_scratches(
+    c: &Connection,
+    ino: u64,
+    except: i64,
+) -> rusqlite::Result<Vec<String>> {
     c.prepare_cached(
-        "SELECT path FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 \
-         AND part_bytes > 0",
+        "SELECT scratch FROM journal WHERE ino = ?1 AND op = 'put' AND running = 0 \
+         AND id != ?2 AND scratch IS NOT NULL",
     )?
-    .query_map([ino as i64], |r| r.get(0))?
+    .query_map(params![ino as i64, except], |r| r.get(0))?
     .collect()
+}
+
+/// The scratch files any entry of `ino` sent parts to, which may still be on the server.
+pub fn scratches_of(c: &Connection, ino: u64) -> rusqlite::Result<Vec<String>> {
+    c.prepare_cached("SELECT scratch FROM journal WHERE ino = ?1 AND scratch IS NOT NULL")?
+        .query_map([ino as i64], |r| r.get(0))?
+        .collect()
+}
+
+/// The scratch file upload entry `id` sent parts to, with the entry's node, if it may
+/// still be on the server.
+pub fn scratch_of(c: &Connection, id: i64) -> rusqlite::Result<Option<(u64, String)>> {
+    c.prepare_cached("SELECT ino, scratch FROM journal WHERE id = ?1 AND scratch IS NOT NULL")?
+        .query_row([id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+        .optional()
+}
+
+/// Records that entry `id` is about to send parts to `scratch` (before the first one
+/// goes), or, with None, that nothing of it is left there.
+pub fn set_scratch(c: &Connection, id: i64, scratch: Option<&str>) -> rusqlite::Result<()> {
+    c.prepare_cached("UPDATE journal SET scratch = ?2 WHERE id = ?1")?
+        .execute(params![id, scratch])?;
+    Ok(())
+}
+
+/// Scratch files at or below folder `from` went with it to `to` (a folder move on the
+/// server): the entries that may have left them there follow.
+pub fn move_scratches(c: &Connection, from: &str, to: &str) -> rusqlite::Result<usize> {
+    let (below, end) = (format!("{from}/"), format!("{from}0"));
+    c.prepare_cached(
+        "UPDATE journal SET scratch = ?2 || substr(scratch, length(?1) + 1) \
+         WHERE scratch >= ?3 AND scratch < ?4",
+    )?
+    .execute(params![from, to, below, end])
 }
 
 /// Deletes the waiting (not running) uploads of `ino`.

@@ -202,6 +202,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX nodes_base_copy ON nodes(base_copy) WHERE base_copy IS NOT NULL;
     ALTER TABLE journal ADD COLUMN sending BLOB;
     ",
+    // 11: where an upload's parts are. `scratch` is the server path of the scratch file
+    // an upload entry sends parts to, set before the first part goes and cleared once
+    // the file is moved over its target or removed: every way the entry ends, or hands
+    // its work to another, queues the removal of a scratch file still named here. The
+    // part progress columns cannot say so: partial updates use them for their own.
+    // Entries of older stores that sent parts get the name they used then.
+    "
+    ALTER TABLE journal ADD COLUMN scratch TEXT;
+    ",
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -222,9 +231,31 @@ pub fn migrate(conn: &Connection) -> Result<i64, StoreError> {
         if i == 1 {
             fill_cached_bytes(&tx)?;
         }
+        if i == 10 {
+            fill_scratch(&tx)?;
+        }
         tx.commit()?;
     }
     Ok(found)
+}
+
+/// Names the scratch files of uploads that sent parts before `scratch` existed.
+fn fill_scratch(c: &Connection) -> rusqlite::Result<()> {
+    let rows: Vec<(i64, i64, String)> = c
+        .prepare(
+            "SELECT id, ino, path FROM journal WHERE op = 'put' AND part_bytes > 0 \
+             AND (part_version IS NULL OR part_version NOT LIKE 'moving:%')",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, ino, path) in rows {
+        let scratch = crate::journal::scratch_path(&path, ino as u64);
+        c.execute(
+            "UPDATE journal SET scratch = ?2 WHERE id = ?1",
+            rusqlite::params![id, scratch],
+        )?;
+    }
+    Ok(())
 }
 
 /// Computes `cached_bytes` of stores made before it existed (range maps are blobs).
@@ -269,6 +300,13 @@ mod tests {
                 [],
             )
             .unwrap();
+            // An upload that had sent parts: its scratch file gets a name.
+            c.execute(
+                "INSERT INTO journal (op, ino, path, created_at, part_version, part_bytes) \
+                 VALUES ('put', 7, '/d/big', 0, '9:1:1', 4096)",
+                [],
+            )
+            .unwrap();
         }
         let c = super::super::open(&path).unwrap();
         let version: i64 = c
@@ -291,6 +329,17 @@ mod tests {
             )
             .unwrap();
         assert_eq!(journal, 1);
+        let scratches: Vec<Option<String>> = c
+            .prepare("SELECT scratch FROM journal ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            scratches,
+            [None, Some("/d/.big.davdrive-part-7".to_string())]
+        );
         // Opening again is a no-op.
         drop(c);
         assert_eq!(

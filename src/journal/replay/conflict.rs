@@ -187,7 +187,7 @@ pub(super) fn take_theirs(
         // Deleted on the remote: the original name goes, the conflict copy stays.
         None => store::delete_node(&tx, e.ino)?,
     }
-    store::journal::hand_puts_to(&tx, e.ino, e.id, ours)?;
+    journal::hand_puts_to(&tx, e.ino, e.id, ours)?;
     record(&tx)?;
     done(core, &tx, e)?;
     tx.commit()?;

@@ -106,6 +106,7 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
                 journal::settled_by_rename(tx, &e.path)?;
                 if e.is_dir {
                     store::move_base_copies(tx, &e.path, &aside)?;
+                    journal::move_scratches(tx, &e.path, &aside)?;
                     follow_folder_aside(tx, e, dest, &aside)?;
                     journal::record_conflict_because(
                         tx,
@@ -209,8 +210,10 @@ pub(super) async fn rename(core: &Arc<Core>, e: &Entry) -> ReplayResult {
             journal::rebase_deletes(tx, e.ino, Some(&etag))?;
         }
         if e.is_dir {
-            // The base copies of files changed inside went along (see `replay::partial`).
+            // The base copies of files changed inside went along (see `replay::partial`),
+            // and so did the scratch files of part uploads.
             store::move_base_copies(tx, &e.path, dest)?;
+            journal::move_scratches(tx, &e.path, dest)?;
         } else {
             // From a conflict name an earlier rename of ours went to (see
             // `follow_file_aside`), on to the name given here.

@@ -155,19 +155,15 @@ pub(super) use crate::journal::scratch_path;
 /// file shrank below the part size, or is deleted): its scratch file goes, so nothing
 /// of it stays on the server. Best effort: a failure leaves it for the next attempt.
 pub(super) async fn drop_scratch(core: &Arc<Core>, e: &Entry) {
-    let sent_parts = (core.db())
-        .write(|tx| journal::part_progress(tx, e.id))
-        .map(|(_, bytes)| bytes > 0)
-        .unwrap_or(false);
-    if !sent_parts {
+    let Ok(Some((_, scratch))) = core.db().write(|tx| journal::scratch_of(tx, e.id)) else {
         return;
-    }
-    let scratch = scratch_path(&e.path, e.ino);
+    };
     match core.remote().delete(&scratch, false).await {
         Ok(()) => {
-            let _ = core
-                .db()
-                .write(|tx| journal::set_part_progress(tx, e.id, "", 0));
+            let _ = core.db().write(|tx| {
+                journal::set_scratch(tx, e.id, None)?;
+                journal::set_part_progress(tx, e.id, "", 0)
+            });
         }
         Err(err) => tracing::debug!("{scratch}: not removed yet: {err}"),
     }
@@ -178,9 +174,9 @@ pub(super) async fn drop_scratch(core: &Arc<Core>, e: &Entry) {
 pub(super) async fn drop_scratch_or_queue(core: &Arc<Core>, e: &Entry) -> ReplayResult<()> {
     drop_scratch(core, e).await;
     core.db().write(|tx| {
-        let (_, left) = journal::part_progress(tx, e.id)?;
-        if left > 0 {
-            journal::record_scratch_removal(tx, e.ino, &scratch_path(&e.path, e.ino))?;
+        if let Some((ino, scratch)) = journal::scratch_of(tx, e.id)? {
+            journal::record_scratch_removal(tx, ino, &scratch)?;
+            journal::set_scratch(tx, e.id, None)?;
             journal::set_part_progress(tx, e.id, "", 0)?;
         }
         Ok(())
@@ -208,6 +204,13 @@ pub(super) async fn put_in_parts(
     // attribute change sets the ctime, which no one can set back), not by hashing the
     // whole file first: that was a second pass over gigabytes before the first byte went.
     let version = format!("{}:{}:{}", node.size, node.mtime_ns, node.ctime_ns);
+    // Parts an earlier attempt sent under another name (the entry was handed to a
+    // conflict copy, or followed its file aside) are not continued: they go first.
+    let earlier = core.db().write(|tx| journal::scratch_of(tx, e.id))?;
+    if let Some((_, old)) = earlier.filter(|(_, old)| *old != scratch) {
+        tracing::debug!("{}: parts sent to {old} before are dropped", e.path);
+        drop_scratch_or_queue(core, e).await?;
+    }
     let (done_version, done_bytes) = core.db().write(|tx| journal::part_progress(tx, e.id))?;
     let mut offset = 0;
     // Writes through a handle still open change the content file but not that version
@@ -226,6 +229,9 @@ pub(super) async fn put_in_parts(
         }
     }
     let mtime = Some(store::ns_to_system_time(node.mtime_ns));
+    // Named before the first part goes: however this entry ends (a partial update
+    // next time, a conflict, a removal, a crash now), the scratch file is not forgotten.
+    (core.db()).write(|tx| journal::set_scratch(tx, e.id, Some(&scratch)))?;
     while offset < node.size {
         let len = core.cfg.uploads.part.min(node.size - offset);
         if offset == 0 {
@@ -261,6 +267,8 @@ pub(super) async fn put_in_parts(
     // version of ours there that a later delete or upload takes for somebody else's.
     let sent = what_scratch_holds(core, e, &scratch, &local_path, node.size, sent).await?;
     remote.rename(&scratch, &e.path, false).await?;
+    // Moved over the file: no scratch file of this entry is left.
+    (core.db()).write(|tx| journal::set_scratch(tx, e.id, None))?;
     let etag = remote.stat(&e.path).await?.and_then(|s| s.etag);
     finish_upload_and_meta(core, e, etag, sent, node.size).await
 }
