@@ -210,6 +210,7 @@ const MIGRATIONS: &[&str] = &[
     // Entries of older stores that sent parts get the name they used then.
     "
     ALTER TABLE journal ADD COLUMN scratch TEXT;
+    CREATE INDEX journal_by_scratch ON journal(scratch) WHERE scratch IS NOT NULL;
     ",
 ];
 
