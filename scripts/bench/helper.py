@@ -260,6 +260,32 @@ def random_reads(path, count, block):
     print(f"{time.time() - t0:.3f}")
 
 
+def random_gets(url, count, block):
+    """The network's share of `random-reads`: the same COUNT ranged GETs of BLOCK bytes
+    of URL (same seed, so the same offsets), one at a time over one kept-alive
+    connection, as a bare HTTP client sends them; prints the seconds they took."""
+    import http.client
+    import urllib.parse
+
+    count, block = int(count), int(block)
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=60)
+    conn.request("HEAD", u.path)
+    reply = conn.getresponse()
+    reply.read()
+    size = int(reply.getheader("Content-Length"))
+    rnd = random.Random(4096)
+    offsets = [rnd.randrange(0, size // block) * block for _ in range(count)]
+    t0 = time.time()
+    for off in offsets:
+        conn.request("GET", u.path, headers={"Range": f"bytes={off}-{off + block - 1}"})
+        reply = conn.getresponse()
+        if reply.status != 206 or len(reply.read()) != block:
+            raise SystemExit(f"range GET at {off}: HTTP {reply.status}")
+    conn.close()
+    print(f"{time.time() - t0:.3f}")
+
+
 def time_cmd(timeout, *cmd):
     """Runs CMD; prints its seconds, or 'timeout' when it ran longer than TIMEOUT (it is
     then left running in the background, as a blocked reader would be)."""
@@ -463,6 +489,7 @@ def main():
         "make-tree": make_tree,
         "cat-tree": cat_tree,
         "random-reads": random_reads,
+        "random-gets": random_gets,
         "time-cmd": time_cmd,
         "slow-proxy": slow_proxy,
         "count-proxy": count_proxy,
