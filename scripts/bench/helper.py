@@ -53,13 +53,25 @@ def manifest(root):
 
 def wait_file(src, dst, start, timeout):
     """Poll until DST has SRC's size and bytes. Prints seconds since START (a
-    `date +%s.%N` stamp), or 'timeout'."""
+    `date +%s.%N` stamp) to the poll that found it so, or 'timeout'. Comparing a large
+    file takes seconds of its own, which are not the tool's: DST counts as complete when
+    that comparison began, provided it did not change while it was compared."""
     start, timeout = float(start), float(timeout)
     want = os.path.getsize(src)
+
+    def stamp(st):
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
     while True:
+        polled = time.time()
         try:
-            if os.path.getsize(dst) == want and filecmp.cmp(src, dst, shallow=False):
-                print(f"{time.time() - start:.3f}")
+            before = os.stat(dst)
+            if (
+                before.st_size == want
+                and filecmp.cmp(src, dst, shallow=False)
+                and stamp(os.stat(dst)) == stamp(before)
+            ):
+                print(f"{polled - start:.3f}")
                 return
         except OSError:
             pass
