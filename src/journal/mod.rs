@@ -58,10 +58,10 @@ use crate::store::Node;
 
 pub use crate::store::conflicts::{record_conflict, record_conflict_because, settled_by_rename};
 pub use crate::store::journal::{
-    add_sent_hash, anything_running, follow_file_aside, get, has_pending_put, head, is_running,
-    later_delete_of, list, move_scratches, next_retry_at, part_progress, rebase_deletes,
-    record_failure, reset_running, retry, retry_waiting_now, rewrite_prefix, scratch_of,
-    sent_hashes, set_part_progress, set_running, set_scratch, stats,
+    add_sent_hash, anything_running, follow_file_aside, forget_scratches_under, get,
+    has_pending_put, head, is_running, later_delete_of, list, move_scratches, next_retry_at,
+    part_progress, rebase_deletes, record_failure, reset_running, retry, retry_waiting_now,
+    rewrite_prefix, scratch_of, sent_hashes, set_part_progress, set_running, set_scratch, stats,
 };
 use crate::store::journal::{any_running, any_sent, drop_entries_of, insert, retry_failed_of};
 

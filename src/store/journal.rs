@@ -429,6 +429,14 @@ pub fn set_scratch(c: &Connection, id: i64, scratch: Option<&str>) -> rusqlite::
     Ok(())
 }
 
+/// Scratch files below folder `dir` are gone with it (a file took its name on the
+/// server): the entries that left them there have none any more.
+pub fn forget_scratches_under(c: &Connection, dir: &str) -> rusqlite::Result<usize> {
+    let (below, end) = (format!("{dir}/"), format!("{dir}0"));
+    c.prepare_cached("UPDATE journal SET scratch = NULL WHERE scratch >= ?1 AND scratch < ?2")?
+        .execute(params![below, end])
+}
+
 /// Scratch files at or below folder `from` went with it to `to` (a folder move on the
 /// server): the entries that may have left them there follow.
 pub fn move_scratches(c: &Connection, from: &str, to: &str) -> rusqlite::Result<usize> {

@@ -107,6 +107,8 @@ pub(super) async fn move_aside(core: &Arc<Core>, e: &Entry, dir: &str) -> Replay
     );
     core.db().write(|tx| {
         journal::rewrite_prefix(tx, dir, &aside)?;
+        // Scratch files of part uploads inside went with the folder their file replaced.
+        journal::forget_scratches_under(tx, dir)?;
         // The local folder takes the new name too, if it is still where the entry says:
         // the folder at that path locally must hold the entry's node (a folder made
         // there since is another one).
