@@ -70,7 +70,9 @@
 //! rename going aside from a conflict name leaving that conflict open with its copy
 //! gone, and an upload whose parts went to a scratch file, then sent as a partial
 //! update, leaving the scratch file behind (the two kept their progress in the same
-//! columns; the entry now names its scratch file). The last scenario pins a cost, not an outcome: files queued behind a slow
+//! columns; the entry now names its scratch file), and a truncation while read-ahead
+//! downloads ran left to their close to commit (a settle found the journal empty
+//! before it). The last scenario pins a cost, not an outcome: files queued behind a slow
 //! entry must not make the replayer's empty passes take the store's writer.
 //! One outcome is accepted by default: "folder-move-etag" (a file last sent as a
 //! partial update, whose server version's hash is therefore unknown here, edited again
@@ -3743,4 +3745,54 @@ fn parts_sent_before_an_upload_turned_partial_are_removed() {
         .collect();
     assert!(left.is_empty(), "scratch files left: {left:?}");
     h.stop(false);
+}
+
+/// A file another client put on the server, not cached here, read from its start: the
+/// read-ahead goes on with downloads the slow server keeps running after the reader
+/// closed the file. It is then cut (no program has it open). The cut is committed when
+/// `setattr` returns, its upload in the journal: before, the last download's close
+/// committed it, whenever that came, and a crash until then lost it.
+#[test]
+fn a_truncation_while_read_ahead_runs_is_committed_at_once() {
+    let mut h = Harness::new();
+    let data = their_bytes(4 << 20, 15);
+    h.remote.other_put("/f", data.clone()).unwrap();
+    let ino = h.resolve("/f");
+    let core = h.core().clone();
+    let (fh, _) = core.open(ino, false).unwrap();
+    assert_eq!(core.read(fh, 0, 128 << 10).unwrap(), &data[..128 << 10]);
+    h.remote.inject(
+        Rule::on(Method::Get)
+            .outcome(Outcome::Delay(Duration::from_secs(2)))
+            .times(4),
+    );
+    // Sequential now: the read-ahead starts downloads past what is here.
+    assert_eq!(
+        core.read(fh, 128 << 10, 128 << 10).unwrap(),
+        &data[128 << 10..256 << 10]
+    );
+    core.release(fh).unwrap();
+    assert!(h.remote.gets_running() > 0, "no read-ahead is running");
+    core.setattr(ino, None, None, None, Some(3 << 20), None)
+        .unwrap();
+    let waiting = h.journal();
+    assert!(
+        h.remote.gets_running() > 0,
+        "the read-ahead ended before the cut was looked at"
+    );
+    assert!(
+        waiting.iter().any(|e| e.op == Op::Put && e.ino == ino),
+        "the cut is not in the journal: {waiting:#?}"
+    );
+    // A crash now keeps it.
+    drop(core);
+    h.set_outage(true);
+    h.restart(true);
+    assert_eq!(h.core().getattr(ino).unwrap().size, 3 << 20);
+    assert!(
+        h.journal().iter().any(|e| e.op == Op::Put && e.ino == ino),
+        "the cut's upload is gone after a crash: {:#?}",
+        h.journal()
+    );
+    h.stop(true);
 }

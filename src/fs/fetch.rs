@@ -126,6 +126,7 @@ struct FinishDownload {
 impl Drop for FinishDownload {
     fn drop(&mut self) {
         lock(&self.of.downloads.inflight).remove(&self.chunk);
+        self.of.fetch_ended();
         // The open count first: once a waiter is released, the file is open only as
         // long as that waiter keeps it.
         self.core.close_open_file(self.ino);
@@ -402,6 +403,7 @@ impl Core {
         // The download holds the file open: its state stays the one every opener shares
         // until the data is recorded, and a new open finds this download running.
         lock(&of.state).opens += 1;
+        of.fetch_started();
         let of = of.clone();
         let src = src.clone();
         let path = src.path.clone();

@@ -269,7 +269,9 @@ impl Core {
                 st.mtime_ns = store::now_ns();
                 st.write_dirty = true;
                 st.write_seq += 1;
-                Ok(Some(st.opens > 1))
+                // A download holding it (a read-ahead still running) is no handle
+                // whose close would commit this soon: it is committed now.
+                Ok(Some(st.opens.saturating_sub(st.downloading) > 1))
             };
             let others_open = if partial {
                 // Not a `write`, as in `write`: the ranges are committed before the
@@ -284,7 +286,7 @@ impl Core {
                 });
             };
             if others_open {
-                // Somebody has it open: their close commits the change.
+                // A program has it open: its close commits the change.
                 self.store.write(|tx| store::set_dirty(tx, ino, true))?;
                 Ok(())
             } else {

@@ -18,6 +18,10 @@ pub(super) struct OpenFile {
 
 pub(super) struct OpenState {
     pub(super) opens: u32,
+    /// Of `opens`, those held by fetches running (downloads, whole-file fetches), not
+    /// by a handle of a program: their close commits like any other, but nothing says
+    /// when it comes, so a change made meanwhile does not wait for it.
+    pub(super) downloading: u32,
     pub(super) size: u64,
     pub(super) ranges: RangeSet,
     pub(super) mtime_ns: i64,
@@ -49,6 +53,7 @@ fn new_open_file(
         downloads: fetch::Downloads::default(),
         state: Mutex::new(OpenState {
             opens: 1,
+            downloading: 0,
             size: node.size,
             ranges,
             mtime_ns: node.mtime_ns,
@@ -59,6 +64,20 @@ fn new_open_file(
             ctime_ns: node.ctime_ns,
         }),
     })
+}
+
+impl OpenFile {
+    /// A fetch (a download, or a whole-file fetch for a pin or an upload) takes one of
+    /// the opens it holds.
+    pub(super) fn fetch_started(&self) {
+        lock(&self.state).downloading += 1;
+    }
+
+    /// That fetch ended; its open is given back by `close_open_file` next.
+    pub(super) fn fetch_ended(&self) {
+        let mut st = lock(&self.state);
+        st.downloading = st.downloading.saturating_sub(1);
+    }
 }
 
 impl Core {

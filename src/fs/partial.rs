@@ -163,6 +163,7 @@ impl Core {
     /// for an upload that must send the whole file. Runs on a blocking thread.
     pub(crate) fn fetch_all(&self, ino: u64) -> FsResult<()> {
         let of: Arc<OpenFile> = self.open_file(ino)?;
+        of.fetch_started();
         let result = (|| {
             let size = lock(&of.state).size;
             self.fetch_range(&of, ino, 0, size, false)?;
@@ -173,6 +174,7 @@ impl Core {
             }
             Ok(())
         })();
+        of.fetch_ended();
         self.close_open_file(ino);
         result
     }

@@ -77,8 +77,10 @@ impl Core {
     /// Downloads every missing byte of file `ino`.
     pub fn fetch_whole(&self, ino: u64) -> FsResult<()> {
         let of = self.open_file(ino)?;
+        of.fetch_started();
         let size = lock(&of.state).size;
         let result = self.fetch_range(&of, ino, 0, size, false);
+        of.fetch_ended();
         self.close_open_file(ino);
         result
     }
