@@ -152,35 +152,29 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
 pub(super) use crate::journal::scratch_path;
 
 /// An earlier attempt of this entry sent parts that the change now does not need (the
-/// file shrank below the part size, or is deleted): its scratch file goes, so nothing
-/// of it stays on the server. Best effort: a failure leaves it for the next attempt.
-pub(super) async fn drop_scratch(core: &Arc<Core>, e: &Entry) {
-    let Ok(Some((_, scratch))) = core.db().write(|tx| journal::scratch_of(tx, e.id)) else {
-        return;
-    };
-    match core.remote().delete(&scratch, false).await {
-        Ok(()) => {
-            let _ = core.db().write(|tx| {
-                journal::set_scratch(tx, e.id, None)?;
-                journal::set_part_progress(tx, e.id, "", 0)
-            });
-        }
-        Err(err) => tracing::debug!("{scratch}: not removed yet: {err}"),
-    }
-}
-
-/// Like `drop_scratch`, for an entry about to end: if the scratch file cannot go now
-/// (the server is away), its removal is queued as an entry of its own.
+/// file shrank below the part size, is deleted, or went up another way): its scratch
+/// file goes, so nothing of it stays on the server; if it cannot go now (the server is
+/// away), its removal is queued as an entry of its own. An entry that never sent parts
+/// (every small file) costs one look on the reader, no turn on the writer.
 pub(super) async fn drop_scratch_or_queue(core: &Arc<Core>, e: &Entry) -> ReplayResult<()> {
-    drop_scratch(core, e).await;
-    core.db().write(|tx| {
-        if let Some((ino, scratch)) = journal::scratch_of(tx, e.id)? {
-            journal::record_scratch_removal(tx, ino, &scratch)?;
-            journal::set_scratch(tx, e.id, None)?;
-            journal::set_part_progress(tx, e.id, "", 0)?;
+    let Some((ino, scratch)) = core.db().read(|c| journal::scratch_of(c, e.id))? else {
+        return Ok(());
+    };
+    let removed = match core.remote().delete(&scratch, false).await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::debug!("{scratch}: not removed yet, queued: {err}");
+            false
         }
-        Ok(())
-    })
+    };
+    core.db().write(|tx| {
+        if !removed {
+            journal::record_scratch_removal(tx, ino, &scratch)?;
+        }
+        journal::set_scratch(tx, e.id, None)?;
+        journal::set_part_progress(tx, e.id, "", 0)
+    })?;
+    Ok(())
 }
 
 /// A large upload, sent in parts to a scratch file beside the target and moved over it
