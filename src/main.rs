@@ -649,7 +649,7 @@ fn mount(args: MountArgs, argv: Vec<OsString>) -> ExitCode {
 
 /// glibc gives each thread that allocates at once an arena of its own, up to eight per
 /// core, and keeps what is freed in each: after three `ls -l` of a 50,000-entry folder
-/// the daemon held 102 MiB, with two arenas 60 MiB (peak 76 MiB). The daemon's threads
+/// the daemon held 102 MiB, with two arenas 54 MiB (peak 61 MiB). The daemon's threads
 /// are a few FUSE threads and two runtime workers, so two arenas cost no waiting worth
 /// measuring. Done before any thread starts; `MALLOC_ARENA_MAX` set by the user wins.
 fn limit_malloc_arenas() {

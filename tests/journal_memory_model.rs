@@ -838,6 +838,14 @@ impl Harness {
         self.remote.set_offline(self.outage);
     }
 
+    /// Files of davdrive's own on the server (upload scratch files, base copies, range
+    /// probes): none may be left once the journal has drained.
+    fn scratch_left(&self) -> Vec<String> {
+        (self.remote.snapshot().into_keys())
+            .filter(|k| k.split('/').any(is_internal_name))
+            .collect()
+    }
+
     fn server(&self) -> BTreeMap<String, MemItem> {
         self.remote
             .snapshot()
@@ -2079,12 +2087,7 @@ fn check(actions: Vec<Action>) {
         h.conflicts(),
         server_digest(&h.server())
     );
-    let scratch: Vec<String> = h
-        .remote
-        .snapshot()
-        .into_keys()
-        .filter(|k| k.split('/').any(is_internal_name))
-        .collect();
+    let scratch = h.scratch_left();
     assert!(
         scratch.is_empty() || allowed("scratch"),
         "{ctx}: upload scratch files left: {scratch:?}"
@@ -2759,12 +2762,7 @@ fn an_abandoned_part_upload_leaves_no_scratch_file() {
     h.core().unlink(ROOT_INO, "big2").unwrap();
     h.drain("parts cut off");
     assert_eq!(h.remote.read("/big1"), Some(ours_bytes(100, 1)));
-    let left: Vec<String> = h
-        .remote
-        .snapshot()
-        .into_keys()
-        .filter(|k| k.split('/').any(is_internal_name))
-        .collect();
+    let left = h.scratch_left();
     assert!(
         left.is_empty(),
         "scratch files left on the server: {left:?}"
@@ -3462,9 +3460,7 @@ fn a_rename_of_a_removed_file_is_judged_by_its_delete_not_by_its_scratch_removal
         "their file must stay at /x, alone: {:?}",
         server_digest(&h.server())
     );
-    let left: Vec<String> = (h.remote.snapshot().into_keys())
-        .filter(|p| p.contains(".davdrive-part-"))
-        .collect();
+    let left = h.scratch_left();
     assert!(left.is_empty(), "scratch files left: {left:?}");
     h.stop(false);
 }
@@ -3494,9 +3490,7 @@ fn an_abandoned_upload_s_parts_are_removed_where_its_folder_went() {
     h.remote.clear_rules();
     h.unfreeze();
     h.drain("a folder renamed and the file removed, its parts on the server");
-    let left: Vec<String> = (h.remote.snapshot().into_keys())
-        .filter(|p| p.contains(".davdrive-part-"))
-        .collect();
+    let left = h.scratch_left();
     assert!(left.is_empty(), "scratch files left: {left:?}");
     assert!(
         h.remote.read("/e/f").is_none() && h.server().contains_key("/e"),
@@ -3740,9 +3734,7 @@ fn parts_sent_before_an_upload_turned_partial_are_removed() {
         "{:?}",
         server_digest(&h.server())
     );
-    let left: Vec<String> = (h.remote.snapshot().into_keys())
-        .filter(|p| p.contains(".davdrive-part-"))
-        .collect();
+    let left = h.scratch_left();
     assert!(left.is_empty(), "scratch files left: {left:?}");
     h.stop(false);
 }
