@@ -731,7 +731,7 @@ fn a_request_that_stops_moving_is_cut_within_the_deadline() {
     let started = Instant::now();
     let err = srv
         .rt
-        .block_on(dav.put_range("/part", local.path(), 0, 8 << 20))
+        .block_on(dav.put_range("/part", local.path(), 0, 8 << 20, None))
         .unwrap_err();
     assert!(err.is_transport() && err.is_retryable(), "{err:?}");
     assert!(
@@ -747,6 +747,7 @@ fn a_request_that_stops_moving_is_cut_within_the_deadline() {
             local.path(),
             8 << 20,
             davdrive::remote::Precondition::None,
+            None,
             None,
         ))
         .unwrap_err();

@@ -3794,3 +3794,104 @@ fn a_truncation_while_read_ahead_runs_is_committed_at_once() {
     );
     h.stop(true);
 }
+
+/// A file above the snapshot size and below the part size goes as one streamed PUT. It is
+/// written through a handle still open while that PUT waits on the wire, then removed
+/// and closed: the server takes bytes that the hash taken before sending does not name,
+/// and the local file is gone when the PUT returns, so what went out cannot be hashed
+/// again; reading it back from the server fails. Before, the delete that followed knew
+/// only the first hash, had no base, and kept our own version on the server as somebody
+/// else's. The bytes are now hashed as they stream.
+#[test]
+fn a_streamed_upload_written_while_it_goes_then_removed_leaves_nothing() {
+    let mut h = Harness::new();
+    h.set_outage(true);
+    let ino = h.create("/s", &ours_bytes(2500, 16));
+    let (fh, _) = h.core().open(ino, true).unwrap();
+    h.remote.inject(
+        Rule::on(Method::Put)
+            .at("/s")
+            .outcome(Outcome::Delay(Duration::from_secs(3)))
+            .times(1),
+    );
+    h.remote.inject(
+        Rule::on(Method::Get)
+            .at("/s")
+            .outcome(Outcome::Transport)
+            .times(1),
+    );
+    h.set_outage(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.remote.count_at(Method::Put, "/s") == 0 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.core().write(fh, 1000, &[7u8; 300]).unwrap();
+    h.unlink("/s");
+    h.core().release(fh).unwrap();
+    h.drain("removal of a file written while its upload went");
+    assert!(
+        h.remote.read("/s").is_none(),
+        "our own version is left behind: {:?}",
+        server_digest(&h.server())
+    );
+    assert!(h.conflicts().is_empty(), "{:?}", h.conflicts());
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    h.stop(false);
+}
+
+/// The same for a partial update: a write through a handle still open lands in the range
+/// that waits on the wire, so the base copy takes a mix of versions that the hash taken
+/// first does not name; the file is removed and closed, and the reply to the look after
+/// the MOVE is lost. Before, the delete that followed knew only that first hash and kept
+/// our own version on the server as somebody else's. The copy is now read back and
+/// hashed before the MOVE when the file was written meanwhile.
+#[test]
+fn a_partial_update_written_while_it_goes_then_removed_leaves_nothing() {
+    let mut h = Harness::new();
+    let ino = h.create("/p", &ours_bytes(4000, 17));
+    h.drain("the first upload");
+    h.freeze();
+    h.write_ino(ino, 100, &[1u8; 100]).unwrap();
+    let (fh, _) = h.core().open(ino, true).unwrap();
+    h.remote.inject(
+        Rule::on(Method::PutRange)
+            .outcome(Outcome::Delay(Duration::from_secs(3)))
+            .times(1),
+    );
+    h.remote.clear_log();
+    h.unfreeze();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.remote.count(Method::PutRange) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the partial update did not start"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        h.remote.count(Method::Copy) > 0,
+        "not sent as a partial update: {:?}",
+        h.remote.requests()
+    );
+    h.core().write(fh, 150, &[9u8; 10]).unwrap();
+    h.remote.inject(
+        Rule::on(Method::Stat)
+            .at("/p")
+            .outcome(Outcome::Transport)
+            .times(1),
+    );
+    h.unlink("/p");
+    h.core().release(fh).unwrap();
+    h.drain("removal of a file written while its partial update went");
+    assert!(
+        h.remote.read("/p").is_none(),
+        "our own version is left behind: {:?}",
+        server_digest(&h.server())
+    );
+    assert!(h.conflicts().is_empty(), "{:?}", h.conflicts());
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    let left = h.scratch_left();
+    assert!(left.is_empty(), "left on the server: {left:?}");
+    h.stop(false);
+}

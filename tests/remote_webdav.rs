@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use davdrive::remote::webdav::{WebDav, WebDavConfig};
-use davdrive::remote::{Precondition, Remote, RemoteError};
+use davdrive::remote::{BodyHash, Precondition, Remote, RemoteError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -58,7 +58,7 @@ async fn put(
 ) -> Result<Option<String>, RemoteError> {
     let f = local_file(&s.local, "upload", data);
     s.dav
-        .put(path, &f, data.len() as u64, cond, None)
+        .put(path, &f, data.len() as u64, cond, None, None)
         .await
         .map(|r| r.etag)
 }
@@ -82,6 +82,7 @@ async fn mkcol_put_stat_get() {
             data.len() as u64,
             Precondition::None,
             Some(mtime),
+            None,
         )
         .await
         .unwrap();
@@ -105,16 +106,31 @@ async fn mkcol_put_stat_get() {
 
     // Only the first `len` bytes of the local file are sent.
     let f = local_file(&s.local, "b", b"0123456789");
+    let hash = BodyHash::default();
     s.dav
-        .put("/dir/short", &f, 4, Precondition::None, None)
+        .put("/dir/short", &f, 4, Precondition::None, None, Some(&hash))
         .await
         .unwrap();
     assert_eq!(std::fs::read(s.root.join("dir/short")).unwrap(), b"0123");
+    // The body was hashed as it went: the hash names exactly the bytes sent.
+    assert_eq!(hash.of(4).as_deref(), Some(sha_hex(b"0123").as_str()));
+    assert_eq!(hash.of(10), None, "only 4 bytes were sent");
+    // The rest, written into the file as a range, feeds the same hash: together they
+    // name the whole file.
+    assert!(s.dav.partial_put_supported().await.unwrap());
+    (s.dav.put_range("/dir/short", &f, 4, 6, Some(&hash)))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(s.root.join("dir/short")).unwrap(),
+        b"0123456789"
+    );
+    assert_eq!(hash.of(10), Some(sha_hex(b"0123456789")));
 
     // A local file shorter than `len` fails before anything is sent.
     let err = s
         .dav
-        .put("/dir/long", &f, 11, Precondition::None, None)
+        .put("/dir/long", &f, 11, Precondition::None, None, None)
         .await
         .unwrap_err();
     assert!(matches!(err, RemoteError::Local(_)), "{err:?}");
@@ -459,6 +475,7 @@ async fn server_error_is_retried_then_reported() {
             4,
             Precondition::IfNoneMatch,
             Some(mtime),
+            None,
         )
         .await
         .unwrap_err();
@@ -550,4 +567,9 @@ async fn a_folders_own_entry_with_its_listing_and_alone() {
     assert!(root.is_some_and(|r| r.is_dir));
     s.dav.delete("/d", true).await.unwrap();
     assert_eq!(s.dav.stat_dir("/d").await.unwrap(), None);
+}
+
+fn sha_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    davdrive::cache::hex(&sha2::Sha256::digest(data))
 }

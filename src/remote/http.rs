@@ -291,6 +291,7 @@ impl Remote for HttpIndex {
         _len: u64,
         _cond: Precondition,
         _mtime: Option<SystemTime>,
+        _hash: Option<&super::BodyHash>,
     ) -> Result<PutReply, RemoteError> {
         Err(RemoteError::ReadOnly)
     }
@@ -311,6 +312,7 @@ impl Remote for HttpIndex {
         _local: &Path,
         _offset: u64,
         _len: u64,
+        _hash: Option<&super::BodyHash>,
     ) -> Result<PutReply, RemoteError> {
         Err(RemoteError::ReadOnly)
     }

@@ -17,7 +17,8 @@ use reqwest::StatusCode;
 
 use super::client::{normalize, quote_etag, status_error};
 use super::{
-    Entry, Precondition, PutReply, RangeReply, RangeStream, Remote, RemoteError, ServerInfo,
+    BodyHash, Entry, Precondition, PutReply, RangeReply, RangeStream, Remote, RemoteError,
+    ServerInfo,
 };
 
 /// The request a call makes on the wire: what rules match and the log records.
@@ -829,23 +830,40 @@ fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// `len` bytes of `local` from `offset`; `Local` when it has fewer, as in `WebDav`.
-async fn read_local(local: &Path, offset: u64, len: u64) -> Result<Bytes, RemoteError> {
+/// The local file an upload sends, opened before its request goes, as over the wire: a
+/// file shorter than `offset + len` fails before anything is sent.
+fn open_body(local: &Path, offset: u64, len: u64) -> Result<std::fs::File, RemoteError> {
     let local_err = |e: String| RemoteError::Local(format!("{}: {e}", local.display()));
-    let all = crate::cache::open_nofollow(local)
-        .and_then(|mut f| {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut f, &mut v).map(|_| v)
-        })
-        .map_err(|e| local_err(e.to_string()))?;
-    if (all.len() as u64) < offset + len {
+    let file = crate::cache::open_nofollow(local).map_err(|e| local_err(e.to_string()))?;
+    let have = file.metadata().map_err(|e| local_err(e.to_string()))?.len();
+    if have < offset + len {
         return Err(local_err(format!(
-            "has {} bytes, {} to upload",
-            all.len(),
+            "has {have} bytes, {} to upload",
             offset + len
         )));
     }
-    Ok(Bytes::from(all).slice(offset as usize..(offset + len) as usize))
+    Ok(file)
+}
+
+/// The body of an upload as the server takes it: read from the file opened before the
+/// request went, once the request is through its gate (after any delay), so a write
+/// landing while it was held up goes with it, and a removal of the file does not stop
+/// it, as over the wire; the bytes feed `hash`. A file cut meanwhile cuts the body
+/// short: the server takes nothing.
+fn read_streamed(
+    body: std::fs::File,
+    offset: u64,
+    len: u64,
+    hash: Option<&BodyHash>,
+) -> Result<Bytes, RemoteError> {
+    use std::os::unix::fs::FileExt;
+    let mut data = vec![0; len as usize];
+    body.read_exact_at(&mut data, offset)
+        .map_err(|e| RemoteError::Transport(format!("upload body cut short: {e}")))?;
+    if let Some(h) = hash {
+        h.feed(&data);
+    }
+    Ok(data.into())
 }
 
 #[async_trait]
@@ -936,10 +954,14 @@ impl Remote for MemRemote {
         local: &Path,
         len: u64,
         cond: Precondition,
-        mtime: Option<SystemTime>,
+        _mtime: Option<SystemTime>,
+        hash: Option<&BodyHash>,
     ) -> Result<PutReply, RemoteError> {
-        let data = read_local(local, 0, len).await?;
-        self.put_bytes(path, data, cond, mtime).await
+        let body = open_body(local, 0, len)?;
+        let path = normalize(path);
+        let gate = self.gate(Method::Put, &path, None).await?;
+        let data = read_streamed(body, 0, len, hash)?;
+        self.apply(gate, PutReply::default(), |s| s.put(&path, data, &cond))
     }
 
     async fn put_bytes(
@@ -961,6 +983,7 @@ impl Remote for MemRemote {
         local: &Path,
         offset: u64,
         len: u64,
+        hash: Option<&BodyHash>,
     ) -> Result<PutReply, RemoteError> {
         if len == 0 {
             return Err(RemoteError::Local(format!(
@@ -968,9 +991,10 @@ impl Remote for MemRemote {
                 local.display()
             )));
         }
-        let part = read_local(local, offset, len).await?;
+        let body = open_body(local, offset, len)?;
         let path = normalize(path);
         let gate = self.gate(Method::PutRange, &path, None).await?;
+        let part = read_streamed(body, offset, len, hash)?;
         self.apply(gate, PutReply::default(), |s| {
             s.put_range(&path, offset, &part)
         })
@@ -1200,20 +1224,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let local = dir.path().join("l");
         std::fs::write(&local, b"0123456789").unwrap();
-        m.put_range("/f", &local, 7, 3).await.unwrap();
+        m.put_range("/f", &local, 7, 3, None).await.unwrap();
         assert_eq!(m.read("/f").unwrap(), b"hello\x00\x00789");
-        assert_eq!(k(m.put_range("/g", &local, 0, 1).await), "404");
+        assert_eq!(k(m.put_range("/g", &local, 0, 1, None).await), "404");
         assert!(matches!(
-            m.put_range("/f", &local, 8, 5).await,
+            m.put_range("/f", &local, 8, 5, None).await,
             Err(RemoteError::Local(_))
         ));
-        m.put("/h", &local, 4, Precondition::None, None)
+        m.put("/h", &local, 4, Precondition::None, None, None)
             .await
             .unwrap();
         assert_eq!(m.read("/h").unwrap(), b"0123");
         m.set_partial_put(false);
         assert!(!m.partial_put_supported().await.unwrap());
-        assert_eq!(k(m.put_range("/f", &local, 0, 1).await), "400");
+        assert_eq!(k(m.put_range("/f", &local, 0, 1, None).await), "400");
     }
 
     #[tokio::test]

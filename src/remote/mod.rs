@@ -197,6 +197,30 @@ impl RangeStream {
     }
 }
 
+/// The SHA-256 of the bytes upload bodies carried, fed as they stream out. It names what
+/// an upload may have left on the server without a second pass over the file, even when
+/// the file changed while it went (a write through a handle still open). Several bodies
+/// may feed one in order: the parts of one upload.
+#[derive(Clone, Default)]
+pub struct BodyHash(std::sync::Arc<std::sync::Mutex<(sha2::Sha256, u64)>>);
+
+impl BodyHash {
+    pub fn feed(&self, bytes: &[u8]) {
+        use sha2::Digest;
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.0.update(bytes);
+        state.1 += bytes.len() as u64;
+    }
+
+    /// The hash of everything fed, if that was exactly `len` bytes (a body cut short, or
+    /// parts missing, name no version).
+    pub fn of(&self, len: u64) -> Option<String> {
+        use sha2::Digest;
+        let state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (state.1 == len).then(|| crate::cache::hex(&state.0.clone().finalize()))
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PutReply {
     /// The new version's ETag when the server returned one (some servers don't).
@@ -348,7 +372,8 @@ pub trait Remote: Send + Sync + 'static {
     ) -> Result<RangeStream, RemoteError> {
         Ok(RangeStream::whole(self.get_range(path, offset, len).await?))
     }
-    /// PUT the first `len` bytes of the local file `local`, streamed.
+    /// PUT the first `len` bytes of the local file `local`, streamed; the bytes feed
+    /// `hash`, if given, as they go (whatever the reply).
     async fn put(
         &self,
         path: &str,
@@ -356,6 +381,7 @@ pub trait Remote: Send + Sync + 'static {
         len: u64,
         cond: Precondition,
         mtime: Option<SystemTime>,
+        hash: Option<&BodyHash>,
     ) -> Result<PutReply, RemoteError>;
     /// PUT `data` (a snapshot held in memory).
     async fn put_bytes(
@@ -368,13 +394,14 @@ pub trait Remote: Send + Sync + 'static {
     /// Writes `len` bytes of `local`, from `offset` on, into the existing file at `path`
     /// at the same offset (`PUT` with `Content-Range: bytes a-b/*`, or SabreDAV's
     /// `PATCH` where the server takes only that). Only for servers where
-    /// `partial_put_supported` said yes.
+    /// `partial_put_supported` said yes. The bytes feed `hash`, if given, as they go.
     async fn put_range(
         &self,
         path: &str,
         local: &std::path::Path,
         offset: u64,
         len: u64,
+        hash: Option<&BodyHash>,
     ) -> Result<PutReply, RemoteError>;
     /// Whether `PUT` with `Content-Range` writes into an existing file (Apache mod_dav and
     /// dav-server do; many servers refuse or replace the file). Found out by trying it on

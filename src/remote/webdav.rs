@@ -24,7 +24,7 @@ use super::client::{
 };
 use super::multistatus::{parse_multistatus_from, ParsedEntry};
 use super::{
-    Entry, Meta, PartialSupport, Precondition, PutReply, RangeReply, RangeWrite, Remote,
+    BodyHash, Entry, Meta, PartialSupport, Precondition, PutReply, RangeReply, RangeWrite, Remote,
     RemoteError, ServerInfo, META_NS,
 };
 
@@ -586,6 +586,7 @@ impl Remote for WebDav {
         len: u64,
         cond: Precondition,
         mtime: Option<SystemTime>,
+        hash: Option<&BodyHash>,
     ) -> Result<PutReply, RemoteError> {
         let local_err = |e: std::io::Error| RemoteError::Local(format!("{}: {e}", local.display()));
         let file =
@@ -599,7 +600,7 @@ impl Remote for WebDav {
             )));
         }
         let progress = Progress::new();
-        let body = progress.track_body(upload_stream(file, len));
+        let body = progress.track_body(upload_stream(file, len, hash));
         self.put_body(path, len, body, &progress, &cond, mtime)
             .await
     }
@@ -624,6 +625,7 @@ impl Remote for WebDav {
         local: &Path,
         offset: u64,
         len: u64,
+        hash: Option<&BodyHash>,
     ) -> Result<PutReply, RemoteError> {
         use tokio::io::AsyncSeekExt;
         let local_err = |e: std::io::Error| RemoteError::Local(format!("{}: {e}", local.display()));
@@ -641,7 +643,7 @@ impl Remote for WebDav {
             .await
             .map_err(local_err)?;
         let progress = Progress::new();
-        let body = progress.track_body(upload_stream(file, len));
+        let body = progress.track_body(upload_stream(file, len, hash));
         let (first, last) = (offset, offset + len - 1);
         let url = self.http.url_for(path, false)?;
         let rb = match self.partial.get().and_then(|p| p.range_write) {
@@ -1122,13 +1124,21 @@ fn all_statuses_ok(body: &[u8]) -> bool {
 
 /// The body of an upload from a local file. Read in large pieces: each read of a tokio
 /// file is a trip to the blocking pool, and the default 4 KiB pieces held uploads to
-/// well under the speed of the wire.
+/// well under the speed of the wire. Each piece feeds `hash` as it goes out.
 fn upload_stream(
     file: tokio::fs::File,
     len: u64,
-) -> tokio_util::io::ReaderStream<tokio::io::Take<tokio::fs::File>> {
+    hash: Option<&BodyHash>,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Sync + 'static {
+    use futures_util::StreamExt;
     const PIECE: usize = 1 << 20;
-    tokio_util::io::ReaderStream::with_capacity(file.take(len), PIECE)
+    let hash = hash.cloned();
+    tokio_util::io::ReaderStream::with_capacity(file.take(len), PIECE).map(move |piece| {
+        if let (Some(h), Ok(piece)) = (&hash, &piece) {
+            h.feed(piece);
+        }
+        piece
+    })
 }
 
 #[cfg(test)]

@@ -71,8 +71,11 @@ pub(super) async fn resolve_conflict(
                     Some(t) if !t.starts_with("W/") => Precondition::IfMatch(t.clone()),
                     _ => Precondition::None,
                 };
-                let etag = upload_whole(&remote, &e.path, &local_path, node, cond).await?;
-                return finish_upload(core, e, etag, Some(ours_sha), node.size);
+                // The file may be written through a handle still open meanwhile: what
+                // went out is named by the hash taken as it streamed.
+                let up = upload_whole(&remote, &e.path, &local_path, node, cond).await?;
+                let sha = up.sha256.or(Some(ours_sha));
+                return finish_upload(core, e, up.etag, sha, node.size);
             }
         }
     }
@@ -83,7 +86,7 @@ pub(super) async fn resolve_conflict(
             "{} was deleted on the remote but changed here; uploading it again",
             e.path
         );
-        let etag = upload_whole(
+        let up = upload_whole(
             &remote,
             &e.path,
             &local_path,
@@ -91,7 +94,7 @@ pub(super) async fn resolve_conflict(
             Precondition::IfNoneMatch,
         )
         .await?;
-        return finish_upload(core, e, etag, None, node.size);
+        return finish_upload(core, e, up.etag, up.sha256, node.size);
     };
     let _ = cur;
     if core.is_open(e.ino) {
@@ -113,7 +116,7 @@ pub(super) async fn resolve_conflict(
         let candidate = numbered(&base_name, n);
         let path = format!("{dir}/{candidate}");
         match upload_whole(&remote, &path, &local_path, node, Precondition::IfNoneMatch).await {
-            Ok(etag) => break (candidate, path, etag),
+            Ok(up) => break (candidate, path, up.etag),
             Err(RemoteError::PreconditionFailed) if n < 20 => n += 1,
             Err(err) => return Err(err.into()),
         }

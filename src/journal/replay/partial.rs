@@ -75,6 +75,9 @@ pub(super) async fn put_partial(
     let size = node.size;
     sending.truncate(size);
     let (done_version, done_bytes) = core.db().write(|tx| journal::part_progress(tx, e.id))?;
+    // Written through a handle still open: bytes not committed yet are in the local file
+    // but not in the ranges sent.
+    let dirty_at_start = core.is_write_dirty(e.ino);
     // The hash of the version sent, where it is all here and small enough to hash: a
     // later delete (or conflict check) then knows it for ours, whatever ETag the server
     // gives it after a move (as whole uploads do).
@@ -202,6 +205,17 @@ pub(super) async fn put_partial(
             }
         }
     };
+    // The copy may hold a mix of versions (a write landed while the ranges went), or
+    // lack bytes not committed when they were taken: the hash taken first then names
+    // nothing on the server. The copy, ours alone, is read back and hashed instead,
+    // before the MOVE makes it the file.
+    let sha = match sha {
+        Some(_) if dirty_at_start || written_since(core, e, node)? => {
+            tracing::debug!("{}: written while its ranges were sent", e.path);
+            Some(super::put::hash_held(core, e, &copy, size).await?)
+        }
+        other => other,
+    };
     // 4. Over the file, only while it is the base version. Marked first: if the reply
     // is lost, the next attempt looks whether it landed.
     core.db()
@@ -254,7 +268,9 @@ async fn send_ranges(
         while pos < b {
             let len = (b - pos).min(part);
             if sent + len > skip {
-                core.remote().put_range(copy, &local, pos, len).await?;
+                core.remote()
+                    .put_range(copy, &local, pos, len, None)
+                    .await?;
             }
             sent += len;
             pos += len;
@@ -263,6 +279,17 @@ async fn send_ranges(
         }
     }
     Ok(())
+}
+
+/// Whether the local file changed since `node` was read: written through a handle still
+/// open, or a change committed (every commit moves the ctime).
+fn written_since(core: &Arc<Core>, e: &Entry, node: &Node) -> ReplayResult<bool> {
+    if core.is_write_dirty(e.ino) {
+        return Ok(true);
+    }
+    let now = core.db().read(|c| store::get_node(c, e.ino))?;
+    let version = |n: &Node| (n.size, n.mtime_ns, n.ctime_ns);
+    Ok(now.as_ref().map(version) != Some(version(node)))
 }
 
 /// The recorded base copy is gone from the server: forgotten, so the next try makes

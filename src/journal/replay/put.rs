@@ -7,7 +7,7 @@ use super::{done, ReplayResult};
 use crate::cache::{hex, sha256_prefix};
 use crate::fs::Core;
 use crate::journal::{self, Entry};
-use crate::remote::{Precondition, RemoteError};
+use crate::remote::{BodyHash, Precondition, RemoteError};
 use crate::store;
 use crate::store::Kind;
 
@@ -116,15 +116,28 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         return put_in_parts(core, e, &node, cond, sent).await;
     }
     let mtime = Some(store::ns_to_system_time(node.mtime_ns));
-    let snapshot_taken = snapshot.is_some();
+    // A streamed body may carry writes made through a handle still open while it goes:
+    // it is hashed as it streams, so its hash names what the server took.
+    let body_hash = (snapshot.is_none() && node.size <= COMPARE_LIMIT).then(BodyHash::default);
     let reply = match snapshot {
         Some((data, _)) => core.remote().put_bytes(&e.path, data, cond, mtime).await,
         None => {
             core.remote()
-                .put(&e.path, &local_path, node.size, cond, mtime)
+                .put(
+                    &e.path,
+                    &local_path,
+                    node.size,
+                    cond,
+                    mtime,
+                    body_hash.as_ref(),
+                )
                 .await
         }
     };
+    // Whatever the reply (a lost one may hide a version that landed), a body that went
+    // out whole names a version of ours: recorded before anything else can fail, so a
+    // later delete or upload of this file knows it.
+    let sent = record_streamed(core, e, body_hash, node.size, sent)?;
     let result = match reply {
         Ok(r) if r.etag.is_some() => Ok(r.etag),
         Ok(_) => core
@@ -138,10 +151,6 @@ async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
         Ok(etag) => etag,
         Err(RemoteError::PreconditionFailed) => return resolve_conflict(core, e, &node).await,
         Err(err) => return Err(err.into()),
-    };
-    let sent = match snapshot_taken {
-        true => sent,
-        false => what_went_out(core, e, &local_path, node.size, &etag, sent).await?,
     };
     // The entry ends here: parts of an earlier attempt that cannot go now (the server
     // went away after this upload) go by an entry of their own.
@@ -226,14 +235,16 @@ pub(super) async fn put_in_parts(
     // Named before the first part goes: however this entry ends (a partial update
     // next time, a conflict, a removal, a crash now), the scratch file is not forgotten.
     (core.db()).write(|tx| journal::set_scratch(tx, e.id, Some(&scratch)))?;
+    // Parts sent in order from the first byte, all in this attempt, are hashed as they
+    // go: that names what the scratch file holds, however the file changed meanwhile.
+    let body_hash = (offset == 0 && node.size <= COMPARE_LIMIT).then(BodyHash::default);
     while offset < node.size {
         let len = core.cfg.uploads.part.min(node.size - offset);
         if offset == 0 {
-            remote
-                .put(&scratch, &local_path, len, Precondition::None, mtime)
-                .await?;
+            let cond = Precondition::None;
+            (remote.put(&scratch, &local_path, len, cond, mtime, body_hash.as_ref())).await?;
         } else {
-            remote.put_range(&scratch, &local_path, offset, len).await?;
+            (remote.put_range(&scratch, &local_path, offset, len, body_hash.as_ref())).await?;
         }
         offset += len;
         (core.db()).write(|tx| journal::set_part_progress(tx, e.id, &version, offset))?;
@@ -259,7 +270,10 @@ pub(super) async fn put_in_parts(
     // The MOVE makes what the scratch file holds our version at the path: its hash is
     // recorded first, so that a crash or an outage right after the MOVE cannot leave a
     // version of ours there that a later delete or upload takes for somebody else's.
-    let sent = what_scratch_holds(core, e, &scratch, &local_path, node.size, sent).await?;
+    let sent = match body_hash.and_then(|h| h.of(node.size)) {
+        Some(streamed) => record_streamed_hash(core, e, streamed, sent)?,
+        None => what_scratch_holds(core, e, &scratch, &local_path, node.size, sent).await?,
+    };
     remote.rename(&scratch, &e.path, false).await?;
     // Moved over the file: no scratch file of this entry is left.
     (core.db()).write(|tx| journal::set_scratch(tx, e.id, None))?;
@@ -311,8 +325,9 @@ async fn still_as_sent(
     Ok(false)
 }
 
-/// The hash of what the scratch file of a part upload holds, recorded as a version of
-/// ours. `before` was taken from the local file before the first part; parts are read
+/// The hash of what the scratch file of a resumed part upload holds (parts sent in one
+/// attempt from the first byte are hashed as they go), recorded as a version of ours.
+/// `before` was taken from the local file before the first part; parts are read
 /// from it as they go, so a write through a handle still open may land between two of
 /// them and the scratch file then holds a mix of both versions. Unchanged on disk
 /// afterwards, `before` stands; otherwise the scratch file (ours alone) is read back and
@@ -335,55 +350,67 @@ async fn what_scratch_holds(
         "{}: written while its parts were sent; reading them back",
         e.path
     );
-    let reply = core.remote().get_range(scratch, 0, size).await?;
+    Ok(Some(hash_held(core, e, scratch, size).await?))
+}
+
+/// The hash of the `size` bytes a file of ours alone on the server holds (a scratch file
+/// or a base copy, before it is moved over its target), read back and recorded as a
+/// version of ours.
+pub(super) async fn hash_held(
+    core: &Arc<Core>,
+    e: &Entry,
+    path: &str,
+    size: u64,
+) -> ReplayResult<String> {
+    let reply = core.remote().get_range(path, 0, size).await?;
     if reply.data.len() as u64 != size {
         return Err(ReplayError::Remote(RemoteError::BadReply(format!(
-            "{scratch}: read back {} bytes of {size}",
+            "{path}: read back {} bytes of {size}",
             reply.data.len()
         ))));
     }
     let held = super::sha256_of(reply.data).await?;
     core.db()
         .write(|tx| journal::add_sent_hash(tx, e.id, &held))?;
-    Ok(Some(held))
+    Ok(held)
 }
 
-/// The hash of the version a streamed upload left on the server. `before` was taken from
-/// the local file before sending; a write through a handle still open may land while the
-/// bytes stream out, and the server then holds neither that version nor the one on disk
-/// now. Recorded as ours, a wrong hash later makes our own version look like somebody
-/// else's (once its ETag moves, as a folder rename above it does): a conflict with
-/// nobody. Unchanged on disk afterwards, the hash stands; otherwise the server's version
-/// is read back and hashed, if it is still the one this upload made (same ETag), and
-/// no hash is recorded when it cannot be told. The local version now is recorded as one
-/// of ours before reading back: if that fails (the server went away), a later delete
-/// still knows it.
-async fn what_went_out(
+/// The hash of what a streamed upload sent, when its body went out whole (`body_hash`
+/// saw `size` bytes): recorded as a version of ours unless it is `before`, the hash
+/// taken before sending (the file did not change meanwhile), already recorded. Otherwise
+/// `before` stands.
+fn record_streamed(
     core: &Arc<Core>,
     e: &Entry,
-    local: &std::path::Path,
+    body_hash: Option<BodyHash>,
     size: u64,
-    etag: &Option<String>,
     before: Option<String>,
 ) -> ReplayResult<Option<String>> {
-    let Some(before) = before else {
-        return Ok(None);
-    };
-    if still_as_sent(core, e, local, size, &before).await? {
-        return Ok(Some(before));
+    match body_hash.and_then(|h| h.of(size)) {
+        Some(streamed) => record_streamed_hash(core, e, streamed, before),
+        None => Ok(before),
     }
-    let path = &e.path;
-    tracing::debug!("{path}: written while it was sent; reading back what the server holds");
-    let Some(etag) = etag else {
-        return Ok(None);
-    };
-    let reply = core.remote().get_range(path, 0, size).await?;
-    if !crate::remote::same_etag(reply.etag.as_deref(), Some(etag))
-        || reply.data.len() as u64 != size
-    {
-        return Ok(None);
+}
+
+fn record_streamed_hash(
+    core: &Arc<Core>,
+    e: &Entry,
+    streamed: String,
+    before: Option<String>,
+) -> ReplayResult<Option<String>> {
+    if before.as_deref() != Some(streamed.as_str()) {
+        tracing::debug!("{}: written while it was sent", e.path);
+        core.db()
+            .write(|tx| journal::add_sent_hash(tx, e.id, &streamed))?;
     }
-    Ok(Some(super::sha256_of(reply.data).await?))
+    Ok(Some(streamed))
+}
+
+/// A version a whole-file upload left: its ETag, and the hash of the bytes sent (taken
+/// as they went) for a file small enough to be compared later.
+pub(super) struct Uploaded {
+    pub etag: Option<String>,
+    pub sha256: Option<String>,
 }
 
 /// PUTs a whole file and returns the new version's ETag (asking for it when the server
@@ -394,13 +421,16 @@ pub(super) async fn upload_whole(
     local: &std::path::Path,
     node: &store::Node,
     cond: Precondition,
-) -> Result<Option<String>, RemoteError> {
+) -> Result<Uploaded, RemoteError> {
     let mtime = Some(store::ns_to_system_time(node.mtime_ns));
-    let reply = remote.put(path, local, node.size, cond, mtime).await?;
-    match reply.etag {
-        Some(t) => Ok(Some(t)),
-        None => Ok(remote.stat(path).await?.and_then(|s| s.etag)),
-    }
+    let hash = (node.size <= COMPARE_LIMIT).then(BodyHash::default);
+    let reply = (remote.put(path, local, node.size, cond, mtime, hash.as_ref())).await?;
+    let sha256 = hash.and_then(|h| h.of(node.size));
+    let etag = match reply.etag {
+        Some(t) => Some(t),
+        None => remote.stat(path).await?.and_then(|s| s.etag),
+    };
+    Ok(Uploaded { etag, sha256 })
 }
 
 /// Reads the first `len` bytes of the content file for one upload attempt, so a write
