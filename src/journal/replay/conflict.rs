@@ -148,7 +148,12 @@ pub(super) async fn resolve_conflict(
             store::forget_written(&tx, ino)?;
         }
         let ours = copy_ino.map(|ino| (ino, conflict_path.as_str()));
-        take_theirs(core, tx, e, current.as_ref(), node.mtime_ns, ours, |tx| {
+        // A folder of theirs where our file was is no version of this file: the file
+        // goes here as if deleted there (the next listing shows their folder), rather
+        // than a file node taking a folder's place, which a waiting rename of ours would
+        // then carry, files and all, to our new name.
+        let theirs = current.as_ref().filter(|c| !c.is_dir);
+        take_theirs(core, tx, e, theirs, node.mtime_ns, ours, |tx| {
             journal::record_conflict(
                 tx,
                 &e.path,

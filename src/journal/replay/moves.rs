@@ -295,7 +295,24 @@ async fn their_version_at_source(core: &Arc<Core>, e: &Entry, dest: &str) -> Rep
         Some(n) if n.removed_here() => {
             return removed_here_and_theirs_there(core, e, dest, n.sha256.as_deref()).await
         }
-        None => return removed_here_and_theirs_there(core, e, dest, None).await,
+        None => {
+            let later_delete = core
+                .db()
+                .read(|c| journal::later_delete_of(c, e.ino, e.id))?;
+            if later_delete.is_none() {
+                // Gone here without a removal of ours: a conflict gave its name to
+                // another client's version (a folder) or removal, and our version went
+                // up as a copy (`conflict::take_theirs`). Nothing of ours is at the
+                // source; whatever is there stays.
+                tracing::info!(
+                    "move {} -> {dest}: the file went to a conflict copy; nothing to move",
+                    e.path
+                );
+                core.db().write(|tx| done(core, tx, e))?;
+                return Ok(true);
+            }
+            return removed_here_and_theirs_there(core, e, dest, None).await;
+        }
         Some(n) => n,
     };
     let Some(base) = node.etag.as_deref().filter(|_| node.on_remote) else {
