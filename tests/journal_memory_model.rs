@@ -1931,6 +1931,17 @@ fn check_server(h: &Harness, m: &Model, ctx: &str, end: bool) {
         if matches!(item, MemItem::File(b) if anywhere.contains(&b)) {
             continue;
         }
+        // A folder holding such bytes: a folder of ours that carried them along and was
+        // then removed here stays, as theirs, with their files.
+        let inside = format!("{p}/");
+        let holds_theirs = || {
+            server.iter().any(|(k, v)| {
+                k.starts_with(&inside) && matches!(v, MemItem::File(b) if anywhere.contains(&b))
+            })
+        };
+        if *item == MemItem::Dir && holds_theirs() {
+            continue;
+        }
         let mut cur = p.as_str();
         let mut explained = false;
         while cur != "/" {
@@ -3893,5 +3904,47 @@ fn a_partial_update_written_while_it_goes_then_removed_leaves_nothing() {
     assert!(h.failed().is_empty(), "{:#?}", h.failed());
     let left = h.scratch_left();
     assert!(left.is_empty(), "left on the server: {left:?}");
+    h.stop(false);
+}
+
+/// A new file renamed here while its first upload waits, where another client made a
+/// folder (with a file in it) at the old name meanwhile: the upload meets their folder
+/// and our file goes up as a conflict copy. Before, the file's node took their folder
+/// for its version, and the waiting rename then carried their folder, files and all, to
+/// our new name (and, after they replaced that folder by a file, their file). Their
+/// folder now stays where they made it and the rename has nothing to move.
+#[test]
+fn a_rename_waiting_behind_a_conflict_with_their_folder_leaves_their_folder() {
+    let mut h = Harness::new();
+    let cut = h
+        .remote
+        .inject(Rule::on(Method::Put).at("/x").outcome(Outcome::Transport));
+    let ours = ours_bytes(275, 18);
+    h.create("/x", &ours);
+    // Tried once, cut off: the rename is then an entry of its own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.journal().iter().all(|e| !e.attempted) {
+        assert!(Instant::now() < deadline, "the upload was not tried");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.set_outage(true);
+    h.freeze();
+    h.remote.remove_rule(cut);
+    h.mv("/x", "/y");
+    assert_eq!(h.journal().len(), 2, "{:#?}", h.journal());
+    h.remote.other_mkdir("/x").unwrap();
+    let theirs = their_bytes(4426, 18);
+    h.remote.other_put("/x/f", theirs.clone()).unwrap();
+    let server = h.settle_and_compare("a rename behind a conflict with their folder");
+    assert_eq!(server.get("/x"), Some(&MemItem::Dir), "{:?}", server.keys());
+    assert_eq!(server.get("/x/f"), Some(&MemItem::File(theirs)));
+    assert!(!server.contains_key("/y"), "{:?}", server_digest(&server));
+    assert!(
+        server
+            .iter()
+            .any(|(p, v)| is_conflict_path(p) && *v == MemItem::File(ours.clone())),
+        "our version is nowhere: {:?}",
+        server_digest(&server)
+    );
     h.stop(false);
 }
