@@ -104,7 +104,8 @@ pub(super) struct Source {
     /// The remote path read.
     pub(super) path: String,
     /// For a file not changed here: its path here, where it is read again once a waiting
-    /// rename was replayed (the content moved there).
+    /// rename was replayed (the content moved there). Read from an old path with this set,
+    /// only our version is kept (see `check_reply`); without it, whatever is there.
     pub(super) here: Option<String>,
     /// The size of the file read.
     pub(super) size: u64,
@@ -305,9 +306,23 @@ impl Core {
             }) if src.here.as_ref().is_some_and(|h| *h != src.path) => {
                 let here = Source {
                     path: src.here.clone().unwrap_or_default(),
-                    ..src
+                    ..src.clone()
                 };
-                self.fetch_missing_now(of, ino, &here, start, end)
+                match self.fetch_missing_now(of, ino, &here, start, end) {
+                    // Not at the new path either: the rename has not reached the server,
+                    // and the old path holds the file as the server has it now. Its ETag
+                    // was not ours because some servers give the files of a moved folder
+                    // new ones (an earlier rename of ours above it), or another client
+                    // changed it; a read at its own path would take either.
+                    Err(FsError::Remote {
+                        source: RemoteError::NotFound,
+                        ..
+                    }) => {
+                        let old = Source { here: None, ..src };
+                        self.fetch_missing_now(of, ino, &old, start, end)
+                    }
+                    other => other,
+                }
             }
             // An upload just moved the base copy over the file (or one was made): the
             // bytes are where the source says now.

@@ -122,7 +122,10 @@ impl Core {
         }
         // Fetched from the old path of a rename that waits: if the rename was replayed
         // meanwhile, something else may stand there now. Only our version may be kept.
-        if !reply.version_checked && self.path(ino).ok().as_deref() != Some(path) {
+        if !reply.version_checked
+            && src.here.is_some()
+            && self.path(ino).ok().as_deref() != Some(path)
+        {
             let ours = self.node(ino)?.etag;
             if let (Some(ours), Some(theirs)) = (ours.as_deref(), reply.etag) {
                 if !crate::remote::same_etag(Some(ours), Some(theirs)) {
