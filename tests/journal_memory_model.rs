@@ -3948,3 +3948,45 @@ fn a_rename_waiting_behind_a_conflict_with_their_folder_leaves_their_folder() {
     );
     h.stop(false);
 }
+
+/// A file not cached here, read while a rename of its folder waits (the server refuses
+/// it for now), after another client rewrote it (or a server gave it a new ETag, as some
+/// do to the files of a moved folder): it is read from the old path, whose ETag is no
+/// longer the one recorded. Before, that was taken for a file standing where ours had
+/// left, the new path had nothing yet, and the read failed: "not found on the remote".
+/// The old path holds the file as the server has it; it is read as a read at its own
+/// path would.
+#[test]
+fn a_file_under_a_waiting_rename_reads_after_its_etag_moved() {
+    let mut h = Harness::new();
+    // Listings stay fresh: none tells the new ETag before the read.
+    h.ttl = Duration::from_secs(600);
+    h.restart(false);
+    let dir = h.mkdir("/a");
+    let ino = h.create("/a/f", &ours_bytes(1651, 19));
+    h.drain("the folder and its file");
+    h.remote
+        .inject(Rule::on(Method::Move).outcome(Outcome::Status(423)));
+    h.mv("/a", "/x");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.remote.count(Method::Move) == 0 {
+        assert!(Instant::now() < deadline, "the rename was not tried");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(h.local_names(dir).len(), 1);
+    let theirs = their_bytes(1651, 19);
+    h.remote.other_put("/a/f", theirs.clone()).unwrap();
+    h.core().evict(ino).unwrap();
+    h.remote.clear_log();
+    let got = h.read_ino(ino);
+    assert!(
+        got.as_ref().is_ok_and(|d| *d == theirs),
+        "{:?}: {:?}",
+        got.map(|d| d.len()),
+        h.remote.requests()
+    );
+    h.remote.clear_rules();
+    let server = h.settle_and_compare("the rename");
+    assert_eq!(server.get("/x/f"), Some(&MemItem::File(theirs)));
+    h.stop(false);
+}
