@@ -3990,3 +3990,52 @@ fn a_file_under_a_waiting_rename_reads_after_its_etag_moved() {
     assert_eq!(server.get("/x/f"), Some(&MemItem::File(theirs)));
     h.stop(false);
 }
+
+/// The same for a partial update: a file of ours on the server is written here, and while
+/// its ranges are on the wire it is renamed here and another client replaces it by a
+/// folder with a file in it. The update's MOVE over the file meets their folder and keeps
+/// ours in a conflict copy; their folder stays where they made it, and the rename has
+/// nothing to move.
+#[test]
+fn a_rename_waiting_behind_a_partial_update_that_met_their_folder_leaves_their_folder() {
+    let mut h = Harness::new();
+    let first = ours_bytes(4000, 20);
+    let ino = h.create("/x", &first);
+    h.drain("the first upload");
+    h.remote.inject(
+        Rule::on(Method::PutRange)
+            .outcome(Outcome::Delay(Duration::from_secs(2)))
+            .times(1),
+    );
+    h.remote.clear_log();
+    h.write_ino(ino, 100, &[3u8; 100]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.remote.count(Method::PutRange) == 0 {
+        assert!(Instant::now() < deadline, "the update did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        h.remote.count(Method::Copy) > 0,
+        "{:?}",
+        h.remote.requests()
+    );
+    h.mv("/x", "/y");
+    h.remote.other_delete("/x").unwrap();
+    h.remote.other_mkdir("/x").unwrap();
+    let theirs = their_bytes(4426, 20);
+    h.remote.other_put("/x/f", theirs.clone()).unwrap();
+    let server = h.settle_and_compare("a rename behind a partial update that met their folder");
+    assert_eq!(server.get("/x"), Some(&MemItem::Dir), "{:?}", server.keys());
+    assert_eq!(server.get("/x/f"), Some(&MemItem::File(theirs)));
+    assert!(!server.contains_key("/y"), "{:?}", server_digest(&server));
+    let mut ours = first.clone();
+    ours[100..200].fill(3);
+    assert!(
+        server
+            .iter()
+            .any(|(p, v)| is_conflict_path(p) && *v == MemItem::File(ours.clone())),
+        "our version is nowhere: {:?}",
+        server_digest(&server)
+    );
+    h.stop(false);
+}

@@ -148,12 +148,7 @@ pub(super) async fn resolve_conflict(
             store::forget_written(&tx, ino)?;
         }
         let ours = copy_ino.map(|ino| (ino, conflict_path.as_str()));
-        // A folder of theirs where our file was is no version of this file: the file
-        // goes here as if deleted there (the next listing shows their folder), rather
-        // than a file node taking a folder's place, which a waiting rename of ours would
-        // then carry, files and all, to our new name.
-        let theirs = current.as_ref().filter(|c| !c.is_dir);
-        take_theirs(core, tx, e, theirs, node.mtime_ns, ours, |tx| {
+        take_theirs(core, tx, e, current.as_ref(), node.mtime_ns, ours, |tx| {
             journal::record_conflict(
                 tx,
                 &e.path,
@@ -170,7 +165,7 @@ pub(super) async fn resolve_conflict(
 /// The end every conflict of an upload shares, in transaction `tx` (opened in the
 /// caller's `Store::with_writer`, which holds the writer until the content file moved): file `e.ino` takes
 /// the server's version `theirs` here (`mtime_ns` when the server gives no time), or
-/// goes when the server has none; our waiting uploads of it go to the conflict copy
+/// goes when the server has none (or a folder there); our waiting uploads of it go to the conflict copy
 /// `ours` (its node and path) or, without one, are dropped; `record` records the
 /// conflict; the entry is done. After the commit the content file becomes the copy's
 /// or goes: a crash in between leaves the copy without content, which its next open
@@ -184,7 +179,11 @@ pub(super) fn take_theirs(
     ours: Option<(u64, &str)>,
     record: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()>,
 ) -> ReplayResult {
-    match theirs {
+    // A folder of theirs where our file was is no version of this file: the file goes
+    // here as if deleted there (the next listing shows their folder), rather than a file
+    // node taking a folder's place, which a waiting rename of ours would then carry,
+    // files and all, to our new name.
+    match theirs.filter(|cur| !cur.is_dir) {
         Some(cur) => store::versions::adopt_remote_version(
             &tx,
             e.ino,
