@@ -4039,3 +4039,247 @@ fn a_rename_waiting_behind_a_partial_update_that_met_their_folder_leaves_their_f
     );
     h.stop(false);
 }
+
+// ----- parts sent while a large file is written ------------------------------------------
+
+/// How large the file of these scenarios is: five parts and a bit.
+const EARLY_LEN: usize = 5 * UPLOADS.part as usize + 100;
+
+/// A harness that knows the server takes parts (a first large upload asked it).
+fn early_harness() -> Harness {
+    let h = Harness::new();
+    h.create("/warm", &ours_bytes(UPLOADS.parts_from as usize + 10, 40));
+    h.drain("the upload that learns the server takes parts");
+    assert_eq!(h.core().partial_put.get(), Some(&true));
+    h
+}
+
+/// Creates `path` and writes its first `upto` bytes of `data`, in pieces, through a
+/// handle left open.
+fn write_open(h: &Harness, path: &str, data: &[u8], upto: usize) -> (u64, u64) {
+    let (p, n) = h.split(path);
+    let (attr, fh) = h.core().create(p, &n, 0o644, 0, 0).unwrap();
+    write_pieces(h, fh, data, 0, upto);
+    (attr.ino, fh)
+}
+
+fn write_pieces(h: &Harness, fh: u64, data: &[u8], from: usize, to: usize) {
+    for at in (from..to).step_by(1000) {
+        let end = (at + 1000).min(to);
+        h.core().write(fh, at as u64, &data[at..end]).unwrap();
+    }
+}
+
+/// Waits until the server holds at least `bytes` of scratch file `scratch`.
+fn wait_for_scratch(h: &Harness, scratch: &str, bytes: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = h.remote.read(scratch).map_or(0, |d| d.len());
+        if held >= bytes {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{scratch}: {held} bytes on the server, waited for {bytes}; requests {:?}",
+            h.remote.requests()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Parts of a file written whole through a handle held open go while it is written:
+/// the server holds them before the close, and the close sends only the rest.
+#[test]
+fn a_large_file_sends_its_parts_while_it_is_written() {
+    let mut h = early_harness();
+    let data = ours_bytes(EARLY_LEN, 41);
+    let (ino, fh) = write_open(&h, "/big", &data, 7000);
+    let scratch = journal::scratch_path("/big", ino);
+    // 7000 bytes written: the first three parts are finished.
+    wait_for_scratch(&h, &scratch, 3 * UPLOADS.part as usize);
+    assert_eq!(h.remote.read(&scratch).unwrap(), data[..6144]);
+    assert!(
+        h.remote.read("/big").is_none(),
+        "moved into place before the close"
+    );
+    write_pieces(&h, fh, &data, 7000, data.len());
+    h.core().flush(fh).unwrap();
+    h.core().release(fh).unwrap();
+    h.drain("the rest of the upload");
+    assert_eq!(h.remote.read("/big").as_deref(), Some(&data[..]));
+    assert!(h.scratch_left().is_empty(), "{:?}", h.scratch_left());
+    // One request per part: nothing was sent twice.
+    let parts =
+        h.remote.count_at(Method::Put, &scratch) + h.remote.count_at(Method::PutRange, &scratch);
+    assert_eq!(parts, 6, "{:?}", h.remote.requests());
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    h.stop(false);
+}
+
+/// A write below a part already sent: the parts sent early do not count, and the file
+/// goes whole after the close, with the write in it.
+#[test]
+fn a_write_below_a_part_sent_early_sends_the_file_whole() {
+    let mut h = early_harness();
+    let mut data = ours_bytes(EARLY_LEN, 42);
+    let (ino, fh) = write_open(&h, "/big", &data, 7000);
+    let scratch = journal::scratch_path("/big", ino);
+    wait_for_scratch(&h, &scratch, 2 * UPLOADS.part as usize);
+    data[10..30].copy_from_slice(&[9u8; 20]);
+    h.core().write(fh, 10, &data[10..30]).unwrap();
+    write_pieces(&h, fh, &data, 7000, data.len());
+    h.core().flush(fh).unwrap();
+    h.core().release(fh).unwrap();
+    h.drain("the upload after the close");
+    assert_eq!(h.remote.read("/big").as_deref(), Some(&data[..]));
+    assert!(h.scratch_left().is_empty(), "{:?}", h.scratch_left());
+    assert!(
+        h.remote.count_at(Method::Put, &scratch) >= 2,
+        "the first part was not sent again: {:?}",
+        h.remote.requests()
+    );
+    h.stop(false);
+}
+
+/// Removed while its parts go: nothing of it stays on the server.
+#[test]
+fn a_large_file_removed_while_its_parts_go_leaves_nothing() {
+    let mut h = early_harness();
+    let data = ours_bytes(EARLY_LEN, 43);
+    let (ino, fh) = write_open(&h, "/big", &data, 7000);
+    wait_for_scratch(
+        &h,
+        &journal::scratch_path("/big", ino),
+        UPLOADS.part as usize,
+    );
+    h.unlink("/big");
+    write_pieces(&h, fh, &data, 7000, data.len());
+    h.core().flush(fh).unwrap();
+    h.core().release(fh).unwrap();
+    h.drain("the removal");
+    assert!(h.remote.read("/big").is_none());
+    assert!(h.scratch_left().is_empty(), "{:?}", h.scratch_left());
+    assert!(h.conflicts().is_empty(), "{:?}", h.conflicts());
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    h.stop(false);
+}
+
+/// The daemon dies while the parts go: after the restart the file goes up as the cache
+/// has it, and its removal then leaves nothing of the parts on the server.
+#[test]
+fn a_crash_while_parts_go_early_leaves_no_scratch_file() {
+    let mut h = early_harness();
+    let data = ours_bytes(EARLY_LEN, 44);
+    let (ino, _fh) = write_open(&h, "/big", &data, 7000);
+    wait_for_scratch(
+        &h,
+        &journal::scratch_path("/big", ino),
+        2 * UPLOADS.part as usize,
+    );
+    h.restart(true);
+    h.drain("the upload after the restart");
+    let here = h.read("/big");
+    assert_eq!(here, data[..here.len()], "the cache lost what was written");
+    assert_eq!(h.remote.read("/big").as_deref(), Some(&here[..]));
+    h.unlink("/big");
+    h.drain("the removal");
+    assert!(h.remote.read("/big").is_none());
+    assert!(h.scratch_left().is_empty(), "{:?}", h.scratch_left());
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    h.stop(false);
+}
+
+/// A writer that pauses: its entry gives its turn back (parked, with the reason shown),
+/// and the next write wakes it at once, long before the fallback retry.
+#[test]
+fn a_paused_writer_parks_its_upload_and_the_next_write_wakes_it() {
+    let mut h = early_harness();
+    let data = ours_bytes(EARLY_LEN, 45);
+    let (ino, fh) = write_open(&h, "/big", &data, 6500);
+    let scratch = journal::scratch_path("/big", ino);
+    wait_for_scratch(&h, &scratch, 3 * UPLOADS.part as usize);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !h.journal().iter().any(|e| {
+        e.ino == ino
+            && !e.failed
+            && e.last_error
+                .as_deref()
+                .is_some_and(|m| m.contains("still being written"))
+    }) {
+        assert!(Instant::now() < deadline, "never parked: {:?}", h.journal());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let parked_at = Instant::now();
+    write_pieces(&h, fh, &data, 6500, 9000);
+    wait_for_scratch(&h, &scratch, 4 * UPLOADS.part as usize);
+    assert!(
+        parked_at.elapsed() < Duration::from_secs(30),
+        "the write did not wake the parked upload"
+    );
+    write_pieces(&h, fh, &data, 9000, data.len());
+    h.core().flush(fh).unwrap();
+    h.core().release(fh).unwrap();
+    h.drain("the rest");
+    assert_eq!(h.remote.read("/big").as_deref(), Some(&data[..]));
+    assert!(h.scratch_left().is_empty(), "{:?}", h.scratch_left());
+    h.stop(false);
+}
+
+/// The folder of a file whose parts go is renamed: the rename waits for the upload, and
+/// the file lands in the renamed folder with nothing left behind.
+#[test]
+fn a_folder_renamed_while_its_file_sends_parts_early_gets_the_file() {
+    let mut h = early_harness();
+    h.mkdir("/d");
+    h.drain("the folder");
+    let data = ours_bytes(EARLY_LEN, 46);
+    let (ino, fh) = write_open(&h, "/d/big", &data, 7000);
+    wait_for_scratch(
+        &h,
+        &journal::scratch_path("/d/big", ino),
+        UPLOADS.part as usize,
+    );
+    h.mv("/d", "/e");
+    write_pieces(&h, fh, &data, 7000, data.len());
+    h.core().flush(fh).unwrap();
+    h.core().release(fh).unwrap();
+    h.drain("the upload and the rename");
+    assert_eq!(h.remote.read("/e/big").as_deref(), Some(&data[..]));
+    assert!(h.remote.read("/d/big").is_none());
+    assert!(h.scratch_left().is_empty(), "{:?}", h.scratch_left());
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    h.stop(false);
+}
+
+/// The same while the upload is parked (its writer paused): it resumes under the
+/// folder's new name once written on, and nothing is left under the old one.
+#[test]
+fn a_folder_renamed_while_its_file_s_upload_is_parked_gets_the_file() {
+    let mut h = early_harness();
+    h.mkdir("/d");
+    h.drain("the folder");
+    let data = ours_bytes(EARLY_LEN, 47);
+    let (ino, fh) = write_open(&h, "/d/big", &data, 6500);
+    wait_for_scratch(
+        &h,
+        &journal::scratch_path("/d/big", ino),
+        3 * UPLOADS.part as usize,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !h.journal().iter().any(|e| {
+        e.ino == ino && (e.last_error.as_deref()).is_some_and(|m| m.contains("still being written"))
+    }) {
+        assert!(Instant::now() < deadline, "never parked: {:?}", h.journal());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.mv("/d", "/e");
+    write_pieces(&h, fh, &data, 6500, data.len());
+    h.core().flush(fh).unwrap();
+    h.core().release(fh).unwrap();
+    h.drain("the upload and the rename");
+    assert_eq!(h.remote.read("/e/big").as_deref(), Some(&data[..]));
+    assert!(h.remote.read("/d/big").is_none());
+    assert!(h.scratch_left().is_empty(), "{:?}", h.scratch_left());
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    h.stop(false);
+}

@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -283,6 +284,82 @@ fn interrupted_large_upload_resumes_where_the_server_stopped() {
         .file_name()
         .to_string_lossy()
         .contains("davdrive")));
+}
+
+/// A child process group ended with the test, whatever its outcome.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // The group: the shell and the dd it runs.
+            unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A large file copied in: its parts reach the server while the copy still holds the
+/// file open, `ctl sync --wait` does not wait for the copy, and the close leaves only
+/// the rest to send (nothing twice), with no scratch file left.
+#[test]
+fn a_large_copy_sends_its_parts_before_it_is_closed() {
+    let (server, b, m) = setup_with(&["--upload-parts-from", "8M", "--upload-part-size", "1M"]);
+    // A first large file has the mount ask whether the server takes parts.
+    fs::write(m.path("warm.bin"), pattern(9 << 20, 79)).unwrap();
+    wait_until(60, "the first large file on the server", || {
+        fs::metadata(server.path("warm.bin")).is_ok_and(|md| md.len() == 9 << 20)
+    });
+    let sent_before = server.proxy.body_bytes("PUT");
+    let data = pattern(16 << 20, 78);
+    let src = b.path().join("big.src");
+    fs::write(&src, &data).unwrap();
+    let go_on = b.path().join("go-on");
+    // One writer (dd), fed 12 MiB, then held until `go_on` exists: no other descriptor
+    // of the file is ever closed meanwhile (each close is a commit).
+    let script = format!(
+        "{{ head -c {first} {src}; while [ ! -e {go} ]; do sleep 0.05; done; \
+         tail -c +{next} {src}; }} | dd of={dst} bs=1M iflag=fullblock status=none",
+        first = 12 << 20,
+        next = (12 << 20) + 1,
+        src = src.display(),
+        go = go_on.display(),
+        dst = m.path("big.bin").display(),
+    );
+    let mut copy = KillOnDrop(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let scratch_bytes = || {
+        server_entry_starting(&server, ".big.bin.davdrive-part-")
+            .and_then(|n| fs::metadata(server.path(&n)).ok())
+            .map_or(0, |md| md.len())
+    };
+    wait_until(60, "parts on the server while the copy runs", || {
+        scratch_bytes() >= 8 << 20
+    });
+    let on_server = fs::metadata(server.path("big.bin")).map_or(0, |md| md.len());
+    assert_eq!(on_server, 0, "the file itself took bytes before its close");
+    let (ok, _, err) = ctl(&m, &["sync", "--wait", "--timeout", "30s"]);
+    assert!(
+        ok,
+        "sync --wait waited for a file still being written: {err}"
+    );
+    assert!(copy.0.try_wait().unwrap().is_none(), "the copy ended early");
+    fs::write(&go_on, b"").unwrap();
+    assert!(copy.0.wait().unwrap().success());
+    wait_until(60, "the whole file on the server", || {
+        sha256_file(&server.path("big.bin")).as_deref() == Some(sha256(&data).as_str())
+    });
+    let sent = server.proxy.body_bytes("PUT") - sent_before;
+    assert!(sent <= 16 << 20, "sent {sent} bytes for 16 MiB");
+    assert!(server_entry_starting(&server, ".big.bin.davdrive").is_none());
+    let log = m.log_text();
+    assert!(!log.contains("set aside"), "{log}");
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub struct Core {
     /// across a change inside it may be stale and is not merged.
     pub(super) remote_changes: changes::RemoteChanges,
     /// Whether the server takes `PUT` with `Content-Range`, once asked.
-    pub partial_put: tokio::sync::OnceCell<bool>,
+    pub partial_put: Arc<tokio::sync::OnceCell<bool>>,
     /// Whether the server takes partial updates (ranges written into a file, and COPY and
     /// MOVE held to a version), once asked (see `remote::PartialSupport`).
     pub partial_updates: tokio::sync::OnceCell<bool>,
@@ -110,7 +110,7 @@ impl Core {
             next_fh: AtomicU64::new(1),
             cache_dir: cache_dir.to_path_buf(),
             remote_changes: changes::RemoteChanges::default(),
-            partial_put: tokio::sync::OnceCell::new(),
+            partial_put: Arc::default(),
             partial_updates: tokio::sync::OnceCell::new(),
             copy_locks: Mutex::new(HashMap::new()),
             preconditions: tokio::sync::OnceCell::new(),

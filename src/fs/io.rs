@@ -66,7 +66,8 @@ impl Core {
         // Written ranges of a file not all here are recorded before its bytes go into
         // the content file, all in the store: after a crash they tell the bytes written
         // here from holes where the server's bytes are (see `recover`).
-        let write_in = |conn: Option<&Connection>| -> FsResult<bool> {
+        type Woken = Option<std::sync::Arc<super::early_parts::EarlyParts>>;
+        let write_in = |conn: Option<&Connection>| -> FsResult<(bool, Woken)> {
             let mut st = lock(&of.state);
             let mut now = RangeSet::default();
             // Growing past the end: the gap reads as zeros, which are ours too.
@@ -86,9 +87,13 @@ impl Core {
             st.written.union(&now);
             st.mtime_ns = store::now_ns();
             st.write_seq += 1;
-            Ok(!std::mem::replace(&mut st.write_dirty, true))
+            let wake = match &st.early {
+                Some(early) if early.written(offset, new_size) => Some(early.clone()),
+                _ => None,
+            };
+            Ok((!std::mem::replace(&mut st.write_dirty, true), wake))
         };
-        let first = if partial {
+        let (first, woken) = if partial {
             // Not a `write`: each range is committed before its bytes go into the content
             // file, with the writer (and the file's state) held throughout.
             self.store.with_writer(|conn| write_in(Some(conn)))?
@@ -99,6 +104,12 @@ impl Core {
             // Persist "this file has unsent changes" before the first write returns, so
             // a crash with the file still open is recovered at the next start.
             self.store.write(|tx| store::set_dirty(tx, ino, true))?;
+        }
+        if let Some(early) = woken {
+            self.wake_early_parts(&early)?;
+        }
+        if end >= self.cfg.uploads.parts_from && !partial {
+            self.maybe_send_while_written(ino, &of)?;
         }
         Ok(data.len() as u32)
     }
@@ -132,7 +143,7 @@ impl Core {
         // Not a `write`: `fsync` changes the sync mode around the transaction (it cannot
         // change inside one), and the file's state is marked clean after the commit.
         self.store.with_writer(|conn| {
-            let (size, mtime_ns, seq, ranges, written) = {
+            let (size, mtime_ns, seq, ranges, written, early) = {
                 let st = lock(&of.state);
                 if !st.write_dirty {
                     drop(st);
@@ -144,13 +155,38 @@ impl Core {
                     return FsResult::Ok(());
                 }
                 let (ranges, written) = (st.ranges.clone(), st.written.clone());
-                (st.size, st.mtime_ns, st.write_seq, ranges, written)
+                let early = st.early.clone();
+                (st.size, st.mtime_ns, st.write_seq, ranges, written, early)
             };
+            let committed_version = std::cell::RefCell::new(None);
             let work = |c: &Connection| -> rusqlite::Result<()> {
                 let tx = c.unchecked_transaction()?;
                 store::set_written_content(&tx, ino, size, mtime_ns, &ranges)?;
                 store::note_written(&tx, ino, &written, size)?;
-                if let Some(path) = store::path_of(&tx, ino)? {
+                // The entry sending parts early takes this commit (it waits for it);
+                // one of its own only if that entry is gone or set aside.
+                let taken = match &early {
+                    Some(early) => {
+                        // Parked, it comes now (running, it sees the commit itself).
+                        journal::wake(&tx, early.entry)?;
+                        journal::put_still_due(&tx, early.entry)?
+                    }
+                    None => false,
+                };
+                // The parts sent early belong to this version: recorded as the entry's
+                // progress, so that its upload resumes after them whenever it runs.
+                if let (true, Some(early)) = (taken, &early) {
+                    let node = store::get_node(&tx, ino)?;
+                    if let Some(node) = node {
+                        let version = journal::part_version(&node);
+                        let sent = early.sent();
+                        if sent > 0 && node.size >= sent {
+                            journal::set_part_progress(&tx, early.entry, &version, sent)?;
+                        }
+                        *committed_version.borrow_mut() = Some((version, node.size));
+                    }
+                }
+                if let (false, Some(path)) = (taken, store::path_of(&tx, ino)?) {
                     journal::record_put(&tx, ino, &path)?;
                 }
                 tx.commit()
@@ -164,6 +200,10 @@ impl Core {
             if st.write_seq == seq {
                 st.write_dirty = false;
                 st.written.clear();
+                // Committed: what follows is a change of its own, uploaded as usual.
+                if let Some(early) = st.early.take() {
+                    early.seal(committed_version.into_inner());
+                }
             }
             Ok(())
         })?;
@@ -247,6 +287,7 @@ impl Core {
                 self.fetch_range(&of, ino, 0, keep, false)?;
             }
             // Whether others have it open; None when what is kept is not all here.
+            let woken = std::cell::RefCell::new(None);
             let cut = |conn: Option<&Connection>| -> FsResult<Option<bool>> {
                 let mut st = lock(&of.state);
                 if !partial && !st.ranges.covers(0, st.size.min(new_size)) {
@@ -264,6 +305,12 @@ impl Core {
                 }
                 of.file.set_len(new_size)?;
                 let old_size = std::mem::replace(&mut st.size, new_size);
+                if let Some(early) = st.early.clone() {
+                    // Grown past the part its entry waits for: woken below.
+                    if early.cut(new_size) {
+                        *woken.borrow_mut() = Some(early);
+                    }
+                }
                 st.ranges = ranges;
                 store::truncate_written(&mut st.written, old_size, new_size);
                 st.mtime_ns = store::now_ns();
@@ -285,6 +332,9 @@ impl Core {
                     path: self.path(ino)?,
                 });
             };
+            if let Some(early) = woken.into_inner() {
+                self.wake_early_parts(&early)?;
+            }
             if others_open {
                 // A program has it open: its close commits the change.
                 self.store.write(|tx| store::set_dirty(tx, ino, true))?;

@@ -15,6 +15,7 @@
 //! - `revalidate.rs`: whether cached content is fresh and whole; `pin.rs`, `evict.rs`:
 //!   what the cache keeps; `drop_entry.rs`: retrying and giving up journal entries;
 //!   `conflicts.rs`: resolving a conflict (`ctl conflicts resolve`).
+//! - `early_parts.rs`: large new files whose parts go while they are written.
 //! - `kernel.rs`: what the kernel is told; `import.rs`: backups and migrations writing
 //!   in; `error.rs`: the errors and their errno.
 //!
@@ -32,8 +33,9 @@
 //! `OpenFile::state` may be taken (`file_state` asks `is_write_dirty`). It never waits
 //! for the writer (WAL), so `ctl status`, `ls`, `metrics` and `cache` answer while FUSE
 //! work holds `store`.
-//! Nothing is locked while `OpenFile::state` is held. Downloads run as tasks and are
-//! waited for with nothing locked (see `fetch`).
+//! Under `OpenFile::state` only its leaf `EarlyParts::state` is taken (see
+//! `early_parts`); nothing else is locked while `OpenFile::state` is held. Downloads
+//! run as tasks and are waited for with nothing locked (see `fetch`).
 //! Leaf locks, taken alone or last and released before anything else is locked:
 //!   `handles`, `dir_handles`, `content_gen`, `dir_digests`, `verified`, `verifying`,
 //!   the listing refreshes' map (`listing::Refreshes`) and `remote_changes`.
@@ -44,6 +46,7 @@ mod changes;
 pub mod conflicts;
 mod core;
 mod drop_entry;
+pub mod early_parts;
 pub mod error;
 mod evict;
 mod fetch;

@@ -35,6 +35,15 @@ pub(super) struct OpenState {
     pub(super) atime_ns: Option<i64>,
     /// ctime as the store has it, for the relatime rule.
     pub(super) ctime_ns: i64,
+    /// Parts of this new file sent while it is written (see `early_parts`), until the
+    /// writes are committed.
+    pub(super) early: Option<Arc<super::early_parts::EarlyParts>>,
+    /// Decided that this open file sends nothing early.
+    pub(super) early_declined: bool,
+    /// Asked whether the server takes parts, for this open file.
+    pub(super) early_probed: bool,
+    /// The size from which sending early is considered again (an entry of it waited).
+    pub(super) early_next_try: u64,
 }
 
 pub(super) struct Handle {
@@ -62,6 +71,10 @@ fn new_open_file(
             write_seq: 0,
             atime_ns: node.atime_ns,
             ctime_ns: node.ctime_ns,
+            early: None,
+            early_declined: false,
+            early_probed: false,
+            early_next_try: 0,
         }),
     })
 }

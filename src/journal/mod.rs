@@ -139,6 +139,35 @@ pub fn record_put(c: &Connection, ino: u64, path: &str) -> rusqlite::Result<bool
     Ok(true)
 }
 
+/// Queues the upload of file `ino` (at `path`) while it is still being written, so its
+/// parts go early (see `fs::early_parts`): only when no entry of it waits at all (the
+/// upload must come after everything else of it). The commit of its writes then adds
+/// no entry of its own (see `put_still_due`). Returns the entry's id.
+pub fn start_put_while_written(
+    c: &Connection,
+    ino: u64,
+    path: &str,
+) -> rusqlite::Result<Option<i64>> {
+    if rows::any_of(c, ino)? {
+        return Ok(None);
+    }
+    insert(c, Op::Put, ino, path, None, false).map(Some)
+}
+
+pub use crate::store::journal::{park, wake};
+
+/// The local version a scratch file's parts belong to, by size, mtime and ctime (every
+/// committed write and every attribute change sets the ctime, which no one can set
+/// back).
+pub fn part_version(node: &Node) -> String {
+    format!("{}:{}:{}", node.size, node.mtime_ns, node.ctime_ns)
+}
+
+/// Whether upload entry `id` will still send its file: it is there and not set aside.
+pub fn put_still_due(c: &Connection, id: i64) -> rusqlite::Result<bool> {
+    rows::put_due(c, id)
+}
+
 /// Records that the mode, owner or times of `node` (now at `path`) changed and must be
 /// sent as dead properties. Returns whether an entry was added: not when a waiting
 /// upload or folder creation of the node will send them (as they are then), not when

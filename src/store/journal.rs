@@ -540,6 +540,32 @@ pub fn scan_entries(
     Ok(())
 }
 
+/// Whether entry `id` is an upload still to be sent: there, and not set aside.
+pub fn put_due(c: &Connection, id: i64) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM journal WHERE id = ?1 AND op = 'put' AND failed = 0)",
+    )?
+    .query_row([id], |r| r.get(0))
+}
+
+/// Makes entry `id` wait without counting an attempt, until `next_try_at` or a wake.
+pub fn park(c: &Connection, id: i64, why: &str, next_try_at: i64) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE journal SET last_error = ?2, next_try_at = ?3, running = 0 WHERE id = ?1",
+    )?
+    .execute(params![id, why, next_try_at])?;
+    Ok(())
+}
+
+/// Makes waiting entry `id` due now; whether it was waiting (not running, not set aside).
+pub fn wake(c: &Connection, id: i64) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "UPDATE journal SET next_try_at = 0 WHERE id = ?1 AND running = 0 AND failed = 0",
+    )?
+    .execute([id])
+    .map(|n| n > 0)
+}
+
 /// Whether any entry of `ino` waits.
 pub fn any_of(c: &Connection, ino: u64) -> rusqlite::Result<bool> {
     c.prepare_cached("SELECT EXISTS(SELECT 1 FROM journal WHERE ino = ?1)")?

@@ -73,7 +73,10 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<SyncReply, CmdError> {
         // On the writer, as the stuck check below: a read that does not wait for a commit in
         // progress could count an entry that the check then finds gone.
         let (waiting, failed, _) = core.db().write(|c| journal::stats(c))?;
-        if waiting == 0 && failed == 0 {
+        // A large file still being written has its upload queued already (its parts go
+        // early); what it will send is not committed, so it is not waited for.
+        let committed = waiting.saturating_sub(core.uploads_awaiting_commit());
+        if committed == 0 && failed == 0 {
             return Ok(SyncReply {
                 drained: Some(true),
                 ..Default::default()

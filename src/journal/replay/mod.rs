@@ -18,6 +18,7 @@
 
 mod conflict;
 mod delete;
+mod early;
 pub(crate) mod meta;
 mod mkcol;
 mod moves;
@@ -83,6 +84,14 @@ pub enum ReplayError {
     /// Went wrong in a way worth another try (counted, like a 5xx).
     #[error("{0}")]
     Retry(String),
+    /// A file still being written has nothing to send now: the entry waits, without
+    /// holding a turn or counting an attempt, until its writer wakes it (see
+    /// `fs::early_parts`).
+    #[error("{why}")]
+    Parked {
+        why: String,
+        early: Arc<crate::fs::early_parts::EarlyParts>,
+    },
 }
 
 pub type ReplayResult<T = ()> = Result<T, ReplayError>;
@@ -349,6 +358,7 @@ async fn outcome(core: &Arc<Core>, e: &Entry, err: ReplayError) {
             retry_later(core, e, &err.to_string(), None, true)
         }
         ReplayError::Later(why) => retry_later(core, e, &why, None, false),
+        ReplayError::Parked { why, early } => park(core, e, &why, &early),
         ReplayError::Retry(why) => retry_later(core, e, &why, None, true),
         ReplayError::Store(db) => {
             tracing::error!("{what}: the state store failed: {db}");
@@ -364,6 +374,27 @@ async fn outcome(core: &Arc<Core>, e: &Entry, err: ReplayError) {
 fn pause(core: &Core, e: &Entry, reason: &str) {
     core.health.mark_offline(reason);
     let _ = core.db().write(|tx| journal::set_running(tx, e.id, false));
+}
+
+/// How long a parked entry waits when no wake comes (one always should).
+const PARKED_FOR: Duration = Duration::from_secs(60);
+
+/// Parks `e` until its writer wakes it. A wake tried while it still ran found nothing to
+/// wake: it lands here instead.
+fn park(core: &Core, e: &Entry, why: &str, early: &crate::fs::early_parts::EarlyParts) {
+    tracing::debug!("{} {}: {why}", e.op.as_str(), e.path);
+    let at = core.clock().now_ms() + PARKED_FOR.as_millis() as i64;
+    let parked = core.db().write(|tx| {
+        journal::park(tx, e.id, why, at)?;
+        if early.wake_due() && journal::wake(tx, e.id)? {
+            early.woken();
+        }
+        Ok::<_, rusqlite::Error>(())
+    });
+    if let Err(db) = parked {
+        tracing::error!("journal: {db}");
+    }
+    core.journal_progressed();
 }
 
 fn retry_later(core: &Core, e: &Entry, error: &str, retry_after: Option<Duration>, counted: bool) {

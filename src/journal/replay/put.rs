@@ -21,6 +21,10 @@ pub(super) async fn put(core: &Arc<Core>, e: &Entry) -> ReplayResult {
 }
 
 async fn put_once(core: &Arc<Core>, e: &Entry) -> ReplayResult {
+    // A large new file still being written: its finished parts go first.
+    if let Some(early) = core.early_parts_of(e.ino, e.id) {
+        super::early::send_while_written(core, e, &early).await?;
+    }
     // What was written since the base version goes with this upload (writes committed
     // later are left for the next); where the server takes them, as ranges only. Taken
     // with the node in one hold of the store, so the size read covers every range
@@ -203,10 +207,9 @@ pub(super) async fn put_in_parts(
     let local_path = core.content().path(e.ino);
     let scratch = scratch_path(&e.path, e.ino);
     // Only a scratch file holding a prefix of this very local version may be continued.
-    // The version is named by size, mtime and ctime (every committed write and every
-    // attribute change sets the ctime, which no one can set back), not by hashing the
-    // whole file first: that was a second pass over gigabytes before the first byte went.
-    let version = format!("{}:{}:{}", node.size, node.mtime_ns, node.ctime_ns);
+    // Named by `part_version`, not by hashing the whole file first: that was a second
+    // pass over gigabytes before the first byte went.
+    let version = journal::part_version(node);
     // Parts an earlier attempt sent under another name (the entry was handed to a
     // conflict copy, or followed its file aside) are not continued: they go first.
     let earlier = core.db().write(|tx| journal::scratch_of(tx, e.id))?;
