@@ -4283,3 +4283,29 @@ fn a_folder_renamed_while_its_file_s_upload_is_parked_gets_the_file() {
     assert!(h.failed().is_empty(), "{:#?}", h.failed());
     h.stop(false);
 }
+
+/// As `rsync` and `tar` do: the file's times are set and it is renamed right after the
+/// close. The parts sent early still count (a change of name or times is no change of
+/// content): nothing is sent twice.
+#[test]
+fn parts_sent_early_survive_a_change_of_times_and_a_rename_after_the_close() {
+    let mut h = early_harness();
+    let data = ours_bytes(EARLY_LEN, 48);
+    let (ino, fh) = write_open(&h, "/.big.tmp", &data, data.len());
+    let scratch = journal::scratch_path("/.big.tmp", ino);
+    wait_for_scratch(&h, &scratch, 5 * UPLOADS.part as usize);
+    h.core().flush(fh).unwrap();
+    h.core().release(fh).unwrap();
+    let then = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    h.core()
+        .setattr(ino, Some(0o600), None, None, None, Some(then))
+        .unwrap();
+    h.mv("/.big.tmp", "/big");
+    h.drain("the upload and the rename");
+    assert_eq!(h.remote.read("/big").as_deref(), Some(&data[..]));
+    assert!(h.scratch_left().is_empty(), "{:?}", h.scratch_left());
+    let parts =
+        h.remote.count_at(Method::Put, &scratch) + h.remote.count_at(Method::PutRange, &scratch);
+    assert_eq!(parts, 6, "{:?}", h.remote.requests());
+    h.stop(false);
+}

@@ -118,10 +118,12 @@ impl EarlyParts {
             st.broken = true;
         }
         st.size = new_size;
-        if matches!(st.parked, Parked::UntilWritten(at) if new_size >= at) {
+        // Only when the wake becomes due: one that finds the entry still running is
+        // made by the entry itself once parked (see `replay::park`).
+        let wake = !st.wake_due && matches!(st.parked, Parked::UntilWritten(at) if new_size >= at);
+        if wake {
             st.wake_due = true;
         }
-        let wake = st.wake_due;
         drop(st);
         self.progress.notify_waiters();
         wake
@@ -290,24 +292,31 @@ impl Core {
         Ok(())
     }
 
-    /// Wakes the parked entry sending `early`, now that its file was written.
-    pub(super) fn wake_early_parts(&self, early: &EarlyParts) -> FsResult<()> {
-        if self.store.write(|tx| journal::wake(tx, early.entry))? {
-            early.woken();
-            self.journal_changed.notify_one();
+    /// Wakes the parked entry sending `early`, now that its file was written. Marked
+    /// woken under the store's writer, so that it cannot clear a later park of the
+    /// entry. A failure only leaves the entry to its fallback retry.
+    pub(super) fn wake_early_parts(&self, early: &EarlyParts) {
+        let woke = self.store.write(|tx| {
+            let woke = journal::wake(tx, early.entry)?;
+            if woke {
+                early.woken();
+            }
+            Ok::<_, rusqlite::Error>(woke)
+        });
+        match woke {
+            Ok(true) => self.journal_changed.notify_one(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("could not wake the upload of entry {}: {e}", early.entry),
         }
-        Ok(())
     }
 
-    /// How many upload entries wait for writes not committed yet (their files are
-    /// still being written): nothing of theirs is for `ctl sync --wait` to wait for.
-    pub fn uploads_awaiting_commit(&self) -> u64 {
+    /// The upload entries that wait for writes not committed yet (their files are still
+    /// being written): nothing of theirs is for `ctl sync --wait` to wait for. Called
+    /// under the store's writer (the lock order), in the transaction that counts them.
+    pub fn uploads_awaiting_commit(&self) -> Vec<i64> {
         let open: Vec<_> = lock(&self.open_files).values().cloned().collect();
-        let count = open
-            .iter()
-            .filter(|of| lock(&of.state).early.is_some())
-            .count();
-        count as u64
+        let early = open.iter().filter_map(|of| lock(&of.state).early.clone());
+        early.map(|e| e.entry).collect()
     }
 
     /// The early parts entry `entry` sends for file `ino`, while its writes are not

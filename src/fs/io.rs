@@ -81,7 +81,14 @@ impl Core {
                 store::note_written(conn, ino, &now, new_size)?;
             }
             // Under the state lock, so a download finishing now cannot write over it.
-            of.file.write_all_at(data, offset)?;
+            if let Err(e) = of.file.write_all_at(data, offset) {
+                // Some of it may be in the content file: parts sent early from below it
+                // no longer count.
+                if let Some(early) = &st.early {
+                    early.written(offset, st.size);
+                }
+                return Err(e.into());
+            }
             st.size = new_size;
             st.ranges.union(&now);
             st.written.union(&now);
@@ -105,11 +112,14 @@ impl Core {
             // a crash with the file still open is recovered at the next start.
             self.store.write(|tx| store::set_dirty(tx, ino, true))?;
         }
+        // Both only speed the upload up: the write stands whatever they meet.
         if let Some(early) = woken {
-            self.wake_early_parts(&early)?;
+            self.wake_early_parts(&early);
         }
         if end >= self.cfg.uploads.parts_from && !partial {
-            self.maybe_send_while_written(ino, &of)?;
+            if let Err(e) = self.maybe_send_while_written(ino, &of) {
+                tracing::warn!("inode {ino}: its parts cannot go early: {e}");
+            }
         }
         Ok(data.len() as u32)
     }
@@ -179,10 +189,10 @@ impl Core {
                     let node = store::get_node(&tx, ino)?;
                     if let Some(node) = node {
                         let version = journal::part_version(&node);
-                        let sent = early.sent();
-                        if sent > 0 && node.size >= sent {
-                            journal::set_part_progress(&tx, early.entry, &version, sent)?;
-                        }
+                        // Named even with nothing sent yet: a part on the wire now is
+                        // added when it lands (see `replay::early`).
+                        let sent = early.sent().min(node.size);
+                        journal::set_part_progress(&tx, early.entry, &version, sent)?;
                         *committed_version.borrow_mut() = Some((version, node.size));
                     }
                 }
@@ -333,7 +343,7 @@ impl Core {
                 });
             };
             if let Some(early) = woken.into_inner() {
-                self.wake_early_parts(&early)?;
+                self.wake_early_parts(&early);
             }
             if others_open {
                 // A program has it open: its close commits the change.

@@ -154,13 +154,11 @@ pub fn start_put_while_written(
     insert(c, Op::Put, ino, path, None, false).map(Some)
 }
 
-pub use crate::store::journal::{park, wake};
+pub use crate::store::journal::{park, raise_part_bytes, wake};
 
-/// The local version a scratch file's parts belong to, by size, mtime and ctime (every
-/// committed write and every attribute change sets the ctime, which no one can set
-/// back).
+/// The local version a scratch file's parts belong to (see `part_version_of`).
 pub fn part_version(node: &Node) -> String {
-    format!("{}:{}:{}", node.size, node.mtime_ns, node.ctime_ns)
+    rows::part_version_of(node.size, node.mtime_ns, node.ctime_ns)
 }
 
 /// Whether upload entry `id` will still send its file: it is there and not set aside.

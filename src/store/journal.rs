@@ -289,6 +289,43 @@ pub fn part_progress(c: &Connection, id: i64) -> rusqlite::Result<(Option<String
         .map(|o| o.unwrap_or((None, 0)))
 }
 
+/// The local version a scratch file's parts belong to, by size, mtime and ctime (every
+/// committed write and every attribute change sets the ctime, which no one can set
+/// back).
+pub fn part_version_of(size: u64, mtime_ns: i64, ctime_ns: i64) -> String {
+    format!("{size}:{mtime_ns}:{ctime_ns}")
+}
+
+/// `ino` changed from local version `before` to `after` by its name or attributes, not
+/// its content: parts sent of `before` are parts of `after` too (a `tar`, `rsync` or
+/// `cp -p` sets a file's times right after writing it, a download is renamed once
+/// complete).
+pub fn carry_part_progress(
+    c: &Connection,
+    ino: u64,
+    before: &str,
+    after: &str,
+) -> rusqlite::Result<()> {
+    if before != after {
+        c.prepare_cached(
+            "UPDATE journal SET part_version = ?3 WHERE ino = ?1 AND part_version = ?2",
+        )?
+        .execute(params![ino as i64, before, after])?;
+    }
+    Ok(())
+}
+
+/// More bytes of entry `id`'s part upload are on the server, of the version its
+/// progress names already.
+pub fn raise_part_bytes(c: &Connection, id: i64, bytes: u64) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE journal SET part_bytes = ?2 \
+         WHERE id = ?1 AND part_version IS NOT NULL AND part_bytes < ?2",
+    )?
+    .execute(params![id, bytes as i64])?;
+    Ok(())
+}
+
 pub fn set_part_progress(
     c: &Connection,
     id: i64,

@@ -315,8 +315,34 @@ pub fn move_base_copies(conn: &Connection, from: &str, to: &str) -> rusqlite::Re
 }
 
 pub fn move_node(conn: &Connection, ino: u64, parent: u64, name: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE nodes SET parent = ?2, name = ?3, ctime_ns = ?4 WHERE ino = ?1")?
-        .execute(params![ino as i64, parent as i64, name, now_ns()])?;
+    keeping_part_progress(conn, ino, || {
+        conn.prepare_cached(
+            "UPDATE nodes SET parent = ?2, name = ?3, ctime_ns = ?4 WHERE ino = ?1",
+        )?
+        .execute(params![ino as i64, parent as i64, name, now_ns()])
+    })
+}
+
+/// Runs `change` (of `ino`'s name or attributes, never its content), carrying the
+/// progress of a part upload of its version over to the version it makes.
+fn keeping_part_progress(
+    conn: &Connection,
+    ino: u64,
+    change: impl FnOnce() -> rusqlite::Result<usize>,
+) -> rusqlite::Result<()> {
+    let version = |c: &Connection| {
+        c.prepare_cached("SELECT size, mtime_ns, ctime_ns FROM nodes WHERE ino = ?1")?
+            .query_row([ino as i64], |r| {
+                let (size, mtime, ctime) = (r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?);
+                Ok(super::journal::part_version_of(size as u64, mtime, ctime))
+            })
+            .optional()
+    };
+    let before = version(conn)?;
+    change()?;
+    if let (Some(before), Some(after)) = (before, version(conn)?) {
+        super::journal::carry_part_progress(conn, ino, &before, &after)?;
+    }
     Ok(())
 }
 
@@ -566,19 +592,21 @@ pub fn set_attrs(
     mtime_ns: Option<i64>,
     ctime_ns: i64,
 ) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "UPDATE nodes SET mode = COALESCE(?2, mode), uid = COALESCE(?3, uid), \
-         gid = COALESCE(?4, gid), mtime_ns = COALESCE(?5, mtime_ns), ctime_ns = ?6 WHERE ino = ?1",
-    )?
-    .execute(params![
-        ino as i64,
-        mode.map(|m| (m & 0o7777) as i64),
-        uid.map(|v| v as i64),
-        gid.map(|v| v as i64),
-        mtime_ns,
-        ctime_ns
-    ])?;
-    Ok(())
+    keeping_part_progress(c, ino, || {
+        c.prepare_cached(
+            "UPDATE nodes SET mode = COALESCE(?2, mode), uid = COALESCE(?3, uid), \
+             gid = COALESCE(?4, gid), mtime_ns = COALESCE(?5, mtime_ns), ctime_ns = ?6 \
+             WHERE ino = ?1",
+        )?
+        .execute(params![
+            ino as i64,
+            mode.map(|m| (m & 0o7777) as i64),
+            uid.map(|v| v as i64),
+            gid.map(|v| v as i64),
+            mtime_ns,
+            ctime_ns
+        ])
+    })
 }
 
 /// Of `inos`, those on the remote, clean, and without a waiting journal entry.

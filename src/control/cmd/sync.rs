@@ -72,10 +72,18 @@ pub fn run(ctx: &Context, args: &SyncArgs) -> Result<SyncReply, CmdError> {
     loop {
         // On the writer, as the stuck check below: a read that does not wait for a commit in
         // progress could count an entry that the check then finds gone.
-        let (waiting, failed, _) = core.db().write(|c| journal::stats(c))?;
         // A large file still being written has its upload queued already (its parts go
-        // early); what it will send is not committed, so it is not waited for.
-        let committed = waiting.saturating_sub(core.uploads_awaiting_commit());
+        // early); what it will send is not committed, so it is not waited for. Counted
+        // in the same hold of the writer as the rest, which such an entry is added under.
+        let (waiting, failed, awaiting) = core.db().write(|c| {
+            let (waiting, failed, _) = journal::stats(c)?;
+            let mut awaiting = 0;
+            for id in core.uploads_awaiting_commit() {
+                awaiting += journal::put_still_due(c, id)? as u64;
+            }
+            Ok::<_, rusqlite::Error>((waiting, failed, awaiting))
+        })?;
+        let committed = waiting.saturating_sub(awaiting);
         if committed == 0 && failed == 0 {
             return Ok(SyncReply {
                 drained: Some(true),

@@ -93,14 +93,12 @@ pub(super) async fn send_while_written(
     // Committed: the store has the file's size, times and version now. The parts sent
     // are a prefix of it unless it was written below them (then nothing counts). The
     // commit recorded them already; a part that was on the wire then is added here.
-    // Named by the version committed then, not the store's now: a later commit may
-    // have changed bytes below them, and its version does not match.
+    // Only the count of bytes: the commit named the version they belong to (carried
+    // over a rename or a change of times since, never over a change of content).
     let sent = early.sent();
-    if let (true, Some((version, size))) = (sent > 0, early.sent_version()) {
-        if size >= sent {
-            core.db()
-                .write(|tx| journal::set_part_progress(tx, e.id, &version, sent))?;
-        }
+    if let (true, Some((_, size))) = (sent > 0, early.sent_version()) {
+        core.db()
+            .write(|tx| journal::raise_part_bytes(tx, e.id, sent.min(size)))?;
     }
     Ok(())
 }

@@ -209,7 +209,6 @@ pub(super) async fn put_in_parts(
     // Only a scratch file holding a prefix of this very local version may be continued.
     // Named by `part_version`, not by hashing the whole file first: that was a second
     // pass over gigabytes before the first byte went.
-    let version = journal::part_version(node);
     // Parts an earlier attempt sent under another name (the entry was handed to a
     // conflict copy, or followed its file aside) are not continued: they go first.
     let earlier = core.db().write(|tx| journal::scratch_of(tx, e.id))?;
@@ -217,7 +216,15 @@ pub(super) async fn put_in_parts(
         tracing::debug!("{}: parts sent to {old} before are dropped", e.path);
         drop_scratch_or_queue(core, e).await?;
     }
-    let (done_version, done_bytes) = core.db().write(|tx| journal::part_progress(tx, e.id))?;
+    // The version as the store has it now, read with the progress: a rename or a change
+    // of times since `node` was read carried the progress over to it (see
+    // `carry_part_progress`), and a change of content makes it differ from both.
+    let (done_version, done_bytes, now) = core.db().write(|tx| {
+        let (done, bytes) = journal::part_progress(tx, e.id)?;
+        let now = store::get_node(tx, e.ino)?.filter(|n| n.size == node.size);
+        Ok::<_, ReplayError>((done, bytes, now.map(|n| journal::part_version(&n))))
+    })?;
+    let version = now.unwrap_or_else(|| journal::part_version(node));
     let mut offset = 0;
     // Writes through a handle still open change the content file but not that version
     // (they are committed at the close): parts sent before them are not a prefix of what
@@ -237,7 +244,12 @@ pub(super) async fn put_in_parts(
     let mtime = Some(store::ns_to_system_time(node.mtime_ns));
     // Named before the first part goes: however this entry ends (a partial update
     // next time, a conflict, a removal, a crash now), the scratch file is not forgotten.
-    (core.db()).write(|tx| journal::set_scratch(tx, e.id, Some(&scratch)))?;
+    // The version is named once; each part then adds its bytes (a rename meanwhile may
+    // carry the name on).
+    (core.db()).write(|tx| {
+        journal::set_scratch(tx, e.id, Some(&scratch))?;
+        journal::set_part_progress(tx, e.id, &version, offset)
+    })?;
     // Parts sent in order from the first byte, all in this attempt, are hashed as they
     // go: that names what the scratch file holds, however the file changed meanwhile.
     let body_hash = (offset == 0 && node.size <= COMPARE_LIMIT).then(BodyHash::default);
@@ -250,7 +262,7 @@ pub(super) async fn put_in_parts(
             (remote.put_range(&scratch, &local_path, offset, len, body_hash.as_ref())).await?;
         }
         offset += len;
-        (core.db()).write(|tx| journal::set_part_progress(tx, e.id, &version, offset))?;
+        (core.db()).write(|tx| journal::raise_part_bytes(tx, e.id, offset))?;
     }
     let held = remote.stat(&scratch).await?.map(|s| s.size);
     if held != Some(node.size) {
