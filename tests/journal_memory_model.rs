@@ -4309,3 +4309,45 @@ fn parts_sent_early_survive_a_change_of_times_and_a_rename_after_the_close() {
     assert_eq!(parts, 6, "{:?}", h.remote.requests());
     h.stop(false);
 }
+
+/// A new folder's MKCOL meets another client's file at its name (405), and the file is
+/// gone again (moved or removed by them) before the look that follows: the folder is
+/// made at the next attempt, not set aside for a person.
+#[test]
+fn a_new_folder_whose_name_was_taken_only_for_a_moment_is_made() {
+    let mut h = Harness::new();
+    h.set_outage(true);
+    h.mkdir("/x");
+    h.remote.other_put("/x", their_bytes(500, 2)).unwrap();
+    h.remote.inject(
+        Rule::on(Method::Stat)
+            .at("/x")
+            .outcome(Outcome::Delay(Duration::from_secs(2)))
+            .times(1),
+    );
+    h.remote.clear_log();
+    h.set_outage(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.remote.count_at(Method::Stat, "/x") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no look at /x: {:?}",
+            h.remote.requests()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        h.remote.count_at(Method::Mkcol, "/x") > 0,
+        "looked before the MKCOL: {:?}",
+        h.remote.requests()
+    );
+    h.remote.other_delete("/x").unwrap();
+    h.drain("the folder");
+    assert!(h.failed().is_empty(), "{:#?}", h.failed());
+    assert!(
+        matches!(h.server().get("/x"), Some(MemItem::Dir)),
+        "{:?}",
+        server_digest(&h.server())
+    );
+    h.stop(false);
+}

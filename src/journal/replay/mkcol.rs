@@ -15,20 +15,26 @@ pub(super) async fn mkcol(core: &Arc<Core>, e: &Entry) -> ReplayResult {
     .await;
     match made {
         Ok(()) => {}
-        // Another client put a file at the name: our folder goes beside it, and the
-        // changes inside it follow (see `parents`).
-        Err(ReplayError::Remote(RemoteError::Refused { status: 405, .. }))
-            if core
-                .remote()
-                .stat(&e.path)
-                .await?
-                .is_some_and(|s| !s.is_dir) =>
-        {
-            super::parents::move_aside(core, e, &e.path).await?;
-            return Err(ReplayError::Later(format!(
-                "{}: a file took its name on the server; the folder was moved aside",
-                e.path
-            )));
+        Err(ReplayError::Remote(RemoteError::Refused { status: 405, .. })) => {
+            match core.remote().stat(&e.path).await? {
+                // Another client put a file at the name: our folder goes beside it, and
+                // the changes inside it follow (see `parents`).
+                Some(s) if !s.is_dir => {
+                    super::parents::move_aside(core, e, &e.path).await?;
+                    return Err(ReplayError::Later(format!(
+                        "{}: a file took its name on the server; the folder was moved aside",
+                        e.path
+                    )));
+                }
+                // What refused it is gone again (they moved or removed their file since),
+                // or is a folder now: the next attempt sees which. Not one for a person.
+                _ => {
+                    return Err(ReplayError::Retry(format!(
+                        "{}: MKCOL refused (405) by something no longer there",
+                        e.path
+                    )))
+                }
+            }
         }
         Err(err) => return Err(err),
     }
