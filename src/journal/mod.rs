@@ -154,7 +154,7 @@ pub fn start_put_while_written(
     insert(c, Op::Put, ino, path, None, false).map(Some)
 }
 
-pub use crate::store::journal::{park, raise_part_bytes, wake};
+pub use crate::store::journal::{park, raise_part_bytes, wake, Aside};
 
 /// The local version a scratch file's parts belong to (see `part_version_of`).
 pub fn part_version(node: &Node) -> String {

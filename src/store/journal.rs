@@ -248,12 +248,33 @@ pub fn follow_file_aside(
     .execute(params![ino as i64, from, to])
 }
 
+/// What goes aside in `rewrite_prefix`.
+#[derive(Debug, Clone, Copy)]
+pub enum Aside {
+    /// One node (a move's source, whatever its kind).
+    Node(u64),
+    /// A folder whose node is not known (the one above a refused change).
+    Folder,
+}
+
 /// Points waiting entries at or below `from` to the same places below `to` (a folder
 /// moved aside on the server because something else took its name there). Only while
 /// the folder still has that name in the journal: up to the first waiting move or delete
 /// of it (or of a folder above it), which is rewritten too. Entries after that name
 /// whatever was made at `from` since, which the folder's new name has nothing to do with.
-pub fn rewrite_prefix(c: &Connection, from: &str, to: &str) -> rusqlite::Result<usize> {
+/// At `from` itself only the entries of what goes aside are taken (`Aside`): an entry
+/// of another node there is of one that had that name before or after, not of
+/// anything inside what moves.
+pub fn rewrite_prefix(
+    c: &Connection,
+    from: &str,
+    to: &str,
+    aside: Aside,
+) -> rusqlite::Result<usize> {
+    let (only_ino, only_folders) = match aside {
+        Aside::Node(ino) => (Some(ino as i64), false),
+        Aside::Folder => (None, true),
+    };
     let mut until = i64::MAX;
     let above = std::iter::successors(Some(from), |p| {
         p.rfind('/').map(|i| &p[..i]).filter(|p| !p.is_empty())
@@ -271,14 +292,16 @@ pub fn rewrite_prefix(c: &Connection, from: &str, to: &str) -> rusqlite::Result<
     let n = c
         .prepare_cached(
             "UPDATE journal SET path = ?2 || substr(path, length(?1) + 1) \
-             WHERE (path = ?1 OR (path >= ?3 AND path < ?4)) AND id <= ?5",
+             WHERE ((path = ?1 AND (?6 IS NULL OR ino = ?6) AND (?7 = 0 OR is_dir = 1)) \
+             OR (path >= ?3 AND path < ?4)) AND id <= ?5",
         )?
-        .execute(params![from, to, below, end, until])?;
+        .execute(params![from, to, below, end, until, only_ino, only_folders])?;
     c.prepare_cached(
         "UPDATE journal SET dest = ?2 || substr(dest, length(?1) + 1) \
-         WHERE (dest = ?1 OR (dest >= ?3 AND dest < ?4)) AND id <= ?5",
+         WHERE ((dest = ?1 AND (?6 IS NULL OR ino = ?6) AND (?7 = 0 OR is_dir = 1)) \
+         OR (dest >= ?3 AND dest < ?4)) AND id <= ?5",
     )?
-    .execute(params![from, to, below, end, until])?;
+    .execute(params![from, to, below, end, until, only_ino, only_folders])?;
     Ok(n)
 }
 

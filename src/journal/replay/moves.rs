@@ -274,7 +274,7 @@ fn follow_folder_aside(
     dest: &str,
     aside: &str,
 ) -> rusqlite::Result<()> {
-    journal::rewrite_prefix(tx, dest, aside)?;
+    journal::rewrite_prefix(tx, dest, aside, journal::Aside::Node(e.ino))?;
     let aside_name = aside.rsplit('/').next().unwrap_or(aside);
     if let Some(node) = store::node_at_path(tx, dest)? {
         if node.ino == e.ino && store::get_child(tx, node.parent, aside_name)?.is_none() {

@@ -106,7 +106,7 @@ pub(super) async fn move_aside(core: &Arc<Core>, e: &Entry, dir: &str) -> Replay
          waiting inside it go to {aside}"
     );
     core.db().write(|tx| {
-        journal::rewrite_prefix(tx, dir, &aside)?;
+        journal::rewrite_prefix(tx, dir, &aside, journal::Aside::Folder)?;
         // Scratch files of part uploads inside went with the folder their file replaced.
         journal::forget_scratches_under(tx, dir)?;
         // The local folder takes the new name too, if it is still where the entry says:
