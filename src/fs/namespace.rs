@@ -15,7 +15,7 @@ use crate::store::{self, Kind, NewNode, Node, RangeSet, ROOT_INO};
 
 /// A file being removed takes its base copy on the server with it (queued like any
 /// change: the server may be away).
-fn forget_base_copy(tx: &Connection, n: &Node) -> rusqlite::Result<()> {
+pub(super) fn forget_base_copy(tx: &Connection, n: &Node) -> rusqlite::Result<()> {
     if let Some(copy) = &n.base_copy {
         journal::record_scratch_removal(tx, n.ino, copy)?;
         store::set_base_copy(tx, n.ino, None)?;

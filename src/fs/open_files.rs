@@ -187,9 +187,16 @@ impl Core {
             let Ok(Some(orphan)) = forgotten else {
                 return;
             };
-            // An orphan disappears with its last handle.
+            // An orphan disappears with its last handle, and a base copy a partial
+            // update made for it after the unlink goes too (named only on the node).
             if orphan {
-                let _ = self.store.write(|tx| store::delete_node(tx, ino));
+                let _ = self.store.write(|tx| {
+                    if let Some(n) = store::get_node(tx, ino)? {
+                        super::namespace::forget_base_copy(tx, &n)?;
+                    }
+                    store::delete_node(tx, ino)
+                });
+                self.journal_changed.notify_one();
                 self.content.remove(ino);
             }
         }
