@@ -4198,17 +4198,7 @@ fn a_paused_writer_parks_its_upload_and_the_next_write_wakes_it() {
     let (ino, fh) = write_open(&h, "/big", &data, 6500);
     let scratch = journal::scratch_path("/big", ino);
     wait_for_scratch(&h, &scratch, 3 * UPLOADS.part as usize);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !h.journal().iter().any(|e| {
-        e.ino == ino
-            && !e.failed
-            && e.last_error
-                .as_deref()
-                .is_some_and(|m| m.contains("still being written"))
-    }) {
-        assert!(Instant::now() < deadline, "never parked: {:?}", h.journal());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_parked(&h, ino);
     let parked_at = Instant::now();
     write_pieces(&h, fh, &data, 6500, 9000);
     wait_for_scratch(&h, &scratch, 4 * UPLOADS.part as usize);
@@ -4229,18 +4219,31 @@ fn a_paused_writer_parks_its_upload_and_the_next_write_wakes_it() {
 /// the file lands in the renamed folder with nothing left behind.
 #[test]
 fn a_folder_renamed_while_its_file_sends_parts_early_gets_the_file() {
+    folder_renamed_under_early_parts(false);
+}
+
+/// The same while the upload is parked (its writer paused): it resumes under the
+/// folder's new name once written on, and nothing is left under the old one.
+#[test]
+fn a_folder_renamed_while_its_file_s_upload_is_parked_gets_the_file() {
+    folder_renamed_under_early_parts(true);
+}
+
+fn folder_renamed_under_early_parts(parked: bool) {
     let mut h = early_harness();
     h.mkdir("/d");
     h.drain("the folder");
-    let data = ours_bytes(EARLY_LEN, 46);
-    let (ino, fh) = write_open(&h, "/d/big", &data, 7000);
-    wait_for_scratch(
-        &h,
-        &journal::scratch_path("/d/big", ino),
-        UPLOADS.part as usize,
-    );
+    let data = ours_bytes(EARLY_LEN, 46 + parked as u8);
+    let written = if parked { 6500 } else { 7000 };
+    let (ino, fh) = write_open(&h, "/d/big", &data, written);
+    let parts = if parked { 3 } else { 1 };
+    let scratch = journal::scratch_path("/d/big", ino);
+    wait_for_scratch(&h, &scratch, parts * UPLOADS.part as usize);
+    if parked {
+        wait_until_parked(&h, ino);
+    }
     h.mv("/d", "/e");
-    write_pieces(&h, fh, &data, 7000, data.len());
+    write_pieces(&h, fh, &data, written, data.len());
     h.core().flush(fh).unwrap();
     h.core().release(fh).unwrap();
     h.drain("the upload and the rename");
@@ -4251,37 +4254,18 @@ fn a_folder_renamed_while_its_file_sends_parts_early_gets_the_file() {
     h.stop(false);
 }
 
-/// The same while the upload is parked (its writer paused): it resumes under the
-/// folder's new name once written on, and nothing is left under the old one.
-#[test]
-fn a_folder_renamed_while_its_file_s_upload_is_parked_gets_the_file() {
-    let mut h = early_harness();
-    h.mkdir("/d");
-    h.drain("the folder");
-    let data = ours_bytes(EARLY_LEN, 47);
-    let (ino, fh) = write_open(&h, "/d/big", &data, 6500);
-    wait_for_scratch(
-        &h,
-        &journal::scratch_path("/d/big", ino),
-        3 * UPLOADS.part as usize,
-    );
+/// Waits until the upload of `ino` gave its turn back, waiting for its writer.
+fn wait_until_parked(h: &Harness, ino: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !h.journal().iter().any(|e| {
-        e.ino == ino && (e.last_error.as_deref()).is_some_and(|m| m.contains("still being written"))
-    }) {
+    let parked = |e: &journal::Entry| {
+        e.ino == ino
+            && !e.failed
+            && (e.last_error.as_deref()).is_some_and(|m| m.contains("still being written"))
+    };
+    while !h.journal().iter().any(parked) {
         assert!(Instant::now() < deadline, "never parked: {:?}", h.journal());
         std::thread::sleep(Duration::from_millis(5));
     }
-    h.mv("/d", "/e");
-    write_pieces(&h, fh, &data, 6500, data.len());
-    h.core().flush(fh).unwrap();
-    h.core().release(fh).unwrap();
-    h.drain("the upload and the rename");
-    assert_eq!(h.remote.read("/e/big").as_deref(), Some(&data[..]));
-    assert!(h.remote.read("/d/big").is_none());
-    assert!(h.scratch_left().is_empty(), "{:?}", h.scratch_left());
-    assert!(h.failed().is_empty(), "{:#?}", h.failed());
-    h.stop(false);
 }
 
 /// As `rsync` and `tar` do: the file's times are set and it is renamed right after the
