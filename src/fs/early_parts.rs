@@ -66,9 +66,9 @@ struct EarlyState {
     sent: u64,
     broken: bool,
     sealed: bool,
-    /// The local version (and its size) committed at the seal: the parts sent are a
-    /// prefix of it.
-    sealed_version: Option<(String, u64)>,
+    /// The size committed at the seal: the parts sent are a prefix of that version
+    /// (which the commit named in the entry's progress).
+    sealed_size: Option<u64>,
     /// Whether the entry gave its turn back, and until when.
     parked: Parked,
     /// What the entry was parked for happened: it is to be woken (until a wake lands on
@@ -92,7 +92,7 @@ impl EarlyParts {
                 sent: 0,
                 broken: false,
                 sealed: false,
-                sealed_version: None,
+                sealed_size: None,
                 parked: Parked::No,
                 wake_due: false,
             }),
@@ -129,13 +129,12 @@ impl EarlyParts {
         wake
     }
 
-    /// The writes were committed, as local version `version` of that size (see
-    /// `journal::part_version`; none when the entry was gone): the upload entry takes
-    /// the file as the store has it.
-    pub(super) fn seal(&self, version: Option<(String, u64)>) {
+    /// The writes were committed, at `size` (none when the entry was gone): the upload
+    /// entry takes the file as the store has it.
+    pub(super) fn seal(&self, size: Option<u64>) {
         let mut st = lock(&self.state);
         st.sealed = true;
-        st.sealed_version = version;
+        st.sealed_size = size;
         if st.parked != Parked::No {
             st.wake_due = true;
         }
@@ -217,11 +216,11 @@ impl EarlyParts {
         st.claim = 0;
     }
 
-    /// The local version (and its size) the parts sent belong to, once committed (none
-    /// if broken).
-    pub fn sent_version(&self) -> Option<(String, u64)> {
+    /// The size of the committed version the parts sent belong to (none before the
+    /// commit, or if broken).
+    pub fn sealed_size(&self) -> Option<u64> {
         let st = lock(&self.state);
-        st.sealed_version.clone().filter(|_| !st.broken)
+        st.sealed_size.filter(|_| !st.broken)
     }
 }
 

@@ -168,7 +168,7 @@ impl Core {
                 let early = st.early.clone();
                 (st.size, st.mtime_ns, st.write_seq, ranges, written, early)
             };
-            let committed_version = std::cell::RefCell::new(None);
+            let committed_size = std::cell::Cell::new(None);
             let work = |c: &Connection| -> rusqlite::Result<()> {
                 let tx = c.unchecked_transaction()?;
                 store::set_written_content(&tx, ino, size, mtime_ns, &ranges)?;
@@ -193,7 +193,7 @@ impl Core {
                         // added when it lands (see `replay::early`).
                         let sent = early.sent().min(node.size);
                         journal::set_part_progress(&tx, early.entry, &version, sent)?;
-                        *committed_version.borrow_mut() = Some((version, node.size));
+                        committed_size.set(Some(node.size));
                     }
                 }
                 if let (false, Some(path)) = (taken, store::path_of(&tx, ino)?) {
@@ -212,7 +212,7 @@ impl Core {
                 st.written.clear();
                 // Committed: what follows is a change of its own, uploaded as usual.
                 if let Some(early) = st.early.take() {
-                    early.seal(committed_version.into_inner());
+                    early.seal(committed_size.get());
                 }
             }
             Ok(())

@@ -96,7 +96,7 @@ pub(super) async fn send_while_written(
     // Only the count of bytes: the commit named the version they belong to (carried
     // over a rename or a change of times since, never over a change of content).
     let sent = early.sent();
-    if let (true, Some((_, size))) = (sent > 0, early.sent_version()) {
+    if let (true, Some(size)) = (sent > 0, early.sealed_size()) {
         core.db()
             .write(|tx| journal::raise_part_bytes(tx, e.id, sent.min(size)))?;
     }
