@@ -7,6 +7,7 @@
 //! what is already here.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use futures_util::StreamExt;
@@ -46,7 +47,13 @@ pub(super) struct Inflight {
     /// The bytes it asks for.
     from: u64,
     to: u64,
+    /// Where the bytes it brought so far end.
+    reached: AtomicU64,
 }
+
+/// A reader needing bytes further than this beyond where a download got fetches them
+/// itself: a jump into a large GET must not wait for the megabytes before it.
+const WAIT_WITHIN: u64 = 2 * CHUNK;
 
 impl Inflight {
     fn new(from: u64, to: u64) -> Inflight {
@@ -55,26 +62,29 @@ impl Inflight {
             cv: Condvar::new(),
             from,
             to,
+            reached: AtomicU64::new(from),
         }
     }
 
     /// Waits until what this download brings of `[from, to)` of `of` is here, or it
     /// ended. The range map is looked at under `done`, which `arrived` takes before it
     /// wakes anyone: no wake-up is missed between the look and the wait. What it does
-    /// not bring (the start of its first chunk, say), the reader fetches itself.
+    /// not bring (the start of its first chunk, say), or will bring only after much
+    /// else, the reader fetches itself.
     fn wait_for(&self, of: &OpenFile, from: u64, to: u64) {
         let (from, to) = (from.max(self.from), to.min(self.to));
-        if from >= to {
+        if from >= to || from > self.reached.load(Ordering::Acquire) + WAIT_WITHIN {
             return;
         }
         let mut done = lock(&self.done);
-        while !*done && !lock(&of.state).ranges.covers(from, to) {
+        while !*done && !here(of, from, to) {
             done = self.cv.wait(done).unwrap_or_else(|e| e.into_inner());
         }
     }
 
-    /// More of the download is in the range map.
-    fn arrived(&self) {
+    /// The download kept its bytes up to `reached`, in the range map.
+    fn arrived(&self, reached: u64) {
+        self.reached.store(reached, Ordering::Release);
         drop(lock(&self.done));
         self.cv.notify_all();
     }
@@ -83,6 +93,14 @@ impl Inflight {
         *lock(&self.done) = true;
         self.cv.notify_all();
     }
+}
+
+/// Whether `[from, to)` of `of` is here, as far as the file still reaches (a truncation
+/// meanwhile leaves nothing to wait for past its end).
+fn here(of: &OpenFile, from: u64, to: u64) -> bool {
+    let st = lock(&of.state);
+    let to = to.min(st.size);
+    from >= to || st.ranges.covers(from, to)
 }
 
 /// A download to wait for, and the part of it a reader needs.
@@ -220,8 +238,9 @@ fn next_ahead(of: &OpenFile, end: u64, ahead: u64, get_len: u64) -> Option<(u64,
     if !fits && lo >= end + get_len {
         return None;
     }
+    // Whole chunks, at most `get_len` of them: a GET starting inside a chunk is shorter.
     let mut last = chunk;
-    while (last + 1) * CHUNK < (lo + get_len).min(size) && wanted(last + 1) {
+    while (last + 2 - chunk) * CHUNK <= get_len && (last + 1) * CHUNK < size && wanted(last + 1) {
         last += 1;
     }
     Some((lo, ((last + 1) * CHUNK).min(size)))
@@ -360,7 +379,12 @@ impl Core {
             }
         }
         if ahead_due {
-            while let Some((lo, hi)) = next_ahead(of, end, ahead, get_len) {
+            // At most as many as may run: a download that fails at once leaves its chunk
+            // wanted again, and this read must not send GET after GET for it.
+            for _ in 0..MAX_PARALLEL {
+                let Some((lo, hi)) = next_ahead(of, end, ahead, get_len) else {
+                    break;
+                };
                 if self.start_download(of, ino, &src, lo, hi).is_none() {
                     break;
                 }
@@ -588,7 +612,7 @@ impl Core {
                 etag: None,
             };
             self.store_fetched(of, ino, src, &piece)?;
-            progress.arrived();
+            progress.arrived(so_far.offset + so_far.len);
         }
         so_far.whole = true;
         if streamed {
