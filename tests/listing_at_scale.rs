@@ -4,7 +4,10 @@
 //! - opens of cached files send nothing while their folder's listing is fresh, and one
 //!   listing (never a request per file) once it is older than the attribute TTL;
 //! - with a server that does not answer, a cached file still opens and reads, and a
-//!   known folder still lists, while the refresh waits on the server.
+//!   known folder still lists, while the refresh waits on the server;
+//! - the kernel keeps its copy of an unchanged folder's entries only while the entries
+//!   it holds of the children are fresh: past that, a walk's `stat`s would cost a
+//!   lookup each, where reading the folder again renews them all.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -187,6 +190,51 @@ fn opens_send_nothing_while_the_listing_is_fresh_and_one_listing_after() {
             (Method::Get, "/d/f3".to_string())
         ]
     );
+    s.rt.shutdown_background();
+}
+
+#[test]
+fn the_kernel_keeps_a_folder_it_read_within_the_entry_ttl_and_reads_it_again_after() {
+    let mem = MemRemote::new();
+    mem.other_mkdir("/d").unwrap();
+    for i in 0..50 {
+        mem.other_put(&format!("/d/f{i}"), b"x".to_vec()).unwrap();
+    }
+    let s = setup(
+        mem,
+        CoreConfig {
+            dir_ttl: Duration::from_secs(60),
+            attr_ttl: Duration::from_secs(10),
+            ..CoreConfig::default()
+        },
+    );
+    let core = &s.core;
+    let d = core.lookup(ROOT_INO, "d").unwrap().ino;
+    let open = |keep_expected: bool, when: &str| {
+        let (fh, keep) = core.opendir_cached(d).unwrap();
+        core.releasedir(fh);
+        assert_eq!(keep, keep_expected, "{when}");
+    };
+    open(false, "first open: the kernel has nothing to keep");
+    open(
+        true,
+        "unchanged, read just now: kept (an `ls` again costs no round trip)",
+    );
+    s.clock.advance(Duration::from_secs(6));
+    open(true, "unchanged, read 6 s ago");
+    // Past the entry TTL (the attribute TTL here), though the listing is still fresh
+    // and unchanged: read again, with attributes, which renews every entry at once.
+    s.clock.advance(Duration::from_secs(5));
+    open(
+        false,
+        "read 11 s ago: the kernel's entries of the children expired",
+    );
+    open(true, "read again just now");
+    // A change is never kept, whenever it was read.
+    s.mem.other_put("/d/new", b"y".to_vec()).unwrap();
+    s.clock.advance(Duration::from_secs(61));
+    open(false, "a new entry");
+    assert!(names(core, d).contains(&"new".to_string()));
     s.rt.shutdown_background();
 }
 

@@ -53,8 +53,9 @@ pub struct Core {
     pub(super) copy_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether the server honours If-Match / If-None-Match, once asked.
     pub preconditions: tokio::sync::OnceCell<bool>,
-    /// Per directory, a digest of the entries the kernel was last given.
-    pub(super) dir_digests: Mutex<HashMap<u64, u64>>,
+    /// Per directory, a digest of the entries the kernel was last given, and when (in
+    /// the clock's ms) it last read them with their attributes.
+    pub(super) dir_digests: Mutex<HashMap<u64, (u64, i64)>>,
     /// This core itself, for download tasks.
     pub(super) me: Weak<Core>,
     /// Wakes the cache sweeper when content was added (it checks the size limits).

@@ -125,8 +125,11 @@ impl Core {
 
     /// Opens a directory. Also returns whether the kernel may keep what it cached of
     /// this directory's entries: true when they are the same as at the last open, so a
-    /// repeated `ls` costs no FUSE round trips. (Changes made through the mount itself
-    /// invalidate the kernel's copy on their own.)
+    /// repeated `ls` costs no FUSE round trips, and the kernel read them less than the
+    /// entry TTL ago. Past that, its entries of the children have expired: kept, every
+    /// `stat` of a walk (`du`, `ls -l`, `rsync`) would cost a lookup of its own, where
+    /// reading the folder again (with attributes: readdirplus) renews them all at once.
+    /// (Changes made through the mount itself invalidate the kernel's copy on their own.)
     pub fn opendir_cached(&self, ino: u64) -> FsResult<(u64, bool)> {
         self.ensure_listing(ino)?;
         let node = self.node(ino)?;
@@ -162,7 +165,18 @@ impl Core {
             }
             h.finish()
         };
-        let unchanged = lock(&self.dir_digests).insert(ino, digest) == Some(digest);
+        let now = self.clock().now_ms();
+        let entry_ttl_ms = self.cfg.attr_ttl.min(self.cfg.dir_ttl).as_millis() as i64;
+        let unchanged = {
+            let mut digests = lock(&self.dir_digests);
+            match digests.get(&ino) {
+                Some(&(known, read_at)) if known == digest && now - read_at < entry_ttl_ms => true,
+                _ => {
+                    digests.insert(ino, (digest, now));
+                    false
+                }
+            }
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.dir_handles).insert(fh, Arc::new(entries));
         Ok((fh, unchanged))
