@@ -219,6 +219,10 @@ fn next_ahead(of: &OpenFile, end: u64, ahead: u64, get_len: u64) -> Option<(u64,
     }
     let st = lock(&of.state);
     let size = st.size;
+    // A stream through cached content (every read of it comes here): one look.
+    if st.ranges.covers(end.min(size), ahead.min(size)) {
+        return None;
+    }
     let wanted = |chunk: u64| {
         let (lo, hi) = ((chunk * CHUNK).max(end), ((chunk + 1) * CHUNK).min(size));
         !running.by_chunk.contains_key(&chunk) && !st.ranges.covers(lo, hi)
